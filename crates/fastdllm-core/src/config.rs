@@ -1,0 +1,180 @@
+//! Validated generation settings (SPEC 2.1) and the block layout.
+
+use std::ops::Range;
+
+use crate::model::ModelSpec;
+use crate::{Error, Result, TokenId};
+
+/// The paper's generation knobs. Build one, then call [`DecodeConfig::validate`]; every
+/// precondition the reference asserts is an error here.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DecodeConfig {
+    /// `G`: answer positions, all starting as the mask token.
+    pub gen_length: usize,
+    /// `B`: block size; the answer is decoded in `G / B` blocks, left to right.
+    pub block_length: usize,
+    /// Total denoising steps for count schedules; must be a multiple of `G / B`.
+    pub steps: usize,
+    /// Commit exactly the block start from each block's first (full) forward. `None` = what the
+    /// family's reference does: yes for shifted-logit models (Dream's block path), no for LLaDA.
+    /// Dream's original sampler sets `Some(false)`.
+    #[serde(default)]
+    pub force_block_start: Option<bool>,
+    /// Safety cap on forwards per block; `None` = `block_length + steps_per_block + 1`, which no
+    /// correct policy reaches. Independent of `steps` (SPEC 2.7, step cap variants).
+    #[serde(default)]
+    pub max_steps_per_block: Option<usize>,
+}
+
+impl Default for DecodeConfig {
+    /// The reference's LLaDA defaults (`gen_length` 128, one block of 128, 128 steps).
+    fn default() -> Self {
+        DecodeConfig {
+            gen_length: 128,
+            block_length: 128,
+            steps: 128,
+            force_block_start: None,
+            max_steps_per_block: None,
+        }
+    }
+}
+
+impl DecodeConfig {
+    /// Checks SPEC 2.1's preconditions.
+    pub fn validate(&self) -> Result<()> {
+        if self.gen_length == 0 {
+            return Err(Error::setting("gen_length", 0, "must be >= 1"));
+        }
+        if self.block_length == 0 {
+            return Err(Error::setting("block_length", 0, "must be >= 1"));
+        }
+        if self.gen_length % self.block_length != 0 {
+            return Err(Error::setting(
+                "gen_length",
+                self.gen_length,
+                format!("must be a multiple of block_length = {}", self.block_length),
+            ));
+        }
+        let blocks = self.num_blocks();
+        if self.steps == 0 || self.steps % blocks != 0 {
+            return Err(Error::setting(
+                "steps",
+                self.steps,
+                format!(
+                    "must be a positive multiple of the number of blocks gen_length / block_length = {blocks}"
+                ),
+            ));
+        }
+        if self.max_steps_per_block == Some(0) {
+            return Err(Error::setting("max_steps_per_block", 0, "must be >= 1"));
+        }
+        Ok(())
+    }
+
+    /// `K = G / B`.
+    pub fn num_blocks(&self) -> usize {
+        self.gen_length / self.block_length.max(1)
+    }
+
+    /// `steps / K`.
+    pub fn steps_per_block(&self) -> usize {
+        self.steps / self.num_blocks().max(1)
+    }
+
+    /// The effective safety cap.
+    pub fn step_cap(&self) -> usize {
+        self.max_steps_per_block
+            .unwrap_or(self.block_length + self.steps_per_block() + 1)
+    }
+
+    /// Whether block starts are force-committed for `spec`.
+    pub fn forces_block_start(&self, spec: &ModelSpec) -> bool {
+        self.force_block_start.unwrap_or(spec.shifted_logits())
+    }
+
+    /// Checks a prompt against the model: non-empty, ids in the vocabulary, and
+    /// `prompt + gen_length` within the model's maximum length.
+    pub fn validate_prompt(&self, spec: &ModelSpec, prompt: &[TokenId]) -> Result<()> {
+        if prompt.is_empty() {
+            return Err(Error::InvalidPrompt("the prompt is empty (at least 1 token)".into()));
+        }
+        if let Some((i, &id)) = prompt.iter().enumerate().find(|(_, &id)| id as usize >= spec.vocab_size) {
+            return Err(Error::InvalidPrompt(format!(
+                "token id {id} at prompt index {i} is out of the vocabulary (allowed 0..{})",
+                spec.vocab_size
+            )));
+        }
+        let total = prompt.len() + self.gen_length;
+        if total > spec.max_seq_len {
+            return Err(Error::InvalidPrompt(format!(
+                "prompt length {} + gen_length {} = {total} exceeds the model's maximum sequence length {}",
+                prompt.len(),
+                self.gen_length,
+                spec.max_seq_len
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Block layout of one canvas: block k covers `[P + k*B, P + (k+1)*B)` (v1: blocks relative to
+/// the end of the prompt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockSchedule {
+    /// Canvas index of the first answer position (`P`, padded prompt length).
+    pub prompt_len: usize,
+    /// `B`.
+    pub block_length: usize,
+    /// `K`.
+    pub num_blocks: usize,
+}
+
+impl BlockSchedule {
+    /// Layout for a (padded) prompt of `prompt_len` tokens.
+    pub fn new(prompt_len: usize, cfg: &DecodeConfig) -> Self {
+        BlockSchedule { prompt_len, block_length: cfg.block_length, num_blocks: cfg.num_blocks() }
+    }
+
+    /// Canvas range of block `k`.
+    pub fn block(&self, k: usize) -> Range<usize> {
+        let s = self.prompt_len + k * self.block_length;
+        s..s + self.block_length
+    }
+
+    /// All blocks, left to right.
+    pub fn blocks(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+        (0..self.num_blocks).map(|k| self.block(k))
+    }
+
+    /// Canvas length `P + G`.
+    pub fn seq_len(&self) -> usize {
+        self.prompt_len + self.num_blocks * self.block_length
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(g: usize, b: usize, s: usize) -> DecodeConfig {
+        DecodeConfig { gen_length: g, block_length: b, steps: s, ..Default::default() }
+    }
+
+    #[test]
+    fn preconditions_are_errors() {
+        assert!(cfg(32, 8, 32).validate().is_ok());
+        let e = cfg(30, 8, 32).validate().unwrap_err().to_string();
+        assert!(e.contains("gen_length = 30") && e.contains("multiple of block_length = 8"), "{e}");
+        let e = cfg(32, 8, 6).validate().unwrap_err().to_string();
+        assert!(e.contains("steps = 6") && e.contains("= 4"), "{e}");
+        assert!(cfg(0, 8, 8).validate().is_err());
+        assert!(cfg(8, 0, 8).validate().is_err());
+    }
+
+    #[test]
+    fn blocks_follow_the_prompt() {
+        let s = BlockSchedule::new(5, &cfg(8, 4, 8));
+        assert_eq!(s.blocks().collect::<Vec<_>>(), vec![5..9, 9..13]);
+        assert_eq!(s.seq_len(), 13);
+    }
+}

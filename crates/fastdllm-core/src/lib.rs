@@ -1,0 +1,38 @@
+//! fastdllm-core: the shared vocabulary of fastdllm and its one block-wise generation loop.
+//!
+//! Diffusion LLMs (LLaDA, Dream) start from a canvas `prompt ++ [MASK] * gen_length` and unmask
+//! it block by block (Fast-dLLM, arXiv 2505.22618; NVlabs/Fast-dLLM `llada/generate.py`). This
+//! crate owns:
+//!
+//! * the seams the other crates plug into: [`DiffusionLm`] (models), [`CachePolicy`] +
+//!   [`KvView`] (approximate KV caches), [`Proposer`] + [`UnmaskPolicy`] (samplers);
+//! * the validated generation settings ([`DecodeConfig`]) and the block layout ([`BlockSchedule`]);
+//! * [`generate()`], the single loop every cache mode and unmasking rule runs through, with NFE
+//!   counting, an optional per-step [`Trace`] and optional drift measurement against the exact
+//!   (no-cache) forward.
+//!
+//! It has no model, cache or sampler of its own, so another dLLM project can take `core + cache +
+//! sampler` and bring its own model.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod model;
+pub mod policy;
+pub mod rng;
+pub mod trace;
+
+pub use config::{BlockSchedule, DecodeConfig};
+pub use error::{Error, Result};
+pub use generate::{generate, Decoder, GenerateOptions, Generation, RowOutput};
+pub use model::{DiffusionLm, ForwardInput, KvView, ModelFamily, ModelSpec, PassthroughKv, Positions};
+pub use policy::{
+    CachePolicy, Candidate, ForwardPlan, KvAccess, KvShape, Proposal, Proposer, Selection,
+    StepAt, StepInfo, UnmaskPolicy,
+};
+pub use rng::Rng;
+pub use trace::{Commit, DriftStats, StepRecord, Trace};
+
+/// A vocabulary index.
+pub type TokenId = u32;

@@ -1,0 +1,155 @@
+//! The policy seams the loop runs through: which window to forward and how to treat K/V
+//! ([`CachePolicy`], implemented in fastdllm-cache), how logits become proposals
+//! ([`Proposer`]) and which candidates to unmask ([`UnmaskPolicy`]), both implemented in
+//! fastdllm-sampler. Selection works on plain data, so samplers are testable without tensors.
+
+use std::ops::Range;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::model::KvView;
+use crate::rng::Rng;
+use crate::{Result, TokenId};
+
+/// Where the loop stands when it asks a cache policy for a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepAt {
+    /// Index of the current block.
+    pub block_idx: usize,
+    /// Canvas positions of the current block `[s_k, e_k)`.
+    pub block: Range<usize>,
+    /// Step inside the block, 0 at the block's first forward.
+    pub step: usize,
+    /// Canvas length `L` (padded prompt + gen_length).
+    pub seq_len: usize,
+}
+
+/// How a forward treats K/V.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvAccess {
+    /// Exact: attend over the window's own fresh K/V, store nothing.
+    Fresh,
+    /// Full forward that also stores every position's K/V (a cache refresh).
+    Refresh,
+    /// Write the window's fresh K/V into the stored cache in place, attend over all stored K/V.
+    Reuse,
+}
+
+/// What to run at one step: a pure function of [`StepAt`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ForwardPlan {
+    /// Canvas range fed to the network.
+    pub window: Range<usize>,
+    /// How K/V are treated.
+    pub kv: KvAccess,
+}
+
+impl ForwardPlan {
+    /// True when the forward sees exact K/V for every key (no stale cache entry).
+    pub fn is_exact(&self) -> bool {
+        self.kv != KvAccess::Reuse
+    }
+}
+
+/// Shape of the K/V storage of one generation.
+#[derive(Debug, Clone)]
+pub struct KvShape {
+    /// Layers.
+    pub num_layers: usize,
+    /// Batch rows.
+    pub batch: usize,
+    /// K/V heads.
+    pub num_kv_heads: usize,
+    /// Canvas length.
+    pub seq_len: usize,
+    /// Head size.
+    pub head_dim: usize,
+    /// Storage dtype (the model's activation dtype).
+    pub dtype: DType,
+    /// Storage device.
+    pub device: Device,
+}
+
+/// A cache policy: the plan (pure) plus the K/V storage it manages.
+pub trait CachePolicy {
+    /// Short name for reports (`none`, `prefix`, `dual`, ...).
+    fn name(&self) -> String;
+    /// What to forward at `at`. Must be pure: proptested without tensors.
+    fn plan(&self, at: &StepAt) -> ForwardPlan;
+    /// Called once per generation before the first forward: (re)allocate storage for `shape`.
+    fn prepare(&mut self, shape: &KvShape) -> Result<()>;
+    /// The K/V hook for the forward `plan` describes.
+    fn view(&mut self, plan: &ForwardPlan) -> Result<&mut dyn KvView>;
+}
+
+/// A proposed token for one position and the score used to rank it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Proposal {
+    /// Proposed token.
+    pub token: TokenId,
+    /// Ranking score (probability, margin, negative entropy or random).
+    pub confidence: f64,
+}
+
+/// Turns logits rows into proposals.
+pub trait Proposer {
+    /// `logits`: shape `(batch, rows, vocab)`, f32. Returns `batch` vectors of `rows` proposals.
+    /// `rngs` has one generator per batch row.
+    fn propose(&mut self, logits: &Tensor, rngs: &mut [Rng]) -> Result<Vec<Vec<Proposal>>>;
+}
+
+/// A masked position of the active block with its proposal.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    /// Canvas position.
+    pub position: usize,
+    /// Proposed token.
+    pub token: TokenId,
+    /// Ranking score.
+    pub confidence: f64,
+}
+
+/// Context of one selection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepInfo {
+    /// Batch row.
+    pub row: usize,
+    /// Step inside the block (0 = the block's first forward).
+    pub step: usize,
+    /// `steps / num_blocks`.
+    pub steps_per_block: usize,
+    /// `block_length`.
+    pub block_length: usize,
+    /// Masks in this row's block before its first step.
+    pub block_masks_at_start: usize,
+}
+
+/// What an unmasking policy decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Commit these candidates (indices into the candidate slice).
+    Commit(Vec<usize>),
+    /// End this row's block now, leaving its masks (Dream's step cap; SPEC 2.8.3).
+    EndBlock,
+}
+
+/// Chooses which candidates to unmask.
+///
+/// Contract: indices are distinct and in range. Rules that promise progress (threshold, factor)
+/// commit at least one candidate whenever one exists; count schedules may commit 0.
+pub trait UnmaskPolicy {
+    /// Short name for reports (`fixed`, `threshold=0.9`, ...).
+    fn name(&self) -> String;
+    /// Select among `candidates` (masked positions of the active block, in position order).
+    fn select(&mut self, candidates: &[Candidate], info: &StepInfo) -> Selection;
+}
+
+impl<P: UnmaskPolicy + ?Sized> UnmaskPolicy for Box<P> {
+    fn name(&self) -> String {
+        (**self).name()
+    }
+    fn select(&mut self, candidates: &[Candidate], info: &StepInfo) -> Selection {
+        (**self).select(candidates, info)
+    }
+}

@@ -1,0 +1,121 @@
+//! Bidirectional multi-head / grouped-query self-attention through the [`KvView`] hook.
+//!
+//! Reference: LLaDA's `LLaDALlamaBlock.attention` (`modeling_llada.py`) and Dream's
+//! `DreamSdpaAttention` (`modeling_dream.py`): q/k/v projections, RoPE on q and k, then
+//! `softmax(q k^T / sqrt(head_dim)) v` over every key with **no mask** (SPEC 1.1.3, 1.2.3, 6.1),
+//! merge heads, output projection. Deviations:
+//! * q, k and v come from one fused GEMM (the three weights are concatenated at load time);
+//! * the cache is not in the layer: the fresh post-RoPE K/V go through `kv.attend_kv`, which
+//!   returns what to attend over (SPEC 1.3 recommends caching post-RoPE keys; the reference
+//!   caches pre-RoPE keys and re-rotates them, equal up to rounding);
+//! * GQA without copying K/V: the query heads that share a KV head are stacked along the query
+//!   axis, `(b, n_heads, w, d) -> (b, n_kv, groups * w, d)`, so one batched GEMM serves them all
+//!   (query head `h` uses KV head `h / groups`, as `repeat_kv` would);
+//! * only the query rows the caller needs may be computed (the last layer of a forward whose
+//!   logits are requested for some rows only); K/V always cover the whole window.
+
+use std::ops::Range;
+
+use candle_core::Tensor;
+use fastdllm_core::KvView;
+
+use super::linear::Linear;
+use super::rope::RopeAt;
+use crate::Result;
+
+/// Self-attention with fused q/k/v projection.
+#[derive(Debug, Clone)]
+pub(crate) struct Attention {
+    /// Rows: `num_heads * head_dim` (q), then `num_kv_heads * head_dim` (k), then the same (v).
+    qkv: Linear,
+    /// `(hidden, num_heads * head_dim)`, no bias.
+    out: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+}
+
+impl Attention {
+    /// `qkv` must hold the q, k, v projections stacked along the output axis.
+    pub(crate) fn new(qkv: Linear, out: Linear, num_heads: usize, num_kv_heads: usize, head_dim: usize) -> Self {
+        Self { qkv, out, num_heads, num_kv_heads, head_dim, scale: 1.0 / (head_dim as f64).sqrt() }
+    }
+
+    /// Projects the window, rotates q and k, and hands the fresh K/V of `layer_idx` to `kv`.
+    ///
+    /// Shape: `x` `(batch, window_len, hidden)` (already normalised).
+    pub(crate) fn project(&self, x: &Tensor, rope: &RopeAt, layer_idx: usize, kv: &mut dyn KvView) -> Result<Projected> {
+        let (b, w, _) = x.dims3()?;
+        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let qkv = self.qkv.forward(x)?.reshape((b, w, nh + 2 * nkv, d))?;
+        let k = qkv.narrow(2, nh, nkv)?.transpose(1, 2)?.contiguous()?;
+        let v = qkv.narrow(2, nh + nkv, nkv)?.transpose(1, 2)?.contiguous()?;
+        let k = rope.apply(&k)?;
+        let (keys, values) = kv.attend_kv(layer_idx, &k, &v)?;
+        Ok(Projected { qkv, keys, values })
+    }
+
+    /// Attention of the window rows `query_rows` over every key `kv` returned, then the output
+    /// projection.
+    ///
+    /// Shape: `key_bias` `(batch, 1, 1, keys_len)`; returns `(batch, query_rows.len(), hidden)`.
+    pub(crate) fn attend(
+        &self,
+        projected: &Projected,
+        rope: &RopeAt,
+        key_bias: Option<&Tensor>,
+        query_rows: Range<usize>,
+    ) -> Result<Tensor> {
+        let (b, w, _, _) = projected.qkv.dims4()?;
+        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let q_len = query_rows.len();
+        let (q, rope_q) = if query_rows == (0..w) {
+            (projected.qkv.narrow(2, 0, nh)?, rope.clone())
+        } else {
+            let q = projected.qkv.narrow(1, query_rows.start, q_len)?.narrow(2, 0, nh)?;
+            (q, rope.rows(query_rows)?)
+        };
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let q = (rope_q.apply(&q)? * self.scale)?;
+        // (b, nh, q_len, d) -> (b, nkv, groups * q_len, d) is a free view in which query head h
+        // lands in the group of KV head h / groups: GQA without repeating K/V.
+        let groups = nh / nkv;
+        let q = q.reshape((b, nkv, groups * q_len, d))?;
+        let scores = q.matmul(&projected.keys.t()?)?;
+        let scores = match key_bias {
+            Some(bias) => scores.broadcast_add(&bias.to_dtype(scores.dtype())?)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let ctx = probs.matmul(&projected.values)?;
+        let ctx = ctx.reshape((b, nh, q_len, d))?.transpose(1, 2)?.reshape((b, q_len, nh * d))?;
+        self.out.forward(&ctx)
+    }
+}
+
+/// The window's fused q/k/v projection and the K/V to attend over.
+#[derive(Debug)]
+pub(crate) struct Projected {
+    /// Shape: `(batch, window_len, num_heads + 2 * num_kv_heads, head_dim)`, q not yet rotated.
+    qkv: Tensor,
+    /// Shape: `(batch, num_kv_heads, keys_len, head_dim)`, post-RoPE.
+    keys: Tensor,
+    /// Shape: `(batch, num_kv_heads, keys_len, head_dim)`.
+    values: Tensor,
+}
+
+/// Checks that `key_bias` can broadcast over the scores of a window of `batch` rows.
+pub(crate) fn check_key_bias(bias: &Tensor, batch: usize) -> Result<()> {
+    let dims = bias.dims();
+    let ok = dims.len() == 4 && dims[0] == batch && dims[1] == 1 && dims[2] == 1;
+    if !ok {
+        return Err(fastdllm_core::Error::setting(
+            "key_bias",
+            format!("a tensor of shape {dims:?}"),
+            format!("shape [{batch}, 1, 1, keys_len]"),
+        )
+        .into());
+    }
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! The shared bidirectional pre-norm transformer stack both models are made of.
+//!
+//! Reference: LLaDA (`modeling_llada.py`, `block_type = "llama"`) and Dream (`modeling_dream.py`,
+//! Qwen2 layers without the causal mask) compute the same thing (SPEC 1.1.3, 1.2.3):
+//! `h = embed[ids]`; per layer `h += attn(norm(h))`, `h += mlp(norm(h))`; `norm(h) W_head^T`.
+//! The architectures differ only in tensor names, q/k/v biases, RoPE precision, epsilon and theta,
+//! which [`TensorLayout`] and [`DecoderDims`] carry, and in Dream's logits shift, which
+//! `DreamModel` does on top of [`Decoder::hidden_states`]. Deviations: the final norm and the LM
+//! head run only for the rows whose logits are asked for, and the last layer computes its queries,
+//! output projection and MLP only for those rows (keys and values still cover the whole window),
+//! which is exact because nothing after the last layer mixes positions (SPEC 1.3).
+
+use std::ops::Range;
+
+use candle_core::{DType, Device, Tensor};
+use fastdllm_core::{ForwardInput, KvView};
+
+use super::attention::{check_key_bias, Attention};
+use super::linear::Linear;
+use super::mlp::Mlp;
+use super::rms_norm::RmsNorm;
+use super::rope::{Rope, RopeAt, RopePrecision};
+use crate::loading::{InitKind, Weights};
+use crate::Result;
+
+/// Sizes and numerics of a decoder (canonical names; filled from a validated config).
+#[derive(Debug, Clone)]
+pub(crate) struct DecoderDims {
+    pub(crate) hidden_size: usize,
+    pub(crate) num_layers: usize,
+    pub(crate) num_heads: usize,
+    pub(crate) num_kv_heads: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) intermediate_size: usize,
+    pub(crate) vocab_size: usize,
+    pub(crate) rms_norm_eps: f64,
+    pub(crate) rope_theta: f64,
+    pub(crate) max_seq_len: usize,
+    pub(crate) rope_precision: RopePrecision,
+}
+
+/// Checkpoint tensor names of one architecture. Block names are relative to
+/// `{block_prefix}.{i}.`; the others are full names.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TensorLayout {
+    pub(crate) embed: &'static str,
+    pub(crate) block_prefix: &'static str,
+    pub(crate) attn_norm: &'static str,
+    /// Projection names without the `.weight` / `.bias` suffix.
+    pub(crate) q_proj: &'static str,
+    pub(crate) k_proj: &'static str,
+    pub(crate) v_proj: &'static str,
+    pub(crate) o_proj: &'static str,
+    pub(crate) ff_norm: &'static str,
+    pub(crate) gate_proj: &'static str,
+    pub(crate) up_proj: &'static str,
+    pub(crate) down_proj: &'static str,
+    pub(crate) final_norm: &'static str,
+    pub(crate) lm_head: &'static str,
+    /// Whether q, k and v have a bias (Dream) or not (LLaDA).
+    pub(crate) qkv_bias: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    ff_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// Embedding, layers, final norm and LM head.
+#[derive(Debug, Clone)]
+pub(crate) struct Decoder {
+    /// Shape: `(vocab, hidden)`.
+    embed: Tensor,
+    blocks: Vec<Block>,
+    final_norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    hidden_size: usize,
+    vocab_size: usize,
+    device: Device,
+    dtype: DType,
+}
+
+impl Decoder {
+    /// Reads every tensor of `layout` from `weights`, checking shapes against `dims`.
+    /// With `tie_head`, the LM head is the embedding matrix and `layout.lm_head` is not read.
+    pub(crate) fn load(dims: &DecoderDims, layout: &TensorLayout, weights: &Weights, tie_head: bool) -> Result<Self> {
+        let (hidden, vocab) = (dims.hidden_size, dims.vocab_size);
+        let embed = weights.get(&[vocab, hidden], layout.embed, InitKind::Matrix)?;
+        let blocks = (0..dims.num_layers)
+            .map(|i| load_block(dims, layout, weights, &format!("{}.{i}.", layout.block_prefix)))
+            .collect::<Result<Vec<_>>>()?;
+        let final_norm = RmsNorm::new(weights.get(&[hidden], layout.final_norm, InitKind::Norm)?, dims.rms_norm_eps)?;
+        let head = if tie_head { embed.clone() } else { weights.get(&[vocab, hidden], layout.lm_head, InitKind::Matrix)? };
+        let rope = Rope::new(
+            dims.head_dim,
+            dims.rope_theta,
+            dims.max_seq_len,
+            dims.rope_precision,
+            weights.dtype(),
+            weights.device(),
+        )?;
+        Ok(Self {
+            embed,
+            blocks,
+            final_norm,
+            lm_head: Linear::new(head, None),
+            rope,
+            hidden_size: hidden,
+            vocab_size: vocab,
+            device: weights.device().clone(),
+            dtype: weights.dtype(),
+        })
+    }
+
+    pub(crate) fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub(crate) fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Runs the window through every layer, calling `kv.attend_kv` once per layer, and returns
+    /// the final hidden states (before the final norm) of the window rows `rows` only.
+    ///
+    /// Shape: returns `(batch, rows.len(), hidden)`; `None` when `rows` is empty (the layers
+    /// still run, so a cache still sees every layer's K/V).
+    pub(crate) fn hidden_states(
+        &self,
+        input: &ForwardInput,
+        kv: &mut dyn KvView,
+        rows: Range<usize>,
+    ) -> Result<Option<Tensor>> {
+        let (b, w) = input.tokens.dims2()?;
+        if rows.end > w || rows.start > rows.end {
+            return Err(fastdllm_core::Error::setting(
+                "logits_rows",
+                format!("{}..{}", rows.start, rows.end),
+                format!("a range within the window 0..{w}"),
+            )
+            .into());
+        }
+        if let Some(bias) = &input.key_bias {
+            check_key_bias(bias, b)?;
+        }
+        let rope = self.rope.at(&input.positions, b, w)?;
+        let mut h = self.embed.index_select(&input.tokens.flatten_all()?, 0)?.reshape((b, w, self.hidden_size))?;
+        let last = self.blocks.len().saturating_sub(1);
+        for (idx, block) in self.blocks.iter().enumerate() {
+            let query_rows = if idx == last { rows.clone() } else { 0..w };
+            match block.forward(&h, &rope, idx, kv, input.key_bias.as_ref(), query_rows)? {
+                Some(next) => h = next,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(h))
+    }
+
+    /// Final norm and LM head. Shape: `(batch, rows, hidden)` -> `(batch, rows, vocab)`, f32.
+    pub(crate) fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let normed = self.final_norm.forward(&hidden.contiguous()?)?;
+        Ok(self.lm_head.forward(&normed)?.to_dtype(DType::F32)?)
+    }
+
+    /// The empty logits of a call that asked for no rows. Shape: `(batch, 0, vocab)`, f32.
+    pub(crate) fn no_logits(&self, batch: usize) -> Result<Tensor> {
+        Ok(Tensor::zeros((batch, 0, self.vocab_size), DType::F32, &self.device)?)
+    }
+}
+
+impl Block {
+    /// Shape: `x` `(batch, window_len, hidden)` -> `(batch, query_rows.len(), hidden)`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeAt,
+        layer_idx: usize,
+        kv: &mut dyn KvView,
+        key_bias: Option<&Tensor>,
+        query_rows: Range<usize>,
+    ) -> Result<Option<Tensor>> {
+        let w = x.dim(1)?;
+        let projected = self.attn.project(&self.attn_norm.forward(x)?, rope, layer_idx, kv)?;
+        if query_rows.is_empty() {
+            return Ok(None);
+        }
+        let attn = self.attn.attend(&projected, rope, key_bias, query_rows.clone())?;
+        let residual =
+            if query_rows == (0..w) { x.clone() } else { x.narrow(1, query_rows.start, query_rows.len())? };
+        let h = (residual + attn)?;
+        let mlp = self.mlp.forward(&self.ff_norm.forward(&h)?)?;
+        Ok(Some((h + mlp)?))
+    }
+}
+
+fn load_block(dims: &DecoderDims, layout: &TensorLayout, weights: &Weights, prefix: &str) -> Result<Block> {
+    let hidden = dims.hidden_size;
+    let q_out = dims.num_heads * dims.head_dim;
+    let kv_out = dims.num_kv_heads * dims.head_dim;
+    let inter = dims.intermediate_size;
+    let name = |part: &str, suffix: &str| format!("{prefix}{part}{suffix}");
+
+    let proj = |part: &str, out: usize| -> Result<(Tensor, Option<Tensor>)> {
+        let weight = weights.get(&[out, hidden], &name(part, ".weight"), InitKind::Matrix)?;
+        let bias =
+            if layout.qkv_bias { Some(weights.get(&[out], &name(part, ".bias"), InitKind::Bias)?) } else { None };
+        Ok((weight, bias))
+    };
+    let (q_w, q_b) = proj(layout.q_proj, q_out)?;
+    let (k_w, k_b) = proj(layout.k_proj, kv_out)?;
+    let (v_w, v_b) = proj(layout.v_proj, kv_out)?;
+    let qkv_weight = Tensor::cat(&[&q_w, &k_w, &v_w], 0)?;
+    let qkv_bias = match (q_b, k_b, v_b) {
+        (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[&q, &k, &v], 0)?),
+        _ => None,
+    };
+    let o_w = weights.get(&[hidden, q_out], &name(layout.o_proj, ".weight"), InitKind::Matrix)?;
+    let attn = Attention::new(
+        Linear::new(qkv_weight, qkv_bias),
+        Linear::new(o_w, None),
+        dims.num_heads,
+        dims.num_kv_heads,
+        dims.head_dim,
+    );
+
+    let gate = weights.get(&[inter, hidden], &name(layout.gate_proj, ".weight"), InitKind::Matrix)?;
+    let up = weights.get(&[inter, hidden], &name(layout.up_proj, ".weight"), InitKind::Matrix)?;
+    let down = weights.get(&[hidden, inter], &name(layout.down_proj, ".weight"), InitKind::Matrix)?;
+    let mlp = Mlp::new(Linear::new(Tensor::cat(&[&gate, &up], 0)?, None), Linear::new(down, None), inter);
+
+    let norm = |part: &str| -> Result<RmsNorm> {
+        RmsNorm::new(weights.get(&[hidden], &name(part, ".weight"), InitKind::Norm)?, dims.rms_norm_eps)
+    };
+    Ok(Block { attn_norm: norm(layout.attn_norm)?, attn, ff_norm: norm(layout.ff_norm)?, mlp })
+}

@@ -1,0 +1,54 @@
+//! RMSNorm with a learned weight, in the reference's order of operations.
+//!
+//! Reference: LLaDA `RMSLayerNorm` (`modeling_llada.py`) and `Qwen2RMSNorm` (Dream's
+//! `modeling_dream.py`): upcast to f32, `x * rsqrt(mean(x^2) + eps)`, cast back to the activation
+//! dtype, **then** multiply by the weight in the activation dtype (SPEC 1.1.3). Deviation: the
+//! normalisation uses candle's fused `rms_norm` kernel, which divides by `sqrt(mean + eps)` rather
+//! than multiplying by `rsqrt` (last-ulp differences). Where that kernel's rounding would differ
+//! from the reference (it rounds the scale to bf16 on the CPU), the unfused f32 path is used.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::Result;
+
+/// `RMSNorm(x) = cast(x_f32 / sqrt(mean(x_f32^2) + eps)) * weight`.
+#[derive(Debug, Clone)]
+pub(crate) struct RmsNorm {
+    /// Shape: `(hidden,)`, activation dtype.
+    weight: Tensor,
+    /// All ones, shape `(hidden,)`: lets the fused kernel produce the normalised (unweighted)
+    /// input in bf16/f16 on CUDA, so that the weight multiply happens after the rounding.
+    ones: Option<Tensor>,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub(crate) fn new(weight: Tensor, eps: f64) -> Result<Self> {
+        let ones = match (weight.dtype(), weight.device()) {
+            (DType::F32, _) => None,
+            (_, Device::Cuda(_)) => Some(weight.ones_like()?),
+            _ => None,
+        };
+        Ok(Self { weight, ones, eps: eps as f32 })
+    }
+
+    /// Shape: `(..., hidden)` -> same; x must be contiguous.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() == DType::F32 {
+            // In f32 the fused kernel computes `(x / m) * w` with one rounding per operation,
+            // exactly the two-step reference.
+            return Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?);
+        }
+        if let Some(ones) = &self.ones {
+            // CUDA kernel: f32 statistics, `rsqrt`, one rounding to the activation dtype.
+            let normed = candle_nn::ops::rms_norm(x, ones, self.eps)?;
+            return Ok(normed.broadcast_mul(&self.weight)?);
+        }
+        let dtype = x.dtype();
+        let xf = x.to_dtype(DType::F32)?;
+        let mean_sq = xf.sqr()?.mean_keepdim(D::Minus1)?;
+        let inv_rms = (mean_sq + f64::from(self.eps))?.sqrt()?.recip()?;
+        let normed = xf.broadcast_mul(&inv_rms)?.to_dtype(dtype)?;
+        Ok(normed.broadcast_mul(&self.weight)?)
+    }
+}

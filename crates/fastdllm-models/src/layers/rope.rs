@@ -1,0 +1,134 @@
+//! Rotary position embeddings, rotate-half (GPT-NeoX) layout, at explicit absolute positions.
+//!
+//! Reference: LLaDA `RotaryEmbedding` (`modeling_llada.py`, `rope_full_precision`: rotate in f32,
+//! cast back) and `Qwen2RotaryEmbedding` as used by Dream (`modeling_dream.py`: cos/sin computed in
+//! f32, cast to the activation dtype, rotation in that dtype). `inv_freq[j] = 1 / theta^(2j/d)`,
+//! angle `p * inv_freq[j]`, output `x * cos + rotate_half(x) * sin` (SPEC 1.1.3, 1.2.3).
+//! Deviations: the tables are built once at load time for every position up to `max_seq_len`
+//! (already in the rotation dtype, so a forward call only selects rows), and positions come from
+//! the caller ([`Positions`]) instead of being derived from the key length, so cached windows get
+//! their true positions (SPEC 6, item 3).
+
+use candle_core::{DType, Device, Tensor};
+use fastdllm_core::Positions;
+
+use crate::Result;
+
+/// In which dtype q and k are rotated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RopePrecision {
+    /// Upcast to f32, rotate, cast back (LLaDA's `rope_full_precision = true`).
+    F32,
+    /// Rotate in the activation dtype with tables cast to it (Dream / Qwen2).
+    Activation,
+}
+
+/// Precomputed cos/sin tables. Shape: `(max_seq_len, head_dim / 2)` each.
+#[derive(Debug, Clone)]
+pub(crate) struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    max_seq_len: usize,
+}
+
+/// The cos/sin rows of one forward call. Shape: `(window_len, head_dim / 2)` for contiguous
+/// positions, `(batch, window_len, head_dim / 2)` for per-row positions.
+#[derive(Debug, Clone)]
+pub(crate) struct RopeAt {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    pub(crate) fn new(
+        head_dim: usize,
+        theta: f64,
+        max_seq_len: usize,
+        precision: RopePrecision,
+        act_dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let half = head_dim / 2;
+        // Same f32 arithmetic as the references: exponent (2j as f32) / d, theta^exponent in f32.
+        let theta = theta as f32;
+        let inv_freq: Vec<f32> =
+            (0..half).map(|j| 1.0 / theta.powf((2 * j) as f32 / head_dim as f32)).collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+        let positions =
+            Tensor::arange(0u32, max_seq_len as u32, device)?.to_dtype(DType::F32)?.reshape((max_seq_len, 1))?;
+        let angles = positions.broadcast_mul(&inv_freq)?;
+        let table_dtype = match precision {
+            RopePrecision::F32 => DType::F32,
+            RopePrecision::Activation => act_dtype,
+        };
+        let cos = angles.cos()?.to_dtype(table_dtype)?.contiguous()?;
+        let sin = angles.sin()?.to_dtype(table_dtype)?.contiguous()?;
+        Ok(Self { cos, sin, max_seq_len })
+    }
+
+    /// Longest canvas the tables cover.
+    pub(crate) fn max_seq_len(&self) -> usize {
+        self.max_seq_len
+    }
+
+    /// Selects the table rows of `positions` for a `(batch, window_len)` window.
+    pub(crate) fn at(&self, positions: &Positions, batch: usize, window_len: usize) -> Result<RopeAt> {
+        match positions {
+            Positions::Contiguous { start } => {
+                let end = start.saturating_add(window_len);
+                if end > self.max_seq_len {
+                    return Err(fastdllm_core::Error::setting(
+                        "positions",
+                        format!("{start}..{end}"),
+                        format!("within 0..{} (the model's max_seq_len)", self.max_seq_len),
+                    )
+                    .into());
+                }
+                Ok(RopeAt {
+                    cos: self.cos.narrow(0, *start, window_len)?,
+                    sin: self.sin.narrow(0, *start, window_len)?,
+                })
+            }
+            Positions::PerRow(pos) => {
+                let dims = pos.dims();
+                if dims != [batch, window_len] {
+                    return Err(fastdllm_core::Error::setting(
+                        "positions",
+                        format!("a tensor of shape {dims:?}"),
+                        format!("shape [{batch}, {window_len}] (batch, window_len)"),
+                    )
+                    .into());
+                }
+                // Values are not range-checked here (that would need a device-to-host copy);
+                // index_select rejects out-of-range positions on the CPU.
+                let flat = pos.flatten_all()?;
+                let half = self.cos.dim(1)?;
+                Ok(RopeAt {
+                    cos: self.cos.index_select(&flat, 0)?.reshape((batch, window_len, half))?,
+                    sin: self.sin.index_select(&flat, 0)?.reshape((batch, window_len, half))?,
+                })
+            }
+        }
+    }
+}
+
+impl RopeAt {
+    /// The rows `rows` of the window (used when only some queries are needed).
+    pub(crate) fn rows(&self, rows: std::ops::Range<usize>) -> Result<RopeAt> {
+        let axis = self.cos.rank() - 2;
+        Ok(RopeAt {
+            cos: self.cos.narrow(axis, rows.start, rows.len())?.contiguous()?,
+            sin: self.sin.narrow(axis, rows.start, rows.len())?.contiguous()?,
+        })
+    }
+
+    /// Rotates `x`. Shape: `(batch, heads, window_len, head_dim)`, contiguous; returns the same
+    /// shape and dtype.
+    pub(crate) fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let rotate_dtype = self.cos.dtype();
+        let xr = x.to_dtype(rotate_dtype)?;
+        let out = candle_nn::rotary_emb::rope(&xr, &self.cos, &self.sin)?;
+        Ok(out.to_dtype(dtype)?)
+    }
+}

@@ -1,0 +1,260 @@
+//! Finding and memory-mapping a checkpoint's safetensors, reading weights with clear errors, and
+//! random weights for benches.
+//!
+//! Reference: Hugging Face's checkpoint layout: `model.safetensors`, or shards listed by the
+//! `weight_map` of `model.safetensors.index.json`. Deviations: local directories only (no hub
+//! download, STYLE 3.5); a missing or mis-shaped tensor is reported by its full checkpoint name
+//! with the expected and actual shape instead of candle's multi-line error; the random-weight
+//! backend draws on the target device (`Tensor::randn`) so an 8B-shaped bench model never exists on
+//! the host, and on the CPU (where candle's generator cannot be seeded) it uses a seeded generator.
+
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+
+use crate::{Error, Result};
+
+/// Name of a single-file checkpoint.
+pub const SINGLE_FILE: &str = "model.safetensors";
+/// Name of the shard index of a sharded checkpoint.
+pub const SHARD_INDEX: &str = "model.safetensors.index.json";
+
+/// Standard deviation of the random weights of [`crate::random_model`] (the usual `init_std`).
+pub const RANDOM_WEIGHT_STD: f64 = 0.02;
+
+/// The safetensors files of the checkpoint in `dir`: `model.safetensors` when present, otherwise
+/// the distinct shards named by `model.safetensors.index.json` (sorted).
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join(SINGLE_FILE);
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join(SHARD_INDEX);
+    if !index.is_file() {
+        return Err(Error::MissingFile {
+            path: single,
+            what: format!("model weights (neither {SINGLE_FILE} nor {SHARD_INDEX} is in the directory)"),
+        });
+    }
+    let text = std::fs::read_to_string(&index).map_err(|source| Error::Io { path: index.clone(), source })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::json(&index, &text, &e))?;
+    let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) else {
+        return Err(Error::ShardIndex {
+            path: index,
+            message: "no `weight_map` object (expected {\"weight_map\": {tensor name: shard file}})".into(),
+        });
+    };
+    let mut shards = BTreeSet::new();
+    for (tensor, file) in map {
+        let Some(file) = file.as_str() else {
+            return Err(Error::ShardIndex {
+                path: index,
+                message: format!("weight_map[{tensor:?}] = {file} is not a file name"),
+            });
+        };
+        let relative = Path::new(file);
+        // Shards must live in the model directory: refuse absolute paths and `..`.
+        if !relative.components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(Error::ShardIndex {
+                path: index,
+                message: format!("weight_map[{tensor:?}] = {file:?}: shard paths must be relative to the model directory"),
+            });
+        }
+        shards.insert(file.to_string());
+    }
+    if shards.is_empty() {
+        return Err(Error::ShardIndex { path: index, message: "`weight_map` is empty".into() });
+    }
+    let mut files = Vec::with_capacity(shards.len());
+    for shard in shards {
+        let path = dir.join(&shard);
+        if !path.is_file() {
+            return Err(Error::ShardIndex {
+                path: index,
+                message: format!("shard {shard:?} listed in weight_map is missing ({} not found)", path.display()),
+            });
+        }
+        files.push(path);
+    }
+    Ok(files)
+}
+
+/// Memory-maps `files` into a [`VarBuilder`] that converts to `dtype` and places on `device`.
+pub fn mmap_var_builder(files: &[PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    // SAFETY: the files are mapped read-only; a mapping is undefined behaviour only if the file
+    // is truncated or rewritten while mapped. Nothing in this process writes checkpoint files,
+    // and every tensor is copied out of the mapping (into a host or device buffer) while the
+    // model is built, so the mapping is only read during `load_model`.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device)? };
+    Ok(vb)
+}
+
+/// How a weight is initialised when it is drawn at random (ignored when it is read from a file).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum InitKind {
+    /// Projection and embedding matrices: normal with std [`RANDOM_WEIGHT_STD`].
+    Matrix,
+    /// Biases: normal with std [`RANDOM_WEIGHT_STD`].
+    Bias,
+    /// RMSNorm weights: ones.
+    Norm,
+}
+
+impl InitKind {
+    fn hint(self) -> Init {
+        match self {
+            InitKind::Matrix | InitKind::Bias => Init::Randn { mean: 0.0, stdev: RANDOM_WEIGHT_STD },
+            InitKind::Norm => Init::Const(1.0),
+        }
+    }
+}
+
+/// A [`VarBuilder`] plus a description of where its tensors come from, for error messages.
+pub(crate) struct Weights<'a> {
+    vb: VarBuilder<'a>,
+    location: String,
+}
+
+impl<'a> Weights<'a> {
+    pub(crate) fn new(vb: VarBuilder<'a>, location: impl Into<String>) -> Self {
+        Self { vb, location: location.into() }
+    }
+
+    /// Device the tensors are placed on.
+    pub(crate) fn device(&self) -> &Device {
+        self.vb.device()
+    }
+
+    /// dtype the tensors are converted to.
+    pub(crate) fn dtype(&self) -> DType {
+        self.vb.dtype()
+    }
+
+    /// The tensor `name` (full checkpoint name, from the builder's root), checked against `shape`.
+    pub(crate) fn get(&self, shape: &[usize], name: &str, init: InitKind) -> Result<Tensor> {
+        let expected = Shape::from_dims(shape);
+        self.vb.get_with_hints(expected, name, init.hint()).map_err(|err| self.explain(name, shape, err))
+    }
+
+    fn explain(&self, name: &str, shape: &[usize], err: candle_core::Error) -> Error {
+        match find_cause(&err) {
+            Some(Cause::Missing) => Error::MissingTensor { name: name.to_string(), location: self.location.clone() },
+            Some(Cause::Shape(actual)) => {
+                Error::TensorShape { name: name.to_string(), expected: shape.to_vec(), actual }
+            }
+            None => Error::Candle(err.context(format!("loading tensor `{name}` from {}", self.location))),
+        }
+    }
+}
+
+enum Cause {
+    Missing,
+    Shape(Vec<usize>),
+}
+
+/// Looks through candle's wrappers (backtrace, context, path) for the two errors a checkpoint
+/// mismatch produces.
+fn find_cause(err: &candle_core::Error) -> Option<Cause> {
+    use candle_core::Error as E;
+    match err {
+        E::CannotFindTensor { .. } => Some(Cause::Missing),
+        E::UnexpectedShape { got, .. } => Some(Cause::Shape(got.dims().to_vec())),
+        E::WithBacktrace { inner, .. } | E::Context { inner, .. } | E::WithPath { inner, .. } => find_cause(inner),
+        _ => None,
+    }
+}
+
+/// A [`VarBuilder`] whose tensors are drawn at random directly on `device`: matrices and biases
+/// `N(0, 0.02^2)`, norm weights ones.
+///
+/// On CUDA the device generator is seeded with `seed` (`Device::set_seed`) and every tensor is a
+/// `Tensor::randn` on the device, converted there to `dtype`. On the CPU, whose candle generator
+/// cannot be seeded, the values come from a seeded SplitMix64 + Box-Muller generator keyed by the
+/// tensor name, so CPU models are reproducible too.
+pub fn random_var_builder(dtype: DType, device: &Device, seed: u64) -> Result<VarBuilder<'static>> {
+    if !device.is_cpu() {
+        device.set_seed(seed)?;
+    }
+    Ok(VarBuilder::from_backend(Box::new(RandomBackend { seed }), dtype, device.clone()))
+}
+
+struct RandomBackend {
+    seed: u64,
+}
+
+impl SimpleBackend for RandomBackend {
+    fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        match init {
+            Init::Const(value) => {
+                let t = Tensor::ones(shape, dtype, dev)?;
+                if value == 1.0 {
+                    Ok(t)
+                } else {
+                    t.affine(value, 0.0)
+                }
+            }
+            Init::Randn { mean, stdev } => {
+                if dev.is_cpu() {
+                    let n = shape.elem_count();
+                    let mut rng = SplitMix64::new(self.seed ^ fnv1a(name));
+                    let data: Vec<f32> = (0..n).map(|_| (mean + stdev * rng.normal()) as f32).collect();
+                    Tensor::from_vec(data, shape, dev)?.to_dtype(dtype)
+                } else {
+                    Tensor::randn(mean as f32, stdev as f32, shape, dev)?.to_dtype(dtype)
+                }
+            }
+            other => candle_core::bail!("random weights: unsupported init {other:?} for {name}"),
+        }
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("random weights need a shape for {name}")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// SplitMix64 (Steele, Lea, Flood 2014) with Box-Muller normals: small, seedable, good enough for
+/// random test weights.
+struct SplitMix64 {
+    state: u64,
+    spare: Option<f64>,
+}
+
+impl SplitMix64 {
+    fn new(seed: u64) -> Self {
+        Self { state: seed, spare: None }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self) -> f64 {
+        if let Some(z) = self.spare.take() {
+            return z;
+        }
+        let r = (-2.0 * self.uniform().ln()).sqrt();
+        let phi = 2.0 * std::f64::consts::PI * self.uniform();
+        self.spare = Some(r * phi.sin());
+        r * phi.cos()
+    }
+}

@@ -1,0 +1,392 @@
+//! The sampler's configuration side: closed serde enums with `validate()` and `build()` into the
+//! trait objects the loop runs (STYLE 3.2), and the family semantics of the reference.
+//!
+//! Family semantics (FORMAT 8): LLaDA proposes with [`LladaProposer`] and compares thresholds in
+//! float64; Dream proposes with [`DreamProposer`] and compares in float32. Dream's score is the
+//! probability for `threshold`, `factor` and `origin`, and the **negative entropy** for the count
+//! schedules (`fixed`, `dream_timesteps`), because Dream's block path scores every non-threshold
+//! `alg` by entropy; [`ProposerConfig::dream_score`] overrides it (`maskgit_plus` / `topk_margin`
+//! runs of Dream's original sampler). Reference: the keyword arguments of `llada/generate.py` and
+//! `dream/model/generation_utils*.py`. Deviations: settings the reference silently ignores or
+//! crashes on (top-p for LLaDA, random remasking for Dream, a threshold of 1.3) are errors.
+
+use std::str::FromStr;
+
+use fastdllm_core::{ModelFamily, Proposer, UnmaskPolicy};
+
+use crate::confidence::{DreamProposer, DreamScore, LladaProposer, Remasking};
+use crate::dream::{DreamTimesteps, Origin, DEFAULT_EPS};
+use crate::factor::Factor;
+use crate::fixed::FixedSchedule;
+use crate::threshold::{Precision, Threshold};
+use crate::{Error, Result};
+
+fn default_eps() -> f32 {
+    DEFAULT_EPS
+}
+
+fn family_name(family: ModelFamily) -> String {
+    format!("{family:?}").to_lowercase()
+}
+
+/// Which unmasking rule to run. Serialised with a `kind` tag:
+/// `{"kind": "threshold", "threshold": 0.9}`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Unmask {
+    /// LLaDA's fixed schedule (SPEC 2.3a), the reference default when neither threshold nor
+    /// factor is set.
+    Fixed,
+    /// Dream's `linspace(1, eps, steps + 1)` count schedule (SPEC 2.8.2, 2.8.3).
+    DreamTimesteps {
+        /// Last timestep, in (0, 1); default 1e-3.
+        #[serde(default = "default_eps")]
+        eps: f32,
+    },
+    /// Fast-dLLM's threshold rule (SPEC 2.3b).
+    Threshold {
+        /// `tau`, in (0, 1]; the paper uses 0.9.
+        threshold: f64,
+    },
+    /// Fast-dLLM's factor rule (SPEC 2.3c).
+    Factor {
+        /// `f`, finite and > 0; the scripts use 1.
+        factor: f64,
+    },
+    /// Dream's `origin` algorithm (random reveals with probability `1 - s/t`).
+    Origin {
+        /// Last timestep, in (0, 1); default 1e-3.
+        #[serde(default = "default_eps")]
+        eps: f32,
+    },
+}
+
+impl Default for Unmask {
+    fn default() -> Self {
+        Unmask::Fixed
+    }
+}
+
+/// The comparison precision of the family's reference threshold code.
+pub fn threshold_precision(family: ModelFamily) -> Precision {
+    match family {
+        ModelFamily::Llada => Precision::F64,
+        ModelFamily::Dream => Precision::F32,
+    }
+}
+
+fn check_eps(eps: f32) -> Result<()> {
+    if eps > 0.0 && eps < 1.0 {
+        Ok(())
+    } else {
+        Err(Error::setting("eps", eps, "in (0, 1)"))
+    }
+}
+
+/// Checks a threshold: in (0, 1].
+pub fn check_threshold(threshold: f64) -> Result<()> {
+    if threshold > 0.0 && threshold <= 1.0 {
+        Ok(())
+    } else {
+        Err(Error::setting("threshold", threshold, "in (0, 1]"))
+    }
+}
+
+impl Unmask {
+    /// Checks the parameter's range.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            Unmask::Fixed => Ok(()),
+            Unmask::DreamTimesteps { eps } | Unmask::Origin { eps } => check_eps(eps),
+            Unmask::Threshold { threshold } => check_threshold(threshold),
+            Unmask::Factor { factor } => {
+                if factor.is_finite() && factor > 0.0 {
+                    Ok(())
+                } else {
+                    Err(Error::setting("factor", factor, "finite and > 0"))
+                }
+            }
+        }
+    }
+
+    /// The policy for `family`; `seed` feeds the rules that draw random numbers (`origin`).
+    pub fn build(&self, family: ModelFamily, seed: u64) -> Result<Box<dyn UnmaskPolicy + Send>> {
+        self.validate()?;
+        Ok(match *self {
+            Unmask::Fixed => Box::new(FixedSchedule),
+            Unmask::DreamTimesteps { eps } => Box::new(DreamTimesteps { eps }),
+            Unmask::Threshold { threshold } => {
+                Box::new(Threshold::new(threshold, threshold_precision(family)))
+            }
+            Unmask::Factor { factor } => Box::new(Factor::new(factor)),
+            Unmask::Origin { eps } => Box::new(Origin::new(eps, seed)),
+        })
+    }
+
+    /// Short name for reports, equal to the built policy's `name()`: `fixed`, `threshold=0.9`,
+    /// `factor=1`, `dream_timesteps`, `origin` (with `=eps` when eps is not 1e-3). Parses back
+    /// with [`FromStr`].
+    pub fn label(&self) -> String {
+        match *self {
+            Unmask::Fixed => "fixed".into(),
+            Unmask::DreamTimesteps { eps } if eps == DEFAULT_EPS => "dream_timesteps".into(),
+            Unmask::DreamTimesteps { eps } => format!("dream_timesteps={eps}"),
+            Unmask::Threshold { threshold } => format!("threshold={threshold}"),
+            Unmask::Factor { factor } => format!("factor={factor}"),
+            Unmask::Origin { eps } if eps == DEFAULT_EPS => "origin".into(),
+            Unmask::Origin { eps } => format!("origin={eps}"),
+        }
+    }
+
+    /// The Dream score the reference uses with this rule (see the module docs).
+    pub fn dream_score(&self) -> DreamScore {
+        match self {
+            Unmask::Fixed | Unmask::DreamTimesteps { .. } => DreamScore::NegEntropy,
+            Unmask::Threshold { .. } | Unmask::Factor { .. } | Unmask::Origin { .. } => {
+                DreamScore::Probability
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Unmask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.label())
+    }
+}
+
+impl FromStr for Unmask {
+    type Err = Error;
+    /// Parses a label: `fixed`, `threshold=0.9`, `factor=1`, `dream_timesteps[=eps]`,
+    /// `origin[=eps]`. The value is validated.
+    fn from_str(s: &str) -> Result<Self> {
+        let (kind, value) = match s.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (s.trim(), None),
+        };
+        let num = |name: &'static str, allowed: &str| -> Result<f64> {
+            let v = value.ok_or_else(|| Error::setting(name, s, format!("given as {name}=<value>")))?;
+            v.parse::<f64>().map_err(|_| Error::setting(name, v, allowed.to_string()))
+        };
+        let eps = |name: &'static str| -> Result<f32> {
+            match value {
+                None => Ok(DEFAULT_EPS),
+                Some(v) => v.parse::<f32>().map_err(|_| Error::setting(name, v, "a number in (0, 1)")),
+            }
+        };
+        let u = match kind {
+            "fixed" if value.is_none() => Unmask::Fixed,
+            "threshold" => Unmask::Threshold { threshold: num("threshold", "a number in (0, 1]")? },
+            "factor" => Unmask::Factor { factor: num("factor", "a finite number > 0")? },
+            "dream_timesteps" => Unmask::DreamTimesteps { eps: eps("eps")? },
+            "origin" => Unmask::Origin { eps: eps("eps")? },
+            _ => {
+                return Err(Error::setting(
+                    "unmask",
+                    s,
+                    "one of fixed, threshold=<tau>, factor=<f>, dream_timesteps[=<eps>], origin[=<eps>]",
+                ))
+            }
+        };
+        u.validate()?;
+        Ok(u)
+    }
+}
+
+/// How logits become proposals. Unset fields take the reference defaults (greedy,
+/// `low_confidence`, no filters, the rule's Dream score).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ProposerConfig {
+    /// `T >= 0`, finite; 0 = greedy (the paper's setting).
+    pub temperature: f64,
+    /// Dream only: nucleus filter, in (0, 1].
+    pub top_p: Option<f64>,
+    /// Dream only: keep the `k >= 1` largest logits.
+    pub top_k: Option<usize>,
+    /// LLaDA only: how proposals are scored.
+    pub remasking: Remasking,
+    /// Dream only: overrides the score [`Unmask::dream_score`] picks.
+    pub dream_score: Option<DreamScore>,
+}
+
+impl Default for ProposerConfig {
+    fn default() -> Self {
+        ProposerConfig {
+            temperature: 0.0,
+            top_p: None,
+            top_k: None,
+            remasking: Remasking::LowConfidence,
+            dream_score: None,
+        }
+    }
+}
+
+impl ProposerConfig {
+    /// Checks every range (family-independent).
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::setting("temperature", self.temperature, "finite and >= 0"));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(Error::setting("top_p", p, "in (0, 1]"));
+            }
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::setting("top_k", 0, ">= 1"));
+        }
+        Ok(())
+    }
+
+    /// The proposer for `family` running with `unmask` (which picks Dream's default score).
+    /// Errors on out-of-range values and on settings the family's reference does not have.
+    pub fn build(&self, family: ModelFamily, unmask: &Unmask) -> Result<Box<dyn Proposer + Send>> {
+        self.validate()?;
+        let unsupported = |name: &'static str, reason: &str| Error::Unsupported {
+            name,
+            family: family_name(family),
+            reason: reason.to_string(),
+        };
+        match family {
+            ModelFamily::Llada => {
+                if self.top_p.is_some() {
+                    return Err(unsupported("top_p", "LLaDA's sampler has no nucleus filter (Dream only)"));
+                }
+                if self.top_k.is_some() {
+                    return Err(unsupported("top_k", "LLaDA's sampler has no top-k filter (Dream only)"));
+                }
+                if self.dream_score.is_some() {
+                    return Err(unsupported(
+                        "dream_score",
+                        "LLaDA scores with remasking = low_confidence | random",
+                    ));
+                }
+                Ok(Box::new(LladaProposer::new(self.temperature, self.remasking)))
+            }
+            ModelFamily::Dream => {
+                if self.remasking != Remasking::LowConfidence {
+                    return Err(unsupported(
+                        "remasking",
+                        "Dream's sampler has no random remasking; choose a dream_score",
+                    ));
+                }
+                Ok(Box::new(DreamProposer {
+                    temperature: self.temperature,
+                    top_p: self.top_p,
+                    top_k: self.top_k,
+                    score: self.dream_score.unwrap_or_else(|| unmask.dream_score()),
+                }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(u: Unmask) -> String {
+        u.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn validation_messages_name_parameter_and_range() {
+        assert_eq!(err(Unmask::Threshold { threshold: 1.3 }), "threshold must be in (0, 1], got 1.3");
+        assert_eq!(err(Unmask::Threshold { threshold: 0.0 }), "threshold must be in (0, 1], got 0");
+        assert!(err(Unmask::Threshold { threshold: f64::NAN }).contains("threshold"));
+        assert_eq!(err(Unmask::Factor { factor: -1.0 }), "factor must be finite and > 0, got -1");
+        assert!(err(Unmask::Factor { factor: f64::INFINITY }).contains("factor"));
+        assert_eq!(err(Unmask::DreamTimesteps { eps: 1.0 }), "eps must be in (0, 1), got 1");
+        assert!(err(Unmask::Origin { eps: 0.0 }).contains("eps"));
+        assert!(Unmask::Threshold { threshold: 1.0 }.validate().is_ok());
+        assert!(Unmask::Fixed.validate().is_ok());
+
+        let bad = |c: ProposerConfig| c.validate().unwrap_err().to_string();
+        let d = ProposerConfig::default();
+        assert_eq!(bad(ProposerConfig { temperature: -1.0, ..d }), "temperature must be finite and >= 0, got -1");
+        assert!(bad(ProposerConfig { temperature: f64::NAN, ..d }).contains("temperature"));
+        assert_eq!(bad(ProposerConfig { top_p: Some(0.0), ..d }), "top_p must be in (0, 1], got 0");
+        assert_eq!(bad(ProposerConfig { top_k: Some(0), ..d }), "top_k must be >= 1, got 0");
+        assert!(d.validate().is_ok());
+    }
+
+    #[test]
+    fn build_follows_family_semantics() {
+        let t = Unmask::Threshold { threshold: 0.9 };
+        assert_eq!(t.build(ModelFamily::Llada, 0).unwrap().name(), "threshold=0.9");
+        assert!(t.build(ModelFamily::Dream, 0).is_ok());
+        assert!(Unmask::Threshold { threshold: 2.0 }.build(ModelFamily::Llada, 0).is_err());
+        assert_eq!(threshold_precision(ModelFamily::Llada), Precision::F64);
+        assert_eq!(threshold_precision(ModelFamily::Dream), Precision::F32);
+        assert_eq!(Unmask::DreamTimesteps { eps: 1e-3 }.dream_score(), DreamScore::NegEntropy);
+        assert_eq!(Unmask::Fixed.dream_score(), DreamScore::NegEntropy);
+        assert_eq!(t.dream_score(), DreamScore::Probability);
+        assert_eq!(Unmask::Factor { factor: 1.0 }.dream_score(), DreamScore::Probability);
+
+        let d = ProposerConfig::default();
+        assert!(d.build(ModelFamily::Llada, &t).is_ok());
+        assert!(d.build(ModelFamily::Dream, &t).is_ok());
+        let e = ProposerConfig { top_p: Some(0.9), ..d }.build(ModelFamily::Llada, &t);
+        assert_eq!(
+            e.err().unwrap().to_string(),
+            "top_p is not supported for llada: LLaDA's sampler has no nucleus filter (Dream only)"
+        );
+        assert!(ProposerConfig { remasking: Remasking::Random, ..d }.build(ModelFamily::Dream, &t).is_err());
+        assert!(ProposerConfig { dream_score: Some(DreamScore::Margin), ..d }
+            .build(ModelFamily::Llada, &t)
+            .is_err());
+        // The policies and proposers are Send.
+        fn is_send<T: Send>(_: &T) {}
+        is_send(&t.build(ModelFamily::Dream, 1).unwrap());
+        is_send(&d.build(ModelFamily::Dream, &t).unwrap());
+    }
+
+    #[test]
+    fn labels_round_trip_and_match_policy_names() {
+        let all = [
+            Unmask::Fixed,
+            Unmask::DreamTimesteps { eps: 1e-3 },
+            Unmask::DreamTimesteps { eps: 0.01 },
+            Unmask::Threshold { threshold: 0.9 },
+            Unmask::Threshold { threshold: 0.99999 },
+            Unmask::Factor { factor: 1.0 },
+            Unmask::Factor { factor: 0.0001 },
+            Unmask::Origin { eps: 1e-3 },
+            Unmask::Origin { eps: 0.5 },
+        ];
+        for u in all {
+            let label = u.label();
+            assert_eq!(label.parse::<Unmask>().unwrap(), u, "{label}");
+            assert_eq!(u.build(ModelFamily::Llada, 0).unwrap().name(), label);
+        }
+        assert_eq!(Unmask::Factor { factor: 1.0 }.label(), "factor=1");
+        assert_eq!(Unmask::DreamTimesteps { eps: 1e-3 }.to_string(), "dream_timesteps");
+        assert!("threshold=1.5".parse::<Unmask>().is_err());
+        assert!("threshold".parse::<Unmask>().is_err());
+        assert!("fixed=3".parse::<Unmask>().is_err());
+        assert!("bogus".parse::<Unmask>().unwrap_err().to_string().contains("one of fixed"));
+    }
+
+    #[test]
+    fn serde_names() {
+        use serde::de::value::{Error as DeError, MapDeserializer, StrDeserializer};
+        use serde::Deserialize;
+        let fixed = MapDeserializer::<_, DeError>::new([("kind", "fixed")].into_iter());
+        assert_eq!(Unmask::deserialize(fixed).unwrap(), Unmask::Fixed);
+        let ts = MapDeserializer::<_, DeError>::new([("kind", "dream_timesteps")].into_iter());
+        assert_eq!(Unmask::deserialize(ts).unwrap(), Unmask::DreamTimesteps { eps: 1e-3 });
+        let r = Remasking::deserialize(StrDeserializer::<DeError>::new("random")).unwrap();
+        assert_eq!(r, Remasking::Random);
+        for (name, want) in [
+            ("maskgit_plus", DreamScore::Probability),
+            ("topk_margin", DreamScore::Margin),
+            ("entropy", DreamScore::NegEntropy),
+            ("neg_entropy", DreamScore::NegEntropy),
+        ] {
+            let got = DreamScore::deserialize(StrDeserializer::<DeError>::new(name)).unwrap();
+            assert_eq!(got, want, "{name}");
+        }
+        assert_eq!(Unmask::default(), Unmask::Fixed);
+    }
+}
