@@ -1,1 +1,14 @@
-//! placeholder
+//! fastdllm-cli: the `fastdllm` binary and the glue it shares with the conformance tests, the
+//! benches and the server.
+//!
+//! * [`engine`]: one [`engine::GenerationSettings`] (decode config + cache + sampler settings)
+//!   turned into policies and run through [`fastdllm_core::generate()`];
+//! * [`conform`]: golden cases of the reference implementation (conformance/goldens/FORMAT.md)
+//!   run and judged by FORMAT.md section 10;
+//! * [`paths`]: the models bundled with the repository.
+//!
+//! The only crate of the workspace with `anyhow` and `clap`.
+
+pub mod conform;
+pub mod engine;
+pub mod paths;

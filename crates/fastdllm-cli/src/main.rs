@@ -1,1 +1,18 @@
-fn main() {}
+//! `fastdllm`: generate with LLaDA / Dream diffusion LLMs (Fast-dLLM caches and parallel
+//! decoding), check the engine against the reference's golden cases, evaluate, benchmark, trace
+//! and serve.
+
+mod commands;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = commands::Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

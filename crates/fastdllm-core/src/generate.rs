@@ -257,7 +257,7 @@ pub fn generate(
             } else {
                 None
             };
-            let proposals = proposer.propose(&logits, rngs)?;
+            let proposals = propose_active(proposer, &logits, rngs, &active)?;
             let mut commits = vec![Vec::new(); batch];
             for r in 0..batch {
                 if !active[r] {
@@ -321,6 +321,29 @@ pub fn generate(
         out.generated = canvas.rows[r][p0..].to_vec();
     }
     Ok(Generation { rows: outs, nfe, trace })
+}
+
+/// Proposals for the active rows only (inactive rows get none), so a row's random stream
+/// advances exactly as in a solo run.
+fn propose_active(
+    proposer: &mut dyn Proposer,
+    logits: &Tensor,
+    rngs: &mut [Rng],
+    active: &[bool],
+) -> Result<Vec<Vec<crate::policy::Proposal>>> {
+    if active.iter().all(|&a| a) {
+        return proposer.propose(logits, rngs);
+    }
+    let idx: Vec<u32> = (0..active.len()).filter(|&r| active[r]).map(|r| r as u32).collect();
+    let sub = logits.index_select(&Tensor::new(idx.as_slice(), logits.device())?, 0)?;
+    let mut sub_rngs: Vec<Rng> = idx.iter().map(|&r| rngs[r as usize].clone()).collect();
+    let mut props = proposer.propose(&sub, &mut sub_rngs)?.into_iter();
+    let mut out = vec![Vec::new(); active.len()];
+    for (&r, rng) in idx.iter().zip(sub_rngs) {
+        rngs[r as usize] = rng;
+        out[r as usize] = props.next().unwrap_or_default();
+    }
+    Ok(out)
 }
 
 fn check_plan(plan: &ForwardPlan, block: &std::ops::Range<usize>, seq_len: usize) -> Result<()> {

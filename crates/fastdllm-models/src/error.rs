@@ -34,7 +34,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A JSON file is malformed or a field has the wrong type.
-    #[error("{}:{line}:{column}: {message}{}", .path.display(), near(.near))]
+    #[error("{}:{line}:{column}: {message}{}", .path.display(), near_text(.near))]
     Json {
         /// The file.
         path: PathBuf,
@@ -72,6 +72,12 @@ pub enum Error {
         field: &'static str,
         /// The value found (empty when neither field is present).
         value: String,
+    },
+    /// The requested activation dtype is not one the models run in.
+    #[error("unsupported dtype {dtype:?}: the models run in f32, bf16 or f16")]
+    UnsupportedDType {
+        /// The rejected dtype.
+        dtype: candle_core::DType,
     },
     /// A weight tensor is missing from the checkpoint.
     #[error("tensor `{name}` not found in {location}")]
@@ -125,7 +131,7 @@ fn in_file(file: &Option<PathBuf>) -> String {
     }
 }
 
-fn near(near: &Option<String>) -> String {
+fn near_text(near: &Option<String>) -> String {
     match near {
         Some(text) => format!(" (near `{text}`)"),
         None => String::new(),
@@ -141,19 +147,42 @@ fn tokenizer_path(path: &Option<PathBuf>) -> String {
 
 impl Error {
     /// Shorthand for [`Error::InvalidConfig`] without a file (the loader adds it).
-    pub(crate) fn config(field: &'static str, value: impl ToString, allowed: impl Into<String>) -> Self {
-        Error::InvalidConfig { file: None, field, value: value.to_string(), allowed: allowed.into() }
+    pub(crate) fn config(
+        field: &'static str,
+        value: impl ToString,
+        allowed: impl Into<String>,
+    ) -> Self {
+        Error::InvalidConfig {
+            file: None,
+            field,
+            value: value.to_string(),
+            allowed: allowed.into(),
+        }
     }
 
     /// Attaches the config file to config errors that do not name one yet.
     pub(crate) fn in_config_file(self, path: &Path) -> Self {
         match self {
-            Error::InvalidConfig { file: None, field, value, allowed } => {
-                Error::InvalidConfig { file: Some(path.to_path_buf()), field, value, allowed }
-            }
-            Error::UnknownArchitecture { file: None, field, value } => {
-                Error::UnknownArchitecture { file: Some(path.to_path_buf()), field, value }
-            }
+            Error::InvalidConfig {
+                file: None,
+                field,
+                value,
+                allowed,
+            } => Error::InvalidConfig {
+                file: Some(path.to_path_buf()),
+                field,
+                value,
+                allowed,
+            },
+            Error::UnknownArchitecture {
+                file: None,
+                field,
+                value,
+            } => Error::UnknownArchitecture {
+                file: Some(path.to_path_buf()),
+                field,
+                value,
+            },
             other => other,
         }
     }
@@ -175,12 +204,21 @@ impl Error {
             .map(|l| l.trim())
             .filter(|l| !l.is_empty() && l.len() <= 200)
             .map(str::to_string);
-        Error::Json { path: path.to_path_buf(), line, column, message, near }
+        Error::Json {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message,
+            near,
+        }
     }
 
     /// Converts the tokenizers crate's boxed error (the one place it happens, STYLE 3.4).
     pub(crate) fn tokenizer(path: Option<&Path>, err: impl std::fmt::Display) -> Self {
-        Error::Tokenizer { path: path.map(Path::to_path_buf), message: err.to_string() }
+        Error::Tokenizer {
+            path: path.map(Path::to_path_buf),
+            message: err.to_string(),
+        }
     }
 }
 

@@ -1,1 +1,54 @@
-//! placeholder
+//! fastdllm-models: the LLaDA and Dream diffusion LLMs on candle, loaded from local Hugging Face
+//! directories.
+//!
+//! Both are bidirectional transformers (no causal mask anywhere) that score every position of a
+//! canvas; Fast-dLLM (arXiv 2505.22618, NVlabs/Fast-dLLM) accelerates them with an approximate
+//! block-wise KV cache. This crate implements [`fastdllm_core::DiffusionLm`] for both:
+//!
+//! * [`LladaModel`] — GSAI-ML/LLaDA-8B (`LLaDAModelLM`, SPEC 1.1);
+//! * [`DreamModel`] — Dream-org/Dream-v0-7B (`DreamModel`, SPEC 1.2), which applies Dream's
+//!   logits shift itself so that every model returns aligned logits.
+//!
+//! The models are immutable (`&self` forward); K/V go through the [`fastdllm_core::KvView`] the
+//! caller passes, once per layer, post-RoPE. Positions are explicit
+//! ([`fastdllm_core::Positions`]), and the final norm and LM head run only for the rows the
+//! caller asks for. Both architectures are one shared layer implementation (`layers/`) with
+//! different tensor names and numerics.
+//!
+//! ```no_run
+//! use candle_core::{DType, Device, Tensor};
+//! use fastdllm_core::{ForwardInput, PassthroughKv, Positions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let loaded = fastdllm_models::load_model("fixtures/llada-tiny".as_ref(), &Device::Cpu, DType::F32)?;
+//! let ids = loaded.tokenizer.encode("copy abc=", true)?;
+//! let len = ids.len();
+//! let input = ForwardInput {
+//!     tokens: Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?,
+//!     positions: Positions::Contiguous { start: 0 },
+//!     window_start: 0,
+//!     key_bias: None,
+//!     logits_rows: 0..len,
+//! };
+//! let logits = loaded.model.forward(&input, &mut PassthroughKv)?; // (1, len, vocab), f32
+//! # let _ = logits;
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod any;
+pub mod config;
+pub mod dream;
+pub mod error;
+pub(crate) mod layers;
+pub mod llada;
+pub mod loading;
+pub mod tokenizer;
+
+pub use any::{load_model, random_model, LoadedModel, ModelInfo, DREAM_BOS_TOKEN};
+pub use config::{load_config, ModelConfig, RawGenerationConfig, TokenIds};
+pub use dream::{DreamConfig, DreamModel, RawDreamConfig};
+pub use error::{Error, Result};
+pub use llada::{LladaConfig, LladaModel, RawLladaConfig};
+pub use tokenizer::{ChatTemplate, Tokenizer};

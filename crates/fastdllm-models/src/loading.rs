@@ -36,15 +36,23 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if !index.is_file() {
         return Err(Error::MissingFile {
             path: single,
-            what: format!("model weights (neither {SINGLE_FILE} nor {SHARD_INDEX} is in the directory)"),
+            what: format!(
+                "model weights (neither {SINGLE_FILE} nor {SHARD_INDEX} is in the directory)"
+            ),
         });
     }
-    let text = std::fs::read_to_string(&index).map_err(|source| Error::Io { path: index.clone(), source })?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::json(&index, &text, &e))?;
+    let text = std::fs::read_to_string(&index).map_err(|source| Error::Io {
+        path: index.clone(),
+        source,
+    })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::json(&index, &text, &e))?;
     let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) else {
         return Err(Error::ShardIndex {
             path: index,
-            message: "no `weight_map` object (expected {\"weight_map\": {tensor name: shard file}})".into(),
+            message:
+                "no `weight_map` object (expected {\"weight_map\": {tensor name: shard file}})"
+                    .into(),
         });
     };
     let mut shards = BTreeSet::new();
@@ -57,7 +65,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         };
         let relative = Path::new(file);
         // Shards must live in the model directory: refuse absolute paths and `..`.
-        if !relative.components().all(|c| matches!(c, Component::Normal(_))) {
+        if !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+        {
             return Err(Error::ShardIndex {
                 path: index,
                 message: format!("weight_map[{tensor:?}] = {file:?}: shard paths must be relative to the model directory"),
@@ -66,7 +77,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         shards.insert(file.to_string());
     }
     if shards.is_empty() {
-        return Err(Error::ShardIndex { path: index, message: "`weight_map` is empty".into() });
+        return Err(Error::ShardIndex {
+            path: index,
+            message: "`weight_map` is empty".into(),
+        });
     }
     let mut files = Vec::with_capacity(shards.len());
     for shard in shards {
@@ -74,7 +88,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         if !path.is_file() {
             return Err(Error::ShardIndex {
                 path: index,
-                message: format!("shard {shard:?} listed in weight_map is missing ({} not found)", path.display()),
+                message: format!(
+                    "shard {shard:?} listed in weight_map is missing ({} not found)",
+                    path.display()
+                ),
             });
         }
         files.push(path);
@@ -83,7 +100,11 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Memory-maps `files` into a [`VarBuilder`] that converts to `dtype` and places on `device`.
-pub fn mmap_var_builder(files: &[PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+pub fn mmap_var_builder(
+    files: &[PathBuf],
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>> {
     // SAFETY: the files are mapped read-only; a mapping is undefined behaviour only if the file
     // is truncated or rewritten while mapped. Nothing in this process writes checkpoint files,
     // and every tensor is copied out of the mapping (into a host or device buffer) while the
@@ -106,7 +127,10 @@ pub(crate) enum InitKind {
 impl InitKind {
     fn hint(self) -> Init {
         match self {
-            InitKind::Matrix | InitKind::Bias => Init::Randn { mean: 0.0, stdev: RANDOM_WEIGHT_STD },
+            InitKind::Matrix | InitKind::Bias => Init::Randn {
+                mean: 0.0,
+                stdev: RANDOM_WEIGHT_STD,
+            },
             InitKind::Norm => Init::Const(1.0),
         }
     }
@@ -120,7 +144,10 @@ pub(crate) struct Weights<'a> {
 
 impl<'a> Weights<'a> {
     pub(crate) fn new(vb: VarBuilder<'a>, location: impl Into<String>) -> Self {
-        Self { vb, location: location.into() }
+        Self {
+            vb,
+            location: location.into(),
+        }
     }
 
     /// Device the tensors are placed on.
@@ -136,16 +163,25 @@ impl<'a> Weights<'a> {
     /// The tensor `name` (full checkpoint name, from the builder's root), checked against `shape`.
     pub(crate) fn get(&self, shape: &[usize], name: &str, init: InitKind) -> Result<Tensor> {
         let expected = Shape::from_dims(shape);
-        self.vb.get_with_hints(expected, name, init.hint()).map_err(|err| self.explain(name, shape, err))
+        self.vb
+            .get_with_hints(expected, name, init.hint())
+            .map_err(|err| self.explain(name, shape, err))
     }
 
     fn explain(&self, name: &str, shape: &[usize], err: candle_core::Error) -> Error {
         match find_cause(&err) {
-            Some(Cause::Missing) => Error::MissingTensor { name: name.to_string(), location: self.location.clone() },
-            Some(Cause::Shape(actual)) => {
-                Error::TensorShape { name: name.to_string(), expected: shape.to_vec(), actual }
-            }
-            None => Error::Candle(err.context(format!("loading tensor `{name}` from {}", self.location))),
+            Some(Cause::Missing) => Error::MissingTensor {
+                name: name.to_string(),
+                location: self.location.clone(),
+            },
+            Some(Cause::Shape(actual)) => Error::TensorShape {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                actual,
+            },
+            None => Error::Candle(
+                err.context(format!("loading tensor `{name}` from {}", self.location)),
+            ),
         }
     }
 }
@@ -162,7 +198,9 @@ fn find_cause(err: &candle_core::Error) -> Option<Cause> {
     match err {
         E::CannotFindTensor { .. } => Some(Cause::Missing),
         E::UnexpectedShape { got, .. } => Some(Cause::Shape(got.dims().to_vec())),
-        E::WithBacktrace { inner, .. } | E::Context { inner, .. } | E::WithPath { inner, .. } => find_cause(inner),
+        E::WithBacktrace { inner, .. } | E::Context { inner, .. } | E::WithPath { inner, .. } => {
+            find_cause(inner)
+        }
         _ => None,
     }
 }
@@ -178,7 +216,11 @@ pub fn random_var_builder(dtype: DType, device: &Device, seed: u64) -> Result<Va
     if !device.is_cpu() {
         device.set_seed(seed)?;
     }
-    Ok(VarBuilder::from_backend(Box::new(RandomBackend { seed }), dtype, device.clone()))
+    Ok(VarBuilder::from_backend(
+        Box::new(RandomBackend { seed }),
+        dtype,
+        device.clone(),
+    ))
 }
 
 struct RandomBackend {
@@ -186,7 +228,14 @@ struct RandomBackend {
 }
 
 impl SimpleBackend for RandomBackend {
-    fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         match init {
             Init::Const(value) => {
                 let t = Tensor::ones(shape, dtype, dev)?;
@@ -200,7 +249,9 @@ impl SimpleBackend for RandomBackend {
                 if dev.is_cpu() {
                     let n = shape.elem_count();
                     let mut rng = SplitMix64::new(self.seed ^ fnv1a(name));
-                    let data: Vec<f32> = (0..n).map(|_| (mean + stdev * rng.normal()) as f32).collect();
+                    let data: Vec<f32> = (0..n)
+                        .map(|_| (mean + stdev * rng.normal()) as f32)
+                        .collect();
                     Tensor::from_vec(data, shape, dev)?.to_dtype(dtype)
                 } else {
                     Tensor::randn(mean as f32, stdev as f32, shape, dev)?.to_dtype(dtype)
@@ -210,7 +261,12 @@ impl SimpleBackend for RandomBackend {
         }
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         candle_core::bail!("random weights need a shape for {name}")
     }
 
@@ -220,7 +276,9 @@ impl SimpleBackend for RandomBackend {
 }
 
 fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// SplitMix64 (Steele, Lea, Flood 2014) with Box-Muller normals: small, seedable, good enough for
@@ -232,7 +290,10 @@ struct SplitMix64 {
 
 impl SplitMix64 {
     fn new(seed: u64) -> Self {
-        Self { state: seed, spare: None }
+        Self {
+            state: seed,
+            spare: None,
+        }
     }
 
     fn next_u64(&mut self) -> u64 {

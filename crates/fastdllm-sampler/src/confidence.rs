@@ -33,7 +33,9 @@ use crate::{Error, Result};
 type CoreResult<T> = fastdllm_core::Result<T>;
 
 /// How LLaDA scores its proposals.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Remasking {
     /// `softmax(logits as f64)[x0]`, the paper's setting.
@@ -65,7 +67,11 @@ impl std::str::FromStr for Remasking {
         match s {
             "low_confidence" => Ok(Remasking::LowConfidence),
             "random" => Ok(Remasking::Random),
-            _ => Err(Error::setting("remasking", s, "one of low_confidence, random")),
+            _ => Err(Error::setting(
+                "remasking",
+                s,
+                "one of low_confidence, random",
+            )),
         }
     }
 }
@@ -152,7 +158,10 @@ fn assemble(tokens: Vec<Vec<u32>>, conf: Vec<Vec<f64>>, vocab: usize) -> Vec<Vec
         .map(|(ts, cs)| {
             ts.into_iter()
                 .zip(cs)
-                .map(|(t, c)| Proposal { token: t.min(last), confidence: c })
+                .map(|(t, c)| Proposal {
+                    token: t.min(last),
+                    confidence: c,
+                })
                 .collect()
         })
         .collect()
@@ -170,7 +179,10 @@ pub struct LladaProposer {
 impl LladaProposer {
     /// A LLaDA proposer.
     pub fn new(temperature: f64, remasking: Remasking) -> Self {
-        LladaProposer { temperature, remasking }
+        LladaProposer {
+            temperature,
+            remasking,
+        }
     }
 }
 
@@ -201,13 +213,17 @@ impl Proposer for LladaProposer {
                 let max = l64.max_keepdim(D::Minus1)?;
                 let e = l64.broadcast_sub(&max)?.exp()?;
                 let inv = e.sum_keepdim(D::Minus1)?.recip()?;
-                let idx = tokens.minimum((v - 1) as u32)?.unsqueeze(D::Minus1)?.contiguous()?;
+                let idx = tokens
+                    .minimum((v - 1) as u32)?
+                    .unsqueeze(D::Minus1)?
+                    .contiguous()?;
                 let e_x0 = e.gather(&idx, D::Minus1)?;
                 (e_x0 * inv)?.squeeze(D::Minus1)?.to_vec2::<f64>()?
             }
-            Remasking::Random => {
-                rngs.iter_mut().map(|rng| (0..r).map(|_| rng.open01()).collect()).collect()
-            }
+            Remasking::Random => rngs
+                .iter_mut()
+                .map(|rng| (0..r).map(|_| rng.open01()).collect())
+                .collect(),
         };
         Ok(assemble(tokens.to_vec2::<u32>()?, conf, v))
     }
@@ -229,7 +245,12 @@ pub struct DreamProposer {
 impl DreamProposer {
     /// A greedy, unfiltered Dream proposer with the given score.
     pub fn greedy(score: DreamScore) -> Self {
-        DreamProposer { temperature: 0.0, top_p: None, top_k: None, score }
+        DreamProposer {
+            temperature: 0.0,
+            top_p: None,
+            top_k: None,
+            score,
+        }
     }
 
     fn filters(&self) -> bool {
@@ -276,13 +297,19 @@ impl DreamProposer {
             }
             DreamScore::NegEntropy => neg_entropy(&probs),
         };
-        Proposal { token: token as u32, confidence: f64::from(conf) }
+        Proposal {
+            token: token as u32,
+            confidence: f64::from(conf),
+        }
     }
 
     fn propose_host(&self, logits: &Tensor, rngs: &mut [Rng]) -> CoreResult<Vec<Vec<Proposal>>> {
         let (_, r, v) = logits.dims3()?;
         let bf16 = logits.dtype() == DType::BF16;
-        let flat = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let flat = logits
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         Ok(rngs
             .iter_mut()
             .enumerate()
@@ -361,7 +388,11 @@ fn first_max(xs: &[f32]) -> (usize, f32) {
 /// Inverse-CDF sample from `probs` with one uniform of `rng`; never picks a zero-probability
 /// entry.
 fn sample(probs: &[f32], rng: &mut Rng) -> (usize, f32) {
-    let total: f64 = probs.iter().filter(|p| **p > 0.0).map(|&p| f64::from(p)).sum();
+    let total: f64 = probs
+        .iter()
+        .filter(|p| **p > 0.0)
+        .map(|&p| f64::from(p))
+        .sum();
     let target = rng.open01() * total;
     let mut cum = 0.0_f64;
     let mut last = None;
@@ -449,7 +480,10 @@ mod tests {
     }
 
     fn f64_softmax(row: &[f32]) -> Vec<f64> {
-        let m = row.iter().map(|&x| f64::from(x)).fold(f64::NEG_INFINITY, f64::max);
+        let m = row
+            .iter()
+            .map(|&x| f64::from(x))
+            .fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = row.iter().map(|&x| (f64::from(x) - m).exp()).collect();
         let s: f64 = e.iter().sum();
         e.iter().map(|x| x / s).collect()
@@ -457,7 +491,11 @@ mod tests {
 
     #[test]
     fn llada_greedy_argmax_and_f64_probability() {
-        let rows: [&[f32]; 3] = [&[0.1, 2.0, -1.0, 0.5], &[3.0, 3.0, 1.0, 0.0], &[-5.0, -4.0, -3.0, -4.5]];
+        let rows: [&[f32]; 3] = [
+            &[0.1, 2.0, -1.0, 0.5],
+            &[3.0, 3.0, 1.0, 0.0],
+            &[-5.0, -4.0, -3.0, -4.5],
+        ];
         let mut p = LladaProposer::new(0.0, Remasking::LowConfidence);
         let out = p.propose(&tensor(&rows), &mut [Rng::new(0)]).unwrap();
         assert_eq!(out.len(), 1);
@@ -465,7 +503,11 @@ mod tests {
         assert_eq!(toks, vec![1, 0, 2]); // first index on the tie in row 1
         for (prop, row) in out[0].iter().zip(rows) {
             let want = f64_softmax(row)[prop.token as usize];
-            assert!((prop.confidence - want).abs() < 1e-15, "{} vs {want}", prop.confidence);
+            assert!(
+                (prop.confidence - want).abs() < 1e-15,
+                "{} vs {want}",
+                prop.confidence
+            );
         }
         // Row 1: 1 / (2 + e^-2 + e^-3).
         assert!((out[0][1].confidence - 0.457_640_28).abs() < 1e-6);
@@ -474,7 +516,10 @@ mod tests {
     #[test]
     fn llada_rejects_wrong_rng_count() {
         let mut p = LladaProposer::default();
-        let e = p.propose(&tensor(&[&[0.0, 1.0]]), &mut []).unwrap_err().to_string();
+        let e = p
+            .propose(&tensor(&[&[0.0, 1.0]]), &mut [])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("rngs"), "{e}");
     }
 
@@ -509,7 +554,10 @@ mod tests {
         let mut r = Rng::new(9);
         let want: Vec<f64> = (0..3).map(|_| r.open01()).collect();
         assert_eq!(a[0].iter().map(|x| x.confidence).collect::<Vec<_>>(), want);
-        assert_eq!(a[0].iter().map(|x| x.token).collect::<Vec<_>>(), vec![1, 0, 0]);
+        assert_eq!(
+            a[0].iter().map(|x| x.token).collect::<Vec<_>>(),
+            vec![1, 0, 0]
+        );
     }
 
     #[test]
@@ -543,7 +591,11 @@ mod tests {
         assert!((m.confidence - (0.665_240_96 - 0.244_728_48)).abs() < 1e-6);
         let h = dream(DreamScore::NegEntropy, &row);
         let want: f64 = f64_softmax(&row).iter().map(|p| p * p.ln()).sum();
-        assert!((h.confidence - want).abs() < 1e-6, "{} vs {want}", h.confidence);
+        assert!(
+            (h.confidence - want).abs() < 1e-6,
+            "{} vs {want}",
+            h.confidence
+        );
         assert_eq!(h.token, 1);
         // A certain row has (nearly) zero negative entropy, the maximum.
         assert!(dream(DreamScore::NegEntropy, &[0.0, 100.0, 0.0]).confidence > -1e-6);
@@ -563,7 +615,10 @@ mod tests {
         top_p_filter(&mut l, 0.99);
         assert_eq!(l, [0.0, 3.0, 1.0]);
         // The confidence is the renormalised nucleus probability, even at T = 0.
-        let mut p = DreamProposer { top_p: Some(0.7), ..DreamProposer::greedy(DreamScore::Probability) };
+        let mut p = DreamProposer {
+            top_p: Some(0.7),
+            ..DreamProposer::greedy(DreamScore::Probability)
+        };
         let out = p.propose(&tensor(&[&row]), &mut [Rng::new(0)]).unwrap()[0][0];
         assert_eq!(out.token, 0);
         assert_eq!(out.confidence, f64::from(softmax(&[2.0, 1.0])[0]));
@@ -606,17 +661,28 @@ mod tests {
     #[test]
     fn dream_device_path_agrees_with_host_path() {
         let rows: Vec<Vec<f32>> = (0..6)
-            .map(|r| (0..50).map(|i| ((i * 7 + r * 13) % 17) as f32 * 0.9 - 4.0).collect())
+            .map(|r| {
+                (0..50)
+                    .map(|i| ((i * 7 + r * 13) % 17) as f32 * 0.9 - 4.0)
+                    .collect()
+            })
             .collect();
         let refs: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
         let logits = tensor(&refs);
-        for score in [DreamScore::Probability, DreamScore::Margin, DreamScore::NegEntropy] {
+        for score in [
+            DreamScore::Probability,
+            DreamScore::Margin,
+            DreamScore::NegEntropy,
+        ] {
             let p = DreamProposer::greedy(score);
             let host = p.propose_host(&logits, &mut [Rng::new(0)]).unwrap();
             let dev = p.propose_device(&logits).unwrap();
             for (h, d) in host[0].iter().zip(&dev[0]) {
                 assert_eq!(h.token, d.token, "{score}");
-                assert!((h.confidence - d.confidence).abs() < 1e-5, "{score}: {h:?} vs {d:?}");
+                assert!(
+                    (h.confidence - d.confidence).abs() < 1e-5,
+                    "{score}: {h:?} vs {d:?}"
+                );
             }
         }
     }
@@ -634,9 +700,18 @@ mod tests {
     fn names_parse_and_print() {
         assert_eq!("random".parse::<Remasking>().unwrap(), Remasking::Random);
         assert_eq!(Remasking::LowConfidence.to_string(), "low_confidence");
-        assert_eq!("topk_margin".parse::<DreamScore>().unwrap(), DreamScore::Margin);
-        assert_eq!("entropy".parse::<DreamScore>().unwrap(), DreamScore::NegEntropy);
+        assert_eq!(
+            "topk_margin".parse::<DreamScore>().unwrap(),
+            DreamScore::Margin
+        );
+        assert_eq!(
+            "entropy".parse::<DreamScore>().unwrap(),
+            DreamScore::NegEntropy
+        );
         let e = "bogus".parse::<Remasking>().unwrap_err().to_string();
-        assert_eq!(e, "remasking must be one of low_confidence, random, got bogus");
+        assert_eq!(
+            e,
+            "remasking must be one of low_confidence, random, got bogus"
+        );
     }
 }

@@ -31,11 +31,12 @@ fn family_name(family: ModelFamily) -> String {
 
 /// Which unmasking rule to run. Serialised with a `kind` tag:
 /// `{"kind": "threshold", "threshold": 0.9}`.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Unmask {
     /// LLaDA's fixed schedule (SPEC 2.3a), the reference default when neither threshold nor
     /// factor is set.
+    #[default]
     Fixed,
     /// Dream's `linspace(1, eps, steps + 1)` count schedule (SPEC 2.8.2, 2.8.3).
     DreamTimesteps {
@@ -59,12 +60,6 @@ pub enum Unmask {
         #[serde(default = "default_eps")]
         eps: f32,
     },
-}
-
-impl Default for Unmask {
-    fn default() -> Self {
-        Unmask::Fixed
-    }
 }
 
 /// The comparison precision of the family's reference threshold code.
@@ -165,13 +160,17 @@ impl FromStr for Unmask {
             None => (s.trim(), None),
         };
         let num = |name: &'static str, allowed: &str| -> Result<f64> {
-            let v = value.ok_or_else(|| Error::setting(name, s, format!("given as {name}=<value>")))?;
-            v.parse::<f64>().map_err(|_| Error::setting(name, v, allowed.to_string()))
+            let v =
+                value.ok_or_else(|| Error::setting(name, s, format!("given as {name}=<value>")))?;
+            v.parse::<f64>()
+                .map_err(|_| Error::setting(name, v, allowed.to_string()))
         };
         let eps = |name: &'static str| -> Result<f32> {
             match value {
                 None => Ok(DEFAULT_EPS),
-                Some(v) => v.parse::<f32>().map_err(|_| Error::setting(name, v, "a number in (0, 1)")),
+                Some(v) => v
+                    .parse::<f32>()
+                    .map_err(|_| Error::setting(name, v, "a number in (0, 1)")),
             }
         };
         let u = match kind {
@@ -226,7 +225,11 @@ impl ProposerConfig {
     /// Checks every range (family-independent).
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(Error::setting("temperature", self.temperature, "finite and >= 0"));
+            return Err(Error::setting(
+                "temperature",
+                self.temperature,
+                "finite and >= 0",
+            ));
         }
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
@@ -251,10 +254,16 @@ impl ProposerConfig {
         match family {
             ModelFamily::Llada => {
                 if self.top_p.is_some() {
-                    return Err(unsupported("top_p", "LLaDA's sampler has no nucleus filter (Dream only)"));
+                    return Err(unsupported(
+                        "top_p",
+                        "LLaDA's sampler has no nucleus filter (Dream only)",
+                    ));
                 }
                 if self.top_k.is_some() {
-                    return Err(unsupported("top_k", "LLaDA's sampler has no top-k filter (Dream only)"));
+                    return Err(unsupported(
+                        "top_k",
+                        "LLaDA's sampler has no top-k filter (Dream only)",
+                    ));
                 }
                 if self.dream_score.is_some() {
                     return Err(unsupported(
@@ -262,7 +271,10 @@ impl ProposerConfig {
                         "LLaDA scores with remasking = low_confidence | random",
                     ));
                 }
-                Ok(Box::new(LladaProposer::new(self.temperature, self.remasking)))
+                Ok(Box::new(LladaProposer::new(
+                    self.temperature,
+                    self.remasking,
+                )))
             }
             ModelFamily::Dream => {
                 if self.remasking != Remasking::LowConfidence {
@@ -292,50 +304,113 @@ mod tests {
 
     #[test]
     fn validation_messages_name_parameter_and_range() {
-        assert_eq!(err(Unmask::Threshold { threshold: 1.3 }), "threshold must be in (0, 1], got 1.3");
-        assert_eq!(err(Unmask::Threshold { threshold: 0.0 }), "threshold must be in (0, 1], got 0");
-        assert!(err(Unmask::Threshold { threshold: f64::NAN }).contains("threshold"));
-        assert_eq!(err(Unmask::Factor { factor: -1.0 }), "factor must be finite and > 0, got -1");
-        assert!(err(Unmask::Factor { factor: f64::INFINITY }).contains("factor"));
-        assert_eq!(err(Unmask::DreamTimesteps { eps: 1.0 }), "eps must be in (0, 1), got 1");
+        assert_eq!(
+            err(Unmask::Threshold { threshold: 1.3 }),
+            "threshold must be in (0, 1], got 1.3"
+        );
+        assert_eq!(
+            err(Unmask::Threshold { threshold: 0.0 }),
+            "threshold must be in (0, 1], got 0"
+        );
+        assert!(err(Unmask::Threshold {
+            threshold: f64::NAN
+        })
+        .contains("threshold"));
+        assert_eq!(
+            err(Unmask::Factor { factor: -1.0 }),
+            "factor must be finite and > 0, got -1"
+        );
+        assert!(err(Unmask::Factor {
+            factor: f64::INFINITY
+        })
+        .contains("factor"));
+        assert_eq!(
+            err(Unmask::DreamTimesteps { eps: 1.0 }),
+            "eps must be in (0, 1), got 1"
+        );
         assert!(err(Unmask::Origin { eps: 0.0 }).contains("eps"));
         assert!(Unmask::Threshold { threshold: 1.0 }.validate().is_ok());
         assert!(Unmask::Fixed.validate().is_ok());
 
         let bad = |c: ProposerConfig| c.validate().unwrap_err().to_string();
         let d = ProposerConfig::default();
-        assert_eq!(bad(ProposerConfig { temperature: -1.0, ..d }), "temperature must be finite and >= 0, got -1");
-        assert!(bad(ProposerConfig { temperature: f64::NAN, ..d }).contains("temperature"));
-        assert_eq!(bad(ProposerConfig { top_p: Some(0.0), ..d }), "top_p must be in (0, 1], got 0");
-        assert_eq!(bad(ProposerConfig { top_k: Some(0), ..d }), "top_k must be >= 1, got 0");
+        assert_eq!(
+            bad(ProposerConfig {
+                temperature: -1.0,
+                ..d
+            }),
+            "temperature must be finite and >= 0, got -1"
+        );
+        assert!(bad(ProposerConfig {
+            temperature: f64::NAN,
+            ..d
+        })
+        .contains("temperature"));
+        assert_eq!(
+            bad(ProposerConfig {
+                top_p: Some(0.0),
+                ..d
+            }),
+            "top_p must be in (0, 1], got 0"
+        );
+        assert_eq!(
+            bad(ProposerConfig {
+                top_k: Some(0),
+                ..d
+            }),
+            "top_k must be >= 1, got 0"
+        );
         assert!(d.validate().is_ok());
     }
 
     #[test]
     fn build_follows_family_semantics() {
         let t = Unmask::Threshold { threshold: 0.9 };
-        assert_eq!(t.build(ModelFamily::Llada, 0).unwrap().name(), "threshold=0.9");
+        assert_eq!(
+            t.build(ModelFamily::Llada, 0).unwrap().name(),
+            "threshold=0.9"
+        );
         assert!(t.build(ModelFamily::Dream, 0).is_ok());
-        assert!(Unmask::Threshold { threshold: 2.0 }.build(ModelFamily::Llada, 0).is_err());
+        assert!(Unmask::Threshold { threshold: 2.0 }
+            .build(ModelFamily::Llada, 0)
+            .is_err());
         assert_eq!(threshold_precision(ModelFamily::Llada), Precision::F64);
         assert_eq!(threshold_precision(ModelFamily::Dream), Precision::F32);
-        assert_eq!(Unmask::DreamTimesteps { eps: 1e-3 }.dream_score(), DreamScore::NegEntropy);
+        assert_eq!(
+            Unmask::DreamTimesteps { eps: 1e-3 }.dream_score(),
+            DreamScore::NegEntropy
+        );
         assert_eq!(Unmask::Fixed.dream_score(), DreamScore::NegEntropy);
         assert_eq!(t.dream_score(), DreamScore::Probability);
-        assert_eq!(Unmask::Factor { factor: 1.0 }.dream_score(), DreamScore::Probability);
+        assert_eq!(
+            Unmask::Factor { factor: 1.0 }.dream_score(),
+            DreamScore::Probability
+        );
 
         let d = ProposerConfig::default();
         assert!(d.build(ModelFamily::Llada, &t).is_ok());
         assert!(d.build(ModelFamily::Dream, &t).is_ok());
-        let e = ProposerConfig { top_p: Some(0.9), ..d }.build(ModelFamily::Llada, &t);
+        let e = ProposerConfig {
+            top_p: Some(0.9),
+            ..d
+        }
+        .build(ModelFamily::Llada, &t);
         assert_eq!(
             e.err().unwrap().to_string(),
             "top_p is not supported for llada: LLaDA's sampler has no nucleus filter (Dream only)"
         );
-        assert!(ProposerConfig { remasking: Remasking::Random, ..d }.build(ModelFamily::Dream, &t).is_err());
-        assert!(ProposerConfig { dream_score: Some(DreamScore::Margin), ..d }
-            .build(ModelFamily::Llada, &t)
-            .is_err());
+        assert!(ProposerConfig {
+            remasking: Remasking::Random,
+            ..d
+        }
+        .build(ModelFamily::Dream, &t)
+        .is_err());
+        assert!(ProposerConfig {
+            dream_score: Some(DreamScore::Margin),
+            ..d
+        }
+        .build(ModelFamily::Llada, &t)
+        .is_err());
         // The policies and proposers are Send.
         fn is_send<T: Send>(_: &T) {}
         is_send(&t.build(ModelFamily::Dream, 1).unwrap());
@@ -361,11 +436,18 @@ mod tests {
             assert_eq!(u.build(ModelFamily::Llada, 0).unwrap().name(), label);
         }
         assert_eq!(Unmask::Factor { factor: 1.0 }.label(), "factor=1");
-        assert_eq!(Unmask::DreamTimesteps { eps: 1e-3 }.to_string(), "dream_timesteps");
+        assert_eq!(
+            Unmask::DreamTimesteps { eps: 1e-3 }.to_string(),
+            "dream_timesteps"
+        );
         assert!("threshold=1.5".parse::<Unmask>().is_err());
         assert!("threshold".parse::<Unmask>().is_err());
         assert!("fixed=3".parse::<Unmask>().is_err());
-        assert!("bogus".parse::<Unmask>().unwrap_err().to_string().contains("one of fixed"));
+        assert!("bogus"
+            .parse::<Unmask>()
+            .unwrap_err()
+            .to_string()
+            .contains("one of fixed"));
     }
 
     #[test]
@@ -375,7 +457,10 @@ mod tests {
         let fixed = MapDeserializer::<_, DeError>::new([("kind", "fixed")].into_iter());
         assert_eq!(Unmask::deserialize(fixed).unwrap(), Unmask::Fixed);
         let ts = MapDeserializer::<_, DeError>::new([("kind", "dream_timesteps")].into_iter());
-        assert_eq!(Unmask::deserialize(ts).unwrap(), Unmask::DreamTimesteps { eps: 1e-3 });
+        assert_eq!(
+            Unmask::deserialize(ts).unwrap(),
+            Unmask::DreamTimesteps { eps: 1e-3 }
+        );
         let r = Remasking::deserialize(StrDeserializer::<DeError>::new("random")).unwrap();
         assert_eq!(r, Remasking::Random);
         for (name, want) in [

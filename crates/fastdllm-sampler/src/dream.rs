@@ -98,7 +98,11 @@ impl UnmaskPolicy for DreamTimesteps {
             return Selection::EndBlock;
         }
         let n = candidates.len();
-        let count = if step == spb - 1 { n } else { dream_transfer_count(self.eps, spb, step, n) };
+        let count = if step == spb - 1 {
+            n
+        } else {
+            dream_transfer_count(self.eps, spb, step, n)
+        };
         Selection::Commit(top_candidates(candidates, count))
     }
 }
@@ -118,7 +122,11 @@ pub struct Origin {
 impl Origin {
     /// An `origin` rule whose row generators derive from `seed`.
     pub fn new(eps: f32, seed: u64) -> Self {
-        Origin { eps, seed, rngs: Vec::new() }
+        Origin {
+            eps,
+            seed,
+            rngs: Vec::new(),
+        }
     }
 
     fn rng(&mut self, row: usize) -> &mut Rng {
@@ -150,7 +158,9 @@ impl UnmaskPolicy for Origin {
         let p = reveal_probability(self.eps, spb, step);
         let rng = self.rng(info.row);
         // Reference: `torch.rand(n) < p_transfer`, float32 on both sides.
-        let chosen = (0..candidates.len()).filter(|_| (rng.open01() as f32) < p).collect();
+        let chosen = (0..candidates.len())
+            .filter(|_| (rng.open01() as f32) < p)
+            .collect();
         Selection::Commit(chosen)
     }
 }
@@ -187,7 +197,11 @@ pub struct QuotaThreshold {
 impl QuotaThreshold {
     /// A quota threshold rule.
     pub fn new(threshold: f64, compare: Precision) -> Self {
-        QuotaThreshold { threshold, compare, rows: Vec::new() }
+        QuotaThreshold {
+            threshold,
+            compare,
+            rows: Vec::new(),
+        }
     }
 }
 
@@ -202,7 +216,11 @@ impl UnmaskPolicy for QuotaThreshold {
         }
         let st = &mut self.rows[info.row];
         if info.step == 0 {
-            *st = QuotaState { carry: 0, quota_on: true, budget: info.steps_per_block };
+            *st = QuotaState {
+                carry: 0,
+                quota_on: true,
+                budget: info.steps_per_block,
+            };
         }
         let quota = if st.quota_on {
             fixed_count(info.block_masks_at_start, info.steps_per_block, info.step)
@@ -213,7 +231,11 @@ impl UnmaskPolicy for QuotaThreshold {
         st.carry = 0;
         let mut chosen = Vec::with_capacity(take);
         for (rank, &i) in rank_candidates(candidates).iter().take(take).enumerate() {
-            if rank == 0 || self.compare.at_least(candidates[i].confidence, self.threshold) {
+            if rank == 0
+                || self
+                    .compare
+                    .at_least(candidates[i].confidence, self.threshold)
+            {
                 chosen.push(i);
             } else {
                 st.carry += 1;
@@ -233,7 +255,13 @@ mod tests {
     use crate::rank::cands;
 
     fn info(step: usize, spb: usize, m0: usize) -> StepInfo {
-        StepInfo { row: 0, step, steps_per_block: spb, block_length: 32, block_masks_at_start: m0 }
+        StepInfo {
+            row: 0,
+            step,
+            steps_per_block: spb,
+            block_length: 32,
+            block_masks_at_start: m0,
+        }
     }
 
     fn commit(s: Selection) -> Vec<usize> {
@@ -245,7 +273,10 @@ mod tests {
 
     /// Reads `linspace[n].timesteps_f32` of the golden file without a JSON dependency.
     fn golden_timesteps() -> Vec<(usize, Vec<f32>)> {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../conformance/goldens/dream_timesteps.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../conformance/goldens/dream_timesteps.json"
+        );
         let text = std::fs::read_to_string(path).expect("read dream_timesteps.json");
         let body = &text[text.find("\"linspace\"").expect("linspace key")..];
         let mut out = Vec::new();
@@ -296,7 +327,10 @@ mod tests {
         assert_eq!(commit(p.select(&c, &info(0, 1, 8))).len(), 8);
         assert_eq!(p.select(&c, &info(1, 1, 8)), Selection::EndBlock);
         // Counts can be 0.
-        assert_eq!(commit(p.select(&c[..2], &info(0, 8, 2))), Vec::<usize>::new());
+        assert_eq!(
+            commit(p.select(&c[..2], &info(0, 8, 2))),
+            Vec::<usize>::new()
+        );
         assert_eq!(p.name(), "dream_timesteps");
     }
 
@@ -340,7 +374,10 @@ mod tests {
         assert_eq!(q.rows[0].budget, 5);
         // A fresh block (step 0) resets the state.
         assert_eq!(commit(q.select(&c, &info(0, 4, 8))), vec![2, 0]);
-        assert_eq!((q.rows[0].budget, q.rows[0].carry, q.rows[0].quota_on), (4, 0, true));
+        assert_eq!(
+            (q.rows[0].budget, q.rows[0].carry, q.rows[0].quota_on),
+            (4, 0, true)
+        );
         assert_eq!(q.name(), "quota_threshold=0.9");
     }
 }

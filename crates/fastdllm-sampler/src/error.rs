@@ -39,19 +39,27 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// Shorthand for [`Error::InvalidSetting`].
     pub fn setting(name: &'static str, value: impl ToString, allowed: impl Into<String>) -> Self {
-        Error::InvalidSetting { name, value: value.to_string(), allowed: allowed.into() }
+        Error::InvalidSetting {
+            name,
+            value: value.to_string(),
+            allowed: allowed.into(),
+        }
     }
 }
 
 impl From<Error> for fastdllm_core::Error {
     fn from(e: Error) -> Self {
         match e {
-            Error::InvalidSetting { name, value, allowed } => {
-                fastdllm_core::Error::setting(name, value, format!("must be {allowed}"))
-            }
-            Error::Unsupported { name, family, reason } => {
-                fastdllm_core::Error::setting(name, format!("(set, family {family})"), reason)
-            }
+            Error::InvalidSetting {
+                name,
+                value,
+                allowed,
+            } => fastdllm_core::Error::setting(name, value, format!("must be {allowed}")),
+            Error::Unsupported {
+                name,
+                family,
+                reason,
+            } => fastdllm_core::Error::setting(name, format!("(set, family {family})"), reason),
             Error::Candle(e) => fastdllm_core::Error::Candle(e),
         }
     }

@@ -87,8 +87,13 @@ mod tests {
     use crate::rank::cands;
 
     fn count(c: &[f64], f: f64) -> usize {
-        let info =
-            StepInfo { row: 0, step: 0, steps_per_block: 1, block_length: 8, block_masks_at_start: 8 };
+        let info = StepInfo {
+            row: 0,
+            step: 0,
+            steps_per_block: 1,
+            block_length: 8,
+            block_masks_at_start: 8,
+        };
         match Factor::new(f).select(&cands(c), &info) {
             Selection::Commit(v) => v.len(),
             Selection::EndBlock => panic!("factor never ends a block"),

@@ -42,7 +42,13 @@ mod tests {
     use crate::rank::cands;
 
     fn info(step: usize, spb: usize, m0: usize) -> StepInfo {
-        StepInfo { row: 0, step, steps_per_block: spb, block_length: 32, block_masks_at_start: m0 }
+        StepInfo {
+            row: 0,
+            step,
+            steps_per_block: spb,
+            block_length: 32,
+            block_masks_at_start: m0,
+        }
     }
 
     #[test]
@@ -59,10 +65,16 @@ mod tests {
     fn commits_the_top_count() {
         let c = cands(&[0.1, 0.9, 0.5, 0.7, 0.2]);
         let mut p = FixedSchedule;
-        assert_eq!(p.select(&c, &info(0, 2, 5)), Selection::Commit(vec![1, 3, 2]));
+        assert_eq!(
+            p.select(&c, &info(0, 2, 5)),
+            Selection::Commit(vec![1, 3, 2])
+        );
         assert_eq!(p.select(&c, &info(1, 2, 5)), Selection::Commit(vec![1, 3]));
         assert_eq!(p.select(&c, &info(2, 2, 5)), Selection::Commit(vec![]));
-        assert_eq!(p.select(&c[..1], &info(0, 1, 5)), Selection::Commit(vec![0]));
+        assert_eq!(
+            p.select(&c[..1], &info(0, 1, 5)),
+            Selection::Commit(vec![0])
+        );
         assert_eq!(p.name(), "fixed");
     }
 }

@@ -43,7 +43,9 @@ pub mod torch_f32;
 
 pub use confidence::{DreamProposer, DreamScore, LladaProposer, Remasking};
 pub use config::{check_threshold, threshold_precision, ProposerConfig, Unmask};
-pub use dream::{dream_timesteps, dream_transfer_count, DreamTimesteps, Origin, QuotaThreshold, DEFAULT_EPS};
+pub use dream::{
+    dream_timesteps, dream_transfer_count, DreamTimesteps, Origin, QuotaThreshold, DEFAULT_EPS,
+};
 pub use error::{Error, Result};
 pub use factor::{factor_count, factor_threshold, Factor};
 pub use fixed::{fixed_count, FixedSchedule};

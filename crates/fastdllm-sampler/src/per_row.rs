@@ -52,8 +52,13 @@ mod tests {
             Box::new(Factor::new(1.0)),
         ]);
         let c = cands(&[0.6, 0.7, 0.1]);
-        let mut info =
-            StepInfo { row: 0, step: 0, steps_per_block: 3, block_length: 3, block_masks_at_start: 3 };
+        let mut info = StepInfo {
+            row: 0,
+            step: 0,
+            steps_per_block: 3,
+            block_length: 3,
+            block_masks_at_start: 3,
+        };
         assert_eq!(p.select(&c, &info), Selection::Commit(vec![1, 0]));
         info.row = 1;
         assert_eq!(p.select(&c, &info), Selection::Commit(vec![1]));

@@ -46,7 +46,11 @@ pub(crate) fn cands(confidences: &[f64]) -> Vec<Candidate> {
     confidences
         .iter()
         .enumerate()
-        .map(|(i, &c)| Candidate { position: 10 + i, token: i as u32, confidence: c })
+        .map(|(i, &c)| Candidate {
+            position: 10 + i,
+            token: i as u32,
+            confidence: c,
+        })
         .collect()
 }
 

@@ -61,7 +61,11 @@ impl UnmaskPolicy for Threshold {
         let ranked = rank_candidates(candidates);
         let mut chosen = Vec::with_capacity(ranked.len());
         for (rank, &i) in ranked.iter().enumerate() {
-            if rank == 0 || self.compare.at_least(candidates[i].confidence, self.threshold) {
+            if rank == 0
+                || self
+                    .compare
+                    .at_least(candidates[i].confidence, self.threshold)
+            {
                 chosen.push(i);
             }
         }
@@ -75,7 +79,13 @@ mod tests {
     use crate::rank::cands;
 
     fn info() -> StepInfo {
-        StepInfo { row: 0, step: 3, steps_per_block: 4, block_length: 8, block_masks_at_start: 8 }
+        StepInfo {
+            row: 0,
+            step: 3,
+            steps_per_block: 4,
+            block_length: 8,
+            block_masks_at_start: 8,
+        }
     }
 
     fn sel(t: &mut Threshold, c: &[f64]) -> Vec<usize> {

@@ -7,17 +7,19 @@
 //! with `vec::reduce_all` (lane-wise accumulation over vectors of [`LANES`] floats, then a
 //! butterfly across the lanes), and `p = e * (1 / sum)`. We reproduce that order exactly.
 //!
-//! Deviations: [`LANES`] is 8, torch's AVX2 build; an AVX-512 machine (16 lanes) can round the
-//! sum differently in the last bit. The entropy's `log` is Rust's `ln` (torch uses SLEEF's
+//! Deviations: [`LANES`] is 8, torch's AVX2 kernels (what torch picks on AVX2-only x86 machines
+//! such as the AMD EPYC hosts this project runs on); on an AVX-512 machine torch sums 16 lanes,
+//! which rounds the sum differently in the last bit for about a fifth of the rows of the Dream
+//! forward goldens. The entropy's `log` is Rust's `ln` (torch uses SLEEF's
 //! `logf_u10`) and its sum uses the same lane order (torch's `sum` kernel differs), so negative
 //! entropies may differ from torch's in the last bits; their ranking margins are far larger
 //! (FORMAT 9).
 
-/// float32 lanes of one torch CPU vector (AVX2).
+/// float32 lanes of one torch CPU vector (`Vectorized<float>` of the AVX2 build).
 pub const LANES: usize = 8;
 
 // SLEEF's constants (sleefsimdsp.c), written as the shortest decimals of the same f32 values.
-const R_LN2F: f32 = 1.442_695_f32;
+const R_LN2F: f32 = std::f32::consts::LOG2_E;
 const L2UF: f32 = 0.693_145_75_f32;
 const L2LF: f32 = 1.428_606_8e-6_f32;
 
@@ -147,6 +149,12 @@ mod tests {
     }
 
     #[test]
+    fn sleef_constants_have_the_reference_bits() {
+        let bits = [R_LN2F, L2UF, L2LF].map(f32::to_bits);
+        assert_eq!(bits, [0x3fb8_aa3b, 0x3f31_7200, 0x35bf_be8e]);
+    }
+
+    #[test]
     fn reduce_sum_order() {
         assert_eq!(reduce_sum(&[]), 0.0);
         assert_eq!(reduce_sum(&[1.0, 2.0, 3.0]), 6.0);
@@ -155,7 +163,7 @@ mod tests {
         // Lane-wise order differs from left-to-right: 1 + 8 * 2^-24 loses everything sequentially
         // but keeps the small terms together in lanes 1..8 here.
         let mut v = vec![1.0_f32];
-        v.extend(std::iter::repeat(2f32.powi(-24)).take(15));
+        v.extend(std::iter::repeat_n(2f32.powi(-24), 15));
         let seq = v.iter().fold(0.0_f32, |a, &b| a + b);
         assert_eq!(seq, 1.0);
         assert!(reduce_sum(&v) > 1.0);
@@ -163,7 +171,9 @@ mod tests {
 
     #[test]
     fn softmax_sums_to_one_and_max_is_reciprocal() {
-        let xs: Vec<f32> = (0..64).map(|i| ((i * 37) % 11) as f32 * 0.7 - 3.0).collect();
+        let xs: Vec<f32> = (0..64)
+            .map(|i| ((i * 37) % 11) as f32 * 0.7 - 3.0)
+            .collect();
         let p = softmax(&xs);
         let s: f64 = p.iter().map(|&v| f64::from(v)).sum();
         assert!((s - 1.0).abs() < 1e-6);

@@ -38,19 +38,41 @@ pub(crate) struct Attention {
 
 impl Attention {
     /// `qkv` must hold the q, k, v projections stacked along the output axis.
-    pub(crate) fn new(qkv: Linear, out: Linear, num_heads: usize, num_kv_heads: usize, head_dim: usize) -> Self {
-        Self { qkv, out, num_heads, num_kv_heads, head_dim, scale: 1.0 / (head_dim as f64).sqrt() }
+    pub(crate) fn new(
+        qkv: Linear,
+        out: Linear,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        Self {
+            qkv,
+            out,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+        }
     }
 
     /// Projects the window, rotates q and k, and hands the fresh K/V of `layer_idx` to `kv`.
     ///
     /// Shape: `x` `(batch, window_len, hidden)` (already normalised).
-    pub(crate) fn project(&self, x: &Tensor, rope: &RopeAt, layer_idx: usize, kv: &mut dyn KvView) -> Result<Projected> {
+    pub(crate) fn project(
+        &self,
+        x: &Tensor,
+        rope: &RopeAt,
+        layer_idx: usize,
+        kv: &mut dyn KvView,
+    ) -> Result<Projected> {
         let (b, w, _) = x.dims3()?;
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let qkv = self.qkv.forward(x)?.reshape((b, w, nh + 2 * nkv, d))?;
         let k = qkv.narrow(2, nh, nkv)?.transpose(1, 2)?.contiguous()?;
-        let v = qkv.narrow(2, nh + nkv, nkv)?.transpose(1, 2)?.contiguous()?;
+        let v = qkv
+            .narrow(2, nh + nkv, nkv)?
+            .transpose(1, 2)?
+            .contiguous()?;
         let k = rope.apply(&k)?;
         let (keys, values) = kv.attend_kv(layer_idx, &k, &v)?;
         Ok(Projected { qkv, keys, values })
@@ -59,7 +81,8 @@ impl Attention {
     /// Attention of the window rows `query_rows` over every key `kv` returned, then the output
     /// projection.
     ///
-    /// Shape: `key_bias` `(batch, 1, 1, keys_len)`; returns `(batch, query_rows.len(), hidden)`.
+    /// Shape: `key_bias` `(batch, 1, 1, keys_len)` in the activation dtype; returns
+    /// `(batch, query_rows.len(), hidden)`.
     pub(crate) fn attend(
         &self,
         projected: &Projected,
@@ -73,7 +96,10 @@ impl Attention {
         let (q, rope_q) = if query_rows == (0..w) {
             (projected.qkv.narrow(2, 0, nh)?, rope.clone())
         } else {
-            let q = projected.qkv.narrow(1, query_rows.start, q_len)?.narrow(2, 0, nh)?;
+            let q = projected
+                .qkv
+                .narrow(1, query_rows.start, q_len)?
+                .narrow(2, 0, nh)?;
             (q, rope.rows(query_rows)?)
         };
         let q = q.transpose(1, 2)?.contiguous()?;
@@ -84,12 +110,15 @@ impl Attention {
         let q = q.reshape((b, nkv, groups * q_len, d))?;
         let scores = q.matmul(&projected.keys.t()?)?;
         let scores = match key_bias {
-            Some(bias) => scores.broadcast_add(&bias.to_dtype(scores.dtype())?)?,
+            Some(bias) => scores.broadcast_add(bias)?,
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let ctx = probs.matmul(&projected.values)?;
-        let ctx = ctx.reshape((b, nh, q_len, d))?.transpose(1, 2)?.reshape((b, q_len, nh * d))?;
+        let ctx = ctx
+            .reshape((b, nh, q_len, d))?
+            .transpose(1, 2)?
+            .reshape((b, q_len, nh * d))?;
         self.out.forward(&ctx)
     }
 }
@@ -118,4 +147,103 @@ pub(crate) fn check_key_bias(bias: &Tensor, batch: usize) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::rope::{Rope, RopePrecision};
+    use candle_core::{DType, Device};
+    use fastdllm_core::{PassthroughKv, Positions};
+
+    fn randn(shape: &[usize]) -> Tensor {
+        Tensor::randn(0f32, 0.5, shape, &Device::Cpu).unwrap()
+    }
+
+    /// The GQA reshape trick equals the textbook computation with `repeat_kv` (query head h uses
+    /// KV head h / groups) and per-head softmax attention.
+    #[test]
+    fn gqa_equals_repeat_kv() {
+        let (b, w, hidden, nh, nkv, d) = (2usize, 5usize, 32usize, 4usize, 2usize, 8usize);
+        let (wq, wk, wv, wo) = (
+            randn(&[nh * d, hidden]),
+            randn(&[nkv * d, hidden]),
+            randn(&[nkv * d, hidden]),
+            randn(&[hidden, nh * d]),
+        );
+        let bias = randn(&[(nh + 2 * nkv) * d]);
+        let qkv = Linear::new(
+            Tensor::cat(&[&wq, &wk, &wv], 0).unwrap(),
+            Some(bias.clone()),
+        );
+        let attn = Attention::new(qkv, Linear::new(wo.clone(), None), nh, nkv, d);
+        let rope = Rope::new(d, 1e4, 16, RopePrecision::F32, DType::F32, &Device::Cpu).unwrap();
+        let at = rope.at(&Positions::Contiguous { start: 2 }, b, w).unwrap();
+        let x = randn(&[b, w, hidden]);
+        let projected = attn.project(&x, &at, 0, &mut PassthroughKv).unwrap();
+        let got = attn.attend(&projected, &at, None, 0..w).unwrap();
+        let rows = attn.attend(&projected, &at, None, 1..4).unwrap();
+
+        // Textbook version.
+        let lin = |w: &Tensor, bias: Option<Tensor>| {
+            let y = x.broadcast_matmul(&w.t().unwrap()).unwrap();
+            match bias {
+                Some(bias) => y.broadcast_add(&bias).unwrap(),
+                None => y,
+            }
+        };
+        let heads = |t: Tensor, n: usize| {
+            t.reshape((b, w, n, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let q = heads(lin(&wq, Some(bias.narrow(0, 0, nh * d).unwrap())), nh);
+        let k = heads(
+            lin(&wk, Some(bias.narrow(0, nh * d, nkv * d).unwrap())),
+            nkv,
+        );
+        let v = heads(
+            lin(&wv, Some(bias.narrow(0, (nh + nkv) * d, nkv * d).unwrap())),
+            nkv,
+        );
+        let (q, k) = (at.apply(&q).unwrap(), at.apply(&k).unwrap());
+        let groups = nh / nkv;
+        let mut outs = Vec::new();
+        for h in 0..nh {
+            let qh = q.narrow(1, h, 1).unwrap();
+            let kh = k.narrow(1, h / groups, 1).unwrap();
+            let vh = v.narrow(1, h / groups, 1).unwrap();
+            let scores = (qh.matmul(&kh.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
+            let probs = candle_nn::ops::softmax(&scores, candle_core::D::Minus1).unwrap();
+            outs.push(probs.matmul(&vh).unwrap());
+        }
+        let ctx = Tensor::cat(&outs, 1)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, w, nh * d))
+            .unwrap();
+        let want = ctx.broadcast_matmul(&wo.t().unwrap()).unwrap();
+        let diff = (got - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "{diff}");
+        let diff = (rows - want.narrow(1, 1, 3).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "{diff}");
+    }
 }

@@ -87,14 +87,33 @@ pub(crate) struct Decoder {
 impl Decoder {
     /// Reads every tensor of `layout` from `weights`, checking shapes against `dims`.
     /// With `tie_head`, the LM head is the embedding matrix and `layout.lm_head` is not read.
-    pub(crate) fn load(dims: &DecoderDims, layout: &TensorLayout, weights: &Weights, tie_head: bool) -> Result<Self> {
+    pub(crate) fn load(
+        dims: &DecoderDims,
+        layout: &TensorLayout,
+        weights: &Weights,
+        tie_head: bool,
+    ) -> Result<Self> {
         let (hidden, vocab) = (dims.hidden_size, dims.vocab_size);
         let embed = weights.get(&[vocab, hidden], layout.embed, InitKind::Matrix)?;
         let blocks = (0..dims.num_layers)
-            .map(|i| load_block(dims, layout, weights, &format!("{}.{i}.", layout.block_prefix)))
+            .map(|i| {
+                load_block(
+                    dims,
+                    layout,
+                    weights,
+                    &format!("{}.{i}.", layout.block_prefix),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
-        let final_norm = RmsNorm::new(weights.get(&[hidden], layout.final_norm, InitKind::Norm)?, dims.rms_norm_eps)?;
-        let head = if tie_head { embed.clone() } else { weights.get(&[vocab, hidden], layout.lm_head, InitKind::Matrix)? };
+        let final_norm = RmsNorm::new(
+            weights.get(&[hidden], layout.final_norm, InitKind::Norm)?,
+            dims.rms_norm_eps,
+        )?;
+        let head = if tie_head {
+            embed.clone()
+        } else {
+            weights.get(&[vocab, hidden], layout.lm_head, InitKind::Matrix)?
+        };
         let rope = Rope::new(
             dims.head_dim,
             dims.rope_theta,
@@ -136,23 +155,24 @@ impl Decoder {
         rows: Range<usize>,
     ) -> Result<Option<Tensor>> {
         let (b, w) = input.tokens.dims2()?;
-        if rows.end > w || rows.start > rows.end {
-            return Err(fastdllm_core::Error::setting(
-                "logits_rows",
-                format!("{}..{}", rows.start, rows.end),
-                format!("a range within the window 0..{w}"),
-            )
-            .into());
-        }
-        if let Some(bias) = &input.key_bias {
-            check_key_bias(bias, b)?;
-        }
+        check_rows(&rows, w)?;
+        // Converted once per call rather than once per layer.
+        let key_bias = match &input.key_bias {
+            Some(bias) => {
+                check_key_bias(bias, b)?;
+                Some(bias.to_dtype(self.dtype)?)
+            }
+            None => None,
+        };
         let rope = self.rope.at(&input.positions, b, w)?;
-        let mut h = self.embed.index_select(&input.tokens.flatten_all()?, 0)?.reshape((b, w, self.hidden_size))?;
+        let mut h = self
+            .embed
+            .index_select(&input.tokens.flatten_all()?, 0)?
+            .reshape((b, w, self.hidden_size))?;
         let last = self.blocks.len().saturating_sub(1);
         for (idx, block) in self.blocks.iter().enumerate() {
             let query_rows = if idx == last { rows.clone() } else { 0..w };
-            match block.forward(&h, &rope, idx, kv, input.key_bias.as_ref(), query_rows)? {
+            match block.forward(&h, &rope, idx, kv, key_bias.as_ref(), query_rows)? {
                 Some(next) => h = next,
                 None => return Ok(None),
             }
@@ -168,8 +188,25 @@ impl Decoder {
 
     /// The empty logits of a call that asked for no rows. Shape: `(batch, 0, vocab)`, f32.
     pub(crate) fn no_logits(&self, batch: usize) -> Result<Tensor> {
-        Ok(Tensor::zeros((batch, 0, self.vocab_size), DType::F32, &self.device)?)
+        Ok(Tensor::zeros(
+            (batch, 0, self.vocab_size),
+            DType::F32,
+            &self.device,
+        )?)
     }
+}
+
+/// Fails unless `rows` is a range inside a window of `window_len` tokens.
+pub(crate) fn check_rows(rows: &Range<usize>, window_len: usize) -> Result<()> {
+    if rows.end > window_len || rows.start > rows.end {
+        return Err(fastdllm_core::Error::setting(
+            "logits_rows",
+            format!("{}..{}", rows.start, rows.end),
+            format!("a range within the window 0..{window_len}"),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 impl Block {
@@ -184,20 +221,32 @@ impl Block {
         query_rows: Range<usize>,
     ) -> Result<Option<Tensor>> {
         let w = x.dim(1)?;
-        let projected = self.attn.project(&self.attn_norm.forward(x)?, rope, layer_idx, kv)?;
+        let projected = self
+            .attn
+            .project(&self.attn_norm.forward(x)?, rope, layer_idx, kv)?;
         if query_rows.is_empty() {
             return Ok(None);
         }
-        let attn = self.attn.attend(&projected, rope, key_bias, query_rows.clone())?;
-        let residual =
-            if query_rows == (0..w) { x.clone() } else { x.narrow(1, query_rows.start, query_rows.len())? };
+        let attn = self
+            .attn
+            .attend(&projected, rope, key_bias, query_rows.clone())?;
+        let residual = if query_rows == (0..w) {
+            x.clone()
+        } else {
+            x.narrow(1, query_rows.start, query_rows.len())?
+        };
         let h = (residual + attn)?;
         let mlp = self.mlp.forward(&self.ff_norm.forward(&h)?)?;
         Ok(Some((h + mlp)?))
     }
 }
 
-fn load_block(dims: &DecoderDims, layout: &TensorLayout, weights: &Weights, prefix: &str) -> Result<Block> {
+fn load_block(
+    dims: &DecoderDims,
+    layout: &TensorLayout,
+    weights: &Weights,
+    prefix: &str,
+) -> Result<Block> {
     let hidden = dims.hidden_size;
     let q_out = dims.num_heads * dims.head_dim;
     let kv_out = dims.num_kv_heads * dims.head_dim;
@@ -206,8 +255,11 @@ fn load_block(dims: &DecoderDims, layout: &TensorLayout, weights: &Weights, pref
 
     let proj = |part: &str, out: usize| -> Result<(Tensor, Option<Tensor>)> {
         let weight = weights.get(&[out, hidden], &name(part, ".weight"), InitKind::Matrix)?;
-        let bias =
-            if layout.qkv_bias { Some(weights.get(&[out], &name(part, ".bias"), InitKind::Bias)?) } else { None };
+        let bias = if layout.qkv_bias {
+            Some(weights.get(&[out], &name(part, ".bias"), InitKind::Bias)?)
+        } else {
+            None
+        };
         Ok((weight, bias))
     };
     let (q_w, q_b) = proj(layout.q_proj, q_out)?;
@@ -218,7 +270,11 @@ fn load_block(dims: &DecoderDims, layout: &TensorLayout, weights: &Weights, pref
         (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[&q, &k, &v], 0)?),
         _ => None,
     };
-    let o_w = weights.get(&[hidden, q_out], &name(layout.o_proj, ".weight"), InitKind::Matrix)?;
+    let o_w = weights.get(
+        &[hidden, q_out],
+        &name(layout.o_proj, ".weight"),
+        InitKind::Matrix,
+    )?;
     let attn = Attention::new(
         Linear::new(qkv_weight, qkv_bias),
         Linear::new(o_w, None),
@@ -227,13 +283,37 @@ fn load_block(dims: &DecoderDims, layout: &TensorLayout, weights: &Weights, pref
         dims.head_dim,
     );
 
-    let gate = weights.get(&[inter, hidden], &name(layout.gate_proj, ".weight"), InitKind::Matrix)?;
-    let up = weights.get(&[inter, hidden], &name(layout.up_proj, ".weight"), InitKind::Matrix)?;
-    let down = weights.get(&[hidden, inter], &name(layout.down_proj, ".weight"), InitKind::Matrix)?;
-    let mlp = Mlp::new(Linear::new(Tensor::cat(&[&gate, &up], 0)?, None), Linear::new(down, None), inter);
+    let gate = weights.get(
+        &[inter, hidden],
+        &name(layout.gate_proj, ".weight"),
+        InitKind::Matrix,
+    )?;
+    let up = weights.get(
+        &[inter, hidden],
+        &name(layout.up_proj, ".weight"),
+        InitKind::Matrix,
+    )?;
+    let down = weights.get(
+        &[hidden, inter],
+        &name(layout.down_proj, ".weight"),
+        InitKind::Matrix,
+    )?;
+    let mlp = Mlp::new(
+        Linear::new(Tensor::cat(&[&gate, &up], 0)?, None),
+        Linear::new(down, None),
+        inter,
+    );
 
     let norm = |part: &str| -> Result<RmsNorm> {
-        RmsNorm::new(weights.get(&[hidden], &name(part, ".weight"), InitKind::Norm)?, dims.rms_norm_eps)
+        RmsNorm::new(
+            weights.get(&[hidden], &name(part, ".weight"), InitKind::Norm)?,
+            dims.rms_norm_eps,
+        )
     };
-    Ok(Block { attn_norm: norm(layout.attn_norm)?, attn, ff_norm: norm(layout.ff_norm)?, mlp })
+    Ok(Block {
+        attn_norm: norm(layout.attn_norm)?,
+        attn,
+        ff_norm: norm(layout.ff_norm)?,
+        mlp,
+    })
 }

@@ -21,7 +21,11 @@ pub(crate) struct Mlp {
 
 impl Mlp {
     pub(crate) fn new(gate_up: Linear, down: Linear, intermediate: usize) -> Self {
-        Self { gate_up, down, intermediate }
+        Self {
+            gate_up,
+            down,
+            intermediate,
+        }
     }
 
     /// Shape: `(batch, len, hidden)` -> same.

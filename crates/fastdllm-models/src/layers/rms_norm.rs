@@ -29,7 +29,11 @@ impl RmsNorm {
             (_, Device::Cuda(_)) => Some(weight.ones_like()?),
             _ => None,
         };
-        Ok(Self { weight, ones, eps: eps as f32 })
+        Ok(Self {
+            weight,
+            ones,
+            eps: eps as f32,
+        })
     }
 
     /// Shape: `(..., hidden)` -> same; x must be contiguous.
@@ -50,5 +54,67 @@ impl RmsNorm {
         let inv_rms = (mean_sq + f64::from(self.eps))?.sqrt()?.recip()?;
         let normed = xf.broadcast_mul(&inv_rms)?.to_dtype(dtype)?;
         Ok(normed.broadcast_mul(&self.weight)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &Tensor, w: &Tensor, eps: f64) -> Vec<f32> {
+        // f32 statistics, rounded to the activation dtype, then the weight in that dtype.
+        let dtype = x.dtype();
+        let xf = x.to_dtype(DType::F32).unwrap();
+        let inv = (xf.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + eps)
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .recip()
+            .unwrap();
+        let y = xf
+            .broadcast_mul(&inv)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+            .broadcast_mul(w)
+            .unwrap();
+        y.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn matches_the_reference_order_of_operations() {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let x = Tensor::randn(0f32, 3.0, (2, 3, 16), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let w = Tensor::randn(1f32, 0.2, 16, &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let norm = RmsNorm::new(w.clone(), 1e-6).unwrap();
+            let got: Vec<f32> = norm
+                .forward(&x)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let want = reference(&x, &w, 1e-6);
+            let tol = if dtype == DType::F32 { 1e-6 } else { 1e-2 };
+            for (g, r) in got.iter().zip(&want) {
+                assert!(
+                    (g - r).abs() <= tol * r.abs().max(1.0),
+                    "{dtype:?}: {g} vs {r}"
+                );
+            }
+        }
     }
 }

@@ -51,11 +51,13 @@ impl Rope {
         let half = head_dim / 2;
         // Same f32 arithmetic as the references: exponent (2j as f32) / d, theta^exponent in f32.
         let theta = theta as f32;
-        let inv_freq: Vec<f32> =
-            (0..half).map(|j| 1.0 / theta.powf((2 * j) as f32 / head_dim as f32)).collect();
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|j| 1.0 / theta.powf((2 * j) as f32 / head_dim as f32))
+            .collect();
         let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
-        let positions =
-            Tensor::arange(0u32, max_seq_len as u32, device)?.to_dtype(DType::F32)?.reshape((max_seq_len, 1))?;
+        let positions = Tensor::arange(0u32, max_seq_len as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max_seq_len, 1))?;
         let angles = positions.broadcast_mul(&inv_freq)?;
         let table_dtype = match precision {
             RopePrecision::F32 => DType::F32,
@@ -63,16 +65,20 @@ impl Rope {
         };
         let cos = angles.cos()?.to_dtype(table_dtype)?.contiguous()?;
         let sin = angles.sin()?.to_dtype(table_dtype)?.contiguous()?;
-        Ok(Self { cos, sin, max_seq_len })
-    }
-
-    /// Longest canvas the tables cover.
-    pub(crate) fn max_seq_len(&self) -> usize {
-        self.max_seq_len
+        Ok(Self {
+            cos,
+            sin,
+            max_seq_len,
+        })
     }
 
     /// Selects the table rows of `positions` for a `(batch, window_len)` window.
-    pub(crate) fn at(&self, positions: &Positions, batch: usize, window_len: usize) -> Result<RopeAt> {
+    pub(crate) fn at(
+        &self,
+        positions: &Positions,
+        batch: usize,
+        window_len: usize,
+    ) -> Result<RopeAt> {
         match positions {
             Positions::Contiguous { start } => {
                 let end = start.saturating_add(window_len);
@@ -104,8 +110,14 @@ impl Rope {
                 let flat = pos.flatten_all()?;
                 let half = self.cos.dim(1)?;
                 Ok(RopeAt {
-                    cos: self.cos.index_select(&flat, 0)?.reshape((batch, window_len, half))?,
-                    sin: self.sin.index_select(&flat, 0)?.reshape((batch, window_len, half))?,
+                    cos: self
+                        .cos
+                        .index_select(&flat, 0)?
+                        .reshape((batch, window_len, half))?,
+                    sin: self
+                        .sin
+                        .index_select(&flat, 0)?
+                        .reshape((batch, window_len, half))?,
                 })
             }
         }
@@ -117,8 +129,14 @@ impl RopeAt {
     pub(crate) fn rows(&self, rows: std::ops::Range<usize>) -> Result<RopeAt> {
         let axis = self.cos.rank() - 2;
         Ok(RopeAt {
-            cos: self.cos.narrow(axis, rows.start, rows.len())?.contiguous()?,
-            sin: self.sin.narrow(axis, rows.start, rows.len())?.contiguous()?,
+            cos: self
+                .cos
+                .narrow(axis, rows.start, rows.len())?
+                .contiguous()?,
+            sin: self
+                .sin
+                .narrow(axis, rows.start, rows.len())?
+                .contiguous()?,
         })
     }
 
@@ -130,5 +148,143 @@ impl RopeAt {
         let xr = x.to_dtype(rotate_dtype)?;
         let out = candle_nn::rotary_emb::rope(&xr, &self.cos, &self.sin)?;
         Ok(out.to_dtype(dtype)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn randn(shape: &[usize]) -> Tensor {
+        Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
+    }
+
+    /// SPEC 8: rotate-half RoPE equals the direct rotation of the pairs `(x[j], x[j + d/2])` by
+    /// the angle `p / theta^(2j/d)`.
+    #[test]
+    fn matches_a_direct_rotation() {
+        let (d, theta) = (8usize, 10_000f64);
+        let rope = Rope::new(d, theta, 32, RopePrecision::F32, DType::F32, &Device::Cpu).unwrap();
+        let x = randn(&[1, 2, 5, d]);
+        let start = 3;
+        let got = rope
+            .at(&Positions::Contiguous { start }, 1, 5)
+            .unwrap()
+            .apply(&x)
+            .unwrap();
+        let xv = x.squeeze(0).unwrap().to_vec3::<f32>().unwrap();
+        let gv = got.squeeze(0).unwrap().to_vec3::<f32>().unwrap();
+        for h in 0..2 {
+            for t in 0..5 {
+                let p = (start + t) as f64;
+                for j in 0..d / 2 {
+                    let angle = p / theta.powf((2 * j) as f64 / d as f64);
+                    let (x1, x2) = (f64::from(xv[h][t][j]), f64::from(xv[h][t][j + d / 2]));
+                    let want1 = x1 * angle.cos() - x2 * angle.sin();
+                    let want2 = x1 * angle.sin() + x2 * angle.cos();
+                    assert!(
+                        (f64::from(gv[h][t][j]) - want1).abs() < 1e-5,
+                        "h{h} t{t} j{j}"
+                    );
+                    assert!(
+                        (f64::from(gv[h][t][j + d / 2]) - want2).abs() < 1e-5,
+                        "h{h} t{t} j{j}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn per_row_positions_select_the_same_rows() {
+        let rope = Rope::new(
+            8,
+            500_000.0,
+            16,
+            RopePrecision::F32,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let x = randn(&[2, 3, 4, 8]);
+        let pos = Tensor::new(&[[2u32, 3, 4, 5], [7, 8, 9, 10]], &Device::Cpu).unwrap();
+        let got = rope
+            .at(&Positions::PerRow(pos), 2, 4)
+            .unwrap()
+            .apply(&x)
+            .unwrap();
+        for (row, start) in [(0usize, 2usize), (1, 7)] {
+            let xr = x.narrow(0, row, 1).unwrap().contiguous().unwrap();
+            let want = rope
+                .at(&Positions::Contiguous { start }, 1, 4)
+                .unwrap()
+                .apply(&xr)
+                .unwrap();
+            let diff = (got.narrow(0, row, 1).unwrap() - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        }
+    }
+
+    /// Rotating a key once and caching it equals re-rotating the cached raw key (SPEC 1.3).
+    #[test]
+    fn rotated_rows_do_not_depend_on_the_window() {
+        let rope = Rope::new(
+            8,
+            10_000.0,
+            16,
+            RopePrecision::F32,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let x = randn(&[1, 1, 6, 8]);
+        let whole = rope
+            .at(&Positions::Contiguous { start: 0 }, 1, 6)
+            .unwrap()
+            .apply(&x)
+            .unwrap();
+        let tail = x.narrow(2, 2, 4).unwrap().contiguous().unwrap();
+        let part = rope
+            .at(&Positions::Contiguous { start: 2 }, 1, 4)
+            .unwrap()
+            .apply(&tail)
+            .unwrap();
+        let diff = (whole.narrow(2, 2, 4).unwrap() - part)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn dtypes_follow_the_precision() {
+        let x = randn(&[1, 1, 3, 8]).to_dtype(DType::F16).unwrap();
+        let full = Rope::new(8, 1e4, 8, RopePrecision::F32, DType::F16, &Device::Cpu).unwrap();
+        let act = Rope::new(
+            8,
+            1e4,
+            8,
+            RopePrecision::Activation,
+            DType::F16,
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(full.cos.dtype(), DType::F32);
+        assert_eq!(act.cos.dtype(), DType::F16);
+        for rope in [full, act] {
+            let y = rope
+                .at(&Positions::Contiguous { start: 1 }, 1, 3)
+                .unwrap()
+                .apply(&x)
+                .unwrap();
+            assert_eq!(y.dtype(), DType::F16);
+        }
     }
 }

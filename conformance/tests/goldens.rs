@@ -1,0 +1,56 @@
+//! Every golden case of the reference implementation (conformance/goldens/*.jsonl), run through
+//! the library and judged by FORMAT.md section 10: identical generated ids and NFE, identical
+//! unmask order except where section 10 excuses it. Fragile cases (a confidence within float
+//! rounding of the threshold) may mismatch and are counted apart. A case whose mode is not
+//! implemented fails.
+
+use fastdllm_cli::conform::{read_cases, Case, Runner, Status, Tally};
+use fastdllm_cli::paths::goldens_dir;
+
+fn run_group(name: &str, keep: impl Fn(&Case) -> bool) {
+    let files = vec![goldens_dir().join("llada-tiny.jsonl"), goldens_dir().join("dream-tiny.jsonl")];
+    for f in &files {
+        assert!(f.exists(), "golden file {} is missing: a missing golden is a failing test", f.display());
+    }
+    let cases: Vec<Case> = read_cases(&files).expect("golden files parse").into_iter().filter(|c| keep(c)).collect();
+    assert!(!cases.is_empty(), "group {name} selected no case");
+    let mut runner = Runner::new(None, candle_core::Device::Cpu, candle_core::DType::F32);
+    let mut tally = Tally::default();
+    let mut failures = Vec::new();
+    let mut models = std::collections::BTreeMap::<String, usize>::new();
+    for case in &cases {
+        let v = runner.run(case);
+        tally.add(&v);
+        *models.entry(case.model.clone()).or_default() += 1;
+        if v.status == Status::Fail {
+            failures.push(format!("{}: {}", v.id, v.problems.join("; ")));
+        }
+    }
+    eprintln!("{name}: {} ({models:?})", tally.line());
+    assert!(models.len() == 2, "group {name} must cover both models, got {models:?}");
+    assert!(
+        failures.is_empty(),
+        "{name}: {}\nfirst failures:\n{}",
+        tally.line(),
+        failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Issue 2: the exact (no-cache) baselines: LLaDA `generate` with the fixed schedule and Dream's
+/// original sampler.
+#[test]
+fn baseline_no_cache_cases() {
+    run_group("baseline", |c| c.cache == "none" && c.rule.starts_with("fixed"));
+}
+
+/// Issue 3: PrefixCache and DualCache with the fixed schedules of both models.
+#[test]
+fn prefix_and_dual_cache_cases() {
+    run_group("cache", |c| c.cache != "none" && c.rule.starts_with("fixed"));
+}
+
+/// Issue 4: threshold and factor rules, every cache mode present.
+#[test]
+fn threshold_and_factor_cases() {
+    run_group("parallel", |c| c.rule == "threshold" || c.rule == "factor");
+}

@@ -1,0 +1,68 @@
+//! `fastdllm conform`: run golden cases and judge them (FORMAT.md section 10).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use fastdllm_cli::conform::{read_cases, Runner, Status, Tally};
+
+use super::args::{DTypeArg, DeviceArg};
+
+/// Arguments of `fastdllm conform`.
+#[derive(Debug, Args)]
+pub struct ConformArgs {
+    /// Golden case files (JSON Lines, FORMAT.md section 6).
+    #[arg(long, required = true, num_args = 1..)]
+    cases: Vec<PathBuf>,
+    /// Model directory for every case (default: the case's model among the bundled fixtures).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Device.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+    /// Dtype (the goldens were made at f32).
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    dtype: DTypeArg,
+    /// Print one JSON object per case before the closing line.
+    #[arg(long)]
+    json: bool,
+    /// Also measure each cached step's drift from the exact forward.
+    #[arg(long)]
+    drift: bool,
+    /// Only cases whose id contains this text.
+    #[arg(long)]
+    filter: Option<String>,
+}
+
+pub fn run(a: ConformArgs) -> Result<ExitCode> {
+    let mut cases = read_cases(&a.cases)?;
+    if let Some(f) = &a.filter {
+        cases.retain(|c| c.id.contains(f.as_str()));
+    }
+    let mut runner = Runner::new(a.model.clone(), a.device.device()?, a.dtype.dtype());
+    runner.drift = a.drift;
+    let mut tally = Tally::default();
+    for case in &cases {
+        let v = runner.run(case);
+        tally.add(&v);
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "id": v.id, "status": v.status, "generated_ids": v.generated_ids, "nfe": v.nfe,
+                    "unmask_step": v.unmask_step, "problems": v.problems, "notes": v.notes, "drift": v.drift,
+                })
+            );
+        } else if v.status != Status::Pass {
+            let tag = if v.status == Status::Fragile { "FRAGILE" } else { "FAIL" };
+            println!("{tag} {}: {}", v.id, v.problems.join("; "));
+        } else if a.drift {
+            if let Some(d) = v.drift {
+                println!("pass {}: drift cos_min {:.6} max_abs {:.3e} argmax_agree {:.3} kl {:.3e}", v.id, d.cosine_min, d.max_abs_diff, d.argmax_agreement, d.kl_mean);
+            }
+        }
+    }
+    println!("{}", tally.line());
+    Ok(if tally.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,126 @@
+//! `fastdllm generate`: one prompt (or several, batched) through the engine.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use fastdllm_cli::engine::{self, trim_at_eos};
+use fastdllm_core::GenerateOptions;
+use serde_json::json;
+
+use super::args::{DecodeArgs, ModelArgs};
+
+/// Arguments of `fastdllm generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    /// Prompt text (repeat for a batch). The model's chat template is applied unless --raw.
+    #[arg(long, required_unless_present = "prompt_ids")]
+    prompt: Vec<String>,
+    /// Prompt as comma-separated token ids, used as is (repeat for a batch).
+    #[arg(long, conflicts_with = "prompt")]
+    prompt_ids: Vec<String>,
+    /// Do not apply the chat template (plain tokenizer encoding, special tokens included).
+    #[arg(long)]
+    raw: bool,
+    /// Print one JSON object (ids, text, nfe, wall time, output tokens/s).
+    #[arg(long)]
+    json: bool,
+    /// Include the per-step trace in the JSON output.
+    #[arg(long)]
+    trace: bool,
+    /// Measure drift of every cached step against the exact forward (reported in --json).
+    #[arg(long)]
+    drift: bool,
+}
+
+/// Parses `--prompt-ids` text.
+pub fn parse_ids(text: &str) -> Result<Vec<u32>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u32>().with_context(|| format!("invalid --prompt-ids '{text}': '{s}' is not a token id (a non-negative integer)")))
+        .collect()
+}
+
+pub fn run(a: GenerateArgs) -> Result<ExitCode> {
+    let device = a.model.device.device()?;
+    let dir = a.model.dir();
+    let loaded = fastdllm_models::load_model(&dir, &device, a.model.dtype.dtype())?;
+    let spec = loaded.model.spec().clone();
+    let settings = a.decode.settings(spec.family)?;
+    let prompts: Vec<Vec<u32>> = if a.prompt_ids.is_empty() {
+        a.prompt
+            .iter()
+            .map(|p| {
+                if p.trim().is_empty() {
+                    bail!("the prompt is empty (give some text with --prompt)");
+                }
+                let text = if a.raw { p.clone() } else { loaded.info.chat_template.apply(p) };
+                let add_special = a.raw || loaded.info.chat_template.add_special_tokens();
+                Ok(loaded.tokenizer.encode(&text, add_special)?)
+            })
+            .collect::<Result<_>>()?
+    } else {
+        a.prompt_ids.iter().map(|t| parse_ids(t)).collect::<Result<_>>()?
+    };
+    let seeds = vec![settings.seed; prompts.len()];
+    let opts = GenerateOptions { trace: a.trace, drift: a.drift };
+    let start = Instant::now();
+    let gen = engine::run(loaded.model.as_ref(), &prompts, &seeds, &settings, &opts)?;
+    let wall = start.elapsed().as_secs_f64();
+    let mut rows = Vec::new();
+    let mut out_tokens = 0usize;
+    for row in &gen.rows {
+        let answer = trim_at_eos(&row.generated, &spec.eos_token_ids);
+        out_tokens += answer.len();
+        let text = loaded.tokenizer.decode(answer)?;
+        rows.push(json!({
+            "prompt_ids": row.prompt,
+            "generated_ids": row.generated,
+            "answer_len": answer.len(),
+            "text": text,
+            "nfe": row.nfe,
+            "tokens_per_step": row.tokens_per_step,
+        }));
+    }
+    let tokens_per_s = if wall > 0.0 { out_tokens as f64 / wall } else { 0.0 };
+    if a.json {
+        let mut obj = rows[0].clone();
+        obj["model"] = json!(dir.display().to_string());
+        obj["settings"] = serde_json::to_value(&settings)?;
+        obj["nfe"] = json!(gen.nfe);
+        obj["wall_ms"] = json!(wall * 1e3);
+        obj["output_tokens"] = json!(out_tokens);
+        obj["tokens_per_s"] = json!(tokens_per_s);
+        if rows.len() > 1 {
+            obj["batch"] = json!(rows);
+        }
+        if let Some(t) = &gen.trace {
+            if a.drift {
+                obj["drift"] = json!({ "summary": t.drift_summary(), "steps": t.steps.iter().filter_map(|s| s.drift.map(|d| json!({"forward_idx": s.forward_idx, "block_idx": s.block_idx, "step": s.step, "stats": d}))).collect::<Vec<_>>() });
+            }
+            if a.trace {
+                obj["trace"] = serde_json::to_value(t)?;
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&obj)?);
+    } else {
+        for r in &rows {
+            println!("{}", r["text"].as_str().unwrap_or_default());
+        }
+        eprintln!(
+            "[{}] nfe {}, {} output tokens in {:.1} ms ({:.1} tokens/s)",
+            settings.label(),
+            gen.nfe,
+            out_tokens,
+            wall * 1e3,
+            tokens_per_s
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

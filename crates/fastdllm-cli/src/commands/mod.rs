@@ -1,0 +1,34 @@
+//! Command-line interface: clap derive, one module per subcommand, shared argument groups.
+
+mod args;
+mod conform;
+mod generate;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Fast-dLLM inference for diffusion LLMs (LLaDA, Dream) on candle.
+#[derive(Debug, Parser)]
+#[command(name = "fastdllm", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate an answer for a prompt (the bundled tiny LLaDA when no --model is given).
+    Generate(generate::GenerateArgs),
+    /// Run golden cases of the reference implementation and judge them (FORMAT.md section 10).
+    Conform(conform::ConformArgs),
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Conform(a) => conform::run(a),
+    }
+}

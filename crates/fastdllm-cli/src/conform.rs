@@ -1,0 +1,375 @@
+//! Golden cases from the reference implementation (conformance/goldens/FORMAT.md) and the
+//! verdict of FORMAT.md section 10.
+//!
+//! A case passes when the generated ids and the NFE equal the reference's; `unmask_step` and
+//! `tokens_per_step` must match too, except where the case's `min_rank_margin` < 1e-8 (order
+//! inside a cut may differ by float rounding; reported, not failed) and for `tie` cases, which
+//! are compared with `tie_break_lowest_index` (we break ties by lower position). A mismatch in a
+//! case with `min_threshold_gap` < 1e-8 is `fragile`, not failed. A case whose mode is not
+//! implemented is a failure, never a skip.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use fastdllm_cache::{CacheMode, CacheSettings};
+use fastdllm_core::{DecodeConfig, GenerateOptions, RowOutput, TokenId};
+use fastdllm_sampler::{DreamScore, ProposerConfig, Remasking, Unmask};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{self, GenerationSettings};
+
+/// Margin under which the unmasking order inside a step may differ by rounding (FORMAT 9, 10).
+pub const RANK_MARGIN_EPS: f64 = 1e-8;
+/// Threshold gap under which a case is fragile (FORMAT 10).
+pub const THRESHOLD_GAP_EPS: f64 = 1e-8;
+
+/// The reference call's arguments (LLaDA and Dream fields together).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Params {
+    /// `steps`.
+    pub steps: usize,
+    /// `gen_length` (Dream: `max_new_tokens`).
+    pub gen_length: usize,
+    /// `block_length`.
+    pub block_length: usize,
+    /// Sampling temperature.
+    #[serde(default)]
+    pub temperature: f64,
+    /// LLaDA remasking.
+    #[serde(default)]
+    pub remasking: Option<String>,
+    /// Threshold rule.
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// Factor rule.
+    #[serde(default)]
+    pub factor: Option<f64>,
+    /// Dream `alg`.
+    #[serde(default)]
+    pub alg: Option<String>,
+    /// Dream dual cache flag.
+    #[serde(default)]
+    pub dual_cache: Option<bool>,
+    /// Dream top_p.
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Dream top_k.
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    /// Dream alg_temp.
+    #[serde(default)]
+    pub alg_temp: Option<f64>,
+    /// Dream eps.
+    #[serde(default)]
+    pub eps: Option<f64>,
+}
+
+/// The lowest-index tie-break rebuild of a tie case.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TieBreak {
+    /// Full output.
+    pub output_ids: Vec<TokenId>,
+    /// Unmask steps.
+    pub unmask_step: Vec<Option<usize>>,
+    /// Tokens per step.
+    pub tokens_per_step: Vec<usize>,
+    /// NFE.
+    pub nfe: usize,
+}
+
+/// One golden case (FORMAT.md section 6; fields we do not judge are ignored).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Case {
+    /// Unique id.
+    pub id: String,
+    /// Folder name under fixtures/.
+    pub model: String,
+    /// Reference function.
+    pub function: String,
+    /// none | prefix | dual.
+    pub cache: String,
+    /// fixed | threshold | factor | fixed_{alg}.
+    pub rule: String,
+    /// Input ids, BOS included.
+    pub prompt_ids: Vec<TokenId>,
+    /// Call arguments.
+    pub params: Params,
+    /// Expected answer ids.
+    pub generated_ids: Vec<TokenId>,
+    /// Expected NFE.
+    pub nfe: usize,
+    /// Expected unmask step per answer position.
+    pub unmask_step: Vec<Option<usize>>,
+    /// Expected tokens per step.
+    pub tokens_per_step: Vec<usize>,
+    /// Smallest confidence gap at a ranking cut.
+    #[serde(default)]
+    pub min_rank_margin: Option<f64>,
+    /// Smallest distance of a compared confidence to its threshold.
+    #[serde(default)]
+    pub min_threshold_gap: Option<f64>,
+    /// Exact tie at a cut.
+    #[serde(default)]
+    pub tie: bool,
+    /// The lower-index-first rebuild (tie cases).
+    #[serde(default)]
+    pub tie_break_lowest_index: Option<TieBreak>,
+}
+
+impl Case {
+    /// The settings that reproduce the reference call.
+    pub fn settings(&self) -> Result<GenerationSettings> {
+        let p = &self.params;
+        let mut decode = DecodeConfig {
+            gen_length: p.gen_length,
+            block_length: p.block_length,
+            steps: p.steps,
+            force_block_start: None,
+            max_steps_per_block: None,
+        };
+        let cache_mode: CacheMode = self.cache.parse()?;
+        let mut proposer = ProposerConfig {
+            temperature: p.temperature,
+            top_p: p.top_p,
+            top_k: p.top_k,
+            remasking: Remasking::LowConfidence,
+            dream_score: None,
+        };
+        if let Some(r) = &p.remasking {
+            proposer.remasking = r.parse()?;
+        }
+        if p.alg_temp.is_some_and(|t| t > 0.0) {
+            bail!("alg_temp > 0 is not implemented");
+        }
+        let unmask = match (self.model.starts_with("dream"), self.rule.as_str()) {
+            (false, "fixed") => Unmask::Fixed,
+            (false, "threshold") => Unmask::Threshold { threshold: need(p.threshold, "threshold")? },
+            (false, "factor") => Unmask::Factor { factor: need(p.factor, "factor")? },
+            (true, "threshold") => Unmask::Threshold { threshold: need(p.threshold, "threshold")? },
+            (true, rule) if rule.starts_with("fixed_") => {
+                let eps = p.eps.unwrap_or(1e-3) as f32;
+                if self.function.starts_with("generation_utils._sample") {
+                    // Dream's original sampler: the whole answer is one block, no forced start.
+                    decode.force_block_start = Some(false);
+                    proposer.dream_score = Some(match &rule["fixed_".len()..] {
+                        "entropy" => DreamScore::NegEntropy,
+                        "maskgit_plus" => DreamScore::Probability,
+                        "topk_margin" => DreamScore::Margin,
+                        other => bail!("Dream original sampler alg '{other}' is not implemented"),
+                    });
+                }
+                Unmask::DreamTimesteps { eps }
+            }
+            (_, rule) => bail!("rule '{rule}' of model '{}' is not implemented", self.model),
+        };
+        Ok(GenerationSettings {
+            decode,
+            cache: CacheSettings::new(cache_mode),
+            unmask,
+            proposer,
+            seed: 0,
+        })
+    }
+}
+
+fn need(v: Option<f64>, name: &str) -> Result<f64> {
+    v.ok_or_else(|| anyhow!("case has no '{name}' parameter"))
+}
+
+/// Reads cases from JSON Lines files.
+pub fn read_cases(files: &[PathBuf]) -> Result<Vec<Case>> {
+    let mut cases = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read cases file {}", f.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let case: Case = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not a golden case (FORMAT.md section 6)", f.display(), i + 1))?;
+            cases.push(case);
+        }
+    }
+    Ok(cases)
+}
+
+/// Verdict of one case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Ids and NFE (and the order, where required) match.
+    Pass,
+    /// A mismatch that FORMAT.md section 10 counts as a failure.
+    Fail,
+    /// A mismatch in a case within float rounding of a threshold.
+    Fragile,
+}
+
+/// One case's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    /// Case id.
+    pub id: String,
+    /// pass | fail | fragile.
+    pub status: Status,
+    /// What differed (empty when it passed).
+    pub problems: Vec<String>,
+    /// Notes on differences that do not fail the case.
+    pub notes: Vec<String>,
+    /// Our generated ids (empty if the case could not run).
+    pub generated_ids: Vec<TokenId>,
+    /// Our NFE.
+    pub nfe: usize,
+    /// Our unmask steps.
+    pub unmask_step: Vec<Option<usize>>,
+    /// Drift summary of the cached steps, when measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<fastdllm_core::DriftStats>,
+}
+
+/// Judges our output against the case (FORMAT.md section 10).
+pub fn judge(case: &Case, out: &RowOutput) -> Verdict {
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    if let Some(pos) = first_diff(&case.generated_ids, &out.generated) {
+        problems.push(format!(
+            "generated ids differ at answer position {pos}: expected {:?}, got {:?}",
+            case.generated_ids.get(pos),
+            out.generated.get(pos)
+        ));
+    }
+    if case.nfe != out.nfe {
+        problems.push(format!("nfe: expected {}, got {}", case.nfe, out.nfe));
+    }
+    let (want_steps, want_tps) = match (&case.tie_break_lowest_index, case.tie) {
+        (Some(tb), true) => (&tb.unmask_step, &tb.tokens_per_step),
+        _ => (&case.unmask_step, &case.tokens_per_step),
+    };
+    let order_ok = want_steps == &out.unmask_step && want_tps == &out.tokens_per_step;
+    if !order_ok {
+        let msg = match first_diff(want_steps, &out.unmask_step) {
+            Some(pos) => format!(
+                "unmask_step differs at answer position {pos}: expected {:?}, got {:?}",
+                want_steps.get(pos),
+                out.unmask_step.get(pos)
+            ),
+            None => format!("tokens_per_step: expected {want_tps:?}, got {:?}", out.tokens_per_step),
+        };
+        if case.min_rank_margin.is_some_and(|m| m < RANK_MARGIN_EPS) {
+            notes.push(format!("{msg} (excused: min_rank_margin {:?} < 1e-8)", case.min_rank_margin));
+        } else {
+            problems.push(msg);
+        }
+    }
+    let status = if problems.is_empty() {
+        Status::Pass
+    } else if case.min_threshold_gap.is_some_and(|g| g < THRESHOLD_GAP_EPS) {
+        Status::Fragile
+    } else {
+        Status::Fail
+    };
+    Verdict {
+        id: case.id.clone(),
+        status,
+        problems,
+        notes,
+        generated_ids: out.generated.clone(),
+        nfe: out.nfe,
+        unmask_step: out.unmask_step.clone(),
+        drift: None,
+    }
+}
+
+fn first_diff<T: PartialEq>(a: &[T], b: &[T]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y).or((a.len() != b.len()).then(|| a.len().min(b.len())))
+}
+
+/// Runs cases, loading each model directory once.
+pub struct Runner {
+    models: HashMap<PathBuf, fastdllm_models::LoadedModel>,
+    model_override: Option<PathBuf>,
+    device: candle_core::Device,
+    dtype: candle_core::DType,
+    /// Measure drift of cached steps.
+    pub drift: bool,
+}
+
+impl Runner {
+    /// A runner on `device`/`dtype`; `model_override` replaces every case's model directory.
+    pub fn new(model_override: Option<PathBuf>, device: candle_core::Device, dtype: candle_core::DType) -> Self {
+        Runner { models: HashMap::new(), model_override, device, dtype, drift: false }
+    }
+
+    fn model_dir(&self, case: &Case) -> PathBuf {
+        self.model_override.clone().unwrap_or_else(|| crate::paths::bundled_model(&case.model))
+    }
+
+    fn model(&mut self, dir: &Path) -> Result<&fastdllm_models::LoadedModel> {
+        if !self.models.contains_key(dir) {
+            let m = fastdllm_models::load_model(dir, &self.device, self.dtype)?;
+            self.models.insert(dir.to_path_buf(), m);
+        }
+        Ok(&self.models[dir])
+    }
+
+    /// Runs and judges one case; a case that cannot run is a failure with the reason.
+    pub fn run(&mut self, case: &Case) -> Verdict {
+        match self.try_run(case) {
+            Ok(v) => v,
+            Err(e) => Verdict {
+                id: case.id.clone(),
+                status: Status::Fail,
+                problems: vec![format!("could not run: {e:#}")],
+                notes: Vec::new(),
+                generated_ids: Vec::new(),
+                nfe: 0,
+                unmask_step: Vec::new(),
+                drift: None,
+            },
+        }
+    }
+
+    fn try_run(&mut self, case: &Case) -> Result<Verdict> {
+        let settings = case.settings()?;
+        let dir = self.model_dir(case);
+        let drift = self.drift;
+        let model = self.model(&dir)?;
+        let opts = GenerateOptions { trace: drift, drift };
+        let gen = engine::run(model.model.as_ref(), &[case.prompt_ids.clone()], &[settings.seed], &settings, &opts)?;
+        let mut v = judge(case, &gen.rows[0]);
+        v.drift = gen.trace.as_ref().and_then(|t| t.drift_summary());
+        Ok(v)
+    }
+}
+
+/// Totals of a run, printed as the closing line `N passed, M failed[, K fragile]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    /// Passed cases.
+    pub passed: usize,
+    /// Failed cases.
+    pub failed: usize,
+    /// Fragile mismatches.
+    pub fragile: usize,
+}
+
+impl Tally {
+    /// Counts a verdict.
+    pub fn add(&mut self, v: &Verdict) {
+        match v.status {
+            Status::Pass => self.passed += 1,
+            Status::Fail => self.failed += 1,
+            Status::Fragile => self.fragile += 1,
+        }
+    }
+
+    /// The closing line.
+    pub fn line(&self) -> String {
+        let mut s = format!("{} passed, {} failed", self.passed, self.failed);
+        if self.fragile > 0 {
+            s.push_str(&format!(", {} fragile", self.fragile));
+        }
+        s
+    }
+}

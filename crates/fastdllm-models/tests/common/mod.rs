@@ -1,0 +1,107 @@
+//! Helpers shared by the integration tests: fixture paths and throw-away model directories.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::{DType, Device, Tensor};
+use fastdllm_core::{ForwardInput, Positions};
+
+/// `fixtures/{name}` of the workspace.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name)
+}
+
+/// A fresh empty directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!(
+            "fastdllm-models-test-{}-{tag}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    /// A copy of fixture `name` (every file).
+    pub fn copy_of(name: &str, tag: &str) -> Self {
+        let dir = Self::new(tag);
+        for entry in std::fs::read_dir(fixture(name)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.0.join(entry.file_name())).unwrap();
+        }
+        dir
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// Edits `config.json` as a JSON value.
+    pub fn edit_config(&self, edit: impl FnOnce(&mut serde_json::Value)) {
+        let path = self.file("config.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut json);
+        std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A forward over `ids` (one row) at positions `start..`, every row's logits.
+pub fn input(ids: &[u32], start: usize) -> ForwardInput {
+    ForwardInput {
+        tokens: Tensor::new(ids, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap(),
+        positions: Positions::Contiguous { start },
+        window_start: start,
+        key_bias: None,
+        logits_rows: 0..ids.len(),
+    }
+}
+
+/// The prompt "copy abc=" of the fixture tokenizer followed by masks.
+pub fn sample_ids() -> Vec<u32> {
+    let mut ids = vec![51, 12, 24, 25, 34, 36, 10, 11, 12, 40];
+    ids.extend([52; 8]);
+    ids
+}
+
+/// The f32 values of a tensor, flattened.
+pub fn values(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Largest absolute difference.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    values(a)
+        .iter()
+        .zip(values(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
