@@ -1,10 +1,35 @@
-//! Where the bundled tiny models live (fixtures/ at the repository root).
+//! Where the bundled tiny models and golden cases live (`fixtures/` and `conformance/goldens/`
+//! at the repository root).
+//!
+//! Resolution order: `$FASTDLLM_HOME` (a repository root), the repository this binary was built
+//! from, then the current directory and its ancestors, so a binary copied to another machine
+//! (e.g. a GPU box) still finds the data of the checkout it runs in.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+const BUILD_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+/// The repository root that holds `fixtures/`.
+pub fn repo_root() -> PathBuf {
+    let has_fixtures = |p: &Path| p.join("fixtures").join("llada-tiny").is_dir();
+    if let Some(home) = std::env::var_os("FASTDLLM_HOME").map(PathBuf::from) {
+        return home;
+    }
+    let build = PathBuf::from(BUILD_ROOT);
+    if has_fixtures(&build) {
+        return build;
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        if let Some(found) = cwd.ancestors().find(|p| has_fixtures(p)) {
+            return found.to_path_buf();
+        }
+    }
+    build
+}
 
 /// The repository's `fixtures/` folder.
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures"))
+    repo_root().join("fixtures")
 }
 
 /// The bundled model `name` (`llada-tiny` or `dream-tiny`).
@@ -19,5 +44,5 @@ pub fn default_model() -> PathBuf {
 
 /// The repository's golden cases folder.
 pub fn goldens_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../conformance/goldens"))
+    repo_root().join("conformance").join("goldens")
 }

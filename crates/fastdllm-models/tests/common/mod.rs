@@ -8,11 +8,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use candle_core::{DType, Device, Tensor};
 use fastdllm_core::{ForwardInput, Positions};
 
-/// `fixtures/{name}` of the workspace.
+/// `fixtures/{name}` of the workspace (or of the current directory, when the test binary runs
+/// on another machine from the repository root).
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    let root = if built.is_dir() {
+        built
+    } else {
+        PathBuf::from("fixtures")
+    };
+    root.join(name)
 }
 
 /// A fresh empty directory under the system temp dir, removed on drop.
