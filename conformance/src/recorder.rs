@@ -27,7 +27,10 @@ pub struct Recorder<'a> {
 impl<'a> Recorder<'a> {
     /// Wraps `inner`.
     pub fn new(inner: &'a dyn DiffusionLm) -> Self {
-        Recorder { inner, calls: Mutex::new(Vec::new()) }
+        Recorder {
+            inner,
+            calls: Mutex::new(Vec::new()),
+        }
     }
 
     /// The calls so far.
@@ -50,7 +53,11 @@ impl DiffusionLm for Recorder<'_> {
         let logits = self.inner.forward(input, kv)?;
         let tokens = input.tokens.to_vec2::<u32>()?;
         if let Ok(mut c) = self.calls.lock() {
-            c.push(Call { window_start: input.window_start, tokens, logits: logits.clone() });
+            c.push(Call {
+                window_start: input.window_start,
+                tokens,
+                logits: logits.clone(),
+            });
         }
         Ok(logits)
     }

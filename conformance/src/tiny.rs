@@ -59,5 +59,6 @@ pub fn dream_config() -> ModelConfig {
 
 /// A random-weight model (f32, CPU) for `config`, reproducible from `seed`.
 pub fn model(config: &ModelConfig, seed: u64) -> Arc<dyn DiffusionLm> {
-    fastdllm_models::random_model(config, &Device::Cpu, DType::F32, seed).expect("random model builds")
+    fastdllm_models::random_model(config, &Device::Cpu, DType::F32, seed)
+        .expect("random model builds")
 }

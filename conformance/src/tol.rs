@@ -136,7 +136,7 @@ mod tests {
     fn catches_a_planted_difference() {
         let expected = Tensor::zeros((2, 3, 4), DType::F32, &Device::Cpu).unwrap();
         let mut data = vec![0f32; 24];
-        data[1 * 12 + 2 * 4 + 3] = 0.5; // index [1, 2, 3]
+        data[12 + 2 * 4 + 3] = 0.5; // index [1, 2, 3] in shape [2, 3, 4]
         data[5] = 2e-4; // just outside atol 1e-4: also counted
         let actual = Tensor::from_vec(data, (2, 3, 4), &Device::Cpu).unwrap();
         let msg = compare(&actual, &expected, Tol::F32).unwrap_err();

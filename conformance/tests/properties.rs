@@ -11,35 +11,84 @@ use conformance::tol::{assert_close, Tol};
 use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
 use fastdllm_cli::engine::{self, GenerationSettings};
 use fastdllm_core::{
-    CachePolicy, DecodeConfig, DiffusionLm, ForwardInput, ForwardPlan, GenerateOptions, Generation, KvAccess,
-    KvView, PassthroughKv, Positions,
+    CachePolicy, DecodeConfig, DiffusionLm, ForwardInput, ForwardPlan, GenerateOptions, Generation,
+    KvAccess, KvView, PassthroughKv, Positions,
 };
 use fastdllm_sampler::{ProposerConfig, Remasking, Unmask};
 use proptest::prelude::*;
 
-fn settings(g: usize, b: usize, steps: usize, mode: CacheMode, unmask: Unmask) -> GenerationSettings {
+fn settings(
+    g: usize,
+    b: usize,
+    steps: usize,
+    mode: CacheMode,
+    unmask: Unmask,
+) -> GenerationSettings {
     GenerationSettings {
-        decode: DecodeConfig { gen_length: g, block_length: b, steps, force_block_start: None, max_steps_per_block: None },
+        decode: DecodeConfig {
+            gen_length: g,
+            block_length: b,
+            steps,
+            force_block_start: None,
+            max_steps_per_block: None,
+        },
         cache: CacheSettings::new(mode),
         unmask,
-        proposer: ProposerConfig { temperature: 0.0, top_p: None, top_k: None, remasking: Remasking::LowConfidence, dream_score: None },
+        proposer: ProposerConfig {
+            temperature: 0.0,
+            top_p: None,
+            top_k: None,
+            remasking: Remasking::LowConfidence,
+            dream_score: None,
+        },
         seed: 0,
     }
 }
 
-fn run(model: &dyn DiffusionLm, prompts: &[Vec<u32>], s: &GenerationSettings, trace: bool) -> Generation {
+fn run(
+    model: &dyn DiffusionLm,
+    prompts: &[Vec<u32>],
+    s: &GenerationSettings,
+    trace: bool,
+) -> Generation {
     let seeds = vec![s.seed; prompts.len()];
-    engine::run(model, prompts, &seeds, s, &GenerateOptions { trace, drift: false }).expect("generation runs")
+    engine::run(
+        model,
+        prompts,
+        &seeds,
+        s,
+        &GenerateOptions {
+            trace,
+            drift: false,
+        },
+    )
+    .expect("generation runs")
 }
 
-fn random_models() -> &'static [(Arc<dyn DiffusionLm>, Arc<dyn DiffusionLm>)] {
-    static M: OnceLock<Vec<(Arc<dyn DiffusionLm>, Arc<dyn DiffusionLm>)>> = OnceLock::new();
-    M.get_or_init(|| (0..3).map(|s| (tiny::model(&tiny::llada_config(), s), tiny::model(&tiny::dream_config(), 100 + s))).collect())
+/// (LLaDA, Dream) pairs of random tiny models.
+type ModelPair = (Arc<dyn DiffusionLm>, Arc<dyn DiffusionLm>);
+
+fn random_models() -> &'static [ModelPair] {
+    static M: OnceLock<Vec<ModelPair>> = OnceLock::new();
+    M.get_or_init(|| {
+        (0..3)
+            .map(|s| {
+                (
+                    tiny::model(&tiny::llada_config(), s),
+                    tiny::model(&tiny::dream_config(), 100 + s),
+                )
+            })
+            .collect()
+    })
 }
 
 fn pick_model(seed: usize, dream: bool) -> Arc<dyn DiffusionLm> {
     let (l, d) = &random_models()[seed % random_models().len()];
-    if dream { d.clone() } else { l.clone() }
+    if dream {
+        d.clone()
+    } else {
+        l.clone()
+    }
 }
 
 fn unmask_rule(kind: usize, tau: f64, dream: bool) -> Unmask {
@@ -147,7 +196,12 @@ proptest! {
 struct Capture(Vec<(Tensor, Tensor)>);
 
 impl KvView for Capture {
-    fn attend_kv(&mut self, _layer: usize, k: &Tensor, v: &Tensor) -> fastdllm_core::Result<(Tensor, Tensor)> {
+    fn attend_kv(
+        &mut self,
+        _layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> fastdllm_core::Result<(Tensor, Tensor)> {
         self.0.push((k.clone(), v.clone()));
         Ok((k.clone(), v.clone()))
     }
@@ -155,7 +209,10 @@ impl KvView for Capture {
 
 fn full_input(tokens: &[u32], rows: std::ops::Range<usize>, start: usize) -> ForwardInput {
     ForwardInput {
-        tokens: Tensor::new(&tokens[start..], &Device::Cpu).unwrap().unsqueeze(0).unwrap(),
+        tokens: Tensor::new(&tokens[start..], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap(),
         positions: Positions::Contiguous { start },
         window_start: start,
         key_bias: None,
@@ -169,10 +226,20 @@ fn full_input(tokens: &[u32], rows: std::ops::Range<usize>, start: usize) -> For
 fn refresh_kv_equals_full_pass_and_cached_windows_agree() {
     for dream in [false, true] {
         let model = pick_model(1, dream);
-        let tokens: Vec<u32> = (0..24).map(|i| if i < 10 { (i * 7 % 40) as u32 } else { tiny::MASK }).collect();
+        let tokens: Vec<u32> = (0..24)
+            .map(|i| {
+                if i < 10 {
+                    (i * 7 % 40) as u32
+                } else {
+                    tiny::MASK
+                }
+            })
+            .collect();
         let (s, e) = (14, 18);
         let mut capture = Capture::default();
-        let full = model.forward(&full_input(&tokens, s..e, 0), &mut capture).unwrap();
+        let full = model
+            .forward(&full_input(&tokens, s..e, 0), &mut capture)
+            .unwrap();
         for mode in [CacheMode::Prefix, CacheMode::Dual] {
             let mut cache = BlockCache::new(CacheSettings::new(mode)).unwrap();
             let spec = model.spec();
@@ -187,22 +254,62 @@ fn refresh_kv_equals_full_pass_and_cached_windows_agree() {
                     device: Device::Cpu,
                 })
                 .unwrap();
-            let refresh = ForwardPlan { window: 0..tokens.len(), kv: KvAccess::Refresh };
-            let r = model.forward(&full_input(&tokens, s..e, 0), cache.view(&refresh).unwrap()).unwrap();
-            assert_close(&r, &full, Tol { atol: 0.0, rtol: 0.0 });
+            let refresh = ForwardPlan {
+                window: 0..tokens.len(),
+                kv: KvAccess::Refresh,
+            };
+            let r = model
+                .forward(&full_input(&tokens, s..e, 0), cache.view(&refresh).unwrap())
+                .unwrap();
+            assert_close(
+                &r,
+                &full,
+                Tol {
+                    atol: 0.0,
+                    rtol: 0.0,
+                },
+            );
             for (layer, (k, v)) in capture.0.iter().enumerate() {
                 let (sk, sv) = cache.store().layer(layer).unwrap();
-                assert_close(sk, k, Tol { atol: 0.0, rtol: 0.0 });
-                assert_close(sv, v, Tol { atol: 0.0, rtol: 0.0 });
+                assert_close(
+                    sk,
+                    k,
+                    Tol {
+                        atol: 0.0,
+                        rtol: 0.0,
+                    },
+                );
+                assert_close(
+                    sv,
+                    v,
+                    Tol {
+                        atol: 0.0,
+                        rtol: 0.0,
+                    },
+                );
             }
-            let end = if mode == CacheMode::Dual { e } else { tokens.len() };
-            let plan = ForwardPlan { window: s..end, kv: KvAccess::Reuse };
+            let end = if mode == CacheMode::Dual {
+                e
+            } else {
+                tokens.len()
+            };
+            let plan = ForwardPlan {
+                window: s..end,
+                kv: KvAccess::Reuse,
+            };
             let mut input = full_input(&tokens[..end], 0..e - s, s);
-            input.tokens = Tensor::new(&tokens[s..end], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            input.tokens = Tensor::new(&tokens[s..end], &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
             let cached = model.forward(&input, cache.view(&plan).unwrap()).unwrap();
             if dream {
                 // Window row 0 has no left neighbour in the window (Dream's shift): compare rows 1.. .
-                assert_close(&cached.narrow(1, 1, e - s - 1).unwrap(), &full.narrow(1, 1, e - s - 1).unwrap(), Tol::F32);
+                assert_close(
+                    &cached.narrow(1, 1, e - s - 1).unwrap(),
+                    &full.narrow(1, 1, e - s - 1).unwrap(),
+                    Tol::F32,
+                );
             } else {
                 assert_close(&cached, &full, Tol::F32);
             }
@@ -215,17 +322,31 @@ fn fixture(name: &str) -> &'static fastdllm_models::LoadedModel {
     static D: OnceLock<fastdllm_models::LoadedModel> = OnceLock::new();
     let cell = if name == "llada-tiny" { &L } else { &D };
     cell.get_or_init(|| {
-        fastdllm_models::load_model(&fastdllm_cli::paths::bundled_model(name), &Device::Cpu, DType::F32).expect("fixture loads")
+        fastdllm_models::load_model(
+            &fastdllm_cli::paths::bundled_model(name),
+            &Device::Cpu,
+            DType::F32,
+        )
+        .expect("fixture loads")
     })
 }
 
 fn task_prompt(kind: usize, salt: u64, model: &fastdllm_models::LoadedModel) -> Vec<u32> {
     let letters = "abcdefghijklmnopqrstuvwxyz";
-    let pick = |i: u64| letters.as_bytes()[((salt.wrapping_mul(2654435761).wrapping_add(i * 97)) % 26) as usize] as char;
+    let pick = |i: u64| {
+        letters.as_bytes()[((salt.wrapping_mul(2654435761).wrapping_add(i * 97)) % 26) as usize]
+            as char
+    };
     let digits = |i: u64| char::from(b'0' + ((salt / 3 + i * 7) % 10) as u8);
     let text = match kind % 4 {
         0 => format!("copy {}{}{}.......=", pick(1), digits(2), pick(3)),
-        1 => format!("inc {}{}{}{}......=", digits(1), digits(2), digits(3), digits(4)),
+        1 => format!(
+            "inc {}{}{}{}......=",
+            digits(1),
+            digits(2),
+            digits(3),
+            digits(4)
+        ),
         2 => format!("rot {}{}........=", pick(5), pick(6)),
         _ => format!("{}+{}=", digits(1), digits(5)),
     };

@@ -64,7 +64,10 @@ pub struct CacheSettings {
 impl CacheSettings {
     /// Settings for `mode` with the reference's refresh schedule.
     pub fn new(mode: CacheMode) -> Self {
-        CacheSettings { mode, refresh_every: None }
+        CacheSettings {
+            mode,
+            refresh_every: None,
+        }
     }
 
     /// Checks the refresh interval.
@@ -89,13 +92,19 @@ impl CacheSettings {
 
     /// The plan at `at`: pure.
     pub fn plan(&self, at: &StepAt) -> ForwardPlan {
-        let full = ForwardPlan { window: 0..at.seq_len, kv: KvAccess::Refresh };
+        let full = ForwardPlan {
+            window: 0..at.seq_len,
+            kv: KvAccess::Refresh,
+        };
         let refresh = match self.refresh_every {
             Some(k) => at.step % k.max(1) == 0,
             None => at.step == 0,
         };
         match self.mode {
-            CacheMode::Off => ForwardPlan { window: 0..at.seq_len, kv: KvAccess::Fresh },
+            CacheMode::Off => ForwardPlan {
+                window: 0..at.seq_len,
+                kv: KvAccess::Fresh,
+            },
             _ if refresh => full,
             CacheMode::Prefix => reuse(at.block.start..at.seq_len),
             CacheMode::Dual => reuse(at.block.clone()),
@@ -104,7 +113,10 @@ impl CacheSettings {
 }
 
 fn reuse(window: Range<usize>) -> ForwardPlan {
-    ForwardPlan { window, kv: KvAccess::Reuse }
+    ForwardPlan {
+        window,
+        kv: KvAccess::Reuse,
+    }
 }
 
 #[cfg(test)]
@@ -113,23 +125,61 @@ mod tests {
     use proptest::prelude::*;
 
     fn at(block: Range<usize>, step: usize, seq_len: usize) -> StepAt {
-        StepAt { block_idx: 0, block, step, seq_len }
+        StepAt {
+            block_idx: 0,
+            block,
+            step,
+            seq_len,
+        }
     }
 
     #[test]
     fn reference_windows() {
         let s = |m| CacheSettings::new(m);
-        assert_eq!(s(CacheMode::Prefix).plan(&at(17..21, 0, 33)), ForwardPlan { window: 0..33, kv: KvAccess::Refresh });
-        assert_eq!(s(CacheMode::Prefix).plan(&at(17..21, 2, 33)), ForwardPlan { window: 17..33, kv: KvAccess::Reuse });
-        assert_eq!(s(CacheMode::Dual).plan(&at(17..21, 1, 33)), ForwardPlan { window: 17..21, kv: KvAccess::Reuse });
-        assert_eq!(s(CacheMode::Off).plan(&at(17..21, 1, 33)), ForwardPlan { window: 0..33, kv: KvAccess::Fresh });
+        assert_eq!(
+            s(CacheMode::Prefix).plan(&at(17..21, 0, 33)),
+            ForwardPlan {
+                window: 0..33,
+                kv: KvAccess::Refresh
+            }
+        );
+        assert_eq!(
+            s(CacheMode::Prefix).plan(&at(17..21, 2, 33)),
+            ForwardPlan {
+                window: 17..33,
+                kv: KvAccess::Reuse
+            }
+        );
+        assert_eq!(
+            s(CacheMode::Dual).plan(&at(17..21, 1, 33)),
+            ForwardPlan {
+                window: 17..21,
+                kv: KvAccess::Reuse
+            }
+        );
+        assert_eq!(
+            s(CacheMode::Off).plan(&at(17..21, 1, 33)),
+            ForwardPlan {
+                window: 0..33,
+                kv: KvAccess::Fresh
+            }
+        );
     }
 
     #[test]
     fn refresh_every_zero_is_an_error() {
-        let e = CacheSettings { mode: CacheMode::Dual, refresh_every: Some(0) }.validate().unwrap_err();
+        let e = CacheSettings {
+            mode: CacheMode::Dual,
+            refresh_every: Some(0),
+        }
+        .validate()
+        .unwrap_err();
         assert!(e.to_string().contains("refresh_every = 0"), "{e}");
-        assert!("fancy".parse::<CacheMode>().unwrap_err().to_string().contains("allowed: none, prefix, dual"));
+        assert!("fancy"
+            .parse::<CacheMode>()
+            .unwrap_err()
+            .to_string()
+            .contains("allowed: none, prefix, dual"));
     }
 
     proptest! {

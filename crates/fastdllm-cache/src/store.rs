@@ -18,7 +18,13 @@ impl KvStore {
     /// Allocates the storage for `shape`, reusing the current tensors when the shape, dtype and
     /// device are unchanged.
     pub fn prepare(&mut self, shape: &KvShape) -> fastdllm_core::Result<()> {
-        let dims = (shape.num_layers, shape.batch, shape.num_kv_heads, shape.seq_len, shape.head_dim);
+        let dims = (
+            shape.num_layers,
+            shape.batch,
+            shape.num_kv_heads,
+            shape.seq_len,
+            shape.head_dim,
+        );
         let same = self.shape == Some(dims)
             && self.layers.first().is_some_and(|(k, _)| {
                 k.dtype() == shape.dtype && k.device().same_device(&shape.device)
@@ -26,8 +32,21 @@ impl KvStore {
         if same {
             return Ok(());
         }
-        let t = || Tensor::zeros((shape.batch, shape.num_kv_heads, shape.seq_len, shape.head_dim), shape.dtype, &shape.device);
-        self.layers = (0..shape.num_layers).map(|_| Ok((t()?, t()?))).collect::<candle_core::Result<_>>()?;
+        let t = || {
+            Tensor::zeros(
+                (
+                    shape.batch,
+                    shape.num_kv_heads,
+                    shape.seq_len,
+                    shape.head_dim,
+                ),
+                shape.dtype,
+                &shape.device,
+            )
+        };
+        self.layers = (0..shape.num_layers)
+            .map(|_| Ok((t()?, t()?)))
+            .collect::<candle_core::Result<_>>()?;
         self.shape = Some(dims);
         self.allocations += 1;
         Ok(())
@@ -43,9 +62,17 @@ impl KvStore {
         self.layers.get(layer)
     }
 
-    fn write(&self, layer: usize, offset: usize, k: &Tensor, v: &Tensor) -> fastdllm_core::Result<&(Tensor, Tensor)> {
+    fn write(
+        &self,
+        layer: usize,
+        offset: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> fastdllm_core::Result<&(Tensor, Tensor)> {
         let kv = self.layers.get(layer).ok_or_else(|| {
-            fastdllm_core::Error::Policy(format!("layer {layer} has no K/V storage (call prepare first)"))
+            fastdllm_core::Error::Policy(format!(
+                "layer {layer} has no K/V storage (call prepare first)"
+            ))
         })?;
         kv.0.slice_set(&k.contiguous()?, 2, offset)?;
         kv.1.slice_set(&v.contiguous()?, 2, offset)?;
@@ -62,7 +89,12 @@ struct StoreView<'a> {
 }
 
 impl KvView for StoreView<'_> {
-    fn attend_kv(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> fastdllm_core::Result<(Tensor, Tensor)> {
+    fn attend_kv(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> fastdllm_core::Result<(Tensor, Tensor)> {
         let stored = self.store.write(layer, self.offset, k, v)?;
         match self.access {
             // The refresh attends over its own fresh K/V: identical values to the store's.
@@ -85,7 +117,12 @@ impl BlockCache {
     /// A policy for validated settings.
     pub fn new(settings: CacheSettings) -> crate::Result<Self> {
         settings.validate()?;
-        Ok(BlockCache { settings, store: KvStore::default(), passthrough: PassthroughKv, view: None })
+        Ok(BlockCache {
+            settings,
+            store: KvStore::default(),
+            passthrough: PassthroughKv,
+            view: None,
+        })
     }
 
     /// The settings.
@@ -125,11 +162,21 @@ impl CachePolicy for BlockCache {
 }
 
 impl KvView for BlockCache {
-    fn attend_kv(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> fastdllm_core::Result<(Tensor, Tensor)> {
+    fn attend_kv(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> fastdllm_core::Result<(Tensor, Tensor)> {
         let (offset, access) = self
             .view
             .ok_or_else(|| fastdllm_core::Error::Policy("attend_kv called before view()".into()))?;
-        StoreView { store: &self.store, offset, access }.attend_kv(layer, k, v)
+        StoreView {
+            store: &self.store,
+            offset,
+            access,
+        }
+        .attend_kv(layer, k, v)
     }
 }
 
@@ -139,21 +186,39 @@ mod tests {
     use candle_core::{DType, Device};
 
     fn shape(seq_len: usize) -> KvShape {
-        KvShape { num_layers: 2, batch: 1, num_kv_heads: 2, seq_len, head_dim: 4, dtype: DType::F32, device: Device::Cpu }
+        KvShape {
+            num_layers: 2,
+            batch: 1,
+            num_kv_heads: 2,
+            seq_len,
+            head_dim: 4,
+            dtype: DType::F32,
+            device: Device::Cpu,
+        }
     }
 
     #[test]
     fn storage_is_allocated_once_and_written_in_place() -> fastdllm_core::Result<()> {
-        let mut c = BlockCache::new(CacheSettings::new(CacheMode::Dual)).map_err(|e| fastdllm_core::Error::Policy(e.to_string()))?;
+        let mut c = BlockCache::new(CacheSettings::new(CacheMode::Dual))
+            .map_err(|e| fastdllm_core::Error::Policy(e.to_string()))?;
         c.prepare(&shape(10))?;
         c.prepare(&shape(10))?;
         assert_eq!(c.store().allocations(), 1);
         let full = Tensor::arange(0f32, 80., &Device::Cpu)?.reshape((1, 2, 10, 4))?;
-        let plan = ForwardPlan { window: 0..10, kv: KvAccess::Refresh };
+        let plan = ForwardPlan {
+            window: 0..10,
+            kv: KvAccess::Refresh,
+        };
         let (k, _) = c.view(&plan)?.attend_kv(0, &full, &full)?;
-        assert_eq!(k.squeeze(0)?.to_vec3::<f32>()?, full.squeeze(0)?.to_vec3::<f32>()?);
+        assert_eq!(
+            k.squeeze(0)?.to_vec3::<f32>()?,
+            full.squeeze(0)?.to_vec3::<f32>()?
+        );
         let block = Tensor::full(-1f32, (1, 2, 3, 4), &Device::Cpu)?;
-        let plan = ForwardPlan { window: 4..7, kv: KvAccess::Reuse };
+        let plan = ForwardPlan {
+            window: 4..7,
+            kv: KvAccess::Reuse,
+        };
         let (k, _) = c.view(&plan)?.attend_kv(0, &block, &block)?;
         assert_eq!(k.dims(), &[1, 2, 10, 4]);
         let rows = k.squeeze(0)?.to_vec3::<f32>()?;

@@ -96,9 +96,15 @@ impl DecodeConfig {
     /// `prompt + gen_length` within the model's maximum length.
     pub fn validate_prompt(&self, spec: &ModelSpec, prompt: &[TokenId]) -> Result<()> {
         if prompt.is_empty() {
-            return Err(Error::InvalidPrompt("the prompt is empty (at least 1 token)".into()));
+            return Err(Error::InvalidPrompt(
+                "the prompt is empty (at least 1 token)".into(),
+            ));
         }
-        if let Some((i, &id)) = prompt.iter().enumerate().find(|(_, &id)| id as usize >= spec.vocab_size) {
+        if let Some((i, &id)) = prompt
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id as usize >= spec.vocab_size)
+        {
             return Err(Error::InvalidPrompt(format!(
                 "token id {id} at prompt index {i} is out of the vocabulary (allowed 0..{})",
                 spec.vocab_size
@@ -132,7 +138,11 @@ pub struct BlockSchedule {
 impl BlockSchedule {
     /// Layout for a (padded) prompt of `prompt_len` tokens.
     pub fn new(prompt_len: usize, cfg: &DecodeConfig) -> Self {
-        BlockSchedule { prompt_len, block_length: cfg.block_length, num_blocks: cfg.num_blocks() }
+        BlockSchedule {
+            prompt_len,
+            block_length: cfg.block_length,
+            num_blocks: cfg.num_blocks(),
+        }
     }
 
     /// Canvas range of block `k`.
@@ -157,14 +167,22 @@ mod tests {
     use super::*;
 
     fn cfg(g: usize, b: usize, s: usize) -> DecodeConfig {
-        DecodeConfig { gen_length: g, block_length: b, steps: s, ..Default::default() }
+        DecodeConfig {
+            gen_length: g,
+            block_length: b,
+            steps: s,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn preconditions_are_errors() {
         assert!(cfg(32, 8, 32).validate().is_ok());
         let e = cfg(30, 8, 32).validate().unwrap_err().to_string();
-        assert!(e.contains("gen_length = 30") && e.contains("multiple of block_length = 8"), "{e}");
+        assert!(
+            e.contains("gen_length = 30") && e.contains("multiple of block_length = 8"),
+            "{e}"
+        );
         let e = cfg(32, 8, 6).validate().unwrap_err().to_string();
         assert!(e.contains("steps = 6") && e.contains("= 4"), "{e}");
         assert!(cfg(0, 8, 8).validate().is_err());

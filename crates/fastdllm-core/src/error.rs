@@ -21,7 +21,9 @@ pub enum Error {
     #[error("policy error: {0}")]
     Policy(String),
     /// A block did not complete within the safety cap on steps.
-    #[error("block {block} made no progress after {steps} steps (cap max_steps_per_block = {cap})")]
+    #[error(
+        "block {block} made no progress after {steps} steps (cap max_steps_per_block = {cap})"
+    )]
     NoProgress {
         /// Block index.
         block: usize,
@@ -41,6 +43,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// Shorthand for [`Error::InvalidSetting`].
     pub fn setting(name: &'static str, value: impl ToString, allowed: impl Into<String>) -> Self {
-        Error::InvalidSetting { name, value: value.to_string(), allowed: allowed.into() }
+        Error::InvalidSetting {
+            name,
+            value: value.to_string(),
+            allowed: allowed.into(),
+        }
     }
 }

@@ -102,7 +102,12 @@ impl Canvas {
                 row
             })
             .collect();
-        Canvas { rows, pads, prompt_len, mask }
+        Canvas {
+            rows,
+            pads,
+            prompt_len,
+            mask,
+        }
     }
 
     fn padded(&self) -> bool {
@@ -110,25 +115,50 @@ impl Canvas {
     }
 
     fn masks_in(&self, row: usize, range: std::ops::Range<usize>) -> usize {
-        self.rows[row][range].iter().filter(|&&t| t == self.mask).count()
+        self.rows[row][range]
+            .iter()
+            .filter(|&&t| t == self.mask)
+            .count()
     }
 
     /// Window tokens, shape `(batch, window_len)`.
-    fn tokens(&self, window: &std::ops::Range<usize>, device: &candle_core::Device) -> Result<Tensor> {
-        let flat: Vec<u32> = self.rows.iter().flat_map(|r| r[window.clone()].iter().copied()).collect();
-        Ok(Tensor::from_vec(flat, (self.rows.len(), window.len()), device)?)
+    fn tokens(
+        &self,
+        window: &std::ops::Range<usize>,
+        device: &candle_core::Device,
+    ) -> Result<Tensor> {
+        let flat: Vec<u32> = self
+            .rows
+            .iter()
+            .flat_map(|r| r[window.clone()].iter().copied())
+            .collect();
+        Ok(Tensor::from_vec(
+            flat,
+            (self.rows.len(), window.len()),
+            device,
+        )?)
     }
 
-    fn positions(&self, window: &std::ops::Range<usize>, device: &candle_core::Device) -> Result<Positions> {
+    fn positions(
+        &self,
+        window: &std::ops::Range<usize>,
+        device: &candle_core::Device,
+    ) -> Result<Positions> {
         if !self.padded() {
-            return Ok(Positions::Contiguous { start: window.start });
+            return Ok(Positions::Contiguous {
+                start: window.start,
+            });
         }
         let flat: Vec<u32> = self
             .pads
             .iter()
             .flat_map(|&pad| window.clone().map(move |i| i.saturating_sub(pad) as u32))
             .collect();
-        Ok(Positions::PerRow(Tensor::from_vec(flat, (self.rows.len(), window.len()), device)?))
+        Ok(Positions::PerRow(Tensor::from_vec(
+            flat,
+            (self.rows.len(), window.len()),
+            device,
+        )?))
     }
 
     fn key_bias(&self, device: &candle_core::Device) -> Result<Option<Tensor>> {
@@ -141,7 +171,11 @@ impl Canvas {
             .iter()
             .flat_map(|&pad| (0..len).map(move |i| if i < pad { PAD_KEY_BIAS } else { 0.0 }))
             .collect();
-        Ok(Some(Tensor::from_vec(flat, (self.rows.len(), 1, 1, len), device)?))
+        Ok(Some(Tensor::from_vec(
+            flat,
+            (self.rows.len(), 1, 1, len),
+            device,
+        )?))
     }
 
     fn input(
@@ -179,12 +213,20 @@ pub fn generate(
         return Err(Error::InvalidPrompt("the batch has no prompt".into()));
     }
     if rngs.len() != prompts.len() {
-        return Err(Error::setting("rngs", rngs.len(), format!("one per prompt ({})", prompts.len())));
+        return Err(Error::setting(
+            "rngs",
+            rngs.len(),
+            format!("one per prompt ({})", prompts.len()),
+        ));
     }
     for p in prompts {
         cfg.validate_prompt(spec, p)?;
     }
-    let Decoder { cache, proposer, unmask } = dec;
+    let Decoder {
+        cache,
+        proposer,
+        unmask,
+    } = dec;
     let device = model.device();
     let batch = prompts.len();
     let gen_length = cfg.gen_length;
@@ -219,22 +261,38 @@ pub fn generate(
         .collect();
 
     for (block_idx, block) in sched.blocks().enumerate() {
-        let masks_at_start: Vec<usize> = (0..batch).map(|r| canvas.masks_in(r, block.clone())).collect();
+        let masks_at_start: Vec<usize> = (0..batch)
+            .map(|r| canvas.masks_in(r, block.clone()))
+            .collect();
         let mut ended = vec![false; batch];
         let mut step = 0usize;
         loop {
-            let active: Vec<bool> =
-                (0..batch).map(|r| !ended[r] && canvas.masks_in(r, block.clone()) > 0).collect();
+            let active: Vec<bool> = (0..batch)
+                .map(|r| !ended[r] && canvas.masks_in(r, block.clone()) > 0)
+                .collect();
             if !active.iter().any(|&a| a) {
                 break;
             }
             if step >= cap {
-                return Err(Error::NoProgress { block: block_idx, steps: step, cap });
+                return Err(Error::NoProgress {
+                    block: block_idx,
+                    steps: step,
+                    cap,
+                });
             }
-            let plan = cache.plan(&StepAt { block_idx, block: block.clone(), step, seq_len });
+            let plan = cache.plan(&StepAt {
+                block_idx,
+                block: block.clone(),
+                step,
+                seq_len,
+            });
             check_plan(&plan, &block, seq_len)?;
             let forced = force_start && step == 0;
-            let rows = if forced { block.start..block.start + 1 } else { block.clone() };
+            let rows = if forced {
+                block.start..block.start + 1
+            } else {
+                block.clone()
+            };
             let input = canvas.input(&plan.window, &rows, &key_bias, device)?;
             let logits = model.forward(&input, cache.view(&plan)?)?;
             let forward_idx = nfe;
@@ -263,7 +321,9 @@ pub fn generate(
                 if !active[r] {
                     continue;
                 }
-                let props = proposals.get(r).ok_or_else(|| Error::Policy("proposer returned too few rows".into()))?;
+                let props = proposals
+                    .get(r)
+                    .ok_or_else(|| Error::Policy("proposer returned too few rows".into()))?;
                 if props.len() != rows.len() {
                     return Err(Error::Policy(format!(
                         "proposer returned {} proposals for {} logits rows",
@@ -274,7 +334,11 @@ pub fn generate(
                 let candidates: Vec<Candidate> = rows
                     .clone()
                     .filter(|&p| canvas.rows[r][p] == canvas.mask)
-                    .map(|p| Candidate { position: p, token: props[p - rows.start].token, confidence: props[p - rows.start].confidence })
+                    .map(|p| Candidate {
+                        position: p,
+                        token: props[p - rows.start].token,
+                        confidence: props[p - rows.start].confidence,
+                    })
                     .collect();
                 let chosen: Vec<Candidate> = if forced {
                     candidates
@@ -298,7 +362,11 @@ pub fn generate(
                 for c in &chosen {
                     canvas.rows[r][c.position] = c.token;
                     out.unmask_step[c.position - p0] = Some(out.nfe);
-                    commits[r].push(Commit { answer_idx: c.position - p0, token: c.token, confidence: c.confidence });
+                    commits[r].push(Commit {
+                        answer_idx: c.position - p0,
+                        token: c.token,
+                        confidence: c.confidence,
+                    });
                 }
                 out.tokens_per_step.push(chosen.len());
                 out.nfe += 1;
@@ -320,7 +388,11 @@ pub fn generate(
     for (r, out) in outs.iter_mut().enumerate() {
         out.generated = canvas.rows[r][p0..].to_vec();
     }
-    Ok(Generation { rows: outs, nfe, trace })
+    Ok(Generation {
+        rows: outs,
+        nfe,
+        trace,
+    })
 }
 
 /// Proposals for the active rows only (inactive rows get none), so a row's random stream
@@ -334,7 +406,10 @@ fn propose_active(
     if active.iter().all(|&a| a) {
         return proposer.propose(logits, rngs);
     }
-    let idx: Vec<u32> = (0..active.len()).filter(|&r| active[r]).map(|r| r as u32).collect();
+    let idx: Vec<u32> = (0..active.len())
+        .filter(|&r| active[r])
+        .map(|r| r as u32)
+        .collect();
     let sub = logits.index_select(&Tensor::new(idx.as_slice(), logits.device())?, 0)?;
     let mut sub_rngs: Vec<Rng> = idx.iter().map(|&r| rngs[r as usize].clone()).collect();
     let mut props = proposer.propose(&sub, &mut sub_rngs)?.into_iter();
@@ -390,7 +465,11 @@ fn drift_stats(cached: &Tensor, exact: &Tensor, rows: &[Vec<usize>]) -> Result<D
             let dot: f64 = c.iter().zip(e).map(|(a, b)| a * b).sum();
             let nc = c.iter().map(|a| a * a).sum::<f64>().sqrt();
             let ne = e.iter().map(|a| a * a).sum::<f64>().sqrt();
-            let cos = if nc > 0.0 && ne > 0.0 { dot / (nc * ne) } else { 1.0 };
+            let cos = if nc > 0.0 && ne > 0.0 {
+                dot / (nc * ne)
+            } else {
+                1.0
+            };
             s.cosine_min = s.cosine_min.min(cos);
             s.cosine_mean += cos;
             for (a, b) in c.iter().zip(e) {
@@ -400,7 +479,11 @@ fn drift_stats(cached: &Tensor, exact: &Tensor, rows: &[Vec<usize>]) -> Result<D
                 s.argmax_agreement += 1.0;
             }
             let (lc, le) = (log_softmax(c), log_softmax(e));
-            s.kl_mean += le.iter().zip(&lc).map(|(pe, pc)| pe.exp() * (pe - pc)).sum::<f64>();
+            s.kl_mean += le
+                .iter()
+                .zip(&lc)
+                .map(|(pe, pc)| pe.exp() * (pe - pc))
+                .sum::<f64>();
             s.rows += 1;
         }
     }

@@ -26,10 +26,12 @@ pub mod trace;
 pub use config::{BlockSchedule, DecodeConfig};
 pub use error::{Error, Result};
 pub use generate::{generate, Decoder, GenerateOptions, Generation, RowOutput};
-pub use model::{DiffusionLm, ForwardInput, KvView, ModelFamily, ModelSpec, PassthroughKv, Positions};
+pub use model::{
+    DiffusionLm, ForwardInput, KvView, ModelFamily, ModelSpec, PassthroughKv, Positions,
+};
 pub use policy::{
-    CachePolicy, Candidate, ForwardPlan, KvAccess, KvShape, Proposal, Proposer, Selection,
-    StepAt, StepInfo, UnmaskPolicy,
+    CachePolicy, Candidate, ForwardPlan, KvAccess, KvShape, Proposal, Proposer, Selection, StepAt,
+    StepInfo, UnmaskPolicy,
 };
 pub use rng::Rng;
 pub use trace::{Commit, DriftStats, StepRecord, Trace};

@@ -2,7 +2,7 @@
 //!
 //! Reference: Dream-org/Dream-v0-7B `modeling_dream.py` / `configuration_dream.py` (Qwen2 layers
 //! without the causal mask), as vendored by NVlabs/Fast-dLLM `dream/model/`; SPEC 1.2. The forward
-//! pass is the shared [`crate::layers::decoder::Decoder`] with Qwen2 tensor names, biases on q/k/v,
+//! pass is the shared decoder (`layers::decoder`) with Qwen2 tensor names, biases on q/k/v,
 //! RoPE tables cast to the activation dtype and eps 1e-6.
 //!
 //! The shift (SPEC 1.2.4): Dream predicts token `j` from the network output at `j - 1`. The

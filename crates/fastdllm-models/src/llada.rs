@@ -2,7 +2,7 @@
 //!
 //! Reference: GSAI-ML/LLaDA-8B `modeling_llada.py` / `configuration_llada.py` (OLMo-derived,
 //! `block_type = "llama"`), as vendored by NVlabs/Fast-dLLM `llada/model/`; SPEC 1.1. The forward
-//! pass is the shared [`crate::layers::decoder::Decoder`] with LLaDA's tensor names, no biases,
+//! pass is the shared decoder (`layers::decoder`) with LLaDA's tensor names, no biases,
 //! RoPE rotated in f32 (`rope_full_precision`), eps 1e-5 and no logits shift. Deviations: only the
 //! `llama` block with RMSNorm, RoPE, SiLU and untied head is supported (what every released LLaDA
 //! checkpoint uses); other values of those fields are rejected at load instead of being run.
