@@ -68,7 +68,10 @@ pub fn run(
         .map(|&s| settings.unmask.build(family, s))
         .collect::<fastdllm_sampler::Result<_>>()?;
     let mut unmask = PerRow::new(rows);
-    let mut proposer = settings.proposer.build(family, &settings.unmask)?;
+    let mut proposer =
+        settings
+            .proposer
+            .build_for_model(family, &settings.unmask, model.spec().mask_token_id)?;
     let mut rngs: Vec<Rng> = seeds.iter().map(|&s| Rng::new(s)).collect();
     let dec = Decoder {
         cache: &mut cache,

@@ -174,16 +174,39 @@ pub struct LladaProposer {
     pub temperature: f64,
     /// The confidence.
     pub remasking: Remasking,
+    /// A token never proposed (the mask id; see [`exclude_from_argmax`]). `None` = the literal
+    /// reference, which can propose the mask token and then never finish a block.
+    pub never_propose: Option<u32>,
 }
 
 impl LladaProposer {
-    /// A LLaDA proposer.
+    /// A LLaDA proposer (the literal reference: no token excluded).
     pub fn new(temperature: f64, remasking: Remasking) -> Self {
         LladaProposer {
             temperature,
             remasking,
+            never_propose: None,
         }
     }
+}
+
+/// Sets column `token` of `t` (shape `(.., v)`) to -inf, for the argmax only: the confidence is
+/// still the probability under the full distribution, so whenever the model's argmax is not
+/// `token` (always, for a trained model and its mask token) the result is the reference's.
+/// Without this a model that proposes the mask id rewrites a mask with a mask and a block
+/// never completes (random-weight models do this).
+pub fn exclude_from_argmax(t: &Tensor, token: Option<u32>) -> candle_core::Result<Tensor> {
+    let Some(token) = token else {
+        return Ok(t.clone());
+    };
+    let v = t.dim(D::Minus1)?;
+    if token as usize >= v {
+        return Ok(t.clone());
+    }
+    let idx = Tensor::arange(0u32, v as u32, t.device())?.broadcast_as(t.shape())?;
+    let hit = idx.broadcast_eq(&Tensor::new(&[token], t.device())?)?;
+    let neg = Tensor::full(f64::NEG_INFINITY, t.shape(), t.device())?.to_dtype(t.dtype())?;
+    hit.where_cond(&neg, t)
 }
 
 impl Proposer for LladaProposer {
@@ -203,9 +226,9 @@ impl Proposer for LladaProposer {
                 noise.extend((0..r * v).map(|_| t * rng.gumbel()));
             }
             let noise = Tensor::from_vec(noise, (b, r, v), logits.device())?;
-            first_argmax(&(&l64 + noise)?)?
+            first_argmax(&exclude_from_argmax(&(&l64 + noise)?, self.never_propose)?)?
         } else {
-            first_argmax(&l64)?
+            first_argmax(&exclude_from_argmax(&l64, self.never_propose)?)?
         };
         let conf = match self.remasking {
             Remasking::LowConfidence => {
@@ -240,6 +263,8 @@ pub struct DreamProposer {
     pub top_k: Option<usize>,
     /// The confidence.
     pub score: DreamScore,
+    /// A token never proposed (the mask id), as [`LladaProposer::never_propose`].
+    pub never_propose: Option<u32>,
 }
 
 impl DreamProposer {
@@ -250,6 +275,7 @@ impl DreamProposer {
             top_p: None,
             top_k: None,
             score,
+            never_propose: None,
         }
     }
 
@@ -280,10 +306,27 @@ impl DreamProposer {
                 *p = round_bf16(*p);
             }
         }
-        let (token, prob) = if self.temperature > 0.0 {
-            sample(&probs, rng)
-        } else {
-            first_max(&probs)
+        let (token, prob) = match self
+            .never_propose
+            .map(|t| t as usize)
+            .filter(|&t| t < probs.len())
+        {
+            None if self.temperature > 0.0 => sample(&probs, rng),
+            None => first_max(&probs),
+            Some(excluded) => {
+                let mut allowed = probs.clone();
+                allowed[excluded] = if self.temperature > 0.0 {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                };
+                let (i, _) = if self.temperature > 0.0 {
+                    sample(&allowed, rng)
+                } else {
+                    first_max(&allowed)
+                };
+                (i, probs[i])
+            }
         };
         let conf = match self.score {
             DreamScore::Probability => prob,
@@ -333,8 +376,10 @@ impl DreamProposer {
         let e = l.broadcast_sub(&max)?.exp()?;
         let inv = e.sum_keepdim(D::Minus1)?.recip()?;
         let p = e.broadcast_mul(&inv)?;
-        let tokens = first_argmax(&p)?;
-        let top1 = p.max(D::Minus1)?;
+        let tokens = first_argmax(&exclude_from_argmax(&p, self.never_propose)?)?;
+        let top1 = p
+            .gather(&tokens.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?
+            .squeeze(D::Minus1)?;
         let conf = match self.score {
             DreamScore::Probability => top1,
             DreamScore::Margin => {
@@ -644,6 +689,7 @@ mod tests {
             top_p: None,
             top_k: Some(3),
             score: DreamScore::Probability,
+            never_propose: None,
         };
         let a = p.propose(&logits, &mut [Rng::new(3)]).unwrap();
         assert_eq!(a, p.propose(&logits, &mut [Rng::new(3)]).unwrap());
@@ -712,6 +758,36 @@ mod tests {
         assert_eq!(
             e,
             "remasking must be one of low_confidence, random, got bogus"
+        );
+    }
+
+    #[test]
+    fn the_excluded_token_is_never_proposed_but_confidence_is_unchanged() {
+        // Row 0's argmax is token 2; excluding it proposes token 1 with its full-softmax probability.
+        let row: Vec<f32> = vec![0.0, 1.0, 3.0, -1.0];
+        let logits = tensor(&[&row]);
+        let mut llada = LladaProposer {
+            never_propose: Some(2),
+            ..LladaProposer::new(0.0, Remasking::LowConfidence)
+        };
+        let got = llada.propose(&logits, &mut [Rng::new(0)]).unwrap()[0][0];
+        let z: f64 = row.iter().map(|&x| f64::from(x).exp()).sum();
+        assert_eq!(got.token, 1);
+        assert!((got.confidence - 1f64.exp() / z).abs() < 1e-12, "{got:?}");
+        let mut dream = DreamProposer {
+            never_propose: Some(2),
+            ..DreamProposer::greedy(DreamScore::Probability)
+        };
+        let got = dream.propose(&logits, &mut [Rng::new(0)]).unwrap()[0][0];
+        assert_eq!(got.token, 1);
+        assert!((got.confidence - 1f64.exp() / z).abs() < 1e-6, "{got:?}");
+        // Without exclusion the literal reference proposes the argmax.
+        assert_eq!(
+            LladaProposer::new(0.0, Remasking::LowConfidence)
+                .propose(&logits, &mut [Rng::new(0)])
+                .unwrap()[0][0]
+                .token,
+            2
         );
     }
 }

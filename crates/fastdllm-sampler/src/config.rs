@@ -242,9 +242,30 @@ impl ProposerConfig {
         Ok(())
     }
 
-    /// The proposer for `family` running with `unmask` (which picks Dream's default score).
-    /// Errors on out-of-range values and on settings the family's reference does not have.
+    /// [`ProposerConfig::build`] for a model whose mask id is `mask_token_id`: the mask token is
+    /// never proposed (see [`crate::confidence::exclude_from_argmax`]); identical to the
+    /// reference whenever the model's argmax is not the mask token.
+    pub fn build_for_model(
+        &self,
+        family: ModelFamily,
+        unmask: &Unmask,
+        mask_token_id: u32,
+    ) -> Result<Box<dyn Proposer + Send>> {
+        self.build_inner(family, unmask, Some(mask_token_id))
+    }
+
+    /// The proposer for `family` running with `unmask` (which picks Dream's default score),
+    /// literally the reference's (it may propose the mask token).
     pub fn build(&self, family: ModelFamily, unmask: &Unmask) -> Result<Box<dyn Proposer + Send>> {
+        self.build_inner(family, unmask, None)
+    }
+
+    fn build_inner(
+        &self,
+        family: ModelFamily,
+        unmask: &Unmask,
+        never_propose: Option<u32>,
+    ) -> Result<Box<dyn Proposer + Send>> {
         self.validate()?;
         let unsupported = |name: &'static str, reason: &str| Error::Unsupported {
             name,
@@ -271,10 +292,10 @@ impl ProposerConfig {
                         "LLaDA scores with remasking = low_confidence | random",
                     ));
                 }
-                Ok(Box::new(LladaProposer::new(
-                    self.temperature,
-                    self.remasking,
-                )))
+                Ok(Box::new(LladaProposer {
+                    never_propose,
+                    ..LladaProposer::new(self.temperature, self.remasking)
+                }))
             }
             ModelFamily::Dream => {
                 if self.remasking != Remasking::LowConfidence {
@@ -288,6 +309,7 @@ impl ProposerConfig {
                     top_p: self.top_p,
                     top_k: self.top_k,
                     score: self.dream_score.unwrap_or_else(|| unmask.dream_score()),
+                    never_propose,
                 }))
             }
         }
