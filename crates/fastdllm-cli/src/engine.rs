@@ -3,8 +3,8 @@
 use anyhow::{bail, Context, Result};
 use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
 use fastdllm_core::{
-    generate, DecodeConfig, Decoder, DiffusionLm, GenerateOptions, Generation, ModelFamily, Rng,
-    TokenId, UnmaskPolicy,
+    generate_with, Control, DecodeConfig, Decoder, DiffusionLm, GenerateOptions, Generation,
+    ModelFamily, Rng, StepEvent, TokenId, UnmaskPolicy,
 };
 use fastdllm_sampler::{PerRow, ProposerConfig, Unmask};
 
@@ -57,15 +57,67 @@ pub fn run(
     settings: &GenerationSettings,
     opts: &GenerateOptions,
 ) -> Result<Generation> {
+    let unmasks = vec![settings.unmask; prompts.len()];
+    run_rows(model, prompts, &unmasks, seeds, settings, opts, &mut |_| {
+        Control::Continue
+    })
+}
+
+/// Whether two settings can share a batch in [`run_rows`]: everything but the unmasking rule and
+/// the seed must agree (the rule only where it picks Dream's score, see
+/// [`fastdllm_sampler::ProposerConfig::build`]).
+pub fn batch_compatible(
+    a: &GenerationSettings,
+    b: &GenerationSettings,
+    family: ModelFamily,
+) -> bool {
+    a.decode == b.decode
+        && a.cache == b.cache
+        && a.proposer == b.proposer
+        && (family != ModelFamily::Dream || a.unmask.dream_score() == b.unmask.dream_score())
+}
+
+/// Runs one batch whose rows have their own unmasking rule (`unmasks[r]`) and seed (`seeds[r]`);
+/// the rest of `settings` (decode config, cache, proposer) is shared, and `settings.unmask` is
+/// ignored except for Dream's score. Each row's output equals its solo output. `on_step` is
+/// called after every step ([`fastdllm_core::generate_with`]).
+pub fn run_rows(
+    model: &dyn DiffusionLm,
+    prompts: &[Vec<TokenId>],
+    unmasks: &[Unmask],
+    seeds: &[u64],
+    settings: &GenerationSettings,
+    opts: &GenerateOptions,
+    on_step: &mut dyn FnMut(&StepEvent<'_>) -> Control,
+) -> Result<Generation> {
     let family = model.spec().family;
     settings.validate(family)?;
-    if seeds.len() != prompts.len() {
-        bail!("{} seeds for {} prompts", seeds.len(), prompts.len());
+    if seeds.len() != prompts.len() || unmasks.len() != prompts.len() {
+        bail!(
+            "{} seeds and {} unmasking rules for {} prompts",
+            seeds.len(),
+            unmasks.len(),
+            prompts.len()
+        );
+    }
+    for u in unmasks {
+        let row = GenerationSettings {
+            unmask: *u,
+            ..settings.clone()
+        };
+        if !batch_compatible(settings, &row, family) {
+            bail!(
+                "unmasking rule {u} cannot share a batch with {} (Dream scores differ)",
+                settings.unmask
+            );
+        }
+        row.validate(family)?;
     }
     let mut cache = BlockCache::new(settings.cache)?;
-    let rows: Vec<Box<dyn UnmaskPolicy + Send>> = seeds
+    let rows: Vec<Box<dyn UnmaskPolicy + Send>> = unmasks
         .iter()
-        .map(|&s| settings.unmask.build(family, s))
+        .zip(seeds)
+        .map(|(u, &s)| u.build(family, s))
         .collect::<fastdllm_sampler::Result<_>>()?;
     let mut unmask = PerRow::new(rows);
     let mut proposer =
@@ -78,7 +130,16 @@ pub fn run(
         proposer: proposer.as_mut(),
         unmask: &mut unmask,
     };
-    generate(model, prompts, &settings.decode, dec, &mut rngs, opts).context("generation failed")
+    generate_with(
+        model,
+        prompts,
+        &settings.decode,
+        dec,
+        &mut rngs,
+        opts,
+        on_step,
+    )
+    .context("generation failed")
 }
 
 /// The answer up to (not including) the first end-of-sequence id.

@@ -5,10 +5,12 @@
 //!   turned into policies and run through [`fastdllm_core::generate()`];
 //! * [`conform`]: golden cases of the reference implementation (conformance/goldens/FORMAT.md)
 //!   run and judged by FORMAT.md section 10;
-//! * [`paths`]: the models bundled with the repository.
+//! * [`paths`]: the models bundled with the repository;
+//! * [`serve`]: the OpenAI-compatible HTTP server of `fastdllm serve` (issue 6).
 //!
 //! The only crate of the workspace with `anyhow` and `clap`.
 
 pub mod conform;
 pub mod engine;
 pub mod paths;
+pub mod serve;

@@ -32,6 +32,9 @@ pub enum Error {
         /// The cap.
         cap: usize,
     },
+    /// The observer of [`crate::generate::generate_with`] asked to stop.
+    #[error("generation cancelled")]
+    Cancelled,
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

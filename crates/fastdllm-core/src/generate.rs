@@ -195,6 +195,50 @@ impl Canvas {
     }
 }
 
+/// What the observer of [`generate_with`] decides after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Go on.
+    Continue,
+    /// Stop now: the loop returns [`Error::Cancelled`].
+    Stop,
+}
+
+/// The state after one step (one forward and its commits), given to the observer of
+/// [`generate_with`].
+#[derive(Debug)]
+pub struct StepEvent<'a> {
+    /// Index of the current block (0-based).
+    pub block_idx: usize,
+    /// `K = gen_length / block_length`.
+    pub num_blocks: usize,
+    /// The step inside the block (0-based).
+    pub step: usize,
+    /// Index of the forward that was just made (batch-wide).
+    pub forward_idx: usize,
+    /// Answer positions of the current block (`k*B .. (k+1)*B`).
+    pub answer_block: std::ops::Range<usize>,
+    /// Per row: the row's current block is final (no mask left, or its policy ended the block).
+    pub row_block_done: &'a [bool],
+    /// Every row's current block is final: the next step (if any) starts the next block.
+    pub block_complete: bool,
+    rows: &'a [Vec<TokenId>],
+    prompt_len: usize,
+}
+
+impl StepEvent<'_> {
+    /// Rows of the batch.
+    pub fn batch(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Row `r`'s `gen_length` answer positions as of now (the mask id where nothing is
+    /// committed yet). Positions of completed blocks are final.
+    pub fn answer(&self, r: usize) -> &[TokenId] {
+        self.rows.get(r).map_or(&[], |row| &row[self.prompt_len..])
+    }
+}
+
 /// Generates `gen_length` tokens after each prompt.
 ///
 /// `rngs` holds one generator per prompt (see [`Rng::row_seed`]). Errors on invalid settings,
@@ -206,6 +250,23 @@ pub fn generate(
     dec: Decoder<'_>,
     rngs: &mut [Rng],
     opts: &GenerateOptions,
+) -> Result<Generation> {
+    generate_with(model, prompts, cfg, dec, rngs, opts, &mut |_| {
+        Control::Continue
+    })
+}
+
+/// [`generate`] with an observer called after every step (streaming, cancellation). The
+/// observer sees the canvas but cannot change it, so the outputs are those of [`generate`];
+/// [`Control::Stop`] ends the generation with [`Error::Cancelled`].
+pub fn generate_with(
+    model: &dyn DiffusionLm,
+    prompts: &[Vec<TokenId>],
+    cfg: &DecodeConfig,
+    dec: Decoder<'_>,
+    rngs: &mut [Rng],
+    opts: &GenerateOptions,
+    on_step: &mut dyn FnMut(&StepEvent<'_>) -> Control,
 ) -> Result<Generation> {
     cfg.validate()?;
     let spec = model.spec();
@@ -383,6 +444,23 @@ pub fn generate(
                 });
             }
             step += 1;
+            let row_block_done: Vec<bool> = (0..batch)
+                .map(|r| ended[r] || canvas.masks_in(r, block.clone()) == 0)
+                .collect();
+            let event = StepEvent {
+                block_idx,
+                num_blocks: sched.num_blocks,
+                step: step - 1,
+                forward_idx,
+                answer_block: block.start - p0..block.end - p0,
+                block_complete: row_block_done.iter().all(|&d| d),
+                row_block_done: &row_block_done,
+                rows: &canvas.rows,
+                prompt_len: p0,
+            };
+            if on_step(&event) == Control::Stop {
+                return Err(Error::Cancelled);
+            }
         }
     }
     for (r, out) in outs.iter_mut().enumerate() {

@@ -25,7 +25,9 @@ pub mod trace;
 
 pub use config::{BlockSchedule, DecodeConfig};
 pub use error::{Error, Result};
-pub use generate::{generate, Decoder, GenerateOptions, Generation, RowOutput};
+pub use generate::{
+    generate, generate_with, Control, Decoder, GenerateOptions, Generation, RowOutput, StepEvent,
+};
 pub use model::{
     DiffusionLm, ForwardInput, KvView, ModelFamily, ModelSpec, PassthroughKv, Positions,
 };

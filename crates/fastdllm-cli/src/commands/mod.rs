@@ -3,6 +3,7 @@
 mod args;
 mod conform;
 mod generate;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -23,6 +24,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Run golden cases of the reference implementation and judge them (FORMAT.md section 10).
     Conform(conform::ConformArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (completions, chat, SSE streaming).
+    Serve(serve::ServeArgs),
 }
 
 /// Runs the parsed command.
@@ -30,5 +33,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Conform(a) => conform::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }

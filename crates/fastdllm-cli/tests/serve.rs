@@ -1,0 +1,591 @@
+//! `fastdllm serve` end to end (issue 6): a real server on loopback (port 0) driven by a real
+//! HTTP client (ureq, plus raw TCP where the client must misbehave), with the bundled tiny LLaDA.
+//! Outputs served under concurrency are compared with solo [`engine::run`] calls.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use fastdllm_cache::{CacheMode, CacheSettings};
+use fastdllm_cli::engine::{self, trim_at_eos, GenerationSettings};
+use fastdllm_cli::serve::api::{Defaults, Knobs};
+use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
+use fastdllm_core::{DecodeConfig, GenerateOptions};
+use fastdllm_models::LoadedModel;
+use fastdllm_sampler::{ProposerConfig, Unmask};
+use serde_json::{json, Value};
+
+fn load() -> LoadedModel {
+    fastdllm_models::load_model(
+        &fastdllm_cli::paths::default_model(),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap()
+}
+
+/// The CLI's defaults: gen_length 32, block_length 8, steps = gen_length, no cache, fixed rule.
+fn defaults() -> Defaults {
+    Defaults {
+        settings: GenerationSettings {
+            decode: DecodeConfig {
+                gen_length: 32,
+                block_length: 8,
+                steps: 32,
+                force_block_start: None,
+                max_steps_per_block: None,
+            },
+            cache: CacheSettings::new(CacheMode::Off),
+            unmask: Unmask::Fixed,
+            proposer: ProposerConfig::default(),
+            seed: 0,
+        },
+        explicit_steps: false,
+    }
+}
+
+fn start_with(f: impl FnOnce(&mut ServeConfig)) -> ServerHandle {
+    let mut cfg = ServeConfig::new("llada-tiny", defaults());
+    f(&mut cfg);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    serve::spawn(listener, load(), cfg, 2).unwrap()
+}
+
+fn start() -> ServerHandle {
+    start_with(|_| {})
+}
+
+fn agent() -> ureq::Agent {
+    let cfg = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build();
+    ureq::Agent::new_with_config(cfg)
+}
+
+/// POST JSON; returns (status, body text).
+fn post(url: &str, body: &str) -> (u16, String) {
+    let mut r = agent()
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body)
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_to_string().unwrap())
+}
+
+fn post_json(url: &str, body: &Value) -> (u16, Value) {
+    let (s, t) = post(url, &body.to_string());
+    (
+        s,
+        serde_json::from_str(&t).unwrap_or_else(|e| panic!("{e}: {t}")),
+    )
+}
+
+fn get(url: &str) -> (u16, Value) {
+    let mut r = agent().get(url).call().unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap(),
+    )
+}
+
+/// The `data:` payloads of an SSE body.
+fn sse_data(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+/// What the engine answers alone for a raw (completions) prompt and a request's knobs.
+fn solo(loaded: &LoadedModel, prompt: &str, knobs: &Value) -> String {
+    let k: Knobs = serde_json::from_value(knobs.clone()).unwrap();
+    let s = k.resolve(&defaults(), loaded.model.spec().family).unwrap();
+    let ids = loaded.tokenizer.encode(prompt, true).unwrap();
+    let gen = engine::run(
+        loaded.model.as_ref(),
+        &[ids],
+        &[s.seed],
+        &s,
+        &GenerateOptions::default(),
+    )
+    .unwrap();
+    let answer = trim_at_eos(&gen.rows[0].generated, &loaded.model.spec().eos_token_ids);
+    loaded.tokenizer.decode(answer).unwrap()
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, param: Option<&str>) {
+    assert_eq!(status, want_status, "{body}");
+    let e = &body["error"];
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(e["type"].is_string(), "{body}");
+    assert!(
+        e.get("param").is_some() && e.get("code").is_some(),
+        "{body}"
+    );
+    if let Some(p) = param {
+        assert_eq!(e["param"], p, "{body}");
+    }
+}
+
+#[test]
+fn completion_and_chat_round_trips() {
+    let srv = start();
+    let url = srv.url();
+    let (s, v) = post_json(
+        &format!("{url}/v1/completions"),
+        &json!({"model": "llada-tiny", "prompt": "copy 3dbk......="}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["model"], "llada-tiny");
+    assert!(v["id"].as_str().unwrap().starts_with("cmpl-"));
+    assert!(v["created"].as_u64().unwrap() > 0);
+    assert_eq!(v["choices"][0]["index"], 0);
+    assert_eq!(v["choices"][0]["text"], "3dbk");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let u = &v["usage"];
+    assert_eq!(u["completion_tokens"], 4);
+    assert_eq!(
+        u["total_tokens"].as_u64().unwrap(),
+        u["prompt_tokens"].as_u64().unwrap() + 4
+    );
+
+    let (s, v) = post_json(
+        &format!("{url}/v1/completions"),
+        &json!({"prompt": ["4+9="], "cache": "dual", "threshold": 0.9}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], "13");
+
+    let (s, v) = post_json(
+        &format!("{url}/v1/chat/completions"),
+        &json!({"model": "llada-tiny", "messages": [{"role": "user", "content": "inc 370230....="}], "max_tokens": 16, "block_length": 8}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["message"]["content"], "481341");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+
+    let (s, v) = get(&format!("{url}/v1/models"));
+    assert_eq!(s, 200);
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"][0]["id"], "llada-tiny");
+    assert_eq!(v["data"][0]["object"], "model");
+    let (s, v) = get(&format!("{url}/health"));
+    assert_eq!(s, 200);
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["stats"]["rows"], 3);
+    srv.shutdown().unwrap();
+}
+
+#[test]
+fn streaming_equals_non_streaming() {
+    let srv = start();
+    let url = srv.url();
+    for (path, body, field) in [
+        (
+            "/v1/completions",
+            json!({"prompt": "inc 370230....=", "gen_length": 32, "block_length": 4}),
+            "text",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "copy 3dbk......="}], "cache": "prefix", "block_length": 2}),
+            "content",
+        ),
+    ] {
+        let (s, plain) = post_json(&format!("{url}{path}"), &body);
+        assert_eq!(s, 200, "{plain}");
+        let mut sb = body.clone();
+        sb["stream"] = json!(true);
+        let (s, text) = post(&format!("{url}{path}"), &sb.to_string());
+        assert_eq!(s, 200, "{text}");
+        let data = sse_data(&text);
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{text}");
+        let chunks: Vec<Value> = data[..data.len() - 1]
+            .iter()
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let mut joined = String::new();
+        for c in &chunks {
+            let ch = &c["choices"][0];
+            if field == "text" {
+                assert_eq!(c["object"], "text_completion");
+                joined.push_str(ch["text"].as_str().unwrap());
+            } else {
+                assert_eq!(c["object"], "chat.completion.chunk");
+                joined.push_str(ch["delta"]["content"].as_str().unwrap_or(""));
+            }
+            assert_eq!(c["id"], chunks[0]["id"]);
+        }
+        let want = if field == "text" {
+            &plain["choices"][0]["text"]
+        } else {
+            &plain["choices"][0]["message"]["content"]
+        };
+        assert_eq!(joined, want.as_str().unwrap());
+        let last = chunks.last().unwrap();
+        assert_eq!(
+            last["choices"][0]["finish_reason"],
+            plain["choices"][0]["finish_reason"]
+        );
+        assert_eq!(last["usage"], plain["usage"]);
+        // Text arrived block by block: more than one content chunk for a multi-block answer.
+        let content_chunks = chunks.iter().filter(|c| {
+            let ch = &c["choices"][0];
+            ch["text"]
+                .as_str()
+                .or(ch["delta"]["content"].as_str())
+                .is_some_and(|t| !t.is_empty())
+        });
+        assert!(content_chunks.count() >= 2, "{text}");
+    }
+    // Provisional chunks: marked, with an empty committed text.
+    let (s, text) = post(
+        &format!("{url}/v1/completions"),
+        &json!({"prompt": "inc 370230....=", "stream": true, "provisional": true}).to_string(),
+    );
+    assert_eq!(s, 200);
+    let data = sse_data(&text);
+    let prov: Vec<Value> = data
+        .iter()
+        .filter(|d| d.as_str() != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter(|c| c["choices"][0].get("provisional").is_some())
+        .collect();
+    assert!(!prov.is_empty(), "{text}");
+    for c in &prov {
+        assert_eq!(c["choices"][0]["text"], "");
+        assert_eq!(
+            c["choices"][0]["provisional"]["token_ids"]
+                .as_array()
+                .unwrap()
+                .len(),
+            8
+        );
+    }
+}
+
+#[test]
+fn concurrent_clients_match_solo_runs() {
+    let loaded = load();
+    let srv = start();
+    let url = srv.url();
+    let prompts = [
+        "copy 3dbk......=",
+        "4+9=",
+        "inc 370230....=",
+        "copy xq7......=",
+        "7+5=",
+        "inc 19....=",
+        "copy a......=",
+        "12+30=",
+    ];
+    let knob_sets = [
+        json!({}),
+        json!({"threshold": 0.9}),
+        json!({"factor": 1.0}),
+        json!({"cache": "dual", "threshold": 0.7}),
+        json!({"cache": "prefix"}),
+        json!({"gen_length": 16, "block_length": 4}),
+        json!({"temperature": 0.7, "seed": 11}),
+        json!({"temperature": 0.7, "seed": 12, "threshold": 0.8}),
+    ];
+    let cases: Vec<(String, Value)> = (0..32)
+        .map(|i| {
+            let mut k = knob_sets[i % knob_sets.len()].clone();
+            k["prompt"] = json!(prompts[(i * 3 + i / 8) % prompts.len()]);
+            (prompts[(i * 3 + i / 8) % prompts.len()].to_string(), k)
+        })
+        .collect();
+    let handles: Vec<_> = cases
+        .iter()
+        .cloned()
+        .map(|(_, body)| {
+            let u = format!("{url}/v1/completions");
+            std::thread::spawn(move || post_json(&u, &body))
+        })
+        .collect();
+    let results: Vec<(u16, Value)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for ((prompt, body), (s, v)) in cases.iter().zip(&results) {
+        assert_eq!(*s, 200, "{v}");
+        let mut knobs = body.clone();
+        knobs.as_object_mut().unwrap().remove("prompt");
+        assert_eq!(
+            v["choices"][0]["text"],
+            solo(&loaded, prompt, &knobs),
+            "{body}"
+        );
+    }
+    let (_, h) = get(&format!("{url}/health"));
+    assert_eq!(h["stats"]["rows"], 32);
+    assert!(
+        h["stats"]["max_batch"].as_u64().unwrap() >= 2,
+        "no batching happened: {h}"
+    );
+    assert!(h["stats"]["batches"].as_u64().unwrap() < 32, "{h}");
+}
+
+/// A request over raw TCP: returns (status, body).
+fn raw(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn bad_requests_are_openai_errors() {
+    let srv = start();
+    let url = srv.url();
+    let c = format!("{url}/v1/completions");
+    let (s, t) = post(&c, "{\"prompt\": \"4+9=\"");
+    assert_error(s, &serde_json::from_str(&t).unwrap(), 400, None);
+    let (s, t) = post(&c, "[1, 2]");
+    assert_error(s, &serde_json::from_str(&t).unwrap(), 400, None);
+    let (s, v) = post_json(&c, &json!({"prompt": 5}));
+    assert_error(s, &v, 400, None);
+    let (s, v) = post_json(&c, &json!({"model": "gpt-4", "prompt": "4+9="}));
+    assert_error(s, &v, 404, Some("model"));
+    assert_eq!(v["error"]["code"], "model_not_found");
+    let long = "copy abcd......=".repeat(40);
+    let (s, v) = post_json(&c, &json!({"prompt": long}));
+    assert_error(s, &v, 400, Some("prompt"));
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    let (s, v) = post_json(&c, &json!({"prompt": "4+9=", "threshold": 1.5}));
+    assert_error(s, &v, 400, Some("threshold"));
+    let (s, v) = post_json(&c, &json!({"prompt": "4+9=", "factor": -1}));
+    assert_error(s, &v, 400, Some("factor"));
+    let (s, v) = post_json(&c, &json!({"prompt": "4+9=", "temperature": -0.5}));
+    assert_error(s, &v, 400, Some("temperature"));
+    let (s, v) = post_json(
+        &c,
+        &json!({"prompt": "4+9=", "gen_length": 20, "block_length": 8}),
+    );
+    assert_error(s, &v, 400, Some("gen_length"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("multiple of block_length"),
+        "{v}"
+    );
+    let (s, v) = post_json(&c, &json!({"prompt": "4+9=", "max_tokens": 30}));
+    assert_error(s, &v, 400, Some("max_tokens"));
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("24 or 32"),
+        "{v}"
+    );
+    let (s, v) = post_json(&c, &json!({"prompt": "4+9=", "steps": 3}));
+    assert_error(s, &v, 400, Some("steps"));
+    let (s, v) = post_json(&c, &json!({"prompt": "4+9=", "cache": "huge"}));
+    assert_error(s, &v, 400, Some("cache"));
+    let (s, v) = post_json(&c, &json!({"prompt": "   "}));
+    assert_error(s, &v, 400, Some("prompt"));
+    let (s, v) = post_json(&c, &json!({"prompt": ["a", "b"]}));
+    assert_error(s, &v, 400, Some("prompt"));
+    let (s, v) = post_json(&c, &json!({"prompt": "4+9=", "n": 2}));
+    assert_error(s, &v, 400, Some("n"));
+    let (s, v) = post_json(
+        &format!("{url}/v1/chat/completions"),
+        &json!({"messages": []}),
+    );
+    assert_error(s, &v, 400, Some("messages"));
+    // Oversized body: announced (Content-Length) and actually sent.
+    let head = format!("POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", 2 << 20);
+    let (s, b) = raw(srv.addr, &head, b"");
+    assert_error(s, &serde_json::from_str(&b).unwrap(), 413, None);
+    // Actually sent: the server answers 413 without reading the rest; the client may see the
+    // answer or, when the server closes first, a reset while still writing.
+    let big = format!("{{\"prompt\": \"{}\"}}", "x".repeat(1_100_000));
+    if let Ok(mut r) = agent()
+        .post(&c)
+        .header("content-type", "application/json")
+        .send(&big)
+    {
+        assert_eq!(r.status().as_u16(), 413);
+        let b: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        assert_error(413, &b, 413, None);
+    }
+    let (s, v) = get(&format!("{url}/v2/nothing"));
+    assert_error(s, &v, 404, None);
+    // The server still works.
+    let (s, v) = post_json(&c, &json!({"prompt": "4+9="}));
+    assert_eq!((s, v["choices"][0]["text"].as_str()), (200, Some("13")));
+}
+
+#[test]
+fn overload_is_429() {
+    let srv = start_with(|c| {
+        c.queue_capacity = 1;
+        c.max_batch = 1;
+    });
+    let url = srv.url();
+    let body = json!({"prompt": "copy 3dbk......=", "gen_length": 256, "block_length": 8});
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let (u, b) = (format!("{url}/v1/completions"), body.clone());
+            std::thread::spawn(move || post_json(&u, &b))
+        })
+        .collect();
+    let results: Vec<(u16, Value)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let rejected: Vec<&(u16, Value)> = results.iter().filter(|(s, _)| *s == 429).collect();
+    assert!(!rejected.is_empty(), "{results:?}");
+    for (s, v) in &results {
+        if *s == 429 {
+            assert_eq!(v["error"]["type"], "server_overloaded");
+        } else {
+            assert_eq!(*s, 200, "{v}");
+            assert!(
+                v["choices"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("3dbk"),
+                "{v}"
+            );
+        }
+    }
+}
+
+#[test]
+fn disconnect_cancels_and_does_not_block_others() {
+    let srv = start_with(|c| c.max_batch = 1);
+    let url = srv.url();
+    // A long streaming request; read its first event, then hang up.
+    let body = json!({"prompt": "copy 3dbk......=", "gen_length": 480, "block_length": 8, "stream": true, "provisional": true}).to_string();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 0 {
+        if line.starts_with("data:") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(line.contains("provisional"), "{line}");
+    drop(reader);
+    s.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(s);
+    // Another client is answered (the cancelled batch stops after its next step).
+    let t0 = Instant::now();
+    let (st, v) = post_json(&format!("{url}/v1/completions"), &json!({"prompt": "4+9="}));
+    assert_eq!((st, v["choices"][0]["text"].as_str()), (200, Some("13")));
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    let (_, h) = get(&format!("{url}/health"));
+    assert!(h["stats"]["cancelled_rows"].as_u64().unwrap() >= 1, "{h}");
+    assert_eq!(h["stats"]["stopped_batches"], 1, "{h}");
+}
+
+#[test]
+fn graceful_shutdown_finishes_in_flight_requests() {
+    let srv = start();
+    let url = format!("{}/v1/completions", srv.url());
+    let client = std::thread::spawn(move || {
+        post_json(
+            &url,
+            &json!({"prompt": "copy 3dbk......=", "gen_length": 128}),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    srv.shutdown().unwrap();
+    let (s, v) = client.join().unwrap();
+    assert_eq!(s, 200, "{v}");
+    assert!(v["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("3dbk"));
+}
+
+#[test]
+fn observer_sees_committed_blocks_and_can_stop() {
+    use fastdllm_core::Control;
+    let loaded = load();
+    let s = defaults().settings;
+    let ids = loaded.tokenizer.encode("inc 370230....=", true).unwrap();
+    let prompts = vec![ids.clone(), loaded.tokenizer.encode("4+9=", true).unwrap()];
+    let unmasks = [Unmask::Fixed, Unmask::Threshold { threshold: 0.9 }];
+    let mut done_blocks = Vec::new();
+    let mut snapshots: Vec<Vec<u32>> = Vec::new();
+    let gen = engine::run_rows(
+        loaded.model.as_ref(),
+        &prompts,
+        &unmasks,
+        &[0, 0],
+        &s,
+        &GenerateOptions::default(),
+        &mut |ev| {
+            if ev.block_complete {
+                done_blocks.push(ev.block_idx);
+                snapshots.push(ev.answer(0)[..ev.answer_block.end].to_vec());
+            }
+            Control::Continue
+        },
+    )
+    .unwrap();
+    assert_eq!(done_blocks, vec![0, 1, 2, 3]);
+    for snap in &snapshots {
+        assert_eq!(snap.as_slice(), &gen.rows[0].generated[..snap.len()]);
+    }
+    let solo = engine::run(
+        loaded.model.as_ref(),
+        &prompts[..1],
+        &[0],
+        &s,
+        &GenerateOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(solo.rows[0], gen.rows[0]);
+    let mut steps = 0;
+    let err = engine::run_rows(
+        loaded.model.as_ref(),
+        &prompts,
+        &unmasks,
+        &[0, 0],
+        &s,
+        &GenerateOptions::default(),
+        &mut |_| {
+            steps += 1;
+            if steps == 3 {
+                Control::Stop
+            } else {
+                Control::Continue
+            }
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<fastdllm_core::Error>(),
+            Some(fastdllm_core::Error::Cancelled)
+        ),
+        "{err:#}"
+    );
+    assert_eq!(steps, 3);
+}
