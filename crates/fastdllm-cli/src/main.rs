@@ -7,6 +7,13 @@ mod commands;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // Like any Unix filter: end quietly when the reader of our output goes away
+    // (`fastdllm conform ... | head`) instead of panicking in println!.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = commands::Cli::parse();
     match commands::run(cli) {
         Ok(code) => code,
