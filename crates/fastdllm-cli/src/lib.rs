@@ -5,10 +5,13 @@
 //!   turned into policies and run through [`fastdllm_core::generate()`];
 //! * [`conform`]: golden cases of the reference implementation (conformance/goldens/FORMAT.md)
 //!   run and judged by FORMAT.md section 10;
+//! * [`eval`]: task files (plain and GSM8K JSON Lines) run under several settings and scored
+//!   by exact match, with NFE, tokens per forward and output tokens/s;
 //! * [`paths`]: the models bundled with the repository.
 //!
 //! The only crate of the workspace with `anyhow` and `clap`.
 
 pub mod conform;
 pub mod engine;
+pub mod eval;
 pub mod paths;

@@ -2,6 +2,7 @@
 
 mod args;
 mod conform;
+mod eval;
 mod generate;
 
 use std::process::ExitCode;
@@ -23,6 +24,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Run golden cases of the reference implementation and judge them (FORMAT.md section 10).
     Conform(conform::ConformArgs),
+    /// Exact-match accuracy, NFE and tokens/s of a task file (JSON Lines) under several settings.
+    Eval(eval::EvalArgs),
 }
 
 /// Runs the parsed command.
@@ -30,5 +33,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Conform(a) => conform::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }
