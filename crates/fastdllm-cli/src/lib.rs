@@ -5,6 +5,8 @@
 //!   turned into policies and run through [`fastdllm_core::generate()`];
 //! * [`conform`]: golden cases of the reference implementation (conformance/goldens/FORMAT.md)
 //!   run and judged by FORMAT.md section 10;
+//! * [`eval`]: task files (plain and GSM8K JSON Lines) run under several settings and scored
+//!   by exact match, with NFE, tokens per forward and output tokens/s;
 //! * [`paths`]: the models bundled with the repository;
 //! * [`serve`]: the OpenAI-compatible HTTP server of `fastdllm serve` (issue 6).
 //!
@@ -12,5 +14,6 @@
 
 pub mod conform;
 pub mod engine;
+pub mod eval;
 pub mod paths;
 pub mod serve;

@@ -2,6 +2,7 @@
 
 mod args;
 mod conform;
+mod eval;
 mod generate;
 mod serve;
 
@@ -26,6 +27,8 @@ enum Command {
     Conform(conform::ConformArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (completions, chat, SSE streaming).
     Serve(serve::ServeArgs),
+    /// Exact-match accuracy, NFE and tokens/s of a task file (JSON Lines) under several settings.
+    Eval(eval::EvalArgs),
 }
 
 /// Runs the parsed command.
@@ -34,5 +37,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Generate(a) => generate::run(a),
         Command::Conform(a) => conform::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }

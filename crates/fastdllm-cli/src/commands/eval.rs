@@ -1,0 +1,125 @@
+//! `fastdllm eval`: exact-match accuracy and speed of a task file under several settings.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use fastdllm_cli::eval::{
+    encode_prompts, evaluate, format_table, parse_settings, read_tasks, report_json,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::args::{DecodeArgs, ModelArgs};
+
+/// Arguments of `fastdllm eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    /// Task file, JSON Lines: {"prompt", "answer"} (exact match of the trimmed text) or GSM8K's
+    /// {"question", "answer": "... #### 42"} (final number).
+    #[arg(long)]
+    tasks: PathBuf,
+    /// Comma-separated settings cache/rule[/steps=N], e.g. "none/fixed,dual/threshold=0.9,prefix/factor=1"
+    /// (cache: none, prefix, dual; rule: fixed, threshold=T, factor=F, dream_timesteps, origin;
+    /// Dream's `fixed` is its timestep schedule). Default: the one setting of --cache /
+    /// --threshold / --factor.
+    #[arg(long, conflicts_with_all = ["threshold", "factor", "cache"])]
+    settings: Option<String>,
+    /// Only the first N tasks.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Prompts per engine call (outputs do not depend on it).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Do not apply the chat template (plain tokenizer encoding, special tokens included).
+    #[arg(long)]
+    raw: bool,
+    /// Print one JSON object per setting instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// With --json: include every task's output and verdict.
+    #[arg(long, requires = "json")]
+    outcomes: bool,
+}
+
+pub fn run(a: EvalArgs) -> Result<ExitCode> {
+    if a.batch == 0 {
+        anyhow::bail!("--batch must be at least 1");
+    }
+    let mut tasks = read_tasks(&a.tasks)?;
+    if let Some(n) = a.limit {
+        tasks.truncate(n);
+    }
+    let specs = match &a.settings {
+        Some(list) => Some(parse_settings(list)?),
+        None => None,
+    };
+    let device = a.model.device.device()?;
+    let dir = a.model.dir();
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let loaded = fastdllm_models::load_model(&dir, &device, a.model.dtype.dtype())
+        .with_context(|| format!("cannot load model {}", dir.display()))?;
+    let family = loaded.model.spec().family;
+    let base = a.decode.settings(family)?;
+    let resolved = match &specs {
+        Some(specs) => specs
+            .iter()
+            .map(|s| Ok((s.text.clone(), s.resolve(&base, family)?)))
+            .collect::<Result<Vec<_>>>()?,
+        None => vec![(base.label(), base.clone())],
+    };
+    let prompts = encode_prompts(&loaded, &tasks, a.raw)?;
+    let show_progress = std::io::stderr().is_terminal();
+    let mut reports = Vec::new();
+    for (text, settings) in &resolved {
+        let bar = if show_progress {
+            let bar = ProgressBar::new(tasks.len() as u64);
+            if let Ok(style) =
+                ProgressStyle::with_template("{msg:>28} [{bar:30}] {pos}/{len} {elapsed_precise}")
+            {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(text.clone());
+            Some(bar)
+        } else {
+            None
+        };
+        let mut tick = |done: usize| {
+            if let Some(b) = &bar {
+                b.set_position(done as u64);
+            }
+        };
+        let mut report = evaluate(&loaded, &tasks, &prompts, settings, a.batch, &mut tick)
+            .with_context(|| format!("setting '{text}'"))?;
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        report.setting = text.clone();
+        if a.json {
+            println!(
+                "{}",
+                serde_json::to_string(&report_json(&report, &dir, a.outcomes))?
+            );
+        }
+        reports.push(report);
+    }
+    if !a.json {
+        let d = &base.decode;
+        println!(
+            "{} tasks from {}, model {}, gen {} block {}, batch {}\n",
+            tasks.len(),
+            a.tasks.display(),
+            dir.display(),
+            d.gen_length,
+            d.block_length,
+            a.batch
+        );
+        print!("{}", format_table(&reports));
+    }
+    Ok(ExitCode::SUCCESS)
+}

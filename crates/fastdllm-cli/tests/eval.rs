@@ -1,0 +1,313 @@
+//! `fastdllm eval`: task-file parsing (plain and GSM8K), answer extraction, settings parsing, a
+//! small end-to-end evaluation on the bundled tiny LLaDA, and the errors of bad inputs (through
+//! the library and through the binary).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use fastdllm_cache::CacheMode;
+use fastdllm_cli::eval::{
+    base_settings, extract_gsm8k_prediction, gsm8k_final_answer, last_number, parse_settings,
+    parse_task_line, parse_tasks, read_tasks, run_eval, SettingSpec, TaskFormat,
+};
+use fastdllm_cli::paths::bundled_model;
+use fastdllm_core::ModelFamily;
+use fastdllm_sampler::Unmask;
+
+fn repo_file(rel: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(rel)
+}
+
+fn tmp_file(name: &str, text: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("eval-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn parses_plain_tasks() {
+    let t = parse_task_line(
+        r#"{"prompt": "copy 3dbk......=", "answer": "3dbk", "kind": "copy"}"#,
+        3,
+    )
+    .unwrap();
+    assert_eq!(t.prompt, "copy 3dbk......=");
+    assert_eq!(t.answer, "3dbk");
+    assert_eq!(t.format, TaskFormat::Plain);
+    assert_eq!(t.line, 3);
+    assert!(t.is_correct("3dbk"));
+    assert!(t.is_correct(" 3dbk\n"));
+    assert!(!t.is_correct("3dbkk"));
+    assert!(!t.is_correct("3DBK"));
+    // A numeric answer is accepted as its text.
+    let n = parse_task_line(r#"{"prompt": "4+9=", "answer": 13}"#, 1).unwrap();
+    assert_eq!(n.answer, "13");
+    assert!(n.is_correct("13"));
+}
+
+#[test]
+fn parses_gsm8k_tasks() {
+    let t = parse_task_line(
+        r#"{"question": "How many?", "answer": "1,000 + 234 = <<1000+234=1234>>1,234\n#### 1,234"}"#,
+        7,
+    )
+    .unwrap();
+    assert_eq!(t.format, TaskFormat::Gsm8k);
+    assert_eq!(t.prompt, "How many?");
+    assert_eq!(t.answer, "1234");
+    assert!(t.is_correct("The total is 1,234."));
+    assert!(t.is_correct("so 1234 apples\n#### 1,234"));
+    assert!(t.is_correct("#### 1234.0"));
+    assert!(!t.is_correct("1,234 then 12"));
+    assert!(!t.is_correct("no number here"));
+    let err = parse_task_line(r#"{"question": "q", "answer": "42"}"#, 1).unwrap_err();
+    assert!(format!("{err:#}").contains("####"), "{err:#}");
+}
+
+#[test]
+fn extracts_answers() {
+    assert_eq!(gsm8k_final_answer("a\n#### 1,234").as_deref(), Some("1234"));
+    assert_eq!(
+        gsm8k_final_answer("#### 42\n\nQuestion: next").as_deref(),
+        Some("42")
+    );
+    assert_eq!(gsm8k_final_answer("####   -7 ").as_deref(), Some("-7"));
+    assert_eq!(gsm8k_final_answer("no marker"), None);
+    assert_eq!(gsm8k_final_answer("#### "), None);
+    assert_eq!(
+        last_number("3 + 4 = 7, then 12,500 and 0.5.").as_deref(),
+        Some("0.5")
+    );
+    assert_eq!(last_number("it is 12,500.").as_deref(), Some("12500"));
+    assert_eq!(last_number("temp -3 degrees").as_deref(), Some("-3"));
+    assert_eq!(last_number("a1b22c333").as_deref(), Some("333"));
+    assert_eq!(last_number("none"), None);
+    assert_eq!(
+        extract_gsm8k_prediction("x = 5\n#### 1,234 apples").as_deref(),
+        Some("1234")
+    );
+    assert_eq!(
+        extract_gsm8k_prediction("x = 5, so 6").as_deref(),
+        Some("6")
+    );
+}
+
+#[test]
+fn parses_settings() {
+    let s = parse_settings("none/fixed, dual/threshold=0.9,prefix/factor=1,none/fixed/steps=16")
+        .unwrap();
+    assert_eq!(s.len(), 4);
+    assert_eq!(
+        (s[0].cache, s[0].unmask, s[0].steps),
+        (CacheMode::Off, Unmask::Fixed, None)
+    );
+    assert_eq!(s[1].cache, CacheMode::Dual);
+    assert_eq!(s[1].unmask, Unmask::Threshold { threshold: 0.9 });
+    assert_eq!(s[2].unmask, Unmask::Factor { factor: 1.0 });
+    assert_eq!(s[3].steps, Some(16));
+    for bad in [
+        "bogus/fixed",
+        "none/sometimes",
+        "none",
+        "none/threshold=2",
+        "none/fixed/steps=x",
+        "none/fixed/steps=4/x",
+    ] {
+        let err = bad.parse::<SettingSpec>().unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown setting"),
+            "{bad}: {err:#}"
+        );
+    }
+    assert!(parse_settings(" , ").is_err());
+    // Dream's fixed schedule is its timestep schedule; steps override the base.
+    let base = base_settings(32, 8);
+    let d = s[3].resolve(&base, ModelFamily::Dream).unwrap();
+    assert_eq!(d.unmask, Unmask::DreamTimesteps { eps: 1e-3 });
+    assert_eq!(d.decode.steps, 16);
+    assert_eq!(
+        s[0].resolve(&base, ModelFamily::Llada).unwrap().unmask,
+        Unmask::Fixed
+    );
+    // steps must fit the blocks (32 / 8 = 4 blocks).
+    let odd: SettingSpec = "none/fixed/steps=6".parse().unwrap();
+    assert!(odd.resolve(&base, ModelFamily::Llada).is_err());
+}
+
+#[test]
+fn reports_file_and_line_of_bad_input() {
+    let err = read_tasks(&repo_file("tasks/does-not-exist.jsonl")).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("does-not-exist.jsonl"),
+        "{err:#}"
+    );
+    let text =
+        "{\"prompt\": \"4+9=\", \"answer\": \"13\"}\n\n{\"prompt\": \"1+1=\", \"answer\": \n";
+    let err = parse_tasks(text, "t.jsonl").unwrap_err();
+    assert!(format!("{err:#}").contains("t.jsonl:3"), "{err:#}");
+    let err = parse_tasks("{\"answer\": \"1\"}\n", "t.jsonl").unwrap_err();
+    assert!(
+        format!("{err:#}").contains("t.jsonl:1") && format!("{err:#}").contains("prompt"),
+        "{err:#}"
+    );
+    let err = parse_tasks("[1, 2]\n", "t.jsonl").unwrap_err();
+    assert!(format!("{err:#}").contains("JSON object"), "{err:#}");
+    assert!(parse_tasks("\n\n", "t.jsonl").is_err());
+}
+
+#[test]
+fn shipped_task_files_parse() {
+    let tiny = read_tasks(&repo_file("tasks/tiny-arith.jsonl")).unwrap();
+    assert!((100..=200).contains(&tiny.len()), "{}", tiny.len());
+    assert!(tiny.iter().all(|t| t.format == TaskFormat::Plain));
+    let gsm = read_tasks(&repo_file("tasks/gsm8k-sample.jsonl")).unwrap();
+    assert!(gsm.iter().all(|t| t.format == TaskFormat::Gsm8k));
+    assert_eq!(gsm[1].answer, "2384");
+}
+
+/// Eight tasks of tasks/tiny-arith.jsonl (two of each kind) that llada-tiny answers correctly
+/// under every setting of the README table.
+const EIGHT: &str = r#"{"prompt": "copy ysp8......=", "answer": "ysp8"}
+{"prompt": "rot cmdbqxuwa.=", "answer": "dnecryvxb"}
+{"prompt": "inc 32772.....=", "answer": "43883"}
+{"prompt": "rot iucatdszhu=", "answer": "jvdbuetaiv"}
+{"prompt": "copy fe........=", "answer": "fe"}
+{"prompt": "inc 30........=", "answer": "41"}
+{"prompt": "3+8=", "answer": "11"}
+{"prompt": "9+9=", "answer": "18"}
+"#;
+
+#[test]
+fn tiny_end_to_end() {
+    let tasks = parse_tasks(EIGHT, "eight").unwrap();
+    let base = base_settings(32, 8);
+    let reports = run_eval(
+        &bundled_model("llada-tiny"),
+        &tasks,
+        "none/fixed,dual/threshold=0.9",
+        &base,
+        true,
+        3,
+    )
+    .unwrap();
+    assert_eq!(reports.len(), 2);
+    for r in &reports {
+        let wrong: Vec<_> = r.outcomes.iter().filter(|o| !o.correct).collect();
+        assert_eq!(r.accuracy, 1.0, "{}: {wrong:?}", r.label);
+        assert_eq!(r.tasks, 8);
+        assert!(r.tokens_per_s > 0.0);
+    }
+    // Fixed schedule, steps = gen_length: one token per forward, 32 forwards per prompt.
+    assert_eq!(reports[0].label, "none/fixed steps=32");
+    assert_eq!(reports[0].mean_nfe, 32.0);
+    assert_eq!(reports[0].tokens_per_forward, 1.0);
+    // Threshold decoding commits several tokens per forward.
+    assert!(
+        reports[1].tokens_per_forward > 1.5,
+        "{}",
+        reports[1].tokens_per_forward
+    );
+    assert!(reports[1].mean_nfe < 32.0);
+    // Batching does not change outputs or NFE.
+    let solo = run_eval(
+        &bundled_model("llada-tiny"),
+        &tasks,
+        "dual/threshold=0.9",
+        &base,
+        true,
+        1,
+    )
+    .unwrap();
+    assert_eq!(solo[0].outcomes, reports[1].outcomes);
+}
+
+fn fastdllm(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fastdllm"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn binary_errors_are_clear() {
+    let out = fastdllm(&["eval", "--tasks", "/nonexistent/tasks.jsonl"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read task file /nonexistent/tasks.jsonl"),
+        "{err}"
+    );
+
+    let bad = tmp_file(
+        "bad.jsonl",
+        "{\"prompt\": \"4+9=\", \"answer\": \"13\"}\nnot json\n",
+    );
+    let out = fastdllm(&["eval", "--tasks", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.jsonl:2") && err.contains("malformed JSON"),
+        "{err}"
+    );
+
+    let good = tmp_file("good.jsonl", "{\"prompt\": \"4+9=\", \"answer\": \"13\"}\n");
+    let out = fastdllm(&[
+        "eval",
+        "--tasks",
+        good.to_str().unwrap(),
+        "--settings",
+        "none/fixed,dual/sometimes",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown setting 'dual/sometimes'"), "{err}");
+}
+
+#[test]
+fn binary_prints_table_and_json() {
+    let good = tmp_file("two.jsonl", "{\"prompt\": \"9+9=\", \"answer\": \"18\"}\n{\"prompt\": \"copy ysp8......=\", \"answer\": \"ysp8\"}\n");
+    let out = fastdllm(&[
+        "eval",
+        "--tasks",
+        good.to_str().unwrap(),
+        "--settings",
+        "none/fixed,prefix/factor=1",
+        "--raw",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("| none/fixed steps=32 | 1.000 (2/2) | 32.00 | 1.00 |"),
+        "{table}"
+    );
+    assert!(table.contains("prefix/factor=1"), "{table}");
+    let out = fastdllm(&[
+        "eval",
+        "--tasks",
+        good.to_str().unwrap(),
+        "--settings",
+        "dual/threshold=0.9",
+        "--json",
+        "--limit",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["setting"], "dual/threshold=0.9");
+    assert_eq!(lines[0]["tasks"], 1);
+    assert_eq!(lines[0]["accuracy"], 1.0);
+}
