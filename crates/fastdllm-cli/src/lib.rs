@@ -5,10 +5,12 @@
 //!   turned into policies and run through [`fastdllm_core::generate()`];
 //! * [`conform`]: golden cases of the reference implementation (conformance/goldens/FORMAT.md)
 //!   run and judged by FORMAT.md section 10;
+//! * [`bench`]: the benchmark matrix, its records and HTML report (`fastdllm bench`);
 //! * [`paths`]: the models bundled with the repository.
 //!
 //! The only crate of the workspace with `anyhow` and `clap`.
 
+pub mod bench;
 pub mod conform;
 pub mod engine;
 pub mod paths;

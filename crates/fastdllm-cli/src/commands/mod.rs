@@ -1,6 +1,7 @@
 //! Command-line interface: clap derive, one module per subcommand, shared argument groups.
 
 mod args;
+mod bench;
 mod conform;
 mod generate;
 
@@ -23,6 +24,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Run golden cases of the reference implementation and judge them (FORMAT.md section 10).
     Conform(conform::ConformArgs),
+    /// Benchmark a matrix of settings (JSON Lines + HTML report with SVG plots).
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the parsed command.
@@ -30,5 +33,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Conform(a) => conform::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
