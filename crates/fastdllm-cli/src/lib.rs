@@ -6,6 +6,7 @@
 //! * [`conform`]: golden cases of the reference implementation (conformance/goldens/FORMAT.md)
 //!   run and judged by FORMAT.md section 10;
 //! * [`bench`]: the benchmark matrix, its records and HTML report (`fastdllm bench`);
+//! * [`trace_view`]: one generation drawn as an HTML/SVG picture (`fastdllm trace`);
 //! * [`paths`]: the models bundled with the repository.
 //!
 //! The only crate of the workspace with `anyhow` and `clap`.
@@ -14,3 +15,4 @@ pub mod bench;
 pub mod conform;
 pub mod engine;
 pub mod paths;
+pub mod trace_view;

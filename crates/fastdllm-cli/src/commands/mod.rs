@@ -4,6 +4,7 @@ mod args;
 mod bench;
 mod conform;
 mod generate;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,8 @@ enum Command {
     Conform(conform::ConformArgs),
     /// Benchmark a matrix of settings (JSON Lines + HTML report with SVG plots).
     Bench(bench::BenchArgs),
+    /// Draw one generation as a picture (HTML + SVG): tokens coloured by the step that committed them.
+    Trace(trace::TraceArgs),
 }
 
 /// Runs the parsed command.
@@ -34,5 +37,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Generate(a) => generate::run(a),
         Command::Conform(a) => conform::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Trace(a) => trace::run(a),
     }
 }
