@@ -7,6 +7,7 @@
 //!   run and judged by FORMAT.md section 10;
 //! * [`bench`]: the benchmark matrix, its records and HTML report (`fastdllm bench`);
 //! * [`trace_view`]: one generation drawn as an HTML/SVG picture (`fastdllm trace`);
+//! * [`malloc`]: glibc allocator tuning of the binary (large buffers stay in the heap);
 //! * [`paths`]: the models bundled with the repository.
 //!
 //! The only crate of the workspace with `anyhow` and `clap`.
@@ -14,5 +15,6 @@
 pub mod bench;
 pub mod conform;
 pub mod engine;
+pub mod malloc;
 pub mod paths;
 pub mod trace_view;

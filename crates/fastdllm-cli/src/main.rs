@@ -7,6 +7,7 @@ mod commands;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    fastdllm_cli::malloc::keep_freed_memory();
     let cli = commands::Cli::parse();
     match commands::run(cli) {
         Ok(code) => code,

@@ -256,6 +256,8 @@ pub struct BenchRecord {
     pub wall_ms_runs: Vec<f64>,
     pub ms_per_step: f64,
     pub forward_ms_total: f64,
+    pub cpu_ms: Option<f64>,
+    pub cpu_utilization: Option<f64>,
     pub step_latency: BTreeMap<String, StepStats>,
     pub param_count: u64,
     pub weight_bytes: u64,
@@ -350,6 +352,7 @@ fn median(xs: &[f64]) -> f64 {
 
 struct RunResult {
     wall: f64,
+    cpu: Option<f64>,
     timings: Vec<ForwardTiming>,
     nfe: usize,
     generated: usize,
@@ -374,6 +377,7 @@ fn run_once(
     );
     let seeds = vec![settings.seed; prompts.len()];
     let num_blocks = s.gen_length / s.block_length;
+    let cpu0 = system::process_cpu_secs();
     let start = Instant::now();
     let res = engine::run(
         &timed,
@@ -383,6 +387,7 @@ fn run_once(
         &GenerateOptions::default(),
     );
     let wall = start.elapsed().as_secs_f64();
+    let cpu = cpu0.zip(system::process_cpu_secs()).map(|(a, b)| b - a);
     let timings = timed.timings();
     match res {
         Ok(gen) => {
@@ -398,6 +403,7 @@ fn run_once(
             }
             Ok(RunResult {
                 wall,
+                cpu,
                 timings,
                 nfe: gen.nfe,
                 generated,
@@ -410,6 +416,7 @@ fn run_once(
             let tokens = measured * s.block_length * prompts.len();
             Ok(RunResult {
                 wall,
+                cpu,
                 nfe: timings.len(),
                 timings,
                 generated: tokens,
@@ -500,6 +507,12 @@ pub fn run_setting(
             .map(|r| r.timings.iter().map(|t| t.secs).sum::<f64>() * 1e3)
             .collect::<Vec<_>>(),
     );
+    let cpus: Vec<f64> = runs.iter().filter_map(|r| r.cpu).map(|c| c * 1e3).collect();
+    let cpu_ms = (device.is_cpu() && cpus.len() == runs.len()).then(|| median(&cpus));
+    let threads = device.is_cpu().then(system::cpu_threads);
+    let cpu_utilization = cpu_ms
+        .zip(threads)
+        .and_then(|(c, t)| (wall_ms > 0.0).then(|| c / (wall_ms * t as f64)));
     let per_s = |n: usize| {
         if wall_ms > 0.0 {
             n as f64 / (wall_ms / 1e3)
@@ -526,7 +539,7 @@ pub fn run_setting(
         } else {
             "cuda".into()
         },
-        threads: device.is_cpu().then(system::cpu_threads),
+        threads,
         dtype: format!("{:?}", bm.model.dtype()).to_lowercase(),
         prompt_len,
         gen_length: s.gen_length,
@@ -560,6 +573,8 @@ pub fn run_setting(
             0.0
         },
         forward_ms_total,
+        cpu_ms,
+        cpu_utilization,
         step_latency,
         param_count: params,
         weight_bytes,

@@ -57,6 +57,18 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU time (user + system, all threads) this process has used, seconds; from `/proc/self/stat`
+/// (USER_HZ = 100 on Linux). `None` where unavailable.
+pub fn process_cpu_secs() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = text.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 /// Resets the peak-RSS counter to the current RSS (`echo 5 > /proc/self/clear_refs`, Linux >=
 /// 4.0), so the next [`peak_rss_bytes`] is the peak of what ran in between. Best effort.
 pub fn reset_peak_rss() -> bool {
@@ -208,6 +220,11 @@ mod tests {
         let t = timestamp_utc();
         assert_eq!(t.len(), 20, "{t}");
         assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+    }
+
+    #[test]
+    fn cpu_time_is_readable() {
+        assert!(process_cpu_secs().is_some_and(|t| t >= 0.0));
     }
 
     #[test]
