@@ -144,15 +144,9 @@ impl Case {
         }
         let unmask = match (self.model.starts_with("dream"), self.rule.as_str()) {
             (false, "fixed") => Unmask::Fixed,
-            (false, "threshold") => Unmask::Threshold {
-                threshold: need(p.threshold, "threshold")?,
-            },
-            (false, "factor") => Unmask::Factor {
-                factor: need(p.factor, "factor")?,
-            },
-            (true, "threshold") => Unmask::Threshold {
-                threshold: need(p.threshold, "threshold")?,
-            },
+            (false, "threshold") => Unmask::Threshold { threshold: need(p.threshold, "threshold")? },
+            (false, "factor") => Unmask::Factor { factor: need(p.factor, "factor")? },
+            (true, "threshold") => Unmask::Threshold { threshold: need(p.threshold, "threshold")? },
             (true, rule) if rule.starts_with("fixed_") => {
                 let eps = p.eps.unwrap_or(1e-3) as f32;
                 if self.function.starts_with("generation_utils._sample") {
@@ -187,19 +181,13 @@ fn need(v: Option<f64>, name: &str) -> Result<f64> {
 pub fn read_cases(files: &[PathBuf]) -> Result<Vec<Case>> {
     let mut cases = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read cases file {}", f.display()))?;
+        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read cases file {}", f.display()))?;
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let case: Case = serde_json::from_str(line).with_context(|| {
-                format!(
-                    "{}:{}: not a golden case (FORMAT.md section 6)",
-                    f.display(),
-                    i + 1
-                )
-            })?;
+            let case: Case = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not a golden case (FORMAT.md section 6)", f.display(), i + 1))?;
             cases.push(case);
         }
     }
@@ -266,26 +254,17 @@ pub fn judge(case: &Case, out: &RowOutput) -> Verdict {
                 want_steps.get(pos),
                 out.unmask_step.get(pos)
             ),
-            None => format!(
-                "tokens_per_step: expected {want_tps:?}, got {:?}",
-                out.tokens_per_step
-            ),
+            None => format!("tokens_per_step: expected {want_tps:?}, got {:?}", out.tokens_per_step),
         };
         if case.min_rank_margin.is_some_and(|m| m < RANK_MARGIN_EPS) {
-            notes.push(format!(
-                "{msg} (excused: min_rank_margin {:?} < 1e-8)",
-                case.min_rank_margin
-            ));
+            notes.push(format!("{msg} (excused: min_rank_margin {:?} < 1e-8)", case.min_rank_margin));
         } else {
             problems.push(msg);
         }
     }
     let status = if problems.is_empty() {
         Status::Pass
-    } else if case
-        .min_threshold_gap
-        .is_some_and(|g| g < THRESHOLD_GAP_EPS)
-    {
+    } else if case.min_threshold_gap.is_some_and(|g| g < THRESHOLD_GAP_EPS) {
         Status::Fragile
     } else {
         Status::Fail
@@ -303,10 +282,7 @@ pub fn judge(case: &Case, out: &RowOutput) -> Verdict {
 }
 
 fn first_diff<T: PartialEq>(a: &[T], b: &[T]) -> Option<usize> {
-    a.iter()
-        .zip(b)
-        .position(|(x, y)| x != y)
-        .or((a.len() != b.len()).then(|| a.len().min(b.len())))
+    a.iter().zip(b).position(|(x, y)| x != y).or((a.len() != b.len()).then(|| a.len().min(b.len())))
 }
 
 /// Runs cases, loading each model directory once.
@@ -321,24 +297,12 @@ pub struct Runner {
 
 impl Runner {
     /// A runner on `device`/`dtype`; `model_override` replaces every case's model directory.
-    pub fn new(
-        model_override: Option<PathBuf>,
-        device: candle_core::Device,
-        dtype: candle_core::DType,
-    ) -> Self {
-        Runner {
-            models: HashMap::new(),
-            model_override,
-            device,
-            dtype,
-            drift: false,
-        }
+    pub fn new(model_override: Option<PathBuf>, device: candle_core::Device, dtype: candle_core::DType) -> Self {
+        Runner { models: HashMap::new(), model_override, device, dtype, drift: false }
     }
 
     fn model_dir(&self, case: &Case) -> PathBuf {
-        self.model_override
-            .clone()
-            .unwrap_or_else(|| crate::paths::bundled_model(&case.model))
+        self.model_override.clone().unwrap_or_else(|| crate::paths::bundled_model(&case.model))
     }
 
     fn model(&mut self, dir: &Path) -> Result<&fastdllm_models::LoadedModel> {
@@ -371,17 +335,8 @@ impl Runner {
         let dir = self.model_dir(case);
         let drift = self.drift;
         let model = self.model(&dir)?;
-        let opts = GenerateOptions {
-            trace: drift,
-            drift,
-        };
-        let gen = engine::run(
-            model.model.as_ref(),
-            &[case.prompt_ids.clone()],
-            &[settings.seed],
-            &settings,
-            &opts,
-        )?;
+        let opts = GenerateOptions { trace: drift, drift };
+        let gen = engine::run(model.model.as_ref(), &[case.prompt_ids.clone()], &[settings.seed], &settings, &opts)?;
         let mut v = judge(case, &gen.rows[0]);
         v.drift = gen.trace.as_ref().and_then(|t| t.drift_summary());
         Ok(v)

@@ -70,19 +70,12 @@ pub fn run(
     let mut unmask = PerRow::new(rows);
     let mut proposer = settings.proposer.build(family, &settings.unmask)?;
     let mut rngs: Vec<Rng> = seeds.iter().map(|&s| Rng::new(s)).collect();
-    let dec = Decoder {
-        cache: &mut cache,
-        proposer: proposer.as_mut(),
-        unmask: &mut unmask,
-    };
+    let dec = Decoder { cache: &mut cache, proposer: proposer.as_mut(), unmask: &mut unmask };
     generate(model, prompts, &settings.decode, dec, &mut rngs, opts).context("generation failed")
 }
 
 /// The answer up to (not including) the first end-of-sequence id.
 pub fn trim_at_eos<'a>(generated: &'a [TokenId], eos: &[TokenId]) -> &'a [TokenId] {
-    let end = generated
-        .iter()
-        .position(|t| eos.contains(t))
-        .unwrap_or(generated.len());
+    let end = generated.iter().position(|t| eos.contains(t)).unwrap_or(generated.len());
     &generated[..end]
 }

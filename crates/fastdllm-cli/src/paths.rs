@@ -19,8 +19,5 @@ pub fn default_model() -> PathBuf {
 
 /// The repository's golden cases folder.
 pub fn goldens_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../conformance/goldens"
-    ))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../conformance/goldens"))
 }

@@ -28,9 +28,7 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// The model directory to load.
     pub fn dir(&self) -> PathBuf {
-        self.model
-            .clone()
-            .unwrap_or_else(fastdllm_cli::paths::default_model)
+        self.model.clone().unwrap_or_else(fastdllm_cli::paths::default_model)
     }
 }
 
@@ -163,12 +161,7 @@ impl DecodeArgs {
             CacheArg::Dual => CacheMode::Dual,
         };
         let dream = family == ModelFamily::Dream;
-        if !dream
-            && (self.top_p.is_some()
-                || self.top_k.is_some()
-                || self.alg.is_some()
-                || self.dream_original)
-        {
+        if !dream && (self.top_p.is_some() || self.top_k.is_some() || self.alg.is_some() || self.dream_original) {
             bail!("--top-p, --top-k, --alg and --dream-original apply to Dream models only");
         }
         let unmask = match (self.threshold, self.factor) {
@@ -186,19 +179,13 @@ impl DecodeArgs {
         };
         if self.dream_original {
             if self.block_length != self.gen_length {
-                bail!(
-                    "--dream-original decodes the whole answer as one block: set --block-length {}",
-                    self.gen_length
-                );
+                bail!("--dream-original decodes the whole answer as one block: set --block-length {}", self.gen_length);
             }
             decode.force_block_start = Some(false);
         }
         let settings = GenerationSettings {
             decode,
-            cache: CacheSettings {
-                mode,
-                refresh_every: self.refresh_every,
-            },
+            cache: CacheSettings { mode, refresh_every: self.refresh_every },
             unmask,
             proposer: ProposerConfig {
                 temperature: self.temperature,

@@ -55,25 +55,14 @@ pub fn run(a: ConformArgs) -> Result<ExitCode> {
                 })
             );
         } else if v.status != Status::Pass {
-            let tag = if v.status == Status::Fragile {
-                "FRAGILE"
-            } else {
-                "FAIL"
-            };
+            let tag = if v.status == Status::Fragile { "FRAGILE" } else { "FAIL" };
             println!("{tag} {}: {}", v.id, v.problems.join("; "));
         } else if a.drift {
             if let Some(d) = v.drift {
-                println!(
-                    "pass {}: drift cos_min {:.6} max_abs {:.3e} argmax_agree {:.3} kl {:.3e}",
-                    v.id, d.cosine_min, d.max_abs_diff, d.argmax_agreement, d.kl_mean
-                );
+                println!("pass {}: drift cos_min {:.6} max_abs {:.3e} argmax_agree {:.3} kl {:.3e}", v.id, d.cosine_min, d.max_abs_diff, d.argmax_agreement, d.kl_mean);
             }
         }
     }
     println!("{}", tally.line());
-    Ok(if tally.failed > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if tally.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

@@ -60,26 +60,16 @@ pub fn run(a: GenerateArgs) -> Result<ExitCode> {
                 if p.trim().is_empty() {
                     bail!("the prompt is empty (give some text with --prompt)");
                 }
-                let text = if a.raw {
-                    p.clone()
-                } else {
-                    loaded.info.chat_template.apply(p)
-                };
+                let text = if a.raw { p.clone() } else { loaded.info.chat_template.apply(p) };
                 let add_special = a.raw || loaded.info.chat_template.add_special_tokens();
                 Ok(loaded.tokenizer.encode(&text, add_special)?)
             })
             .collect::<Result<_>>()?
     } else {
-        a.prompt_ids
-            .iter()
-            .map(|t| parse_ids(t))
-            .collect::<Result<_>>()?
+        a.prompt_ids.iter().map(|t| parse_ids(t)).collect::<Result<_>>()?
     };
     let seeds = vec![settings.seed; prompts.len()];
-    let opts = GenerateOptions {
-        trace: a.trace,
-        drift: a.drift,
-    };
+    let opts = GenerateOptions { trace: a.trace, drift: a.drift };
     let start = Instant::now();
     let gen = engine::run(loaded.model.as_ref(), &prompts, &seeds, &settings, &opts)?;
     let wall = start.elapsed().as_secs_f64();
@@ -98,11 +88,7 @@ pub fn run(a: GenerateArgs) -> Result<ExitCode> {
             "tokens_per_step": row.tokens_per_step,
         }));
     }
-    let tokens_per_s = if wall > 0.0 {
-        out_tokens as f64 / wall
-    } else {
-        0.0
-    };
+    let tokens_per_s = if wall > 0.0 { out_tokens as f64 / wall } else { 0.0 };
     if a.json {
         let mut obj = rows[0].clone();
         obj["model"] = json!(dir.display().to_string());
