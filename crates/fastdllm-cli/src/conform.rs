@@ -336,7 +336,7 @@ impl Runner {
         let drift = self.drift;
         let model = self.model(&dir)?;
         let opts = GenerateOptions { trace: drift, drift };
-        let gen = engine::run(model.model.as_ref(), &[case.prompt_ids.clone()], &[settings.seed], &settings, &opts)?;
+        let gen = engine::run(model.model.as_ref(), std::slice::from_ref(&case.prompt_ids), &[settings.seed], &settings, &opts)?;
         let mut v = judge(case, &gen.rows[0]);
         v.drift = gen.trace.as_ref().and_then(|t| t.drift_summary());
         Ok(v)
