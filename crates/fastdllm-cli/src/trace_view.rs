@@ -176,9 +176,9 @@ pub fn render(p: &TracePicture) -> String {
     for c in &p.caption {
         let _ = write!(html, "<p>{}</p>", escape(c));
     }
-    let _ = write!(
+    let _ = writeln!(
         html,
-        "<pre>{}</pre>{svg}</body></html>\n",
+        "<pre>{}</pre>{svg}</body></html>",
         escape(&p.prompt)
     );
     html
