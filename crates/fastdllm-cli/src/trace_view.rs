@@ -176,11 +176,7 @@ pub fn render(p: &TracePicture) -> String {
     for c in &p.caption {
         let _ = write!(html, "<p>{}</p>", escape(c));
     }
-    let _ = writeln!(
-        html,
-        "<pre>{}</pre>{svg}</body></html>",
-        escape(&p.prompt)
-    );
+    let _ = writeln!(html, "<pre>{}</pre>{svg}</body></html>", escape(&p.prompt));
     html
 }
 

@@ -133,7 +133,9 @@ fn window_allocs(
         .log
         .into_inner()
         .map_err(|_| anyhow::anyhow!("poisoned"))?;
-    if std::env::var("HOT_PATH_DEBUG").is_ok() { eprintln!("{mode} P={prompt_len}: {:?}", &log[..12.min(log.len())]); }
+    if std::env::var("HOT_PATH_DEBUG").is_ok() {
+        eprintln!("{mode} P={prompt_len}: {:?}", &log[..12.min(log.len())]);
+    }
     let windows: Vec<_> = log
         .iter()
         .filter(|(full, _, _)| *full == (mode == CacheMode::Off))
@@ -184,14 +186,22 @@ fn op_allocations() -> anyhow::Result<()> {
     let w = Tensor::randn(0f32, 1.0, (384, 128), &dev)?;
     let q = Tensor::randn(0f32, 1.0, (1, 2, 8, 64), &dev)?;
     let k = Tensor::randn(0f32, 1.0, (1, 2, 480, 64), &dev)?;
-    let measure = |name: &str, f: &dyn Fn() -> candle_core::Result<Tensor>| -> candle_core::Result<()> {
-        let (b0, c0) = (BYTES.load(Ordering::Relaxed), COUNT.load(Ordering::Relaxed));
-        let t = f()?;
-        let (b1, c1) = (BYTES.load(Ordering::Relaxed), COUNT.load(Ordering::Relaxed));
-        println!("{name}: {} bytes in {} allocations (output {} bytes)", b1 - b0, c1 - c0, t.elem_count() * 4);
-        Ok(())
-    };
-    measure("x @ w^T (8x128 * 128x384), first call", &|| x.matmul(&w.t()?))?;
+    let measure =
+        |name: &str, f: &dyn Fn() -> candle_core::Result<Tensor>| -> candle_core::Result<()> {
+            let (b0, c0) = (BYTES.load(Ordering::Relaxed), COUNT.load(Ordering::Relaxed));
+            let t = f()?;
+            let (b1, c1) = (BYTES.load(Ordering::Relaxed), COUNT.load(Ordering::Relaxed));
+            println!(
+                "{name}: {} bytes in {} allocations (output {} bytes)",
+                b1 - b0,
+                c1 - c0,
+                t.elem_count() * 4
+            );
+            Ok(())
+        };
+    measure("x @ w^T (8x128 * 128x384), first call", &|| {
+        x.matmul(&w.t()?)
+    })?;
     measure("x @ w^T (8x128 * 128x384)", &|| x.matmul(&w.t()?))?;
     let x2 = Tensor::randn(0f32, 1.0, (8, 512), &dev)?;
     let w2 = Tensor::randn(0f32, 1.0, (1536, 512), &dev)?;
@@ -199,6 +209,8 @@ fn op_allocations() -> anyhow::Result<()> {
     let x3 = Tensor::randn(0f32, 1.0, (512, 512), &dev)?;
     measure("x @ w^T (512x512 * 512x1536)", &|| x3.matmul(&w2.t()?))?;
     measure("q @ k^T (2 heads, 8 x 480)", &|| q.matmul(&k.t()?))?;
-    measure("softmax (2x8x480)", &|| candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?))?;
+    measure("softmax (2x8x480)", &|| {
+        candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)
+    })?;
     Ok(())
 }
