@@ -295,6 +295,7 @@ pub fn html(records: &[BenchRecord]) -> String {
         "prefix p50/p90",
         "dual p50/p90",
         "peak MiB",
+        "cpu util",
         "capped",
     ];
     for h in heads {
@@ -310,7 +311,7 @@ pub fn html(records: &[BenchRecord]) -> String {
         };
         let _ = write!(
             s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=l>{}</td><td class=l>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=l>{}</td><td class=l>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             r.prompt_len,
             r.gen_length,
             r.block_length,
@@ -328,6 +329,7 @@ pub fn html(records: &[BenchRecord]) -> String {
             lat("prefix_window"),
             lat("dual_window"),
             r.peak_memory_bytes.map(|b| format!("{:.0}", b as f64 / (1u64 << 20) as f64)).unwrap_or_default(),
+            r.cpu_utilization.map(|u| format!("{u:.2}")).unwrap_or_default(),
             if r.capped { format!("{} blocks", r.measured_blocks) } else { String::new() }
         );
     }
@@ -359,7 +361,7 @@ mod tests {
             marker: Some(0.5),
         }];
         let svg = bar_chart("t", "u", &["x", "y"], &rows, Some("m"));
-        assert_eq!(svg.matches("<rect x=\"300\"").count(), 1);
+        assert_eq!(svg.matches("</title></rect>").count(), 1);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
     }
 }
