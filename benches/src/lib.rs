@@ -1,1 +1,117 @@
-//! bench helpers
+//! Helpers shared by the criterion benches (benches/benches/*.rs, STYLE.md 3.8): the device a
+//! bench runs on ([`BenchDevice`]: synchronisation before reading the clock, and the
+//! `{device}_{dtype}` prefix of bench names), tiny model configs, and a timing helper for
+//! `iter_custom`.
+//!
+//! CPU sizes are tiny so `cargo bench` stays quick on a 2-core CI machine; CUDA sizes apply only
+//! with `--features cuda` on the GPU machine. CI runs `cargo bench --no-run` only.
+
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use fastdllm_models::{LladaConfig, ModelConfig};
+
+/// A device benches can run on.
+pub trait BenchDevice {
+    /// Waits for all queued work (a no-op on CPU).
+    fn sync(&self) -> candle_core::Result<()>;
+    /// `cpu` or `cuda`: the first part of a bench name.
+    fn bench_name(&self) -> &'static str;
+}
+
+impl BenchDevice for Device {
+    fn sync(&self) -> candle_core::Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            _ => self.synchronize(),
+        }
+    }
+    fn bench_name(&self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda(_) => "cuda",
+            Device::Metal(_) => "metal",
+        }
+    }
+}
+
+/// The devices the benches run on: the CPU, plus CUDA device 0 in `cuda` builds where present.
+pub fn devices() -> Vec<Device> {
+    #[allow(unused_mut)]
+    let mut out = vec![Device::Cpu];
+    #[cfg(feature = "cuda")]
+    match Device::new_cuda(0) {
+        Ok(d) => out.push(d),
+        Err(e) => eprintln!("cuda benches skipped: {e}"),
+    }
+    out
+}
+
+/// `{device}_{dtype}`, e.g. `cpu_f32`.
+pub fn prefix(device: &Device, dtype: DType) -> String {
+    format!(
+        "{}_{}",
+        device.bench_name(),
+        format!("{dtype:?}").to_lowercase()
+    )
+}
+
+/// Runs `f` `iters` times and returns the total time, synchronising `device` before starting
+/// and before reading the clock (for `Bencher::iter_custom`).
+pub fn time_iters<F: FnMut()>(device: &Device, iters: u64, mut f: F) -> Duration {
+    // A failed sync means a broken device; the bench cannot continue meaningfully.
+    let sync = |d: &Device| {
+        if let Err(e) = d.sync() {
+            panic!("device sync failed: {e}");
+        }
+    };
+    sync(device);
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    sync(device);
+    start.elapsed()
+}
+
+/// A small LLaDA-shaped config: `hidden` wide, `layers` deep, 4 heads, vocab 512 (CPU-sized).
+/// On CUDA, the benches use [`medium_config`].
+pub fn small_config(hidden: usize, layers: usize) -> ModelConfig {
+    ModelConfig::Llada(LladaConfig {
+        hidden_size: hidden,
+        num_layers: layers,
+        num_heads: 4,
+        num_kv_heads: 4,
+        head_dim: hidden / 4,
+        intermediate_size: hidden * 3,
+        vocab_size: 512,
+        rms_norm_eps: 1e-5,
+        rope_theta: 500_000.0,
+        max_seq_len: 4096,
+        mask_token_id: 511,
+        eos_token_ids: vec![510],
+        pad_token_id: 510,
+        bos_token_id: None,
+    })
+}
+
+/// Issue 3's model shape (hidden 512, 8 layers, 8 heads, MLP 1536, vocab 32000) for GPU runs.
+pub fn medium_config() -> ModelConfig {
+    fastdllm_cli::bench::cache_cpu_config()
+}
+
+/// The config for `device`: tiny on CPU, issue 3's shape on a GPU.
+pub fn config_for(device: &Device) -> ModelConfig {
+    if device.is_cpu() {
+        small_config(64, 2)
+    } else {
+        medium_config()
+    }
+}
+
+/// Deterministic prompt ids in `1..vocab-2` (never mask, EOS or pad).
+pub fn prompt_ids(len: usize, vocab: usize) -> Vec<u32> {
+    (0..len)
+        .map(|i| 1 + ((i * 7919) % (vocab - 3)) as u32)
+        .collect()
+}

@@ -14,6 +14,7 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    fastdllm_cli::malloc::keep_freed_memory();
     let cli = commands::Cli::parse();
     match commands::run(cli) {
         Ok(code) => code,

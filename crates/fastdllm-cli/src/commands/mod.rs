@@ -1,10 +1,12 @@
 //! Command-line interface: clap derive, one module per subcommand, shared argument groups.
 
 mod args;
+mod bench;
 mod conform;
 mod eval;
 mod generate;
 mod serve;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -29,6 +31,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Exact-match accuracy, NFE and tokens/s of a task file (JSON Lines) under several settings.
     Eval(eval::EvalArgs),
+    /// Benchmark a matrix of settings (JSON Lines + HTML report with SVG plots).
+    Bench(bench::BenchArgs),
+    /// Draw one generation as a picture (HTML + SVG): tokens coloured by the step that committed them.
+    Trace(trace::TraceArgs),
 }
 
 /// Runs the parsed command.
@@ -38,5 +44,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Conform(a) => conform::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Trace(a) => trace::run(a),
     }
 }

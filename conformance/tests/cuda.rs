@@ -1,0 +1,157 @@
+//! Device-parametrised checks for GPU runs (STYLE 3.7): one body per check, instantiated per
+//! device by `test_device!`. The CPU instance always runs (it keeps the bodies compiling and
+//! exercises them against themselves); the CUDA instance exists only with `--features cuda` and
+//! returns early with a printed note when `Device::new_cuda(0)` fails.
+//!
+//! Checks: the forward of the bundled tiny fixtures on the device equals the CPU's within the
+//! dtype's tolerance (f32 and bf16); a tiny-LLaDA generation at f32 gives the CPU's token ids
+//! (fixed and threshold rules, all cache modes); every cache mode runs on the device with the
+//! CPU's NFE. Run on the GPU machine with `cargo test -p conformance --features cuda --test cuda`.
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use conformance::tol::{compare, max_rel_err, Tol};
+use fastdllm_cache::{CacheMode, CacheSettings};
+use fastdllm_cli::engine::{self, GenerationSettings};
+use fastdllm_cli::paths::bundled_model;
+use fastdllm_core::{DecodeConfig, ForwardInput, GenerateOptions, PassthroughKv, Positions};
+use fastdllm_models::LoadedModel;
+use fastdllm_sampler::{ProposerConfig, Unmask};
+
+/// `test_device!(name, body)`: `name::cpu` and, with the `cuda` feature, `name::cuda`, each
+/// calling `body(&device)`.
+macro_rules! test_device {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[test]
+            fn cpu() -> anyhow::Result<()> {
+                super::$body(&candle_core::Device::Cpu)
+            }
+
+            #[cfg(feature = "cuda")]
+            #[test]
+            fn cuda() -> anyhow::Result<()> {
+                match candle_core::Device::new_cuda(0) {
+                    Ok(device) => super::$body(&device),
+                    Err(e) => {
+                        eprintln!("skipped: no CUDA device ({e})");
+                        Ok(())
+                    }
+                }
+            }
+        }
+    };
+}
+
+fn load(name: &str, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    fastdllm_models::load_model(&bundled_model(name), device, dtype)
+        .with_context(|| format!("loading {name}"))
+}
+
+const PROMPT: &str = "copy 3dbk......=";
+
+/// Logits of the whole canvas `prompt ++ [MASK] * 16`, returned on the CPU in f32.
+fn full_logits(m: &LoadedModel) -> Result<Tensor> {
+    let spec = m.model.spec();
+    let mut ids = m.tokenizer.encode(PROMPT, true)?;
+    ids.extend(std::iter::repeat_n(spec.mask_token_id, 16));
+    let len = ids.len();
+    let input = ForwardInput {
+        tokens: Tensor::new(ids, m.model.device())?.unsqueeze(0)?,
+        positions: Positions::Contiguous { start: 0 },
+        window_start: 0,
+        key_bias: None,
+        logits_rows: 0..len,
+    };
+    Ok(m.model
+        .forward(&input, &mut PassthroughKv)?
+        .to_device(&Device::Cpu)?)
+}
+
+fn forward_matches_cpu(device: &Device) -> Result<()> {
+    for name in ["llada-tiny", "dream-tiny"] {
+        for (dtype, tol) in [(DType::F32, Tol::F32), (DType::BF16, Tol::BF16)] {
+            let on_device = full_logits(&load(name, device, dtype)?)?;
+            let on_cpu = full_logits(&load(name, &Device::Cpu, dtype)?)?;
+            let rel = max_rel_err(&on_device, &on_cpu).map_err(anyhow::Error::msg)?;
+            eprintln!("{name} {dtype:?} {device:?} vs cpu: max rel err {rel:.3e}");
+            compare(&on_device, &on_cpu, tol)
+                .map_err(|e| anyhow::anyhow!("{name} {dtype:?}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn settings(cache: CacheMode, unmask: Unmask) -> GenerationSettings {
+    GenerationSettings {
+        decode: DecodeConfig {
+            gen_length: 32,
+            block_length: 8,
+            steps: 32,
+            force_block_start: None,
+            max_steps_per_block: None,
+        },
+        cache: CacheSettings::new(cache),
+        unmask,
+        proposer: ProposerConfig::default(),
+        seed: 0,
+    }
+}
+
+fn generate_ids(m: &LoadedModel, s: &GenerationSettings) -> Result<(Vec<u32>, usize)> {
+    let prompt = m.tokenizer.encode(PROMPT, true)?;
+    let g = engine::run(
+        m.model.as_ref(),
+        &[prompt],
+        &[s.seed],
+        s,
+        &GenerateOptions::default(),
+    )?;
+    let row = g.rows.into_iter().next().context("no row")?;
+    Ok((row.generated, g.nfe))
+}
+
+fn generation_matches_cpu(device: &Device) -> Result<()> {
+    let on_device = load("llada-tiny", device, DType::F32)?;
+    let on_cpu = load("llada-tiny", &Device::Cpu, DType::F32)?;
+    for unmask in [Unmask::Fixed, Unmask::Threshold { threshold: 0.9 }] {
+        for cache in CacheMode::ALL {
+            let s = settings(cache, unmask);
+            let (dev_ids, dev_nfe) = generate_ids(&on_device, &s)?;
+            let (cpu_ids, cpu_nfe) = generate_ids(&on_cpu, &s)?;
+            ensure!(
+                dev_ids == cpu_ids,
+                "{}: device ids {dev_ids:?} != cpu ids {cpu_ids:?}",
+                s.label()
+            );
+            ensure!(
+                dev_nfe == cpu_nfe,
+                "{}: device nfe {dev_nfe} != cpu nfe {cpu_nfe}",
+                s.label()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn cache_modes_run(device: &Device) -> Result<()> {
+    for name in ["llada-tiny", "dream-tiny"] {
+        let m = load(name, device, DType::BF16)?;
+        let unmask = if name == "dream-tiny" {
+            Unmask::DreamTimesteps { eps: 1e-3 }
+        } else {
+            Unmask::Fixed
+        };
+        for cache in CacheMode::ALL {
+            let s = settings(cache, unmask);
+            let (ids, nfe) = generate_ids(&m, &s)?;
+            ensure!(ids.len() == 32, "{name} {}: {} ids", s.label(), ids.len());
+            ensure!(nfe > 0 && nfe <= 32, "{name} {}: nfe {nfe}", s.label());
+        }
+    }
+    Ok(())
+}
+
+test_device!(forward_of_fixtures_matches_cpu, forward_matches_cpu);
+test_device!(llada_generation_matches_cpu_f32, generation_matches_cpu);
+test_device!(cache_modes_run_bf16, cache_modes_run);

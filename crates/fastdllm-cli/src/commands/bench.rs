@@ -1,0 +1,281 @@
+//! `fastdllm bench`: the arguments of the benchmark matrix and the presets; the work is in
+//! [`fastdllm_cli::bench`].
+//!
+//! Presets: `smoke` (default; bundled tiny LLaDA, none/prefix/dual x fixed/threshold=0.9, gen 32,
+//! block 8) and `cache-cpu` (issue 3: random-weight LLaDA-shaped model, hidden 512, 8 layers,
+//! prompt 256, gen 256, block 32, one token per step). Explicit list flags override the preset.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use fastdllm_cache::CacheMode;
+use fastdllm_cli::bench::{self, BenchModel, Machine, Matrix, RunOptions};
+use fastdllm_models::ModelConfig;
+use fastdllm_sampler::Unmask;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::args::ModelArgs;
+
+/// `--preset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// Bundled tiny LLaDA; none/prefix/dual x fixed/threshold=0.9; gen 32, block 8.
+    Smoke,
+    /// Issue 3's cache benchmark: random LLaDA-shaped model (hidden 512, 8 layers, vocab 32000),
+    /// prompt 256, gen 256, block 32, fixed schedule (one token per step), none/prefix/dual.
+    CacheCpu,
+}
+
+/// Arguments of `fastdllm bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Starting matrix; the list flags below override its entries.
+    #[arg(long, value_enum, default_value_t = Preset::Smoke)]
+    preset: Preset,
+    /// Random weights of a Hugging Face config.json (file or directory), built on the device.
+    #[arg(long, conflicts_with = "model")]
+    random_weights: Option<PathBuf>,
+    /// Override the layer count of the random-weight model (quick runs of big configs).
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Cache modes, comma-separated (none, prefix, dual).
+    #[arg(long, value_delimiter = ',')]
+    cache: Option<Vec<String>>,
+    /// Unmasking rules, comma-separated (fixed, threshold=0.9, factor=1, ...).
+    #[arg(long, value_delimiter = ',')]
+    rule: Option<Vec<String>>,
+    /// Answer lengths, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    gen_length: Option<Vec<usize>>,
+    /// Block lengths, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    block_length: Option<Vec<usize>>,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    batch: Option<Vec<usize>>,
+    /// Prompt lengths, comma-separated (random ids for random weights; the task prompt repeated
+    /// and cut for a loaded model). Default: 256 for random weights, the task prompt's length.
+    #[arg(long, value_delimiter = ',')]
+    prompt_len: Option<Vec<usize>>,
+    /// Task prompt of a loaded model (chat template applied when the model has one).
+    #[arg(long, default_value = bench::TINY_TASK_PROMPT)]
+    prompt: String,
+    /// Untimed runs per setting. Default: 1 (smoke), 0 (cache-cpu).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Timed runs per setting (median reported). Default: 3 (smoke), 1 (cache-cpu).
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Generate only the first N blocks of each answer (per-step figures cover whole blocks).
+    #[arg(long)]
+    max_blocks: Option<usize>,
+    /// Seed of the rules and of random prompts and weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// JSON Lines output, one record per setting.
+    #[arg(long, default_value = "bench.jsonl")]
+    out_json: PathBuf,
+    /// HTML report.
+    #[arg(long, default_value = "bench.html")]
+    out_html: PathBuf,
+}
+
+fn parse_list<T: FromStr>(items: &[String], what: &str) -> Result<Vec<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    items
+        .iter()
+        .map(|s| T::from_str(s.trim()).map_err(|e| anyhow::anyhow!("--{what} '{s}': {e}")))
+        .collect()
+}
+
+fn random_config(path: &Path, layers: Option<usize>) -> Result<ModelConfig> {
+    let dir = if path.is_dir() {
+        path.to_path_buf()
+    } else if path.file_name().is_some_and(|n| n == "config.json") {
+        path.parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    } else {
+        let dir =
+            std::env::temp_dir().join(format!("fastdllm-bench-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(path, dir.join("config.json"))
+            .with_context(|| format!("reading {}", path.display()))?;
+        dir
+    };
+    let mut cfg = fastdllm_models::load_config(&dir)?;
+    if let Some(n) = layers {
+        if n == 0 {
+            bail!("--layers must be at least 1");
+        }
+        match &mut cfg {
+            ModelConfig::Llada(c) => c.num_layers = n,
+            ModelConfig::Dream(c) => c.num_layers = n,
+        }
+    }
+    Ok(cfg)
+}
+
+pub fn run(a: BenchArgs) -> Result<ExitCode> {
+    let device = a.model.device.device()?;
+    let dtype = a.model.dtype.dtype();
+    let (mut matrix, warmup, repeats) = match a.preset {
+        Preset::Smoke => (
+            Matrix {
+                caches: CacheMode::ALL.to_vec(),
+                rules: vec![Unmask::Fixed, Unmask::Threshold { threshold: 0.9 }],
+                gen_lengths: vec![32],
+                block_lengths: vec![8],
+                batches: vec![1],
+                prompt_lens: vec![None],
+            },
+            1,
+            3,
+        ),
+        Preset::CacheCpu => (
+            Matrix {
+                caches: CacheMode::ALL.to_vec(),
+                rules: vec![Unmask::Fixed],
+                gen_lengths: vec![256],
+                block_lengths: vec![32],
+                batches: vec![1],
+                prompt_lens: vec![Some(256)],
+            },
+            0,
+            1,
+        ),
+    };
+    let bm = match (&a.random_weights, &a.model.model, a.preset) {
+        (Some(path), _, _) => {
+            let cfg = random_config(path, a.layers)?;
+            let name = format!(
+                "random:{}{}",
+                path.display(),
+                a.layers
+                    .map(|n| format!(" ({n} layers)"))
+                    .unwrap_or_default()
+            );
+            if a.prompt_len.is_none() {
+                matrix.prompt_lens = vec![Some(256)];
+            }
+            BenchModel::random(name, cfg, &device, dtype, a.seed)?
+        }
+        (None, None, Preset::CacheCpu) => {
+            let mut cfg = bench::cache_cpu_config();
+            if let (Some(n), ModelConfig::Llada(c)) = (a.layers, &mut cfg) {
+                c.num_layers = n;
+            }
+            BenchModel::random(
+                "random:cache-cpu (h512 l8 v32000)".into(),
+                cfg,
+                &device,
+                dtype,
+                a.seed,
+            )?
+        }
+        (None, _, _) => BenchModel::load(&a.model.dir(), &device, dtype, &a.prompt)?,
+    };
+    if let Some(c) = &a.cache {
+        matrix.caches = parse_list(c, "cache")?;
+    }
+    if let Some(r) = &a.rule {
+        matrix.rules = parse_list(r, "rule")?;
+    }
+    if let Some(g) = &a.gen_length {
+        matrix.gen_lengths = g.clone();
+    }
+    if let Some(b) = &a.block_length {
+        matrix.block_lengths = b.clone();
+    }
+    if let Some(b) = &a.batch {
+        matrix.batches = b.clone();
+    }
+    if let Some(p) = &a.prompt_len {
+        matrix.prompt_lens = p.iter().map(|&n| Some(n)).collect();
+    }
+    let opts = RunOptions {
+        warmup: a.warmup.unwrap_or(warmup),
+        repeats: a.repeats.unwrap_or(repeats).max(1),
+        max_blocks: a.max_blocks,
+        seed: a.seed,
+    };
+    let settings = matrix.settings();
+    if settings.is_empty() {
+        bail!("the matrix is empty (every block length must divide a gen length)");
+    }
+    eprintln!("measuring memory bandwidth ...");
+    let machine = Machine::measure(&device)?;
+    eprintln!(
+        "{} on {}: {:.1} GB/s; {} settings",
+        bm.name,
+        machine.device_name,
+        machine.bandwidth / 1e9,
+        settings.len()
+    );
+    let bar = ProgressBar::with_draw_target(
+        Some(settings.len() as u64),
+        if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}] {msg}")
+    {
+        bar.set_style(style);
+    }
+    let mut out = std::fs::File::create(&a.out_json)
+        .with_context(|| format!("creating {}", a.out_json.display()))?;
+    let mut records = Vec::new();
+    for s in &settings {
+        let label = format!(
+            "g{} b{} {} {} x{}",
+            s.gen_length,
+            s.block_length,
+            s.cache,
+            s.rule.label(),
+            s.batch
+        );
+        bar.set_message(label.clone());
+        let r = bench::run_setting(&bm, &machine, s, &opts)
+            .with_context(|| format!("setting {label}"))?;
+        let mut line = serde_json::to_string(&r)?;
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
+        out.flush()?;
+        bar.suspend(|| {
+            eprintln!(
+                "{:<40} nfe {:>5}  {:>9.1} ms  {:>8.2} ms/step  {:>8.1} out tok/s{}",
+                r.label(),
+                r.nfe,
+                r.wall_ms,
+                r.ms_per_step,
+                r.output_tokens_per_s,
+                r.step_latency
+                    .iter()
+                    .map(|(k, st)| format!("  {k} p50 {:.2} ms", st.p50_ms))
+                    .collect::<String>()
+            )
+        });
+        records.push(r);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    std::fs::write(&a.out_html, bench::report::html(&records))
+        .with_context(|| format!("writing {}", a.out_html.display()))?;
+    eprintln!(
+        "wrote {} and {}",
+        a.out_json.display(),
+        a.out_html.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
