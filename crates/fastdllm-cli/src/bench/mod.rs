@@ -472,7 +472,10 @@ pub fn run_setting(
     let peak = if device.is_cpu() && reset {
         system::peak_rss_bytes()
     } else {
-        None
+        // GPU: the largest device-wide usage sampled after every timed forward.
+        runs.iter()
+            .flat_map(|r| r.timings.iter().filter_map(|t| t.device_used_bytes))
+            .max()
     };
     let seq_len = prompt_len + s.gen_length;
     let mut by_kind: BTreeMap<&'static str, (Vec<f64>, Vec<usize>)> = BTreeMap::new();

@@ -24,6 +24,9 @@ pub struct ForwardTiming {
     pub window_len: usize,
     /// Wall time of the forward, seconds (device synchronised).
     pub secs: f64,
+    /// Device memory in use right after the forward (CUDA only; see
+    /// [`super::system::device_memory_used`]).
+    pub device_used_bytes: Option<u64>,
 }
 
 /// Times the forwards of the wrapped model.
@@ -91,6 +94,7 @@ impl DiffusionLm for TimedModel<'_> {
         let logits = self.inner.forward(input, kv)?;
         device.synchronize()?;
         let secs = start.elapsed().as_secs_f64();
+        let device_used_bytes = super::system::device_memory_used(device);
         let window_len = input.tokens.dim(1)?;
         if let Ok(mut l) = self.log.lock() {
             l.push(ForwardTiming {
@@ -98,6 +102,7 @@ impl DiffusionLm for TimedModel<'_> {
                 window_start: input.window_start,
                 window_len,
                 secs,
+                device_used_bytes,
             });
         }
         Ok(logits)
