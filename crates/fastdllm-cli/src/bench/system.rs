@@ -213,6 +213,19 @@ pub fn timestamp_utc() -> String {
     )
 }
 
+/// Device memory in use on a CUDA device (total minus free, device-wide, so it includes the CUDA
+/// context and candle's buffers); `None` on other devices.
+pub fn device_memory_used(device: &Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        return candle_core::cuda_backend::cudarc::driver::result::mem_get_info()
+            .ok()
+            .map(|(free, total)| total.saturating_sub(free) as u64);
+    }
+    let _ = device;
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,17 +246,4 @@ mod tests {
     fn bandwidth_is_positive() {
         assert!(cpu_read_bandwidth(1 << 20, 2) > 0.0);
     }
-}
-
-/// Device memory in use on a CUDA device (total minus free, device-wide, so it includes the CUDA
-/// context and candle's buffers); `None` on other devices.
-pub fn device_memory_used(device: &Device) -> Option<u64> {
-    #[cfg(feature = "cuda")]
-    if device.is_cuda() {
-        return candle_core::cuda_backend::cudarc::driver::result::mem_get_info()
-            .ok()
-            .map(|(free, total)| total.saturating_sub(free) as u64);
-    }
-    let _ = device;
-    None
 }
