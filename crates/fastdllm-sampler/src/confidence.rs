@@ -209,12 +209,58 @@ pub fn exclude_from_argmax(t: &Tensor, token: Option<u32>) -> candle_core::Resul
     hit.where_cond(&neg, t)
 }
 
+impl LladaProposer {
+    /// Greedy proposals with their f64 softmax probability in one pass per row on the host:
+    /// the same quantities as the tensor path (`exp(l - max) * (1 / sum)`, first index on
+    /// ties) without its dozen full-size f64 temporaries. CPU only, where the logits are host
+    /// memory already (host work per step 17.0 -> 8.7 ms at 32 x 32000 logits, docs/BENCHMARKS.md).
+    fn propose_greedy_host(&self, logits: &Tensor) -> CoreResult<Vec<Vec<Proposal>>> {
+        let (b, r, v) = logits.dims3()?;
+        let flat = logits
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let excluded = self.never_propose.map(|t| t as usize);
+        let rows: Vec<Proposal> = flat
+            .chunks_exact(v)
+            .map(|row| {
+                let mut best: Option<usize> = None;
+                let mut max = f32::NEG_INFINITY;
+                for (i, &x) in row.iter().enumerate() {
+                    max = max.max(x);
+                    if Some(i) != excluded && best.is_none_or(|j| x > row[j]) {
+                        best = Some(i);
+                    }
+                }
+                let token = best.unwrap_or(0);
+                let m = f64::from(max);
+                let sum: f64 = row.iter().map(|&x| (f64::from(x) - m).exp()).sum();
+                Proposal {
+                    token: token as u32,
+                    confidence: (f64::from(row[token]) - m).exp() * sum.recip(),
+                }
+            })
+            .collect();
+        Ok(rows
+            .chunks(r.max(1))
+            .take(b)
+            .map(<[Proposal]>::to_vec)
+            .collect())
+    }
+}
+
 impl Proposer for LladaProposer {
     fn propose(&mut self, logits: &Tensor, rngs: &mut [Rng]) -> CoreResult<Vec<Vec<Proposal>>> {
         let (b, r, v) = logits.dims3()?;
         check_rngs(rngs, b)?;
         if r == 0 || v == 0 {
             return Ok(vec![Vec::new(); b]);
+        }
+        if logits.device().is_cpu()
+            && self.temperature == 0.0
+            && self.remasking == Remasking::LowConfidence
+        {
+            return self.propose_greedy_host(logits);
         }
         let l64 = logits.to_dtype(DType::F64)?;
         let tokens = if self.temperature > 0.0 {
@@ -789,5 +835,39 @@ mod tests {
                 .token,
             2
         );
+    }
+
+    #[test]
+    fn llada_host_greedy_path_equals_the_tensor_formula() {
+        let mut rng = Rng::new(11);
+        let v = 300;
+        let data: Vec<f32> = (0..2 * 3 * v)
+            .map(|_| (rng.open01() as f32 - 0.5) * 20.0)
+            .collect();
+        let logits = Tensor::from_vec(data, (2, 3, v), &Device::Cpu).unwrap();
+        let got = LladaProposer::new(0.0, Remasking::LowConfidence)
+            .propose(&logits, &mut [Rng::new(0), Rng::new(1)])
+            .unwrap();
+        let l64 = logits.to_dtype(DType::F64).unwrap();
+        let max = l64.max_keepdim(D::Minus1).unwrap();
+        let e = l64.broadcast_sub(&max).unwrap().exp().unwrap();
+        let inv = e.sum_keepdim(D::Minus1).unwrap().recip().unwrap();
+        let tokens = first_argmax(&l64).unwrap();
+        let idx = tokens.unsqueeze(D::Minus1).unwrap().contiguous().unwrap();
+        let conf = (e.gather(&idx, D::Minus1).unwrap() * inv)
+            .unwrap()
+            .squeeze(D::Minus1)
+            .unwrap();
+        let (tokens, conf) = (
+            tokens.to_vec2::<u32>().unwrap(),
+            conf.to_vec2::<f64>().unwrap(),
+        );
+        for bi in 0..2 {
+            for ri in 0..3 {
+                assert_eq!(got[bi][ri].token, tokens[bi][ri]);
+                let (a, b) = (got[bi][ri].confidence, conf[bi][ri]);
+                assert!((a - b).abs() <= 1e-15 * b.abs(), "{a} vs {b}");
+            }
+        }
     }
 }
