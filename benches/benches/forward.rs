@@ -5,9 +5,9 @@
 //! Names: `{device}_{dtype}/forward/{kind}_p{prompt}_g{gen}_b{block}`; throughput = positions
 //! forwarded.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fastdllm_benches::{config_for, devices, prefix, prompt_ids, time_iters};
+use fastdllm_benches::{bench_model, devices, prefix, prompt_ids, time_iters};
 use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
 use fastdllm_core::{CachePolicy, ForwardInput, ForwardPlan, KvAccess, KvShape, Positions};
 
@@ -34,20 +34,11 @@ fn input(
 
 fn bench_forward(c: &mut Criterion) {
     for device in devices() {
-        let dtype = if device.is_cpu() {
-            DType::F32
-        } else {
-            DType::BF16
-        };
-        let cfg = config_for(&device);
+        let (model, dtype, _) = bench_model(&device);
         let (prompt, gen, block) = if device.is_cpu() {
             (64usize, 64usize, 16usize)
         } else {
             (256, 256, 32)
-        };
-        let model = match fastdllm_models::random_model(&cfg, &device, dtype, 0) {
-            Ok(m) => m,
-            Err(e) => panic!("random model: {e}"),
         };
         let spec = model.spec().clone();
         let seq_len = prompt + gen;

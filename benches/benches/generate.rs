@@ -4,9 +4,8 @@
 //! Names: `{device}_{dtype}/generate/{cache}_b{block}_{rule}` (`fixed`, `t0.9`), e.g.
 //! `cpu_f32/generate/dual_b32_t0.9`; throughput = generated tokens.
 
-use candle_core::DType;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fastdllm_benches::{config_for, devices, prefix, prompt_ids, time_iters};
+use fastdllm_benches::{bench_model, devices, prefix, prompt_ids, time_iters};
 use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_cli::engine::{self, GenerationSettings};
 use fastdllm_core::{DecodeConfig, GenerateOptions};
@@ -14,20 +13,11 @@ use fastdllm_sampler::{ProposerConfig, Unmask};
 
 fn bench_generate(c: &mut Criterion) {
     for device in devices() {
-        let dtype = if device.is_cpu() {
-            DType::F32
-        } else {
-            DType::BF16
-        };
-        let cfg = config_for(&device);
+        let (model, dtype, cfg) = bench_model(&device);
         let (prompt_len, gen, block) = if device.is_cpu() {
             (32usize, 64usize, 32usize)
         } else {
             (256, 256, 32)
-        };
-        let model = match fastdllm_models::random_model(&cfg, &device, dtype, 0) {
-            Ok(m) => m,
-            Err(e) => panic!("random model: {e}"),
         };
         let prompts = vec![prompt_ids(prompt_len, cfg.vocab_size())];
         let mut g = c.benchmark_group(format!("{}/generate", prefix(&device, dtype)));

@@ -109,6 +109,27 @@ pub fn config_for(device: &Device) -> ModelConfig {
     }
 }
 
+/// The bench model of `device`: random weights of [`config_for`], f32 on CPU and bf16 on a GPU.
+/// Returns the model, its dtype and its config.
+pub fn bench_model(
+    device: &Device,
+) -> (
+    std::sync::Arc<dyn fastdllm_core::DiffusionLm>,
+    DType,
+    ModelConfig,
+) {
+    let dtype = if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    };
+    let cfg = config_for(device);
+    match fastdllm_models::random_model(&cfg, device, dtype, 0) {
+        Ok(m) => (m, dtype, cfg),
+        Err(e) => panic!("random model: {e}"),
+    }
+}
+
 /// Deterministic prompt ids in `1..vocab-2` (never mask, EOS or pad).
 pub fn prompt_ids(len: usize, vocab: usize) -> Vec<u32> {
     (0..len)

@@ -254,6 +254,28 @@ pub(crate) fn parse_json<T: DeserializeOwned>(path: &Path, text: &str) -> Result
     serde_json::from_str(text).map_err(|e| Error::json(path, text, &e))
 }
 
+/// The special ids a raw config may leave to `generation_config.json`.
+pub(crate) struct SpecialIds<'a> {
+    pub(crate) mask: &'a mut Option<u32>,
+    pub(crate) pad: &'a mut Option<u32>,
+    pub(crate) bos: &'a mut Option<u32>,
+    pub(crate) eos: &'a mut Option<TokenIds>,
+}
+
+impl SpecialIds<'_> {
+    /// Fills the ids `config.json` lacks from `generation_config.json`; EOS ids are merged.
+    pub(crate) fn fill_from(self, generation: &RawGenerationConfig) {
+        *self.mask = self.mask.or(generation.mask_token_id);
+        *self.pad = self.pad.or(generation.pad_token_id);
+        *self.bos = self.bos.or(generation.bos_token_id);
+        if let Some(extra) = &generation.eos_token_id {
+            let mut ids = self.eos.as_ref().map(TokenIds::to_vec).unwrap_or_default();
+            push_unique(&mut ids, extra.to_vec());
+            *self.eos = Some(TokenIds::Many(ids));
+        }
+    }
+}
+
 /// Appends the ids of `extra` that `list` does not have yet.
 pub(crate) fn push_unique(list: &mut Vec<u32>, extra: impl IntoIterator<Item = u32>) {
     for id in extra {

@@ -21,7 +21,7 @@ use fastdllm_core::{DiffusionLm, ForwardInput, KvView, ModelFamily, ModelSpec};
 use serde::Deserialize;
 
 use crate::config::{
-    push_unique, CommonFields, FieldNames, RawGenerationConfig, TokenIds, CANONICAL_NAMES,
+    CommonFields, FieldNames, RawGenerationConfig, SpecialIds, TokenIds, CANONICAL_NAMES,
 };
 use crate::layers::decoder::{check_rows, Decoder, DecoderDims, TensorLayout};
 use crate::layers::rope::RopePrecision;
@@ -84,18 +84,13 @@ pub struct RawDreamConfig {
 impl RawDreamConfig {
     /// Fills ids that `config.json` lacks from `generation_config.json`; EOS ids are merged.
     pub fn fill_from_generation(&mut self, generation: &RawGenerationConfig) {
-        self.mask_token_id = self.mask_token_id.or(generation.mask_token_id);
-        self.pad_token_id = self.pad_token_id.or(generation.pad_token_id);
-        self.bos_token_id = self.bos_token_id.or(generation.bos_token_id);
-        if let Some(extra) = &generation.eos_token_id {
-            let mut ids = self
-                .eos_token_id
-                .as_ref()
-                .map(TokenIds::to_vec)
-                .unwrap_or_default();
-            push_unique(&mut ids, extra.to_vec());
-            self.eos_token_id = Some(TokenIds::Many(ids));
+        SpecialIds {
+            mask: &mut self.mask_token_id,
+            pad: &mut self.pad_token_id,
+            bos: &mut self.bos_token_id,
+            eos: &mut self.eos_token_id,
         }
+        .fill_from(generation);
     }
 }
 
