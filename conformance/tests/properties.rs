@@ -380,3 +380,58 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(16), ..ProptestConfig::default() })]
+
+    /// Continuous batching: rows that join a running batch between blocks (at random rounds, with
+    /// their own answer length, rule and seed) and leave when done produce exactly their solo
+    /// outputs: ids, NFE, unmask order and tokens per step, for every cache mode.
+    #[test]
+    fn rows_joining_between_blocks_equal_solo(dream in any::<bool>(),
+                        rows in proptest::collection::vec((0usize..4, 0u64..1000, 0usize..4, 0usize..3, any::<bool>()), 2..5),
+                        mode in 0usize..3, b8 in any::<bool>()) {
+        let m = fixture(if dream { "dream-tiny" } else { "llada-tiny" });
+        let b = if b8 { 8 } else { 4 };
+        // Dream rows share a batch only with rules of the same score (probability here).
+        let rule = |k: usize| match k {
+            0 if dream => Unmask::Factor { factor: 1.0 },
+            0 => Unmask::Fixed,
+            1 => Unmask::Threshold { threshold: 0.9 },
+            _ if dream => Unmask::Threshold { threshold: 0.7 },
+            _ => Unmask::Factor { factor: 1.0 },
+        };
+        let base = settings(16, b, 16, CacheMode::ALL[mode], rule(1));
+        let row_settings = |r: usize, seed: u64, long: bool| {
+            let g = if long { 32 } else { 16 };
+            GenerationSettings { seed, ..settings(g, b, g, CacheMode::ALL[mode], rule(r)) }
+        };
+        let model = m.model.as_ref();
+        let mut session = engine::Session::new(model, &base, GenerateOptions::default()).unwrap();
+        let mut outs = vec![None; rows.len()];
+        let mut ids = Vec::new();
+        let mut round = 0usize;
+        loop {
+            for (i, &(kind, salt, at, r, long)) in rows.iter().enumerate() {
+                if at == round {
+                    let s = row_settings(r, salt, long);
+                    let id = session.admit(&task_prompt(kind, salt, m), &s).unwrap();
+                    ids.push((id, i));
+                }
+            }
+            if session.is_empty() && round > 3 {
+                break;
+            }
+            for done in session.run_block(model, &mut |_| fastdllm_core::Control::Continue).unwrap() {
+                let i = ids.iter().find(|(id, _)| *id == done.id).unwrap().1;
+                outs[i] = Some(done.output);
+            }
+            round += 1;
+        }
+        for (i, &(kind, salt, _, r, long)) in rows.iter().enumerate() {
+            let s = row_settings(r, salt, long);
+            let solo = run(model, &[task_prompt(kind, salt, m)], &s, false);
+            prop_assert_eq!(outs[i].as_ref().unwrap(), &solo.rows[0], "row {} of {:?}", i, rows);
+        }
+    }
+}

@@ -3,8 +3,8 @@
 use anyhow::{bail, Context, Result};
 use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
 use fastdllm_core::{
-    generate_with, Control, DecodeConfig, Decoder, DiffusionLm, GenerateOptions, Generation,
-    ModelFamily, Rng, StepEvent, TokenId, UnmaskPolicy,
+    BlockBatch, Control, DecodeConfig, Decoder, DiffusionLm, FinishedRow, GenerateOptions,
+    Generation, ModelFamily, Proposer, Rng, RowId, RowOutput, StepEvent, TokenId,
 };
 use fastdllm_sampler::{PerRow, ProposerConfig, Unmask};
 
@@ -63,15 +63,16 @@ pub fn run(
     })
 }
 
-/// Whether two settings can share a batch in [`run_rows`]: everything but the unmasking rule and
-/// the seed must agree (the rule only where it picks Dream's score, see
-/// [`fastdllm_sampler::ProposerConfig::build`]).
+/// Whether two settings can share a batch ([`run_rows`], [`Session`]): the same cache settings
+/// and proposer, decode settings that [share blocks](DecodeConfig::shares_blocks_with) (the
+/// answer length may differ), and for Dream the same score; the unmasking rule and the seed may
+/// differ (see [`fastdllm_sampler::ProposerConfig::build`]).
 pub fn batch_compatible(
     a: &GenerationSettings,
     b: &GenerationSettings,
     family: ModelFamily,
 ) -> bool {
-    a.decode == b.decode
+    a.decode.shares_blocks_with(&b.decode)
         && a.cache == b.cache
         && a.proposer == b.proposer
         && (family != ModelFamily::Dream || a.unmask.dream_score() == b.unmask.dream_score())
@@ -90,8 +91,6 @@ pub fn run_rows(
     opts: &GenerateOptions,
     on_step: &mut dyn FnMut(&StepEvent<'_>) -> Control,
 ) -> Result<Generation> {
-    let family = model.spec().family;
-    settings.validate(family)?;
     if seeds.len() != prompts.len() || unmasks.len() != prompts.len() {
         bail!(
             "{} seeds and {} unmasking rules for {} prompts",
@@ -100,46 +99,132 @@ pub fn run_rows(
             prompts.len()
         );
     }
-    for u in unmasks {
+    if prompts.is_empty() {
+        bail!("the batch has no prompt");
+    }
+    let mut session = Session::new(model, settings, *opts)?;
+    for ((p, u), &seed) in prompts.iter().zip(unmasks).zip(seeds) {
         let row = GenerationSettings {
             unmask: *u,
+            seed,
             ..settings.clone()
         };
-        if !batch_compatible(settings, &row, family) {
+        session.admit(p, &row)?;
+    }
+    let mut rows: Vec<Option<RowOutput>> = vec![None; prompts.len()];
+    while !session.is_empty() {
+        for done in session.run_block(model, on_step)? {
+            rows[done.id] = Some(done.output);
+        }
+    }
+    Ok(Generation {
+        rows: rows
+            .into_iter()
+            .map(|r| r.context("a row never finished"))
+            .collect::<Result<_>>()?,
+        nfe: session.batch.forwards(),
+        trace: session.batch.take_trace(),
+    })
+}
+
+/// A running batch that rows join and leave between blocks ([`BlockBatch`]), with the cache,
+/// proposer and per-row unmasking policies built from [`GenerationSettings`]. Rows may differ in
+/// answer length, unmasking rule and seed ([`batch_compatible`]); row ids follow admission order
+/// from 0.
+pub struct Session {
+    settings: GenerationSettings,
+    family: ModelFamily,
+    batch: BlockBatch,
+    cache: BlockCache,
+    proposer: Box<dyn Proposer + Send>,
+    unmask: PerRow,
+}
+
+impl Session {
+    /// An empty session for `settings` (validated; its unmasking rule and seed are only the
+    /// defaults of [`Session::compatible`]).
+    pub fn new(
+        model: &dyn DiffusionLm,
+        settings: &GenerationSettings,
+        opts: GenerateOptions,
+    ) -> Result<Self> {
+        let spec = model.spec();
+        settings.validate(spec.family)?;
+        let proposer =
+            settings
+                .proposer
+                .build_for_model(spec.family, &settings.unmask, spec.mask_token_id)?;
+        Ok(Session {
+            settings: settings.clone(),
+            family: spec.family,
+            batch: BlockBatch::new(spec, &settings.decode, opts)?,
+            cache: BlockCache::new(settings.cache)?,
+            proposer,
+            unmask: PerRow::default(),
+        })
+    }
+
+    /// Whether a request with `settings` can join this session.
+    pub fn compatible(&self, settings: &GenerationSettings) -> bool {
+        batch_compatible(&self.settings, settings, self.family)
+    }
+
+    /// Adds a row (its own unmasking rule and seed from `settings`); it starts at the next
+    /// [`Session::run_block`]. Errors on incompatible settings or an invalid prompt.
+    pub fn admit(&mut self, prompt: &[TokenId], settings: &GenerationSettings) -> Result<RowId> {
+        if !self.compatible(settings) {
             bail!(
-                "unmasking rule {u} cannot share a batch with {} (Dream scores differ)",
-                settings.unmask
+                "settings {} cannot share a batch with {} (decode, cache and proposer settings, and \
+                 Dream's score, must agree)",
+                settings.label(),
+                self.settings.label()
             );
         }
-        row.validate(family)?;
+        settings.validate(self.family)?;
+        let policy = settings.unmask.build(self.family, settings.seed)?;
+        let id = self
+            .batch
+            .admit_with(prompt, &settings.decode, Rng::new(settings.seed))?;
+        self.unmask.insert(id, policy);
+        Ok(id)
     }
-    let mut cache = BlockCache::new(settings.cache)?;
-    let rows: Vec<Box<dyn UnmaskPolicy + Send>> = unmasks
-        .iter()
-        .zip(seeds)
-        .map(|(u, &s)| u.build(family, s))
-        .collect::<fastdllm_sampler::Result<_>>()?;
-    let mut unmask = PerRow::new(rows);
-    let mut proposer =
-        settings
-            .proposer
-            .build_for_model(family, &settings.unmask, model.spec().mask_token_id)?;
-    let mut rngs: Vec<Rng> = seeds.iter().map(|&s| Rng::new(s)).collect();
-    let dec = Decoder {
-        cache: &mut cache,
-        proposer: proposer.as_mut(),
-        unmask: &mut unmask,
-    };
-    generate_with(
-        model,
-        prompts,
-        &settings.decode,
-        dec,
-        &mut rngs,
-        opts,
-        on_step,
-    )
-    .context("generation failed")
+
+    /// Drops row `id` (a cancelled request); `false` if it is not running.
+    pub fn remove(&mut self, id: RowId) -> bool {
+        self.unmask.remove(id);
+        self.batch.remove(id)
+    }
+
+    /// Rows running.
+    pub fn len(&self) -> usize {
+        self.batch.len()
+    }
+
+    /// No row running.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    /// One round: every row decodes its next block; returns the rows that finished.
+    pub fn run_block(
+        &mut self,
+        model: &dyn DiffusionLm,
+        on_step: &mut dyn FnMut(&StepEvent<'_>) -> Control,
+    ) -> Result<Vec<FinishedRow>> {
+        let mut dec = Decoder {
+            cache: &mut self.cache,
+            proposer: self.proposer.as_mut(),
+            unmask: &mut self.unmask,
+        };
+        let done = self
+            .batch
+            .run_block(model, &mut dec, on_step)
+            .context("generation failed")?;
+        for row in &done {
+            self.unmask.remove(row.id);
+        }
+        Ok(done)
+    }
 }
 
 /// The answer up to (not including) the first end-of-sequence id.

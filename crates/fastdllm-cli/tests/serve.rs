@@ -468,20 +468,30 @@ fn overload_is_429() {
     }
 }
 
+/// Starts a streaming completion over raw TCP (so the test can hang up): the socket and a reader
+/// of the response.
+fn open_stream(addr: std::net::SocketAddr, body: &Value) -> (TcpStream, BufReader<TcpStream>) {
+    let body = body.to_string();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let reader = BufReader::new(s.try_clone().unwrap());
+    (s, reader)
+}
+
 #[test]
 fn disconnect_cancels_and_does_not_block_others() {
     let srv = start_with(|c| c.max_batch = 1);
     let url = srv.url();
     // A long streaming request; read its first event, then hang up.
-    let body = json!({"prompt": "copy 3dbk......=", "gen_length": 480, "block_length": 8, "stream": true, "provisional": true}).to_string();
-    let head = format!(
-        "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
+    let (s, mut reader) = open_stream(
+        srv.addr,
+        &json!({"prompt": "copy 3dbk......=", "gen_length": 480, "block_length": 8, "stream": true, "provisional": true}),
     );
-    let mut s = TcpStream::connect(srv.addr).unwrap();
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body.as_bytes()).unwrap();
-    let mut reader = BufReader::new(s.try_clone().unwrap());
     let mut line = String::new();
     while reader.read_line(&mut line).unwrap() > 0 {
         if line.starts_with("data:") {
@@ -542,8 +552,8 @@ fn observer_sees_committed_blocks_and_can_stop() {
         &GenerateOptions::default(),
         &mut |ev| {
             if ev.block_complete {
-                done_blocks.push(ev.block_idx);
-                snapshots.push(ev.answer(0)[..ev.answer_block.end].to_vec());
+                done_blocks.push(ev.round);
+                snapshots.push(ev.answer(0)[..ev.answer_block(0).end].to_vec());
             }
             Control::Continue
         },
@@ -588,4 +598,66 @@ fn observer_sees_committed_blocks_and_can_stop() {
         "{err:#}"
     );
     assert_eq!(steps, 3);
+}
+
+#[test]
+fn requests_join_a_running_batch_between_blocks() {
+    let loaded = load();
+    let srv = start();
+    let url = srv.url();
+    // A long streaming request; once its first block has streamed, the batch is running.
+    let (s, mut reader) = open_stream(
+        srv.addr,
+        &json!({"prompt": "copy 3dbk......=", "gen_length": 480, "block_length": 8, "stream": true, "threshold": 0.9}),
+    );
+    let mut next_data = || {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(reader.read_line(&mut line).unwrap() > 0, "stream ended");
+            if line.starts_with("data:") {
+                return line.clone();
+            }
+        }
+    };
+    let first = next_data();
+    assert!(first.contains("3dbk"), "{first}");
+    // Two requests with other prompts, answer lengths and rules (same block schedule) join the
+    // running batch, finish and leave while the long one goes on; each equals its solo run.
+    let joiners = [
+        (
+            "inc 370230....=",
+            json!({"gen_length": 32, "block_length": 8}),
+        ),
+        (
+            "4+9=",
+            json!({"gen_length": 16, "block_length": 8, "factor": 1.0}),
+        ),
+    ];
+    let handles: Vec<_> = joiners
+        .iter()
+        .map(|(prompt, knobs)| {
+            let u = format!("{url}/v1/completions");
+            let mut b = knobs.clone();
+            b["prompt"] = json!(prompt);
+            std::thread::spawn(move || post_json(&u, &b))
+        })
+        .collect();
+    for ((prompt, knobs), h) in joiners.iter().zip(handles) {
+        let (st, v) = h.join().unwrap();
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(
+            v["choices"][0]["text"],
+            solo(&loaded, prompt, knobs),
+            "{prompt}"
+        );
+    }
+    let (_, h) = get(&format!("{url}/health"));
+    assert_eq!(h["stats"]["batches"], 1, "{h}");
+    assert_eq!(h["stats"]["joined_rows"], 2, "{h}");
+    assert!(h["stats"]["max_batch"].as_u64().unwrap() >= 2, "{h}");
+    // The long request is still streaming after the others left; then its client hangs up.
+    let _ = next_data();
+    drop(reader);
+    s.shutdown(std::net::Shutdown::Both).unwrap();
 }

@@ -87,6 +87,16 @@ impl DecodeConfig {
             .unwrap_or(self.block_length + self.steps_per_block() + 1)
     }
 
+    /// Whether rows with `self` and `other` can decode side by side in one
+    /// [`crate::BlockBatch`]: the same block length, steps per block, step cap and block-start
+    /// rule (the answer lengths may differ).
+    pub fn shares_blocks_with(&self, other: &DecodeConfig) -> bool {
+        self.block_length == other.block_length
+            && self.steps_per_block() == other.steps_per_block()
+            && self.step_cap() == other.step_cap()
+            && self.force_block_start == other.force_block_start
+    }
+
     /// Whether block starts are force-committed for `spec`.
     pub fn forces_block_start(&self, spec: &ModelSpec) -> bool {
         self.force_block_start.unwrap_or(spec.shifted_logits())

@@ -10,19 +10,21 @@
 //! reference; the June-2025 snapshot wasted one NFE per block). With shifted-logit models (Dream)
 //! step 0 commits exactly the block start ([`DecodeConfig::forces_block_start`]).
 //!
-//! Batching (beyond the reference, which gets it wrong: Fast-dLLM issues #7, #39, #40): prompts
-//! of different lengths are **left-padded** with the model's pad id to a common length `P`, so all
-//! rows share the block ranges. Pad keys get a large negative attention bias, and each row's RoPE
+//! Batching (beyond the reference, which gets it wrong: Fast-dLLM issues #7, #39, #40): rows are
+//! padded so that their current blocks share canvas columns ([`crate::canvas`]: left padding when
+//! all rows start together). Pad keys get a large negative attention bias, and each row's RoPE
 //! positions are its own token indices (pads excluded), so a row computes what it computes alone.
 //! Each row has its own step counter, NFE, RNG and completion state: a row is *active* in a
 //! forward exactly when it would have run that forward alone, so its outputs, its `unmask_step`
 //! and its `nfe` are those of a solo run. (The reference instead uses absolute positions with the
-//! pads included, and LLaDA attends to pads.)
+//! pads included, and LLaDA attends to pads.) Rows may join a running batch between blocks and
+//! leave when done ([`BlockBatch`]); [`generate()`] admits every row before the first block.
 
 use candle_core::{DType, Tensor};
 
-use crate::config::{BlockSchedule, DecodeConfig};
-use crate::model::{DiffusionLm, ForwardInput, PassthroughKv, Positions};
+use crate::canvas::{Canvas, RowLayout};
+use crate::config::DecodeConfig;
+use crate::model::{DiffusionLm, ModelSpec, PassthroughKv};
 use crate::policy::{
     CachePolicy, Candidate, ForwardPlan, KvShape, Proposer, Selection, StepAt, StepInfo,
     UnmaskPolicy,
@@ -30,9 +32,6 @@ use crate::policy::{
 use crate::rng::Rng;
 use crate::trace::{Commit, DriftStats, StepRecord, Trace};
 use crate::{Error, Result, TokenId};
-
-/// Attention bias of pad keys (finite, so no row can become NaN; candle#3236).
-const PAD_KEY_BIAS: f32 = -1.0e30;
 
 /// The three policies one generation runs with.
 pub struct Decoder<'a> {
@@ -80,121 +79,6 @@ pub struct Generation {
     pub trace: Option<Trace>,
 }
 
-/// Left-padded canvas of a batch.
-struct Canvas {
-    rows: Vec<Vec<TokenId>>,
-    pads: Vec<usize>,
-    prompt_len: usize,
-    mask: TokenId,
-}
-
-impl Canvas {
-    fn new(prompts: &[Vec<TokenId>], gen_length: usize, pad: TokenId, mask: TokenId) -> Self {
-        let prompt_len = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let pads: Vec<usize> = prompts.iter().map(|p| prompt_len - p.len()).collect();
-        let rows = prompts
-            .iter()
-            .zip(&pads)
-            .map(|(p, &n)| {
-                let mut row = vec![pad; n];
-                row.extend_from_slice(p);
-                row.resize(prompt_len + gen_length, mask);
-                row
-            })
-            .collect();
-        Canvas {
-            rows,
-            pads,
-            prompt_len,
-            mask,
-        }
-    }
-
-    fn padded(&self) -> bool {
-        self.pads.iter().any(|&p| p > 0)
-    }
-
-    fn masks_in(&self, row: usize, range: std::ops::Range<usize>) -> usize {
-        self.rows[row][range]
-            .iter()
-            .filter(|&&t| t == self.mask)
-            .count()
-    }
-
-    /// Window tokens, shape `(batch, window_len)`.
-    fn tokens(
-        &self,
-        window: &std::ops::Range<usize>,
-        device: &candle_core::Device,
-    ) -> Result<Tensor> {
-        let flat: Vec<u32> = self
-            .rows
-            .iter()
-            .flat_map(|r| r[window.clone()].iter().copied())
-            .collect();
-        Ok(Tensor::from_vec(
-            flat,
-            (self.rows.len(), window.len()),
-            device,
-        )?)
-    }
-
-    fn positions(
-        &self,
-        window: &std::ops::Range<usize>,
-        device: &candle_core::Device,
-    ) -> Result<Positions> {
-        if !self.padded() {
-            return Ok(Positions::Contiguous {
-                start: window.start,
-            });
-        }
-        let flat: Vec<u32> = self
-            .pads
-            .iter()
-            .flat_map(|&pad| window.clone().map(move |i| i.saturating_sub(pad) as u32))
-            .collect();
-        Ok(Positions::PerRow(Tensor::from_vec(
-            flat,
-            (self.rows.len(), window.len()),
-            device,
-        )?))
-    }
-
-    fn key_bias(&self, device: &candle_core::Device) -> Result<Option<Tensor>> {
-        if !self.padded() {
-            return Ok(None);
-        }
-        let len = self.rows[0].len();
-        let flat: Vec<f32> = self
-            .pads
-            .iter()
-            .flat_map(|&pad| (0..len).map(move |i| if i < pad { PAD_KEY_BIAS } else { 0.0 }))
-            .collect();
-        Ok(Some(Tensor::from_vec(
-            flat,
-            (self.rows.len(), 1, 1, len),
-            device,
-        )?))
-    }
-
-    fn input(
-        &self,
-        window: &std::ops::Range<usize>,
-        rows: &std::ops::Range<usize>,
-        key_bias: &Option<Tensor>,
-        device: &candle_core::Device,
-    ) -> Result<ForwardInput> {
-        Ok(ForwardInput {
-            tokens: self.tokens(window, device)?,
-            positions: self.positions(window, device)?,
-            window_start: window.start,
-            key_bias: key_bias.clone(),
-            logits_rows: rows.start - window.start..rows.end - window.start,
-        })
-    }
-}
-
 /// What the observer of [`generate_with`] decides after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
@@ -205,123 +89,280 @@ pub enum Control {
 }
 
 /// The state after one step (one forward and its commits), given to the observer of
-/// [`generate_with`].
+/// [`generate_with`] and [`BlockBatch::run_block`]. Rows are indexed by their place in the
+/// current round (`0..batch()`); [`StepEvent::row_id`] names them.
 #[derive(Debug)]
 pub struct StepEvent<'a> {
-    /// Index of the current block (0-based).
-    pub block_idx: usize,
-    /// `K = gen_length / block_length`.
-    pub num_blocks: usize,
-    /// The step inside the block (0-based).
+    /// Index of the round (every row runs one block per round; equals the block index when all
+    /// rows started together, as in [`generate`]).
+    pub round: usize,
+    /// The step inside the round's blocks (0-based).
     pub step: usize,
     /// Index of the forward that was just made (batch-wide).
     pub forward_idx: usize,
-    /// Answer positions of the current block (`k*B .. (k+1)*B`).
-    pub answer_block: std::ops::Range<usize>,
     /// Per row: the row's current block is final (no mask left, or its policy ended the block).
     pub row_block_done: &'a [bool],
-    /// Every row's current block is final: the next step (if any) starts the next block.
+    /// Every row's current block is final: the next step (if any) starts the next round.
     pub block_complete: bool,
-    rows: &'a [Vec<TokenId>],
-    prompt_len: usize,
+    rows: &'a [LiveRow],
+    canvas: &'a Canvas,
+    block_length: usize,
 }
 
 impl StepEvent<'_> {
-    /// Rows of the batch.
+    /// Rows of the round.
     pub fn batch(&self) -> usize {
         self.rows.len()
+    }
+
+    /// The id [`BlockBatch::admit`] gave row `r` (its prompt index in [`generate`]).
+    pub fn row_id(&self, r: usize) -> Option<RowId> {
+        self.rows.get(r).map(|row| row.id)
+    }
+
+    /// Index of row `r`'s current block.
+    pub fn block_idx(&self, r: usize) -> Option<usize> {
+        self.rows.get(r).map(|row| row.block_idx)
+    }
+
+    /// Row `r`'s number of blocks, `K = gen_length / block_length`.
+    pub fn num_blocks(&self, r: usize) -> Option<usize> {
+        self.rows.get(r).map(|row| row.num_blocks)
+    }
+
+    /// Answer positions of row `r`'s current block (`k*B .. (k+1)*B`).
+    pub fn answer_block(&self, r: usize) -> std::ops::Range<usize> {
+        let k = self.block_idx(r).unwrap_or(0);
+        k * self.block_length..(k + 1) * self.block_length
     }
 
     /// Row `r`'s `gen_length` answer positions as of now (the mask id where nothing is
     /// committed yet). Positions of completed blocks are final.
     pub fn answer(&self, r: usize) -> &[TokenId] {
-        self.rows.get(r).map_or(&[], |row| &row[self.prompt_len..])
+        if r >= self.rows.len() {
+            return &[];
+        }
+        self.canvas.answer(r)
     }
 }
 
-/// Generates `gen_length` tokens after each prompt.
+/// Names a row of a [`BlockBatch`]: ids are given in admission order from 0 and never reused.
+/// [`StepInfo::row`] carries it, so per-row policies (`fastdllm_sampler::PerRow`) can follow a
+/// row through rounds in which its place in the batch changes.
+pub type RowId = usize;
+
+/// A row that finished its last block.
+#[derive(Debug, Clone)]
+pub struct FinishedRow {
+    /// Its id.
+    pub id: RowId,
+    /// Its output (what it would have produced alone).
+    pub output: RowOutput,
+    /// Its random stream after the generation.
+    pub rng: Rng,
+}
+
+/// One row of a [`BlockBatch`].
+#[derive(Debug)]
+struct LiveRow {
+    id: RowId,
+    /// Prompt then answer (mask ids where nothing is committed).
+    tokens: Vec<TokenId>,
+    prompt_len: usize,
+    /// Finished blocks.
+    block_idx: usize,
+    /// Its `gen_length / block_length`.
+    num_blocks: usize,
+    rng: Rng,
+    out: RowOutput,
+}
+
+/// A batch that rows join and leave between blocks (step-level continuous batching).
 ///
-/// `rngs` holds one generator per prompt (see [`Rng::row_seed`]). Errors on invalid settings,
-/// invalid prompts, a policy breaking its contract, or a block exceeding the step cap.
-pub fn generate(
-    model: &dyn DiffusionLm,
-    prompts: &[Vec<TokenId>],
-    cfg: &DecodeConfig,
-    dec: Decoder<'_>,
-    rngs: &mut [Rng],
-    opts: &GenerateOptions,
-) -> Result<Generation> {
-    generate_with(model, prompts, cfg, dec, rngs, opts, &mut |_| {
-        Control::Continue
-    })
+/// Each [`BlockBatch::run_block`] is one *round*: every row decodes its own next block, all rows
+/// in lock-step forwards (a row whose block is final sits out the remaining steps, as in a solo
+/// run). Rows admitted between rounds start at their block 0 next to rows that are further on;
+/// rows that finished their last block leave at the end of the round. The canvas is re-laid each
+/// round so that all current blocks share canvas columns ([`crate::canvas`]); every block starts
+/// with a full forward in every cache mode, which computes the K/V of the newcomers' prompts, so
+/// a row's output equals its solo output whenever it joins. The K/V store is prepared once per
+/// round and only reallocated when the round's shape changes (never inside a block).
+///
+/// [`generate`] is this with every row admitted before the first round.
+#[derive(Debug)]
+pub struct BlockBatch {
+    cfg: DecodeConfig,
+    opts: GenerateOptions,
+    spec: ModelSpec,
+    rows: Vec<LiveRow>,
+    next_id: RowId,
+    rounds: usize,
+    forwards: usize,
+    trace: Option<Trace>,
 }
 
-/// [`generate`] with an observer called after every step (streaming, cancellation). The
-/// observer sees the canvas but cannot change it, so the outputs are those of [`generate`];
-/// [`Control::Stop`] ends the generation with [`Error::Cancelled`].
-pub fn generate_with(
-    model: &dyn DiffusionLm,
-    prompts: &[Vec<TokenId>],
-    cfg: &DecodeConfig,
-    dec: Decoder<'_>,
-    rngs: &mut [Rng],
-    opts: &GenerateOptions,
-    on_step: &mut dyn FnMut(&StepEvent<'_>) -> Control,
-) -> Result<Generation> {
-    cfg.validate()?;
-    let spec = model.spec();
-    if prompts.is_empty() {
-        return Err(Error::InvalidPrompt("the batch has no prompt".into()));
-    }
-    if rngs.len() != prompts.len() {
-        return Err(Error::setting(
-            "rngs",
-            rngs.len(),
-            format!("one per prompt ({})", prompts.len()),
-        ));
-    }
-    for p in prompts {
-        cfg.validate_prompt(spec, p)?;
-    }
-    let Decoder {
-        cache,
-        proposer,
-        unmask,
-    } = dec;
-    let device = model.device();
-    let batch = prompts.len();
-    let gen_length = cfg.gen_length;
-    let mut canvas = Canvas::new(prompts, gen_length, spec.pad_token_id, spec.mask_token_id);
-    let sched = BlockSchedule::new(canvas.prompt_len, cfg);
-    let seq_len = sched.seq_len();
-    let p0 = canvas.prompt_len;
-    let key_bias = canvas.key_bias(device)?;
-    cache.prepare(&KvShape {
-        num_layers: spec.num_layers,
-        batch,
-        num_kv_heads: spec.num_kv_heads,
-        seq_len,
-        head_dim: spec.head_dim,
-        dtype: model.dtype(),
-        device: device.clone(),
-    })?;
-    let force_start = cfg.forces_block_start(spec);
-    let steps_per_block = cfg.steps_per_block();
-    let cap = cfg.step_cap();
-    let mut trace = (opts.trace || opts.drift).then(Trace::default);
-    let mut nfe = 0usize;
-    let mut outs: Vec<RowOutput> = prompts
-        .iter()
-        .map(|p| RowOutput {
-            prompt: p.clone(),
-            generated: Vec::new(),
-            unmask_step: vec![None; gen_length],
-            tokens_per_step: Vec::new(),
-            nfe: 0,
+impl BlockBatch {
+    /// An empty batch for `model` decoding with `cfg` (validated here).
+    pub fn new(spec: &ModelSpec, cfg: &DecodeConfig, opts: GenerateOptions) -> Result<Self> {
+        cfg.validate()?;
+        Ok(BlockBatch {
+            cfg: cfg.clone(),
+            opts,
+            spec: spec.clone(),
+            rows: Vec::new(),
+            next_id: 0,
+            rounds: 0,
+            forwards: 0,
+            trace: (opts.trace || opts.drift).then(Trace::default),
         })
-        .collect();
+    }
 
-    for (block_idx, block) in sched.blocks().enumerate() {
+    /// Adds a row that starts its block 0 at the next round, with the batch's settings. `rng`
+    /// is the row's own random stream ([`Rng::row_seed`]). Errors on an invalid prompt.
+    pub fn admit(&mut self, prompt: &[TokenId], rng: Rng) -> Result<RowId> {
+        let cfg = self.cfg.clone();
+        self.admit_with(prompt, &cfg, rng)
+    }
+
+    /// [`BlockBatch::admit`] with the row's own settings, which must
+    /// [share blocks](DecodeConfig::shares_blocks_with) with the batch's (its `gen_length` may
+    /// differ).
+    pub fn admit_with(
+        &mut self,
+        prompt: &[TokenId],
+        cfg: &DecodeConfig,
+        rng: Rng,
+    ) -> Result<RowId> {
+        cfg.validate()?;
+        if !cfg.shares_blocks_with(&self.cfg) {
+            return Err(Error::setting(
+                "decode config",
+                format!(
+                    "block_length {}, {} steps per block",
+                    cfg.block_length,
+                    cfg.steps_per_block()
+                ),
+                format!(
+                    "the running batch's block_length {}, {} steps per block, step cap and block-start rule",
+                    self.cfg.block_length,
+                    self.cfg.steps_per_block()
+                ),
+            ));
+        }
+        cfg.validate_prompt(&self.spec, prompt)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut tokens = prompt.to_vec();
+        tokens.resize(prompt.len() + cfg.gen_length, self.spec.mask_token_id);
+        self.rows.push(LiveRow {
+            id,
+            tokens,
+            prompt_len: prompt.len(),
+            block_idx: 0,
+            num_blocks: cfg.num_blocks(),
+            rng,
+            out: RowOutput {
+                prompt: prompt.to_vec(),
+                generated: Vec::new(),
+                unmask_step: vec![None; cfg.gen_length],
+                tokens_per_step: Vec::new(),
+                nfe: 0,
+            },
+        });
+        Ok(id)
+    }
+
+    /// Removes row `id` (a cancelled request); `false` if it is not in the batch.
+    pub fn remove(&mut self, id: RowId) -> bool {
+        let before = self.rows.len();
+        self.rows.retain(|r| r.id != id);
+        self.rows.len() < before
+    }
+
+    /// Rows in the batch.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// No row left.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Ids of the rows in the batch, in batch order.
+    pub fn ids(&self) -> Vec<RowId> {
+        self.rows.iter().map(|r| r.id).collect()
+    }
+
+    /// Forward calls made so far (batch-wide NFE).
+    pub fn forwards(&self) -> usize {
+        self.forwards
+    }
+
+    /// The batch's decode settings (rows share all but `gen_length`).
+    pub fn config(&self) -> &DecodeConfig {
+        &self.cfg
+    }
+
+    /// The per-step records so far, if requested.
+    pub fn take_trace(&mut self) -> Option<Trace> {
+        self.trace.take()
+    }
+
+    /// Runs one round: every row decodes its current block (SPEC 2.4-2.8.3); returns the rows
+    /// that finished their last block, which leave the batch. `on_step` is called after every
+    /// step; [`Control::Stop`] ends the round with [`Error::Cancelled`], after which the batch
+    /// must be dropped.
+    pub fn run_block(
+        &mut self,
+        model: &dyn DiffusionLm,
+        dec: &mut Decoder<'_>,
+        on_step: &mut dyn FnMut(&StepEvent<'_>) -> Control,
+    ) -> Result<Vec<FinishedRow>> {
+        if self.rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Decoder {
+            cache,
+            proposer,
+            unmask,
+        } = dec;
+        let spec = &self.spec;
+        let device = model.device();
+        let batch = self.rows.len();
+        let layouts: Vec<RowLayout<'_>> = self
+            .rows
+            .iter()
+            .map(|r| RowLayout {
+                tokens: &r.tokens,
+                prompt_len: r.prompt_len,
+                block_idx: r.block_idx,
+            })
+            .collect();
+        let mut canvas = Canvas::new(
+            &layouts,
+            self.cfg.block_length,
+            spec.pad_token_id,
+            spec.mask_token_id,
+        );
+        let block = canvas.block.clone();
+        let seq_len = canvas.seq_len();
+        let key_bias = canvas.key_bias(device)?;
+        cache.prepare(&KvShape {
+            num_layers: spec.num_layers,
+            batch,
+            num_kv_heads: spec.num_kv_heads,
+            seq_len,
+            head_dim: spec.head_dim,
+            dtype: model.dtype(),
+            device: device.clone(),
+        })?;
+        let round = self.rounds;
+        self.rounds += 1;
+        let force_start = self.cfg.forces_block_start(spec);
+        let steps_per_block = self.cfg.steps_per_block();
+        let cap = self.cfg.step_cap();
+        let mut rngs: Vec<Rng> = self.rows.iter().map(|r| r.rng.clone()).collect();
         let masks_at_start: Vec<usize> = (0..batch)
             .map(|r| canvas.masks_in(r, block.clone()))
             .collect();
@@ -335,14 +376,15 @@ pub fn generate_with(
                 break;
             }
             if step >= cap {
+                let first = active.iter().position(|&a| a).unwrap_or(0);
                 return Err(Error::NoProgress {
-                    block: block_idx,
+                    block: self.rows[first].block_idx,
                     steps: step,
                     cap,
                 });
             }
             let plan = cache.plan(&StepAt {
-                block_idx,
+                block_idx: round,
                 block: block.clone(),
                 step,
                 seq_len,
@@ -356,9 +398,9 @@ pub fn generate_with(
             };
             let input = canvas.input(&plan.window, &rows, &key_bias, device)?;
             let logits = model.forward(&input, cache.view(&plan)?)?;
-            let forward_idx = nfe;
-            nfe += 1;
-            let drift = if opts.drift && !plan.is_exact() {
+            let forward_idx = self.forwards;
+            self.forwards += 1;
+            let drift = if self.opts.drift && !plan.is_exact() {
                 let exact_in = canvas.input(&(0..seq_len), &rows, &key_bias, device)?;
                 let exact = model.forward(&exact_in, &mut PassthroughKv)?;
                 let cand_rows: Vec<Vec<usize>> = (0..batch)
@@ -376,7 +418,14 @@ pub fn generate_with(
             } else {
                 None
             };
-            let proposals = propose_active(proposer, &logits, rngs, &active)?;
+            let needed: Vec<Vec<bool>> = (0..batch)
+                .map(|r| {
+                    rows.clone()
+                        .map(|p| active[r] && canvas.rows[r][p] == canvas.mask)
+                        .collect()
+                })
+                .collect();
+            let proposals = propose_active(&mut **proposer, &logits, &mut rngs, &active, &needed)?;
             let mut commits = vec![Vec::new(); batch];
             for r in 0..batch {
                 if !active[r] {
@@ -405,10 +454,10 @@ pub fn generate_with(
                     candidates
                 } else {
                     let info = StepInfo {
-                        row: r,
+                        row: self.rows[r].id,
                         step,
                         steps_per_block,
-                        block_length: cfg.block_length,
+                        block_length: self.cfg.block_length,
                         block_masks_at_start: masks_at_start[r],
                     };
                     match unmask.select(&candidates, &info) {
@@ -419,12 +468,13 @@ pub fn generate_with(
                         Selection::Commit(idx) => pick(&candidates, &idx)?,
                     }
                 };
-                let out = &mut outs[r];
+                let answer_start = canvas.answer_start(r);
+                let out = &mut self.rows[r].out;
                 for c in &chosen {
                     canvas.rows[r][c.position] = c.token;
-                    out.unmask_step[c.position - p0] = Some(out.nfe);
+                    out.unmask_step[c.position - answer_start] = Some(out.nfe);
                     commits[r].push(Commit {
-                        answer_idx: c.position - p0,
+                        answer_idx: c.position - answer_start,
                         token: c.token,
                         confidence: c.confidence,
                     });
@@ -432,10 +482,10 @@ pub fn generate_with(
                 out.tokens_per_step.push(chosen.len());
                 out.nfe += 1;
             }
-            if let Some(t) = trace.as_mut() {
+            if let Some(t) = self.trace.as_mut() {
                 t.steps.push(StepRecord {
                     forward_idx,
-                    block_idx,
+                    block_idx: round,
                     step,
                     window: plan.window.clone(),
                     kv: plan.kv,
@@ -448,41 +498,117 @@ pub fn generate_with(
                 .map(|r| ended[r] || canvas.masks_in(r, block.clone()) == 0)
                 .collect();
             let event = StepEvent {
-                block_idx,
-                num_blocks: sched.num_blocks,
+                round,
                 step: step - 1,
                 forward_idx,
-                answer_block: block.start - p0..block.end - p0,
                 block_complete: row_block_done.iter().all(|&d| d),
                 row_block_done: &row_block_done,
-                rows: &canvas.rows,
-                prompt_len: p0,
+                rows: &self.rows,
+                canvas: &canvas,
+                block_length: self.cfg.block_length,
             };
             if on_step(&event) == Control::Stop {
                 return Err(Error::Cancelled);
             }
         }
+        for (r, (row, rng)) in self.rows.iter_mut().zip(rngs).enumerate() {
+            row.tokens.copy_from_slice(canvas.unpadded(r));
+            row.block_idx += 1;
+            row.rng = rng;
+        }
+        let (done, live): (Vec<LiveRow>, Vec<LiveRow>) = std::mem::take(&mut self.rows)
+            .into_iter()
+            .partition(|r| r.block_idx >= r.num_blocks);
+        self.rows = live;
+        Ok(done
+            .into_iter()
+            .map(|mut r| {
+                r.out.generated = r.tokens[r.prompt_len..].to_vec();
+                FinishedRow {
+                    id: r.id,
+                    output: r.out,
+                    rng: r.rng,
+                }
+            })
+            .collect())
     }
-    for (r, out) in outs.iter_mut().enumerate() {
-        out.generated = canvas.rows[r][p0..].to_vec();
+}
+
+/// Generates `gen_length` tokens after each prompt.
+///
+/// `rngs` holds one generator per prompt (see [`Rng::row_seed`]). Errors on invalid settings,
+/// invalid prompts, a policy breaking its contract, or a block exceeding the step cap.
+pub fn generate(
+    model: &dyn DiffusionLm,
+    prompts: &[Vec<TokenId>],
+    cfg: &DecodeConfig,
+    dec: Decoder<'_>,
+    rngs: &mut [Rng],
+    opts: &GenerateOptions,
+) -> Result<Generation> {
+    generate_with(model, prompts, cfg, dec, rngs, opts, &mut |_| {
+        Control::Continue
+    })
+}
+
+/// [`generate`] with an observer called after every step (streaming, cancellation). The
+/// observer sees the canvas but cannot change it, so the outputs are those of [`generate`];
+/// [`Control::Stop`] ends the generation with [`Error::Cancelled`].
+pub fn generate_with(
+    model: &dyn DiffusionLm,
+    prompts: &[Vec<TokenId>],
+    cfg: &DecodeConfig,
+    mut dec: Decoder<'_>,
+    rngs: &mut [Rng],
+    opts: &GenerateOptions,
+    on_step: &mut dyn FnMut(&StepEvent<'_>) -> Control,
+) -> Result<Generation> {
+    let mut batch = BlockBatch::new(model.spec(), cfg, *opts)?;
+    if prompts.is_empty() {
+        return Err(Error::InvalidPrompt("the batch has no prompt".into()));
     }
+    if rngs.len() != prompts.len() {
+        return Err(Error::setting(
+            "rngs",
+            rngs.len(),
+            format!("one per prompt ({})", prompts.len()),
+        ));
+    }
+    for p in prompts {
+        cfg.validate_prompt(model.spec(), p)?;
+    }
+    for (p, rng) in prompts.iter().zip(rngs.iter()) {
+        batch.admit(p, rng.clone())?;
+    }
+    let mut outs: Vec<Option<RowOutput>> = vec![None; prompts.len()];
+    while !batch.is_empty() {
+        for done in batch.run_block(model, &mut dec, on_step)? {
+            rngs[done.id] = done.rng;
+            outs[done.id] = Some(done.output);
+        }
+    }
+    let rows = outs
+        .into_iter()
+        .map(|o| o.ok_or_else(|| Error::Policy("a row never finished".into())))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Generation {
-        rows: outs,
-        nfe,
-        trace,
+        rows,
+        nfe: batch.forwards(),
+        trace: batch.take_trace(),
     })
 }
 
 /// Proposals for the active rows only (inactive rows get none), so a row's random stream
-/// advances exactly as in a solo run.
+/// advances exactly as in a solo run. `needed` marks the rows the loop reads (masked positions).
 fn propose_active(
     proposer: &mut dyn Proposer,
     logits: &Tensor,
     rngs: &mut [Rng],
     active: &[bool],
+    needed: &[Vec<bool>],
 ) -> Result<Vec<Vec<crate::policy::Proposal>>> {
     if active.iter().all(|&a| a) {
-        return proposer.propose(logits, rngs);
+        return proposer.propose_needed(logits, rngs, needed);
     }
     let idx: Vec<u32> = (0..active.len())
         .filter(|&r| active[r])
@@ -490,7 +616,10 @@ fn propose_active(
         .collect();
     let sub = logits.index_select(&Tensor::new(idx.as_slice(), logits.device())?, 0)?;
     let mut sub_rngs: Vec<Rng> = idx.iter().map(|&r| rngs[r as usize].clone()).collect();
-    let mut props = proposer.propose(&sub, &mut sub_rngs)?.into_iter();
+    let sub_needed: Vec<Vec<bool>> = idx.iter().map(|&r| needed[r as usize].clone()).collect();
+    let mut props = proposer
+        .propose_needed(&sub, &mut sub_rngs, &sub_needed)?
+        .into_iter();
     let mut out = vec![Vec::new(); active.len()];
     for (&r, rng) in idx.iter().zip(sub_rngs) {
         rngs[r as usize] = rng;

@@ -15,6 +15,7 @@
 //! sampler` and bring its own model.
 #![warn(missing_docs)]
 
+mod canvas;
 pub mod config;
 pub mod error;
 pub mod generate;
@@ -26,7 +27,8 @@ pub mod trace;
 pub use config::{BlockSchedule, DecodeConfig};
 pub use error::{Error, Result};
 pub use generate::{
-    generate, generate_with, Control, Decoder, GenerateOptions, Generation, RowOutput, StepEvent,
+    generate, generate_with, BlockBatch, Control, Decoder, FinishedRow, GenerateOptions,
+    Generation, RowId, RowOutput, StepEvent,
 };
 pub use model::{
     DiffusionLm, ForwardInput, KvView, ModelFamily, ModelSpec, PassthroughKv, Positions,

@@ -97,6 +97,20 @@ pub trait Proposer {
     /// `logits`: shape `(batch, rows, vocab)`, f32. Returns `batch` vectors of `rows` proposals.
     /// `rngs` has one generator per batch row.
     fn propose(&mut self, logits: &Tensor, rngs: &mut [Rng]) -> Result<Vec<Vec<Proposal>>>;
+
+    /// [`Proposer::propose`] where only the rows with `needed[b][i]` are read by the caller (the
+    /// masked positions); the others may hold any proposal. A proposer whose random stream or
+    /// results depend on every row must propose them all (the default); a deterministic,
+    /// row-independent one may skip the rest.
+    fn propose_needed(
+        &mut self,
+        logits: &Tensor,
+        rngs: &mut [Rng],
+        needed: &[Vec<bool>],
+    ) -> Result<Vec<Vec<Proposal>>> {
+        let _ = needed;
+        self.propose(logits, rngs)
+    }
 }
 
 /// A masked position of the active block with its proposal.
@@ -113,7 +127,8 @@ pub struct Candidate {
 /// Context of one selection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepInfo {
-    /// Batch row.
+    /// The row's id ([`crate::RowId`]: its prompt index in [`crate::generate()`], its admission
+    /// number in a [`crate::BlockBatch`]), stable while other rows join and leave.
     pub row: usize,
     /// Step inside the block (0 = the block's first forward).
     pub step: usize,

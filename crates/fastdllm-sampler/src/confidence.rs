@@ -213,17 +213,40 @@ impl LladaProposer {
     /// Greedy proposals with their f64 softmax probability in one pass per row on the host:
     /// the same quantities as the tensor path (`exp(l - max) * (1 / sum)`, first index on
     /// ties) without its dozen full-size f64 temporaries. CPU only, where the logits are host
-    /// memory already (host work per step 17.0 -> 8.7 ms at 32 x 32000 logits, docs/BENCHMARKS.md).
-    fn propose_greedy_host(&self, logits: &Tensor) -> CoreResult<Vec<Vec<Proposal>>> {
+    /// memory already. Rows run in parallel (rayon; each row's arithmetic is sequential, so the
+    /// result does not depend on the thread count), and rows whose `needed` flag is false are
+    /// skipped (token 0, confidence 0). Host work per step at 32 x 32000 logits: docs/BENCHMARKS.md.
+    fn propose_greedy_host(
+        &self,
+        logits: &Tensor,
+        needed: Option<&[Vec<bool>]>,
+    ) -> CoreResult<Vec<Vec<Proposal>>> {
+        use rayon::prelude::*;
         let (b, r, v) = logits.dims3()?;
         let flat = logits
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
         let excluded = self.never_propose.map(|t| t as usize);
+        let r1 = r.max(1);
+        let skip = |i: usize| -> bool {
+            needed.is_some_and(|n| {
+                !n.get(i / r1)
+                    .and_then(|row| row.get(i % r1))
+                    .copied()
+                    .unwrap_or(true)
+            })
+        };
         let rows: Vec<Proposal> = flat
-            .chunks_exact(v)
-            .map(|row| {
+            .par_chunks_exact(v)
+            .enumerate()
+            .map(|(i, row)| {
+                if skip(i) {
+                    return Proposal {
+                        token: 0,
+                        confidence: 0.0,
+                    };
+                }
                 let mut best: Option<usize> = None;
                 let mut max = f32::NEG_INFINITY;
                 for (i, &x) in row.iter().enumerate() {
@@ -241,11 +264,13 @@ impl LladaProposer {
                 }
             })
             .collect();
-        Ok(rows
-            .chunks(r.max(1))
-            .take(b)
-            .map(<[Proposal]>::to_vec)
-            .collect())
+        Ok(rows.chunks(r1).take(b).map(<[Proposal]>::to_vec).collect())
+    }
+
+    fn host_greedy(&self, logits: &Tensor) -> bool {
+        logits.device().is_cpu()
+            && self.temperature == 0.0
+            && self.remasking == Remasking::LowConfidence
     }
 }
 
@@ -256,11 +281,8 @@ impl Proposer for LladaProposer {
         if r == 0 || v == 0 {
             return Ok(vec![Vec::new(); b]);
         }
-        if logits.device().is_cpu()
-            && self.temperature == 0.0
-            && self.remasking == Remasking::LowConfidence
-        {
-            return self.propose_greedy_host(logits);
+        if self.host_greedy(logits) {
+            return self.propose_greedy_host(logits, None);
         }
         let l64 = logits.to_dtype(DType::F64)?;
         let tokens = if self.temperature > 0.0 {
@@ -295,6 +317,22 @@ impl Proposer for LladaProposer {
                 .collect(),
         };
         Ok(assemble(tokens.to_vec2::<u32>()?, conf, v))
+    }
+
+    /// Greedy low-confidence proposals on the CPU skip the rows nobody reads (they draw no
+    /// random numbers); every other configuration proposes every row.
+    fn propose_needed(
+        &mut self,
+        logits: &Tensor,
+        rngs: &mut [Rng],
+        needed: &[Vec<bool>],
+    ) -> CoreResult<Vec<Vec<Proposal>>> {
+        let (b, r, v) = logits.dims3()?;
+        check_rngs(rngs, b)?;
+        if r > 0 && v > 0 && self.host_greedy(logits) {
+            return self.propose_greedy_host(logits, Some(needed));
+        }
+        self.propose(logits, rngs)
     }
 }
 
@@ -658,6 +696,37 @@ mod tests {
         let mut p = LladaProposer::new(0.0, Remasking::LowConfidence);
         let out = p.propose(&logits, &mut [Rng::new(0), Rng::new(1)]).unwrap();
         assert_eq!((out[0][0].token, out[1][0].token), (2, 0));
+    }
+
+    /// Skipping the rows nobody reads leaves the read rows exactly as a full proposal, and the
+    /// Gumbel path (which draws per row) ignores the hint.
+    #[test]
+    fn llada_needed_rows_equal_full_proposals() {
+        let logits = Tensor::randn(0f32, 3.0, (2, 5, 40), &Device::Cpu).unwrap();
+        let needed = vec![
+            vec![true, false, true, false, false],
+            vec![false, false, false, true, true],
+        ];
+        let mut p = LladaProposer::new(0.0, Remasking::LowConfidence);
+        let full = p.propose(&logits, &mut [Rng::new(0), Rng::new(1)]).unwrap();
+        let part = p
+            .propose_needed(&logits, &mut [Rng::new(0), Rng::new(1)], &needed)
+            .unwrap();
+        for b in 0..2 {
+            for i in 0..5 {
+                if needed[b][i] {
+                    assert_eq!(full[b][i], part[b][i]);
+                } else {
+                    assert_eq!(part[b][i].confidence, 0.0);
+                }
+            }
+        }
+        let mut g = LladaProposer::new(0.7, Remasking::LowConfidence);
+        let full = g.propose(&logits, &mut [Rng::new(3), Rng::new(4)]).unwrap();
+        let part = g
+            .propose_needed(&logits, &mut [Rng::new(3), Rng::new(4)], &needed)
+            .unwrap();
+        assert_eq!(full, part);
     }
 
     fn dream(score: DreamScore, row: &[f32]) -> Proposal {

@@ -1,19 +1,33 @@
 //! One unmasking policy per batch row (beyond the reference, whose batches share one rule).
 //!
 //! A server batches requests with different settings (threshold 0.9 next to factor 1): the loop
-//! calls [`UnmaskPolicy::select`] once per row with [`StepInfo::row`], and [`PerRow`] forwards to
-//! that row's own policy, so each row keeps its own rule and state. Reference: none. Deviation:
+//! calls [`UnmaskPolicy::select`] once per row with [`StepInfo::row`] (the row's id), and
+//! [`PerRow`] forwards to that row's own policy, so each row keeps its own rule and state while
+//! other rows join and leave. Reference: none. Deviation:
 //! none (a row without a policy commits nothing, which the loop reports as no progress).
 
-use fastdllm_core::{Candidate, Selection, StepInfo, UnmaskPolicy};
+use std::collections::BTreeMap;
 
-/// Dispatches each row to its own policy: row `r` uses `self.0[r]`.
-pub struct PerRow(pub Vec<Box<dyn UnmaskPolicy + Send>>);
+use fastdllm_core::{Candidate, RowId, Selection, StepInfo, UnmaskPolicy};
+
+/// Dispatches each row to its own policy, keyed by the row's id ([`StepInfo::row`]).
+#[derive(Default)]
+pub struct PerRow(BTreeMap<RowId, Box<dyn UnmaskPolicy + Send>>);
 
 impl PerRow {
-    /// Row `r` uses `policies[r]`.
+    /// Row `r` uses `policies[r]` (ids `0..n`, as [`fastdllm_core::generate()`] gives them).
     pub fn new(policies: Vec<Box<dyn UnmaskPolicy + Send>>) -> Self {
-        PerRow(policies)
+        PerRow(policies.into_iter().enumerate().collect())
+    }
+
+    /// Sets the policy of row `id` (a row joining a running [`fastdllm_core::BlockBatch`]).
+    pub fn insert(&mut self, id: RowId, policy: Box<dyn UnmaskPolicy + Send>) {
+        self.0.insert(id, policy);
+    }
+
+    /// Drops the policy of row `id` (a row that left the batch).
+    pub fn remove(&mut self, id: RowId) {
+        self.0.remove(&id);
     }
 }
 
@@ -25,13 +39,13 @@ impl std::fmt::Debug for PerRow {
 
 impl UnmaskPolicy for PerRow {
     fn name(&self) -> String {
-        let names: Vec<String> = self.0.iter().map(|p| p.name()).collect();
+        let names: Vec<String> = self.0.values().map(|p| p.name()).collect();
         format!("per_row[{}]", names.join(","))
     }
 
     /// Forwards to the row's policy; a row without one commits nothing.
     fn select(&mut self, candidates: &[Candidate], info: &StepInfo) -> Selection {
-        match self.0.get_mut(info.row) {
+        match self.0.get_mut(&info.row) {
             Some(p) => p.select(candidates, info),
             None => Selection::Commit(Vec::new()),
         }
@@ -68,5 +82,14 @@ mod tests {
         info.row = 3;
         assert_eq!(p.select(&c, &info), Selection::Commit(vec![]));
         assert_eq!(p.name(), "per_row[threshold=0.5,fixed,factor=1]");
+        // Rows keep their policy by id as others leave and join.
+        p.remove(0);
+        p.insert(7, Box::new(Threshold::new(0.5, Precision::F64)));
+        info.row = 1;
+        assert_eq!(p.select(&c, &info), Selection::Commit(vec![1]));
+        info.row = 7;
+        assert_eq!(p.select(&c, &info), Selection::Commit(vec![1, 0]));
+        info.row = 0;
+        assert_eq!(p.select(&c, &info), Selection::Commit(vec![]));
     }
 }
