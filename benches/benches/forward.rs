@@ -28,7 +28,7 @@ fn input(
         },
         window_start: window.start,
         key_bias: None,
-        logits_rows: block.start - window.start..block.end - window.start,
+        logits_rows: (block.start - window.start..block.end - window.start).into(),
     }
 }
 

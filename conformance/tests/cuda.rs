@@ -61,7 +61,7 @@ fn full_logits(m: &LoadedModel) -> Result<Tensor> {
         positions: Positions::Contiguous { start: 0 },
         window_start: 0,
         key_bias: None,
-        logits_rows: 0..len,
+        logits_rows: (0..len).into(),
     };
     Ok(m.model
         .forward(&input, &mut PassthroughKv)?

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use conformance::tol::{assert_close, max_rel_err, Tol};
-use fastdllm_core::{ForwardInput, KvView, ModelFamily, PassthroughKv, Positions};
+use fastdllm_core::{ForwardInput, KvView, LogitRows, ModelFamily, PassthroughKv, Positions};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -85,7 +85,7 @@ fn input(tokens: Tensor, start: usize) -> Result<ForwardInput> {
         positions: Positions::Contiguous { start },
         window_start: start,
         key_bias: None,
-        logits_rows: 0..len,
+        logits_rows: (0..len).into(),
     })
 }
 
@@ -254,9 +254,19 @@ fn logits_rows_select_the_same_rows() -> Result<()> {
             .forward(&input(ids.clone(), 0)?, &mut PassthroughKv)?;
         for rows in [0..1, 0..5, 1..2, 3..9, len - 1..len] {
             let mut inp = input(ids.clone(), 0)?;
-            inp.logits_rows = rows.clone();
+            inp.logits_rows = rows.clone().into();
             let part = loaded.model.forward(&inp, &mut PassthroughKv)?;
             let want = all.narrow(1, rows.start, rows.len())?;
+            assert_close(&part, &want, Tol::F32);
+        }
+        // Any increasing subset (the masked positions of a block), including Dream's rows 0
+        // and 1, which share a raw row.
+        for rows in [vec![0, 1, 4], vec![1, 3, 8], vec![2], vec![0, len - 1]] {
+            let mut inp = input(ids.clone(), 0)?;
+            inp.logits_rows = LogitRows::new(rows.clone())?;
+            let part = loaded.model.forward(&inp, &mut PassthroughKv)?;
+            let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+            let want = all.index_select(&Tensor::new(idx.as_slice(), &Device::Cpu)?, 1)?;
             assert_close(&part, &want, Tol::F32);
         }
     }

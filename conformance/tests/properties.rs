@@ -182,7 +182,7 @@ proptest! {
                 positions: Positions::Contiguous { start: 0 },
                 window_start: 0,
                 key_bias: None,
-                logits_rows: rows,
+                logits_rows: rows.into(),
             };
             prop_assert_eq!(len, prompt.len() + blocks * b);
             let exact = model.forward(&input, &mut PassthroughKv).unwrap();
@@ -216,7 +216,7 @@ fn full_input(tokens: &[u32], rows: std::ops::Range<usize>, start: usize) -> For
         positions: Positions::Contiguous { start },
         window_start: start,
         key_bias: None,
-        logits_rows: rows,
+        logits_rows: rows.into(),
     }
 }
 

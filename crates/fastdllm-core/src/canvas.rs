@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use candle_core::{Device, Tensor};
 
-use crate::model::{ForwardInput, Positions};
+use crate::model::{ForwardInput, LogitRows, Positions};
 use crate::{Result, TokenId};
 
 /// Attention bias of pad keys (finite, so no row can become NaN; candle#3236).
@@ -179,10 +179,12 @@ impl Canvas {
         )?))
     }
 
+    /// The forward of `window` returning the logits of the canvas columns `rows` (increasing,
+    /// inside the window).
     pub(crate) fn input(
         &self,
         window: &Range<usize>,
-        rows: &Range<usize>,
+        rows: &[usize],
         key_bias: &Option<Tensor>,
         device: &Device,
     ) -> Result<ForwardInput> {
@@ -191,7 +193,7 @@ impl Canvas {
             positions: self.positions(window, device)?,
             window_start: window.start,
             key_bias: key_bias.clone(),
-            logits_rows: rows.start - window.start..rows.end - window.start,
+            logits_rows: LogitRows::new(rows.iter().map(|&c| c - window.start).collect())?,
         })
     }
 }

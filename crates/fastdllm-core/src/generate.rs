@@ -391,10 +391,19 @@ impl BlockBatch {
             });
             check_plan(&plan, &block, seq_len)?;
             let forced = force_start && step == 0;
-            let rows = if forced {
+            let range = if forced {
                 block.start..block.start + 1
             } else {
                 block.clone()
+            };
+            // The logit rows: the whole range, or only the columns masked in some active row
+            // when the proposer reads rows independently (the LM head skips the rest).
+            let rows: Vec<usize> = if proposer.reads_all_rows() {
+                range.collect()
+            } else {
+                range
+                    .filter(|&p| (0..batch).any(|r| active[r] && canvas.rows[r][p] == canvas.mask))
+                    .collect()
             };
             let input = canvas.input(&plan.window, &rows, &key_bias, device)?;
             let logits = model.forward(&input, cache.view(&plan)?)?;
@@ -408,9 +417,8 @@ impl BlockBatch {
                         if !active[r] {
                             return Vec::new();
                         }
-                        rows.clone()
-                            .filter(|&p| canvas.rows[r][p] == canvas.mask)
-                            .map(|p| p - rows.start)
+                        (0..rows.len())
+                            .filter(|&j| canvas.rows[r][rows[j]] == canvas.mask)
                             .collect()
                     })
                     .collect();
@@ -420,8 +428,8 @@ impl BlockBatch {
             };
             let needed: Vec<Vec<bool>> = (0..batch)
                 .map(|r| {
-                    rows.clone()
-                        .map(|p| active[r] && canvas.rows[r][p] == canvas.mask)
+                    rows.iter()
+                        .map(|&p| active[r] && canvas.rows[r][p] == canvas.mask)
                         .collect()
                 })
                 .collect();
@@ -442,12 +450,13 @@ impl BlockBatch {
                     )));
                 }
                 let candidates: Vec<Candidate> = rows
-                    .clone()
-                    .filter(|&p| canvas.rows[r][p] == canvas.mask)
-                    .map(|p| Candidate {
+                    .iter()
+                    .zip(props)
+                    .filter(|(&p, _)| canvas.rows[r][p] == canvas.mask)
+                    .map(|(&p, prop)| Candidate {
                         position: p,
-                        token: props[p - rows.start].token,
-                        confidence: props[p - rows.start].confidence,
+                        token: prop.token,
+                        confidence: prop.confidence,
                     })
                     .collect();
                 let chosen: Vec<Candidate> = if forced {

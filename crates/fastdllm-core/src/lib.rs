@@ -31,7 +31,7 @@ pub use generate::{
     Generation, RowId, RowOutput, StepEvent,
 };
 pub use model::{
-    DiffusionLm, ForwardInput, KvView, ModelFamily, ModelSpec, PassthroughKv, Positions,
+    DiffusionLm, ForwardInput, KvView, LogitRows, ModelFamily, ModelSpec, PassthroughKv, Positions,
 };
 pub use policy::{
     CachePolicy, Candidate, ForwardPlan, KvAccess, KvShape, Proposal, Proposer, Selection, StepAt,

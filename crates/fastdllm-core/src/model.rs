@@ -80,7 +80,60 @@ pub struct ForwardInput {
     /// real keys and a large negative value for pad keys; `None` for unpadded batches.
     pub key_bias: Option<Tensor>,
     /// Window-relative rows whose logits are returned (the rest of the LM head is skipped).
-    pub logits_rows: std::ops::Range<usize>,
+    pub logits_rows: LogitRows,
+}
+
+/// Window-relative rows whose logits a forward returns, strictly increasing: a range (a block)
+/// or any subset of it (the masked positions the loop reads).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogitRows(Vec<usize>);
+
+impl LogitRows {
+    /// Rows in strictly increasing order; errors otherwise.
+    pub fn new(rows: Vec<usize>) -> Result<Self> {
+        if rows.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(crate::Error::setting(
+                "logits_rows",
+                format!("{rows:?}"),
+                "strictly increasing window rows",
+            ));
+        }
+        Ok(LogitRows(rows))
+    }
+
+    /// The rows.
+    pub fn as_slice(&self) -> &[usize] {
+        &self.0
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// No row.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The smallest range holding every row (`0..0` when empty).
+    pub fn span(&self) -> std::ops::Range<usize> {
+        match (self.0.first(), self.0.last()) {
+            (Some(&a), Some(&b)) => a..b + 1,
+            _ => 0..0,
+        }
+    }
+
+    /// Whether the rows are exactly their [`LogitRows::span`].
+    pub fn is_contiguous(&self) -> bool {
+        self.0.len() == self.span().len()
+    }
+}
+
+impl From<std::ops::Range<usize>> for LogitRows {
+    fn from(r: std::ops::Range<usize>) -> Self {
+        LogitRows(r.collect())
+    }
 }
 
 /// An immutable diffusion language model.
@@ -94,7 +147,7 @@ pub trait DiffusionLm: Send + Sync {
     /// Runs the window through the network, calling `kv.attend_kv` once per layer.
     ///
     /// Returns *aligned* logits: row i scores the token at window position
-    /// `logits_rows.start + i` (Dream's shift is applied inside the model).
+    /// `logits_rows.as_slice()[i]` (Dream's shift is applied inside the model).
     /// Shape: `(batch, logits_rows.len(), vocab_size)`, dtype f32.
     fn forward(&self, input: &ForwardInput, kv: &mut dyn KvView) -> Result<Tensor>;
 }

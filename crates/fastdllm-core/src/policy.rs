@@ -98,6 +98,13 @@ pub trait Proposer {
     /// `rngs` has one generator per batch row.
     fn propose(&mut self, logits: &Tensor, rngs: &mut [Rng]) -> Result<Vec<Vec<Proposal>>>;
 
+    /// Whether [`Proposer::propose`] must see every row of the block (its random stream or its
+    /// results depend on them). `false` lets the loop ask the model for the logits of the masked
+    /// positions only (the LM head then skips the committed rows).
+    fn reads_all_rows(&self) -> bool {
+        true
+    }
+
     /// [`Proposer::propose`] where only the rows with `needed[b][i]` are read by the caller (the
     /// masked positions); the others may hold any proposal. A proposer whose random stream or
     /// results depend on every row must propose them all (the default); a deterministic,

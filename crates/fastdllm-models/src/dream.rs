@@ -23,7 +23,7 @@ use serde::Deserialize;
 use crate::config::{
     CommonFields, FieldNames, RawGenerationConfig, SpecialIds, TokenIds, CANONICAL_NAMES,
 };
-use crate::layers::decoder::{check_rows, Decoder, DecoderDims, TensorLayout};
+use crate::layers::decoder::{check_rows, gather_rows, Decoder, DecoderDims, TensorLayout};
 use crate::layers::rope::RopePrecision;
 use crate::llada::check_dtype;
 use crate::loading::Weights;
@@ -308,12 +308,16 @@ pub struct DreamModel {
 }
 
 /// The raw output rows that aligned rows `rows` need: aligned `j >= 1` is raw `j - 1`, aligned 0
-/// is raw 0. Returns the contiguous raw range to compute; when `rows.start == 0` and more than
-/// one row is asked for, raw row 0 is used twice (aligned 0 and aligned 1).
-fn raw_rows(rows: &Range<usize>) -> Range<usize> {
-    let start = rows.start.saturating_sub(1);
-    let end = (rows.end - 1).max(start + 1);
-    start..end
+/// is raw 0. Returns the contiguous raw range to compute and, per aligned row, its raw row
+/// relative to that range (aligned 0 and 1 both use raw 0).
+fn raw_rows(rows: &[usize]) -> (Range<usize>, Vec<usize>) {
+    let raw = |j: usize| j.saturating_sub(1);
+    let (Some(&first), Some(&last)) = (rows.first(), rows.last()) else {
+        return (0..0, Vec::new());
+    };
+    let span = raw(first)..raw(last) + 1;
+    let source = rows.iter().map(|&j| raw(j) - span.start).collect();
+    (span, source)
 }
 
 impl DreamModel {
@@ -352,24 +356,18 @@ impl DreamModel {
 
     fn forward_impl(&self, input: &ForwardInput, kv: &mut dyn KvView) -> Result<Tensor> {
         let (batch, window_len) = input.tokens.dims2()?;
-        let rows = input.logits_rows.clone();
-        check_rows(&rows, window_len)?;
+        let rows = &input.logits_rows;
+        check_rows(&rows.span(), window_len)?;
         if rows.is_empty() {
             // Still run the layers: a cache may be recording this call's K/V.
-            let _ = self.decoder.hidden_states(input, kv, rows)?;
+            let _ = self.decoder.hidden_states(input, kv, 0..0)?;
             return self.decoder.no_logits(batch);
         }
-        let raw = raw_rows(&rows);
-        let Some(hidden) = self.decoder.hidden_states(input, kv, raw.clone())? else {
+        let (raw, source) = raw_rows(rows.as_slice());
+        let Some(hidden) = self.decoder.hidden_states(input, kv, raw)? else {
             return self.decoder.no_logits(batch);
         };
-        let aligned = if rows.start == 0 && rows.len() > 1 {
-            // Aligned rows 0, 1, .., n-1 = raw rows 0, 0, 1, .., n-2.
-            Tensor::cat(&[&hidden.narrow(1, 0, 1)?, &hidden], 1)?
-        } else {
-            hidden
-        };
-        self.decoder.logits(&aligned)
+        self.decoder.logits(&gather_rows(&hidden, &source)?)
     }
 }
 
@@ -386,7 +384,7 @@ impl DiffusionLm for DreamModel {
         self.decoder.dtype()
     }
 
-    /// Returns aligned logits: output row `i` scores window token `logits_rows.start + i`, taken
+    /// Returns aligned logits: output row `i` scores window token `logits_rows.as_slice()[i]`, taken
     /// from the network's raw output one position earlier (the window's first row keeps its own
     /// output, as in the reference).
     fn forward(&self, input: &ForwardInput, kv: &mut dyn KvView) -> fastdllm_core::Result<Tensor> {
@@ -401,10 +399,12 @@ mod tests {
     #[test]
     fn raw_rows_follow_the_shift() {
         // aligned a..b with a >= 1 -> raw a-1..b-1
-        assert_eq!(raw_rows(&(3..7)), 2..6);
-        assert_eq!(raw_rows(&(1..2)), 0..1);
-        // aligned 0..1 -> raw 0..1; aligned 0..n -> raw 0..n-1 (row 0 used twice)
-        assert_eq!(raw_rows(&(0..1)), 0..1);
-        assert_eq!(raw_rows(&(0..5)), 0..4);
+        assert_eq!(raw_rows(&[3, 4, 5, 6]), (2..6, vec![0, 1, 2, 3]));
+        assert_eq!(raw_rows(&[1]), (0..1, vec![0]));
+        // aligned 0 -> raw 0; aligned 0..n -> raw 0..n-1 (row 0 used twice)
+        assert_eq!(raw_rows(&[0]), (0..1, vec![0]));
+        assert_eq!(raw_rows(&[0, 1, 2, 3, 4]), (0..4, vec![0, 0, 1, 2, 3]));
+        // a subset: raw rows of the span, picked
+        assert_eq!(raw_rows(&[2, 5, 6]), (1..6, vec![0, 3, 4]));
     }
 }

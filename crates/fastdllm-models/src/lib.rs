@@ -28,7 +28,7 @@
 //!     positions: Positions::Contiguous { start: 0 },
 //!     window_start: 0,
 //!     key_bias: None,
-//!     logits_rows: 0..len,
+//!     logits_rows: (0..len).into(),
 //! };
 //! let logits = loaded.model.forward(&input, &mut PassthroughKv)?; // (1, len, vocab), f32
 //! # let _ = logits;

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::config::{
     CommonFields, FieldNames, RawGenerationConfig, SpecialIds, TokenIds, CANONICAL_NAMES,
 };
-use crate::layers::decoder::{Decoder, DecoderDims, TensorLayout};
+use crate::layers::decoder::{gather_rows, Decoder, DecoderDims, TensorLayout};
 use crate::layers::rope::RopePrecision;
 use crate::loading::Weights;
 use crate::{Error, Result};
@@ -395,11 +395,17 @@ impl LladaModel {
 
     fn forward_impl(&self, input: &ForwardInput, kv: &mut dyn KvView) -> Result<Tensor> {
         let batch = input.tokens.dim(0)?;
-        match self
-            .decoder
-            .hidden_states(input, kv, input.logits_rows.clone())?
-        {
-            Some(hidden) => self.decoder.logits(&hidden),
+        let span = input.logits_rows.span();
+        match self.decoder.hidden_states(input, kv, span.clone())? {
+            Some(hidden) => {
+                let source: Vec<usize> = input
+                    .logits_rows
+                    .as_slice()
+                    .iter()
+                    .map(|&i| i - span.start)
+                    .collect();
+                self.decoder.logits(&gather_rows(&hidden, &source)?)
+            }
             None => self.decoder.no_logits(batch),
         }
     }

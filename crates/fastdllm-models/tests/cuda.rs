@@ -40,7 +40,7 @@ fn batch_input(device: &Device) -> ForwardInput {
         positions: Positions::PerRow(Tensor::new(positions, device).unwrap()),
         window_start: 0,
         key_bias: Some(Tensor::from_vec(bias, (2, 1, 1, len as usize), device).unwrap()),
-        logits_rows: 3..len as usize,
+        logits_rows: (3..len as usize).into(),
     }
 }
 
@@ -122,7 +122,7 @@ fn time_model(label: &str, model: &dyn DiffusionLm, device: &Device) {
         positions: Positions::Contiguous { start: 0 },
         window_start: 0,
         key_bias: None,
-        logits_rows: 512..512 + block,
+        logits_rows: (512..512 + block).into(),
     };
     let mut kv = Dual {
         stored: Vec::new(),
@@ -145,7 +145,7 @@ fn time_model(label: &str, model: &dyn DiffusionLm, device: &Device) {
         positions: Positions::Contiguous { start: 512 },
         window_start: 512,
         key_bias: None,
-        logits_rows: 0..block,
+        logits_rows: (0..block).into(),
     };
     let out = model.forward(&dual, &mut kv).unwrap();
     assert_eq!(out.dims(), &[1, block, model.spec().vocab_size]);
@@ -169,7 +169,7 @@ fn time_model(label: &str, model: &dyn DiffusionLm, device: &Device) {
             positions: Positions::Contiguous { start: 0 },
             window_start: 0,
             key_bias: None,
-            logits_rows: 0..w.min(block),
+            logits_rows: (0..w.min(block)).into(),
         };
         model.forward(&small, &mut PassthroughKv).unwrap();
         device.synchronize().unwrap();

@@ -118,13 +118,13 @@ fn a_batch_equals_its_rows() {
             positions: Positions::Contiguous { start: 5 },
             window_start: 5,
             key_bias: None,
-            logits_rows: 2..9,
+            logits_rows: (2..9).into(),
         };
         let both = forward(model.as_ref(), &batch);
         assert_eq!(both.dims(), &[2, 7, VOCAB]);
         for (row, x) in [(0, &a), (1, &b)] {
             let mut single = input(x, 5);
-            single.logits_rows = 2..9;
+            single.logits_rows = (2..9).into();
             let alone = forward(model.as_ref(), &single);
             let diff = max_abs_diff(&both.narrow(0, row, 1).unwrap(), &alone);
             assert!(diff < 1e-5, "{name} row {row}: {diff}");
@@ -142,7 +142,7 @@ fn per_row_positions_equal_contiguous_positions() {
             positions: Positions::PerRow(Tensor::new(positions, &Device::Cpu).unwrap()),
             window_start: 0,
             key_bias: None,
-            logits_rows: 0..8,
+            logits_rows: (0..8).into(),
         };
         let both = forward(model.as_ref(), &batch);
         for (row, x, start) in [(0, &a, 0), (1, &b, 3)] {
@@ -179,11 +179,11 @@ fn key_bias_masks_left_padding() {
             ),
             window_start: 0,
             key_bias: Some(Tensor::from_vec(bias.clone(), (1, 1, 1, 11), &Device::Cpu).unwrap()),
-            logits_rows: 3..11,
+            logits_rows: (3..11).into(),
         };
         let got = forward(model.as_ref(), &inp);
         let mut plain = input(&x, 0);
-        plain.logits_rows = 1..9;
+        plain.logits_rows = (1..9).into();
         let want = forward(model.as_ref(), &plain);
         let diff = max_abs_diff(&got, &want);
         assert!(diff < 1e-5, "{name}: {diff}");
@@ -260,7 +260,7 @@ fn prefix_window_after_refresh_matches_the_full_forward() {
 fn no_rows_still_runs_every_layer() {
     for (name, model) in models(2) {
         let mut inp = input(&ids(0, 6), 0);
-        inp.logits_rows = 3..3;
+        inp.logits_rows = (3..3).into();
         let mut record = Record::default();
         let logits = model.forward(&inp, &mut record).unwrap();
         assert_eq!(logits.dims(), &[1, 0, VOCAB], "{name}");
@@ -272,7 +272,7 @@ fn no_rows_still_runs_every_layer() {
 fn bad_arguments_are_errors() {
     for (name, model) in models(2) {
         let mut inp = input(&ids(0, 6), 0);
-        inp.logits_rows = 2..7;
+        inp.logits_rows = (2..7).into();
         let err = model
             .forward(&inp, &mut PassthroughKv)
             .unwrap_err()

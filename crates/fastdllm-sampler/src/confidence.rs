@@ -319,6 +319,12 @@ impl Proposer for LladaProposer {
         Ok(assemble(tokens.to_vec2::<u32>()?, conf, v))
     }
 
+    /// Greedy low-confidence proposals are row-independent and draw no random numbers; Gumbel
+    /// noise and random confidences are drawn for every row.
+    fn reads_all_rows(&self) -> bool {
+        !(self.temperature == 0.0 && self.remasking == Remasking::LowConfidence)
+    }
+
     /// Greedy low-confidence proposals on the CPU skip the rows nobody reads (they draw no
     /// random numbers); every other configuration proposes every row.
     fn propose_needed(
@@ -484,6 +490,12 @@ impl DreamProposer {
 }
 
 impl Proposer for DreamProposer {
+    /// At T = 0 a row's proposal depends on its own logits only and no random number is drawn;
+    /// sampling draws one uniform per row.
+    fn reads_all_rows(&self) -> bool {
+        self.temperature > 0.0
+    }
+
     fn propose(&mut self, logits: &Tensor, rngs: &mut [Rng]) -> CoreResult<Vec<Vec<Proposal>>> {
         let (b, r, v) = logits.dims3()?;
         check_rngs(rngs, b)?;

@@ -80,7 +80,7 @@ impl DiffusionLm for TimedModel<'_> {
         self.inner.dtype()
     }
     fn forward(&self, input: &ForwardInput, kv: &mut dyn KvView) -> Result<Tensor> {
-        let first_row = input.window_start + input.logits_rows.start;
+        let first_row = input.window_start + input.logits_rows.span().start;
         let block_idx = first_row.saturating_sub(self.prompt_len) / self.block_length;
         if self.max_blocks.is_some_and(|m| block_idx >= m) {
             self.stopped.store(true, Ordering::Relaxed);

@@ -196,6 +196,19 @@ impl Decoder {
     }
 }
 
+/// Output row `i` = row `source[i]` of `hidden` (`(batch, rows, hidden)`): the requested logit
+/// rows picked from the contiguous rows the last layer computed. A copy, so values are exact;
+/// no copy when `source` is `0..rows`.
+pub(crate) fn gather_rows(hidden: &Tensor, source: &[usize]) -> Result<Tensor> {
+    let identity =
+        source.len() == hidden.dim(1)? && source.iter().enumerate().all(|(i, &s)| i == s);
+    if identity {
+        return Ok(hidden.clone());
+    }
+    let idx: Vec<u32> = source.iter().map(|&s| s as u32).collect();
+    Ok(hidden.index_select(&Tensor::new(idx.as_slice(), hidden.device())?, 1)?)
+}
+
 /// Fails unless `rows` is a range inside a window of `window_len` tokens.
 pub(crate) fn check_rows(rows: &Range<usize>, window_len: usize) -> Result<()> {
     if rows.end > window_len || rows.start > rows.end {

@@ -80,7 +80,7 @@ pub fn input(ids: &[u32], start: usize) -> ForwardInput {
         positions: Positions::Contiguous { start },
         window_start: start,
         key_bias: None,
-        logits_rows: 0..ids.len(),
+        logits_rows: (0..ids.len()).into(),
     }
 }
 
