@@ -175,8 +175,9 @@ mod tests {
         let qkv = Linear::new(
             Tensor::cat(&[&wq, &wk, &wv], 0).unwrap(),
             Some(bias.clone()),
-        );
-        let attn = Attention::new(qkv, Linear::new(wo.clone(), None), nh, nkv, d);
+        )
+        .unwrap();
+        let attn = Attention::new(qkv, Linear::new(wo.clone(), None).unwrap(), nh, nkv, d);
         let rope = Rope::new(d, 1e4, 16, RopePrecision::F32, DType::F32, &Device::Cpu).unwrap();
         let at = rope.at(&Positions::Contiguous { start: 2 }, b, w).unwrap();
         let x = randn(&[b, w, hidden]);

@@ -126,7 +126,7 @@ impl Decoder {
             embed,
             blocks,
             final_norm,
-            lm_head: Linear::new(head, None),
+            lm_head: Linear::new(head, None)?,
             rope,
             hidden_size: hidden,
             vocab_size: vocab,
@@ -289,8 +289,8 @@ fn load_block(
         InitKind::Matrix,
     )?;
     let attn = Attention::new(
-        Linear::new(qkv_weight, qkv_bias),
-        Linear::new(o_w, None),
+        Linear::new(qkv_weight, qkv_bias)?,
+        Linear::new(o_w, None)?,
         dims.num_heads,
         dims.num_kv_heads,
         dims.head_dim,
@@ -312,8 +312,8 @@ fn load_block(
         InitKind::Matrix,
     )?;
     let mlp = Mlp::new(
-        Linear::new(Tensor::cat(&[&gate, &up], 0)?, None),
-        Linear::new(down, None),
+        Linear::new(Tensor::cat(&[&gate, &up], 0)?, None)?,
+        Linear::new(down, None)?,
         inter,
     );
 

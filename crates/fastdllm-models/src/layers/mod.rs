@@ -5,6 +5,7 @@
 //! pass is [`decoder::Decoder`].
 
 pub(crate) mod attention;
+pub(crate) mod cpu_gemm;
 pub(crate) mod decoder;
 pub(crate) mod linear;
 pub(crate) mod mlp;

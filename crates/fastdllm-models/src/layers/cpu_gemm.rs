@@ -1,0 +1,711 @@
+//! CPU f32 GEMM `y = x W^T` with the weight packed once, at load time.
+//!
+//! Why: candle's CPU matmul calls `gemm` 0.19, which turns `x W^T` around so that `W` is its
+//! left operand and copies `W` into its microkernel's panel layout on every call. On the
+//! cache-cpu benchmark that packing was 25% of a dual-cache step (32-row windows) and 7.5% of a
+//! 512-row forward. [`PackedWeight`] stores `W` in that layout once (panels of [`MR`] = 16 output
+//! features by K, k-major), packs only `x` per call (small), and runs an AVX2+FMA 16x6
+//! microkernel on rayon's pool, each task streaming its own contiguous share of the panels.
+//!
+//! Bitwise contract: the result equals candle's `x.matmul(&w.t())` bit for bit, because it does
+//! the same arithmetic as gemm's f32 FMA path (`gemm_common::gemm::gemm_basic_generic`, called
+//! through candle-core 0.11.1 `cpu_backend::MatMul` with `alpha = 0`, `beta = 1`,
+//! `read_dst = false`): every output element has one accumulator that starts at zero and takes
+//! the products in increasing k with one fused multiply-add each, within depth blocks of `kc`
+//! elements; the first block is stored, each later block is added to the stored value
+//! (`dst + acc`, gemm's `mul_add(1, acc, dst)`). `kc` is gemm's own choice (see
+//! [`depth_block`]), from `gemm_common::cache::kernel_params` and the cache sizes it detects.
+//! How the work is tiled or split across threads does not enter the arithmetic, in gemm or
+//! here. Shapes for which gemm takes another path ([`takes_gemm_main_path`]: its horizontal
+//! kernel, `gevv`, `gemv`) go through candle's matmul on an unpacked copy of `W`, as does every
+//! input that is not a CPU f32 tensor. The contract holds while candle's CPU matmul is gemm's
+//! FMA path: candle built with `mkl` or `accelerate`, or gemm with `x86-v4` (its AVX-512
+//! kernel), would break it; the tests in this file compare bits and would catch that.
+//!
+//! Reference: `gemm-common` 0.19.0 (`gemm.rs`, `cache.rs`, `microkernel.rs`) and `gemm-f32`
+//! 0.19.0 (`microkernel.rs`: the `fma` module, `MR = 16`, `NR = 6`). Only x86-64 CPUs with AVX2
+//! and FMA use the packed form; [`PackedWeight::new`] declines everything else and the caller
+//! keeps candle's matmul.
+
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+
+use crate::Result;
+
+/// Output features per panel: gemm's f32 `MR` on AVX2 (two 8-lane registers).
+pub(crate) const MR: usize = 16;
+/// Rows of `x` per microkernel tile: gemm's f32 `NR` on AVX2.
+pub(crate) const NR: usize = 6;
+/// Below this many multiply-adds one thread does the whole product (gemm's threading threshold).
+const PARALLEL_MIN_WORK: usize = 48 * 48 * 256;
+/// When one depth block of all rows of `x` takes at most this many bytes (it then stays in L2),
+/// the panels go by one at a time, each used by every row tile while it is in L1.
+const ROWS_IN_L2_BYTES: usize = 192 * 1024;
+/// Otherwise panels go by in blocks of this many bytes (which stay in L2 while the row tiles
+/// pass).
+const PANEL_BLOCK_BYTES: usize = 256 * 1024;
+
+/// One k step of a panel: the weights of [`MR`] consecutive output features at one input index.
+/// The 64-byte alignment keeps each step within one cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct PanelStep([f32; MR]);
+
+/// `W` of shape `(out_features, in_features)`, stored as `out_features / MR` (rounded up)
+/// panels of `in_features` [`PanelStep`]s; features past `out_features` are zero.
+pub(crate) struct PackedWeight {
+    out_features: usize,
+    in_features: usize,
+    panels: Vec<PanelStep>,
+}
+
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedWeight")
+            .field("out_features", &self.out_features)
+            .field("in_features", &self.in_features)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether this CPU runs the packed path (x86-64 with AVX2 and FMA).
+pub(crate) fn cpu_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether gemm computes `(rows, k) x (k, n)` (candle's call for `x W^T`, `n` output features)
+/// with its packed microkernels, the path this module reproduces. Elsewhere it uses other
+/// summation orders: the horizontal (dot-product) kernel when `rows * n <= 256`, `gevv` when
+/// `k <= 2`, `gemv` when `rows == 1`, and no transposition at all when `n == 1`.
+pub(crate) fn takes_gemm_main_path(rows: usize, n: usize, k: usize) -> bool {
+    rows >= 2 && n >= 2 && k >= 3 && rows * n > 16 * 16
+}
+
+/// gemm's depth block `kc` for candle's `x W^T`: gemm transposes the problem (the destination is
+/// row-major), so its `m` is the number of output features and its `n` the number of rows.
+pub(crate) fn depth_block(rows: usize, n: usize, k: usize) -> usize {
+    if n <= 64 && rows <= 64 {
+        // gemm skips `kernel_params` for small products.
+        k.min(512)
+    } else {
+        gemm_common::cache::kernel_params(n, rows, k, MR, NR, std::mem::size_of::<f32>()).kc
+    }
+}
+
+impl PackedWeight {
+    /// Packs `weight` (shape `(out_features, in_features)`) when it is a CPU f32 matrix and the
+    /// CPU has AVX2 and FMA; `None` otherwise (the caller keeps candle's matmul).
+    pub(crate) fn new(weight: &Tensor) -> Result<Option<Self>> {
+        if !matches!(weight.device(), Device::Cpu) || weight.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        if !cpu_supported() {
+            return Ok(None);
+        }
+        let (out_features, in_features) = weight.dims2()?;
+        let data = weight.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let n_panels = out_features.div_ceil(MR);
+        let mut panels = vec![PanelStep([0.0; MR]); n_panels * in_features];
+        for (feature, row) in data.chunks_exact(in_features.max(1)).enumerate() {
+            let (panel, lane) = (feature / MR, feature % MR);
+            let steps = &mut panels[panel * in_features..(panel + 1) * in_features];
+            for (step, &value) in steps.iter_mut().zip(row) {
+                step.0[lane] = value;
+            }
+        }
+        Ok(Some(Self {
+            out_features,
+            in_features,
+            panels,
+        }))
+    }
+
+    /// Number of output features.
+    pub(crate) fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    /// `W` back in its `(out_features, in_features)` layout (an exact copy).
+    pub(crate) fn unpack(&self) -> Result<Tensor> {
+        let (n, k) = (self.out_features, self.in_features);
+        let mut data = Vec::with_capacity(n * k);
+        for feature in 0..n {
+            let (panel, lane) = (feature / MR, feature % MR);
+            let steps = &self.panels[panel * k..(panel + 1) * k];
+            data.extend(steps.iter().map(|step| step.0[lane]));
+        }
+        Ok(Tensor::from_vec(data, (n, k), &Device::Cpu)?)
+    }
+
+    /// `x W^T`, bitwise equal to `x.matmul(&w.t())`. Shape: `(rows, in_features)` ->
+    /// `(rows, out_features)`.
+    pub(crate) fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        let (rows, k) = x.dims2()?;
+        let handled = matches!(x.device(), Device::Cpu)
+            && x.dtype() == DType::F32
+            && k == self.in_features
+            && takes_gemm_main_path(rows, self.out_features, k);
+        if !handled {
+            return Ok(x.matmul(&self.unpack()?.t()?)?);
+        }
+        Ok(x.contiguous()?.apply_op1_no_bwd(self)?)
+    }
+
+    /// The product on a contiguous `x` (`rows * in_features` values), split into `tasks`
+    /// contiguous shares of the panels (1 runs on the calling thread).
+    fn product(&self, x: &[f32], rows: usize, tasks: usize) -> Vec<f32> {
+        let n = self.out_features;
+        let kc = depth_block(rows, n, self.in_features);
+        let len = rows * n;
+        let mut dst: Vec<f32> = Vec::with_capacity(len);
+        let out = OutPtr(dst.as_mut_ptr());
+        let n_panels = n.div_ceil(MR);
+        let tasks = tasks.clamp(1, n_panels);
+        let job = |task: usize| {
+            let panels = task * n_panels / tasks..(task + 1) * n_panels / tasks;
+            // SAFETY: tasks own disjoint column ranges of `dst`, which has room for `len`;
+            // `PackedWeight::new` checked the CPU.
+            unsafe { self.compute(x, rows, kc, panels, out) };
+        };
+        if tasks == 1 {
+            job(0);
+        } else {
+            use rayon::prelude::*;
+            (0..tasks).into_par_iter().for_each(job);
+        }
+        // SAFETY: the first depth block stored every element of the `rows x n` output.
+        unsafe { dst.set_len(len) };
+        dst
+    }
+
+    /// Columns `panels` of the output, all rows, all depth blocks.
+    ///
+    /// Loop order, per depth block: blocks of panels (one panel when the rows fit in L2, else
+    /// as many as fit in L2), then row tiles (`x` stays in L1), then the panels of the block.
+    /// The last row tiles of a block prefetch the next block's weights, which in a forward pass
+    /// come from DRAM.
+    ///
+    /// # Safety
+    /// `out` must point to `rows * out_features` writable values that no one else touches in
+    /// the columns of `panels`, and the CPU must have AVX2 and FMA.
+    unsafe fn compute(
+        &self,
+        x: &[f32],
+        rows: usize,
+        kc: usize,
+        panels: std::ops::Range<usize>,
+        out: OutPtr,
+    ) {
+        let (n, k) = (self.out_features, self.in_features);
+        let value_bytes = std::mem::size_of::<f32>();
+        // Row tiles of at most NR rows, as even as possible (32 rows: 5, 5, 6, 5, 5, 6), so that
+        // no tile computes padding.
+        let tiles = rows.div_ceil(NR);
+        let tile_rows = |tile: usize| tile * rows / tiles..(tile + 1) * rows / tiles;
+        let panels_per_block = if rows * kc * value_bytes <= ROWS_IN_L2_BYTES {
+            1
+        } else {
+            (PANEL_BLOCK_BYTES / (MR * kc * value_bytes)).max(1)
+        };
+        let panel_ptr =
+            |panel: usize, depth: usize| self.panels.as_ptr().add(panel * k + depth) as *const f32;
+        let prefetching_tiles = kernel::PREFETCH_EVERY.min(tiles);
+        let mut depth = 0;
+        while depth < k {
+            let depth_len = kc.min(k - depth);
+            let accumulate = depth > 0;
+            let next_depth = depth + depth_len;
+            // Each of the last `prefetching_tiles` tiles prefetches this share of a panel.
+            let share = depth_len * MR / kernel::PREFETCH_EVERY;
+            let mut block_start = panels.start;
+            while block_start < panels.end {
+                let block_end = (block_start + panels_per_block).min(panels.end);
+                for tile in 0..tiles {
+                    let r = tile_rows(tile);
+                    let xt = x.as_ptr().add(r.start * k + depth);
+                    let prefetcher = (tile + prefetching_tiles).checked_sub(tiles);
+                    for panel in block_start..block_end {
+                        let w = panel_ptr(panel, depth);
+                        let cols = MR.min(n - panel * MR);
+                        let dst = out.0.add(r.start * n + panel * MR);
+                        // The same panel of the next block, or of the first block at the next depth.
+                        let next_panel = panel + (block_end - block_start);
+                        let next = if next_panel < panels.end {
+                            Some((next_panel, depth))
+                        } else if block_end == panels.end && next_depth < k {
+                            Some((panels.start + (panel - block_start), next_depth))
+                        } else {
+                            None
+                        };
+                        let prefetch = match (prefetcher, next) {
+                            (Some(share_idx), Some((panel, depth))) => {
+                                panel_ptr(panel, depth).wrapping_add(share_idx * share)
+                            }
+                            _ => std::ptr::null(),
+                        };
+                        run_tile(
+                            r.len(),
+                            depth_len,
+                            w,
+                            xt,
+                            k,
+                            dst,
+                            n,
+                            cols,
+                            accumulate,
+                            prefetch,
+                        );
+                    }
+                }
+                block_start = block_end;
+            }
+            depth = next_depth;
+        }
+    }
+}
+
+/// [`kernel::tile`] for a tile of `rows` (1 to [`NR`]) rows.
+///
+/// # Safety
+/// As [`kernel::tile`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_tile(
+    rows: usize,
+    depth: usize,
+    w: *const f32,
+    x: *const f32,
+    ldx: usize,
+    dst: *mut f32,
+    ldd: usize,
+    cols: usize,
+    accumulate: bool,
+    prefetch: *const f32,
+) {
+    match rows {
+        6 => kernel::tile::<6>(depth, w, x, ldx, dst, ldd, cols, accumulate, prefetch),
+        5 => kernel::tile::<5>(depth, w, x, ldx, dst, ldd, cols, accumulate, prefetch),
+        4 => kernel::tile::<4>(depth, w, x, ldx, dst, ldd, cols, accumulate, prefetch),
+        3 => kernel::tile::<3>(depth, w, x, ldx, dst, ldd, cols, accumulate, prefetch),
+        2 => kernel::tile::<2>(depth, w, x, ldx, dst, ldd, cols, accumulate, prefetch),
+        _ => kernel::tile::<1>(depth, w, x, ldx, dst, ldd, cols, accumulate, prefetch),
+    }
+}
+
+impl CustomOp1 for PackedWeight {
+    fn name(&self) -> &'static str {
+        "packed-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = storage else {
+            candle_core::bail!("packed-linear: x must be f32");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("packed-linear: x must be contiguous");
+        };
+        let (rows, k) = layout.shape().dims2()?;
+        if k != self.in_features || !takes_gemm_main_path(rows, self.out_features, k) {
+            candle_core::bail!("packed-linear: unsupported shape ({rows}, {k})");
+        }
+        let tasks = if rows * self.out_features * k < PARALLEL_MIN_WORK {
+            1
+        } else {
+            rayon::current_num_threads()
+        };
+        let y = self.product(&x[start..end], rows, tasks);
+        Ok((CpuStorage::F32(y), Shape::from((rows, self.out_features))))
+    }
+}
+
+/// The output pointer, shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes only its own columns (see `PackedWeight::product`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+#[cfg(target_arch = "x86_64")]
+mod kernel {
+    use std::arch::x86_64::*;
+
+    use super::MR;
+
+    /// Depth steps per software prefetch of one cache line (`MR` floats) of upcoming weights.
+    pub(super) const PREFETCH_EVERY: usize = 4;
+
+    /// One `R x cols` tile (`R <= NR`, `cols <= MR`) of the output over `depth` steps:
+    /// `acc[r][c] = fma(w[d][c], x[r][d], acc[r][c])` for `d` in order, from zero; then
+    /// `dst[r][c] = acc` (first depth block) or `dst[r][c] + acc` (`accumulate`). When
+    /// `prefetch` is not null, one line from it is prefetched every [`PREFETCH_EVERY`] steps.
+    ///
+    /// # Safety
+    /// `w` points to `depth * MR` values, 32-byte aligned; `x` to `R` rows of `depth` values,
+    /// `ldx` apart; `dst` to a tile with row stride `ldd` whose `R x cols` corner is writable;
+    /// the CPU has AVX2 and FMA.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile<const R: usize>(
+        depth: usize,
+        w: *const f32,
+        x: *const f32,
+        ldx: usize,
+        dst: *mut f32,
+        ldd: usize,
+        cols: usize,
+        accumulate: bool,
+        prefetch: *const f32,
+    ) {
+        let x_rows: [*const f32; R] = std::array::from_fn(|r| x.add(r * ldx));
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let step = |acc: &mut [[__m256; 2]; R], d: usize| {
+            let w0 = _mm256_load_ps(w.add(d * MR));
+            let w1 = _mm256_load_ps(w.add(d * MR + 8));
+            for (acc, x_row) in acc.iter_mut().zip(x_rows) {
+                let b = _mm256_broadcast_ss(&*x_row.add(d));
+                acc[0] = _mm256_fmadd_ps(w0, b, acc[0]);
+                acc[1] = _mm256_fmadd_ps(w1, b, acc[1]);
+            }
+        };
+        let mut d = 0;
+        if !prefetch.is_null() {
+            while d + PREFETCH_EVERY <= depth {
+                // `wrapping_add`: the last shares may point past the weights (prefetching
+                // any address is harmless).
+                let line = prefetch.wrapping_add(d / PREFETCH_EVERY * MR);
+                _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
+                for i in 0..PREFETCH_EVERY {
+                    step(&mut acc, d + i);
+                }
+                d += PREFETCH_EVERY;
+            }
+        }
+        while d < depth {
+            step(&mut acc, d);
+            d += 1;
+        }
+        if cols == MR {
+            for (r, acc) in acc.iter().enumerate() {
+                let d = dst.add(r * ldd);
+                if accumulate {
+                    _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), acc[0]));
+                    _mm256_storeu_ps(d.add(8), _mm256_add_ps(_mm256_loadu_ps(d.add(8)), acc[1]));
+                } else {
+                    _mm256_storeu_ps(d, acc[0]);
+                    _mm256_storeu_ps(d.add(8), acc[1]);
+                }
+            }
+            return;
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let mut spill = [0.0f32; MR];
+            _mm256_storeu_ps(spill.as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(spill.as_mut_ptr().add(8), acc[1]);
+            let d = dst.add(r * ldd);
+            for (c, &value) in spill.iter().enumerate().take(cols) {
+                let d = d.add(c);
+                *d = if accumulate { *d + value } else { value };
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod kernel {
+    pub(super) const PREFETCH_EVERY: usize = 4;
+
+    /// Never called: [`super::PackedWeight::new`] packs only on x86-64.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile<const R: usize>(
+        _depth: usize,
+        _w: *const f32,
+        _x: *const f32,
+        _ldx: usize,
+        _dst: *mut f32,
+        _ldd: usize,
+        _cols: usize,
+        _accumulate: bool,
+        _prefetch: *const f32,
+    ) {
+        unreachable!("packed weights exist only on x86-64")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::linear::Linear;
+
+    /// Deterministic values in about [-2, 2), with some exact zeros of both signs, so that
+    /// failures reproduce and signed-zero handling is exercised.
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                match state % 61 {
+                    0 => 0.0,
+                    1 => -0.0,
+                    _ => ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0,
+                }
+            })
+            .collect()
+    }
+
+    fn matrix(rows: usize, cols: usize, seed: u64) -> Tensor {
+        Tensor::from_vec(values(rows * cols, seed), (rows, cols), &Device::Cpu).unwrap()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f32::to_bits)
+            .collect()
+    }
+
+    #[track_caller]
+    fn assert_bitwise(got: &Tensor, want: &Tensor, what: &str) {
+        assert_eq!(got.dims(), want.dims(), "{what}: shape");
+        let (got, want) = (bits(got), bits(want));
+        let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        if let Some(first) = got.iter().zip(&want).position(|(a, b)| a != b) {
+            panic!(
+                "{what}: {differ}/{} values differ; first at flat index {first}: {} vs {}",
+                got.len(),
+                f32::from_bits(got[first]),
+                f32::from_bits(want[first])
+            );
+        }
+    }
+
+    /// Checks the packed product against candle for one shape, with the default task split
+    /// and, when `splits` is set, with 1, 2, 3 and 5 tasks.
+    fn check(rows: usize, k: usize, n: usize, splits: bool) {
+        let seed = (rows * 1_000_003 + k * 1_009 + n) as u64;
+        let w = matrix(n, k, seed);
+        let x = matrix(rows, k, seed + 1);
+        let want = x.matmul(&w.t().unwrap()).unwrap();
+        let packed = PackedWeight::new(&w).unwrap().expect("AVX2+FMA CPU");
+        let what = format!("rows {rows}, k {k}, n {n}");
+        assert_bitwise(&packed.matmul_t(&x).unwrap(), &want, &what);
+        if splits && takes_gemm_main_path(rows, n, k) {
+            let data = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for tasks in [1, 2, 3, 5] {
+                let y = packed.product(&data, rows, tasks);
+                let y = Tensor::from_vec(y, (rows, n), &Device::Cpu).unwrap();
+                assert_bitwise(&y, &want, &format!("{what}, {tasks} tasks"));
+            }
+        }
+    }
+
+    const ROWS: [usize; 13] = [1, 2, 5, 6, 7, 16, 31, 32, 33, 64, 100, 320, 512];
+    const DEPTHS: [usize; 11] = [3, 8, 24, 37, 64, 96, 512, 600, 1000, 1536, 2048];
+    const FEATURES: [usize; 8] = [2, 8, 24, 40, 96, 512, 1536, 3072];
+
+    #[test]
+    fn packed_product_is_bitwise_candle_matmul() {
+        if !cpu_supported() {
+            return;
+        }
+        for rows in ROWS {
+            for k in DEPTHS {
+                for n in FEATURES {
+                    // Keep the cross product affordable; the largest shapes run below.
+                    if rows * k * n <= 1 << 27 {
+                        check(rows, k, n, rows * k * n <= 1 << 22);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packed_product_is_bitwise_candle_matmul_large() {
+        if !cpu_supported() {
+            return;
+        }
+        for (rows, k, n) in [
+            (512, 512, 1536),
+            (512, 512, 3072),
+            (512, 1536, 512),
+            (320, 2048, 3072),
+            (512, 2048, 1536),
+            (33, 1536, 3072),
+        ] {
+            check(rows, k, n, true);
+        }
+    }
+
+    #[test]
+    fn packed_lm_head_is_bitwise_candle_matmul() {
+        if !cpu_supported() {
+            return;
+        }
+        for rows in [1, 2, 7, 32, 100, 512] {
+            check(rows, 512, 32000, rows <= 32);
+        }
+        check(32, 64, 32000, true);
+    }
+
+    /// A 3-D (batched) input, contiguous or not, with and without bias, through `Linear`: the
+    /// same bits as the dense layer's `matmul` + `broadcast_add`.
+    #[test]
+    fn linear_batched_input_is_bitwise_dense() {
+        if !cpu_supported() {
+            return;
+        }
+        for (batch, len, k, n) in [(3, 11, 64, 96), (2, 32, 512, 1536), (3, 1, 40, 24)] {
+            let w = matrix(n, k, 7);
+            let bias = Tensor::from_vec(values(n, 8), n, &Device::Cpu).unwrap();
+            let x = Tensor::from_vec(values(batch * len * k, 9), (batch, len, k), &Device::Cpu)
+                .unwrap();
+            let x_t = x
+                .transpose(0, 1)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .transpose(0, 1)
+                .unwrap();
+            assert!(len == 1 || !x_t.is_contiguous());
+            for bias in [None, Some(bias)] {
+                let linear = Linear::new(w.clone(), bias.clone()).unwrap();
+                assert!(linear.is_packed());
+                for x in [&x, &x_t] {
+                    let flat = x.reshape((batch * len, k)).unwrap();
+                    let mut want = flat.matmul(&w.t().unwrap()).unwrap();
+                    if let Some(bias) = &bias {
+                        want = want.broadcast_add(bias).unwrap();
+                    }
+                    let want = want.reshape((batch, len, n)).unwrap();
+                    let got = linear.forward(x).unwrap();
+                    assert_bitwise(&got, &want, &format!("({batch}, {len}, {k}) x {n}"));
+                }
+            }
+        }
+    }
+
+    /// Half-precision weights keep candle's matmul.
+    #[test]
+    fn half_precision_weights_are_not_packed() {
+        let w = matrix(96, 64, 3);
+        let x = matrix(40, 64, 4);
+        for dtype in [DType::BF16, DType::F16] {
+            let (w, x) = (w.to_dtype(dtype).unwrap(), x.to_dtype(dtype).unwrap());
+            assert!(PackedWeight::new(&w).unwrap().is_none());
+            let linear = Linear::new(w.clone(), None).unwrap();
+            assert!(!linear.is_packed());
+            let want = x
+                .matmul(&w.t().unwrap())
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            let got = linear.forward(&x).unwrap().to_dtype(DType::F32).unwrap();
+            assert_bitwise(&got, &want, &format!("{dtype:?}"));
+        }
+    }
+
+    #[test]
+    fn unpack_restores_the_weight() {
+        if !cpu_supported() {
+            return;
+        }
+        let w = matrix(37, 29, 5);
+        let packed = PackedWeight::new(&w).unwrap().expect("AVX2+FMA CPU");
+        assert_bitwise(&packed.unpack().unwrap(), &w, "unpack");
+    }
+    /// Old (candle) vs packed GFLOP/s on the decoder's shapes. Run with
+    /// `cargo test --release -p fastdllm-models gemm_speed -- --ignored --nocapture`
+    /// (threads follow `RAYON_NUM_THREADS`; with one thread the rate is per CPU-second of the
+    /// calling thread, which a busy machine disturbs less). `GEMM_SPEED_COLD=1` cycles through
+    /// enough copies of each weight (about 96 MB) that it comes from DRAM, as in a forward.
+    #[test]
+    #[ignore = "timing, not a check"]
+    fn gemm_speed() {
+        if !cpu_supported() {
+            return;
+        }
+        let one_thread = rayon::current_num_threads() == 1;
+        let clock = || -> f64 {
+            let id = if one_thread {
+                libc::CLOCK_THREAD_CPUTIME_ID
+            } else {
+                libc::CLOCK_MONOTONIC
+            };
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `ts` is a valid timespec to write to.
+            unsafe { libc::clock_gettime(id, &mut ts) };
+            ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+        };
+        let env = |name: &str, default: usize| -> usize {
+            std::env::var(name)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(default)
+        };
+        let reps = env("GEMM_SPEED_REPS", 20);
+        let cold = env("GEMM_SPEED_COLD", 0) == 1;
+        let variants = ["candle", "packed"];
+        println!("rows      k      n   median GFLOP/s: {variants:?}");
+        for rows in [32, 512] {
+            for (k, n) in [(512, 1536), (512, 3072), (1536, 512), (512, 32000)] {
+                let copies = if cold {
+                    (96 << 20) / (4 * k * n) + 1
+                } else {
+                    1
+                };
+                let ws: Vec<Tensor> = (0..copies).map(|i| matrix(n, k, 11 + i as u64)).collect();
+                let wts: Vec<Tensor> = ws.iter().map(|w| w.t().unwrap()).collect();
+                let packed: Vec<PackedWeight> = ws
+                    .iter()
+                    .map(|w| PackedWeight::new(w).unwrap().expect("AVX2+FMA CPU"))
+                    .collect();
+                drop(ws);
+                let x = matrix(rows, k, 12);
+                let flops = 2.0 * (rows * k * n) as f64;
+                let mut rates = vec![Vec::new(); variants.len()];
+                for rep in 0..reps + 2 {
+                    let c = rep % copies;
+                    for (v, rate) in rates.iter_mut().enumerate() {
+                        let start = clock();
+                        let y = if v == 0 {
+                            x.matmul(&wts[c]).unwrap()
+                        } else {
+                            packed[c].matmul_t(&x).unwrap()
+                        };
+                        let t = clock() - start;
+                        drop(y);
+                        if rep >= 2 {
+                            rate.push(flops / t / 1e9);
+                        }
+                    }
+                }
+                let medians: Vec<String> = rates
+                    .iter_mut()
+                    .map(|v| {
+                        v.sort_by(|a, b| a.total_cmp(b));
+                        format!("{:6.1}", v[v.len() / 2])
+                    })
+                    .collect();
+                println!("{rows:4} {k:6} {n:6}   {}", medians.join(" "));
+            }
+        }
+    }
+}
