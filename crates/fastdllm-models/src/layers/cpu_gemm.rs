@@ -2,10 +2,14 @@
 //!
 //! Why: candle's CPU matmul calls `gemm` 0.19, which turns `x W^T` around so that `W` is its
 //! left operand and copies `W` into its microkernel's panel layout on every call. On the
-//! cache-cpu benchmark that packing was 25% of a dual-cache step (32-row windows) and 7.5% of a
-//! 512-row forward. [`PackedWeight`] stores `W` in that layout once (panels of [`MR`] = 16 output
-//! features by K, k-major), packs only `x` per call (small), and runs an AVX2+FMA 16x6
-//! microkernel on rayon's pool, each task streaming its own contiguous share of the panels.
+//! cache-cpu benchmark (random LLaDA-shaped model, hidden 512) that packing was 25% of a
+//! dual-cache step (32-row windows) and 7.5% of a 512-row forward. [`PackedWeight`] stores `W`
+//! in that layout once (panels of [`MR`] = 16 output features by K, k-major, 64-byte aligned),
+//! reads `x` in place, and runs an AVX2+FMA microkernel of up to 6 rows x 16 features on
+//! rayon's pool (as many tasks as threads, each streaming its own contiguous share of the
+//! panels; `RAYON_NUM_THREADS` applies). Row tiles are balanced (32 rows: 5, 5, 6, 5, 5, 6)
+//! so that no tile computes padding, and the last tiles of a panel block prefetch the next
+//! block, which in a forward pass comes from DRAM.
 //!
 //! Bitwise contract: the result equals candle's `x.matmul(&w.t())` bit for bit, because it does
 //! the same arithmetic as gemm's f32 FMA path (`gemm_common::gemm::gemm_basic_generic`, called
@@ -16,18 +20,21 @@
 //! (`dst + acc`, gemm's `mul_add(1, acc, dst)`). `kc` is gemm's own choice (see
 //! [`depth_block`]), from `gemm_common::cache::kernel_params` and the cache sizes it detects.
 //! How the work is tiled or split across threads does not enter the arithmetic, in gemm or
-//! here. Shapes for which gemm takes another path ([`takes_gemm_main_path`]: its horizontal
-//! kernel, `gevv`, `gemv`) go through candle's matmul on an unpacked copy of `W`, as does every
-//! input that is not a CPU f32 tensor. The contract holds while candle's CPU matmul is gemm's
-//! FMA path: candle built with `mkl` or `accelerate`, or gemm with `x86-v4` (its AVX-512
-//! kernel), would break it; the tests in this file compare bits and would catch that.
+//! here. A single row of `x` goes through gemm's `gemv` instead, which sums in another order
+//! (eight 8-lane accumulators); [`kernel::gemv_panel`] reproduces that one too. The shapes
+//! for which gemm takes yet another path ([`route`]: its horizontal kernel for products of at
+//! most 256 values, `gevv` for `k <= 2`) go through candle's matmul on an unpacked copy of `W`,
+//! as does every input that is not a CPU f32 tensor; all of them are small. The contract holds
+//! while candle's CPU matmul is gemm's AVX2 FMA path: candle built with `mkl` or `accelerate`,
+//! or gemm built with `x86-v4` on an AVX-512 CPU, would break it; the tests in this file compare
+//! bits and would catch that.
 //!
-//! Reference: `gemm-common` 0.19.0 (`gemm.rs`, `cache.rs`, `microkernel.rs`) and `gemm-f32`
-//! 0.19.0 (`microkernel.rs`: the `fma` module, `MR = 16`, `NR = 6`). Only x86-64 CPUs with AVX2
-//! and FMA use the packed form; [`PackedWeight::new`] declines everything else and the caller
-//! keeps candle's matmul.
+//! Reference: `gemm-common` 0.19.0 (`gemm.rs`, `cache.rs`, `microkernel.rs`, `gemv.rs`) and
+//! `gemm-f32` 0.19.0 (`microkernel.rs`: the `fma` module, `MR = 16`, `NR = 6`). Only x86-64
+//! CPUs with AVX2 and FMA use the packed form; [`PackedWeight::new`] declines everything else
+//! and the caller keeps candle's matmul.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor};
 
 use crate::Result;
 
@@ -42,7 +49,7 @@ const PARALLEL_MIN_WORK: usize = 48 * 48 * 256;
 const ROWS_IN_L2_BYTES: usize = 192 * 1024;
 /// Otherwise panels go by in blocks of this many bytes (which stay in L2 while the row tiles
 /// pass).
-const PANEL_BLOCK_BYTES: usize = 256 * 1024;
+const PANEL_BLOCK_BYTES: usize = 128 * 1024;
 
 /// One k step of a panel: the weights of [`MR`] consecutive output features at one input index.
 /// The 64-byte alignment keeps each step within one cache line.
@@ -79,12 +86,30 @@ pub(crate) fn cpu_supported() -> bool {
     }
 }
 
-/// Whether gemm computes `(rows, k) x (k, n)` (candle's call for `x W^T`, `n` output features)
-/// with its packed microkernels, the path this module reproduces. Elsewhere it uses other
-/// summation orders: the horizontal (dot-product) kernel when `rows * n <= 256`, `gevv` when
-/// `k <= 2`, `gemv` when `rows == 1`, and no transposition at all when `n == 1`.
-pub(crate) fn takes_gemm_main_path(rows: usize, n: usize, k: usize) -> bool {
-    rows >= 2 && n >= 2 && k >= 3 && rows * n > 16 * 16
+/// How gemm computes candle's `x W^T` for `rows` rows, `n` output features and depth `k`, and
+/// so how this module does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// gemm's packed microkernels (`gemm_basic_generic`'s main loop): [`kernel::tile`].
+    Tiles,
+    /// gemm's `gemv::mixed_gemv_rowmajor` (one row of `x`): [`kernel::gemv_panel`].
+    Gemv,
+    /// Another summation order, not reproduced (candle's matmul on an unpacked copy of `W`):
+    /// the horizontal dot-product kernel (`rows * n <= 256`), `gevv` (`k <= 2`), the
+    /// untransposed problem (`n == 1`), or an empty product.
+    Candle,
+}
+
+/// gemm's choice, in the order `gemm_basic_generic` makes it for the transposed problem
+/// (`m = n`, `n = rows`, `lhs = W` row-major, `rhs = x^T`, column-major destination).
+pub(crate) fn route(rows: usize, n: usize, k: usize) -> Route {
+    if rows == 0 || k == 0 || n <= 1 || rows * n <= 16 * 16 || k <= 2 {
+        Route::Candle
+    } else if rows == 1 {
+        Route::Gemv
+    } else {
+        Route::Tiles
+    }
 }
 
 /// gemm's depth block `kc` for candle's `x W^T`: gemm transposes the problem (the destination is
@@ -109,15 +134,29 @@ impl PackedWeight {
             return Ok(None);
         }
         let (out_features, in_features) = weight.dims2()?;
-        let data = weight.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let weight = weight.contiguous()?;
+        let (storage, layout) = weight.storage_and_layout();
+        // Read in place: a copy of a multi-GB weight would double the peak memory of a load.
+        let (Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        else {
+            return Ok(None);
+        };
+        let data = &values[start..end];
         let n_panels = out_features.div_ceil(MR);
         let mut panels = vec![PanelStep([0.0; MR]); n_panels * in_features];
-        for (feature, row) in data.chunks_exact(in_features.max(1)).enumerate() {
-            let (panel, lane) = (feature / MR, feature % MR);
-            let steps = &mut panels[panel * in_features..(panel + 1) * in_features];
-            for (step, &value) in steps.iter_mut().zip(row) {
-                step.0[lane] = value;
-            }
+        if in_features > 0 {
+            use rayon::prelude::*;
+            panels
+                .par_chunks_mut(in_features)
+                .zip(data.par_chunks(MR * in_features))
+                .for_each(|(steps, rows)| {
+                    for (lane, row) in rows.chunks_exact(in_features).enumerate() {
+                        for (step, &value) in steps.iter_mut().zip(row) {
+                            step.0[lane] = value;
+                        }
+                    }
+                });
         }
         Ok(Some(Self {
             out_features,
@@ -150,7 +189,7 @@ impl PackedWeight {
         let handled = matches!(x.device(), Device::Cpu)
             && x.dtype() == DType::F32
             && k == self.in_features
-            && takes_gemm_main_path(rows, self.out_features, k);
+            && route(rows, self.out_features, k) != Route::Candle;
         if !handled {
             return Ok(x.matmul(&self.unpack()?.t()?)?);
         }
@@ -171,7 +210,13 @@ impl PackedWeight {
             let panels = task * n_panels / tasks..(task + 1) * n_panels / tasks;
             // SAFETY: tasks own disjoint column ranges of `dst`, which has room for `len`;
             // `PackedWeight::new` checked the CPU.
-            unsafe { self.compute(x, rows, kc, panels, out) };
+            unsafe {
+                if rows == 1 {
+                    self.gemv(x, panels, out);
+                } else {
+                    self.compute(x, rows, kc, panels, out);
+                }
+            }
         };
         if tasks == 1 {
             job(0);
@@ -184,7 +229,20 @@ impl PackedWeight {
         dst
     }
 
-    /// Columns `panels` of the output, all rows, all depth blocks.
+    /// Columns `panels` of the output for one row `x` ([`Route::Gemv`]).
+    ///
+    /// # Safety
+    /// As [`Self::compute`] with one row.
+    unsafe fn gemv(&self, x: &[f32], panels: std::ops::Range<usize>, out: OutPtr) {
+        let (n, k) = (self.out_features, self.in_features);
+        for panel in panels {
+            let w = self.panels.as_ptr().add(panel * k) as *const f32;
+            let cols = MR.min(n - panel * MR);
+            kernel::gemv_panel(k, w, x.as_ptr(), out.0.add(panel * MR), cols);
+        }
+    }
+
+    /// Columns `panels` of the output, all rows, all depth blocks ([`Route::Tiles`]).
     ///
     /// Loop order, per depth block: blocks of panels (one panel when the rows fit in L2, else
     /// as many as fit in L2), then row tiles (`x` stays in L1), then the panels of the block.
@@ -314,7 +372,7 @@ impl CustomOp1 for PackedWeight {
             candle_core::bail!("packed-linear: x must be contiguous");
         };
         let (rows, k) = layout.shape().dims2()?;
-        if k != self.in_features || !takes_gemm_main_path(rows, self.out_features, k) {
+        if k != self.in_features || route(rows, self.out_features, k) == Route::Candle {
             candle_core::bail!("packed-linear: unsupported shape ({rows}, {k})");
         }
         let tasks = if rows * self.out_features * k < PARALLEL_MIN_WORK {
@@ -418,6 +476,75 @@ mod kernel {
             }
         }
     }
+
+    /// Lanes of gemm's AVX2 f32 vectors, and its `gemv` accumulators per row.
+    const LANES: usize = 8;
+    const GEMV_ACCUMULATORS: usize = 8;
+    const GEMV_CHUNK: usize = LANES * GEMV_ACCUMULATORS;
+
+    /// `y[c] = W[c, :] . x` for the `cols` features of one panel, in the order of gemm's
+    /// `gemv::mixed_gemv_rowmajor` (candle's `x W^T` for one row of `x`), vectorized across the
+    /// panel's features instead of along k: per feature, eight 8-lane accumulators take
+    /// `k / 64 * 64` steps (step `d` goes to accumulator `d % 64 / 8`, lane `d % 8`), are summed
+    /// as `((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))`, take the steps up to `k / 8 * 8`
+    /// in lane `d % 8`, are reduced lane by lane from lane 0, and take the last `k % 8` steps;
+    /// every step is one fused multiply-add.
+    ///
+    /// # Safety
+    /// `w` points to `depth * MR` values, 32-byte aligned; `x` to `depth` values; `dst` to
+    /// `cols` writable values; the CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn gemv_panel(
+        depth: usize,
+        w: *const f32,
+        x: *const f32,
+        dst: *mut f32,
+        cols: usize,
+    ) {
+        let fma_step = |acc: &mut [__m256; 2], d: usize| {
+            let b = _mm256_broadcast_ss(&*x.add(d));
+            acc[0] = _mm256_fmadd_ps(_mm256_load_ps(w.add(d * MR)), b, acc[0]);
+            acc[1] = _mm256_fmadd_ps(_mm256_load_ps(w.add(d * MR + 8)), b, acc[1]);
+        };
+        let add =
+            |a: [__m256; 2], b: [__m256; 2]| [_mm256_add_ps(a[0], b[0]), _mm256_add_ps(a[1], b[1])];
+        let chunked = depth / GEMV_CHUNK * GEMV_CHUNK;
+        let laned = depth / LANES * LANES;
+        // partial[j * LANES + l]: accumulator j, lane l, for the panel's 16 features.
+        let mut partial = [[_mm256_setzero_ps(); 2]; GEMV_CHUNK];
+        let mut d = 0;
+        while d < chunked {
+            for (i, acc) in partial.iter_mut().enumerate() {
+                fma_step(acc, d + i);
+            }
+            d += GEMV_CHUNK;
+        }
+        let mut lanes: [[__m256; 2]; LANES] = std::array::from_fn(|l| {
+            let a = |j: usize| partial[j * LANES + l];
+            add(
+                add(add(a(0), a(1)), add(a(2), a(3))),
+                add(add(a(4), a(5)), add(a(6), a(7))),
+            )
+        });
+        while d < laned {
+            for (i, acc) in lanes.iter_mut().enumerate() {
+                fma_step(acc, d + i);
+            }
+            d += LANES;
+        }
+        let mut sum = lanes[0];
+        for lane in &lanes[1..] {
+            sum = add(sum, *lane);
+        }
+        while d < depth {
+            fma_step(&mut sum, d);
+            d += 1;
+        }
+        let mut out = [0.0f32; MR];
+        _mm256_storeu_ps(out.as_mut_ptr(), sum[0]);
+        _mm256_storeu_ps(out.as_mut_ptr().add(8), sum[1]);
+        std::ptr::copy_nonoverlapping(out.as_ptr(), dst, cols);
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -436,6 +563,17 @@ mod kernel {
         _cols: usize,
         _accumulate: bool,
         _prefetch: *const f32,
+    ) {
+        unreachable!("packed weights exist only on x86-64")
+    }
+
+    /// Never called: [`super::PackedWeight::new`] packs only on x86-64.
+    pub(super) unsafe fn gemv_panel(
+        _depth: usize,
+        _w: *const f32,
+        _x: *const f32,
+        _dst: *mut f32,
+        _cols: usize,
     ) {
         unreachable!("packed weights exist only on x86-64")
     }
@@ -503,7 +641,7 @@ mod tests {
         let packed = PackedWeight::new(&w).unwrap().expect("AVX2+FMA CPU");
         let what = format!("rows {rows}, k {k}, n {n}");
         assert_bitwise(&packed.matmul_t(&x).unwrap(), &want, &what);
-        if splits && takes_gemm_main_path(rows, n, k) {
+        if splits && route(rows, n, k) != Route::Candle {
             let data = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             for tasks in [1, 2, 3, 5] {
                 let y = packed.product(&data, rows, tasks);
@@ -620,6 +758,17 @@ mod tests {
     }
 
     #[test]
+    fn routes_follow_gemm() {
+        assert_eq!(route(1, 256, 64), Route::Candle, "horizontal kernel");
+        assert_eq!(route(16, 16, 64), Route::Candle, "horizontal kernel");
+        assert_eq!(route(1, 257, 64), Route::Gemv);
+        assert_eq!(route(1, 257, 2), Route::Candle, "gevv");
+        assert_eq!(route(300, 1, 64), Route::Candle, "not transposed");
+        assert_eq!(route(2, 129, 3), Route::Tiles);
+        assert_eq!(route(32, 32000, 512), Route::Tiles);
+    }
+
+    #[test]
     fn unpack_restores_the_weight() {
         if !cpu_supported() {
             return;
@@ -638,6 +787,13 @@ mod tests {
     fn gemm_speed() {
         if !cpu_supported() {
             return;
+        }
+        // As the `fastdllm` binary does (fastdllm-cli malloc.rs): reuse freed heap blocks instead of
+        // mapping fresh pages for every output.
+        // SAFETY: only changes allocator parameters, to values in glibc's documented ranges.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         }
         let one_thread = rayon::current_num_threads() == 1;
         let clock = || -> f64 {
