@@ -289,19 +289,9 @@ impl BlockBatch {
         self.rows.is_empty()
     }
 
-    /// Ids of the rows in the batch, in batch order.
-    pub fn ids(&self) -> Vec<RowId> {
-        self.rows.iter().map(|r| r.id).collect()
-    }
-
     /// Forward calls made so far (batch-wide NFE).
     pub fn forwards(&self) -> usize {
         self.forwards
-    }
-
-    /// The batch's decode settings (rows share all but `gen_length`).
-    pub fn config(&self) -> &DecodeConfig {
-        &self.cfg
     }
 
     /// The per-step records so far, if requested.
@@ -582,9 +572,6 @@ pub fn generate_with(
             rngs.len(),
             format!("one per prompt ({})", prompts.len()),
         ));
-    }
-    for p in prompts {
-        cfg.validate_prompt(model.spec(), p)?;
     }
     for (p, rng) in prompts.iter().zip(rngs.iter()) {
         batch.admit(p, rng.clone())?;

@@ -17,15 +17,11 @@ pub fn device_name(device: &Device) -> String {
     if device.is_cpu() {
         return cpu_model_name().unwrap_or_else(|| "cpu".to_string());
     }
-    let smi = std::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=name", "--format=csv,noheader", "--id=0"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty());
-    smi.unwrap_or_else(|| "cuda:0".to_string())
+    command_line(
+        "nvidia-smi",
+        &["--query-gpu=name", "--format=csv,noheader", "--id=0"],
+    )
+    .unwrap_or_else(|| "cuda:0".to_string())
 }
 
 fn cpu_model_name() -> Option<String> {
@@ -177,15 +173,20 @@ pub fn param_count(cfg: &ModelConfig) -> u64 {
 
 /// `git rev-parse --short HEAD` in the current directory, else `$FASTDLLM_GIT_COMMIT`.
 pub fn git_commit() -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
+    command_line("git", &["rev-parse", "--short", "HEAD"])
+        .or_else(|| std::env::var("FASTDLLM_GIT_COMMIT").ok())
+}
+
+/// The trimmed, non-empty standard output of a successful `program args`, else `None`.
+fn command_line(program: &str, args: &[&str]) -> Option<String> {
+    std::process::Command::new(program)
+        .args(args)
         .output()
         .ok()
         .filter(|o| o.status.success())
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty());
-    out.or_else(|| std::env::var("FASTDLLM_GIT_COMMIT").ok())
+        .filter(|s| !s.is_empty())
 }
 
 /// The current UTC time as RFC 3339 (`2025-01-31T12:00:00Z`).
