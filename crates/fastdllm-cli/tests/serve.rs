@@ -661,3 +661,53 @@ fn requests_join_a_running_batch_between_blocks() {
     drop(reader);
     s.shutdown(std::net::Shutdown::Both).unwrap();
 }
+
+/// A batch (or a running session) of settings that cannot share forwards is a clear error, never a
+/// silent mix: another block schedule or cache, or (Dream) rules that pick different scores.
+#[test]
+fn mismatched_batch_settings_are_errors() {
+    let loaded = load();
+    let base = defaults().settings;
+    let mut session =
+        engine::Session::new(loaded.model.as_ref(), &base, GenerateOptions::default()).unwrap();
+    let ids = loaded.tokenizer.encode("4+9=", true).unwrap();
+    let other_block = GenerationSettings {
+        decode: DecodeConfig {
+            block_length: 16,
+            ..base.decode.clone()
+        },
+        ..base.clone()
+    };
+    let other_cache = GenerationSettings {
+        cache: CacheSettings::new(CacheMode::Dual),
+        ..base.clone()
+    };
+    for s in [&other_block, &other_cache] {
+        let err = format!("{:#}", session.admit(&ids, s).unwrap_err());
+        assert!(err.contains("cannot share a batch"), "{err}");
+    }
+    assert!(session.is_empty());
+
+    let dream = fastdllm_models::load_model(
+        &fastdllm_cli::paths::bundled_model("dream-tiny"),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let ids = dream.tokenizer.encode("4+9=", true).unwrap();
+    let err = engine::run_rows(
+        dream.model.as_ref(),
+        &[ids.clone(), ids],
+        &[Unmask::Fixed, Unmask::Threshold { threshold: 0.9 }],
+        &[0, 0],
+        &base,
+        &GenerateOptions::default(),
+        &mut |_| fastdllm_core::Control::Continue,
+    )
+    .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("cannot share a batch") && err.contains("threshold=0.9"),
+        "{err}"
+    );
+}
