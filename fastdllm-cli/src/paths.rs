@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-const BUILD_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+const BUILD_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// The repository root that holds `fixtures/`.
 pub fn repo_root() -> PathBuf {

@@ -11,7 +11,7 @@ use fastdllm_core::{ForwardInput, Positions};
 /// `fixtures/{name}` of the workspace (or of the current directory, when the test binary runs
 /// on another machine from the repository root).
 pub fn fixture(name: &str) -> PathBuf {
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
     let root = if built.is_dir() {
         built
     } else {

@@ -15,7 +15,7 @@ use fastdllm_core::ModelFamily;
 use fastdllm_sampler::Unmask;
 
 fn repo_file(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(rel)
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(rel)
 }
 
 fn tmp_file(name: &str, text: &str) -> PathBuf {

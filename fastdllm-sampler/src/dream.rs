@@ -275,7 +275,7 @@ mod tests {
     fn golden_timesteps() -> Vec<(usize, Vec<f32>)> {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../conformance/goldens/dream_timesteps.json"
+            "/../conformance/goldens/dream_timesteps.json"
         );
         let text = std::fs::read_to_string(path).expect("read dream_timesteps.json");
         let body = &text[text.find("\"linspace\"").expect("linspace key")..];
