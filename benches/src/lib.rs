@@ -1,10 +1,38 @@
-//! Helpers shared by the criterion benches (benches/benches/*.rs, STYLE.md 3.8): the device a
-//! bench runs on ([`BenchDevice`]: synchronisation before reading the clock, and the
-//! `{device}_{dtype}` prefix of bench names), tiny model configs, and a timing helper for
-//! `iter_custom`.
+//! fastdllm-benches: how fast fastdllm generates, as a library other projects can call and
+//! whose records dashboards can read.
+//!
+//! * [`matrix`]: a matrix of generation settings ([`Matrix`]) run on one model ([`BenchModel`]),
+//!   timed end to end and per forward, one [`BenchRecord`] per setting (JSON, versioned by
+//!   [`SCHEMA_VERSION`]; field meanings in docs/BENCH_SCHEMA.md);
+//! * [`timed`]: the forward-timing model wrapper (device-synchronised);
+//! * [`system`]: device name, peak memory, memory bandwidth, parameter count, git commit;
+//! * [`report`]: the HTML report of a set of records, with inline SVG charts;
+//! * [`eval`]: task files (plain and GSM8K JSON Lines) run under several settings and scored by
+//!   exact match, with NFE, tokens per forward and output tokens/s;
+//! * [`trace_view`]: one generation drawn as an HTML/SVG picture (`fastdllm trace`);
+//! * the helpers at the crate root are shared by the criterion benches (benches/benches/*.rs,
+//!   STYLE.md 3.8): the device a bench runs on ([`BenchDevice`]: synchronisation before reading
+//!   the clock, and the `{device}_{dtype}` prefix of bench names), tiny model configs, and a
+//!   timing helper for `iter_custom`.
 //!
 //! CPU sizes are tiny so `cargo bench` stays quick on a 2-core CI machine; CUDA sizes apply only
 //! with `--features cuda` on the GPU machine. CI runs `cargo bench --no-run` only.
+//!
+//! The `fastdllm bench`, `eval` and `trace` commands are thin callers of this crate; generation
+//! settings are [`conformance::engine::GenerationSettings`].
+#![deny(missing_docs)]
+
+pub mod eval;
+pub mod matrix;
+pub mod report;
+pub mod system;
+pub mod timed;
+pub mod trace_view;
+
+pub use matrix::{
+    cache_cpu_config, run_setting, speedups, BenchModel, BenchRecord, Machine, Matrix, RunOptions,
+    Setting, StepStats, SCHEMA_VERSION, TINY_TASK_PROMPT,
+};
 
 use std::time::{Duration, Instant};
 
@@ -97,7 +125,7 @@ pub fn small_config(hidden: usize, layers: usize) -> ModelConfig {
 
 /// Issue 3's model shape (hidden 512, 8 layers, 8 heads, MLP 1536, vocab 32000) for GPU runs.
 pub fn medium_config() -> ModelConfig {
-    fastdllm_cli::bench::cache_cpu_config()
+    crate::matrix::cache_cpu_config()
 }
 
 /// The config for `device`: tiny on CPU, issue 3's shape on a GPU.

@@ -10,10 +10,10 @@
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use conformance::engine::{self, GenerationSettings};
+use conformance::paths::bundled_model;
 use conformance::tol::{compare, max_rel_err, Tol};
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_cli::engine::{self, GenerationSettings};
-use fastdllm_cli::paths::bundled_model;
 use fastdllm_core::{DecodeConfig, ForwardInput, GenerateOptions, PassthroughKv, Positions};
 use fastdllm_models::LoadedModel;
 use fastdllm_sampler::{ProposerConfig, Unmask};

@@ -4,8 +4,8 @@
 //! rounding of the threshold) may mismatch and are counted apart. A case whose mode is not
 //! implemented fails.
 
-use fastdllm_cli::conform::{read_cases, Case, Runner, Status, Tally};
-use fastdllm_cli::paths::goldens_dir;
+use conformance::golden::{read_cases, Case, Runner, Status, Tally};
+use conformance::paths::goldens_dir;
 
 fn run_group(name: &str, keep: impl Fn(&Case) -> bool) {
     let files = vec![

@@ -16,7 +16,7 @@
 //! pre-RoPE keys, less work). Prefix mode writes the window's fresh K/V over `[s_k, L)` of the
 //! full-length store and attends over `[0, L)`: the same keys as the reference's
 //! `concat(prefix, window)`, without concatenating (no per-step copy of the prefix).
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod error;
 pub mod plan;

@@ -7,8 +7,8 @@ use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use candle_core::{DType, Device};
+use conformance::engine::{self, trim_at_eos, GenerationSettings};
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_cli::engine::{self, trim_at_eos, GenerationSettings};
 use fastdllm_cli::serve::api::{Defaults, Knobs};
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
 use fastdllm_core::{DecodeConfig, GenerateOptions};
@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 fn load() -> LoadedModel {
     fastdllm_models::load_model(
-        &fastdllm_cli::paths::default_model(),
+        &conformance::paths::default_model(),
         &Device::Cpu,
         DType::F32,
     )
@@ -753,7 +753,7 @@ fn mismatched_batch_settings_are_errors() {
     assert!(session.is_empty());
 
     let dream = fastdllm_models::load_model(
-        &fastdllm_cli::paths::bundled_model("dream-tiny"),
+        &conformance::paths::bundled_model("dream-tiny"),
         &Device::Cpu,
         DType::F32,
     )

@@ -13,7 +13,7 @@
 //!
 //! It has no model, cache or sampler of its own, so another dLLM project can take `core + cache +
 //! sampler` and bring its own model.
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod canvas;
 pub mod config;

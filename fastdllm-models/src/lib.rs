@@ -35,7 +35,7 @@
 //! # Ok(())
 //! # }
 //! ```
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod any;
 pub mod config;

@@ -1,16 +1,45 @@
 //! Forward-pass properties on small random-weight models (no files): determinism, batching,
 //! per-row positions, key bias, row selection, cache consistency and argument checks.
 
-mod common;
-
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use common::{input, max_abs_diff};
 use fastdllm_core::{DiffusionLm, ForwardInput, KvView, PassthroughKv, Positions};
 use fastdllm_models::{random_model, DreamConfig, LladaConfig, ModelConfig};
 
 const VOCAB: usize = 40;
+
+/// A forward over `ids` (one row) at positions `start..`, every row's logits.
+fn input(ids: &[u32], start: usize) -> ForwardInput {
+    ForwardInput {
+        tokens: Tensor::new(ids, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap(),
+        positions: Positions::Contiguous { start },
+        window_start: start,
+        key_bias: None,
+        logits_rows: (0..ids.len()).into(),
+    }
+}
+
+/// Largest absolute difference.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let values = |t: &Tensor| -> Vec<f32> {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    values(a)
+        .iter()
+        .zip(values(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
 
 fn llada() -> ModelConfig {
     ModelConfig::Llada(LladaConfig {

@@ -271,47 +271,6 @@ mod tests {
         }
     }
 
-    /// Reads `linspace[n].timesteps_f32` of the golden file without a JSON dependency.
-    fn golden_timesteps() -> Vec<(usize, Vec<f32>)> {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../conformance/goldens/dream_timesteps.json"
-        );
-        let text = std::fs::read_to_string(path).expect("read dream_timesteps.json");
-        let body = &text[text.find("\"linspace\"").expect("linspace key")..];
-        let mut out = Vec::new();
-        let mut rest = body;
-        while let Some(k) = rest.find("\"timesteps_f32\"") {
-            // The key of this entry is the last `"<digits>"` before it.
-            let head = &rest[..k];
-            let key_end = head.rfind("\": {").expect("entry key");
-            let key_start = head[..key_end].rfind('"').expect("key quote") + 1;
-            let n: usize = head[key_start..key_end].parse().expect("numeric key");
-            let arr = &rest[k..];
-            let (a, b) = (arr.find('[').expect("["), arr.find(']').expect("]"));
-            let vals: Vec<f32> = arr[a + 1..b]
-                .split(',')
-                .map(|v| v.trim().parse::<f64>().expect("number") as f32)
-                .collect();
-            out.push((n, vals));
-            rest = &arr[b..];
-        }
-        out
-    }
-
-    #[test]
-    fn timesteps_match_torch_linspace_bit_for_bit() {
-        let golden = golden_timesteps();
-        assert!(golden.len() >= 6, "found {} entries", golden.len());
-        for (n, want) in golden {
-            let got = dream_timesteps(1e-3, n);
-            assert_eq!(got.len(), want.len(), "n = {n}");
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(g.to_bits(), w.to_bits(), "n = {n}, i = {i}: {g} vs {w}");
-            }
-        }
-    }
-
     #[test]
     fn counts_and_last_step() {
         // n = 8 masks over 4 steps: ts = [1, .75025, .5005, .25075, .001].

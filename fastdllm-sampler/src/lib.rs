@@ -28,7 +28,7 @@
 //! Policies work on plain [`Candidate`](fastdllm_core::Candidate) data, so every rule is
 //! testable without tensors; indices returned are distinct and in range, and the threshold and
 //! factor rules commit at least one candidate whenever one exists.
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod confidence;
 pub mod config;

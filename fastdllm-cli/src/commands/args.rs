@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
+use conformance::engine::GenerationSettings;
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_cli::engine::GenerationSettings;
 use fastdllm_core::{DecodeConfig, ModelFamily};
 use fastdllm_sampler::{DreamScore, ProposerConfig, Remasking, Unmask};
 
@@ -30,7 +30,7 @@ impl ModelArgs {
     pub fn dir(&self) -> PathBuf {
         self.model
             .clone()
-            .unwrap_or_else(fastdllm_cli::paths::default_model)
+            .unwrap_or_else(conformance::paths::default_model)
     }
 }
 

@@ -1,5 +1,5 @@
 //! `fastdllm bench`: the arguments of the benchmark matrix and the presets; the work is in
-//! [`fastdllm_cli::bench`].
+//! [`fastdllm_benches`].
 //!
 //! Presets: `smoke` (default; bundled tiny LLaDA, none/prefix/dual x fixed/threshold=0.9, gen 32,
 //! block 8) and `cache-cpu` (issue 3: random-weight LLaDA-shaped model, hidden 512, 8 layers,
@@ -12,8 +12,8 @@ use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use fastdllm_benches::{self as benches, BenchModel, Machine, Matrix, RunOptions};
 use fastdllm_cache::CacheMode;
-use fastdllm_cli::bench::{self, BenchModel, Machine, Matrix, RunOptions};
 use fastdllm_models::ModelConfig;
 use fastdllm_sampler::Unmask;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -64,7 +64,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     prompt_len: Option<Vec<usize>>,
     /// Task prompt of a loaded model (chat template applied when the model has one).
-    #[arg(long, default_value = bench::TINY_TASK_PROMPT)]
+    #[arg(long, default_value = benches::TINY_TASK_PROMPT)]
     prompt: String,
     /// Untimed runs per setting. Default: 1 (smoke), 0 (cache-cpu).
     #[arg(long)]
@@ -169,7 +169,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             BenchModel::random(name, cfg, &device, dtype, a.seed)?
         }
         (None, None, Preset::CacheCpu) => {
-            let mut cfg = bench::cache_cpu_config();
+            let mut cfg = benches::cache_cpu_config();
             if let (Some(n), ModelConfig::Llada(c)) = (a.layers, &mut cfg) {
                 c.num_layers = n;
             }
@@ -246,7 +246,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             s.batch
         );
         bar.set_message(label.clone());
-        let r = bench::run_setting(&bm, &machine, s, &opts)
+        let r = benches::run_setting(&bm, &machine, s, &opts)
             .with_context(|| format!("setting {label}"))?;
         let mut line = serde_json::to_string(&r)?;
         line.push('\n');
@@ -270,7 +270,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    std::fs::write(&a.out_html, bench::report::html(&records))
+    std::fs::write(&a.out_html, benches::report::html(&records))
         .with_context(|| format!("writing {}", a.out_html.display()))?;
     eprintln!(
         "wrote {} and {}",

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use fastdllm_cli::conform::{read_cases, Runner, Status, Tally};
+use conformance::golden::{read_cases, Runner, Status, Tally};
 
 use super::args::{DTypeArg, DeviceArg};
 
@@ -51,7 +51,7 @@ pub fn run(a: ConformArgs) -> Result<ExitCode> {
                 "{}",
                 serde_json::json!({
                     "id": v.id, "status": v.status, "generated_ids": v.generated_ids, "nfe": v.nfe,
-                    "unmask_step": v.unmask_step, "problems": v.problems, "notes": v.notes, "drift": v.drift,
+                    "unmask_step": v.unmask_step, "agreement": v.agreement, "problems": v.problems, "notes": v.notes, "drift": v.drift,
                 })
             );
         } else if v.status != Status::Pass {

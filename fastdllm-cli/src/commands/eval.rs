@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use fastdllm_cli::eval::{
+use fastdllm_benches::eval::{
     encode_prompts, evaluate, format_table, parse_settings, read_tasks, report_json,
 };
 use indicatif::{ProgressBar, ProgressStyle};

@@ -1,13 +1,13 @@
 //! `fastdllm trace`: one generation rendered as a self-contained HTML picture (inline SVG), each
 //! answer token a cell coloured by the forward that committed it; see
-//! [`fastdllm_cli::trace_view`]. Same model and decoding flags as `generate`.
+//! [`fastdllm_benches::trace_view`]. Same model and decoding flags as `generate`.
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use fastdllm_cli::engine;
-use fastdllm_cli::trace_view::{render, TraceCell, TracePicture};
+use conformance::engine;
+use fastdllm_benches::trace_view::{render, TraceCell, TracePicture};
 use fastdllm_core::GenerateOptions;
 
 use super::args::{DecodeArgs, ModelArgs};
@@ -20,7 +20,7 @@ pub struct TraceArgs {
     #[command(flatten)]
     decode: DecodeArgs,
     /// Prompt text (the chat template is applied unless --raw).
-    #[arg(long, default_value = fastdllm_cli::bench::TINY_TASK_PROMPT)]
+    #[arg(long, default_value = fastdllm_benches::TINY_TASK_PROMPT)]
     prompt: String,
     /// Do not apply the chat template.
     #[arg(long)]

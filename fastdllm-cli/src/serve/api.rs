@@ -17,7 +17,7 @@ use fastdllm_sampler::Unmask;
 use serde::{Deserialize, Serialize};
 
 use super::errors::ApiError;
-use crate::engine::GenerationSettings;
+use conformance::engine::GenerationSettings;
 
 /// The server-side defaults of every knob (the `serve` flags).
 #[derive(Debug, Clone, PartialEq)]

@@ -284,7 +284,7 @@ async fn read_body(s: &AppState, req: Request) -> Result<axum::body::Bytes, ApiE
 /// A validated request ready for the queue.
 struct Prepared {
     prompt: Vec<TokenId>,
-    job_settings: crate::engine::GenerationSettings,
+    job_settings: conformance::engine::GenerationSettings,
     stream: bool,
     provisional: bool,
 }

@@ -33,7 +33,7 @@ use fastdllm_models::LoadedModel;
 use fastdllm_sampler::Unmask;
 use serde::Serialize;
 
-use crate::engine::{self, trim_at_eos, GenerationSettings};
+use conformance::engine::{self, trim_at_eos, GenerationSettings};
 
 /// How a task's answer is compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::{speedups, BenchRecord};
+use crate::matrix::{speedups, BenchRecord};
 
 /// Series colours (colour-blind-safe Okabe-Ito palette).
 pub const PALETTE: [&str; 6] = [

@@ -1,4 +1,6 @@
-//! Helpers shared by the integration tests: fixture paths and throw-away model directories.
+//! Helpers shared by the model tests that read the bundled fixtures (moved here from
+//! fastdllm-models so that library crate's tests need no repository data): fixture paths and
+//! throw-away model directories.
 
 #![allow(dead_code)]
 
@@ -8,16 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use candle_core::{DType, Device, Tensor};
 use fastdllm_core::{ForwardInput, Positions};
 
-/// `fixtures/{name}` of the workspace (or of the current directory, when the test binary runs
-/// on another machine from the repository root).
+/// `fixtures/{name}` of the repository ([`conformance::paths::bundled_model`]).
 pub fn fixture(name: &str) -> PathBuf {
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
-    let root = if built.is_dir() {
-        built
-    } else {
-        PathBuf::from("fixtures")
-    };
-    root.join(name)
+    conformance::paths::bundled_model(name)
 }
 
 /// A fresh empty directory under the system temp dir, removed on drop.

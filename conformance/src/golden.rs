@@ -1,5 +1,43 @@
 //! Golden cases from the reference implementation (conformance/goldens/FORMAT.md) and the
-//! verdict of FORMAT.md section 10.
+//! verdict of FORMAT.md section 10, for any model, cache policy and unmasking policy.
+//!
+//! * [`read_cases`] loads JSON Lines golden files into [`Case`]s;
+//! * [`run_case`] runs one case on any [`DiffusionLm`] with any [`CachePolicy`] and
+//!   [`UnmaskPolicy`] (the proposer, decode settings and seed are the case's own);
+//! * [`judge`] compares an output with the case (FORMAT.md section 10) and [`check_case`] does
+//!   both, with the drift of every cached step from the exact forward when asked;
+//! * [`Runner`] runs cases on the bundled models with the policies each case names.
+//!
+//! A cache approximation is checked against the exact path by running the no-cache cases
+//! ([`Case::is_exact_path`]) with it in place of the exact policy: the verdict says where its
+//! tokens leave the reference's exact output ([`Verdict::agreement`]) and how far its cached
+//! logits drift from the exact forward ([`Verdict::drift`]).
+//!
+//! ```no_run
+//! use conformance::golden::{check_case, read_cases, Status};
+//! use conformance::paths::{bundled_model, goldens_dir};
+//! use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
+//! use fastdllm_core::ModelFamily;
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let model = fastdllm_models::load_model(
+//!     &bundled_model("llada-tiny"),
+//!     &candle_core::Device::Cpu,
+//!     candle_core::DType::F32,
+//! )?;
+//! for case in read_cases(&[goldens_dir().join("llada-tiny.jsonl")])?
+//!     .iter()
+//!     .filter(|c| c.is_exact_path())
+//! {
+//!     // Your approximation here; the dual cache stands in for it.
+//!     let mut cache = BlockCache::new(CacheSettings::new(CacheMode::Dual))?;
+//!     let mut unmask = case.settings()?.unmask.build(ModelFamily::Llada, 0)?;
+//!     let v = check_case(model.model.as_ref(), case, &mut cache, unmask.as_mut(), true);
+//!     println!("{}: {:?}, agreement {:.2}", v.id, v.status, v.agreement);
+//! }
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! A case passes when the generated ids and the NFE equal the reference's; `unmask_step` and
 //! `tokens_per_step` must match too, except where the case's `min_rank_margin` < 1e-8 (order
@@ -12,12 +50,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_core::{DecodeConfig, GenerateOptions, RowOutput, TokenId};
+use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
+use fastdllm_core::{
+    CachePolicy, DecodeConfig, Decoder, DiffusionLm, GenerateOptions, Generation, ModelFamily, Rng,
+    RowOutput, TokenId, UnmaskPolicy,
+};
 use fastdllm_sampler::{DreamScore, ProposerConfig, Remasking, Unmask};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{self, GenerationSettings};
+use crate::engine::GenerationSettings;
 
 /// Margin under which the unmasking order inside a step may differ by rounding (FORMAT 9, 10).
 pub const RANK_MARGIN_EPS: f64 = 1e-8;
@@ -124,6 +165,31 @@ pub struct Case {
 }
 
 impl Case {
+    /// Whether the case is a call of the reference's exact path (no cache): the output any
+    /// cache approximation is measured against.
+    pub fn is_exact_path(&self) -> bool {
+        self.cache == "none"
+    }
+
+    /// The model family of the case's model (`dream*` folders are Dream, the rest LLaDA).
+    pub fn family(&self) -> ModelFamily {
+        if self.model.starts_with("dream") {
+            ModelFamily::Dream
+        } else {
+            ModelFamily::Llada
+        }
+    }
+
+    /// The policies the case itself names: a [`BlockCache`] of its cache mode and its
+    /// unmasking rule, built for `family` with the case's seed.
+    pub fn policies(
+        &self,
+        family: ModelFamily,
+    ) -> Result<(BlockCache, Box<dyn UnmaskPolicy + Send>)> {
+        let s = self.settings()?;
+        Ok((BlockCache::new(s.cache)?, s.unmask.build(family, s.seed)?))
+    }
+
     /// The settings that reproduce the reference call.
     pub fn settings(&self) -> Result<GenerationSettings> {
         let p = &self.params;
@@ -148,7 +214,7 @@ impl Case {
         if p.alg_temp.is_some_and(|t| t > 0.0) {
             bail!("alg_temp > 0 is not implemented");
         }
-        let unmask = match (self.model.starts_with("dream"), self.rule.as_str()) {
+        let unmask = match (self.family() == ModelFamily::Dream, self.rule.as_str()) {
             (false, "fixed") => Unmask::Fixed,
             (false, "threshold") => Unmask::Threshold {
                 threshold: need(p.threshold, "threshold")?,
@@ -241,6 +307,10 @@ pub struct Verdict {
     pub nfe: usize,
     /// Our unmask steps.
     pub unmask_step: Vec<Option<usize>>,
+    /// Share of the expected answer positions whose id we generated (1.0 when the ids match;
+    /// 0.0 when the case could not run): how far a cache approximation's tokens stay on the
+    /// exact path.
+    pub agreement: f64,
     /// Drift summary of the cached steps, when measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drift: Option<fastdllm_core::DriftStats>,
@@ -319,6 +389,90 @@ pub fn judge(case: &Case, out: &RowOutput) -> Verdict {
         generated_ids: out.generated.clone(),
         nfe: out.nfe,
         unmask_step: out.unmask_step.clone(),
+        agreement: agreement(&case.generated_ids, &out.generated),
+        drift: None,
+    }
+}
+
+fn agreement(want: &[TokenId], got: &[TokenId]) -> f64 {
+    if want.is_empty() {
+        return if got.is_empty() { 1.0 } else { 0.0 };
+    }
+    let same = want.iter().zip(got).filter(|(a, b)| a == b).count();
+    same as f64 / want.len() as f64
+}
+
+/// Runs `case` on `model` with the given cache and unmasking policies. The proposer (logits →
+/// proposed token and confidence), the decode settings and the seed are the case's own
+/// ([`Case::settings`]), so only the two policies differ from the reference call.
+///
+/// Errors when the case's settings are not implemented or invalid for the model's family
+/// (e.g. Dream's original sampler with a cached mode), or when generation fails (a prompt longer
+/// than the model's positions, a policy breaking its contract).
+pub fn run_case(
+    model: &dyn DiffusionLm,
+    case: &Case,
+    cache: &mut dyn CachePolicy,
+    unmask: &mut dyn UnmaskPolicy,
+    opts: &GenerateOptions,
+) -> Result<Generation> {
+    let settings = case.settings()?;
+    let spec = model.spec();
+    settings.validate(spec.family)?;
+    let mut proposer =
+        settings
+            .proposer
+            .build_for_model(spec.family, &settings.unmask, spec.mask_token_id)?;
+    let gen = fastdllm_core::generate(
+        model,
+        std::slice::from_ref(&case.prompt_ids),
+        &settings.decode,
+        Decoder {
+            cache,
+            proposer: proposer.as_mut(),
+            unmask,
+        },
+        &mut [Rng::new(settings.seed)],
+        opts,
+    )
+    .with_context(|| format!("case {}", case.id))?;
+    Ok(gen)
+}
+
+/// [`run_case`] then [`judge`]. With `drift`, every cached (approximate) step is also run
+/// exactly and the difference is summarised in [`Verdict::drift`] (those extra forwards are not
+/// counted in the NFE). A case that cannot run is a [`Status::Fail`] verdict with the reason.
+pub fn check_case(
+    model: &dyn DiffusionLm,
+    case: &Case,
+    cache: &mut dyn CachePolicy,
+    unmask: &mut dyn UnmaskPolicy,
+    drift: bool,
+) -> Verdict {
+    let opts = GenerateOptions {
+        trace: drift,
+        drift,
+    };
+    match run_case(model, case, cache, unmask, &opts) {
+        Ok(gen) => {
+            let mut v = judge(case, &gen.rows[0]);
+            v.drift = gen.trace.as_ref().and_then(|t| t.drift_summary());
+            v
+        }
+        Err(e) => failed(case, e),
+    }
+}
+
+fn failed(case: &Case, e: anyhow::Error) -> Verdict {
+    Verdict {
+        id: case.id.clone(),
+        status: Status::Fail,
+        problems: vec![format!("could not run: {e:#}")],
+        notes: Vec::new(),
+        generated_ids: Vec::new(),
+        nfe: 0,
+        unmask_step: Vec::new(),
+        agreement: 0.0,
         drift: None,
     }
 }
@@ -370,42 +524,26 @@ impl Runner {
         Ok(&self.models[dir])
     }
 
-    /// Runs and judges one case; a case that cannot run is a failure with the reason.
+    /// Runs and judges one case with the policies it names ([`Case::policies`]) on its model;
+    /// a case that cannot run is a failure with the reason.
     pub fn run(&mut self, case: &Case) -> Verdict {
-        match self.try_run(case) {
-            Ok(v) => v,
-            Err(e) => Verdict {
-                id: case.id.clone(),
-                status: Status::Fail,
-                problems: vec![format!("could not run: {e:#}")],
-                notes: Vec::new(),
-                generated_ids: Vec::new(),
-                nfe: 0,
-                unmask_step: Vec::new(),
-                drift: None,
-            },
-        }
-    }
-
-    fn try_run(&mut self, case: &Case) -> Result<Verdict> {
-        let settings = case.settings()?;
         let dir = self.model_dir(case);
         let drift = self.drift;
-        let model = self.model(&dir)?;
-        let opts = GenerateOptions {
-            trace: drift,
-            drift,
+        let model = match self.model(&dir) {
+            Ok(m) => m,
+            Err(e) => return failed(case, e),
         };
-        let gen = engine::run(
-            model.model.as_ref(),
-            std::slice::from_ref(&case.prompt_ids),
-            &[settings.seed],
-            &settings,
-            &opts,
-        )?;
-        let mut v = judge(case, &gen.rows[0]);
-        v.drift = gen.trace.as_ref().and_then(|t| t.drift_summary());
-        Ok(v)
+        let family = model.model.spec().family;
+        match case.policies(family) {
+            Ok((mut cache, mut unmask)) => check_case(
+                model.model.as_ref(),
+                case,
+                &mut cache,
+                unmask.as_mut(),
+                drift,
+            ),
+            Err(e) => failed(case, e),
+        }
     }
 }
 

@@ -25,7 +25,7 @@ pub struct ForwardTiming {
     /// Wall time of the forward, seconds (device synchronised).
     pub secs: f64,
     /// Device memory in use right after the forward (CUDA only; see
-    /// [`super::system::device_memory_used`]).
+    /// [`crate::system::device_memory_used`]).
     pub device_used_bytes: Option<u64>,
 }
 
@@ -94,7 +94,7 @@ impl DiffusionLm for TimedModel<'_> {
         let logits = self.inner.forward(input, kv)?;
         device.synchronize()?;
         let secs = start.elapsed().as_secs_f64();
-        let device_used_bytes = super::system::device_memory_used(device);
+        let device_used_bytes = crate::system::device_memory_used(device);
         let window_len = input.tokens.dim(1)?;
         if let Ok(mut l) = self.log.lock() {
             l.push(ForwardTiming {

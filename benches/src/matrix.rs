@@ -1,5 +1,5 @@
-//! `fastdllm bench`: a matrix of generation settings timed end to end and per forward, written
-//! as JSON Lines records (docs/BENCH_SCHEMA.md) and an HTML report with inline SVG plots.
+//! The benchmark matrix (`fastdllm bench` calls it): a matrix of generation settings timed end to
+//! end and per forward, one [`BenchRecord`] per setting (JSON Lines, docs/BENCH_SCHEMA.md).
 //!
 //! Throughput follows the paper's definition (SPEC 3.3): output tokens up to the first EOS per
 //! row, divided by the wall time of the generation; the raw rate over all `gen_length` positions
@@ -7,13 +7,8 @@
 //! loading excluded), the median over `--repeats`; with `--max-blocks` only the first blocks are
 //! generated and every count (NFE, tokens) covers those blocks only (`capped: true`).
 //!
-//! * [`timed`]: the forward-timing model wrapper (device-synchronised);
-//! * [`system`]: device name, peak memory, bandwidth, parameter count, git commit;
-//! * [`report`]: the HTML report and the small SVG chart code it draws with.
-
-pub mod report;
-pub mod system;
-pub mod timed;
+//! Forwards are timed by [`crate::timed`], the machine is described by [`crate::system`], and
+//! [`crate::report`] renders the records as HTML.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,11 +21,14 @@ use fastdllm_core::{DecodeConfig, DiffusionLm, GenerateOptions, TokenId};
 use fastdllm_models::{LladaConfig, ModelConfig};
 use fastdllm_sampler::{ProposerConfig, Unmask};
 
-use crate::engine::{self, trim_at_eos, GenerationSettings};
-use timed::{ForwardTiming, TimedModel};
+use crate::system;
+use crate::timed::{ForwardTiming, TimedModel};
+use conformance::engine::{self, trim_at_eos, GenerationSettings};
 
-/// Version of the record layout (docs/BENCH_SCHEMA.md).
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the record layout, written in every record's `schema_version` (docs/BENCH_SCHEMA.md
+/// says when it changes). 2: the version field itself is named `schema_version` (1 called it
+/// `schema`; such records still parse).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The prompt of the bundled tiny LLaDA (a copy task it was trained on).
 pub const TINY_TASK_PROMPT: &str = "copy 3dbk......=";
@@ -224,47 +222,87 @@ pub struct StepStats {
 
 /// One benchmark record (one JSON line). Field meanings: docs/BENCH_SCHEMA.md.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[allow(missing_docs)]
 pub struct BenchRecord {
-    pub schema: u32,
+    /// Layout version ([`SCHEMA_VERSION`]).
+    #[serde(alias = "schema")]
+    pub schema_version: u32,
+    /// Model directory name, or `random:<config>` for random weights.
     pub model: String,
+    /// CPU model name or CUDA device name.
     pub device: String,
+    /// `cpu` or `cuda`.
     pub device_kind: String,
+    /// CPU threads used; `None` on a GPU.
     pub threads: Option<usize>,
+    /// Activation dtype: `f32`, `bf16`, `f16`.
     pub dtype: String,
+    /// Prompt tokens per row.
     pub prompt_len: usize,
+    /// Answer positions per row.
     pub gen_length: usize,
+    /// Block length.
     pub block_length: usize,
+    /// Steps (= `gen_length`: one token per step under the fixed schedule).
     pub steps: usize,
+    /// Cache mode: `none`, `prefix`, `dual`.
     pub cache: String,
+    /// Unmasking rule label (`fixed`, `threshold=0.9`, `factor=1`), parsable by `Unmask::from_str`.
     pub rule: String,
+    /// The rule without its parameter.
     pub rule_kind: String,
+    /// The rule's parameter, if any.
     pub rule_param: Option<f64>,
+    /// Rows (the same prompt repeated).
     pub batch: usize,
+    /// Untimed runs before the timed ones.
     pub warmup: usize,
+    /// Timed runs.
     pub repeats: usize,
+    /// Only the first N blocks were generated, if set.
     pub max_blocks: Option<usize>,
+    /// Blocks generated per run.
     pub measured_blocks: usize,
+    /// `measured_blocks < gen_length / block_length`: counts cover the measured blocks only.
     pub capped: bool,
+    /// Forwards of one run (the batch's NFE).
     pub nfe: usize,
+    /// Committed answer positions, all rows, one run.
     pub generated_tokens: usize,
+    /// Answer tokens up to the first EOS, summed over rows (SPEC 3.3).
     pub output_tokens: usize,
+    /// `generated_tokens / batch / nfe`.
     pub tokens_per_forward: f64,
+    /// `output_tokens / wall_ms`, per second (the paper's throughput).
     pub output_tokens_per_s: f64,
+    /// `generated_tokens / wall_ms`, per second.
     pub gen_tokens_per_s: f64,
+    /// Median wall time of the timed runs, milliseconds.
     pub wall_ms: f64,
+    /// Wall time of each timed run, milliseconds.
     pub wall_ms_runs: Vec<f64>,
+    /// `wall_ms / nfe`.
     pub ms_per_step: f64,
+    /// Median over runs of the summed forward times, milliseconds.
     pub forward_ms_total: f64,
+    /// Median process CPU time of a timed run, milliseconds; CPU only.
     pub cpu_ms: Option<f64>,
+    /// `cpu_ms / (wall_ms * threads)`; CPU only.
     pub cpu_utilization: Option<f64>,
+    /// Per step kind (`full`, `prefix_window`, `dual_window`): latency statistics.
     pub step_latency: BTreeMap<String, StepStats>,
+    /// Parameters computed from the config.
     pub param_count: u64,
+    /// `param_count * dtype size`.
     pub weight_bytes: u64,
+    /// Measured memory bandwidth, GB/s.
     pub bandwidth_gb_s: f64,
+    /// `weight_bytes / bandwidth`: time to read every weight once, milliseconds.
     pub roofline_floor_ms: f64,
+    /// Peak RSS (CPU) or peak device memory in use (CUDA), bytes.
     pub peak_memory_bytes: Option<u64>,
+    /// Git commit of the build, if known.
     pub git_commit: Option<String>,
+    /// UTC RFC 3339 time the record was made.
     pub timestamp: String,
 }
 
@@ -534,7 +572,7 @@ pub fn run_setting(
     };
     let rows = prompts.len();
     Ok(BenchRecord {
-        schema: SCHEMA_VERSION,
+        schema_version: SCHEMA_VERSION,
         model: bm.name.clone(),
         device: machine.device_name.clone(),
         device_kind: if device.is_cpu() {

@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use crate::bench::report::{color_scale, escape};
+use crate::report::{color_scale, escape};
 
 /// One answer position.
 #[derive(Debug, Clone, PartialEq)]
