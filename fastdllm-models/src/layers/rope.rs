@@ -323,8 +323,8 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
-        assert_eq!(full.cos.dtype(), DType::F32);
-        assert_eq!(act.cos.dtype(), DType::F16);
+        assert_eq!(full.table_dtype, DType::F32);
+        assert_eq!(act.table_dtype, DType::F16);
         for rope in [full, act] {
             let y = rope
                 .at(&Positions::Contiguous { start: 1 }, 1, 3, 4)
