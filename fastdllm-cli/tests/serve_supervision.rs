@@ -123,7 +123,7 @@ fn a_panicking_row_fails_alone_and_the_next_request_succeeds() {
         .http_status_as_error(false)
         .build();
     let mut r = ureq::Agent::new_with_config(cfg)
-        .get(&format!("{}/health", server.url()))
+        .get(format!("{}/health", server.url()))
         .call()
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
