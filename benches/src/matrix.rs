@@ -476,7 +476,9 @@ pub fn run_setting(
     let spec = bm.model.spec();
     let prompt = bm.prompt(s.prompt_len, opts.seed)?;
     let prompt_len = prompt.len();
-    if prompt_len + s.gen_length > spec.max_seq_len {
+    let seq_len =
+        fastdllm_core::Error::checked_add("prompt + gen_length", prompt_len, s.gen_length)?;
+    if seq_len > spec.max_seq_len {
         bail!(
             "prompt {prompt_len} + gen {} exceeds the model's {} positions",
             s.gen_length,
@@ -515,7 +517,6 @@ pub fn run_setting(
             .flat_map(|r| r.timings.iter().filter_map(|t| t.device_used_bytes))
             .max()
     };
-    let seq_len = prompt_len + s.gen_length;
     let mut by_kind: BTreeMap<&'static str, (Vec<f64>, Vec<usize>)> = BTreeMap::new();
     for r in &runs {
         for t in &r.timings {

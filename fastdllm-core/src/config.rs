@@ -68,6 +68,14 @@ impl DecodeConfig {
         if self.max_steps_per_block == Some(0) {
             return Err(Error::setting("max_steps_per_block", 0, "must be >= 1"));
         }
+        if self.max_steps_per_block.is_none() {
+            let cap = Error::checked_add(
+                "step cap block_length + steps / blocks",
+                self.block_length,
+                self.steps_per_block(),
+            )?;
+            Error::checked_add("step cap block_length + steps / blocks + 1", cap, 1)?;
+        }
         Ok(())
     }
 
@@ -81,10 +89,14 @@ impl DecodeConfig {
         self.steps / self.num_blocks().max(1)
     }
 
-    /// The effective safety cap.
+    /// The effective safety cap ([`DecodeConfig::validate`] checks that it fits in `usize`;
+    /// unvalidated configs saturate).
     pub fn step_cap(&self) -> usize {
-        self.max_steps_per_block
-            .unwrap_or(self.block_length + self.steps_per_block() + 1)
+        self.max_steps_per_block.unwrap_or(
+            self.block_length
+                .saturating_add(self.steps_per_block())
+                .saturating_add(1),
+        )
     }
 
     /// Whether rows with `self` and `other` can decode side by side in one
@@ -103,7 +115,8 @@ impl DecodeConfig {
     }
 
     /// Checks a prompt against the model: non-empty, ids in the vocabulary, and
-    /// `prompt + gen_length` within the model's maximum length.
+    /// `prompt + gen_length` within the model's maximum length ([`Error::InvalidPrompt`]; an
+    /// overflowing sum is [`Error::SizeOverflow`]).
     pub fn validate_prompt(&self, spec: &ModelSpec, prompt: &[TokenId]) -> Result<()> {
         if prompt.is_empty() {
             return Err(Error::InvalidPrompt(
@@ -120,7 +133,7 @@ impl DecodeConfig {
                 spec.vocab_size
             )));
         }
-        let total = prompt.len() + self.gen_length;
+        let total = Error::checked_add("prompt + gen_length", prompt.len(), self.gen_length)?;
         if total > spec.max_seq_len {
             return Err(Error::InvalidPrompt(format!(
                 "prompt length {} + gen_length {} = {total} exceeds the model's maximum sequence length {}",

@@ -32,6 +32,30 @@ pub enum Error {
         /// The cap.
         cap: usize,
     },
+    /// A length or count derived from the input does not fit in `usize` (for example
+    /// `prompt + gen_length` with `gen_length` near `usize::MAX`).
+    #[error("{what} = {expr} overflows (the largest size is {max})", max = usize::MAX)]
+    SizeOverflow {
+        /// What was being computed (paper vocabulary: `prompt + gen_length`, `step cap`, ...).
+        what: &'static str,
+        /// The arithmetic with its operands, as text (`5 + 18446744073709551608`).
+        expr: String,
+    },
+    /// The model returned NaN or an infinity among the logits the step reads.
+    #[error(
+        "non-finite logits (NaN or inf) for row {row} at answer position {position} (step {step} of block {block}): \
+         the forward overflowed in its dtype or the weights are corrupt"
+    )]
+    NonFiniteLogits {
+        /// The row id ([`crate::RowId`]).
+        row: usize,
+        /// Index in the row's answer (0 = first generated position).
+        position: usize,
+        /// Block index.
+        block: usize,
+        /// Step inside the block.
+        step: usize,
+    },
     /// The observer of [`crate::generate::generate_with`] asked to stop.
     #[error("generation cancelled")]
     Cancelled,
@@ -44,6 +68,22 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// `a + b` for a length derived from input, or [`Error::SizeOverflow`] naming `what`.
+    pub fn checked_add(what: &'static str, a: usize, b: usize) -> Result<usize> {
+        a.checked_add(b).ok_or_else(|| Error::SizeOverflow {
+            what,
+            expr: format!("{a} + {b}"),
+        })
+    }
+
+    /// `a * b` for a length derived from input, or [`Error::SizeOverflow`] naming `what`.
+    pub fn checked_mul(what: &'static str, a: usize, b: usize) -> Result<usize> {
+        a.checked_mul(b).ok_or_else(|| Error::SizeOverflow {
+            what,
+            expr: format!("{a} * {b}"),
+        })
+    }
+
     /// Shorthand for [`Error::InvalidSetting`].
     pub fn setting(name: &'static str, value: impl ToString, allowed: impl Into<String>) -> Self {
         Error::InvalidSetting {

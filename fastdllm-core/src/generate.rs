@@ -423,6 +423,23 @@ impl BlockBatch {
                         .collect()
                 })
                 .collect();
+            if !all_finite(&logits)? {
+                // Locate the first non-finite logit the step reads (masked positions of active
+                // rows); garbage in rows nobody reads (pads, committed positions) is ignored.
+                let host = logits.to_dtype(DType::F32)?.to_vec3::<f32>()?;
+                for (r, row) in host.iter().enumerate() {
+                    for (j, l) in row.iter().enumerate() {
+                        if needed[r][j] && l.iter().any(|x| !x.is_finite()) {
+                            return Err(Error::NonFiniteLogits {
+                                row: self.rows[r].id,
+                                position: rows[j].saturating_sub(canvas.answer_start(r)),
+                                block: self.rows[r].block_idx,
+                                step,
+                            });
+                        }
+                    }
+                }
+            }
             let proposals = propose_active(&mut **proposer, &logits, &mut rngs, &active, &needed)?;
             let mut commits = vec![Vec::new(); batch];
             for r in 0..batch {
@@ -449,6 +466,14 @@ impl BlockBatch {
                         confidence: prop.confidence,
                     })
                     .collect();
+                if let Some(bad) = candidates.iter().find(|c| !c.confidence.is_finite()) {
+                    return Err(Error::Policy(format!(
+                        "the proposer returned a non-finite confidence {} for row {} at answer position {} (step {step})",
+                        bad.confidence,
+                        self.rows[r].id,
+                        bad.position.saturating_sub(canvas.answer_start(r)),
+                    )));
+                }
                 let chosen: Vec<Candidate> = if forced {
                     candidates
                 } else {
@@ -592,6 +617,14 @@ pub fn generate_with(
         nfe: batch.forwards(),
         trace: batch.take_trace(),
     })
+}
+
+/// A cheap probe on any device: `true` proves every logit finite (a NaN or an infinity makes
+/// the sum non-finite); `false` may also be a finite sum that overflowed, so the caller
+/// confirms element by element. One reduction and a scalar copy, no logits-sized temporary.
+fn all_finite(logits: &Tensor) -> Result<bool> {
+    let sum = logits.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    Ok(sum.is_finite())
 }
 
 /// Proposals for the active rows only (inactive rows get none), so a row's random stream

@@ -17,7 +17,9 @@ use fastdllm_core::DiffusionLm;
 use crate::config::{check_dir, load_config, ModelConfig};
 use crate::dream::DreamModel;
 use crate::llada::LladaModel;
-use crate::loading::{mmap_var_builder, random_var_builder, weight_files, Weights};
+use crate::loading::{
+    check_weights, mmap_var_builder, random_var_builder, unused_tensors, weight_files, Weights,
+};
 use crate::tokenizer::{
     ChatTemplate, Tokenizer, CHATML_TEMPLATE_TOKENS, LLAMA3_BOS, LLAMA3_TEMPLATE_TOKENS,
 };
@@ -87,11 +89,34 @@ pub fn load_model(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedMod
         .map(|f| f.display().to_string())
         .collect::<Vec<_>>()
         .join(", ");
+    let names = check_weights(&files)?;
     let weights = Weights::new(mmap_var_builder(&files, dtype, device)?, location);
     let model: Arc<dyn DiffusionLm> = match &config {
         ModelConfig::Llada(cfg) => Arc::new(LladaModel::load(cfg, &weights)?),
         ModelConfig::Dream(cfg) => Arc::new(DreamModel::load(cfg, &weights)?),
     };
+    let unused = unused_tensors(&names, &weights.used());
+    if !unused.is_empty() {
+        const SHOWN: usize = 8;
+        let mut list = unused
+            .iter()
+            .take(SHOWN)
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if unused.len() > SHOWN {
+            list.push_str(&format!(", ... ({} more)", unused.len() - SHOWN));
+        }
+        return Err(crate::Error::UnusedTensors {
+            location: weights.location().to_string(),
+            count: unused.len(),
+            names: list,
+            hint: match &config {
+                ModelConfig::Llada(_) => "n_layers / weight_tying",
+                ModelConfig::Dream(_) => "num_hidden_layers / tie_word_embeddings",
+            },
+        });
+    }
     let info = ModelInfo {
         dir: dir.to_path_buf(),
         architecture: config.architecture().to_string(),

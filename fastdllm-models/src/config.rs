@@ -217,7 +217,7 @@ pub struct RawGenerationConfig {
 
 fn read_generation_config(dir: &Path) -> Result<Option<RawGenerationConfig>> {
     let path = dir.join("generation_config.json");
-    if !path.is_file() {
+    if !regular_file(&path, "generation config")? {
         return Ok(None);
     }
     let text = read_text(&path, "generation config")?;
@@ -236,8 +236,53 @@ pub(crate) fn check_dir(dir: &Path) -> Result<()> {
 }
 
 /// Reads a required text file; `what` says what it is for in the "not found" message.
+/// Whether `path` exists as a regular file (symlinks followed): `Ok(false)` when nothing is
+/// there, [`Error::NotRegularFile`] for a FIFO, device, socket or directory (opening a FIFO
+/// would block; a device could be endless).
+pub(crate) fn regular_file(path: &Path, what: &str) -> Result<bool> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(false);
+    };
+    if meta.is_file() {
+        return Ok(true);
+    }
+    let kind = {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileTypeExt;
+            let t = meta.file_type();
+            if t.is_fifo() {
+                "FIFO"
+            } else if t.is_char_device() {
+                "character device"
+            } else if t.is_block_device() {
+                "block device"
+            } else if t.is_socket() {
+                "socket"
+            } else if t.is_dir() {
+                "directory"
+            } else {
+                "special file"
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if meta.is_dir() {
+                "directory"
+            } else {
+                "special file"
+            }
+        }
+    };
+    Err(Error::NotRegularFile {
+        path: path.to_path_buf(),
+        kind,
+        what: what.to_string(),
+    })
+}
+
 pub(crate) fn read_text(path: &Path, what: &str) -> Result<String> {
-    if !path.is_file() {
+    if !regular_file(path, what)? {
         return Err(Error::MissingFile {
             path: path.to_path_buf(),
             what: format!("the {what} is required"),
@@ -428,6 +473,28 @@ impl CommonFields<'_> {
             }
         };
         in_vocab(n.mask_token_id, self.mask_token_id)?;
+        // A mask id that is also EOS or pad would end answers at every masked position (or
+        // mask the padding): the canvas could not tell them apart.
+        if self.eos_token_ids.contains(&self.mask_token_id) {
+            return Err(Error::config(
+                n.mask_token_id,
+                self.mask_token_id,
+                format!(
+                    "must differ from the end-of-sequence ids {:?} ({} and the tokenizer's end tokens)",
+                    self.eos_token_ids, n.eos_token_id
+                ),
+            ));
+        }
+        if self.pad_token_id == self.mask_token_id {
+            return Err(Error::config(
+                n.mask_token_id,
+                self.mask_token_id,
+                format!(
+                    "must differ from {} = {}",
+                    n.pad_token_id, self.pad_token_id
+                ),
+            ));
+        }
         in_vocab(n.pad_token_id, self.pad_token_id)?;
         for &id in self.eos_token_ids {
             in_vocab(n.eos_token_id, id)?;

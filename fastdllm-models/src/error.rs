@@ -113,6 +113,52 @@ pub enum Error {
         /// The tokenizers crate's message.
         message: String,
     },
+    /// A path of the model directory exists but is not a regular file (a FIFO, a device, a
+    /// directory, a socket): refused before anything opens it (reading a FIFO would block).
+    #[error("{} is not a regular file ({kind}); the {what} must be a regular file", .path.display())]
+    NotRegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is (`FIFO`, `directory`, `character device`, ...).
+        kind: &'static str,
+        /// What the file is for.
+        what: String,
+    },
+    /// A checkpoint tensor has a dtype the models cannot load (integers, bool, fp8, ...).
+    #[error("tensor `{name}` in {} has dtype {dtype}; weights must be F32, F16, BF16 or F64", .path.display())]
+    TensorDType {
+        /// Full checkpoint name of the tensor.
+        name: String,
+        /// The safetensors file.
+        path: PathBuf,
+        /// The dtype found (safetensors' name).
+        dtype: String,
+    },
+    /// A checkpoint tensor holds NaN or an infinity.
+    #[error("tensor `{name}` in {} holds {count} non-finite value(s) (NaN or +-inf), the first at flat index {first}", .path.display())]
+    NonFiniteTensor {
+        /// Full checkpoint name of the tensor.
+        name: String,
+        /// The safetensors file.
+        path: PathBuf,
+        /// How many elements are NaN or infinite.
+        count: usize,
+        /// Flat index of the first one.
+        first: usize,
+    },
+    /// Checkpoint tensors that the config does not use (for example `n_layers` smaller than the
+    /// checkpoint's layers): running would silently drop them.
+    #[error("{count} tensor(s) in {location} are not used by config.json (does `{hint}` match the checkpoint?): {names}")]
+    UnusedTensors {
+        /// The safetensors files.
+        location: String,
+        /// How many.
+        count: usize,
+        /// The first few names, comma-separated.
+        names: String,
+        /// The config fields most likely to be wrong.
+        hint: &'static str,
+    },
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -10,11 +10,15 @@
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 
+use rayon::prelude::*;
+
+use crate::config::regular_file;
 use crate::{Error, Result};
 
 /// Name of a single-file checkpoint.
@@ -26,14 +30,18 @@ pub const SHARD_INDEX: &str = "model.safetensors.index.json";
 pub const RANDOM_WEIGHT_STD: f64 = 0.02;
 
 /// The safetensors files of the checkpoint in `dir`: `model.safetensors` when present, otherwise
-/// the distinct shards named by `model.safetensors.index.json` (sorted).
+/// the distinct shards named by `model.safetensors.index.json` (sorted). Every file must be a
+/// regular file ([`Error::NotRegularFile`]) that resolves, symlinks followed, inside `dir` (or
+/// inside the `blobs/` folder of a Hugging Face cache repository when `dir` is one of its
+/// `snapshots/<revision>` folders, whose files are symlinks there).
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join(SINGLE_FILE);
-    if single.is_file() {
+    if regular_file(&single, "model weights (model.safetensors)")? {
+        confine(dir, &single, &single)?;
         return Ok(vec![single]);
     }
     let index = dir.join(SHARD_INDEX);
-    if !index.is_file() {
+    if !regular_file(&index, "shard index")? {
         return Err(Error::MissingFile {
             path: single,
             what: format!(
@@ -85,7 +93,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::with_capacity(shards.len());
     for shard in shards {
         let path = dir.join(&shard);
-        if !path.is_file() {
+        if !regular_file(&path, "weight shard")? {
             return Err(Error::ShardIndex {
                 path: index,
                 message: format!(
@@ -94,9 +102,117 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
                 ),
             });
         }
+        confine(dir, &path, &index)?;
         files.push(path);
     }
     Ok(files)
+}
+
+/// Checks that `path` resolves (symlinks followed) inside `dir`, or inside the `blobs/` folder
+/// of the Hugging Face cache repository `dir` is a snapshot of. `source` names the file that
+/// pointed at `path` in the error.
+fn confine(dir: &Path, path: &Path, source: &Path) -> Result<()> {
+    let canon = |p: &Path| {
+        p.canonicalize().map_err(|e| Error::Io {
+            path: p.to_path_buf(),
+            source: e,
+        })
+    };
+    let root = canon(dir)?;
+    let real = canon(path)?;
+    let hf_blobs = root
+        .parent()
+        .filter(|snapshots| snapshots.file_name().is_some_and(|n| n == "snapshots"))
+        .and_then(Path::parent)
+        .map(|repo| repo.join("blobs"));
+    if real.starts_with(&root) || hf_blobs.is_some_and(|b| real.starts_with(b)) {
+        return Ok(());
+    }
+    Err(Error::ShardIndex {
+        path: source.to_path_buf(),
+        message: format!(
+            "{} resolves to {}, outside the model directory {} (weight files must stay inside it)",
+            path.display(),
+            real.display(),
+            root.display()
+        ),
+    })
+}
+
+/// Checks every tensor of the safetensors `files` before any is loaded: a float dtype (F32, F16,
+/// BF16, F64; [`Error::TensorDType`] otherwise) and only finite values
+/// ([`Error::NonFiniteTensor`]), scanning the raw little-endian bits in parallel (an element is
+/// non-finite when its exponent bits are all ones). Returns every tensor name.
+///
+/// Cost: one read of the checkpoint's bytes, memory-bandwidth bound and parallel; the load
+/// copies the same bytes right after, so the scan pays no extra disk read (measured by the
+/// ignored test `scan_cost` in `tests/weight_scan.rs`).
+pub fn check_weights(files: &[PathBuf]) -> Result<BTreeSet<String>> {
+    use safetensors::Dtype;
+    let mut names = BTreeSet::new();
+    for path in files {
+        // SAFETY: read-only mapping of a file nothing in this process writes (see
+        // `mmap_var_builder`); the views are only read during this call.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path)? };
+        for (name, view) in st.tensors() {
+            let data = view.data();
+            let found = match view.dtype() {
+                Dtype::F32 => non_finite::<4>(data, 0x7f80_0000),
+                Dtype::F16 => non_finite::<2>(data, 0x7c00),
+                Dtype::BF16 => non_finite::<2>(data, 0x7f80),
+                Dtype::F64 => non_finite::<8>(data, 0x7ff0_0000_0000_0000),
+                other => {
+                    return Err(Error::TensorDType {
+                        name,
+                        path: path.clone(),
+                        dtype: format!("{other:?}"),
+                    })
+                }
+            };
+            if let Some((count, first)) = found {
+                return Err(Error::NonFiniteTensor {
+                    name,
+                    path: path.clone(),
+                    count,
+                    first,
+                });
+            }
+            names.insert(name);
+        }
+    }
+    Ok(names)
+}
+
+/// `(count, first flat index)` of the elements of width `W` bytes whose bits have every bit of
+/// `exponent` set (NaN or infinity), or `None`.
+fn non_finite<const W: usize>(data: &[u8], exponent: u64) -> Option<(usize, usize)> {
+    const CHUNK: usize = 1 << 18;
+    let bits = |e: &[u8]| {
+        let mut b = [0u8; 8];
+        b[..W].copy_from_slice(e);
+        u64::from_le_bytes(b)
+    };
+    let bad = |e: &[u8]| bits(e) & exponent == exponent;
+    data.par_chunks(CHUNK * W)
+        .enumerate()
+        .filter_map(|(c, chunk)| {
+            let count = chunk.chunks_exact(W).filter(|e| bad(e)).count();
+            (count > 0).then(|| {
+                let first = chunk.chunks_exact(W).position(bad).unwrap_or(0);
+                (count, c * CHUNK + first)
+            })
+        })
+        .reduce_with(|a, b| (a.0 + b.0, a.1.min(b.1)))
+}
+
+/// Tensors of the checkpoint the config did not read (`names` minus `used`), ignoring the RoPE
+/// `inv_freq` buffers some exporters store.
+pub(crate) fn unused_tensors(names: &BTreeSet<String>, used: &BTreeSet<String>) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| !used.contains(*n) && !n.ends_with("rotary_emb.inv_freq"))
+        .cloned()
+        .collect()
 }
 
 /// Memory-maps `files` into a [`VarBuilder`] that converts to `dtype` and places on `device`.
@@ -140,6 +256,8 @@ impl InitKind {
 pub(crate) struct Weights<'a> {
     vb: VarBuilder<'a>,
     location: String,
+    /// Names read so far (to find checkpoint tensors the config leaves unused).
+    used: Mutex<BTreeSet<String>>,
 }
 
 impl<'a> Weights<'a> {
@@ -147,7 +265,18 @@ impl<'a> Weights<'a> {
         Self {
             vb,
             location: location.into(),
+            used: Mutex::default(),
         }
+    }
+
+    /// Where the tensors come from (file names, for messages).
+    pub(crate) fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The names read so far.
+    pub(crate) fn used(&self) -> BTreeSet<String> {
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Device the tensors are placed on.
@@ -163,6 +292,10 @@ impl<'a> Weights<'a> {
     /// The tensor `name` (full checkpoint name, from the builder's root), checked against `shape`.
     pub(crate) fn get(&self, shape: &[usize], name: &str, init: InitKind) -> Result<Tensor> {
         let expected = Shape::from_dims(shape);
+        self.used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string());
         self.vb
             .get_with_hints(expected, name, init.hint())
             .map_err(|err| self.explain(name, shape, err))

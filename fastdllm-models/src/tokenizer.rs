@@ -80,7 +80,7 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// Loads `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        if !path.is_file() {
+        if !crate::config::regular_file(path, "tokenizer (tokenizer.json)")? {
             return Err(Error::MissingFile {
                 path: path.to_path_buf(),
                 what: "the tokenizer (tokenizer.json) is required".to_string(),

@@ -192,12 +192,18 @@ impl FromStr for Unmask {
     }
 }
 
+/// The smallest non-zero temperature. Dream's sampler divides float32 logits by `T` (as the
+/// reference does), which overflows to infinity (and NaN probabilities) once `|logit| / T`
+/// exceeds `f32::MAX`; at `T >= 1e-6` that needs logits above 3e32. Below it the distribution
+/// is already one-hot for any real logits, so `T = 0` (greedy) is the same answer.
+pub const MIN_TEMPERATURE: f64 = 1e-6;
+
 /// How logits become proposals. Unset fields take the reference defaults (greedy,
 /// `low_confidence`, no filters, the rule's Dream score).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct ProposerConfig {
-    /// `T >= 0`, finite; 0 = greedy (the paper's setting).
+    /// 0 = greedy (the paper's setting), else finite and `>= MIN_TEMPERATURE`.
     pub temperature: f64,
     /// Dream only: nucleus filter, in (0, 1].
     pub top_p: Option<f64>,
@@ -224,11 +230,13 @@ impl Default for ProposerConfig {
 impl ProposerConfig {
     /// Checks every range (family-independent).
     pub fn validate(&self) -> Result<()> {
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+        if !(self.temperature.is_finite()
+            && (self.temperature == 0.0 || self.temperature >= MIN_TEMPERATURE))
+        {
             return Err(Error::setting(
                 "temperature",
                 self.temperature,
-                "finite and >= 0",
+                format!("0 (greedy) or finite and >= {MIN_TEMPERATURE:e} (smaller temperatures overflow float32 logits / T in Dream's sampler; use 0 for greedy)"),
             ));
         }
         if let Some(p) = self.top_p {
@@ -356,13 +364,27 @@ mod tests {
 
         let bad = |c: ProposerConfig| c.validate().unwrap_err().to_string();
         let d = ProposerConfig::default();
-        assert_eq!(
-            bad(ProposerConfig {
-                temperature: -1.0,
-                ..d
-            }),
-            "temperature must be finite and >= 0, got -1"
+        let e = bad(ProposerConfig {
+            temperature: -1.0,
+            ..d
+        });
+        assert!(
+            e.starts_with("temperature must be 0 (greedy) or finite and >= 1e-6")
+                && e.ends_with("got -1"),
+            "{e}"
         );
+        // Dream at T = 1e-38 used to give every generated id = [MASK] (logits / T overflow).
+        let e = bad(ProposerConfig {
+            temperature: 1e-38,
+            ..d
+        });
+        assert!(e.contains(">= 1e-6"), "{e}");
+        assert!(ProposerConfig {
+            temperature: MIN_TEMPERATURE,
+            ..d
+        }
+        .validate()
+        .is_ok());
         assert!(bad(ProposerConfig {
             temperature: f64::NAN,
             ..d

@@ -42,7 +42,7 @@ pub mod threshold;
 pub mod torch_f32;
 
 pub use confidence::{DreamProposer, DreamScore, LladaProposer, Remasking};
-pub use config::{check_threshold, threshold_precision, ProposerConfig, Unmask};
+pub use config::{check_threshold, threshold_precision, ProposerConfig, Unmask, MIN_TEMPERATURE};
 pub use dream::{
     dream_timesteps, dream_transfer_count, DreamTimesteps, Origin, QuotaThreshold, DEFAULT_EPS,
 };

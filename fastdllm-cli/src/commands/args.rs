@@ -4,11 +4,61 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
+use clap::builder::RangedU64ValueParser;
 use clap::{Args, ValueEnum};
 use conformance::engine::GenerationSettings;
 use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_core::{DecodeConfig, ModelFamily};
 use fastdllm_sampler::{DreamScore, ProposerConfig, Remasking, Unmask};
+
+/// Bounds of the numeric flags: every integer flag parses through one of these, so an
+/// out-of-range value is clap's one-line `error: invalid value '…' for '--flag'` with the allowed
+/// range (exit 2), before any arithmetic sees it.
+pub mod bounds {
+    use super::RangedU64ValueParser;
+
+    /// Largest token count a flag may name (lengths, steps, top-k): canvas positions are `u32`
+    /// (a model's `max_seq_len` is at most `u32::MAX`), so larger values can never run.
+    pub const MAX_TOKENS: u64 = u32::MAX as u64;
+    /// Largest batch (rows decoded together): each row holds a canvas and its activations.
+    pub const MAX_BATCH: u64 = 1 << 16;
+    /// Largest request queue of `serve` (tokio's bounded channel allows `usize::MAX >> 3`).
+    pub const MAX_QUEUE: u64 = 1 << 20;
+    /// Largest repetition count (warmups, repeats, evaluated examples).
+    pub const MAX_REPEATS: u64 = 1 << 20;
+    /// Largest number of transformer layers of a random-weight model.
+    pub const MAX_LAYERS: u64 = 1 << 12;
+
+    /// A token count in `1..=MAX_TOKENS`.
+    pub fn tokens() -> RangedU64ValueParser<usize> {
+        RangedU64ValueParser::new().range(1..=MAX_TOKENS)
+    }
+
+    /// A batch size in `1..=MAX_BATCH`.
+    pub fn batch() -> RangedU64ValueParser<usize> {
+        RangedU64ValueParser::new().range(1..=MAX_BATCH)
+    }
+
+    /// A queue capacity in `1..=MAX_QUEUE`.
+    pub fn queue() -> RangedU64ValueParser<usize> {
+        RangedU64ValueParser::new().range(1..=MAX_QUEUE)
+    }
+
+    /// A repetition count in `0..=MAX_REPEATS`.
+    pub fn repeats() -> RangedU64ValueParser<usize> {
+        RangedU64ValueParser::new().range(0..=MAX_REPEATS)
+    }
+
+    /// A layer count in `1..=MAX_LAYERS`.
+    pub fn layers() -> RangedU64ValueParser<usize> {
+        RangedU64ValueParser::new().range(1..=MAX_LAYERS)
+    }
+
+    /// A byte count in `1..=u32::MAX`.
+    pub fn bytes() -> RangedU64ValueParser<usize> {
+        RangedU64ValueParser::new().range(1..=u64::from(u32::MAX))
+    }
+}
 
 /// Where the model comes from and where it runs.
 #[derive(Debug, Clone, Args)]
@@ -100,13 +150,13 @@ pub enum AlgArg {
 #[derive(Debug, Clone, Args)]
 pub struct DecodeArgs {
     /// Answer positions G (all start as [MASK]).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = bounds::tokens())]
     pub gen_length: usize,
     /// Block size B (G must be a multiple of B).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = bounds::tokens())]
     pub block_length: usize,
     /// Denoising steps for fixed schedules (a multiple of G/B). Default: gen_length (one token per step).
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::tokens())]
     pub steps: Option<usize>,
     /// Sampling temperature (0 = greedy; > 0 = Gumbel-max sampling in f64).
     #[arg(long, default_value_t = 0.0)]
@@ -124,13 +174,13 @@ pub struct DecodeArgs {
     #[arg(long, value_enum, default_value_t = CacheArg::None)]
     pub cache: CacheArg,
     /// Refresh the cache every k steps inside a block (1 = exact). Default: only at block starts.
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::tokens())]
     pub refresh_every: Option<usize>,
     /// Dream: top-p filtering.
     #[arg(long)]
     pub top_p: Option<f64>,
     /// Dream: top-k filtering.
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::tokens())]
     pub top_k: Option<usize>,
     /// Dream: score of fixed schedules (entropy, maskgit_plus, topk_margin).
     #[arg(long, value_enum)]
@@ -218,5 +268,76 @@ impl DecodeArgs {
         };
         settings.validate(family)?;
         Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn edge_int() -> impl Strategy<Value = usize> {
+        prop_oneof![
+            Just(0usize),
+            Just(1usize),
+            0usize..256,
+            (0usize..64).prop_map(|k| usize::MAX - k),
+            (0u32..64).prop_map(|s| 1usize << s),
+            any::<usize>(),
+        ]
+    }
+
+    fn edge_float() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            Just(0.0),
+            Just(-0.0),
+            Just(1.0),
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+            Just(f64::MIN_POSITIVE / 4.0),
+            Just(1e-38),
+            Just(f64::MAX),
+            any::<f64>(),
+            -2.0f64..2.0,
+        ]
+    }
+
+    proptest! {
+        /// `DecodeArgs::settings` (every CLI command's settings) answers Ok or an error for any
+        /// integers and floats the flags could carry, never a panic.
+        #[test]
+        fn cli_settings_never_panic(
+            gen_length in edge_int(), block_length in edge_int(),
+            steps in proptest::option::of(edge_int()), temperature in edge_float(),
+            threshold in proptest::option::of(edge_float()),
+            factor in proptest::option::of(edge_float()),
+            refresh_every in proptest::option::of(edge_int()),
+            top_p in proptest::option::of(edge_float()),
+            top_k in proptest::option::of(edge_int()),
+            dream in any::<bool>(), dream_original in any::<bool>(), seed in any::<u64>(),
+        ) {
+            let a = DecodeArgs {
+                gen_length, block_length, steps, temperature,
+                remasking: RemaskingArg::LowConfidence,
+                threshold: threshold.filter(|_| factor.is_none()), factor,
+                cache: CacheArg::Dual, refresh_every, top_p, top_k, alg: None,
+                dream_original, seed,
+            };
+            let family = if dream { ModelFamily::Dream } else { ModelFamily::Llada };
+            if let Ok(s) = a.settings(family) {
+                prop_assert!(s.validate(family).is_ok());
+                prop_assert!(s.decode.step_cap() >= 1);
+            }
+        }
+
+        /// `--prompt-ids` parsing: any text is ids or an error, never a panic; empty entries
+        /// are errors.
+        #[test]
+        fn prompt_ids_never_panic(text in ".{0,40}") {
+            if let Ok(ids) = super::super::generate::parse_ids(&text) {
+                prop_assert_eq!(ids.len(), text.split(',').count());
+            }
+        }
     }
 }

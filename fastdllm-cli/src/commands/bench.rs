@@ -18,7 +18,7 @@ use fastdllm_models::ModelConfig;
 use fastdllm_sampler::Unmask;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::args::ModelArgs;
+use super::args::{bounds, ModelArgs};
 
 /// `--preset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -42,7 +42,7 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "model")]
     random_weights: Option<PathBuf>,
     /// Override the layer count of the random-weight model (quick runs of big configs).
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::layers())]
     layers: Option<usize>,
     /// Cache modes, comma-separated (none, prefix, dual).
     #[arg(long, value_delimiter = ',')]
@@ -51,29 +51,29 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     rule: Option<Vec<String>>,
     /// Answer lengths, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = bounds::tokens())]
     gen_length: Option<Vec<usize>>,
     /// Block lengths, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = bounds::tokens())]
     block_length: Option<Vec<usize>>,
     /// Batch sizes, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = bounds::batch())]
     batch: Option<Vec<usize>>,
     /// Prompt lengths, comma-separated (random ids for random weights; the task prompt repeated
     /// and cut for a loaded model). Default: 256 for random weights, the task prompt's length.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = bounds::tokens())]
     prompt_len: Option<Vec<usize>>,
     /// Task prompt of a loaded model (chat template applied when the model has one).
     #[arg(long, default_value = benches::TINY_TASK_PROMPT)]
     prompt: String,
     /// Untimed runs per setting. Default: 1 (smoke), 0 (cache-cpu).
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::repeats())]
     warmup: Option<usize>,
     /// Timed runs per setting (median reported). Default: 3 (smoke), 1 (cache-cpu).
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::repeats())]
     repeats: Option<usize>,
     /// Generate only the first N blocks of each answer (per-step figures cover whole blocks).
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::tokens())]
     max_blocks: Option<usize>,
     /// Seed of the rules and of random prompts and weights.
     #[arg(long, default_value_t = 0)]

@@ -11,7 +11,7 @@ use fastdllm_benches::eval::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::args::{DecodeArgs, ModelArgs};
+use super::args::{bounds, DecodeArgs, ModelArgs};
 
 /// Arguments of `fastdllm eval`.
 #[derive(Debug, Args)]
@@ -31,10 +31,10 @@ pub struct EvalArgs {
     #[arg(long, conflicts_with_all = ["threshold", "factor", "cache"])]
     settings: Option<String>,
     /// Only the first N tasks.
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::repeats())]
     limit: Option<usize>,
     /// Prompts per engine call (outputs do not depend on it).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = bounds::batch())]
     batch: usize,
     /// Do not apply the chat template (plain tokenizer encoding, special tokens included).
     #[arg(long)]

@@ -39,11 +39,18 @@ pub struct GenerateArgs {
 }
 
 /// Parses `--prompt-ids` text.
+/// Every comma-separated entry must be a token id: an empty entry (`1,,2`, a trailing comma) is
+/// an error, not skipped.
 pub fn parse_ids(text: &str) -> Result<Vec<u32>> {
     text.split(',')
         .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<u32>().with_context(|| format!("invalid --prompt-ids '{text}': '{s}' is not a token id (a non-negative integer)")))
+        .enumerate()
+        .map(|(i, s)| {
+            if s.is_empty() {
+                bail!("invalid --prompt-ids '{text}': entry {} is empty (give comma-separated token ids, e.g. 1,2,3)", i + 1);
+            }
+            s.parse::<u32>().with_context(|| format!("invalid --prompt-ids '{text}': '{s}' is not a token id (a non-negative integer)"))
+        })
         .collect()
 }
 

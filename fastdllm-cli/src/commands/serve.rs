@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use fastdllm_cli::serve::{self, api::Defaults, ServeConfig};
 
-use super::args::{DecodeArgs, ModelArgs};
+use super::args::{bounds, DecodeArgs, ModelArgs};
 
 /// Arguments of `fastdllm serve`.
 #[derive(Debug, Args)]
@@ -25,13 +25,13 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8000)]
     port: u16,
     /// Requests that may wait for the engine; more are answered 429.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = bounds::queue())]
     queue_capacity: usize,
     /// Most requests decoded together in one batch.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = bounds::batch())]
     max_batch: usize,
     /// Largest request body in bytes (413 above).
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = 1 << 20, value_parser = bounds::bytes())]
     body_limit: usize,
     /// Model id clients name in `model`. Default: the model directory's name.
     #[arg(long)]
@@ -73,11 +73,18 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
             "serving '{}' on http://{local} (POST /v1/completions, /v1/chat/completions; GET /v1/models, /health)",
             cfg.model_id
         );
-        serve::serve(listener, state, shutdown_signal()).await.context("server failed")
+        let stopped = state.engine_stopped();
+        let shutdown = async move {
+            tokio::select! {
+                () = shutdown_signal() => {},
+                () = stopped => eprintln!("the engine stopped: draining, then exiting with an error"),
+            }
+        };
+        serve::serve(listener, state, shutdown).await.context("server failed")
     })?;
     drop(runtime);
     eprintln!("shutting down: finishing queued requests");
-    worker.join();
+    worker.join()?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,7 +13,7 @@
 
 use fastdllm_cache::CacheMode;
 use fastdllm_core::ModelFamily;
-use fastdllm_sampler::Unmask;
+use fastdllm_sampler::{Unmask, MIN_TEMPERATURE};
 use serde::{Deserialize, Serialize};
 
 use super::errors::ApiError;
@@ -293,10 +293,10 @@ impl Knobs {
         }
         if g % b != 0 {
             let lo = g / b * b;
-            let hint = if lo > 0 {
-                format!("{lo} or {}", lo + b)
-            } else {
-                format!("{b}")
+            let hint = match lo.checked_add(b) {
+                Some(hi) if lo > 0 => format!("{lo} or {hi}"),
+                _ if lo > 0 => format!("{lo}"),
+                _ => format!("{b}"),
             };
             let what = if gen_param == "max_tokens" {
                 "max_tokens (the answer length gen_length)"
@@ -368,10 +368,10 @@ impl Knobs {
             (None, None) => {}
         }
         if let Some(t) = self.temperature {
-            if !(t.is_finite() && t >= 0.0) {
+            if !(t.is_finite() && (t == 0.0 || t >= MIN_TEMPERATURE)) {
                 return Err(bad(
                     "temperature",
-                    format!("temperature = {t} must be finite and >= 0"),
+                    format!("temperature = {t} must be 0 (greedy) or finite and >= {MIN_TEMPERATURE:e} (smaller values overflow float32 logits / temperature)"),
                 ));
             }
             s.proposer.temperature = t;

@@ -73,6 +73,14 @@ impl ApiError {
         }
     }
 
+    /// A 503: the engine stopped abnormally (`reason`); the process is exiting.
+    pub fn engine_stopped(reason: &str) -> Self {
+        ApiError {
+            message: format!("the engine stopped ({reason}); the server is shutting down"),
+            ..Self::unavailable()
+        }
+    }
+
     /// A 500 for an engine failure.
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError {

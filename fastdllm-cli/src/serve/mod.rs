@@ -41,7 +41,7 @@ use api::{
     Defaults, Knobs, PromptInput, Usage,
 };
 use errors::ApiError;
-use scheduler::{Job, RowEvent, Stats};
+use scheduler::{EngineHealth, Job, RowEvent, Stats};
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -78,6 +78,7 @@ struct Inner {
     template: ChatTemplate,
     spec: ModelSpec,
     stats: Arc<Stats>,
+    engine: Arc<EngineHealth>,
     started: u64,
 }
 
@@ -86,23 +87,50 @@ struct Inner {
 pub struct AppState(Arc<Inner>);
 
 /// The engine worker thread; join it after the server has stopped (every [`AppState`] dropped).
-pub struct Worker(std::thread::JoinHandle<()>);
+pub struct Worker {
+    thread: std::thread::JoinHandle<()>,
+    engine: Arc<EngineHealth>,
+}
 
 impl Worker {
-    /// Waits until the worker has drained the queue and exited.
-    pub fn join(self) {
-        if self.0.join().is_err() {
-            eprintln!("error: the engine worker panicked");
+    /// Waits until the worker has drained the queue and exited. Errors if the engine stopped
+    /// abnormally (the reason [`AppState::engine_stopped`] reported), so `serve` exits non-zero.
+    pub fn join(self) -> Result<()> {
+        if self.thread.join().is_err() {
+            self.engine.stop("the engine thread panicked");
         }
+        match self.engine.stopped() {
+            Some(reason) => anyhow::bail!("the engine stopped: {reason}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl AppState {
+    /// Resolves once the engine worker has stopped abnormally (a panic outside the per-request
+    /// guards): `serve` then drains and exits non-zero.
+    pub fn engine_stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let engine = self.0.engine.clone();
+        async move { engine.wait_stopped().await }
     }
 }
 
 /// Starts the engine worker for `loaded` and returns the handlers' state.
 pub fn start(loaded: LoadedModel, cfg: ServeConfig) -> Result<(AppState, Worker)> {
-    let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
+    // tokio's bounded channel panics above its semaphore's limit: refuse instead.
+    let max_queue = tokio::sync::Semaphore::MAX_PERMITS;
+    if !(1..=max_queue).contains(&cfg.queue_capacity) {
+        anyhow::bail!(
+            "queue_capacity = {} must be in 1..={max_queue}",
+            cfg.queue_capacity
+        );
+    }
+    let (tx, rx) = mpsc::channel(cfg.queue_capacity);
     let stats = Arc::new(Stats::default());
+    let engine = Arc::new(EngineHealth::default());
     let inner = Inner {
         tx,
+        engine: engine.clone(),
         tokenizer: loaded.tokenizer.clone(),
         template: loaded.info.chat_template,
         spec: loaded.model.spec().clone(),
@@ -111,11 +139,24 @@ pub fn start(loaded: LoadedModel, cfg: ServeConfig) -> Result<(AppState, Worker)
         cfg: cfg.clone(),
     };
     let max_batch = cfg.max_batch;
-    let handle = std::thread::Builder::new()
+    let health = engine.clone();
+    let thread = std::thread::Builder::new()
         .name("fastdllm-engine".into())
-        .spawn(move || scheduler::run_worker(loaded, rx, max_batch, stats))
+        .spawn(move || {
+            // Per-request panics are caught inside; this guard records anything else, so /health
+            // and new requests answer 503 with the reason instead of hanging.
+            let run = std::panic::AssertUnwindSafe(|| {
+                scheduler::run_worker(loaded, rx, max_batch, stats)
+            });
+            if let Err(p) = std::panic::catch_unwind(run) {
+                health.stop(format!(
+                    "the engine thread panicked: {}",
+                    scheduler::panic_message(p.as_ref())
+                ));
+            }
+        })
         .context("cannot start the engine thread")?;
-    Ok((AppState(Arc::new(inner)), Worker(handle)))
+    Ok((AppState(Arc::new(inner)), Worker { thread, engine }))
 }
 
 /// The routes.
@@ -206,8 +247,8 @@ pub fn spawn(
                 .await
             });
             drop(runtime);
-            worker.join();
-            result
+            let engine = worker.join();
+            result.and_then(|()| engine.map_err(std::io::Error::other))
         })?;
     Ok(ServerHandle {
         addr,
@@ -247,14 +288,24 @@ async fn models(State(s): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
+async fn health(State(s): State<AppState>) -> Response {
     let tx = &s.0.tx;
+    if let Some(reason) = s.0.engine.stopped() {
+        let body = json!({
+            "status": "error",
+            "reason": reason,
+            "model": s.0.cfg.model_id,
+            "stats": s.0.stats.snapshot(),
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     Json(json!({
         "status": "ok",
         "model": s.0.cfg.model_id,
         "queue": { "depth": tx.max_capacity() - tx.capacity(), "capacity": tx.max_capacity() },
         "stats": s.0.stats.snapshot(),
     }))
+    .into_response()
 }
 
 /// Reads the body up to the limit (413 above it).
@@ -313,13 +364,14 @@ fn prepare(
         })?;
     let max = s.0.spec.max_seq_len;
     let gen = settings.decode.gen_length;
-    if prompt.len() + gen > max {
+    // Saturating: a sum past usize::MAX exceeds any model's maximum just the same.
+    let total = prompt.len().saturating_add(gen);
+    if total > max {
         return Err(ApiError::invalid(
             Some(param),
             format!(
-                "the prompt has {} tokens and the answer gen_length = {gen}: {} tokens exceed the model's maximum sequence length {max}",
+                "the prompt has {} tokens and the answer gen_length = {gen}: {total} tokens exceed the model's maximum sequence length {max}",
                 prompt.len(),
-                prompt.len() + gen
             ),
         )
         .with_code("context_length_exceeded"));
@@ -336,9 +388,18 @@ fn prepare(
     })
 }
 
-fn submit(s: &AppState, p: Prepared) -> Result<mpsc::UnboundedReceiver<RowEvent>, ApiError> {
+/// Queues `p` as request `id`.
+fn submit(
+    s: &AppState,
+    id: &str,
+    p: Prepared,
+) -> Result<mpsc::UnboundedReceiver<RowEvent>, ApiError> {
+    if let Some(reason) = s.0.engine.stopped() {
+        return Err(ApiError::engine_stopped(&reason));
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let job = Job {
+        id: id.to_string(),
         prompt: p.prompt,
         settings: p.job_settings,
         stream: p.stream,
@@ -350,7 +411,10 @@ fn submit(s: &AppState, p: Prepared) -> Result<mpsc::UnboundedReceiver<RowEvent>
         Err(mpsc::error::TrySendError::Full(_)) => {
             Err(ApiError::overloaded(s.0.cfg.queue_capacity))
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => Err(ApiError::unavailable()),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(match s.0.engine.stopped() {
+            Some(reason) => ApiError::engine_stopped(&reason),
+            None => ApiError::unavailable(),
+        }),
     }
 }
 
@@ -382,14 +446,10 @@ enum Kind {
 fn sse(
     s: &AppState,
     kind: Kind,
+    id: String,
     rx: mpsc::UnboundedReceiver<RowEvent>,
     prompt_tokens: usize,
 ) -> Response {
-    let id = request_id(if kind == Kind::Chat {
-        "chatcmpl"
-    } else {
-        "cmpl"
-    });
     let created = now();
     let model = s.0.cfg.model_id.clone();
     let object = if kind == Kind::Chat {
@@ -488,13 +548,14 @@ async fn completions(State(s): State<AppState>, req: Request) -> Result<Response
     };
     let p = prepare(&s, &text, false, &r.knobs, r.stream, r.provisional)?;
     let prompt_tokens = p.prompt.len();
-    let rx = submit(&s, p)?;
+    let id = request_id("cmpl");
+    let rx = submit(&s, &id, p)?;
     if r.stream {
-        return Ok(sse(&s, Kind::Completion, rx, prompt_tokens));
+        return Ok(sse(&s, Kind::Completion, id, rx, prompt_tokens));
     }
     let (text, completion_tokens, finish_reason) = wait_done(rx).await?;
     let resp = api::Response {
-        id: request_id("cmpl"),
+        id,
         object: "text_completion",
         created: now(),
         model: s.0.cfg.model_id.clone(),
@@ -527,13 +588,14 @@ async fn chat_completions(State(s): State<AppState>, req: Request) -> Result<Res
         };
     let p = prepare(&s, &text, true, &r.knobs, r.stream, r.provisional)?;
     let prompt_tokens = p.prompt.len();
-    let rx = submit(&s, p)?;
+    let id = request_id("chatcmpl");
+    let rx = submit(&s, &id, p)?;
     if r.stream {
-        return Ok(sse(&s, Kind::Chat, rx, prompt_tokens));
+        return Ok(sse(&s, Kind::Chat, id, rx, prompt_tokens));
     }
     let (text, completion_tokens, finish_reason) = wait_done(rx).await?;
     let resp = api::Response {
-        id: request_id("chatcmpl"),
+        id,
         object: "chat.completion",
         created: now(),
         model: s.0.cfg.model_id.clone(),

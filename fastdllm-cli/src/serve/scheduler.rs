@@ -21,9 +21,14 @@
 //! of that block (the decoded committed prefix, cut at the first end-of-sequence token, minus
 //! what was already sent), and with `provisional` the current block's tentative tokens.
 //!
-//! Reference: none (the reference has no server). Robustness: a panic inside a round is caught
-//! and answered as an error to that session's rows; the worker keeps serving.
+//! Reference: none (the reference has no server). Supervision: admission and every round run
+//! under `catch_unwind`; a panic fails only the rows involved (the request being admitted, or the
+//! rows of the round's session, each answered with an error naming its request id) and the worker
+//! keeps serving. Should the worker itself stop, [`EngineHealth`] records why: `GET /health`
+//! answers 503 with the reason, new requests get 503, and `fastdllm serve` drains and exits
+//! non-zero so a supervisor restarts it.
 
+use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,7 +37,7 @@ use std::sync::Arc;
 use fastdllm_core::{Control, GenerateOptions, RowId, StepEvent, TokenId};
 use fastdllm_models::LoadedModel;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::api::Provisional;
 use conformance::engine::{trim_at_eos, GenerationSettings, Session};
@@ -40,6 +45,8 @@ use conformance::engine::{trim_at_eos, GenerationSettings, Session};
 /// One request for the worker.
 #[derive(Debug)]
 pub struct Job {
+    /// The request id answered to the client (`cmpl-…`, `chatcmpl-…`); engine errors name it.
+    pub id: String,
     /// Prompt ids (templated, validated).
     pub prompt: Vec<TokenId>,
     /// The request's settings (validated).
@@ -125,6 +132,56 @@ impl Stats {
     }
 }
 
+/// Whether the engine worker runs, and why it stopped (shared by the worker thread, the
+/// handlers and `GET /health`).
+#[derive(Debug)]
+pub struct EngineHealth {
+    stopped: watch::Sender<Option<String>>,
+}
+
+impl Default for EngineHealth {
+    fn default() -> Self {
+        EngineHealth {
+            stopped: watch::channel(None).0,
+        }
+    }
+}
+
+impl EngineHealth {
+    /// Records that the engine stopped, and why (the first reason wins).
+    pub fn stop(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.stopped.send_if_modified(|r| {
+            if r.is_none() {
+                *r = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Why the engine stopped; `None` while it runs.
+    pub fn stopped(&self) -> Option<String> {
+        self.stopped.borrow().clone()
+    }
+
+    /// Resolves once the engine has stopped.
+    pub async fn wait_stopped(&self) {
+        let mut rx = self.stopped.subscribe();
+        let _ = rx.wait_for(Option::is_some).await;
+    }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 /// Runs the worker loop until every sender of `rx` is dropped, the queue is drained and the
 /// running session has finished.
 pub fn run_worker(
@@ -166,8 +223,12 @@ pub fn run_worker(
         let outcome = catch_unwind(AssertUnwindSafe(|| l.round(&loaded, &stats)));
         let keep = match outcome {
             Ok(keep) => keep,
-            Err(_) => {
-                l.fail("internal error: the engine panicked on this batch", &stats);
+            Err(p) => {
+                let why = panic_message(p.as_ref());
+                l.fail(
+                    &format!("internal error: the engine panicked decoding the batch of this request ({why}); the server keeps serving other requests"),
+                    &stats,
+                );
                 false
             }
         };
@@ -195,15 +256,21 @@ impl Live {
         stats: &Stats,
     ) -> Option<Live> {
         let first = pending.pop_front()?;
-        let session = match Session::new(
-            loaded.model.as_ref(),
-            &first.settings,
-            GenerateOptions::default(),
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                stats.failed_rows.fetch_add(1, Ordering::Relaxed);
-                let _ = first.events.send(RowEvent::Error(format!("{e:#}")));
+        let session = catch_unwind(AssertUnwindSafe(|| {
+            Session::new(
+                loaded.model.as_ref(),
+                &first.settings,
+                GenerateOptions::default(),
+            )
+        }));
+        let session = match session {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                reject(&first, format!("{e:#}"), stats);
+                return None;
+            }
+            Err(p) => {
+                reject(&first, admission_panic(p.as_ref()), stats);
                 return None;
             }
         };
@@ -241,28 +308,38 @@ impl Live {
         }
     }
 
+    /// Admits `job` (under a panic guard: a panic fails this request only).
     fn admit(&mut self, job: Job, stats: &Stats) -> bool {
-        match self.session.admit(&job.prompt, &job.settings) {
-            Ok(id) => {
+        let session = &mut self.session;
+        let admitted = catch_unwind(AssertUnwindSafe(|| {
+            session.admit(&job.prompt, &job.settings)
+        }));
+        match admitted {
+            Ok(Ok(id)) => {
                 stats.rows.fetch_add(1, Ordering::Relaxed);
                 self.jobs.insert(id, (job, RowState::default()));
                 self.rounds > 0
             }
-            Err(e) => {
-                stats.failed_rows.fetch_add(1, Ordering::Relaxed);
-                let _ = job.events.send(RowEvent::Error(format!("{e:#}")));
+            Ok(Err(e)) => {
+                reject(&job, format!("{e:#}"), stats);
+                false
+            }
+            Err(p) => {
+                reject(&job, admission_panic(p.as_ref()), stats);
                 false
             }
         }
     }
 
-    /// Answers every row with `msg`.
+    /// Answers every row with `msg`, naming its request.
     fn fail(&mut self, msg: &str, stats: &Stats) {
         stats
             .failed_rows
             .fetch_add(self.jobs.len(), Ordering::Relaxed);
         for (job, _) in self.jobs.values() {
-            let _ = job.events.send(RowEvent::Error(msg.to_string()));
+            let _ = job
+                .events
+                .send(RowEvent::Error(format!("request {}: {msg}", job.id)));
         }
         self.jobs.clear();
     }
@@ -378,6 +455,21 @@ impl Live {
             }
         }
     }
+}
+
+/// Answers `job` with an engine error naming it.
+fn reject(job: &Job, msg: String, stats: &Stats) {
+    stats.failed_rows.fetch_add(1, Ordering::Relaxed);
+    let _ = job
+        .events
+        .send(RowEvent::Error(format!("request {}: {msg}", job.id)));
+}
+
+fn admission_panic(payload: &(dyn Any + Send)) -> String {
+    format!(
+        "internal error: the engine panicked admitting this request ({}); the server keeps serving other requests",
+        panic_message(payload)
+    )
 }
 
 /// Streaming state of one row.

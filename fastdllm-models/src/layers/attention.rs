@@ -179,7 +179,9 @@ mod tests {
         .unwrap();
         let attn = Attention::new(qkv, Linear::new(wo.clone(), None).unwrap(), nh, nkv, d);
         let rope = Rope::new(d, 1e4, 16, RopePrecision::F32, DType::F32, &Device::Cpu).unwrap();
-        let at = rope.at(&Positions::Contiguous { start: 2 }, b, w).unwrap();
+        let at = rope
+            .at(&Positions::Contiguous { start: 2 }, b, w, 2 + w)
+            .unwrap();
         let x = randn(&[b, w, hidden]);
         let projected = attn.project(&x, &at, 0, &mut PassthroughKv).unwrap();
         let got = attn.attend(&projected, &at, None, 0..w).unwrap();

@@ -164,7 +164,9 @@ impl Decoder {
             }
             None => None,
         };
-        let rope = self.rope.at(&input.positions, b, w)?;
+        let rope = self
+            .rope
+            .at(&input.positions, b, w, input.window_start.saturating_add(w))?;
         let mut h = self
             .embed
             .index_select(&input.tokens.flatten_all()?, 0)?

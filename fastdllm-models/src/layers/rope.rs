@@ -4,10 +4,14 @@
 //! cast back) and `Qwen2RotaryEmbedding` as used by Dream (`modeling_dream.py`: cos/sin computed in
 //! f32, cast to the activation dtype, rotation in that dtype). `inv_freq[j] = 1 / theta^(2j/d)`,
 //! angle `p * inv_freq[j]`, output `x * cos + rotate_half(x) * sin` (SPEC 1.1.3, 1.2.3).
-//! Deviations: the tables are built once at load time for every position up to `max_seq_len`
-//! (already in the rotation dtype, so a forward call only selects rows), and positions come from
+//! Deviations: the tables are built for the positions actually used, grown on demand (doubling,
+//! capped at `max_seq_len`) and already in the rotation dtype, so a forward call only selects
+//! rows; a config's `max_seq_len` alone allocates nothing (issue 10: `max_sequence_length:
+//! 100000000` used to abort the load allocating tables for every position). Positions come from
 //! the caller ([`Positions`]) instead of being derived from the key length, so cached windows get
 //! their true positions (SPEC 6, item 3).
+
+use std::sync::{Arc, RwLock};
 
 use candle_core::{DType, Device, Tensor};
 use fastdllm_core::Positions;
@@ -23,11 +27,23 @@ pub(crate) enum RopePrecision {
     Activation,
 }
 
-/// Precomputed cos/sin tables. Shape: `(max_seq_len, head_dim / 2)` each.
-#[derive(Debug, Clone)]
-pub(crate) struct Rope {
+/// cos/sin tables for positions `0..len`. Shape: `(len, head_dim / 2)` each.
+#[derive(Debug)]
+struct Tables {
     cos: Tensor,
     sin: Tensor,
+    len: usize,
+}
+
+/// Positions the tables cover at load (grown on demand up to `max_seq_len`).
+const INITIAL_POSITIONS: usize = 1024;
+
+/// cos/sin tables for the positions used so far, shared by clones.
+#[derive(Debug, Clone)]
+pub(crate) struct Rope {
+    inv_freq: Tensor,
+    table_dtype: DType,
+    tables: Arc<RwLock<Tables>>,
     max_seq_len: usize,
 }
 
@@ -55,29 +71,47 @@ impl Rope {
             .map(|j| 1.0 / theta.powf((2 * j) as f32 / head_dim as f32))
             .collect();
         let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
-        let positions = Tensor::arange(0u32, max_seq_len as u32, device)?
-            .to_dtype(DType::F32)?
-            .reshape((max_seq_len, 1))?;
-        let angles = positions.broadcast_mul(&inv_freq)?;
         let table_dtype = match precision {
             RopePrecision::F32 => DType::F32,
             RopePrecision::Activation => act_dtype,
         };
-        let cos = angles.cos()?.to_dtype(table_dtype)?.contiguous()?;
-        let sin = angles.sin()?.to_dtype(table_dtype)?.contiguous()?;
+        let tables = build(&inv_freq, table_dtype, max_seq_len.min(INITIAL_POSITIONS))?;
         Ok(Self {
-            cos,
-            sin,
+            inv_freq,
+            table_dtype,
+            tables: Arc::new(RwLock::new(tables)),
             max_seq_len,
         })
     }
 
-    /// Selects the table rows of `positions` for a `(batch, window_len)` window.
+    /// The tables, grown to cover positions `0..end` (`end <= max_seq_len`).
+    fn covering(&self, end: usize) -> Result<(Tensor, Tensor)> {
+        {
+            let t = self.tables.read().unwrap_or_else(|e| e.into_inner());
+            if t.len >= end {
+                return Ok((t.cos.clone(), t.sin.clone()));
+            }
+        }
+        let mut t = self.tables.write().unwrap_or_else(|e| e.into_inner());
+        if t.len < end {
+            let len = end
+                .max(t.len.saturating_mul(2))
+                .min(self.max_seq_len)
+                .max(end);
+            *t = build(&self.inv_freq, self.table_dtype, len)?;
+        }
+        Ok((t.cos.clone(), t.sin.clone()))
+    }
+
+    /// Selects the table rows of `positions` for a `(batch, window_len)` window whose tokens
+    /// lie before canvas index `window_end` (per-row positions never exceed the canvas index:
+    /// a row's positions are its own token indices, pads excluded).
     pub(crate) fn at(
         &self,
         positions: &Positions,
         batch: usize,
         window_len: usize,
+        window_end: usize,
     ) -> Result<RopeAt> {
         match positions {
             Positions::Contiguous { start } => {
@@ -90,9 +124,10 @@ impl Rope {
                     )
                     .into());
                 }
+                let (cos, sin) = self.covering(end)?;
                 Ok(RopeAt {
-                    cos: self.cos.narrow(0, *start, window_len)?,
-                    sin: self.sin.narrow(0, *start, window_len)?,
+                    cos: cos.narrow(0, *start, window_len)?,
+                    sin: sin.narrow(0, *start, window_len)?,
                 })
             }
             Positions::PerRow(pos) => {
@@ -107,21 +142,33 @@ impl Rope {
                 }
                 // Values are not range-checked here (that would need a device-to-host copy);
                 // index_select rejects out-of-range positions on the CPU.
+                let (cos, sin) = self.covering(window_end.min(self.max_seq_len))?;
                 let flat = pos.flatten_all()?;
-                let half = self.cos.dim(1)?;
+                let half = cos.dim(1)?;
                 Ok(RopeAt {
-                    cos: self
-                        .cos
+                    cos: cos
                         .index_select(&flat, 0)?
                         .reshape((batch, window_len, half))?,
-                    sin: self
-                        .sin
+                    sin: sin
                         .index_select(&flat, 0)?
                         .reshape((batch, window_len, half))?,
                 })
             }
         }
     }
+}
+
+/// Tables for positions `0..len`: angle `p * inv_freq[j]` in f32, cos/sin cast to `dtype`.
+fn build(inv_freq: &Tensor, dtype: DType, len: usize) -> Result<Tables> {
+    let positions = Tensor::arange(0u32, len as u32, inv_freq.device())?
+        .to_dtype(DType::F32)?
+        .reshape((len, 1))?;
+    let angles = positions.broadcast_mul(inv_freq)?;
+    Ok(Tables {
+        cos: angles.cos()?.to_dtype(dtype)?.contiguous()?,
+        sin: angles.sin()?.to_dtype(dtype)?.contiguous()?,
+        len,
+    })
 }
 
 impl RopeAt {
@@ -168,7 +215,7 @@ mod tests {
         let x = randn(&[1, 2, 5, d]);
         let start = 3;
         let got = rope
-            .at(&Positions::Contiguous { start }, 1, 5)
+            .at(&Positions::Contiguous { start }, 1, 5, start + 5)
             .unwrap()
             .apply(&x)
             .unwrap();
@@ -209,14 +256,14 @@ mod tests {
         let x = randn(&[2, 3, 4, 8]);
         let pos = Tensor::new(&[[2u32, 3, 4, 5], [7, 8, 9, 10]], &Device::Cpu).unwrap();
         let got = rope
-            .at(&Positions::PerRow(pos), 2, 4)
+            .at(&Positions::PerRow(pos), 2, 4, 32)
             .unwrap()
             .apply(&x)
             .unwrap();
         for (row, start) in [(0usize, 2usize), (1, 7)] {
             let xr = x.narrow(0, row, 1).unwrap().contiguous().unwrap();
             let want = rope
-                .at(&Positions::Contiguous { start }, 1, 4)
+                .at(&Positions::Contiguous { start }, 1, 4, start + 4)
                 .unwrap()
                 .apply(&xr)
                 .unwrap();
@@ -244,13 +291,13 @@ mod tests {
         .unwrap();
         let x = randn(&[1, 1, 6, 8]);
         let whole = rope
-            .at(&Positions::Contiguous { start: 0 }, 1, 6)
+            .at(&Positions::Contiguous { start: 0 }, 1, 6, 6)
             .unwrap()
             .apply(&x)
             .unwrap();
         let tail = x.narrow(2, 2, 4).unwrap().contiguous().unwrap();
         let part = rope
-            .at(&Positions::Contiguous { start: 2 }, 1, 4)
+            .at(&Positions::Contiguous { start: 2 }, 1, 4, 6)
             .unwrap()
             .apply(&tail)
             .unwrap();
@@ -276,11 +323,11 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
-        assert_eq!(full.cos.dtype(), DType::F32);
-        assert_eq!(act.cos.dtype(), DType::F16);
+        assert_eq!(full.table_dtype, DType::F32);
+        assert_eq!(act.table_dtype, DType::F16);
         for rope in [full, act] {
             let y = rope
-                .at(&Positions::Contiguous { start: 1 }, 1, 3)
+                .at(&Positions::Contiguous { start: 1 }, 1, 3, 4)
                 .unwrap()
                 .apply(&x)
                 .unwrap();

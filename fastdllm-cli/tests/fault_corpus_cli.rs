@@ -1,0 +1,253 @@
+//! The fault corpus (issue 10, item 10), CLI and model-file half: every bad model directory that
+//! `faults/models/make.rs` builds from the bundled fixtures and every bad flag set of
+//! `faults/cli/*.txt` runs through the built binary. Each must end with exit 2 and an `error:`
+//! line naming the file, field or value (or, for faults that used to crash on a usable model,
+//! exit 0 with the pristine fixture's output); a panic (exit 101, "panicked"), a hang (no exit
+//! within minutes: a guard only, the runs take well under a second) or a silent success is
+//! counted and fails the test. Prints `tried N / clear error N / panic N / hang N / silent wrong N`.
+
+#[path = "../../faults/models/make.rs"]
+mod make;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use make::Expect;
+
+/// Generous: only a hang gets near it.
+const HANG: Duration = Duration::from_secs(300);
+
+fn repo() -> PathBuf {
+    fastdllm_cli::paths::repo_root()
+}
+
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the binary with a hang guard; `code` is `None` when it had to be killed.
+fn run(args: &[String]) -> Outcome {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fastdllm"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    // Drain the pipes on threads so a chatty child cannot block on a full pipe.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let code = loop {
+        match child.try_wait().expect("wait") {
+            Some(status) => break Some(status.code().unwrap_or(-1)),
+            None if start.elapsed() > HANG => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    Outcome {
+        code,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    tried: usize,
+    clear: usize,
+    ok: usize,
+    panic: usize,
+    hang: usize,
+    silent_wrong: usize,
+    unclear: Vec<String>,
+}
+
+impl Tally {
+    fn check(&mut self, label: &str, out: &Outcome, expect: &Expect, pristine: Option<&str>) {
+        self.tried += 1;
+        let Some(code) = out.code else {
+            self.hang += 1;
+            self.unclear
+                .push(format!("{label}: HANG (killed after {HANG:?})"));
+            return;
+        };
+        if code == 101 || out.stderr.contains("panicked") {
+            self.panic += 1;
+            self.unclear
+                .push(format!("{label}: PANIC {}", out.stderr.trim()));
+            return;
+        }
+        match expect {
+            Expect::Error(needles) => {
+                if code == 0 {
+                    self.silent_wrong += 1;
+                    self.unclear.push(format!(
+                        "{label}: SILENT exit 0; stdout {}",
+                        out.stdout.trim()
+                    ));
+                    return;
+                }
+                let line = out.stderr.lines().find(|l| l.starts_with("error"));
+                let named = line.is_some_and(|l| needles.iter().all(|n| l.contains(n)));
+                if code == 2 && named {
+                    self.clear += 1;
+                } else {
+                    self.unclear.push(format!(
+                        "{label}: exit {code}, error line {line:?} should name {needles:?}; stderr {}",
+                        out.stderr.trim()
+                    ));
+                }
+            }
+            Expect::SameAs(_) => {
+                if code == 0 && Some(out.stdout.as_str()) == pristine {
+                    self.ok += 1;
+                } else if code == 0 {
+                    self.silent_wrong += 1;
+                    self.unclear.push(format!(
+                        "{label}: SILENT WRONG stdout {:?}, pristine {pristine:?}",
+                        out.stdout
+                    ));
+                } else {
+                    self.unclear
+                        .push(format!("{label}: exit {code}: {}", out.stderr.trim()));
+                }
+            }
+        }
+    }
+}
+
+/// `generate` on `model` with a short answer (the model faults are about loading).
+fn generate_args(model: &Path) -> Vec<String> {
+    [
+        "generate",
+        "--model",
+        &model.display().to_string(),
+        "--prompt",
+        "copy ab",
+        "--raw",
+        "--gen-length",
+        "8",
+        "--block-length",
+        "8",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The flag sets of `faults/cli/*.txt`: (needles, args).
+fn flag_sets() -> Vec<(Vec<String>, Vec<String>)> {
+    let dir = repo().join("faults").join("cli");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .collect();
+    files.sort();
+    let fixtures = fastdllm_cli::paths::fixtures_dir();
+    let mut sets = Vec::new();
+    for f in files {
+        for line in std::fs::read_to_string(&f).unwrap().lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (needles, args) = line
+                .split_once(" :: ")
+                .unwrap_or_else(|| panic!("{}: no ' :: ' in {line:?}", f.display()));
+            let args = args
+                .split_whitespace()
+                .map(|a| {
+                    a.replace(
+                        "{llada}",
+                        &fixtures.join("llada-tiny").display().to_string(),
+                    )
+                    .replace(
+                        "{dream}",
+                        &fixtures.join("dream-tiny").display().to_string(),
+                    )
+                })
+                .collect();
+            let needles = needles.split(',').map(|n| n.trim().to_string()).collect();
+            sets.push((needles, args));
+        }
+    }
+    sets
+}
+
+#[test]
+fn every_fault_gets_a_clear_error() {
+    let out_dir = std::env::temp_dir().join(format!("fastdllm-faults-{}", std::process::id()));
+    let fixtures = fastdllm_cli::paths::fixtures_dir();
+    let models = make::make_all(&fixtures, &out_dir);
+    let mut tally = Tally::default();
+
+    let mut pristine = std::collections::HashMap::new();
+    for name in ["llada-tiny", "dream-tiny"] {
+        let out = run(&generate_args(&fixtures.join(name)));
+        assert_eq!(out.code, Some(0), "pristine {name}: {}", out.stderr);
+        pristine.insert(name, out.stdout);
+    }
+    for f in &models {
+        let out = run(&generate_args(&f.dir));
+        let base = match &f.expect {
+            Expect::SameAs(name) => pristine.get(name).map(String::as_str),
+            Expect::Error(_) => None,
+        };
+        tally.check(&format!("models/{}", f.name), &out, &f.expect, base);
+    }
+    for (needles, args) in flag_sets() {
+        let out = run(&args);
+        tally.check(
+            &format!("cli: {}", args.join(" ")),
+            &out,
+            &Expect::Error(needles),
+            None,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out_dir);
+
+    println!(
+        "fault corpus (CLI + model files): tried {} / clear error {} / panic {} / hang {} / silent wrong {} (and {} faults that must run: {} ran with the pristine output)",
+        tally.tried,
+        tally.clear,
+        tally.panic,
+        tally.hang,
+        tally.silent_wrong,
+        models
+            .iter()
+            .filter(|f| matches!(f.expect, Expect::SameAs(_)))
+            .count(),
+        tally.ok,
+    );
+    for u in &tally.unclear {
+        println!("  {u}");
+    }
+    assert!(
+        tally.unclear.is_empty(),
+        "{} of {} faults not handled:\n{}",
+        tally.unclear.len(),
+        tally.tried,
+        tally.unclear.join("\n")
+    );
+}
