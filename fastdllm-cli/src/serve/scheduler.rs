@@ -27,12 +27,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use fastdllm_core::{Control, GenerateOptions, RowId, StepEvent, TokenId};
 use fastdllm_models::LoadedModel;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::api::Provisional;
 use crate::engine::{trim_at_eos, GenerationSettings, Session};
@@ -50,6 +50,39 @@ pub struct Job {
     pub provisional: bool,
     /// The client's channel; closed = the client went away.
     pub events: mpsc::UnboundedSender<RowEvent>,
+    /// The request's place in the queue: released when the row is admitted into a session (or
+    /// the job is dropped), or at once when the client goes away ([`QueueSlot`]).
+    pub slot: QueueSlot,
+}
+
+/// A queue place shared by the handler and the worker: whichever side lets go first (the worker
+/// admitting or dropping the job, the handler's future dropped when its client disconnects)
+/// returns the permit, so a disconnected client frees its place at once instead of when the
+/// worker reaches its job.
+#[derive(Debug)]
+pub struct QueueSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl QueueSlot {
+    /// Two handles on `permit`: one for the job, one for the handler.
+    pub fn pair(permit: OwnedSemaphorePermit) -> (QueueSlot, QueueSlot) {
+        let shared = Arc::new(Mutex::new(Some(permit)));
+        (QueueSlot(shared.clone()), QueueSlot(shared))
+    }
+
+    /// Returns the place to the queue (idempotent).
+    pub fn release(&self) {
+        let permit = match self.0.lock() {
+            Ok(mut g) => g.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        drop(permit);
+    }
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// What the worker tells one client.
@@ -126,10 +159,11 @@ impl Stats {
 }
 
 /// Runs the worker loop until every sender of `rx` is dropped, the queue is drained and the
-/// running session has finished.
+/// running session has finished. The queue's bound is the handlers' semaphore of
+/// [`QueueSlot`]s, not the channel: jobs whose client went away are skipped here.
 pub fn run_worker(
     loaded: LoadedModel,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
     max_batch: usize,
     stats: Arc<Stats>,
 ) {
@@ -143,9 +177,13 @@ pub fn run_worker(
                 None => break,
             }
         }
-        // The channel stays the bounded queue (429 when full): take only what can be admitted.
+        // Take only what can be admitted; jobs of clients that went away are dropped on the way
+        // (their queue places are already free).
         while pending.len() < max_batch {
             match rx.try_recv() {
+                Ok(job) if job.events.is_closed() => {
+                    stats.cancelled_rows.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(job) => pending.push_back(job),
                 Err(_) => break,
             }
@@ -242,6 +280,7 @@ impl Live {
     }
 
     fn admit(&mut self, job: Job, stats: &Stats) -> bool {
+        job.slot.release();
         match self.session.admit(&job.prompt, &job.settings) {
             Ok(id) => {
                 stats.rows.fetch_add(1, Ordering::Relaxed);
