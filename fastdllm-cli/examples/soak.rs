@@ -17,7 +17,7 @@
 //! target/release/examples/soak --bin target/release/fastdllm
 //! ```
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -83,7 +83,7 @@ struct Counts {
     transport_errors: Vec<String>,
 }
 
-fn agent() -> ureq::Agent {
+fn new_agent() -> ureq::Agent {
     ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -245,7 +245,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut child, addr) = start_server(&bin, &[])?;
     let pid = child.id();
     let url = format!("http://{addr}");
-    let agent = agent();
+    let agent = new_agent();
     let rss_start = rss_mib(pid);
     get(&agent, &format!("{url}/health"))?;
 
@@ -256,7 +256,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|_| {
             let (u, b) = (url.clone(), big.clone());
             std::thread::spawn(move || {
-                agent()
+                new_agent()
                     .post(format!("{u}/v1/completions"))
                     .header("content-type", "application/json")
                     .send(b)
@@ -296,7 +296,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let (url, addr, next, counts) =
                 (url.clone(), addr.clone(), next.clone(), counts.clone());
             std::thread::spawn(move || {
-                let agent = agent();
+                let agent = new_agent();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= requests {
