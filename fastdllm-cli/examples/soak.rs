@@ -267,6 +267,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let burst_status: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap_or(0)).collect();
     let burst_s = t0.elapsed().as_secs_f64();
+    eprintln!("burst done in {burst_s:.1} s");
     // The trim runs on a blocking thread after the last large request: wait for /health, which
     // is answered after it has been scheduled.
     get(&agent, &format!("{url}/health"))?;
@@ -301,6 +302,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= requests {
                         return;
+                    }
+                    if i % 100 == 0 {
+                        eprintln!("request {i} at {:.1} s", t0.elapsed().as_secs_f64());
                     }
                     one(i, &url, &addr, &agent, &counts);
                 }
