@@ -30,3 +30,26 @@ pub fn keep_freed_memory() -> bool {
         false
     }
 }
+
+/// Returns the heap's free memory to the kernel (glibc `malloc_trim(0)`: the top of every arena
+/// and, since glibc 2.8, the free pages inside them). Returns whether memory was released.
+///
+/// Why: [`keep_freed_memory`] disables automatic trimming, so a burst of large request bodies
+/// (`fastdllm serve`) would keep its peak RSS for good; the server calls this once a burst is
+/// over (the last large request has finished), which brings RSS back near idle. Other platforms:
+/// a no-op (`false`).
+pub fn release_free_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: malloc_trim takes the arenas' own locks; it is safe to call from any thread at
+        // any time.
+        unsafe { malloc_trim(0) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}

@@ -2,10 +2,12 @@
 //! library ([`fastdllm_cli::serve`]). The decode flags are the server's defaults for requests
 //! that do not set a knob.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use fastdllm_cli::serve::{self, api::Defaults, ServeConfig};
 
@@ -18,7 +20,8 @@ pub struct ServeArgs {
     model: ModelArgs,
     #[command(flatten)]
     decode: DecodeArgs,
-    /// Address to listen on.
+    /// Address or host name to listen on (`127.0.0.1`, `::1`, `localhost`, `0.0.0.0` to accept
+    /// other machines: then set an API key).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     /// Port to listen on (0 = any free port).
@@ -36,6 +39,85 @@ pub struct ServeArgs {
     /// Model id clients name in `model`. Default: the model directory's name.
     #[arg(long)]
     model_id: Option<String>,
+    /// Seconds a client has to send a request head; also how long an idle keep-alive
+    /// connection stays open.
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+    header_read_timeout: f64,
+    /// Longest pause in seconds while a client sends a request body (408 after it).
+    #[arg(long, default_value_t = 30.0, value_parser = seconds)]
+    body_timeout: f64,
+    /// Most open connections; more wait until one closes.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
+    /// Seconds in-flight requests may take after a shutdown signal (SIGTERM, ctrl-c); a second
+    /// signal exits at once.
+    #[arg(long, default_value_t = 30.0, value_parser = seconds)]
+    drain_timeout: f64,
+    /// Require `Authorization: Bearer <KEY>` on every route but /health (401 otherwise).
+    /// Also read from FASTDLLM_API_KEY. Prefer --api-key-file: arguments are visible to other
+    /// local users.
+    #[arg(
+        long,
+        env = "FASTDLLM_API_KEY",
+        hide_env_values = true,
+        conflicts_with = "api_key_file"
+    )]
+    api_key: Option<String>,
+    /// Read the API key from this file (its first line).
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
+    /// Allow cross-origin browser requests from this origin (repeatable; `*` = any). Default:
+    /// CORS off.
+    #[arg(long = "cors-allow-origin")]
+    cors_allow_origin: Vec<String>,
+}
+
+/// A duration flag in seconds: finite, in (0, 86400].
+fn seconds(v: &str) -> Result<f64, String> {
+    let s: f64 = v
+        .parse()
+        .map_err(|_| format!("'{v}' is not a number of seconds"))?;
+    if s.is_finite() && s > 0.0 && s <= 86_400.0 {
+        Ok(s)
+    } else {
+        Err(format!("{v} seconds: must be > 0 and at most 86400"))
+    }
+}
+
+/// The API key from `--api-key` / `FASTDLLM_API_KEY` or `--api-key-file`.
+fn api_key(a: &ServeArgs) -> Result<Option<String>> {
+    let key = match (&a.api_key, &a.api_key_file) {
+        (Some(k), _) => k.clone(),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --api-key-file {}", path.display()))?;
+            text.lines().next().unwrap_or_default().to_string()
+        }
+        (None, None) => return Ok(None),
+    };
+    let key = key.trim().to_string();
+    if key.is_empty() {
+        bail!("the API key (--api-key, FASTDLLM_API_KEY or --api-key-file) is empty");
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!("the API key must be printable ASCII without spaces (it is sent in an HTTP header)");
+    }
+    Ok(Some(key))
+}
+
+/// The addresses `host:port` names (`::1`, `127.0.0.1`, `localhost`, ...).
+fn listen_addrs(host: &str, port: u16) -> Result<Vec<SocketAddr>> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .with_context(|| {
+            format!("invalid --host '{host}': not an IP address or a resolvable name")
+        })?
+        .collect();
+    if addrs.is_empty() {
+        bail!("--host '{host}' resolves to no address");
+    }
+    Ok(addrs)
 }
 
 pub fn run(a: ServeArgs) -> Result<ExitCode> {
@@ -59,19 +141,33 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     cfg.queue_capacity = a.queue_capacity;
     cfg.max_batch = a.max_batch;
     cfg.body_limit = a.body_limit;
-    let addr: SocketAddr = format!("{}:{}", a.host, a.port)
-        .parse()
-        .with_context(|| format!("invalid --host/--port '{}:{}'", a.host, a.port))?;
+    cfg.header_read_timeout = Duration::from_secs_f64(a.header_read_timeout);
+    cfg.body_timeout = Duration::from_secs_f64(a.body_timeout);
+    cfg.max_connections = a.max_connections as usize;
+    cfg.drain_timeout = Duration::from_secs_f64(a.drain_timeout);
+    cfg.api_key = api_key(&a)?;
+    cfg.cors_allow_origins = a.cors_allow_origin.clone();
+    let addrs = listen_addrs(&a.host, a.port)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let (state, worker) = serve::start(loaded, cfg.clone())?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let mut bound = Err(anyhow::anyhow!("no address"));
+        for addr in &addrs {
+            bound = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"));
+            if bound.is_ok() {
+                break;
+            }
+        }
+        let listener = bound?;
         let local = listener.local_addr()?;
         eprintln!(
-            "serving '{}' on http://{local} (POST /v1/completions, /v1/chat/completions; GET /v1/models, /health)",
-            cfg.model_id
+            "serving '{}' on http://{local} (POST /v1/completions, /v1/chat/completions; GET /v1/models, /health){}",
+            cfg.model_id,
+            if cfg.api_key.is_some() { "; API key required" } else { "" }
         );
         let stopped = state.engine_stopped();
         let shutdown = async move {
@@ -80,16 +176,30 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
                 () = stopped => eprintln!("the engine stopped: draining, then exiting with an error"),
             }
         };
-        serve::serve(listener, state, shutdown).await.context("server failed")
+        serve::serve(listener, state, shutdown).await.context("server failed")?;
+        eprintln!("shutting down: finishing queued requests");
+        // Joined inside the runtime so that a second signal still exits at once.
+        tokio::task::spawn_blocking(move || worker.join())
+            .await
+            .context("the engine worker")?
     })?;
-    drop(runtime);
-    eprintln!("shutting down: finishing queued requests");
-    worker.join()?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on ctrl-c or SIGTERM.
+/// Resolves on the first ctrl-c or SIGTERM, and from then on exits the process at once (status
+/// 130) on the next one.
 async fn shutdown_signal() {
+    first_signal().await;
+    eprintln!("shutdown signal: finishing in-flight requests (a second signal exits at once)");
+    tokio::spawn(async {
+        first_signal().await;
+        eprintln!("second shutdown signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn first_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -108,5 +218,4 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    eprintln!("shutdown signal: finishing in-flight requests");
 }

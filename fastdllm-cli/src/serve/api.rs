@@ -293,10 +293,11 @@ impl Knobs {
         }
         if g % b != 0 {
             let lo = g / b * b;
-            let hint = match lo.checked_add(b) {
-                Some(hi) if lo > 0 => format!("{lo} or {hi}"),
-                _ if lo > 0 => format!("{lo}"),
-                _ => format!("{b}"),
+            // The next multiple may not exist (g near usize::MAX: fault corpus).
+            let hint = match (lo > 0, lo.checked_add(b)) {
+                (true, Some(hi)) => format!("{lo} or {hi}"),
+                (true, None) => format!("{lo}"),
+                (false, _) => format!("{b}"),
             };
             let what = if gen_param == "max_tokens" {
                 "max_tokens (the answer length gen_length)"

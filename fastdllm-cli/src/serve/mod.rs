@@ -2,29 +2,35 @@
 //! worker.
 //!
 //! Routes: `POST /v1/completions`, `POST /v1/chat/completions` (JSON or, with `"stream": true`,
-//! server-sent events ending with `data: [DONE]`), `GET /v1/models`, `GET /health`. Requests are
-//! parsed and validated on the async side (OpenAI-style 4xx errors, [`errors`]), tokenized, and
-//! queued on a bounded channel (full → 429); the worker thread ([`scheduler`]) batches
-//! compatible requests and streams each row's committed blocks back through the row's own
-//! channel. A client that goes away closes its channel, which the worker notices after the next
-//! step. Shutdown is graceful: in-flight and queued requests finish.
+//! server-sent events ending with `data: [DONE]`), `GET /v1/models`, `GET /health`. The
+//! transport ([`transport`]) bounds connections and their header, body and idle times; the
+//! access checks ([`access`]) refuse oversized heads, missing API keys and non-JSON bodies before
+//! anything is read. Requests are then parsed and validated on the async side (OpenAI-style 4xx
+//! errors, [`errors`]), their text capped in bytes by the model's maximum length, tokenized on
+//! blocking threads (a bounded number at once), and queued (a semaphore of `queue_capacity`
+//! places; full → 429). The worker thread ([`scheduler`]) batches compatible requests and streams
+//! each row's committed blocks back through the row's own channel. A client that goes away frees
+//! its queue place at once and closes its channel, which the worker notices after the next step.
+//! Shutdown is graceful up to a deadline: in-flight and queued requests finish.
 //!
 //! Reference: the OpenAI completions / chat completions API. Deviations: see [`api`] (one choice,
 //! single-turn chats, `max_tokens` = `gen_length`) and [`scheduler`] (batch granularity).
 
+pub mod access;
 pub mod api;
 pub mod errors;
 pub mod scheduler;
+pub mod transport;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,7 +38,7 @@ use axum::{Json, Router};
 use fastdllm_core::{ModelSpec, TokenId};
 use fastdllm_models::{ChatTemplate, LoadedModel, Tokenizer};
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 
@@ -41,7 +47,7 @@ use api::{
     Defaults, Knobs, PromptInput, Usage,
 };
 use errors::ApiError;
-use scheduler::{EngineHealth, Job, RowEvent, Stats};
+use scheduler::{EngineHealth, Job, QueueSlot, RowEvent, Stats};
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -56,10 +62,28 @@ pub struct ServeConfig {
     pub max_batch: usize,
     /// Largest request body in bytes (413 above).
     pub body_limit: usize,
+    /// Time allowed to send a request head; also how long an idle keep-alive connection stays
+    /// open (hyper's `header_read_timeout` runs while a connection waits for a request head).
+    pub header_read_timeout: Duration,
+    /// Longest pause while sending a request body (tower-http's `RequestBodyTimeoutLayer`; 408).
+    pub body_timeout: Duration,
+    /// Most open connections; further ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// After a shutdown signal, how long in-flight requests may take before their connections
+    /// are closed.
+    pub drain_timeout: Duration,
+    /// Bearer key required on every route but `/health` (401 without it); `None` = open.
+    pub api_key: Option<String>,
+    /// Origins allowed cross-origin (CORS; `*` = any); empty = CORS off.
+    pub cors_allow_origins: Vec<String>,
+    /// Prompts tokenized (and chat templates rendered) at once, on blocking threads.
+    pub tokenize_concurrency: usize,
 }
 
 impl ServeConfig {
-    /// Defaults: queue 64, batches of up to 32 rows, 1 MiB bodies.
+    /// Defaults: queue 64, batches of up to 32 rows, 1 MiB bodies, 10 s to send a head (and
+    /// idle keep-alive), 30 s body pauses, 256 connections, 30 s drain, no API key, no CORS,
+    /// tokenization on as many threads as there are CPUs.
     pub fn new(model_id: impl Into<String>, defaults: Defaults) -> Self {
         ServeConfig {
             model_id: model_id.into(),
@@ -67,12 +91,26 @@ impl ServeConfig {
             queue_capacity: 64,
             max_batch: 32,
             body_limit: 1 << 20,
+            header_read_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 256,
+            drain_timeout: Duration::from_secs(30),
+            api_key: None,
+            cors_allow_origins: Vec::new(),
+            tokenize_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
 
 struct Inner {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::UnboundedSender<Job>,
+    /// The queue's places (`queue_capacity`).
+    queue: Arc<Semaphore>,
+    /// Tokenizations at once.
+    tokenize: Arc<Semaphore>,
+    /// Largest prompt or message text in bytes ([`prompt_byte_cap`]).
+    prompt_byte_cap: usize,
+    large: Arc<access::LargeBodies>,
     cfg: ServeConfig,
     tokenizer: Tokenizer,
     template: ChatTemplate,
@@ -115,25 +153,51 @@ impl AppState {
     }
 }
 
+/// The largest prompt text (bytes) that can fit in `max_seq_len` tokens: `max_seq_len` times
+/// the longest vocabulary entry in UTF-8 bytes (at least 4, one character). Every input byte
+/// of a byte-level BPE or character-level vocabulary is covered by a token of at most that many
+/// bytes, so a longer text has more than `max_seq_len` tokens and is refused before it is
+/// tokenized (the tokenizer's cost grows with the text, the engine's cap does not). Saturates
+/// instead of overflowing. Assumption: the normalizer does not delete input (none of the
+/// supported models' tokenizers does).
+pub fn prompt_byte_cap(tokenizer: &Tokenizer, max_seq_len: usize) -> usize {
+    let longest = tokenizer
+        .inner()
+        .get_vocab(true)
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    max_seq_len.saturating_mul(longest)
+}
+
 /// Starts the engine worker for `loaded` and returns the handlers' state.
 pub fn start(loaded: LoadedModel, cfg: ServeConfig) -> Result<(AppState, Worker)> {
-    // tokio's bounded channel panics above its semaphore's limit: refuse instead.
-    let max_queue = tokio::sync::Semaphore::MAX_PERMITS;
+    // Refused, not clamped: a queue bound past the semaphore's limit is a configuration error.
+    let max_queue = Semaphore::MAX_PERMITS;
     if !(1..=max_queue).contains(&cfg.queue_capacity) {
         anyhow::bail!(
             "queue_capacity = {} must be in 1..={max_queue}",
             cfg.queue_capacity
         );
     }
-    let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+    let (tx, rx) = mpsc::unbounded_channel();
     let stats = Arc::new(Stats::default());
     let engine = Arc::new(EngineHealth::default());
+    let spec = loaded.model.spec().clone();
     let inner = Inner {
         tx,
         engine: engine.clone(),
+        queue: Arc::new(Semaphore::new(cfg.queue_capacity)),
+        tokenize: Arc::new(Semaphore::new(
+            cfg.tokenize_concurrency.clamp(1, Semaphore::MAX_PERMITS),
+        )),
+        prompt_byte_cap: prompt_byte_cap(&loaded.tokenizer, spec.max_seq_len),
+        large: Arc::default(),
         tokenizer: loaded.tokenizer.clone(),
         template: loaded.info.chat_template,
-        spec: loaded.model.spec().clone(),
+        spec,
         stats: stats.clone(),
         started: now(),
         cfg: cfg.clone(),
@@ -159,26 +223,46 @@ pub fn start(loaded: LoadedModel, cfg: ServeConfig) -> Result<(AppState, Worker)
     Ok((AppState(Arc::new(inner)), Worker { thread, engine }))
 }
 
-/// The routes.
+impl AppState {
+    /// The server's settings.
+    pub fn config(&self) -> &ServeConfig {
+        &self.0.cfg
+    }
+}
+
+/// The routes, behind (outermost first) CORS when configured, the body timeout and the access
+/// checks ([`access::check`]).
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let cfg = state.0.cfg.clone();
+    let r = Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .fallback(not_found)
-        .with_state(state)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::check,
+        ))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            cfg.body_timeout,
+        ))
+        .with_state(state);
+    match access::cors_layer(&cfg.cors_allow_origins) {
+        Some(cors) => r.layer(cors),
+        None => r,
+    }
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// Serves `state` on `listener` until `shutdown` resolves, then drains (see
+/// [`transport::serve`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    transport::serve(listener, state, shutdown).await
 }
 
 /// A server running on its own thread and tokio runtime (tests, load generation).
@@ -281,6 +365,19 @@ async fn not_found() -> ApiError {
         .with_code("not_found")
 }
 
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::invalid(
+        None,
+        format!(
+            "method {} is not allowed on {}: the completion routes take POST, /v1/models and /health GET",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+    .with_status(StatusCode::METHOD_NOT_ALLOWED)
+    .with_code("method_not_allowed")
+}
+
 async fn models(State(s): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({
         "object": "list",
@@ -289,7 +386,6 @@ async fn models(State(s): State<AppState>) -> Json<serde_json::Value> {
 }
 
 async fn health(State(s): State<AppState>) -> Response {
-    let tx = &s.0.tx;
     if let Some(reason) = s.0.engine.stopped() {
         let body = json!({
             "status": "error",
@@ -299,37 +395,14 @@ async fn health(State(s): State<AppState>) -> Response {
         });
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
+    let capacity = s.0.cfg.queue_capacity;
     Json(json!({
         "status": "ok",
         "model": s.0.cfg.model_id,
-        "queue": { "depth": tx.max_capacity() - tx.capacity(), "capacity": tx.max_capacity() },
+        "queue": { "depth": capacity.saturating_sub(s.0.queue.available_permits()), "capacity": capacity },
         "stats": s.0.stats.snapshot(),
     }))
     .into_response()
-}
-
-/// Reads the body up to the limit (413 above it).
-async fn read_body(s: &AppState, req: Request) -> Result<axum::body::Bytes, ApiError> {
-    let limit = s.0.cfg.body_limit;
-    let too_large = || {
-        ApiError::invalid(
-            None,
-            format!("the request body is larger than the limit of {limit} bytes"),
-        )
-        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-        .with_code("request_too_large")
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|_| too_large())
 }
 
 /// A validated request ready for the queue.
@@ -340,9 +413,12 @@ struct Prepared {
     provisional: bool,
 }
 
-fn prepare(
+/// Validates a request and tokenizes its text: the cheap checks (empty text, the byte cap, the
+/// knobs) first, then the template and the tokenizer on a blocking thread, at most
+/// `tokenize_concurrency` at once.
+async fn prepare(
     s: &AppState,
-    text: &str,
+    text: String,
     templated: bool,
     knobs: &Knobs,
     stream: bool,
@@ -352,17 +428,41 @@ fn prepare(
     if text.trim().is_empty() {
         return Err(ApiError::invalid(Some(param), "the prompt is empty"));
     }
-    let settings = knobs.resolve(&s.0.cfg.defaults, s.0.spec.family)?;
-    let (text, special) = if templated {
-        (s.0.template.apply(text), s.0.template.add_special_tokens())
-    } else {
-        (text.to_string(), true)
-    };
-    let prompt =
-        s.0.tokenizer.encode(&text, special).map_err(|e| {
-            ApiError::invalid(Some(param), format!("cannot tokenize the prompt: {e}"))
-        })?;
     let max = s.0.spec.max_seq_len;
+    let cap = s.0.prompt_byte_cap;
+    if text.len() > cap {
+        return Err(ApiError::invalid(
+            Some(param),
+            format!(
+                "the prompt is {} bytes: more than the {cap} bytes that can fit in the model's maximum sequence length of {max} tokens",
+                text.len()
+            ),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    let settings = knobs.resolve(&s.0.cfg.defaults, s.0.spec.family)?;
+    let permit =
+        s.0.tokenize
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::unavailable())?;
+    let st = s.clone();
+    let prompt = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let (text, special) = if templated {
+            (
+                st.0.template.apply(&text),
+                st.0.template.add_special_tokens(),
+            )
+        } else {
+            (text, true)
+        };
+        st.0.tokenizer.encode(&text, special)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the tokenizer failed: {e}")))?
+    .map_err(|e| ApiError::invalid(Some(param), format!("cannot tokenize the prompt: {e}")))?;
     let gen = settings.decode.gen_length;
     // Saturating: a sum past usize::MAX exceeds any model's maximum just the same.
     let total = prompt.len().saturating_add(gen);
@@ -388,15 +488,26 @@ fn prepare(
     })
 }
 
+/// A queued request: its events and the handler's hold on its queue place (dropping it, as
+/// when the client disconnects, frees the place at once).
+struct Submitted {
+    rx: mpsc::UnboundedReceiver<RowEvent>,
+    slot: QueueSlot,
+}
+
 /// Queues `p` as request `id`.
-fn submit(
-    s: &AppState,
-    id: &str,
-    p: Prepared,
-) -> Result<mpsc::UnboundedReceiver<RowEvent>, ApiError> {
+fn submit(s: &AppState, id: &str, p: Prepared) -> Result<Submitted, ApiError> {
     if let Some(reason) = s.0.engine.stopped() {
         return Err(ApiError::engine_stopped(&reason));
     }
+    let permit = match s.0.queue.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(tokio::sync::TryAcquireError::NoPermits) => {
+            return Err(ApiError::overloaded(s.0.cfg.queue_capacity))
+        }
+        Err(tokio::sync::TryAcquireError::Closed) => return Err(ApiError::unavailable()),
+    };
+    let (job_slot, slot) = QueueSlot::pair(permit);
     let (tx, rx) = mpsc::unbounded_channel();
     let job = Job {
         id: id.to_string(),
@@ -405,13 +516,11 @@ fn submit(
         stream: p.stream,
         provisional: p.provisional,
         events: tx,
+        slot: job_slot,
     };
-    match s.0.tx.try_send(job) {
-        Ok(()) => Ok(rx),
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            Err(ApiError::overloaded(s.0.cfg.queue_capacity))
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => Err(match s.0.engine.stopped() {
+    match s.0.tx.send(job) {
+        Ok(()) => Ok(Submitted { rx, slot }),
+        Err(_) => Err(match s.0.engine.stopped() {
             Some(reason) => ApiError::engine_stopped(&reason),
             None => ApiError::unavailable(),
         }),
@@ -419,9 +528,9 @@ fn submit(
 }
 
 /// Waits for the final event of a non-streaming request.
-async fn wait_done(
-    mut rx: mpsc::UnboundedReceiver<RowEvent>,
-) -> Result<(String, usize, &'static str), ApiError> {
+async fn wait_done(sub: Submitted) -> Result<(String, usize, &'static str), ApiError> {
+    let Submitted { mut rx, slot } = sub;
+    let _slot = slot;
     while let Some(ev) = rx.recv().await {
         match ev {
             RowEvent::Done {
@@ -443,13 +552,8 @@ enum Kind {
 }
 
 /// The SSE response of a streaming request.
-fn sse(
-    s: &AppState,
-    kind: Kind,
-    id: String,
-    rx: mpsc::UnboundedReceiver<RowEvent>,
-    prompt_tokens: usize,
-) -> Response {
+fn sse(s: &AppState, kind: Kind, id: String, sub: Submitted, prompt_tokens: usize) -> Response {
+    let Submitted { rx, slot } = sub;
     let created = now();
     let model = s.0.cfg.model_id.clone();
     let object = if kind == Kind::Chat {
@@ -500,27 +604,31 @@ fn sse(
             .json_data(&c)
             .unwrap_or_else(|_| Event::default().data("{}"))
     };
-    let body = UnboundedReceiverStream::new(rx).map(move |ev| match ev {
-        RowEvent::Text(t) => to_event(chunk(Some(t), false, None, None, None)),
-        RowEvent::Provisional(p) => to_event(chunk(None, false, None, Some(p), None)),
-        RowEvent::Done {
-            completion_tokens,
-            finish_reason,
-            ..
-        } => to_event(chunk(
-            None,
-            false,
-            Some(finish_reason),
-            None,
-            Some(Usage {
-                prompt_tokens,
+    // The stream holds the queue place: a client that hangs up drops the stream and the place.
+    let body = UnboundedReceiverStream::new(rx).map(move |ev| {
+        let _held = &slot;
+        match ev {
+            RowEvent::Text(t) => to_event(chunk(Some(t), false, None, None, None)),
+            RowEvent::Provisional(p) => to_event(chunk(None, false, None, Some(p), None)),
+            RowEvent::Done {
                 completion_tokens,
-                total_tokens: prompt_tokens + completion_tokens,
-            }),
-        )),
-        RowEvent::Error(m) => Event::default()
-            .json_data(ApiError::internal(m).body())
-            .unwrap_or_else(|_| Event::default().data("{}")),
+                finish_reason,
+                ..
+            } => to_event(chunk(
+                None,
+                false,
+                Some(finish_reason),
+                None,
+                Some(Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                    total_tokens: prompt_tokens + completion_tokens,
+                }),
+            )),
+            RowEvent::Error(m) => Event::default()
+                .json_data(ApiError::internal(m).body())
+                .unwrap_or_else(|_| Event::default().data("{}")),
+        }
     });
     let stream = tokio_stream::iter(head.into_iter().map(to_event))
         .chain(body)
@@ -531,14 +639,41 @@ fn sse(
         .into_response()
 }
 
-async fn completions(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let body = read_body(&s, req).await?;
+/// Reads the body and runs `handle` on it; a large body counts toward a burst
+/// ([`access::LargeBodies`]) until the handler has returned (and freed its copies of it).
+async fn with_body<F, Fut>(s: AppState, req: Request, handle: F) -> Response
+where
+    F: FnOnce(AppState, axum::body::Bytes) -> Fut,
+    Fut: Future<Output = Result<Response, ApiError>>,
+{
+    let body = match access::read_body(&s, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let large = s.0.large.track(body.len());
+    let r = handle(s, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    drop(large);
+    r
+}
+
+async fn completions(State(s): State<AppState>, req: Request) -> Response {
+    with_body(s, req, completion).await
+}
+
+async fn chat_completions(State(s): State<AppState>, req: Request) -> Response {
+    with_body(s, req, chat_completion).await
+}
+
+async fn completion(s: AppState, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let r: CompletionRequest = api::parse_body(&body)?;
+    drop(body);
     api::check_model(r.model.as_deref(), &s.0.cfg.model_id)?;
     api::check_n(r.n)?;
-    let text = match &r.prompt {
-        PromptInput::One(t) => t.clone(),
-        PromptInput::Many(v) if v.len() == 1 => v[0].clone(),
+    let text = match r.prompt {
+        PromptInput::One(t) => t,
+        PromptInput::Many(mut v) if v.len() == 1 => v.swap_remove(0),
         PromptInput::Many(v) => {
             return Err(ApiError::invalid(
                 Some("prompt"),
@@ -546,14 +681,14 @@ async fn completions(State(s): State<AppState>, req: Request) -> Result<Response
             ))
         }
     };
-    let p = prepare(&s, &text, false, &r.knobs, r.stream, r.provisional)?;
+    let p = prepare(&s, text, false, &r.knobs, r.stream, r.provisional).await?;
     let prompt_tokens = p.prompt.len();
     let id = request_id("cmpl");
-    let rx = submit(&s, &id, p)?;
+    let sub = submit(&s, &id, p)?;
     if r.stream {
-        return Ok(sse(&s, Kind::Completion, id, rx, prompt_tokens));
+        return Ok(sse(&s, Kind::Completion, id, sub, prompt_tokens));
     }
-    let (text, completion_tokens, finish_reason) = wait_done(rx).await?;
+    let (text, completion_tokens, finish_reason) = wait_done(sub).await?;
     let resp = api::Response {
         id,
         object: "text_completion",
@@ -573,27 +708,27 @@ async fn completions(State(s): State<AppState>, req: Request) -> Result<Response
     Ok(Json(resp).into_response())
 }
 
-async fn chat_completions(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let body = read_body(&s, req).await?;
-    let r: ChatRequest = api::parse_body(&body)?;
+async fn chat_completion(s: AppState, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let mut r: ChatRequest = api::parse_body(&body)?;
+    drop(body);
     api::check_model(r.model.as_deref(), &s.0.cfg.model_id)?;
     api::check_n(r.n)?;
     let text =
         match r.messages.as_slice() {
-            [m] if m.role == "user" => m.content.clone(),
+            [m] if m.role == "user" => std::mem::take(&mut r.messages[0].content),
             _ => return Err(ApiError::invalid(
                 Some("messages"),
                 "only single-turn chats are supported: send exactly one message with role 'user'",
             )),
         };
-    let p = prepare(&s, &text, true, &r.knobs, r.stream, r.provisional)?;
+    let p = prepare(&s, text, true, &r.knobs, r.stream, r.provisional).await?;
     let prompt_tokens = p.prompt.len();
     let id = request_id("chatcmpl");
-    let rx = submit(&s, &id, p)?;
+    let sub = submit(&s, &id, p)?;
     if r.stream {
-        return Ok(sse(&s, Kind::Chat, id, rx, prompt_tokens));
+        return Ok(sse(&s, Kind::Chat, id, sub, prompt_tokens));
     }
-    let (text, completion_tokens, finish_reason) = wait_done(rx).await?;
+    let (text, completion_tokens, finish_reason) = wait_done(sub).await?;
     let resp = api::Response {
         id,
         object: "chat.completion",

@@ -32,12 +32,12 @@ use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use fastdllm_core::{Control, GenerateOptions, RowId, StepEvent, TokenId};
 use fastdllm_models::LoadedModel;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use super::api::Provisional;
 use conformance::engine::{trim_at_eos, GenerationSettings, Session};
@@ -57,6 +57,39 @@ pub struct Job {
     pub provisional: bool,
     /// The client's channel; closed = the client went away.
     pub events: mpsc::UnboundedSender<RowEvent>,
+    /// The request's place in the queue: released when the row is admitted into a session (or
+    /// the job is dropped), or at once when the client goes away ([`QueueSlot`]).
+    pub slot: QueueSlot,
+}
+
+/// A queue place shared by the handler and the worker: whichever side lets go first (the worker
+/// admitting or dropping the job, the handler's future dropped when its client disconnects)
+/// returns the permit, so a disconnected client frees its place at once instead of when the
+/// worker reaches its job.
+#[derive(Debug)]
+pub struct QueueSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl QueueSlot {
+    /// Two handles on `permit`: one for the job, one for the handler.
+    pub fn pair(permit: OwnedSemaphorePermit) -> (QueueSlot, QueueSlot) {
+        let shared = Arc::new(Mutex::new(Some(permit)));
+        (QueueSlot(shared.clone()), QueueSlot(shared))
+    }
+
+    /// Returns the place to the queue (idempotent).
+    pub fn release(&self) {
+        let permit = match self.0.lock() {
+            Ok(mut g) => g.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        drop(permit);
+    }
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// What the worker tells one client.
@@ -183,10 +216,11 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 /// Runs the worker loop until every sender of `rx` is dropped, the queue is drained and the
-/// running session has finished.
+/// running session has finished. The queue's bound is the handlers' semaphore of
+/// [`QueueSlot`]s, not the channel: jobs whose client went away are skipped here.
 pub fn run_worker(
     loaded: LoadedModel,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
     max_batch: usize,
     stats: Arc<Stats>,
 ) {
@@ -200,9 +234,13 @@ pub fn run_worker(
                 None => break,
             }
         }
-        // The channel stays the bounded queue (429 when full): take only what can be admitted.
+        // Take only what can be admitted; jobs of clients that went away are dropped on the way
+        // (their queue places are already free).
         while pending.len() < max_batch {
             match rx.try_recv() {
+                Ok(job) if job.events.is_closed() => {
+                    stats.cancelled_rows.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(job) => pending.push_back(job),
                 Err(_) => break,
             }
@@ -310,6 +348,7 @@ impl Live {
 
     /// Admits `job` (under a panic guard: a panic fails this request only).
     fn admit(&mut self, job: Job, stats: &Stats) -> bool {
+        job.slot.release();
         let session = &mut self.session;
         let admitted = catch_unwind(AssertUnwindSafe(|| {
             session.admit(&job.prompt, &job.settings)

@@ -1,0 +1,365 @@
+//! The HTTP half of the fault corpus (issue 10): every bad request in `faults/http/requests.jsonl`
+//! and a set of slow sockets, against a real server on loopback (the bundled tiny LLaDA, an API
+//! key, short server timeouts so that slow sockets are closed quickly).
+//!
+//! Each case must end in a clear error: the expected 4xx status with an OpenAI error object
+//! (`{"error": {"message", "type", "param", "code"}}`), or, for slow sockets, the server closing
+//! the connection by its own timeouts. Counted apart: panics (a panic hook counts them), hangs
+//! (no answer within a generous guard of minutes: the test waits on the server's answer or close,
+//! never on a sleep), silent wrongs (any other answer). Prints
+//! `tried N / clear error N / panic N / hang N / silent wrong N`; afterwards `/health` must answer
+//! and a normal request must succeed.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::{DType, Device};
+use fastdllm_cache::{CacheMode, CacheSettings};
+use fastdllm_cli::engine::GenerationSettings;
+use fastdllm_cli::serve::api::Defaults;
+use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
+use fastdllm_core::DecodeConfig;
+use fastdllm_sampler::{ProposerConfig, Unmask};
+use serde_json::Value;
+
+const KEY: &str = "fault-corpus-key";
+/// Guards against a hang only: far above any answer time, even on a loaded machine.
+const GUARD: Duration = Duration::from_secs(120);
+
+fn start() -> ServerHandle {
+    let defaults = Defaults {
+        settings: GenerationSettings {
+            decode: DecodeConfig {
+                gen_length: 32,
+                block_length: 8,
+                steps: 32,
+                force_block_start: None,
+                max_steps_per_block: None,
+            },
+            cache: CacheSettings::new(CacheMode::Off),
+            unmask: Unmask::Fixed,
+            proposer: ProposerConfig::default(),
+            seed: 0,
+        },
+        explicit_steps: false,
+    };
+    let mut cfg = ServeConfig::new("llada-tiny", defaults);
+    cfg.api_key = Some(KEY.into());
+    cfg.body_limit = 64 << 10;
+    // Short server-side limits: they only make the server close slow sockets sooner; the test
+    // waits for the close itself.
+    cfg.header_read_timeout = Duration::from_millis(500);
+    cfg.body_timeout = Duration::from_millis(500);
+    cfg.max_connections = 16;
+    let loaded = fastdllm_models::load_model(
+        &fastdllm_cli::paths::default_model(),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    serve::spawn(TcpListener::bind("127.0.0.1:0").unwrap(), loaded, cfg, 2).unwrap()
+}
+
+/// What a connection gave back.
+#[derive(Debug)]
+enum Answer {
+    /// A response: status and body.
+    Response(u16, String),
+    /// The server closed the connection without answering.
+    Closed,
+    /// Nothing within [`GUARD`].
+    Hang,
+}
+
+/// Reads until the server closes the connection (or the guard passes).
+fn read_all(s: &mut TcpStream) -> Answer {
+    s.set_read_timeout(Some(GUARD)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Answer::Hang
+            }
+            // A reset after (or instead of) the answer: the server closed while we were sending.
+            Err(_) => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    if text.is_empty() {
+        return Answer::Closed;
+    }
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Answer::Response(status, body)
+}
+
+/// Sends `bytes` (ignoring a reset: the server may answer and close before reading it all).
+fn send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let _ = s.write_all(bytes);
+    s
+}
+
+/// The request of a corpus line.
+fn request(c: &Value) -> Vec<u8> {
+    if let Some(raw) = c["raw"].as_str() {
+        return raw.as_bytes().to_vec();
+    }
+    let body = c["body"].as_str().unwrap_or("");
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n",
+        c["method"].as_str().unwrap(),
+        c["path"].as_str().unwrap(),
+        body.len()
+    );
+    if let Some(ct) = c["content_type"].as_str() {
+        head += &format!("content-type: {ct}\r\n");
+    }
+    match c.get("auth") {
+        None => head += &format!("authorization: Bearer {KEY}\r\n"),
+        Some(Value::String(a)) => head += &format!("authorization: {a}\r\n"),
+        Some(_) => {}
+    }
+    for h in c["headers"].as_array().into_iter().flatten() {
+        head += &format!("{}: {}\r\n", h[0].as_str().unwrap(), h[1].as_str().unwrap());
+    }
+    head += "\r\n";
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// Whether `body` is an OpenAI error object, with `code` / `param` when given.
+fn error_object(body: &str, code: Option<&str>, param: Option<&str>) -> Result<(), String> {
+    let v: Value =
+        serde_json::from_str(body).map_err(|e| format!("not JSON ({e}): {body:.200}"))?;
+    let e = &v["error"];
+    let ok = e["message"].as_str().is_some_and(|m| !m.is_empty())
+        && e["type"].is_string()
+        && e.get("param").is_some()
+        && e.get("code").is_some();
+    if !ok {
+        return Err(format!("not an OpenAI error object: {body:.200}"));
+    }
+    if code.is_some_and(|c| e["code"] != c) || param.is_some_and(|p| e["param"] != p) {
+        return Err(format!("wrong code or param: {body:.300}"));
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Tally {
+    tried: usize,
+    clear: usize,
+    panic: usize,
+    hang: usize,
+    wrong: Vec<String>,
+}
+
+impl Tally {
+    fn record(&mut self, name: &str, panics: usize, outcome: Result<(), String>, hang: bool) {
+        self.tried += 1;
+        if panics > 0 {
+            self.panic += 1;
+            self.wrong.push(format!("{name}: the server panicked"));
+        } else if hang {
+            self.hang += 1;
+            self.wrong
+                .push(format!("{name}: no answer within {GUARD:?}"));
+        } else {
+            match outcome {
+                Ok(()) => self.clear += 1,
+                Err(e) => self.wrong.push(format!("{name}: {e}")),
+            }
+        }
+    }
+}
+
+fn check_response(c: &Value, answer: &Answer) -> Result<(), String> {
+    let want = c["expect"].as_u64().unwrap() as u16;
+    match answer {
+        Answer::Response(status, body) if *status == want => {
+            if c.get("raw").is_some() && body.is_empty() {
+                // Malformed HTTP framing: hyper answers the status itself, without a body.
+                return Ok(());
+            }
+            error_object(body, c["code"].as_str(), c["param"].as_str())
+        }
+        Answer::Response(status, body) => Err(format!("status {status}, want {want}: {body:.300}")),
+        Answer::Closed => Err(format!("closed without an answer, want {want}")),
+        Answer::Hang => Err("hang".into()),
+    }
+}
+
+#[test]
+fn every_http_fault_gets_a_clear_error() {
+    let panics = Arc::new(AtomicUsize::new(0));
+    let hook = std::panic::take_hook();
+    let counter = panics.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        hook(info);
+    }));
+    let srv = start();
+    let addr = srv.addr;
+    let corpus = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../faults/http/requests.jsonl"),
+    )
+    .unwrap();
+    let mut tally = Tally::default();
+    for line in corpus.lines().filter(|l| !l.trim().is_empty()) {
+        let c: Value = serde_json::from_str(line).unwrap();
+        let name = c["name"].as_str().unwrap().to_string();
+        let before = panics.load(Ordering::SeqCst);
+        let mut s = send(addr, &request(&c));
+        let answer = read_all(&mut s);
+        let hang = matches!(answer, Answer::Hang);
+        let outcome = check_response(&c, &answer);
+        tally.record(&name, panics.load(Ordering::SeqCst) - before, outcome, hang);
+    }
+
+    // Slow sockets: the server must close them by its own timeouts.
+    let before = panics.load(Ordering::SeqCst);
+    let mut s = send(addr, b"");
+    let a = read_all(&mut s);
+    tally.record(
+        "silent socket (nothing sent)",
+        panics.load(Ordering::SeqCst) - before,
+        closed(&a),
+        matches!(a, Answer::Hang),
+    );
+
+    let before = panics.load(Ordering::SeqCst);
+    let mut s = send(
+        addr,
+        b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: applic",
+    );
+    let a = read_all(&mut s);
+    tally.record(
+        "half-sent head",
+        panics.load(Ordering::SeqCst) - before,
+        closed(&a),
+        matches!(a, Answer::Hang),
+    );
+
+    let before = panics.load(Ordering::SeqCst);
+    let head = format!("POST /v1/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"prompt\": ");
+    let mut s = send(addr, head.as_bytes());
+    let a = read_all(&mut s);
+    let outcome = match &a {
+        Answer::Response(408, body) => error_object(body, Some("request_timeout"), None),
+        other => Err(format!("want a 408 and a close, got {other:?}")),
+    };
+    tally.record(
+        "half-sent body",
+        panics.load(Ordering::SeqCst) - before,
+        outcome,
+        matches!(a, Answer::Hang),
+    );
+
+    let before = panics.load(Ordering::SeqCst);
+    let mut s = send(addr, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n");
+    let a = read_all(&mut s);
+    let outcome = match &a {
+        Answer::Response(200, body) if body.contains("\"ok\"") => Ok(()),
+        other => Err(format!(
+            "want /health then a close of the idle connection, got {other:?}"
+        )),
+    };
+    tally.record(
+        "idle keep-alive connection",
+        panics.load(Ordering::SeqCst) - before,
+        outcome,
+        matches!(a, Answer::Hang),
+    );
+
+    // A crowd of half-sent heads, more than the connection cap (16): /health is answered once
+    // the server has closed them.
+    let before = panics.load(Ordering::SeqCst);
+    let crowd: Vec<TcpStream> = (0..48)
+        .map(|_| send(addr, b"GET /health HTTP/1.1\r\nhost"))
+        .collect();
+    let mut s = send(
+        addr,
+        b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    let a = read_all(&mut s);
+    let outcome = match &a {
+        Answer::Response(200, body) if body.contains("\"ok\"") => Ok(()),
+        other => Err(format!("/health behind 48 slow sockets: {other:?}")),
+    };
+    let mut crowd_open = 0;
+    for mut c in crowd {
+        if !matches!(read_all(&mut c), Answer::Closed) {
+            crowd_open += 1;
+        }
+    }
+    let outcome = outcome.and_then(|()| {
+        (crowd_open == 0)
+            .then_some(())
+            .ok_or(format!("{crowd_open} slow sockets were not closed"))
+    });
+    tally.record(
+        "48 half-sent heads above a cap of 16 connections",
+        panics.load(Ordering::SeqCst) - before,
+        outcome,
+        matches!(a, Answer::Hang),
+    );
+
+    println!(
+        "tried {} / clear error {} / panic {} / hang {} / silent wrong {}",
+        tally.tried,
+        tally.clear,
+        tally.panic,
+        tally.hang,
+        tally.wrong.len() - tally.panic - tally.hang
+    );
+    for w in &tally.wrong {
+        println!("  {w}");
+    }
+    // The server still works.
+    let mut s = send(
+        addr,
+        b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert!(
+        matches!(read_all(&mut s), Answer::Response(200, ref b) if b.contains("\"ok\"")),
+        "/health after the corpus"
+    );
+    let body = r#"{"prompt": "4+9="}"#;
+    let req = format!("POST /v1/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: Bearer {KEY}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+    let mut s = send(addr, req.as_bytes());
+    match read_all(&mut s) {
+        Answer::Response(200, b) => {
+            let v: Value = serde_json::from_str(&b).unwrap();
+            assert_eq!(v["choices"][0]["text"], "13", "{v}");
+        }
+        other => panic!("a normal request after the corpus: {other:?}"),
+    }
+    assert!(tally.wrong.is_empty(), "{:#?}", tally.wrong);
+    assert!(tally.tried > 100);
+}
+
+/// A slow socket's outcome: the server closed it (with or without a 408) within the guard.
+fn closed(a: &Answer) -> Result<(), String> {
+    match a {
+        Answer::Closed => Ok(()),
+        Answer::Response(408, body) => error_object(body, None, None),
+        other => Err(format!(
+            "want the server to close the connection, got {other:?}"
+        )),
+    }
+}

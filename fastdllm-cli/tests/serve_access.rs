@@ -1,0 +1,313 @@
+//! `fastdllm serve` access and connection behaviour (issue 10): queue places freed by hung-up
+//! clients, the API key, CORS, `--host` names, the drain deadline and the second signal.
+//! Every wait is on an event (an answer, a close, a log line, a process exit) under a generous
+//! guard; no test depends on a short wall-clock limit.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use fastdllm_cache::{CacheMode, CacheSettings};
+use fastdllm_cli::engine::GenerationSettings;
+use fastdllm_cli::serve::api::Defaults;
+use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
+use fastdllm_core::DecodeConfig;
+use fastdllm_sampler::{ProposerConfig, Unmask};
+use serde_json::Value;
+
+const GUARD: Duration = Duration::from_secs(120);
+
+fn start_with(f: impl FnOnce(&mut ServeConfig)) -> ServerHandle {
+    let defaults = Defaults {
+        settings: GenerationSettings {
+            decode: DecodeConfig {
+                gen_length: 32,
+                block_length: 8,
+                steps: 32,
+                force_block_start: None,
+                max_steps_per_block: None,
+            },
+            cache: CacheSettings::new(CacheMode::Off),
+            unmask: Unmask::Fixed,
+            proposer: ProposerConfig::default(),
+            seed: 0,
+        },
+        explicit_steps: false,
+    };
+    let mut cfg = ServeConfig::new("llada-tiny", defaults);
+    f(&mut cfg);
+    let loaded = fastdllm_models::load_model(
+        &fastdllm_cli::paths::default_model(),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    serve::spawn(TcpListener::bind("127.0.0.1:0").unwrap(), loaded, cfg, 2).unwrap()
+}
+
+/// A raw HTTP/1.1 exchange with `connection: close`: (status, head, body).
+fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "\r\n";
+    req += body;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(GUARD)).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+fn health(addr: SocketAddr) -> Value {
+    let (s, _, b) = exchange(addr, "GET", "/health", &[], "");
+    assert_eq!(s, 200, "{b}");
+    serde_json::from_str(&b).unwrap()
+}
+
+/// Opens a request without reading its answer.
+fn open(addr: SocketAddr, body: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let req = format!("POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes()).unwrap();
+    s
+}
+
+/// Polls `/health` (each poll is an answered request, not a sleep) until `f` holds.
+fn until_health(addr: SocketAddr, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let h = health(addr);
+        if f(&h) {
+            return h;
+        }
+        assert!(t0.elapsed() < GUARD, "{what}: {h}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_hung_up_client_frees_its_queue_place_at_once() {
+    let srv = start_with(|c| {
+        c.queue_capacity = 2;
+        c.max_batch = 1;
+    });
+    let addr = srv.addr;
+    // A long request occupies the engine (one row at a time) ...
+    let long =
+        r#"{"prompt": "copy 3dbk......=", "gen_length": 480, "block_length": 8, "stream": true}"#;
+    let running = open(addr, long);
+    let mut reader = BufReader::new(running.try_clone().unwrap());
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 0 && !line.starts_with("data:") {
+        line.clear();
+    }
+    // ... two more wait in the queue, which is now full.
+    let queued: Vec<TcpStream> = (0..2)
+        .map(|_| open(addr, r#"{"prompt": "4+9="}"#))
+        .collect();
+    until_health(addr, "two queued", |h| h["queue"]["depth"] == 2);
+    let (s, _, b) = exchange(
+        addr,
+        "POST",
+        "/v1/completions",
+        &[("content-type", "application/json")],
+        r#"{"prompt": "4+9="}"#,
+    );
+    assert_eq!(s, 429, "{b}");
+    // The queued clients hang up: their places come back while the long request still runs
+    // (only one row has reached the engine), not when the engine gets to them.
+    for q in queued {
+        q.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    let h = until_health(addr, "places freed", |h| h["queue"]["depth"] == 0);
+    assert_eq!(h["stats"]["rows"], 1, "{h}");
+    // A new request is queued, not refused.
+    let waiting = open(addr, r#"{"prompt": "4+9="}"#);
+    let h = until_health(addr, "queued again", |h| h["queue"]["depth"] == 1);
+    assert_eq!(h["stats"]["rows"], 1, "{h}");
+    drop(waiting);
+    drop(reader);
+    drop(running);
+}
+
+#[test]
+fn api_key_guards_everything_but_health() {
+    let srv = start_with(|c| c.api_key = Some("s3cret".into()));
+    let addr = srv.addr;
+    let json = ("content-type", "application/json");
+    let body = r#"{"prompt": "4+9="}"#;
+    let (s, head, b) = exchange(addr, "POST", "/v1/completions", &[json], body);
+    assert_eq!(s, 401, "{b}");
+    assert!(
+        head.contains("www-authenticate: bearer") || b.contains("invalid_api_key"),
+        "{head}"
+    );
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["error"]["code"], "invalid_api_key");
+    let (s, _, _) = exchange(
+        addr,
+        "GET",
+        "/v1/models",
+        &[("authorization", "Bearer nope")],
+        "",
+    );
+    assert_eq!(s, 401);
+    let (s, _, b) = exchange(
+        addr,
+        "GET",
+        "/v1/models",
+        &[("authorization", "Bearer s3cret")],
+        "",
+    );
+    assert_eq!(s, 200, "{b}");
+    let (s, _, b) = exchange(
+        addr,
+        "POST",
+        "/v1/completions",
+        &[json, ("authorization", "bearer s3cret")],
+        body,
+    );
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(health(addr)["status"], "ok");
+}
+
+#[test]
+fn cors_is_off_unless_an_origin_is_allowed() {
+    let preflight = [
+        ("origin", "http://evil.example"),
+        ("access-control-request-method", "POST"),
+        ("access-control-request-headers", "content-type"),
+    ];
+    let srv = start_with(|_| {});
+    let (s, head, _) = exchange(srv.addr, "OPTIONS", "/v1/completions", &preflight, "");
+    assert!(!head.contains("access-control-allow-origin"), "{s} {head}");
+    let (_, head, _) = exchange(
+        srv.addr,
+        "GET",
+        "/v1/models",
+        &[("origin", "http://evil.example")],
+        "",
+    );
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+    drop(srv);
+
+    let srv = start_with(|c| c.cors_allow_origins = vec!["http://app.example".into()]);
+    let ok = [
+        ("origin", "http://app.example"),
+        ("access-control-request-method", "POST"),
+        ("access-control-request-headers", "content-type"),
+    ];
+    let (s, head, _) = exchange(srv.addr, "OPTIONS", "/v1/completions", &ok, "");
+    assert!(
+        s < 300 && head.contains("access-control-allow-origin: http://app.example"),
+        "{s} {head}"
+    );
+    let (_, head, _) = exchange(srv.addr, "OPTIONS", "/v1/completions", &preflight, "");
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+}
+
+/// `fastdllm serve` on the bundled model with `args`; returns the child, its address and the
+/// rest of its stderr (line by line).
+fn serve_bin(
+    args: &[&str],
+) -> (
+    Child,
+    SocketAddr,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fastdllm"))
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("http://").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+            return (child, addr, lines);
+        }
+    }
+    panic!("the server did not start");
+}
+
+fn signal(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Waits for the process to exit (guard: minutes).
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(t0.elapsed() < GUARD, "the server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn host_names_and_loopback_v6_are_accepted() {
+    for host in ["localhost", "::1"] {
+        let (mut child, addr, _lines) = serve_bin(&["--host", host]);
+        assert!(addr.ip().is_loopback(), "{host}: {addr}");
+        assert_eq!(health(addr)["status"], "ok");
+        signal(&child);
+        assert!(wait_exit(&mut child).success());
+    }
+}
+
+#[test]
+fn drain_has_a_deadline_and_a_second_signal_exits_at_once() {
+    // A half-sent body under a long body timeout: only the drain deadline can end it.
+    let half = "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{";
+    let (mut child, addr, _lines) = serve_bin(&["--body-timeout", "3600", "--drain-timeout", "1"]);
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(half.as_bytes()).unwrap();
+    assert_eq!(health(addr)["status"], "ok");
+    signal(&child);
+    assert!(wait_exit(&mut child).success());
+
+    // The same under a long drain deadline: the second signal ends it.
+    let (mut child, addr, mut lines) =
+        serve_bin(&["--body-timeout", "3600", "--drain-timeout", "3600"]);
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(half.as_bytes()).unwrap();
+    assert_eq!(health(addr)["status"], "ok");
+    signal(&child);
+    for line in lines.by_ref() {
+        if line.unwrap().contains("shutdown signal") {
+            break;
+        }
+    }
+    signal(&child);
+    let status = wait_exit(&mut child);
+    assert_eq!(status.code(), Some(130), "{status}");
+}
