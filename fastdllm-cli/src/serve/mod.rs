@@ -2,45 +2,50 @@
 //! worker.
 //!
 //! Routes: `POST /v1/completions`, `POST /v1/chat/completions` (JSON or, with `"stream": true`,
-//! server-sent events ending with `data: [DONE]`), `GET /v1/models`, `GET /health`. Requests are
-//! parsed and validated on the async side (OpenAI-style 4xx errors, [`errors`]), tokenized, and
-//! queued on a bounded channel (full → 429); the worker thread ([`scheduler`]) batches
-//! compatible requests and streams each row's committed blocks back through the row's own
-//! channel. A client that goes away closes its channel, which the worker notices after the next
+//! server-sent events ending with `data: [DONE]`), `GET /v1/models`, `GET /health`,
+//! `GET /metrics` ([`metrics`]). Requests are parsed and validated on the async side
+//! (OpenAI-style 4xx errors, [`errors`]), tokenized, and every choice (each prompt × `n`) is
+//! queued as one row on a bounded channel (full → 429); the worker thread ([`scheduler`])
+//! batches compatible rows and streams each row's committed blocks back through the row's own
+//! channel. A client that goes away closes its channels, which the worker notices after the next
 //! step. Shutdown is graceful: in-flight and queued requests finish.
 //!
-//! Reference: the OpenAI completions / chat completions API. Deviations: see [`api`] (one choice,
-//! single-turn chats, `max_tokens` = `gen_length`) and [`scheduler`] (batch granularity).
+//! Reference: the OpenAI completions / chat completions API. Deviations: see [`api`] (supported
+//! fields, single-turn chats) and [`scheduler`] (batch granularity).
 
+pub mod answer;
 pub mod api;
 pub mod errors;
+pub mod metrics;
 pub mod scheduler;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use fastdllm_core::{ModelSpec, TokenId};
+use fastdllm_core::{ModelSpec, Rng, TokenId};
 use fastdllm_models::{ChatTemplate, LoadedModel, Tokenizer};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_stream::StreamExt;
+use tokio_stream::{StreamExt, StreamMap};
 
+use answer::AnswerLimits;
 use api::{
     ChatChoice, ChatMessage, ChatRequest, Chunk, ChunkChoice, CompletionChoice, CompletionRequest,
-    Defaults, Knobs, PromptInput, Usage,
+    Defaults, PromptInput, Route, Usage,
 };
 use errors::ApiError;
+use metrics::Metrics;
 use scheduler::{Job, RowEvent, Stats};
 
 /// Server settings.
@@ -78,6 +83,7 @@ struct Inner {
     template: ChatTemplate,
     spec: ModelSpec,
     stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
     started: u64,
 }
 
@@ -101,19 +107,21 @@ impl Worker {
 pub fn start(loaded: LoadedModel, cfg: ServeConfig) -> Result<(AppState, Worker)> {
     let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
     let stats = Arc::new(Stats::default());
+    let metrics = Arc::new(Metrics::new().context("cannot register the metrics")?);
     let inner = Inner {
         tx,
         tokenizer: loaded.tokenizer.clone(),
         template: loaded.info.chat_template,
         spec: loaded.model.spec().clone(),
         stats: stats.clone(),
+        metrics: metrics.clone(),
         started: now(),
         cfg: cfg.clone(),
     };
     let max_batch = cfg.max_batch;
     let handle = std::thread::Builder::new()
         .name("fastdllm-engine".into())
-        .spawn(move || scheduler::run_worker(loaded, rx, max_batch, stats))
+        .spawn(move || scheduler::run_worker(loaded, rx, max_batch, stats, metrics))
         .context("cannot start the engine thread")?;
     Ok((AppState(Arc::new(inner)), Worker(handle)))
 }
@@ -125,8 +133,41 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
+}
+
+/// Counts every answered request by route and status, and times it to its response head.
+async fn track(State(s): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let m = &s.0.metrics;
+    m.http_requests
+        .with_label_values(&[route.as_str(), resp.status().as_str()])
+        .inc();
+    m.http_duration
+        .with_label_values(&[route.as_str()])
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    let tx = &s.0.tx;
+    let queued = tx.max_capacity() - tx.capacity()
+        + s.0.stats.pending.load(std::sync::atomic::Ordering::Relaxed);
+    s.0.metrics.queue_depth.set(queued as i64);
+    (
+        [(header::CONTENT_TYPE, Metrics::content_type())],
+        s.0.metrics.render(),
+    )
+        .into_response()
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then finishes in-flight requests.
@@ -235,7 +276,7 @@ fn request_id(prefix: &str) -> String {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::invalid(None, "unknown route; see POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health")
+    ApiError::invalid(None, "unknown route; see POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics")
         .with_status(StatusCode::NOT_FOUND)
         .with_code("not_found")
 }
@@ -281,95 +322,158 @@ async fn read_body(s: &AppState, req: Request) -> Result<axum::body::Bytes, ApiE
         .map_err(|_| too_large())
 }
 
-/// A validated request ready for the queue.
-struct Prepared {
-    prompt: Vec<TokenId>,
-    job_settings: crate::engine::GenerationSettings,
-    stream: bool,
-    provisional: bool,
-}
-
-fn prepare(
+/// Tokenizes and checks one prompt (`param` names it in errors: `prompt`, `prompt[1]`,
+/// `messages`) for a canvas of `gen_length` answer positions.
+fn tokenize(
     s: &AppState,
-    text: &str,
+    prompt: &PromptInput,
     templated: bool,
-    knobs: &Knobs,
-    stream: bool,
-    provisional: bool,
-) -> Result<Prepared, ApiError> {
-    let param = if templated { "messages" } else { "prompt" };
-    if text.trim().is_empty() {
-        return Err(ApiError::invalid(Some(param), "the prompt is empty"));
-    }
-    let settings = knobs.resolve(&s.0.cfg.defaults, s.0.spec.family)?;
-    let (text, special) = if templated {
-        (s.0.template.apply(text), s.0.template.add_special_tokens())
-    } else {
-        (text.to_string(), true)
+    param: &str,
+    gen: usize,
+) -> Result<Vec<TokenId>, ApiError> {
+    let field = if templated { "messages" } else { "prompt" };
+    let bad = |m: String| ApiError::invalid(Some(field), m);
+    let ids = match prompt {
+        PromptInput::Text(text) => {
+            if text.trim().is_empty() {
+                return Err(bad(format!("{param}: the prompt is empty")));
+            }
+            let (text, special) = if templated {
+                (s.0.template.apply(text), s.0.template.add_special_tokens())
+            } else {
+                (text.to_string(), true)
+            };
+            s.0.tokenizer
+                .encode(&text, special)
+                .map_err(|e| bad(format!("{param}: cannot tokenize the prompt: {e}")))?
+        }
+        PromptInput::Ids(ids) => ids.clone(),
     };
-    let prompt =
-        s.0.tokenizer.encode(&text, special).map_err(|e| {
-            ApiError::invalid(Some(param), format!("cannot tokenize the prompt: {e}"))
-        })?;
     let max = s.0.spec.max_seq_len;
-    let gen = settings.decode.gen_length;
-    if prompt.len() + gen > max {
-        return Err(ApiError::invalid(
-            Some(param),
-            format!(
-                "the prompt has {} tokens and the answer gen_length = {gen}: {} tokens exceed the model's maximum sequence length {max}",
-                prompt.len(),
-                prompt.len() + gen
-            ),
-        )
+    if ids.len() + gen > max {
+        return Err(bad(format!(
+            "{param}: the prompt has {} tokens and the answer canvas gen_length = {gen}: {} tokens exceed the model's maximum sequence length {max}",
+            ids.len(),
+            ids.len() + gen
+        ))
         .with_code("context_length_exceeded"));
     }
-    settings
-        .decode
-        .validate_prompt(&s.0.spec, &prompt)
-        .map_err(|e| ApiError::invalid(Some(param), e.to_string()))?;
-    Ok(Prepared {
-        prompt,
-        job_settings: settings,
-        stream,
-        provisional,
-    })
+    let mut decode = s.0.cfg.defaults.settings.decode.clone();
+    decode.gen_length = gen;
+    decode
+        .validate_prompt(&s.0.spec, &ids)
+        .map_err(|e| bad(format!("{param}: {e}")))?;
+    Ok(ids)
 }
 
-fn submit(s: &AppState, p: Prepared) -> Result<mpsc::UnboundedReceiver<RowEvent>, ApiError> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let job = Job {
-        prompt: p.prompt,
-        settings: p.job_settings,
-        stream: p.stream,
-        provisional: p.provisional,
-        events: tx,
+/// A fresh seed for a request without `seed`: std's per-process random hasher keys, a counter
+/// and the clock, mixed.
+fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// The seed of choice `index`: `Rng::row_seed(seed, index)` (choice 0 keeps `seed`), or a fresh
+/// seed when the request has none.
+pub fn choice_seed(seed: Option<u64>, index: usize) -> u64 {
+    match seed {
+        Some(seed) => Rng::row_seed(seed, index),
+        None => fresh_seed(),
+    }
+}
+
+/// One queued choice's receiver, in `index` order.
+type Choices = Vec<mpsc::UnboundedReceiver<RowEvent>>;
+
+/// Queues `prompts.len() * n` rows (choice `index = prompt_i * n + j`), all or none (429 when
+/// the queue cannot take them all).
+#[allow(clippy::too_many_arguments)]
+fn submit(
+    s: &AppState,
+    prompts: &[Vec<TokenId>],
+    n: usize,
+    settings: &crate::engine::GenerationSettings,
+    limits: &AnswerLimits,
+    seed: Option<u64>,
+    stream: bool,
+    provisional: bool,
+) -> Result<Choices, ApiError> {
+    let total = prompts.len() * n;
+    let capacity = s.0.cfg.queue_capacity;
+    if total > capacity {
+        let param = if n > 1 { "n" } else { "prompt" };
+        return Err(ApiError::invalid(
+            Some(param),
+            format!("{} prompts x n = {n} is {total} choices, more than the server's queue holds ({capacity})", prompts.len()),
+        ));
+    }
+    let permits = match s.0.tx.try_reserve_many(total) {
+        Ok(p) => p,
+        Err(mpsc::error::TrySendError::Full(_)) => return Err(ApiError::overloaded(capacity)),
+        Err(mpsc::error::TrySendError::Closed(_)) => return Err(ApiError::unavailable()),
     };
-    match s.0.tx.try_send(job) {
-        Ok(()) => Ok(rx),
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            Err(ApiError::overloaded(s.0.cfg.queue_capacity))
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => Err(ApiError::unavailable()),
+    let queued_at = Instant::now();
+    let mut rxs = Vec::with_capacity(total);
+    for (permit, index) in permits.zip(0..total) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut row = settings.clone();
+        row.seed = choice_seed(seed, index);
+        permit.send(Job {
+            prompt: prompts[index / n].clone(),
+            settings: row,
+            stream,
+            provisional,
+            limits: limits.clone(),
+            queued_at,
+            events: tx,
+        });
+        rxs.push(rx);
     }
+    Ok(rxs)
 }
 
-/// Waits for the final event of a non-streaming request.
-async fn wait_done(
-    mut rx: mpsc::UnboundedReceiver<RowEvent>,
-) -> Result<(String, usize, &'static str), ApiError> {
-    while let Some(ev) = rx.recv().await {
-        match ev {
-            RowEvent::Done {
-                text,
-                completion_tokens,
-                finish_reason,
-            } => return Ok((text, completion_tokens, finish_reason)),
-            RowEvent::Error(m) => return Err(ApiError::internal(m)),
-            RowEvent::Text(_) | RowEvent::Provisional(_) => {}
+/// The end of one choice.
+struct Finished {
+    text: String,
+    completion_tokens: usize,
+    finish_reason: &'static str,
+}
+
+/// Waits for the final event of every choice of a non-streaming request.
+async fn wait_done(rxs: Choices) -> Result<Vec<Finished>, ApiError> {
+    let mut out = Vec::with_capacity(rxs.len());
+    'choices: for mut rx in rxs {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                RowEvent::Done {
+                    text,
+                    completion_tokens,
+                    finish_reason,
+                } => {
+                    out.push(Finished {
+                        text,
+                        completion_tokens,
+                        finish_reason,
+                    });
+                    continue 'choices;
+                }
+                RowEvent::Error(m) => return Err(ApiError::internal(m)),
+                RowEvent::Text(_) | RowEvent::Provisional(_) => {}
+            }
         }
+        return Err(ApiError::internal("the engine dropped the request"));
     }
-    Err(ApiError::internal("the engine dropped the request"))
+    Ok(out)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -378,31 +482,25 @@ enum Kind {
     Chat,
 }
 
-/// The SSE response of a streaming request.
-fn sse(
-    s: &AppState,
+/// Builds the chunks of one streaming response.
+struct Chunker {
     kind: Kind,
-    rx: mpsc::UnboundedReceiver<RowEvent>,
-    prompt_tokens: usize,
-) -> Response {
-    let id = request_id(if kind == Kind::Chat {
-        "chatcmpl"
-    } else {
-        "cmpl"
-    });
-    let created = now();
-    let model = s.0.cfg.model_id.clone();
-    let object = if kind == Kind::Chat {
-        "chat.completion.chunk"
-    } else {
-        "text_completion"
-    };
-    let chunk = move |text: Option<String>,
-                      role: bool,
-                      finish: Option<&'static str>,
-                      prov: Option<api::Provisional>,
-                      usage: Option<Usage>| {
-        let (text, delta) = match kind {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+}
+
+impl Chunker {
+    fn chunk(
+        &self,
+        index: usize,
+        text: Option<String>,
+        role: bool,
+        finish: Option<&'static str>,
+        prov: Option<api::Provisional>,
+    ) -> Chunk {
+        let (text, delta) = match self.kind {
             Kind::Completion => (Some(text.unwrap_or_default()), None),
             Kind::Chat => {
                 let mut d = serde_json::Map::new();
@@ -415,57 +513,112 @@ fn sse(
                 (None, Some(serde_json::Value::Object(d)))
             }
         };
-        Chunk {
-            id: id.clone(),
-            object,
-            created,
-            model: model.clone(),
-            choices: vec![ChunkChoice {
-                index: 0,
+        self.with(
+            vec![ChunkChoice {
+                index,
                 text,
                 delta,
+                logprobs: None,
                 finish_reason: finish,
                 provisional: prov,
             }],
-            usage,
+            None,
+        )
+    }
+
+    fn with(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Chunk {
+        Chunk {
+            id: self.id.clone(),
+            object: if self.kind == Kind::Chat {
+                "chat.completion.chunk"
+            } else {
+                "text_completion"
+            },
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage: self.include_usage.then_some(usage),
         }
+    }
+}
+
+fn event(c: &Chunk) -> Event {
+    Event::default()
+        .json_data(c)
+        .unwrap_or_else(|_| Event::default().data("{}"))
+}
+
+/// The SSE response of a streaming request: the choices' chunks as they come, then (with
+/// `include_usage`) a chunk with empty `choices` and the usage, then `[DONE]`. A task drives the
+/// choices; when the client goes away it drops their channels, which cancels their rows.
+fn sse(
+    s: &AppState,
+    kind: Kind,
+    rxs: Choices,
+    prompt_tokens: usize,
+    include_usage: bool,
+) -> Response {
+    let c = Chunker {
+        kind,
+        id: request_id(if kind == Kind::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        }),
+        created: now(),
+        model: s.0.cfg.model_id.clone(),
+        include_usage,
     };
-    let head: Vec<Chunk> = if kind == Kind::Chat {
-        vec![chunk(None, true, None, None, None)]
-    } else {
-        Vec::new()
-    };
-    let to_event = |c: Chunk| -> Event {
-        Event::default()
-            .json_data(&c)
-            .unwrap_or_else(|_| Event::default().data("{}"))
-    };
-    let body = UnboundedReceiverStream::new(rx).map(move |ev| match ev {
-        RowEvent::Text(t) => to_event(chunk(Some(t), false, None, None, None)),
-        RowEvent::Provisional(p) => to_event(chunk(None, false, None, Some(p), None)),
-        RowEvent::Done {
-            completion_tokens,
-            finish_reason,
-            ..
-        } => to_event(chunk(
-            None,
-            false,
-            Some(finish_reason),
-            None,
-            Some(Usage {
-                prompt_tokens,
-                completion_tokens,
-                total_tokens: prompt_tokens + completion_tokens,
-            }),
-        )),
-        RowEvent::Error(m) => Event::default()
-            .json_data(ApiError::internal(m).body())
-            .unwrap_or_else(|_| Event::default().data("{}")),
+    let (out, out_rx) = mpsc::unbounded_channel::<Event>();
+    let n = rxs.len();
+    tokio::spawn(async move {
+        let mut map = StreamMap::new();
+        for (i, rx) in rxs.into_iter().enumerate() {
+            map.insert(i, UnboundedReceiverStream::new(rx));
+        }
+        if kind == Kind::Chat {
+            for i in 0..n {
+                if out
+                    .send(event(&c.chunk(i, None, true, None, None)))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        let mut completion_tokens = 0;
+        loop {
+            let next = tokio::select! {
+                next = map.next() => next,
+                () = out.closed() => return,
+            };
+            let Some((i, ev)) = next else { break };
+            let e = match ev {
+                RowEvent::Text(t) => event(&c.chunk(i, Some(t), false, None, None)),
+                RowEvent::Provisional(p) => event(&c.chunk(i, None, false, None, Some(p))),
+                RowEvent::Done {
+                    completion_tokens: k,
+                    finish_reason,
+                    ..
+                } => {
+                    completion_tokens += k;
+                    event(&c.chunk(i, None, false, Some(finish_reason), None))
+                }
+                RowEvent::Error(m) => Event::default()
+                    .json_data(ApiError::internal(m).body())
+                    .unwrap_or_else(|_| Event::default().data("{}")),
+            };
+            if out.send(e).is_err() {
+                return;
+            }
+        }
+        if include_usage {
+            let usage = Usage::new(prompt_tokens, completion_tokens);
+            let _ = out.send(event(&c.with(Vec::new(), Some(usage))));
+        }
+        let _ = out.send(Event::default().data("[DONE]"));
     });
-    let stream = tokio_stream::iter(head.into_iter().map(to_event))
-        .chain(body)
-        .chain(tokio_stream::once(Event::default().data("[DONE]")))
-        .map(Ok::<Event, Infallible>);
+    let stream = UnboundedReceiverStream::new(out_rx).map(Ok::<Event, Infallible>);
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
@@ -473,50 +626,67 @@ fn sse(
 
 async fn completions(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let body = read_body(&s, req).await?;
-    let r: CompletionRequest = api::parse_body(&body)?;
+    let r: CompletionRequest = api::parse_request(&body, Route::Completions)?;
     api::check_model(r.model.as_deref(), &s.0.cfg.model_id)?;
-    api::check_n(r.n)?;
-    let text = match &r.prompt {
-        PromptInput::One(t) => t.clone(),
-        PromptInput::Many(v) if v.len() == 1 => v[0].clone(),
-        PromptInput::Many(v) => {
-            return Err(ApiError::invalid(
-                Some("prompt"),
-                format!("prompt holds {} strings: send one prompt per request (the server batches concurrent requests)", v.len()),
-            ))
-        }
-    };
-    let p = prepare(&s, &text, false, &r.knobs, r.stream, r.provisional)?;
-    let prompt_tokens = p.prompt.len();
-    let rx = submit(&s, p)?;
+    let n = api::check_n(r.n)?;
+    let include_usage = api::check_stream_options(r.stream, r.stream_options)?;
+    let inputs = api::parse_prompts(&r.prompt)?;
+    let (settings, limits) = r.knobs.resolve_all(&s.0.cfg.defaults, s.0.spec.family)?;
+    let gen = settings.decode.gen_length;
+    let prompts = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let param = if inputs.len() == 1 {
+                "prompt".to_string()
+            } else {
+                format!("prompt[{i}]")
+            };
+            tokenize(&s, p, false, &param, gen)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let prompt_tokens = prompts.iter().map(Vec::len).sum();
+    let rxs = submit(
+        &s,
+        &prompts,
+        n,
+        &settings,
+        &limits,
+        r.knobs.seed,
+        r.stream,
+        r.provisional,
+    )?;
     if r.stream {
-        return Ok(sse(&s, Kind::Completion, rx, prompt_tokens));
+        return Ok(sse(&s, Kind::Completion, rxs, prompt_tokens, include_usage));
     }
-    let (text, completion_tokens, finish_reason) = wait_done(rx).await?;
+    let done = wait_done(rxs).await?;
+    let completion_tokens = done.iter().map(|d| d.completion_tokens).sum();
     let resp = api::Response {
         id: request_id("cmpl"),
         object: "text_completion",
         created: now(),
         model: s.0.cfg.model_id.clone(),
-        choices: vec![CompletionChoice {
-            index: 0,
-            text,
-            finish_reason: Some(finish_reason),
-        }],
-        usage: Usage {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
-        },
+        choices: done
+            .into_iter()
+            .enumerate()
+            .map(|(index, d)| CompletionChoice {
+                index,
+                text: d.text,
+                logprobs: None,
+                finish_reason: Some(d.finish_reason),
+            })
+            .collect(),
+        usage: Usage::new(prompt_tokens, completion_tokens),
     };
     Ok(Json(resp).into_response())
 }
 
 async fn chat_completions(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let body = read_body(&s, req).await?;
-    let r: ChatRequest = api::parse_body(&body)?;
+    let r: ChatRequest = api::parse_request(&body, Route::Chat)?;
     api::check_model(r.model.as_deref(), &s.0.cfg.model_id)?;
-    api::check_n(r.n)?;
+    let n = api::check_n(r.n)?;
+    let include_usage = api::check_stream_options(r.stream, r.stream_options)?;
     let text =
         match r.messages.as_slice() {
             [m] if m.role == "user" => m.content.clone(),
@@ -525,31 +695,49 @@ async fn chat_completions(State(s): State<AppState>, req: Request) -> Result<Res
                 "only single-turn chats are supported: send exactly one message with role 'user'",
             )),
         };
-    let p = prepare(&s, &text, true, &r.knobs, r.stream, r.provisional)?;
-    let prompt_tokens = p.prompt.len();
-    let rx = submit(&s, p)?;
+    let (settings, limits) = r.knobs.resolve_all(&s.0.cfg.defaults, s.0.spec.family)?;
+    let prompt = tokenize(
+        &s,
+        &PromptInput::Text(text),
+        true,
+        "messages",
+        settings.decode.gen_length,
+    )?;
+    let prompt_tokens = prompt.len();
+    let rxs = submit(
+        &s,
+        &[prompt],
+        n,
+        &settings,
+        &limits,
+        r.knobs.seed,
+        r.stream,
+        r.provisional,
+    )?;
     if r.stream {
-        return Ok(sse(&s, Kind::Chat, rx, prompt_tokens));
+        return Ok(sse(&s, Kind::Chat, rxs, prompt_tokens, include_usage));
     }
-    let (text, completion_tokens, finish_reason) = wait_done(rx).await?;
+    let done = wait_done(rxs).await?;
+    let completion_tokens = done.iter().map(|d| d.completion_tokens).sum();
     let resp = api::Response {
         id: request_id("chatcmpl"),
         object: "chat.completion",
         created: now(),
         model: s.0.cfg.model_id.clone(),
-        choices: vec![ChatChoice {
-            index: 0,
-            message: ChatMessage {
-                role: "assistant".into(),
-                content: text,
-            },
-            finish_reason: Some(finish_reason),
-        }],
-        usage: Usage {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
-        },
+        choices: done
+            .into_iter()
+            .enumerate()
+            .map(|(index, d)| ChatChoice {
+                index,
+                message: ChatMessage {
+                    role: "assistant".into(),
+                    content: d.text,
+                },
+                logprobs: None,
+                finish_reason: Some(d.finish_reason),
+            })
+            .collect(),
+        usage: Usage::new(prompt_tokens, completion_tokens),
     };
     Ok(Json(resp).into_response())
 }
