@@ -692,7 +692,7 @@ async fn chat_completions(State(s): State<AppState>, req: Request) -> Result<Res
             [m] if m.role == "user" => m.content.clone(),
             _ => return Err(ApiError::invalid(
                 Some("messages"),
-                "only single-turn chats are supported: send exactly one message with role 'user'",
+                "messages: only single-turn chats are supported: send exactly one message with role 'user'",
             )),
         };
     let (settings, limits) = r.knobs.resolve_all(&s.0.cfg.defaults, s.0.spec.family)?;
