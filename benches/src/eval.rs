@@ -419,7 +419,8 @@ pub fn evaluate(
     let start = Instant::now();
     let mut outcomes = Vec::with_capacity(tasks.len());
     for (chunk_tasks, chunk_prompts) in tasks.chunks(batch).zip(prompts.chunks(batch)) {
-        let seeds = vec![settings.seed; chunk_prompts.len()];
+        // Row seeds follow the task's index, so the answers do not depend on --batch.
+        let seeds = engine::row_seeds(settings.seed, outcomes.len(), chunk_prompts.len());
         let gen = engine::run(model, chunk_prompts, &seeds, settings, &opts)?;
         for (task, row) in chunk_tasks.iter().zip(&gen.rows) {
             let answer = trim_at_eos(&row.generated, eos);

@@ -413,7 +413,7 @@ fn run_once(
         s.block_length,
         opts.max_blocks,
     );
-    let seeds = vec![settings.seed; prompts.len()];
+    let seeds = engine::row_seeds(settings.seed, 0, prompts.len());
     let num_blocks = s.gen_length / s.block_length;
     let cpu0 = system::process_cpu_secs();
     let start = Instant::now();

@@ -49,6 +49,14 @@ impl GenerationSettings {
     }
 }
 
+/// The seeds of rows `first .. first + n` of a run seeded with `seed`: row `i` draws from
+/// [`Rng::row_seed`]`(seed, i)`, so the rows of a batch of identical prompts get distinct noise
+/// (the reference draws separate noise per row) and row 0 keeps `seed` itself (a batch of one
+/// reproduces the single-prompt goldens).
+pub fn row_seeds(seed: u64, first: usize, n: usize) -> Vec<u64> {
+    (first..first + n).map(|i| Rng::row_seed(seed, i)).collect()
+}
+
 /// Runs one batch. `seeds` has one seed per prompt (a row's output depends on its own seed only).
 pub fn run(
     model: &dyn DiffusionLm,
@@ -193,6 +201,16 @@ impl Session {
     pub fn remove(&mut self, id: RowId) -> bool {
         self.unmask.remove(id);
         self.batch.remove(id)
+    }
+
+    /// The settings the session was started with (shared decode, cache and proposer settings).
+    pub fn settings(&self) -> &GenerationSettings {
+        &self.settings
+    }
+
+    /// Forwards made so far (batch-wide).
+    pub fn forwards(&self) -> usize {
+        self.batch.forwards()
     }
 
     /// Rows running.

@@ -188,7 +188,9 @@ pub struct DecodeArgs {
     /// Dream: the original no-cache sampler (whole answer one block, timestep schedule).
     #[arg(long)]
     pub dream_original: bool,
-    /// Random seed (Gumbel noise, random confidences).
+    /// Random seed (Gumbel noise, random confidences). Row i of a batch draws from a stream
+    /// derived from it (row 0: the seed itself). `serve`: unused (a request without `seed` draws
+    /// a fresh seed per choice).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }

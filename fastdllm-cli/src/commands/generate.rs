@@ -82,7 +82,7 @@ pub fn run(a: GenerateArgs) -> Result<ExitCode> {
             .map(|t| parse_ids(t))
             .collect::<Result<_>>()?
     };
-    let seeds = vec![settings.seed; prompts.len()];
+    let seeds = engine::row_seeds(settings.seed, 0, prompts.len());
     let opts = GenerateOptions {
         trace: a.trace,
         drift: a.drift,

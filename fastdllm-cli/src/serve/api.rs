@@ -2,38 +2,69 @@
 //! resolution with its validation.
 //!
 //! Reference: OpenAI `POST /v1/completions`, `POST /v1/chat/completions` (objects `text_completion`,
-//! `chat.completion`, `chat.completion.chunk`) and `GET /v1/models`. Deviations: one choice per
-//! request (`n` must be 1); `prompt` is one string (or an array holding one string); chats are
-//! single-turn (one `user` message, the model's chat template applied); `stop`, `logprobs`,
-//! `top_p` and other OpenAI sampling fields are ignored. Extra fields carry the Fast-dLLM knobs
-//! (`gen_length`, `block_length`, `steps`, `cache`, `threshold`, `factor`, `temperature`, `seed`)
-//! and `provisional` (stream the current block's provisional tokens). `max_tokens` is the answer
-//! length `gen_length` (a diffusion LLM decodes a fixed canvas; the answer is cut at the first
-//! end-of-sequence token).
+//! `chat.completion`, `chat.completion.chunk`) and `GET /v1/models`. Supported OpenAI fields:
+//! `model`, `prompt` (a string, a list of strings, a list of token ids or a list of id lists;
+//! each prompt gives `n` choices with `index = prompt_i * n + j`), `messages`, `n`, `max_tokens`
+//! / `max_completion_tokens` (any positive count: the canvas is rounded up to whole blocks and
+//! the answer cut), `stop` (a string or up to 4), `seed` (without one every choice draws a fresh
+//! seed), `temperature`, `top_p` (Dream; LLaDA only with the neutral 1), `stream`,
+//! `stream_options.include_usage`, `user`. Fields OpenAI has that change the answer's form or
+//! distribution and that this server cannot honour (`logprobs`, `top_logprobs`, `echo`,
+//! `best_of`, `suffix`, `tools`, `response_format`, penalties, `logit_bias`, ...) are a 400
+//! naming the field unless they hold their neutral value; unknown fields are a 400 naming the
+//! field, as OpenAI answers them ("Unrecognized request argument supplied"). Extension fields
+//! carry the Fast-dLLM knobs (`gen_length`, `block_length`, `steps`, `cache`, `threshold`,
+//! `factor`, `top_k`) and `provisional` (stream the current block's provisional tokens).
 
 use fastdllm_cache::CacheMode;
+<<<<<<< HEAD
 use fastdllm_core::ModelFamily;
 use fastdllm_sampler::{Unmask, MIN_TEMPERATURE};
+=======
+use fastdllm_core::{ModelFamily, TokenId};
+use fastdllm_sampler::Unmask;
+>>>>>>> openai-api
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
+use super::answer::AnswerLimits;
 use super::errors::ApiError;
 use conformance::engine::GenerationSettings;
+
+/// Most choices (`n`) per prompt, as OpenAI allows.
+pub const MAX_N: usize = 128;
+/// Most stop strings, as OpenAI allows.
+pub const MAX_STOP: usize = 4;
 
 /// The server-side defaults of every knob (the `serve` flags).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Defaults {
-    /// Settings of a request that sets no knob.
+    /// Settings of a request that sets no knob (its `seed` is not used: a request without
+    /// `seed` draws a fresh one per choice).
     pub settings: GenerationSettings,
     /// Whether `--steps` was given; if not, `steps` follows the request's `gen_length`.
     pub explicit_steps: bool,
 }
 
-/// The Fast-dLLM knobs a request may set (all optional; server defaults otherwise).
+/// `stop`: one string or a list of up to [`MAX_STOP`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StopInput {
+    /// One stop string.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+/// The knobs a request may set (all optional; server defaults otherwise): OpenAI's sampling and
+/// length fields and the Fast-dLLM extensions.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Knobs {
-    /// OpenAI's answer length: mapped to `gen_length`.
+    /// OpenAI's answer limit in tokens (any count >= 1; the canvas rounds up to whole blocks).
     pub max_tokens: Option<usize>,
-    /// Answer positions G.
+    /// OpenAI's newer name of `max_tokens` (chat); must agree with `max_tokens` when both are sent.
+    pub max_completion_tokens: Option<usize>,
+    /// Answer positions G of the canvas (a multiple of `block_length`).
     pub gen_length: Option<usize>,
     /// Block size B.
     pub block_length: Option<usize>,
@@ -47,37 +78,54 @@ pub struct Knobs {
     pub factor: Option<f64>,
     /// Sampling temperature (0 = greedy).
     pub temperature: Option<f64>,
-    /// Seed of the row's random stream.
+    /// Nucleus filter (Dream's sampler; 1 = off, accepted for every family).
+    pub top_p: Option<f64>,
+    /// Top-k filter (extension; Dream's sampler).
+    pub top_k: Option<usize>,
+    /// Seed of the first choice's random stream (choice `i` uses `Rng::row_seed(seed, i)`).
     pub seed: Option<u64>,
+    /// Stop strings.
+    pub stop: Option<StopInput>,
 }
 
-/// `prompt`: a string or an array of one string.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+/// One prompt of `POST /v1/completions`: text (the tokenizer's special tokens added) or ids.
+#[derive(Debug, Clone, PartialEq)]
 pub enum PromptInput {
-    /// One prompt.
-    One(String),
-    /// OpenAI's batch form; only one element is accepted.
-    Many(Vec<String>),
+    /// Raw text.
+    Text(String),
+    /// Token ids, used as they are.
+    Ids(Vec<TokenId>),
 }
 
-/// `POST /v1/completions`.
+/// Stream options (OpenAI `stream_options`).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    /// Send a last chunk with empty `choices` and the request's `usage`.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// `POST /v1/completions` (the knobs are read from the same object, [`parse_request`]).
 #[derive(Debug, Clone, Deserialize)]
 pub struct CompletionRequest {
     /// Model id (optional; must be the served model when given).
     pub model: Option<String>,
-    /// Raw prompt text (no chat template; the tokenizer's special tokens added).
-    pub prompt: PromptInput,
+    /// `prompt` as sent; see [`parse_prompts`].
+    #[serde(default)]
+    pub prompt: Value,
     /// Stream server-sent events.
     #[serde(default)]
     pub stream: bool,
+    /// Stream options (only with `stream`).
+    pub stream_options: Option<StreamOptions>,
     /// With `stream`: also send the current block's provisional tokens after every step.
     #[serde(default)]
     pub provisional: bool,
-    /// Number of choices (only 1).
+    /// Choices per prompt (1..=128).
     pub n: Option<usize>,
-    /// Fast-dLLM knobs.
-    #[serde(flatten)]
+    /// Fast-dLLM knobs and OpenAI sampling fields.
+    #[serde(skip)]
     pub knobs: Knobs,
 }
 
@@ -90,7 +138,7 @@ pub struct ChatMessage {
     pub content: String,
 }
 
-/// `POST /v1/chat/completions`.
+/// `POST /v1/chat/completions` (the knobs are read from the same object, [`parse_request`]).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatRequest {
     /// Model id (optional; must be the served model when given).
@@ -100,45 +148,62 @@ pub struct ChatRequest {
     /// Stream server-sent events.
     #[serde(default)]
     pub stream: bool,
+    /// Stream options (only with `stream`).
+    pub stream_options: Option<StreamOptions>,
     /// With `stream`: also send the current block's provisional tokens after every step.
     #[serde(default)]
     pub provisional: bool,
-    /// Number of choices (only 1).
+    /// Choices (1..=128).
     pub n: Option<usize>,
-    /// Fast-dLLM knobs.
-    #[serde(flatten)]
+    /// Fast-dLLM knobs and OpenAI sampling fields.
+    #[serde(skip)]
     pub knobs: Knobs,
 }
 
 /// Token counts.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct Usage {
-    /// Prompt tokens (after templating).
+    /// Prompt tokens (after templating; each prompt counted once, whatever `n`).
     pub prompt_tokens: usize,
-    /// Answer tokens (up to the first end-of-sequence token).
+    /// Answer tokens of every choice.
     pub completion_tokens: usize,
     /// Their sum.
     pub total_tokens: usize,
 }
 
+impl Usage {
+    /// Usage of `prompt_tokens` and `completion_tokens`.
+    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
 /// A choice of a `text_completion`.
 #[derive(Debug, Clone, Serialize)]
 pub struct CompletionChoice {
-    /// Always 0.
+    /// `prompt_index * n + j`.
     pub index: usize,
     /// The answer.
     pub text: String,
-    /// `stop` (an end-of-sequence token was generated) or `length`.
+    /// Always `null` (`logprobs` is not supported).
+    pub logprobs: Option<()>,
+    /// `stop` (an end-of-sequence token or a stop string) or `length`.
     pub finish_reason: Option<&'static str>,
 }
 
 /// A choice of a `chat.completion`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatChoice {
-    /// Always 0.
+    /// `j` of `n`.
     pub index: usize,
     /// The assistant's message.
     pub message: ChatMessage,
+    /// Always `null` (`logprobs` is not supported).
+    pub logprobs: Option<()>,
     /// `stop` or `length`.
     pub finish_reason: Option<&'static str>,
 }
@@ -154,7 +219,7 @@ pub struct Response<C> {
     pub created: u64,
     /// The served model id.
     pub model: String,
-    /// One choice.
+    /// The choices, in `index` order.
     pub choices: Vec<C>,
     /// Token counts.
     pub usage: Usage,
@@ -176,7 +241,7 @@ pub struct Provisional {
 /// One streamed choice; `text` (completions) or `delta` (chat).
 #[derive(Debug, Clone, Serialize)]
 pub struct ChunkChoice {
-    /// Always 0.
+    /// The choice's index.
     pub index: usize,
     /// Completions: committed text since the previous chunk.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -184,7 +249,9 @@ pub struct ChunkChoice {
     /// Chat: `{"role"?, "content"?}` since the previous chunk.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta: Option<serde_json::Value>,
-    /// Set on the last chunk.
+    /// Always `null`.
+    pub logprobs: Option<()>,
+    /// Set on the choice's last chunk.
     pub finish_reason: Option<&'static str>,
     /// Present only on provisional chunks (their `text` / `delta` is empty).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -202,25 +269,218 @@ pub struct Chunk {
     pub created: u64,
     /// The served model id.
     pub model: String,
-    /// One choice.
+    /// One choice; empty on the usage chunk.
     pub choices: Vec<ChunkChoice>,
-    /// On the last chunk only.
+    /// With `stream_options.include_usage`: `null` on every chunk but the last, which carries
+    /// the request's usage and no choice (as OpenAI sends it). Absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Usage>,
+    pub usage: Option<Option<Usage>>,
+}
+
+/// The routes whose body [`parse_request`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /v1/completions`.
+    Completions,
+    /// `POST /v1/chat/completions`.
+    Chat,
+}
+
+/// Fields every generation route reads (OpenAI's and the extensions).
+const COMMON_FIELDS: &[&str] = &[
+    "model",
+    "stream",
+    "stream_options",
+    "n",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "seed",
+    "temperature",
+    "top_p",
+    // OpenAI's end-user id: only the operator's logs would use it; it changes nothing.
+    "user",
+    // Extensions.
+    "provisional",
+    "gen_length",
+    "block_length",
+    "steps",
+    "cache",
+    "threshold",
+    "factor",
+    "top_k",
+];
+
+/// OpenAI fields this server cannot honour, with the test of their neutral value (accepted).
+const UNSUPPORTED: &[(&str, fn(&Value) -> bool)] = &[
+    ("logprobs", |v| v.is_null() || *v == Value::Bool(false)),
+    ("top_logprobs", |v| v.is_null() || v.as_u64() == Some(0)),
+    ("echo", |v| v.is_null() || *v == Value::Bool(false)),
+    ("best_of", |v| v.is_null() || v.as_u64() == Some(1)),
+    ("suffix", |v| v.is_null() || v.as_str() == Some("")),
+    ("tools", is_empty),
+    ("tool_choice", |v| v.is_null() || v.as_str() == Some("none")),
+    ("functions", is_empty),
+    ("function_call", |v| {
+        v.is_null() || v.as_str() == Some("none")
+    }),
+    ("parallel_tool_calls", Value::is_null),
+    ("response_format", |v| {
+        v.is_null() || v.get("type").and_then(Value::as_str) == Some("text")
+    }),
+    ("frequency_penalty", is_zero),
+    ("presence_penalty", is_zero),
+    ("logit_bias", is_empty),
+];
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+fn is_zero(v: &Value) -> bool {
+    v.is_null() || v.as_f64() == Some(0.0)
+}
+
+/// Parses `body` as JSON object: malformed JSON is a 400.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(None, format!("the request body is not valid JSON: {e}")))?;
+    match value {
+        Value::Object(o) => Ok(o),
+        _ => Err(ApiError::invalid(
+            None,
+            "the request body must be a JSON object",
+        )),
+    }
+}
+
+/// Checks every field name of a `route` request: an OpenAI field this server cannot honour is a
+/// 400 `unsupported_parameter` unless it holds its neutral value; an unknown field is a 400
+/// naming it (OpenAI: "Unrecognized request argument supplied").
+pub fn check_fields(obj: &Map<String, Value>, route: Route) -> Result<(), ApiError> {
+    let own: &[&str] = match route {
+        Route::Completions => &["prompt"],
+        Route::Chat => &["messages"],
+    };
+    for (key, value) in obj {
+        if COMMON_FIELDS.contains(&key.as_str()) || own.contains(&key.as_str()) {
+            continue;
+        }
+        match UNSUPPORTED.iter().find(|(name, _)| name == key) {
+            Some((_, neutral)) if neutral(value) => {}
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    Some(key.as_str()),
+                    format!("{key} = {value} is not supported by this server (omit it or send its neutral value)"),
+                )
+                .with_code("unsupported_parameter"))
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    Some(key.as_str()),
+                    format!("Unrecognized request argument supplied: {key}"),
+                )
+                .with_code("unknown_parameter"))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deserialises a field set of `obj` into `T`; a wrong type is a 400 naming the field.
+fn typed<T: serde::de::DeserializeOwned>(obj: &Map<String, Value>) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(Value::Object(obj.clone())).map_err(|e| {
+        let path = e.path().to_string();
+        let field = path.split(['.', '[']).next().unwrap_or("").to_string();
+        let inner = e.into_inner();
+        if field.is_empty() || field == "?" {
+            ApiError::invalid(None, format!("invalid request: {inner}"))
+        } else {
+            ApiError::invalid(Some(field.as_str()), format!("invalid {path}: {inner}"))
+        }
+    })
+}
+
+/// A parsed request (`CompletionRequest` or `ChatRequest`) with its knobs.
+pub trait WithKnobs: serde::de::DeserializeOwned {
+    /// The knobs' slot.
+    fn knobs_mut(&mut self) -> &mut Knobs;
+}
+
+impl WithKnobs for CompletionRequest {
+    fn knobs_mut(&mut self) -> &mut Knobs {
+        &mut self.knobs
+    }
+}
+
+impl WithKnobs for ChatRequest {
+    fn knobs_mut(&mut self) -> &mut Knobs {
+        &mut self.knobs
+    }
+}
+
+/// Parses the body of a `route` request: [`parse_object`], [`check_fields`], then the typed
+/// request and its [`Knobs`] (a field of the wrong type is a 400 naming it).
+pub fn parse_request<T: WithKnobs>(body: &[u8], route: Route) -> Result<T, ApiError> {
+    let obj = parse_object(body)?;
+    check_fields(&obj, route)?;
+    let mut req: T = typed(&obj)?;
+    *req.knobs_mut() = typed(&obj)?;
+    Ok(req)
 }
 
 /// Parses `body` as JSON into `T`: malformed JSON and wrong field types are 400s.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(None, format!("the request body is not valid JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(ApiError::invalid(
-            None,
-            "the request body must be a JSON object",
-        ));
-    }
-    serde_json::from_value(value)
-        .map_err(|e| ApiError::invalid(None, format!("invalid request: {e}")))
+    typed(&parse_object(body)?)
+}
+
+/// OpenAI's `prompt`: a string, a list of strings, a list of token ids or a list of id lists;
+/// every element is one prompt. Errors name `prompt`.
+pub fn parse_prompts(prompt: &Value) -> Result<Vec<PromptInput>, ApiError> {
+    let bad = |m: String| ApiError::invalid(Some("prompt"), m);
+    let ids = |a: &[Value], at: &str| -> Result<Vec<TokenId>, ApiError> {
+        a.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_u64()
+                    .and_then(|x| TokenId::try_from(x).ok())
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "prompt{at}[{i}] = {v}: a token id is an integer in 0..2^32"
+                        ))
+                    })
+            })
+            .collect()
+    };
+    let prompts: Vec<PromptInput> = match prompt {
+        Value::String(s) => vec![PromptInput::Text(s.clone())],
+        Value::Array(a) if a.is_empty() => return Err(bad("prompt is an empty list".into())),
+        Value::Array(a) if a.iter().all(Value::is_string) => a
+            .iter()
+            .map(|v| PromptInput::Text(v.as_str().unwrap_or_default().to_string()))
+            .collect(),
+        Value::Array(a) if a.iter().all(Value::is_number) => vec![PromptInput::Ids(ids(a, "")?)],
+        Value::Array(a) if a.iter().all(Value::is_array) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v.as_array() {
+                Some(inner) if inner.is_empty() => Err(bad(format!("prompt[{i}] is an empty list of token ids"))),
+                Some(inner) => Ok(PromptInput::Ids(ids(inner, &format!("[{i}]"))?)),
+                None => Err(bad(format!("prompt[{i}] is not a list"))),
+            })
+            .collect::<Result<_, _>>()?,
+        other => {
+            return Err(bad(format!(
+                "prompt must be a string, a list of strings, a list of token ids or a list of token-id lists; got {other}"
+            )))
+        }
+    };
+    Ok(prompts)
 }
 
 /// Checks `model` against the served id: unknown models are 404 `model_not_found`.
@@ -238,14 +498,26 @@ pub fn check_model(requested: Option<&str>, served: &str) -> Result<(), ApiError
     }
 }
 
-/// Checks `n`.
-pub fn check_n(n: Option<usize>) -> Result<(), ApiError> {
-    match n {
-        None | Some(1) => Ok(()),
-        Some(n) => Err(ApiError::invalid(
+/// Checks `n` (1..=[`MAX_N`]) and returns it.
+pub fn check_n(n: Option<usize>) -> Result<usize, ApiError> {
+    match n.unwrap_or(1) {
+        n @ 1..=MAX_N => Ok(n),
+        n => Err(ApiError::invalid(
             Some("n"),
-            format!("n = {n}: only one choice per request is supported (n = 1)"),
+            format!("n = {n} must be in 1..={MAX_N}"),
         )),
+    }
+}
+
+/// Checks `stream_options` (only with `stream`, as OpenAI) and returns `include_usage`.
+pub fn check_stream_options(stream: bool, o: Option<StreamOptions>) -> Result<bool, ApiError> {
+    match o {
+        Some(_) if !stream => Err(ApiError::invalid(
+            Some("stream_options"),
+            "stream_options is only allowed when stream is true",
+        )),
+        Some(o) => Ok(o.include_usage),
+        None => Ok(false),
     }
 }
 
@@ -254,42 +526,72 @@ fn bad(param: &str, message: String) -> ApiError {
 }
 
 impl Knobs {
-    /// The request's settings: its knobs over the server defaults, every range checked.
+    /// The request's settings: its knobs over the server defaults, every range checked
+    /// ([`Knobs::resolve_all`] without the answer limits).
     pub fn resolve(
         &self,
         defaults: &Defaults,
         family: ModelFamily,
     ) -> Result<GenerationSettings, ApiError> {
+        self.resolve_all(defaults, family).map(|(s, _)| s)
+    }
+
+    /// The request's settings and answer limits. The canvas `gen_length` is `gen_length` when
+    /// given (a multiple of `block_length`), else `max_tokens` rounded up to whole blocks, else
+    /// the default; the answer is cut to `max_tokens` (default: the canvas) and at `stop`.
+    /// `settings.seed` is the request's `seed` (default: the server's; see [`Defaults`]).
+    pub fn resolve_all(
+        &self,
+        defaults: &Defaults,
+        family: ModelFamily,
+    ) -> Result<(GenerationSettings, AnswerLimits), ApiError> {
         let mut s = defaults.settings.clone();
-        let gen_param = match (self.max_tokens, self.gen_length) {
-            (Some(m), Some(g)) if m != g => {
+        let (limit_param, limit) = match (self.max_tokens, self.max_completion_tokens) {
+            (Some(m), Some(c)) if m != c => {
                 return Err(bad(
-                    "max_tokens",
-                    format!("max_tokens = {m} and gen_length = {g} disagree (max_tokens is the answer length gen_length; give one)"),
+                    "max_completion_tokens",
+                    format!("max_tokens = {m} and max_completion_tokens = {c} disagree (two names of the answer limit; give one)"),
                 ))
             }
-            (Some(m), _) => {
-                s.decode.gen_length = m;
-                "max_tokens"
-            }
-            (None, Some(g)) => {
-                s.decode.gen_length = g;
-                "gen_length"
-            }
-            (None, None) => "gen_length",
+            (Some(m), _) => ("max_tokens", Some(m)),
+            (None, Some(c)) => ("max_completion_tokens", Some(c)),
+            (None, None) => ("max_tokens", None),
         };
+        if limit == Some(0) {
+            return Err(bad(
+                limit_param,
+                format!("{limit_param} must be >= 1, got 0"),
+            ));
+        }
         if let Some(b) = self.block_length {
             s.decode.block_length = b;
         }
-        let (g, b) = (s.decode.gen_length, s.decode.block_length);
-        if g == 0 {
-            return Err(bad(gen_param, format!("{gen_param} must be >= 1, got 0")));
-        }
+        let b = s.decode.block_length;
         if b == 0 {
             return Err(bad(
                 "block_length",
                 "block_length must be >= 1, got 0".into(),
             ));
+        }
+        let gen_param = "gen_length";
+        match (self.gen_length, limit) {
+            (Some(g), Some(l)) if l > g => {
+                return Err(bad(
+                    limit_param,
+                    format!("{limit_param} = {l} exceeds gen_length = {g} (the canvas the answer is decoded in); drop gen_length or raise it"),
+                ))
+            }
+            (Some(g), _) => s.decode.gen_length = g,
+            (None, Some(l)) => {
+                s.decode.gen_length = l.checked_next_multiple_of(b).ok_or_else(|| {
+                    bad(limit_param, format!("{limit_param} = {l} is too large"))
+                })?
+            }
+            (None, None) => {}
+        }
+        let g = s.decode.gen_length;
+        if g == 0 {
+            return Err(bad(gen_param, format!("{gen_param} must be >= 1, got 0")));
         }
         if g % b != 0 {
             let lo = g / b * b;
@@ -299,15 +601,10 @@ impl Knobs {
                 (true, None) => format!("{lo}"),
                 (false, _) => format!("{b}"),
             };
-            let what = if gen_param == "max_tokens" {
-                "max_tokens (the answer length gen_length)"
-            } else {
-                "gen_length"
-            };
             return Err(bad(
                 gen_param,
                 format!(
-                    "{what} = {g} must be a multiple of block_length = {b}: the answer is decoded in blocks of {b} tokens; use {hint}, or set block_length"
+                    "gen_length = {g} must be a multiple of block_length = {b}: the answer is decoded in blocks of {b} tokens; use {hint}, set block_length, or send max_tokens (any count) instead"
                 ),
             ));
         }
@@ -377,11 +674,54 @@ impl Knobs {
             }
             s.proposer.temperature = t;
         }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(bad("top_p", format!("top_p = {p} must be in (0, 1]")));
+            }
+            // 1 keeps every token: the neutral value, accepted for every family.
+            s.proposer.top_p = (p < 1.0).then_some(p);
+            if p < 1.0 && family != ModelFamily::Dream {
+                return Err(bad(
+                    "top_p",
+                    format!("top_p = {p}: this model's sampler ({family:?}) has no nucleus filter (Dream's has); omit top_p or send 1"),
+                ));
+            }
+        }
+        if let Some(k) = self.top_k {
+            if k == 0 {
+                return Err(bad("top_k", "top_k must be >= 1, got 0".into()));
+            }
+            if family != ModelFamily::Dream {
+                return Err(bad(
+                    "top_k",
+                    format!("top_k = {k}: this model's sampler ({family:?}) has no top-k filter (Dream's has); omit top_k"),
+                ));
+            }
+            s.proposer.top_k = Some(k);
+        }
         if let Some(seed) = self.seed {
             s.seed = seed;
         }
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(StopInput::One(x)) => vec![x.clone()],
+            Some(StopInput::Many(v)) => v.clone(),
+        };
+        if stop.len() > MAX_STOP {
+            return Err(bad(
+                "stop",
+                format!("stop holds {} strings: at most {MAX_STOP}", stop.len()),
+            ));
+        }
+        if stop.iter().any(String::is_empty) {
+            return Err(bad("stop", "a stop string is empty".into()));
+        }
         s.validate(family)
             .map_err(|e| ApiError::invalid(None, format!("{e:#}")))?;
-        Ok(s)
+        let limits = AnswerLimits {
+            max_tokens: limit.unwrap_or(g),
+            stop,
+        };
+        Ok((s, limits))
     }
 }

@@ -2,23 +2,26 @@
 //! worker.
 //!
 //! Routes: `POST /v1/completions`, `POST /v1/chat/completions` (JSON or, with `"stream": true`,
-//! server-sent events ending with `data: [DONE]`), `GET /v1/models`, `GET /health`. The
-//! transport ([`transport`]) bounds connections and their header, body and idle times; the
-//! access checks ([`access`]) refuse oversized heads, missing API keys and non-JSON bodies before
-//! anything is read. Requests are then parsed and validated on the async side (OpenAI-style 4xx
-//! errors, [`errors`]), their text capped in bytes by the model's maximum length, tokenized on
-//! blocking threads (a bounded number at once), and queued (a semaphore of `queue_capacity`
-//! places; full → 429). The worker thread ([`scheduler`]) batches compatible requests and streams
-//! each row's committed blocks back through the row's own channel. A client that goes away frees
-//! its queue place at once and closes its channel, which the worker notices after the next step.
+//! server-sent events ending with `data: [DONE]`), `GET /v1/models`, `GET /health`,
+//! `GET /metrics` ([`metrics`]). The transport ([`transport`]) bounds connections and their
+//! header, body and idle times; the access checks ([`access`]) refuse oversized heads, missing
+//! API keys and non-JSON bodies before anything is read. Requests are then parsed and validated
+//! on the async side (OpenAI-style 4xx errors, [`errors`]), their text capped in bytes by the
+//! model's maximum length, tokenized on blocking threads (a bounded number at once), and every
+//! choice (each prompt × `n`) is queued as one row (a semaphore of `queue_capacity` places;
+//! full → 429). The worker thread ([`scheduler`]) batches compatible rows and streams each row's
+//! committed blocks back through the row's own channel. A client that goes away frees its queue
+//! places at once and closes its channels, which the worker notices after the next step.
 //! Shutdown is graceful up to a deadline: in-flight and queued requests finish.
 //!
-//! Reference: the OpenAI completions / chat completions API. Deviations: see [`api`] (one choice,
-//! single-turn chats, `max_tokens` = `gen_length`) and [`scheduler`] (batch granularity).
+//! Reference: the OpenAI completions / chat completions API. Deviations: see [`api`] (supported
+//! fields, single-turn chats) and [`scheduler`] (batch granularity).
 
 pub mod access;
+pub mod answer;
 pub mod api;
 pub mod errors;
+pub mod metrics;
 pub mod scheduler;
 pub mod transport;
 
@@ -26,27 +29,29 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use fastdllm_core::{ModelSpec, TokenId};
+use fastdllm_core::{ModelSpec, Rng, TokenId};
 use fastdllm_models::{ChatTemplate, LoadedModel, Tokenizer};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_stream::StreamExt;
+use tokio_stream::{StreamExt, StreamMap};
 
+use answer::AnswerLimits;
 use api::{
     ChatChoice, ChatMessage, ChatRequest, Chunk, ChunkChoice, CompletionChoice, CompletionRequest,
-    Defaults, Knobs, PromptInput, Usage,
+    Defaults, PromptInput, Route, Usage,
 };
 use errors::ApiError;
+use metrics::Metrics;
 use scheduler::{EngineHealth, Job, QueueSlot, RowEvent, Stats};
 
 /// Server settings.
@@ -117,6 +122,7 @@ struct Inner {
     spec: ModelSpec,
     stats: Arc<Stats>,
     engine: Arc<EngineHealth>,
+    metrics: Arc<Metrics>,
     started: u64,
 }
 
@@ -186,6 +192,7 @@ pub fn start(loaded: LoadedModel, cfg: ServeConfig) -> Result<(AppState, Worker)
     let stats = Arc::new(Stats::default());
     let engine = Arc::new(EngineHealth::default());
     let spec = loaded.model.spec().clone();
+    let metrics = Arc::new(Metrics::new().context("cannot register the metrics")?);
     let inner = Inner {
         tx,
         engine: engine.clone(),
@@ -199,6 +206,7 @@ pub fn start(loaded: LoadedModel, cfg: ServeConfig) -> Result<(AppState, Worker)
         template: loaded.info.chat_template,
         spec,
         stats: stats.clone(),
+        metrics: metrics.clone(),
         started: now(),
         cfg: cfg.clone(),
     };
@@ -210,7 +218,7 @@ pub fn start(loaded: LoadedModel, cfg: ServeConfig) -> Result<(AppState, Worker)
             // Per-request panics are caught inside; this guard records anything else, so /health
             // and new requests answer 503 with the reason instead of hanging.
             let run = std::panic::AssertUnwindSafe(|| {
-                scheduler::run_worker(loaded, rx, max_batch, stats)
+                scheduler::run_worker(loaded, rx, max_batch, stats, metrics)
             });
             if let Err(p) = std::panic::catch_unwind(run) {
                 health.stop(format!(
@@ -239,6 +247,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -248,11 +257,43 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             cfg.body_timeout,
         ))
+        // Outermost of the router's layers: refusals by the access checks are counted too.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state);
     match access::cors_layer(&cfg.cors_allow_origins) {
         Some(cors) => r.layer(cors),
         None => r,
     }
+}
+
+/// Counts every answered request by route and status, and times it to its response head.
+async fn track(State(s): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let m = &s.0.metrics;
+    m.http_requests
+        .with_label_values(&[route.as_str(), resp.status().as_str()])
+        .inc();
+    m.http_duration
+        .with_label_values(&[route.as_str()])
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    let capacity = s.0.cfg.queue_capacity;
+    let queued = capacity.saturating_sub(s.0.queue.available_permits());
+    s.0.metrics.queue_depth.set(queued as i64);
+    (
+        [(header::CONTENT_TYPE, Metrics::content_type())],
+        s.0.metrics.render(),
+    )
+        .into_response()
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then drains (see
@@ -360,7 +401,7 @@ fn request_id(prefix: &str) -> String {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::invalid(None, "unknown route; see POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health")
+    ApiError::invalid(None, "unknown route; see POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics")
         .with_status(StatusCode::NOT_FOUND)
         .with_code("not_found")
 }
@@ -405,42 +446,89 @@ async fn health(State(s): State<AppState>) -> Response {
     .into_response()
 }
 
-/// A validated request ready for the queue.
-struct Prepared {
-    prompt: Vec<TokenId>,
-    job_settings: conformance::engine::GenerationSettings,
-    stream: bool,
-    provisional: bool,
-}
-
-/// Validates a request and tokenizes its text: the cheap checks (empty text, the byte cap, the
-/// knobs) first, then the template and the tokenizer on a blocking thread, at most
-/// `tokenize_concurrency` at once.
-async fn prepare(
-    s: &AppState,
-    text: String,
-    templated: bool,
-    knobs: &Knobs,
-    stream: bool,
-    provisional: bool,
-) -> Result<Prepared, ApiError> {
-    let param = if templated { "messages" } else { "prompt" };
+/// The cheap checks of one prompt text, before any tokenization: not empty, and not longer in
+/// bytes than the model's maximum length allows ([`prompt_byte_cap`]).
+fn check_text(s: &AppState, text: &str, field: &str, param: &str) -> Result<(), ApiError> {
     if text.trim().is_empty() {
-        return Err(ApiError::invalid(Some(param), "the prompt is empty"));
+        return Err(ApiError::invalid(
+            Some(field),
+            format!("{param}: the prompt is empty"),
+        ));
     }
-    let max = s.0.spec.max_seq_len;
     let cap = s.0.prompt_byte_cap;
     if text.len() > cap {
         return Err(ApiError::invalid(
-            Some(param),
+            Some(field),
             format!(
-                "the prompt is {} bytes: more than the {cap} bytes that can fit in the model's maximum sequence length of {max} tokens",
-                text.len()
+                "{param}: the prompt is {} bytes: more than the {cap} bytes that can fit in the model's maximum sequence length of {} tokens",
+                text.len(),
+                s.0.spec.max_seq_len
             ),
         )
         .with_code("context_length_exceeded"));
     }
-    let settings = knobs.resolve(&s.0.cfg.defaults, s.0.spec.family)?;
+    Ok(())
+}
+
+/// Tokenizes and checks one prompt (`param` names it in errors: `prompt`, `prompt[1]`,
+/// `messages`) for a canvas of `gen_length` answer positions. Blocking: called through
+/// [`tokenize_all`].
+fn tokenize(
+    s: &AppState,
+    prompt: &PromptInput,
+    templated: bool,
+    param: &str,
+    gen: usize,
+) -> Result<Vec<TokenId>, ApiError> {
+    let field = if templated { "messages" } else { "prompt" };
+    let bad = |m: String| ApiError::invalid(Some(field), m);
+    let ids = match prompt {
+        PromptInput::Text(text) => {
+            check_text(s, text, field, param)?;
+            let (text, special) = if templated {
+                (s.0.template.apply(text), s.0.template.add_special_tokens())
+            } else {
+                (text.to_string(), true)
+            };
+            s.0.tokenizer
+                .encode(&text, special)
+                .map_err(|e| bad(format!("{param}: cannot tokenize the prompt: {e}")))?
+        }
+        PromptInput::Ids(ids) => ids.clone(),
+    };
+    let max = s.0.spec.max_seq_len;
+    // Saturating: a sum past usize::MAX exceeds any model's maximum just the same.
+    let total = ids.len().saturating_add(gen);
+    if total > max {
+        return Err(bad(format!(
+            "{param}: the prompt has {} tokens and the answer canvas gen_length = {gen}: {total} tokens exceed the model's maximum sequence length {max}",
+            ids.len(),
+        ))
+        .with_code("context_length_exceeded"));
+    }
+    let mut decode = s.0.cfg.defaults.settings.decode.clone();
+    decode.gen_length = gen;
+    decode
+        .validate_prompt(&s.0.spec, &ids)
+        .map_err(|e| bad(format!("{param}: {e}")))?;
+    Ok(ids)
+}
+
+/// Tokenizes a request's prompts (each with the name errors give it) on a blocking thread, at
+/// most `tokenize_concurrency` requests at once, after the cheap checks of every text: a large
+/// or slow prompt never stalls the async runtime.
+async fn tokenize_all(
+    s: &AppState,
+    inputs: Vec<(PromptInput, String)>,
+    templated: bool,
+    gen: usize,
+) -> Result<Vec<Vec<TokenId>>, ApiError> {
+    let field = if templated { "messages" } else { "prompt" };
+    for (p, param) in &inputs {
+        if let PromptInput::Text(text) = p {
+            check_text(s, text, field, param)?;
+        }
+    }
     let permit =
         s.0.tokenize
             .clone()
@@ -448,101 +536,157 @@ async fn prepare(
             .await
             .map_err(|_| ApiError::unavailable())?;
     let st = s.clone();
-    let prompt = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let (text, special) = if templated {
-            (
-                st.0.template.apply(&text),
-                st.0.template.add_special_tokens(),
-            )
-        } else {
-            (text, true)
-        };
-        st.0.tokenizer.encode(&text, special)
+        inputs
+            .iter()
+            .map(|(p, param)| tokenize(&st, p, templated, param, gen))
+            .collect::<Result<Vec<_>, _>>()
     })
     .await
     .map_err(|e| ApiError::internal(format!("the tokenizer failed: {e}")))?
-    .map_err(|e| ApiError::invalid(Some(param), format!("cannot tokenize the prompt: {e}")))?;
-    let gen = settings.decode.gen_length;
-    // Saturating: a sum past usize::MAX exceeds any model's maximum just the same.
-    let total = prompt.len().saturating_add(gen);
-    if total > max {
-        return Err(ApiError::invalid(
-            Some(param),
-            format!(
-                "the prompt has {} tokens and the answer gen_length = {gen}: {total} tokens exceed the model's maximum sequence length {max}",
-                prompt.len(),
-            ),
-        )
-        .with_code("context_length_exceeded"));
-    }
-    settings
-        .decode
-        .validate_prompt(&s.0.spec, &prompt)
-        .map_err(|e| ApiError::invalid(Some(param), e.to_string()))?;
-    Ok(Prepared {
-        prompt,
-        job_settings: settings,
-        stream,
-        provisional,
-    })
 }
 
-/// A queued request: its events and the handler's hold on its queue place (dropping it, as
+/// A fresh seed for a request without `seed`: std's per-process random hasher keys, a counter
+/// and the clock, mixed.
+fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// The seed of choice `index`: `Rng::row_seed(seed, index)` (choice 0 keeps `seed`), or a fresh
+/// seed when the request has none.
+pub fn choice_seed(seed: Option<u64>, index: usize) -> u64 {
+    match seed {
+        Some(seed) => Rng::row_seed(seed, index),
+        None => fresh_seed(),
+    }
+}
+
+/// One queued choice: its events and the handler's hold on its queue place (dropping it, as
 /// when the client disconnects, frees the place at once).
-struct Submitted {
+struct Queued {
     rx: mpsc::UnboundedReceiver<RowEvent>,
     slot: QueueSlot,
 }
 
-/// Queues `p` as request `id`.
-fn submit(s: &AppState, id: &str, p: Prepared) -> Result<Submitted, ApiError> {
+/// A request's queued choices, in `index` order.
+type Choices = Vec<Queued>;
+
+/// Queues `prompts.len() * n` rows of request `id` (choice `index = prompt_i * n + j`), all or
+/// none (429 when the queue cannot take them all).
+#[allow(clippy::too_many_arguments)]
+fn submit(
+    s: &AppState,
+    id: &str,
+    prompts: &[Vec<TokenId>],
+    n: usize,
+    settings: &conformance::engine::GenerationSettings,
+    limits: &AnswerLimits,
+    seed: Option<u64>,
+    stream: bool,
+    provisional: bool,
+) -> Result<Choices, ApiError> {
     if let Some(reason) = s.0.engine.stopped() {
         return Err(ApiError::engine_stopped(&reason));
     }
-    let permit = match s.0.queue.clone().try_acquire_owned() {
-        Ok(p) => p,
-        Err(tokio::sync::TryAcquireError::NoPermits) => {
-            return Err(ApiError::overloaded(s.0.cfg.queue_capacity))
-        }
+    let total = prompts.len().saturating_mul(n);
+    let capacity = s.0.cfg.queue_capacity;
+    if total > capacity {
+        let param = if n > 1 { "n" } else { "prompt" };
+        return Err(ApiError::invalid(
+            Some(param),
+            format!("{} prompts x n = {n} is {total} choices, more than the server's queue holds ({capacity})", prompts.len()),
+        ));
+    }
+    let wanted = u32::try_from(total).map_err(|_| ApiError::overloaded(capacity))?;
+    let mut permits = match s.0.queue.clone().try_acquire_many_owned(wanted) {
+        Ok(p) => Some(p),
+        Err(tokio::sync::TryAcquireError::NoPermits) => return Err(ApiError::overloaded(capacity)),
         Err(tokio::sync::TryAcquireError::Closed) => return Err(ApiError::unavailable()),
     };
-    let (job_slot, slot) = QueueSlot::pair(permit);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let job = Job {
-        id: id.to_string(),
-        prompt: p.prompt,
-        settings: p.job_settings,
-        stream: p.stream,
-        provisional: p.provisional,
-        events: tx,
-        slot: job_slot,
-    };
-    match s.0.tx.send(job) {
-        Ok(()) => Ok(Submitted { rx, slot }),
-        Err(_) => Err(match s.0.engine.stopped() {
-            Some(reason) => ApiError::engine_stopped(&reason),
-            None => ApiError::unavailable(),
-        }),
+    let queued_at = Instant::now();
+    let mut out = Vec::with_capacity(total);
+    for index in 0..total {
+        // One place per row: split off the held permits, the last row takes the rest.
+        let one = if index + 1 < total {
+            permits.as_mut().and_then(|p| p.split(1))
+        } else {
+            permits.take()
+        };
+        let Some(one) = one else {
+            return Err(ApiError::internal("the queue places were miscounted"));
+        };
+        let (job_slot, slot) = QueueSlot::pair(one);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut row = settings.clone();
+        row.seed = choice_seed(seed, index);
+        let job = Job {
+            id: id.to_string(),
+            prompt: prompts[index / n].clone(),
+            settings: row,
+            stream,
+            provisional,
+            limits: limits.clone(),
+            queued_at,
+            events: tx,
+            slot: job_slot,
+        };
+        if s.0.tx.send(job).is_err() {
+            return Err(match s.0.engine.stopped() {
+                Some(reason) => ApiError::engine_stopped(&reason),
+                None => ApiError::unavailable(),
+            });
+        }
+        out.push(Queued { rx, slot });
     }
+    Ok(out)
 }
 
-/// Waits for the final event of a non-streaming request.
-async fn wait_done(sub: Submitted) -> Result<(String, usize, &'static str), ApiError> {
-    let Submitted { mut rx, slot } = sub;
-    let _slot = slot;
-    while let Some(ev) = rx.recv().await {
-        match ev {
-            RowEvent::Done {
-                text,
-                completion_tokens,
-                finish_reason,
-            } => return Ok((text, completion_tokens, finish_reason)),
-            RowEvent::Error(m) => return Err(ApiError::internal(m)),
-            RowEvent::Text(_) | RowEvent::Provisional(_) => {}
+/// The end of one choice.
+struct Finished {
+    text: String,
+    completion_tokens: usize,
+    finish_reason: &'static str,
+}
+
+/// Waits for the final event of every choice of a non-streaming request (the choices' queue
+/// places are held until then, or until the client goes away and this future is dropped).
+async fn wait_done(choices: Choices) -> Result<Vec<Finished>, ApiError> {
+    let mut out = Vec::with_capacity(choices.len());
+    'choices: for Queued { mut rx, slot } in choices {
+        let _slot = slot;
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                RowEvent::Done {
+                    text,
+                    completion_tokens,
+                    finish_reason,
+                } => {
+                    out.push(Finished {
+                        text,
+                        completion_tokens,
+                        finish_reason,
+                    });
+                    continue 'choices;
+                }
+                RowEvent::Error(m) => return Err(ApiError::internal(m)),
+                RowEvent::Text(_) | RowEvent::Provisional(_) => {}
+            }
         }
+        return Err(ApiError::internal("the engine dropped the request"));
     }
-    Err(ApiError::internal("the engine dropped the request"))
+    Ok(out)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -551,22 +695,25 @@ enum Kind {
     Chat,
 }
 
-/// The SSE response of a streaming request.
-fn sse(s: &AppState, kind: Kind, id: String, sub: Submitted, prompt_tokens: usize) -> Response {
-    let Submitted { rx, slot } = sub;
-    let created = now();
-    let model = s.0.cfg.model_id.clone();
-    let object = if kind == Kind::Chat {
-        "chat.completion.chunk"
-    } else {
-        "text_completion"
-    };
-    let chunk = move |text: Option<String>,
-                      role: bool,
-                      finish: Option<&'static str>,
-                      prov: Option<api::Provisional>,
-                      usage: Option<Usage>| {
-        let (text, delta) = match kind {
+/// Builds the chunks of one streaming response.
+struct Chunker {
+    kind: Kind,
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+}
+
+impl Chunker {
+    fn chunk(
+        &self,
+        index: usize,
+        text: Option<String>,
+        role: bool,
+        finish: Option<&'static str>,
+        prov: Option<api::Provisional>,
+    ) -> Chunk {
+        let (text, delta) = match self.kind {
             Kind::Completion => (Some(text.unwrap_or_default()), None),
             Kind::Chat => {
                 let mut d = serde_json::Map::new();
@@ -579,61 +726,112 @@ fn sse(s: &AppState, kind: Kind, id: String, sub: Submitted, prompt_tokens: usiz
                 (None, Some(serde_json::Value::Object(d)))
             }
         };
-        Chunk {
-            id: id.clone(),
-            object,
-            created,
-            model: model.clone(),
-            choices: vec![ChunkChoice {
-                index: 0,
+        self.with(
+            vec![ChunkChoice {
+                index,
                 text,
                 delta,
+                logprobs: None,
                 finish_reason: finish,
                 provisional: prov,
             }],
-            usage,
+            None,
+        )
+    }
+
+    fn with(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Chunk {
+        Chunk {
+            id: self.id.clone(),
+            object: if self.kind == Kind::Chat {
+                "chat.completion.chunk"
+            } else {
+                "text_completion"
+            },
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage: self.include_usage.then_some(usage),
         }
+    }
+}
+
+fn event(c: &Chunk) -> Event {
+    Event::default()
+        .json_data(c)
+        .unwrap_or_else(|_| Event::default().data("{}"))
+}
+
+/// The SSE response of a streaming request: the choices' chunks as they come, then (with
+/// `include_usage`) a chunk with empty `choices` and the usage, then `[DONE]`. A task drives the
+/// choices and holds their queue places; when the client goes away it drops their channels and
+/// places, which cancels their rows.
+fn sse(
+    s: &AppState,
+    kind: Kind,
+    id: String,
+    choices: Choices,
+    prompt_tokens: usize,
+    include_usage: bool,
+) -> Response {
+    let c = Chunker {
+        kind,
+        id,
+        created: now(),
+        model: s.0.cfg.model_id.clone(),
+        include_usage,
     };
-    let head: Vec<Chunk> = if kind == Kind::Chat {
-        vec![chunk(None, true, None, None, None)]
-    } else {
-        Vec::new()
-    };
-    let to_event = |c: Chunk| -> Event {
-        Event::default()
-            .json_data(&c)
-            .unwrap_or_else(|_| Event::default().data("{}"))
-    };
-    // The stream holds the queue place: a client that hangs up drops the stream and the place.
-    let body = UnboundedReceiverStream::new(rx).map(move |ev| {
-        let _held = &slot;
-        match ev {
-            RowEvent::Text(t) => to_event(chunk(Some(t), false, None, None, None)),
-            RowEvent::Provisional(p) => to_event(chunk(None, false, None, Some(p), None)),
-            RowEvent::Done {
-                completion_tokens,
-                finish_reason,
-                ..
-            } => to_event(chunk(
-                None,
-                false,
-                Some(finish_reason),
-                None,
-                Some(Usage {
-                    prompt_tokens,
-                    completion_tokens,
-                    total_tokens: prompt_tokens + completion_tokens,
-                }),
-            )),
-            RowEvent::Error(m) => Event::default()
-                .json_data(ApiError::internal(m).body())
-                .unwrap_or_else(|_| Event::default().data("{}")),
+    let (out, out_rx) = mpsc::unbounded_channel::<Event>();
+    let n = choices.len();
+    tokio::spawn(async move {
+        let mut map = StreamMap::new();
+        let mut _slots = Vec::with_capacity(n);
+        for (i, Queued { rx, slot }) in choices.into_iter().enumerate() {
+            map.insert(i, UnboundedReceiverStream::new(rx));
+            _slots.push(slot);
         }
+        if kind == Kind::Chat {
+            for i in 0..n {
+                if out
+                    .send(event(&c.chunk(i, None, true, None, None)))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        let mut completion_tokens = 0;
+        loop {
+            let next = tokio::select! {
+                next = map.next() => next,
+                () = out.closed() => return,
+            };
+            let Some((i, ev)) = next else { break };
+            let e = match ev {
+                RowEvent::Text(t) => event(&c.chunk(i, Some(t), false, None, None)),
+                RowEvent::Provisional(p) => event(&c.chunk(i, None, false, None, Some(p))),
+                RowEvent::Done {
+                    completion_tokens: k,
+                    finish_reason,
+                    ..
+                } => {
+                    completion_tokens += k;
+                    event(&c.chunk(i, None, false, Some(finish_reason), None))
+                }
+                RowEvent::Error(m) => Event::default()
+                    .json_data(ApiError::internal(m).body())
+                    .unwrap_or_else(|_| Event::default().data("{}")),
+            };
+            if out.send(e).is_err() {
+                return;
+            }
+        }
+        if include_usage {
+            let usage = Usage::new(prompt_tokens, completion_tokens);
+            let _ = out.send(event(&c.with(Vec::new(), Some(usage))));
+        }
+        let _ = out.send(Event::default().data("[DONE]"));
     });
-    let stream = tokio_stream::iter(head.into_iter().map(to_event))
-        .chain(body)
-        .chain(tokio_stream::once(Event::default().data("[DONE]")))
-        .map(Ok::<Event, Infallible>);
+    let stream = UnboundedReceiverStream::new(out_rx).map(Ok::<Event, Infallible>);
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
@@ -667,86 +865,132 @@ async fn chat_completions(State(s): State<AppState>, req: Request) -> Response {
 }
 
 async fn completion(s: AppState, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let r: CompletionRequest = api::parse_body(&body)?;
+    let r: CompletionRequest = api::parse_request(&body, Route::Completions)?;
     drop(body);
     api::check_model(r.model.as_deref(), &s.0.cfg.model_id)?;
-    api::check_n(r.n)?;
-    let text = match r.prompt {
-        PromptInput::One(t) => t,
-        PromptInput::Many(mut v) if v.len() == 1 => v.swap_remove(0),
-        PromptInput::Many(v) => {
-            return Err(ApiError::invalid(
-                Some("prompt"),
-                format!("prompt holds {} strings: send one prompt per request (the server batches concurrent requests)", v.len()),
-            ))
-        }
-    };
-    let p = prepare(&s, text, false, &r.knobs, r.stream, r.provisional).await?;
-    let prompt_tokens = p.prompt.len();
+    let n = api::check_n(r.n)?;
+    let include_usage = api::check_stream_options(r.stream, r.stream_options)?;
+    let inputs = api::parse_prompts(&r.prompt)?;
+    let (settings, limits) = r.knobs.resolve_all(&s.0.cfg.defaults, s.0.spec.family)?;
+    let gen = settings.decode.gen_length;
+    let many = inputs.len() > 1;
+    let named = inputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let param = if many {
+                format!("prompt[{i}]")
+            } else {
+                "prompt".to_string()
+            };
+            (p, param)
+        })
+        .collect();
+    let prompts = tokenize_all(&s, named, false, gen).await?;
+    let prompt_tokens = prompts.iter().map(Vec::len).sum();
     let id = request_id("cmpl");
-    let sub = submit(&s, &id, p)?;
+    let choices = submit(
+        &s,
+        &id,
+        &prompts,
+        n,
+        &settings,
+        &limits,
+        r.knobs.seed,
+        r.stream,
+        r.provisional,
+    )?;
     if r.stream {
-        return Ok(sse(&s, Kind::Completion, id, sub, prompt_tokens));
+        return Ok(sse(
+            &s,
+            Kind::Completion,
+            id,
+            choices,
+            prompt_tokens,
+            include_usage,
+        ));
     }
-    let (text, completion_tokens, finish_reason) = wait_done(sub).await?;
+    let done = wait_done(choices).await?;
+    let completion_tokens = done.iter().map(|d| d.completion_tokens).sum();
     let resp = api::Response {
         id,
         object: "text_completion",
         created: now(),
         model: s.0.cfg.model_id.clone(),
-        choices: vec![CompletionChoice {
-            index: 0,
-            text,
-            finish_reason: Some(finish_reason),
-        }],
-        usage: Usage {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
-        },
+        choices: done
+            .into_iter()
+            .enumerate()
+            .map(|(index, d)| CompletionChoice {
+                index,
+                text: d.text,
+                logprobs: None,
+                finish_reason: Some(d.finish_reason),
+            })
+            .collect(),
+        usage: Usage::new(prompt_tokens, completion_tokens),
     };
     Ok(Json(resp).into_response())
 }
 
 async fn chat_completion(s: AppState, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let mut r: ChatRequest = api::parse_body(&body)?;
+    let mut r: ChatRequest = api::parse_request(&body, Route::Chat)?;
     drop(body);
     api::check_model(r.model.as_deref(), &s.0.cfg.model_id)?;
-    api::check_n(r.n)?;
+    let n = api::check_n(r.n)?;
+    let include_usage = api::check_stream_options(r.stream, r.stream_options)?;
     let text =
         match r.messages.as_slice() {
             [m] if m.role == "user" => std::mem::take(&mut r.messages[0].content),
             _ => return Err(ApiError::invalid(
                 Some("messages"),
-                "only single-turn chats are supported: send exactly one message with role 'user'",
+                "messages: only single-turn chats are supported: send exactly one message with role 'user'",
             )),
         };
-    let p = prepare(&s, text, true, &r.knobs, r.stream, r.provisional).await?;
-    let prompt_tokens = p.prompt.len();
+    let (settings, limits) = r.knobs.resolve_all(&s.0.cfg.defaults, s.0.spec.family)?;
+    let prompts = tokenize_all(
+        &s,
+        vec![(PromptInput::Text(text), "messages".to_string())],
+        true,
+        settings.decode.gen_length,
+    )
+    .await?;
+    let prompt_tokens = prompts.iter().map(Vec::len).sum();
     let id = request_id("chatcmpl");
-    let sub = submit(&s, &id, p)?;
+    let choices = submit(
+        &s,
+        &id,
+        &prompts,
+        n,
+        &settings,
+        &limits,
+        r.knobs.seed,
+        r.stream,
+        r.provisional,
+    )?;
     if r.stream {
-        return Ok(sse(&s, Kind::Chat, id, sub, prompt_tokens));
+        return Ok(sse(&s, Kind::Chat, id, choices, prompt_tokens, include_usage));
     }
-    let (text, completion_tokens, finish_reason) = wait_done(sub).await?;
+    let done = wait_done(choices).await?;
+    let completion_tokens = done.iter().map(|d| d.completion_tokens).sum();
     let resp = api::Response {
         id,
         object: "chat.completion",
         created: now(),
         model: s.0.cfg.model_id.clone(),
-        choices: vec![ChatChoice {
-            index: 0,
-            message: ChatMessage {
-                role: "assistant".into(),
-                content: text,
-            },
-            finish_reason: Some(finish_reason),
-        }],
-        usage: Usage {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
-        },
+        choices: done
+            .into_iter()
+            .enumerate()
+            .map(|(index, d)| ChatChoice {
+                index,
+                message: ChatMessage {
+                    role: "assistant".into(),
+                    content: d.text,
+                },
+                logprobs: None,
+                finish_reason: Some(d.finish_reason),
+            })
+            .collect(),
+        usage: Usage::new(prompt_tokens, completion_tokens),
     };
     Ok(Json(resp).into_response())
 }

@@ -18,8 +18,11 @@
 //! batch invariance), which tests/serve.rs checks against [`conformance::engine::run`].
 //!
 //! Streaming: after every step, a row whose current block is final (no mask left) gets the text
-//! of that block (the decoded committed prefix, cut at the first end-of-sequence token, minus
-//! what was already sent), and with `provisional` the current block's tentative tokens.
+//! of that block (the decoded committed prefix, cut at the first end-of-sequence token, at
+//! `max_tokens` and at the first `stop` string, minus what was already sent and minus a tail a
+//! later stop match could cut, [`super::answer`]), and with `provisional` the current block's
+//! tentative tokens. A row whose answer ends on `max_tokens` or a stop string is answered at once
+//! and leaves the batch at the end of the round (its remaining blocks are not decoded).
 //!
 //! Reference: none (the reference has no server). Supervision: admission and every round run
 //! under `catch_unwind`; a panic fails only the rows involved (the request being admitted, or the
@@ -33,14 +36,17 @@ use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use fastdllm_core::{Control, GenerateOptions, RowId, StepEvent, TokenId};
 use fastdllm_models::LoadedModel;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
+use super::answer::{AnswerLimits, Cut};
 use super::api::Provisional;
-use conformance::engine::{trim_at_eos, GenerationSettings, Session};
+use super::metrics::Metrics;
+use conformance::engine::{GenerationSettings, Session};
 
 /// One request for the worker.
 #[derive(Debug)]
@@ -55,6 +61,10 @@ pub struct Job {
     pub stream: bool,
     /// Send [`RowEvent::Provisional`] after every step.
     pub provisional: bool,
+    /// Where the answer ends (`max_tokens`, `stop`).
+    pub limits: AnswerLimits,
+    /// When the request was queued (metrics).
+    pub queued_at: Instant,
     /// The client's channel; closed = the client went away.
     pub events: mpsc::UnboundedSender<RowEvent>,
     /// The request's place in the queue: released when the row is admitted into a session (or
@@ -125,10 +135,13 @@ pub struct Stats {
     pub max_batch: AtomicUsize,
     /// Rows whose client went away before or during generation.
     pub cancelled_rows: AtomicUsize,
-    /// Sessions stopped early because every row's client had gone.
+    /// Sessions stopped early because every row's client had gone (or every row's answer had
+    /// ended on `max_tokens` or a stop string).
     pub stopped_batches: AtomicUsize,
     /// Requests answered with an engine error.
     pub failed_rows: AtomicUsize,
+    /// Requests taken off the queue but not yet admitted (part of the queue depth).
+    pub pending: AtomicUsize,
 }
 
 /// A snapshot of [`Stats`].
@@ -223,6 +236,7 @@ pub fn run_worker(
     mut rx: mpsc::UnboundedReceiver<Job>,
     max_batch: usize,
     stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
 ) {
     let max_batch = max_batch.max(1);
     let mut pending: VecDeque<Job> = VecDeque::new();
@@ -251,14 +265,19 @@ pub fn run_worker(
             .cancelled_rows
             .fetch_add(before - pending.len(), Ordering::Relaxed);
         match live.as_mut() {
-            Some(l) => l.admit_from_head(&mut pending, max_batch, &stats),
-            None => live = Live::start(&loaded, &mut pending, max_batch, &stats),
+            Some(l) => l.admit_from_head(&mut pending, max_batch, &stats, &metrics),
+            None => live = Live::start(&loaded, &mut pending, max_batch, &stats, &metrics),
         }
-        let Some(l) = live.as_mut() else { continue };
+        stats.pending.store(pending.len(), Ordering::Relaxed);
+        let Some(l) = live.as_mut() else {
+            metrics.running_rows.set(0);
+            continue;
+        };
+        metrics.running_rows.set(l.session.len() as i64);
         stats
             .max_batch
             .fetch_max(l.session.len(), Ordering::Relaxed);
-        let outcome = catch_unwind(AssertUnwindSafe(|| l.round(&loaded, &stats)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| l.round(&loaded, &stats, &metrics)));
         let keep = match outcome {
             Ok(keep) => keep,
             Err(p) => {
@@ -272,6 +291,7 @@ pub fn run_worker(
         };
         if !keep || l.session.is_empty() {
             live = None;
+            metrics.running_rows.set(0);
         }
     }
 }
@@ -292,6 +312,7 @@ impl Live {
         pending: &mut VecDeque<Job>,
         max_batch: usize,
         stats: &Stats,
+        metrics: &Metrics,
     ) -> Option<Live> {
         let first = pending.pop_front()?;
         let session = catch_unwind(AssertUnwindSafe(|| {
@@ -318,11 +339,11 @@ impl Live {
             jobs: HashMap::new(),
             rounds: 0,
         };
-        live.admit(first, stats);
+        live.admit(first, stats, metrics);
         let mut rest = VecDeque::new();
         for job in pending.drain(..) {
             if live.session.len() < max_batch && live.session.compatible(&job.settings) {
-                live.admit(job, stats);
+                live.admit(job, stats, metrics);
             } else {
                 rest.push_back(job);
             }
@@ -332,22 +353,29 @@ impl Live {
     }
 
     /// Admits queued requests from the head of the queue while they are compatible.
-    fn admit_from_head(&mut self, pending: &mut VecDeque<Job>, max_batch: usize, stats: &Stats) {
+    fn admit_from_head(
+        &mut self,
+        pending: &mut VecDeque<Job>,
+        max_batch: usize,
+        stats: &Stats,
+        metrics: &Metrics,
+    ) {
         while self.session.len() < max_batch
             && pending
                 .front()
                 .is_some_and(|j| self.session.compatible(&j.settings))
         {
             if let Some(job) = pending.pop_front() {
-                if self.admit(job, stats) {
+                if self.admit(job, stats, metrics) {
                     stats.joined_rows.fetch_add(1, Ordering::Relaxed);
+                    metrics.joined_rows.inc();
                 }
             }
         }
     }
 
     /// Admits `job` (under a panic guard: a panic fails this request only).
-    fn admit(&mut self, job: Job, stats: &Stats) -> bool {
+    fn admit(&mut self, job: Job, stats: &Stats, metrics: &Metrics) -> bool {
         job.slot.release();
         let session = &mut self.session;
         let admitted = catch_unwind(AssertUnwindSafe(|| {
@@ -356,6 +384,7 @@ impl Live {
         match admitted {
             Ok(Ok(id)) => {
                 stats.rows.fetch_add(1, Ordering::Relaxed);
+                metrics.rows.inc();
                 self.jobs.insert(id, (job, RowState::default()));
                 self.rounds > 0
             }
@@ -384,17 +413,32 @@ impl Live {
     }
 
     /// Runs one round. Returns whether the session goes on.
-    fn round(&mut self, loaded: &LoadedModel, stats: &Stats) -> bool {
+    fn round(&mut self, loaded: &LoadedModel, stats: &Stats, metrics: &Metrics) -> bool {
         self.rounds += 1;
-        let mask = loaded.model.spec().mask_token_id;
+        let spec = loaded.model.spec();
+        let (mask, eos) = (spec.mask_token_id, &spec.eos_token_ids);
+        let tokenizer = &loaded.tokenizer;
+        let step_seconds = metrics.step_seconds.with_label_values(&[self
+            .session
+            .settings()
+            .cache
+            .mode
+            .to_string()
+            .as_str()]);
+        let rows_in_round = self.session.len();
+        let forwards_before = self.session.forwards();
+        let mut last_step = Instant::now();
         let jobs = &mut self.jobs;
         let mut on_step = |ev: &StepEvent<'_>| -> Control {
+            let now = Instant::now();
+            step_seconds.observe(now.duration_since(last_step).as_secs_f64());
+            last_step = now;
             let mut live = false;
             for r in 0..ev.batch() {
                 let Some((job, st)) = ev.row_id(r).and_then(|id| jobs.get_mut(&id)) else {
                     continue;
                 };
-                if st.cancelled {
+                if st.cancelled || st.done {
                     continue;
                 }
                 if job.events.is_closed() {
@@ -403,29 +447,45 @@ impl Live {
                     continue;
                 }
                 live = true;
-                if !job.stream || st.finished {
-                    continue;
-                }
                 let answer = ev.answer(r);
                 let block_idx = ev.block_idx(r).unwrap_or(0);
                 let answer_block = ev.answer_block(r);
                 let done = ev.row_block_done.get(r).copied().unwrap_or(false);
-                if done && st.blocks_sent <= block_idx {
-                    st.blocks_sent = block_idx + 1;
-                    let end = answer_block.end.min(answer.len());
-                    let (text, _, eos) = answer_text(loaded, &answer[..end]);
-                    st.finished = eos;
-                    let d = delta(&st.sent, &text);
-                    if !d.is_empty() {
-                        st.sent.push_str(&d);
-                        let _ = job.events.send(RowEvent::Text(d));
+                if done && st.blocks_seen <= block_idx {
+                    st.blocks_seen = block_idx + 1;
+                    if block_idx == 0 {
+                        metrics
+                            .first_block_seconds
+                            .observe(job.queued_at.elapsed().as_secs_f64());
                     }
-                } else if !done && job.provisional {
+                    let end = answer_block.end.min(answer.len());
+                    let last_block = end == answer.len();
+                    if last_block || (!job.stream && job.limits.stop.is_empty()) {
+                        // The finished row is answered after the round; a non-streaming row
+                        // without stop strings can only end early on max_tokens, in its last
+                        // block (the canvas is max_tokens rounded up to whole blocks).
+                        continue;
+                    }
+                    let cut = job.limits.cut(tokenizer, eos, &answer[..end], false);
+                    if cut.by_limit {
+                        st.done = true;
+                        answer_row(job, st, cut, metrics);
+                        continue;
+                    }
+                    if job.stream && !st.finished {
+                        st.finished = cut.finish_reason.is_some();
+                        let d = delta(&st.sent, cut.streamable(&job.limits.stop));
+                        if !d.is_empty() {
+                            st.sent.push_str(&d);
+                            let _ = job.events.send(RowEvent::Text(d));
+                        }
+                    }
+                } else if !done && job.stream && job.provisional && !st.finished {
                     let block = answer.get(answer_block).unwrap_or_default();
                     let token_ids: Vec<Option<u32>> =
                         block.iter().map(|&t| (t != mask).then_some(t)).collect();
                     let committed: Vec<u32> = token_ids.iter().flatten().copied().collect();
-                    let text = loaded.tokenizer.decode(&committed).unwrap_or_default();
+                    let text = tokenizer.decode(&committed).unwrap_or_default();
                     let _ = job.events.send(RowEvent::Provisional(Provisional {
                         block: block_idx,
                         step: ev.step,
@@ -440,38 +500,36 @@ impl Live {
                 Control::Stop
             }
         };
-        match self.session.run_block(loaded.model.as_ref(), &mut on_step) {
+        let result = self.session.run_block(loaded.model.as_ref(), &mut on_step);
+        let forwards = self.session.forwards().saturating_sub(forwards_before);
+        metrics.forwards.inc_by(forwards as u64);
+        if forwards > 0 {
+            let positions = rows_in_round * self.session.settings().decode.block_length;
+            metrics
+                .tokens_per_forward
+                .observe(positions as f64 / forwards as f64);
+        }
+        match result {
             Ok(finished) => {
                 for row in finished {
-                    let Some((job, st)) = self.jobs.remove(&row.id) else {
+                    let Some((job, mut st)) = self.jobs.remove(&row.id) else {
                         continue;
                     };
-                    if st.cancelled {
+                    if st.cancelled || st.done {
                         continue;
                     }
-                    let (text, completion_tokens, eos) = answer_text(loaded, &row.output.generated);
-                    if job.stream {
-                        let d = delta(&st.sent, &text);
-                        if !d.is_empty() {
-                            let _ = job.events.send(RowEvent::Text(d));
-                        }
-                    }
-                    let finish_reason = if eos { "stop" } else { "length" };
-                    let _ = job.events.send(RowEvent::Done {
-                        text,
-                        completion_tokens,
-                        finish_reason,
-                    });
+                    let cut = job.limits.cut(tokenizer, eos, &row.output.generated, true);
+                    answer_row(&job, &mut st, cut, metrics);
                 }
                 let gone: Vec<RowId> = self
                     .jobs
                     .iter()
-                    .filter(|(_, (job, st))| st.cancelled || job.events.is_closed())
+                    .filter(|(_, (job, st))| st.cancelled || st.done || job.events.is_closed())
                     .map(|(&id, _)| id)
                     .collect();
                 for id in gone {
                     if let Some((_, st)) = self.jobs.remove(&id) {
-                        if !st.cancelled {
+                        if !st.cancelled && !st.done {
                             stats.cancelled_rows.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -509,23 +567,39 @@ fn admission_panic(payload: &(dyn Any + Send)) -> String {
         "internal error: the engine panicked admitting this request ({}); the server keeps serving other requests",
         panic_message(payload)
     )
+/// Sends a finished row its last text (streams) and its `Done` event.
+fn answer_row(job: &Job, st: &mut RowState, cut: Cut, metrics: &Metrics) {
+    if job.stream {
+        let d = delta(&st.sent, &cut.text);
+        if !d.is_empty() {
+            st.sent.push_str(&d);
+            let _ = job.events.send(RowEvent::Text(d));
+        }
+    }
+    metrics.output_tokens.inc_by(cut.completion_tokens as u64);
+    metrics
+        .generation_seconds
+        .observe(job.queued_at.elapsed().as_secs_f64());
+    let _ = job.events.send(RowEvent::Done {
+        text: cut.text,
+        completion_tokens: cut.completion_tokens,
+        finish_reason: cut.finish_reason.unwrap_or("length"),
+    });
 }
 
 /// Streaming state of one row.
 #[derive(Debug, Default)]
 struct RowState {
+    /// Text streamed so far.
     sent: String,
-    blocks_sent: usize,
+    /// Blocks of the row seen complete.
+    blocks_seen: usize,
+    /// The answer ended on an end-of-sequence token: nothing more to stream.
     finished: bool,
+    /// The answer ended on `max_tokens` or a stop string and was answered.
+    done: bool,
+    /// The client went away.
     cancelled: bool,
-}
-
-/// The text of `ids` cut at the first EOS, and whether an EOS was found.
-fn answer_text(loaded: &LoadedModel, ids: &[TokenId]) -> (String, usize, bool) {
-    let eos = &loaded.model.spec().eos_token_ids;
-    let answer = trim_at_eos(ids, eos);
-    let text = loaded.tokenizer.decode(answer).unwrap_or_default();
-    (text, answer.len(), answer.len() < ids.len())
 }
 
 /// The part of `text` not yet in `sent` (empty if `text` does not extend it).
