@@ -17,13 +17,8 @@
 //! `factor`, `top_k`) and `provisional` (stream the current block's provisional tokens).
 
 use fastdllm_cache::CacheMode;
-<<<<<<< HEAD
-use fastdllm_core::ModelFamily;
-use fastdllm_sampler::{Unmask, MIN_TEMPERATURE};
-=======
 use fastdllm_core::{ModelFamily, TokenId};
-use fastdllm_sampler::Unmask;
->>>>>>> openai-api
+use fastdllm_sampler::{Unmask, MIN_TEMPERATURE};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
