@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Device};
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_cli::engine::GenerationSettings;
+use conformance::engine::GenerationSettings;
 use fastdllm_cli::serve::api::Defaults;
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
 use fastdllm_core::DecodeConfig;
@@ -55,7 +55,7 @@ fn start() -> ServerHandle {
     cfg.body_timeout = Duration::from_millis(500);
     cfg.max_connections = 16;
     let loaded = fastdllm_models::load_model(
-        &fastdllm_cli::paths::default_model(),
+        &conformance::paths::default_model(),
         &Device::Cpu,
         DType::F32,
     )

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Device};
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_cli::engine::{self, trim_at_eos, GenerationSettings};
+use conformance::engine::{self, trim_at_eos, GenerationSettings};
 use fastdllm_cli::serve::api::Defaults;
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
 use fastdllm_core::{DecodeConfig, GenerateOptions, Rng};
@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 fn load(name: &str) -> LoadedModel {
     fastdllm_models::load_model(
-        &fastdllm_cli::paths::bundled_model(name),
+        &conformance::paths::bundled_model(name),
         &Device::Cpu,
         DType::F32,
     )

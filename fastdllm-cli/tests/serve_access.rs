@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_cli::engine::GenerationSettings;
+use conformance::engine::GenerationSettings;
 use fastdllm_cli::serve::api::Defaults;
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
 use fastdllm_core::DecodeConfig;
@@ -39,7 +39,7 @@ fn start_with(f: impl FnOnce(&mut ServeConfig)) -> ServerHandle {
     let mut cfg = ServeConfig::new("llada-tiny", defaults);
     f(&mut cfg);
     let loaded = fastdllm_models::load_model(
-        &fastdllm_cli::paths::default_model(),
+        &conformance::paths::default_model(),
         &Device::Cpu,
         DType::F32,
     )

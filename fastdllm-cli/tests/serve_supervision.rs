@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_cli::engine::GenerationSettings;
+use conformance::engine::GenerationSettings;
 use fastdllm_cli::serve::api::{Defaults, Knobs};
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
 use fastdllm_core::{DecodeConfig, DiffusionLm, ForwardInput, KvView, ModelFamily, ModelSpec};
@@ -65,7 +65,7 @@ impl DiffusionLm for PanicsOnMarker {
 
 fn start() -> ServerHandle {
     let mut loaded: LoadedModel = fastdllm_models::load_model(
-        &fastdllm_cli::paths::default_model(),
+        &conformance::paths::default_model(),
         &Device::Cpu,
         DType::F32,
     )
@@ -187,10 +187,11 @@ proptest! {
             Just("bogus".to_string()),
         ]),
         dream in any::<bool>(),
+        max_completion_tokens in edge_int(), top_p in edge_float(), top_k in edge_int(),
     ) {
         let knobs = Knobs {
-            max_tokens, gen_length, block_length, steps, cache, threshold, factor, temperature,
-            seed,
+            max_tokens, max_completion_tokens, gen_length, block_length, steps, cache, threshold,
+            factor, temperature, top_p, top_k, seed, ..Knobs::default()
         };
         let family = if dream { ModelFamily::Dream } else { ModelFamily::Llada };
         match knobs.resolve(&defaults(), family) {
@@ -206,7 +207,7 @@ proptest! {
 #[test]
 fn an_impossible_queue_capacity_is_an_error_not_a_panic() {
     let loaded = fastdllm_models::load_model(
-        &fastdllm_cli::paths::default_model(),
+        &conformance::paths::default_model(),
         &Device::Cpu,
         DType::F32,
     )

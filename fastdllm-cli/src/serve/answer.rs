@@ -13,7 +13,7 @@
 use fastdllm_core::TokenId;
 use fastdllm_models::Tokenizer;
 
-use crate::engine::trim_at_eos;
+use conformance::engine::trim_at_eos;
 
 /// The limits of one choice.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

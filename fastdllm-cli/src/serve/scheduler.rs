@@ -567,6 +567,8 @@ fn admission_panic(payload: &(dyn Any + Send)) -> String {
         "internal error: the engine panicked admitting this request ({}); the server keeps serving other requests",
         panic_message(payload)
     )
+}
+
 /// Sends a finished row its last text (streams) and its `Done` event.
 fn answer_row(job: &Job, st: &mut RowState, cut: Cut, metrics: &Metrics) {
     if job.stream {
