@@ -338,6 +338,8 @@ pub struct Runner {
     dtype: candle_core::DType,
     /// Measure drift of cached steps.
     pub drift: bool,
+    /// Quantize the linear layers at load (`--quantize`).
+    pub quantize: Option<fastdllm_models::QuantType>,
 }
 
 impl Runner {
@@ -353,6 +355,7 @@ impl Runner {
             device,
             dtype,
             drift: false,
+            quantize: None,
         }
     }
 
@@ -364,7 +367,8 @@ impl Runner {
 
     fn model(&mut self, dir: &Path) -> Result<&fastdllm_models::LoadedModel> {
         if !self.models.contains_key(dir) {
-            let m = fastdllm_models::load_model(dir, &self.device, self.dtype)?;
+            let options = fastdllm_models::LoadOptions::new(self.dtype).quantized(self.quantize);
+            let m = fastdllm_models::load_model_with(dir, &self.device, &options)?;
             self.models.insert(dir.to_path_buf(), m);
         }
         Ok(&self.models[dir])
