@@ -313,3 +313,70 @@ fn no_tokenizer_is_named() {
     let m = load_model(&path, &Device::Cpu, DType::F32).unwrap();
     assert!(m.info.tokenizer_source.ends_with("tokenizer.json"));
 }
+
+/// Measurement (ignored; docs/BENCHMARKS.md "Quantized weights"): for every tiny-arith prompt
+/// followed by 16 masks, the share of canvas rows whose argmax equals the f32 model's, and the
+/// largest logit difference, for llama-quantize's Q8_0 file and in-situ q8_0 / q4_k. Run with
+/// `cargo test -p fastdllm-models --test gguf measure_ -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_forward_agreement() {
+    let root = fixture("..");
+    let prompts: Vec<String> = std::fs::read_to_string(root.join("tasks/tiny-arith.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["prompt"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for name in ["llada-tiny", "dream-tiny"] {
+        let f32m = load_model(&fixture(name), &Device::Cpu, DType::F32).unwrap();
+        let variants = [
+            (
+                "llama-quantize Q8_0 GGUF",
+                load_model(
+                    &gguf(&format!("{name}-q8_0.gguf")),
+                    &Device::Cpu,
+                    DType::F32,
+                )
+                .unwrap(),
+            ),
+            (
+                "--quantize q8_0",
+                load_model_with(
+                    &fixture(name),
+                    &Device::Cpu,
+                    &LoadOptions::new(DType::F32).quantized(Some(QuantType::Q8_0)),
+                )
+                .unwrap(),
+            ),
+            (
+                "--quantize q4_k (q5_0 fallback)",
+                load_model_with(
+                    &fixture(name),
+                    &Device::Cpu,
+                    &LoadOptions::new(DType::F32).quantized(Some(QuantType::Q4K)),
+                )
+                .unwrap(),
+            ),
+        ];
+        for (label, m) in &variants {
+            let (mut same, mut rows, mut worst) = (0usize, 0usize, 0f32);
+            for p in &prompts {
+                let mut ids = f32m.tokenizer.encode(p, true).unwrap();
+                ids.extend([f32m.model.spec().mask_token_id; 16]);
+                let inp = input(&ids, 0);
+                let a = f32m.model.forward(&inp, &mut PassthroughKv).unwrap();
+                let b = m.model.forward(&inp, &mut PassthroughKv).unwrap();
+                let (x, y) = (argmax_rows(&a), argmax_rows(&b));
+                same += x.iter().zip(&y).filter(|(p, q)| p == q).count();
+                rows += x.len();
+                worst = worst.max(max_abs_diff(&a, &b));
+            }
+            println!("{name} {label} [{}]: argmax rows equal {same}/{rows} = {:.2}%, max |dlogit| {worst:.4}", m.info.linear_weights, 100.0 * same as f64 / rows as f64);
+        }
+    }
+}
