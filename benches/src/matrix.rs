@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_core::{DecodeConfig, DiffusionLm, GenerateOptions, TokenId};
-use fastdllm_models::{LladaConfig, ModelConfig};
+use fastdllm_models::{LladaConfig, LoadOptions, ModelConfig};
 use fastdllm_sampler::{ProposerConfig, Unmask};
 
 use crate::system;
@@ -75,15 +75,23 @@ pub struct BenchModel {
     pub task_prompt: Option<Vec<TokenId>>,
 }
 
+fn quantized_name(name: String, options: &LoadOptions) -> String {
+    match options.quantize {
+        Some(q) => format!("{name} {q}"),
+        None => name,
+    }
+}
+
 impl BenchModel {
-    /// Loads a model directory; the task prompt is encoded with the chat template.
+    /// Loads a model directory (or GGUF file); the task prompt is encoded with the chat template.
+    /// A model quantized at load is named `{dir} {type}`.
     pub fn load(
         dir: &std::path::Path,
         device: &Device,
-        dtype: DType,
+        options: &LoadOptions,
         prompt: &str,
     ) -> Result<Self> {
-        let loaded = fastdllm_models::load_model(dir, device, dtype)
+        let loaded = fastdllm_models::load_model_with(dir, device, options)
             .with_context(|| format!("loading {}", dir.display()))?;
         let text = loaded.info.chat_template.apply(prompt);
         let ids = loaded
@@ -94,24 +102,25 @@ impl BenchModel {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| dir.display().to_string());
         Ok(BenchModel {
-            name,
+            name: quantized_name(name, options),
             model: loaded.model,
             config: loaded.info.config,
             task_prompt: Some(ids),
         })
     }
 
-    /// A random-weight model of `config` built on the device.
+    /// A random-weight model of `config` built on the device (linear layers quantized one by
+    /// one when `options.quantize` is set). Named `{name} {type}` when quantized.
     pub fn random(
         name: String,
         config: ModelConfig,
         device: &Device,
-        dtype: DType,
+        options: &LoadOptions,
         seed: u64,
     ) -> Result<Self> {
-        let model = fastdllm_models::random_model(&config, device, dtype, seed)?;
+        let model = fastdllm_models::random_model_with(&config, device, options, seed)?;
         Ok(BenchModel {
-            name,
+            name: quantized_name(name, options),
             model,
             config,
             task_prompt: None,

@@ -492,6 +492,8 @@ pub struct Runner {
     dtype: candle_core::DType,
     /// Measure drift of cached steps.
     pub drift: bool,
+    /// Quantize the linear layers at load (`--quantize`).
+    pub quantize: Option<fastdllm_models::QuantType>,
 }
 
 impl Runner {
@@ -507,6 +509,7 @@ impl Runner {
             device,
             dtype,
             drift: false,
+            quantize: None,
         }
     }
 
@@ -518,7 +521,8 @@ impl Runner {
 
     fn model(&mut self, dir: &Path) -> Result<&fastdllm_models::LoadedModel> {
         if !self.models.contains_key(dir) {
-            let m = fastdllm_models::load_model(dir, &self.device, self.dtype)?;
+            let options = fastdllm_models::LoadOptions::new(self.dtype).quantized(self.quantize);
+            let m = fastdllm_models::load_model_with(dir, &self.device, &options)?;
             self.models.insert(dir.to_path_buf(), m);
         }
         Ok(&self.models[dir])

@@ -324,7 +324,7 @@ fn wrong_tensor_shape_is_named() {
     let msg = load_err(dir.path());
     assert_eq!(
         msg,
-        "tensor `model.transformer.ff_out.weight` has shape [63, 128], expected [64, 128] (from config.json)"
+        "tensor `model.transformer.ff_out.weight` has shape [63, 128], expected [64, 128] (from the model config)"
     );
 }
 

@@ -1,4 +1,5 @@
-//! Loading a model directory as whichever architecture its config names, and random-weight models.
+//! Loading a model directory (or a llama.cpp GGUF file) as whichever architecture it names, and
+//! random-weight models.
 //!
 //! Reference: the Hugging Face directory layout of GSAI-ML/LLaDA-8B-* and Dream-org/Dream-v0-*-7B
 //! (`config.json`, `generation_config.json`, `tokenizer.json`, `tokenizer_config.json`,
@@ -6,7 +7,7 @@
 //! Deviations: EOS ids are the union of the config files' ids and the end-of-answer special
 //! tokens the tokenizer has (`<|endoftext|>`, `<|eot_id|>`, `<|im_end|>`), because the released
 //! configs name only `<|endoftext|>` while Instruct answers end with the end-of-turn token; the
-//! chat template is a fixed per-family template (not the Jinja one).
+//! chat template is a fixed per-family template (not the Jinja one). GGUF files: see `gguf.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,14 +17,16 @@ use fastdllm_core::DiffusionLm;
 
 use crate::config::{check_dir, load_config, ModelConfig};
 use crate::dream::DreamModel;
-use crate::llada::LladaModel;
+use crate::gguf::GgufFile;
+use crate::llada::{check_dtype, LladaModel};
 use crate::loading::{
     check_weights, mmap_var_builder, random_var_builder, unused_tensors, weight_files, Weights,
 };
+use crate::quant::LoadOptions;
 use crate::tokenizer::{
     ChatTemplate, Tokenizer, CHATML_TEMPLATE_TOKENS, LLAMA3_BOS, LLAMA3_TEMPLATE_TOKENS,
 };
-use crate::Result;
+use crate::{Error, Result};
 
 /// Dream Base's BOS, which base prompting prepends (SPEC 1.2.5); its generation config names
 /// `<|endoftext|>` as BOS instead.
@@ -35,7 +38,7 @@ pub const DREAM_BOS_TOKEN: &str = "<|beginoftext|>";
 pub struct LoadedModel {
     /// The network.
     pub model: Arc<dyn DiffusionLm>,
-    /// The tokenizer of `tokenizer.json`.
+    /// The tokenizer (`tokenizer.json`, or rebuilt from a GGUF file's vocabulary).
     pub tokenizer: Tokenizer,
     /// Facts about the checkpoint.
     pub info: ModelInfo,
@@ -54,7 +57,7 @@ impl std::fmt::Debug for LoadedModel {
 /// What [`load_model`] read from a model directory.
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
-    /// The model directory.
+    /// The model directory (for a GGUF file: the folder that holds it).
     pub dir: PathBuf,
     /// `"LLaDAModelLM"` or `"DreamModel"`.
     pub architecture: String,
@@ -66,21 +69,41 @@ pub struct ModelInfo {
     pub chat_template: ChatTemplate,
     /// The validated config, EOS ids completed from the tokenizer.
     pub config: ModelConfig,
-    /// The safetensors files the weights came from.
+    /// The safetensors files (or the GGUF file) the weights came from.
     pub weight_files: Vec<PathBuf>,
     /// Activation dtype.
     pub dtype: DType,
+    /// How the linear layers are stored, e.g. `"f32 x 29"`, `"q8_0 x 29"`, `"q4_k x 24, q6_k x 5"`
+    /// (a fused q/k/v or gate/up counts once).
+    pub linear_weights: String,
+    /// Where the tokenizer came from: a `tokenizer.json` path, or `"GGUF metadata of FILE"`.
+    pub tokenizer_source: String,
 }
 
-/// Loads the model in `dir` (local path only) onto `device` in `dtype` (f32, bf16 or f16).
+/// Loads the model at `path` (local only) onto `device` in `dtype` (f32, bf16 or f16), weights
+/// dense. See [`load_model_with`].
+pub fn load_model(path: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    load_model_with(path, device, &LoadOptions::new(dtype))
+}
+
+/// Loads the model at `path` (local only) onto `device` with `options`.
 ///
-/// Reads `config.json` (+ `generation_config.json`), `tokenizer.json`, `tokenizer_config.json`
-/// when present (only whether it has a `chat_template`), and `model.safetensors` or the shards of
-/// `model.safetensors.index.json`.
-pub fn load_model(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
+/// `path` is a Hugging Face directory (`config.json` (+ `generation_config.json`),
+/// `tokenizer.json`, `tokenizer_config.json` when present (only whether it has a
+/// `chat_template`), and `model.safetensors` or the shards of `model.safetensors.index.json`), a
+/// llama.cpp `.gguf` file, or a directory without `config.json` that holds exactly one `.gguf`.
+/// With `options.quantize`, the linear layers of a safetensors model are quantized at load
+/// (`QTensor::quantize`); a GGUF file keeps its stored types and rejects `quantize`.
+pub fn load_model_with(path: &Path, device: &Device, options: &LoadOptions) -> Result<LoadedModel> {
+    if let Some(file) = gguf_path(path)? {
+        return load_gguf(&file, device, options);
+    }
+    let dir = path;
     check_dir(dir)?;
+    check_dtype(options.dtype)?;
     let mut config = load_config(dir)?;
-    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let tokenizer_path = dir.join("tokenizer.json");
+    let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
     config.add_eos_token_ids(tokenizer.eos_token_ids());
     config.validate()?;
     let files = weight_files(dir)?;
@@ -90,11 +113,19 @@ pub fn load_model(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedMod
         .collect::<Vec<_>>()
         .join(", ");
     let names = check_weights(&files)?;
-    let weights = Weights::new(mmap_var_builder(&files, dtype, device)?, location);
-    let model: Arc<dyn DiffusionLm> = match &config {
-        ModelConfig::Llada(cfg) => Arc::new(LladaModel::load(cfg, &weights)?),
-        ModelConfig::Dream(cfg) => Arc::new(DreamModel::load(cfg, &weights)?),
+    // Quantized at load: read f32 (not the activation dtype) so the blocks see the stored values.
+    let read_dtype = if options.quantize.is_some() {
+        DType::F32
+    } else {
+        options.dtype
     };
+    let weights = Weights::quantizing(
+        mmap_var_builder(&files, read_dtype, device)?,
+        location,
+        options.quantize,
+    )
+    .with_dtype(options.dtype);
+    let model = build(&config, &weights)?;
     let unused = unused_tensors(&names, &weights.used());
     if !unused.is_empty() {
         const SHOWN: usize = 8;
@@ -121,10 +152,132 @@ pub fn load_model(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedMod
         dir: dir.to_path_buf(),
         architecture: config.architecture().to_string(),
         bos_token_id: bos_token_id(&config, &tokenizer),
-        chat_template: chat_template(dir, &config, &tokenizer),
+        chat_template: chat_template(&config, &tokenizer, declares_chat_template(dir)),
         config,
         weight_files: files,
-        dtype,
+        dtype: options.dtype,
+        linear_weights: weights.linear_summary(),
+        tokenizer_source: tokenizer_path.display().to_string(),
+    };
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        info,
+    })
+}
+
+fn build(config: &ModelConfig, weights: &Weights) -> Result<Arc<dyn DiffusionLm>> {
+    Ok(match config {
+        ModelConfig::Llada(cfg) => Arc::new(LladaModel::load(cfg, weights)?),
+        ModelConfig::Dream(cfg) => Arc::new(DreamModel::load(cfg, weights)?),
+    })
+}
+
+/// The GGUF file `path` names: the path itself when it is a file, the only `.gguf` of a
+/// directory without `config.json`; `None` for a Hugging Face directory (or a missing path,
+/// which the directory loader reports).
+fn gguf_path(path: &Path) -> Result<Option<PathBuf>> {
+    if path.is_file() {
+        return Ok(Some(path.to_path_buf()));
+    }
+    if !path.is_dir() || path.join("config.json").exists() {
+        return Ok(None);
+    }
+    let entries = std::fs::read_dir(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut ggufs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        })
+        .collect();
+    ggufs.sort();
+    match ggufs.len() {
+        0 => Ok(None),
+        1 => Ok(ggufs.pop()),
+        _ => Err(Error::gguf(
+            path,
+            format!(
+                "the directory holds {} GGUF files ({}); pass one with --model FILE.gguf",
+                ggufs.len(),
+                ggufs
+                    .iter()
+                    .filter_map(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// Loads a llama.cpp GGUF file (see `gguf.rs`). The tokenizer is the `tokenizer.json` beside the
+/// file when there is one, else the one rebuilt from the file's vocabulary.
+fn load_gguf(path: &Path, device: &Device, options: &LoadOptions) -> Result<LoadedModel> {
+    check_dtype(options.dtype)?;
+    let file = GgufFile::open(path)?;
+    if let Some(q) = options.quantize {
+        let types = file
+            .type_counts()
+            .into_iter()
+            .map(|(t, n)| format!("{t} x {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(Error::gguf(
+            path,
+            format!(
+                "--quantize {q} applies to safetensors checkpoints; a GGUF file is loaded in its                  stored types ({types}); requantize it with llama-quantize instead"
+            ),
+        ));
+    }
+    let mut config = file.config()?;
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let beside = dir.join("tokenizer.json");
+    let (tokenizer, tokenizer_source) = if beside.is_file() {
+        (Tokenizer::from_file(&beside)?, beside.display().to_string())
+    } else {
+        let tokenizer = file.tokenizer().map_err(|e| {
+            Error::gguf(
+                path,
+                format!(
+                    "no usable tokenizer: {e}; and there is no {} beside the file",
+                    beside.display()
+                ),
+            )
+        })?;
+        (tokenizer, format!("GGUF metadata of {}", path.display()))
+    };
+    if tokenizer.vocab_size() > config.vocab_size() {
+        return Err(Error::gguf(
+            path,
+            format!(
+                "the tokenizer has {} tokens but token_embd.weight only {} rows",
+                tokenizer.vocab_size(),
+                config.vocab_size()
+            ),
+        ));
+    }
+    config.add_eos_token_ids(tokenizer.eos_token_ids());
+    config.validate().map_err(|e| e.in_config_file(path))?;
+    let weights = Weights::gguf(&file, options.dtype, device);
+    let model = build(&config, &weights)?;
+    let info = ModelInfo {
+        dir,
+        architecture: config.architecture().to_string(),
+        bos_token_id: bos_token_id(&config, &tokenizer),
+        chat_template: chat_template(&config, &tokenizer, file.has_chat_template()),
+        config,
+        weight_files: vec![path.to_path_buf()],
+        dtype: options.dtype,
+        linear_weights: weights.linear_summary(),
+        tokenizer_source,
     };
     Ok(LoadedModel {
         model,
@@ -142,11 +295,29 @@ pub fn random_model(
     dtype: DType,
     seed: u64,
 ) -> Result<Arc<dyn DiffusionLm>> {
-    let weights = Weights::new(random_var_builder(dtype, device, seed)?, "random weights");
-    Ok(match cfg {
-        ModelConfig::Llada(cfg) => Arc::new(LladaModel::load(cfg, &weights)?),
-        ModelConfig::Dream(cfg) => Arc::new(DreamModel::load(cfg, &weights)?),
-    })
+    random_model_with(cfg, device, &LoadOptions::new(dtype), seed)
+}
+
+/// [`random_model`] with `options`: with `options.quantize`, each linear layer is drawn in f32,
+/// quantized and dropped before the next is drawn, so an 8B-shaped model never exists in f32.
+pub fn random_model_with(
+    cfg: &ModelConfig,
+    device: &Device,
+    options: &LoadOptions,
+    seed: u64,
+) -> Result<Arc<dyn DiffusionLm>> {
+    let read_dtype = if options.quantize.is_some() {
+        DType::F32
+    } else {
+        options.dtype
+    };
+    let weights = Weights::quantizing(
+        random_var_builder(read_dtype, device, seed)?,
+        "random weights",
+        options.quantize,
+    )
+    .with_dtype(options.dtype);
+    build(cfg, &weights)
 }
 
 fn bos_token_id(config: &ModelConfig, tokenizer: &Tokenizer) -> Option<u32> {
@@ -160,16 +331,17 @@ fn bos_token_id(config: &ModelConfig, tokenizer: &Tokenizer) -> Option<u32> {
     }
 }
 
-/// The family's template when the tokenizer has its special tokens and, if
-/// `tokenizer_config.json` exists, it declares a `chat_template` (Instruct checkpoints do).
-fn chat_template(dir: &Path, config: &ModelConfig, tokenizer: &Tokenizer) -> ChatTemplate {
+/// The family's template when the tokenizer has its special tokens and the checkpoint `declares`
+/// a chat template (Instruct checkpoints do: `tokenizer_config.json`'s `chat_template`, GGUF's
+/// `tokenizer.chat_template`).
+fn chat_template(config: &ModelConfig, tokenizer: &Tokenizer, declares: bool) -> ChatTemplate {
     let (template, tokens): (ChatTemplate, &[&str]) = match config {
         ModelConfig::Llada(_) => (ChatTemplate::Llama3, &LLAMA3_TEMPLATE_TOKENS),
         ModelConfig::Dream(_) => (ChatTemplate::ChatMl, &CHATML_TEMPLATE_TOKENS),
     };
     let has_tokens = tokenizer.has_tokens(tokens)
         && (template != ChatTemplate::Llama3 || tokenizer.token_id(LLAMA3_BOS).is_some());
-    if has_tokens && declares_chat_template(dir) {
+    if has_tokens && declares {
         template
     } else {
         ChatTemplate::None

@@ -296,7 +296,11 @@ const LAYOUT: TensorLayout = TensorLayout {
     final_norm: "model.norm.weight",
     lm_head: "lm_head.weight",
     qkv_bias: true,
+    rope_permuted_qk: false,
 };
+
+/// llama.cpp's names (`convert_hf_to_gguf.py` DreamModel), q/k rows as in the checkpoint (NEOX RoPE).
+const GGUF_LAYOUT: TensorLayout = TensorLayout::gguf(true, false);
 
 /// A Dream model: immutable, K/V only through the [`KvView`] it is given; returns aligned
 /// (shifted) logits.
@@ -330,7 +334,12 @@ impl DreamModel {
     pub(crate) fn load(cfg: &DreamConfig, weights: &Weights) -> Result<Self> {
         cfg.validate()?;
         check_dtype(weights.dtype())?;
-        let decoder = Decoder::load(&cfg.dims(), &LAYOUT, weights, cfg.tie_word_embeddings)?;
+        let layout = if weights.is_gguf() {
+            &GGUF_LAYOUT
+        } else {
+            &LAYOUT
+        };
+        let decoder = Decoder::load(&cfg.dims(), layout, weights, cfg.tie_word_embeddings)?;
         let spec = ModelSpec {
             family: ModelFamily::Dream,
             vocab_size: cfg.vocab_size,

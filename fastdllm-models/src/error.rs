@@ -88,7 +88,7 @@ pub enum Error {
         location: String,
     },
     /// A weight tensor has the wrong shape for the config.
-    #[error("tensor `{name}` has shape {actual:?}, expected {expected:?} (from config.json)")]
+    #[error("tensor `{name}` has shape {actual:?}, expected {expected:?} (from the model config)")]
     TensorShape {
         /// Full checkpoint name of the tensor.
         name: String,
@@ -158,6 +158,21 @@ pub enum Error {
         names: String,
         /// The config fields most likely to be wrong.
         hint: &'static str,
+    },
+    /// A GGUF file that cannot be loaded: not GGUF, truncated, another architecture, a missing or
+    /// mistyped metadata key, a tensor type candle cannot run.
+    #[error("{}: {message}", .path.display())]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key, tensor or value.
+        message: String,
+    },
+    /// A `--quantize` value that is not supported.
+    #[error("unsupported quantization {value:?}; supported: q8_0 | q4_k | q5_k | q6_k")]
+    UnsupportedQuantization {
+        /// The rejected value.
+        value: String,
     },
     /// A tensor operation failed.
     #[error(transparent)]
@@ -256,6 +271,13 @@ impl Error {
             column,
             message,
             near,
+        }
+    }
+
+    pub(crate) fn gguf(path: &Path, message: impl Into<String>) -> Self {
+        Error::Gguf {
+            path: path.to_path_buf(),
+            message: message.into(),
         }
     }
 

@@ -1,5 +1,5 @@
 //! fastdllm-models: the LLaDA and Dream diffusion LLMs on candle, loaded from local Hugging Face
-//! directories.
+//! directories or llama.cpp GGUF files, with dense or quantized (GGML block) linear layers.
 //!
 //! Both are bidirectional transformers (no causal mask anywhere) that score every position of a
 //! canvas; Fast-dLLM (arXiv 2505.22618, NVlabs/Fast-dLLM) accelerates them with an approximate
@@ -41,14 +41,21 @@ mod any;
 pub mod config;
 pub mod dream;
 pub mod error;
+pub mod gguf;
 pub(crate) mod layers;
 pub mod llada;
 pub mod loading;
+pub mod quant;
 pub mod tokenizer;
 
-pub use any::{load_model, random_model, LoadedModel, ModelInfo, DREAM_BOS_TOKEN};
+pub use any::{
+    load_model, load_model_with, random_model, random_model_with, LoadedModel, ModelInfo,
+    DREAM_BOS_TOKEN,
+};
 pub use config::{load_config, ModelConfig, RawGenerationConfig, TokenIds};
 pub use dream::{DreamConfig, DreamModel, RawDreamConfig};
 pub use error::{Error, Result};
+pub use gguf::GgufFile;
 pub use llada::{LladaConfig, LladaModel, RawLladaConfig};
+pub use quant::{LoadOptions, QuantType};
 pub use tokenizer::{ChatTemplate, Tokenizer};

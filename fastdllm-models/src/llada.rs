@@ -349,7 +349,11 @@ const LAYOUT: TensorLayout = TensorLayout {
     final_norm: "model.transformer.ln_f.weight",
     lm_head: "model.transformer.ff_out.weight",
     qkv_bias: false,
+    rope_permuted_qk: false,
 };
+
+/// llama.cpp's names (`convert_hf_to_gguf.py` LLaDAModel), q/k rows permuted for GGML's interleaved RoPE.
+const GGUF_LAYOUT: TensorLayout = TensorLayout::gguf(false, true);
 
 /// A LLaDA model: immutable, K/V only through the [`KvView`] it is given.
 #[derive(Debug, Clone)]
@@ -369,7 +373,12 @@ impl LladaModel {
     pub(crate) fn load(cfg: &LladaConfig, weights: &Weights) -> Result<Self> {
         cfg.validate()?;
         check_dtype(weights.dtype())?;
-        let decoder = Decoder::load(&cfg.dims(), &LAYOUT, weights, false)?;
+        let layout = if weights.is_gguf() {
+            &GGUF_LAYOUT
+        } else {
+            &LAYOUT
+        };
+        let decoder = Decoder::load(&cfg.dims(), layout, weights, false)?;
         let spec = ModelSpec {
             family: ModelFamily::Llada,
             vocab_size: cfg.vocab_size,

@@ -8,10 +8,12 @@
 //! backend draws on the target device (`Tensor::randn`) so an 8B-shaped bench model never exists on
 //! the host, and on the CPU (where candle's generator cannot be seeded) it uses a seeded generator.
 
-use std::collections::BTreeSet;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
@@ -19,6 +21,9 @@ use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
 use crate::config::regular_file;
+use crate::gguf::{dense_from_bytes, qtensor_from_bytes, unpermute_rope_rows, GgufFile};
+use crate::layers::linear::Linear;
+use crate::quant::QuantType;
 use crate::{Error, Result};
 
 /// Name of a single-file checkpoint.
@@ -252,21 +257,78 @@ impl InitKind {
     }
 }
 
-/// A [`VarBuilder`] plus a description of where its tensors come from, for error messages.
+/// Where a model's tensors come from, a description of it for error messages, and how linear
+/// weights are stored (dense in the activation dtype, or quantized).
 pub(crate) struct Weights<'a> {
-    vb: VarBuilder<'a>,
+    source: Source<'a>,
     location: String,
     /// Names read so far (to find checkpoint tensors the config leaves unused).
     used: Mutex<BTreeSet<String>>,
+    device: Device,
+    dtype: DType,
+    quantize: Option<QuantType>,
+    /// How many linear layers got each storage type (`"q8_0"`, `"f32"`, ...).
+    linear_types: RefCell<BTreeMap<String, usize>>,
+}
+
+enum Source<'a> {
+    /// Safetensors or random weights, in the builder's dtype (f32 when quantizing at load).
+    Vars(VarBuilder<'a>),
+    /// A llama.cpp GGUF file.
+    Gguf(&'a GgufFile),
+}
+
+/// One weight of a (possibly fused) linear layer: `{name}.weight` of shape `(out, in)` and, when
+/// the layer has biases, `{name}.bias` of shape `(out,)`.
+pub(crate) struct LinearPart<'n> {
+    pub(crate) name: &'n str,
+    pub(crate) out_features: usize,
+    /// `Some(heads)` when the stored rows are permuted for GGML's interleaved RoPE (LLaDA's
+    /// `attn_q` / `attn_k` in GGUF files; see `gguf.rs`).
+    pub(crate) rope_permuted_heads: Option<usize>,
 }
 
 impl<'a> Weights<'a> {
+    /// Dense weights from `vb`, in its dtype.
     pub(crate) fn new(vb: VarBuilder<'a>, location: impl Into<String>) -> Self {
+        Self::quantizing(vb, location, None)
+    }
+
+    /// Weights from `vb`, whose dtype is the activation dtype; linear layers quantized to
+    /// `quantize` when set. The builder should then read f32 (see [`Weights::with_dtype`]).
+    pub(crate) fn quantizing(
+        vb: VarBuilder<'a>,
+        location: impl Into<String>,
+        quantize: Option<QuantType>,
+    ) -> Self {
         Self {
-            vb,
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
+            source: Source::Vars(vb),
             location: location.into(),
+            quantize,
+            linear_types: RefCell::new(BTreeMap::new()),
             used: Mutex::default(),
         }
+    }
+
+    /// The tensors of a GGUF file, dense ones converted to `dtype` on `device`.
+    pub(crate) fn gguf(file: &'a GgufFile, dtype: DType, device: &Device) -> Self {
+        Self {
+            source: Source::Gguf(file),
+            location: file.path().display().to_string(),
+            device: device.clone(),
+            dtype,
+            quantize: None,
+            linear_types: RefCell::new(BTreeMap::new()),
+            used: Mutex::default(),
+        }
+    }
+
+    /// The activation dtype (dense tensors are converted to it), keeping what the builder reads.
+    pub(crate) fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
     }
 
     /// Where the tensors come from (file names, for messages).
@@ -274,31 +336,172 @@ impl<'a> Weights<'a> {
         &self.location
     }
 
-    /// The names read so far.
+    /// The names read so far (safetensors and random weights; a GGUF file is checked by name
+    /// in `gguf.rs`).
     pub(crate) fn used(&self) -> BTreeSet<String> {
         self.used.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Device the tensors are placed on.
     pub(crate) fn device(&self) -> &Device {
-        self.vb.device()
+        &self.device
     }
 
-    /// dtype the tensors are converted to.
+    /// Activation dtype: dense tensors are converted to it.
     pub(crate) fn dtype(&self) -> DType {
-        self.vb.dtype()
+        self.dtype
     }
 
-    /// The tensor `name` (full checkpoint name, from the builder's root), checked against `shape`.
+    /// Whether the tensors come from a GGUF file (llama.cpp's names).
+    pub(crate) fn is_gguf(&self) -> bool {
+        matches!(self.source, Source::Gguf(_))
+    }
+
+    /// Storage types of the linear layers built so far, e.g. `"q4_k x 24, q5_0 x 9"`.
+    pub(crate) fn linear_summary(&self) -> String {
+        self.linear_types
+            .borrow()
+            .iter()
+            .map(|(t, n)| format!("{t} x {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn count(&self, kind: String) {
+        *self.linear_types.borrow_mut().entry(kind).or_insert(0) += 1;
+    }
+
+    /// The tensor `name` (full checkpoint name, from the builder's root), checked against
+    /// `shape`, in the activation dtype.
     pub(crate) fn get(&self, shape: &[usize], name: &str, init: InitKind) -> Result<Tensor> {
+        match &self.source {
+            Source::Vars(vb) => Ok(self.get_vars(vb, shape, name, init)?.to_dtype(self.dtype)?),
+            Source::Gguf(file) => file.dense(name, shape, self.dtype, &self.device),
+        }
+    }
+
+    fn get_vars(
+        &self,
+        vb: &VarBuilder,
+        shape: &[usize],
+        name: &str,
+        init: InitKind,
+    ) -> Result<Tensor> {
         let expected = Shape::from_dims(shape);
         self.used
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string());
-        self.vb
-            .get_with_hints(expected, name, init.hint())
+        vb.get_with_hints(expected, name, init.hint())
             .map_err(|err| self.explain(name, shape, err))
+    }
+
+    /// A linear layer over rows of `in_features`, its weight the `parts` stacked along the output
+    /// axis (a fused projection), biases when `bias`. Dense in the activation dtype, unless the
+    /// weights are quantized at load (`quantize`) or stored quantized (GGUF).
+    pub(crate) fn linear(
+        &self,
+        parts: &[LinearPart],
+        in_features: usize,
+        bias: bool,
+    ) -> Result<Linear> {
+        let bias = if bias {
+            let biases = parts
+                .iter()
+                .map(|p| {
+                    self.get(
+                        &[p.out_features],
+                        &format!("{}.bias", p.name),
+                        InitKind::Bias,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(Tensor::cat(&biases, 0)?)
+        } else {
+            None
+        };
+        match &self.source {
+            Source::Vars(vb) => {
+                let weights = parts
+                    .iter()
+                    .map(|p| {
+                        self.get_vars(
+                            vb,
+                            &[p.out_features, in_features],
+                            &format!("{}.weight", p.name),
+                            InitKind::Matrix,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let fused = if weights.len() == 1 {
+                    weights[0].clone()
+                } else {
+                    Tensor::cat(&weights, 0)?
+                };
+                drop(weights);
+                match self.quantize.and_then(|q| q.for_row(in_features)) {
+                    Some(ggml) => {
+                        let qt = QTensor::quantize(&fused, ggml)?;
+                        self.count(ggml_name(ggml));
+                        Linear::quantized(vec![qt], bias)
+                    }
+                    None => {
+                        self.count(format!("{:?}", self.dtype).to_lowercase());
+                        Linear::new(fused.to_dtype(self.dtype)?, bias)
+                    }
+                }
+            }
+            Source::Gguf(file) => {
+                let mut stored = Vec::with_capacity(parts.len());
+                for p in parts {
+                    let shape = [p.out_features, in_features];
+                    let (ggml, bytes) = file.raw(&format!("{}.weight", p.name), &shape)?;
+                    let bytes = match p.rope_permuted_heads {
+                        Some(heads) => unpermute_rope_rows(&bytes, p.out_features, heads),
+                        None => bytes,
+                    };
+                    stored.push((ggml, bytes, shape));
+                }
+                let is_float =
+                    |t: GgmlDType| matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+                if stored.iter().all(|(t, _, _)| is_float(*t)) {
+                    let dense = stored
+                        .iter()
+                        .map(|(t, b, s)| dense_from_bytes(*t, b, s, self.dtype, &self.device))
+                        .collect::<Result<Vec<_>>>()?;
+                    let fused = if dense.len() == 1 {
+                        dense[0].clone()
+                    } else {
+                        Tensor::cat(&dense, 0)?
+                    };
+                    self.count(format!("{:?}", self.dtype).to_lowercase());
+                    return Linear::new(fused, bias);
+                }
+                let first = stored[0].0;
+                let qts = if stored.iter().all(|(t, _, _)| *t == first) {
+                    // One block type: the rows concatenate byte for byte.
+                    let out: usize = stored.iter().map(|(_, _, s)| s[0]).sum();
+                    let bytes: Vec<u8> = stored
+                        .iter()
+                        .flat_map(|(_, b, _)| b.iter().copied())
+                        .collect();
+                    vec![qtensor_from_bytes(
+                        first,
+                        &bytes,
+                        &[out, in_features],
+                        &self.device,
+                    )?]
+                } else {
+                    stored
+                        .iter()
+                        .map(|(t, b, s)| qtensor_from_bytes(*t, b, s, &self.device))
+                        .collect::<Result<Vec<_>>>()?
+                };
+                let kinds: Vec<String> = qts.iter().map(|q| ggml_name(q.dtype())).collect();
+                self.count(kinds.join("+"));
+                Linear::quantized(qts, bias)
+            }
+        }
     }
 
     fn explain(&self, name: &str, shape: &[usize], err: candle_core::Error) -> Error {
@@ -316,6 +519,15 @@ impl<'a> Weights<'a> {
                 err.context(format!("loading tensor `{name}` from {}", self.location)),
             ),
         }
+    }
+}
+
+/// llama.cpp's lower-case name of a block type (`q8_0`, `q4_k`, `f32`).
+pub(crate) fn ggml_name(t: GgmlDType) -> String {
+    let s = format!("{t:?}").to_lowercase();
+    match s.strip_suffix('k') {
+        Some(base) if s.starts_with('q') => format!("{base}_k"),
+        _ => s,
     }
 }
 

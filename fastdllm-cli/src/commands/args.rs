@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use conformance::engine::GenerationSettings;
 use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_core::{DecodeConfig, ModelFamily};
+use fastdllm_models::{LoadOptions, LoadedModel, QuantType};
 use fastdllm_sampler::{DreamScore, ProposerConfig, Remasking, Unmask};
 
 /// Bounds of the numeric flags: every integer flag parses through one of these, so an
@@ -63,10 +64,16 @@ pub mod bounds {
 /// Where the model comes from and where it runs.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// Hugging Face model directory (config.json, safetensors, tokenizer.json). Default: the tiny
-    /// LLaDA bundled in the repository (fixtures/llada-tiny).
+    /// Hugging Face model directory (config.json, safetensors, tokenizer.json), or a llama.cpp
+    /// GGUF file of LLaDA / Dream (FILE.gguf, or a directory holding one). Default: the tiny LLaDA
+    /// bundled in the repository (fixtures/llada-tiny).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Quantize the linear layers of a safetensors model at load: q8_0 | q4_k | q5_k | q6_k
+    /// (rows that are not whole k-quant blocks get llama.cpp's fallback type; K/V and
+    /// activations stay in --dtype).
+    #[arg(long, value_name = "TYPE", value_parser = parse_quantize)]
+    pub quantize: Option<QuantType>,
     /// Device to run on.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
@@ -76,12 +83,40 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// The model directory to load.
+    /// The model directory (or GGUF file) to load.
     pub fn dir(&self) -> PathBuf {
         self.model
             .clone()
             .unwrap_or_else(conformance::paths::default_model)
     }
+
+    /// `--dtype` and `--quantize`.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions::new(self.dtype.dtype()).quantized(self.quantize)
+    }
+
+    /// Loads the model on `device`; says on stderr how the linear layers are stored when
+    /// `--quantize` could not use the requested type everywhere.
+    pub fn load(&self, device: &Device) -> Result<LoadedModel> {
+        let dir = self.dir();
+        let loaded = fastdllm_models::load_model_with(&dir, device, &self.load_options())?;
+        if let Some(q) = self.quantize {
+            let uniform = format!("{q} x ");
+            let w = &loaded.info.linear_weights;
+            if !(w.starts_with(&uniform) && !w.contains(',')) {
+                eprintln!(
+                    "note: --quantize {q}: linear layers stored as {w} (rows that are not whole \
+                     {q} blocks use llama.cpp's fallback type)"
+                );
+            }
+        }
+        Ok(loaded)
+    }
+}
+
+/// Parses `--quantize`.
+pub fn parse_quantize(text: &str) -> std::result::Result<QuantType, String> {
+    text.parse::<QuantType>().map_err(|e| e.to_string())
 }
 
 /// `--device`.

@@ -126,7 +126,7 @@ fn random_config(path: &Path, layers: Option<usize>) -> Result<ModelConfig> {
 
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let device = a.model.device.device()?;
-    let dtype = a.model.dtype.dtype();
+    let options = a.model.load_options();
     let (mut matrix, warmup, repeats) = match a.preset {
         Preset::Smoke => (
             Matrix {
@@ -166,7 +166,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             if a.prompt_len.is_none() {
                 matrix.prompt_lens = vec![Some(256)];
             }
-            BenchModel::random(name, cfg, &device, dtype, a.seed)?
+            BenchModel::random(name, cfg, &device, &options, a.seed)?
         }
         (None, None, Preset::CacheCpu) => {
             let mut cfg = benches::cache_cpu_config();
@@ -177,11 +177,11 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
                 "random:cache-cpu (h512 l8 v32000)".into(),
                 cfg,
                 &device,
-                dtype,
+                &options,
                 a.seed,
             )?
         }
-        (None, _, _) => BenchModel::load(&a.model.dir(), &device, dtype, &a.prompt)?,
+        (None, _, _) => BenchModel::load(&a.model.dir(), &device, &options, &a.prompt)?,
     };
     if let Some(c) = &a.cache {
         matrix.caches = parse_list(c, "cache")?;

@@ -15,9 +15,14 @@ pub struct ConformArgs {
     /// Golden case files (JSON Lines, FORMAT.md section 6).
     #[arg(long, required = true, num_args = 1..)]
     cases: Vec<PathBuf>,
-    /// Model directory for every case (default: the case's model among the bundled fixtures).
+    /// Model directory or GGUF file for every case (default: the case's model among the bundled
+    /// fixtures).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Quantize the linear layers at load: q8_0 | q4_k | q5_k | q6_k (agreement with the f32
+    /// goldens is then measured, not expected).
+    #[arg(long, value_name = "TYPE", value_parser = super::args::parse_quantize)]
+    quantize: Option<fastdllm_models::QuantType>,
     /// Device.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
@@ -42,6 +47,7 @@ pub fn run(a: ConformArgs) -> Result<ExitCode> {
     }
     let mut runner = Runner::new(a.model.clone(), a.device.device()?, a.dtype.dtype());
     runner.drift = a.drift;
+    runner.quantize = a.quantize;
     let mut tally = Tally::default();
     for case in &cases {
         let v = runner.run(case);

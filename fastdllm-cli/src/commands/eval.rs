@@ -62,7 +62,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let device = a.model.device.device()?;
     let dir = a.model.dir();
     let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
-    let loaded = fastdllm_models::load_model(&dir, &device, a.model.dtype.dtype())
+    let loaded = fastdllm_models::load_model_with(&dir, &device, &a.model.load_options())
         .with_context(|| format!("cannot load model {}", dir.display()))?;
     let family = loaded.model.spec().family;
     let base = a.decode.settings(family)?;

@@ -57,7 +57,7 @@ pub fn parse_ids(text: &str) -> Result<Vec<u32>> {
 pub fn run(a: GenerateArgs) -> Result<ExitCode> {
     let device = a.model.device.device()?;
     let dir = a.model.dir();
-    let loaded = fastdllm_models::load_model(&dir, &device, a.model.dtype.dtype())?;
+    let loaded = a.model.load(&device)?;
     let spec = loaded.model.spec().clone();
     let settings = a.decode.settings(spec.family)?;
     let prompts: Vec<Vec<u32>> = if a.prompt_ids.is_empty() {

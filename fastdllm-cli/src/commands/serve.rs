@@ -123,7 +123,7 @@ fn listen_addrs(host: &str, port: u16) -> Result<Vec<SocketAddr>> {
 pub fn run(a: ServeArgs) -> Result<ExitCode> {
     let device = a.model.device.device()?;
     let dir = a.model.dir();
-    let loaded = fastdllm_models::load_model(&dir, &device, a.model.dtype.dtype())?;
+    let loaded = a.model.load(&device)?;
     let settings = a.decode.settings(loaded.model.spec().family)?;
     let model_id = a.model_id.clone().unwrap_or_else(|| {
         dir.canonicalize()

@@ -33,7 +33,7 @@ pub struct TraceArgs {
 pub fn run(a: TraceArgs) -> Result<ExitCode> {
     let device = a.model.device.device()?;
     let dir = a.model.dir();
-    let loaded = fastdllm_models::load_model(&dir, &device, a.model.dtype.dtype())?;
+    let loaded = a.model.load(&device)?;
     let spec = loaded.model.spec().clone();
     let settings = a.decode.settings(spec.family)?;
     if a.prompt.trim().is_empty() {

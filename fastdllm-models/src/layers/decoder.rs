@@ -20,7 +20,7 @@ use super::linear::Linear;
 use super::mlp::Mlp;
 use super::rms_norm::RmsNorm;
 use super::rope::{Rope, RopeAt, RopePrecision};
-use crate::loading::{InitKind, Weights};
+use crate::loading::{InitKind, LinearPart, Weights};
 use crate::Result;
 
 /// Sizes and numerics of a decoder (canonical names; filled from a validated config).
@@ -59,6 +59,36 @@ pub(crate) struct TensorLayout {
     pub(crate) lm_head: &'static str,
     /// Whether q, k and v have a bias (Dream) or not (LLaDA).
     pub(crate) qkv_bias: bool,
+    /// Whether the stored q and k rows are permuted for GGML's interleaved RoPE (LLaDA in GGUF).
+    pub(crate) rope_permuted_qk: bool,
+}
+
+impl TensorLayout {
+    /// llama.cpp's tensor names (gguf-py `MODEL_TENSORS`), the same for LLaDA and Dream.
+    pub(crate) const fn gguf(qkv_bias: bool, rope_permuted_qk: bool) -> Self {
+        Self {
+            embed: "token_embd.weight",
+            block_prefix: "blk",
+            attn_norm: "attn_norm",
+            q_proj: "attn_q",
+            k_proj: "attn_k",
+            v_proj: "attn_v",
+            o_proj: "attn_output",
+            ff_norm: "ffn_norm",
+            gate_proj: "ffn_gate",
+            up_proj: "ffn_up",
+            down_proj: "ffn_down",
+            final_norm: "output_norm.weight",
+            lm_head: "output.weight",
+            qkv_bias,
+            rope_permuted_qk,
+        }
+    }
+}
+
+/// `name` without its `.weight` suffix.
+fn base(name: &str) -> &str {
+    name.strip_suffix(".weight").unwrap_or(name)
 }
 
 #[derive(Debug, Clone)]
@@ -109,11 +139,20 @@ impl Decoder {
             weights.get(&[hidden], layout.final_norm, InitKind::Norm)?,
             dims.rms_norm_eps,
         )?;
-        let head = if tie_head {
-            embed.clone()
+        let head_name = if tie_head {
+            layout.embed
         } else {
-            weights.get(&[vocab, hidden], layout.lm_head, InitKind::Matrix)?
+            layout.lm_head
         };
+        let lm_head = weights.linear(
+            &[LinearPart {
+                name: base(head_name),
+                out_features: vocab,
+                rope_permuted_heads: None,
+            }],
+            hidden,
+            false,
+        )?;
         let rope = Rope::new(
             dims.head_dim,
             dims.rope_theta,
@@ -126,7 +165,7 @@ impl Decoder {
             embed,
             blocks,
             final_norm,
-            lm_head: Linear::new(head, None)?,
+            lm_head,
             rope,
             hidden_size: hidden,
             vocab_size: vocab,
@@ -256,6 +295,14 @@ impl Block {
     }
 }
 
+fn plain(name: &str, out_features: usize) -> LinearPart<'_> {
+    LinearPart {
+        name,
+        out_features,
+        rope_permuted_heads: None,
+    }
+}
+
 fn load_block(
     dims: &DecoderDims,
     layout: &TensorLayout,
@@ -267,57 +314,49 @@ fn load_block(
     let kv_out = dims.num_kv_heads * dims.head_dim;
     let inter = dims.intermediate_size;
     let name = |part: &str, suffix: &str| format!("{prefix}{part}{suffix}");
-
-    let proj = |part: &str, out: usize| -> Result<(Tensor, Option<Tensor>)> {
-        let weight = weights.get(&[out, hidden], &name(part, ".weight"), InitKind::Matrix)?;
-        let bias = if layout.qkv_bias {
-            Some(weights.get(&[out], &name(part, ".bias"), InitKind::Bias)?)
-        } else {
-            None
-        };
-        Ok((weight, bias))
-    };
-    let (q_w, q_b) = proj(layout.q_proj, q_out)?;
-    let (k_w, k_b) = proj(layout.k_proj, kv_out)?;
-    let (v_w, v_b) = proj(layout.v_proj, kv_out)?;
-    let qkv_weight = Tensor::cat(&[&q_w, &k_w, &v_w], 0)?;
-    let qkv_bias = match (q_b, k_b, v_b) {
-        (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[&q, &k, &v], 0)?),
-        _ => None,
-    };
-    let o_w = weights.get(
-        &[hidden, q_out],
-        &name(layout.o_proj, ".weight"),
-        InitKind::Matrix,
-    )?;
-    let attn = Attention::new(
-        Linear::new(qkv_weight, qkv_bias)?,
-        Linear::new(o_w, None)?,
-        dims.num_heads,
-        dims.num_kv_heads,
-        dims.head_dim,
+    let (q_name, k_name, v_name) = (
+        name(layout.q_proj, ""),
+        name(layout.k_proj, ""),
+        name(layout.v_proj, ""),
     );
+    let permuted = |heads: usize| layout.rope_permuted_qk.then_some(heads);
+    let qkv = weights.linear(
+        &[
+            LinearPart {
+                name: &q_name,
+                out_features: q_out,
+                rope_permuted_heads: permuted(dims.num_heads),
+            },
+            LinearPart {
+                name: &k_name,
+                out_features: kv_out,
+                rope_permuted_heads: permuted(dims.num_kv_heads),
+            },
+            LinearPart {
+                name: &v_name,
+                out_features: kv_out,
+                rope_permuted_heads: None,
+            },
+        ],
+        hidden,
+        layout.qkv_bias,
+    )?;
+    let o_name = name(layout.o_proj, "");
+    let out = weights.linear(&[plain(&o_name, hidden)], q_out, false)?;
+    let attn = Attention::new(qkv, out, dims.num_heads, dims.num_kv_heads, dims.head_dim);
 
-    let gate = weights.get(
-        &[inter, hidden],
-        &name(layout.gate_proj, ".weight"),
-        InitKind::Matrix,
-    )?;
-    let up = weights.get(
-        &[inter, hidden],
-        &name(layout.up_proj, ".weight"),
-        InitKind::Matrix,
-    )?;
-    let down = weights.get(
-        &[hidden, inter],
-        &name(layout.down_proj, ".weight"),
-        InitKind::Matrix,
-    )?;
-    let mlp = Mlp::new(
-        Linear::new(Tensor::cat(&[&gate, &up], 0)?, None)?,
-        Linear::new(down, None)?,
-        inter,
+    let (gate_name, up_name, down_name) = (
+        name(layout.gate_proj, ""),
+        name(layout.up_proj, ""),
+        name(layout.down_proj, ""),
     );
+    let gate_up = weights.linear(
+        &[plain(&gate_name, inter), plain(&up_name, inter)],
+        hidden,
+        false,
+    )?;
+    let down = weights.linear(&[plain(&down_name, hidden)], inter, false)?;
+    let mlp = Mlp::new(gate_up, down, inter);
 
     let norm = |part: &str| -> Result<RmsNorm> {
         RmsNorm::new(

@@ -6,10 +6,18 @@
 //! weight instead of a broadcast batched GEMM; and a CPU f32 weight is packed once at
 //! construction for [`super::cpu_gemm`], which gives candle's `x.matmul(&w.t())` bit for bit
 //! without re-packing the weight on every call.
+//!
+//! Quantized weights (GGUF files, `--quantize`) are `candle_core::quantized::QMatMul`s: the input
+//! is cast to f32 (what candle's quantized kernels take; on the CPU they quantize each input row to
+//! the block's dot-product type, as llama.cpp does), and the output is cast back to the activation
+//! dtype, so everything after the layer (K/V, attention) stays in that dtype. A fused projection
+//! whose parts have different block types (llama.cpp's Q4_K_M keeps some `attn_v` in Q6_K) is one
+//! `QMatMul` per part, outputs concatenated.
 
 use std::sync::Arc;
 
-use candle_core::{Tensor, D};
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Module, Tensor, D};
 
 use super::cpu_gemm::PackedWeight;
 use crate::Result;
@@ -20,6 +28,16 @@ enum Weight {
     /// Shape: `(out_features, in_features)`.
     Dense(Tensor),
     Packed(Arc<PackedWeight>),
+    /// Row blocks of the output, each `(out_i, in_features)` in a GGML block type; outputs are
+    /// concatenated in order.
+    Quantized(Arc<[QuantizedPart]>),
+}
+
+/// One quantized block of output rows.
+#[derive(Debug)]
+struct QuantizedPart {
+    matmul: QMatMul,
+    out_features: usize,
 }
 
 /// `y = x W^T + b`.
@@ -41,6 +59,24 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// A quantized weight made of `parts` stacked along the output axis, each `(out_i, in)`.
+    pub(crate) fn quantized(parts: Vec<QTensor>, bias: Option<Tensor>) -> Result<Self> {
+        let parts = parts
+            .into_iter()
+            .map(|qt| {
+                let out_features = qt.shape().dims().first().copied().unwrap_or(0);
+                Ok(QuantizedPart {
+                    matmul: QMatMul::from_qtensor(qt)?,
+                    out_features,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            weight: Weight::Quantized(parts.into()),
+            bias,
+        })
+    }
+
     /// Whether the weight is packed for [`super::cpu_gemm`].
     #[cfg(test)]
     pub(crate) fn is_packed(&self) -> bool {
@@ -52,6 +88,7 @@ impl Linear {
         match &self.weight {
             Weight::Dense(weight) => weight.dims().first().copied().unwrap_or(0),
             Weight::Packed(packed) => packed.out_features(),
+            Weight::Quantized(parts) => parts.iter().map(|p| p.out_features).sum(),
         }
     }
 
@@ -63,6 +100,19 @@ impl Linear {
         let y = match &self.weight {
             Weight::Dense(weight) => flat.matmul(&weight.t()?)?,
             Weight::Packed(packed) => packed.matmul_t(&flat)?,
+            Weight::Quantized(parts) => {
+                let x32 = flat.to_dtype(DType::F32)?.contiguous()?;
+                let mut outs = parts
+                    .iter()
+                    .map(|p| p.matmul.forward(&x32))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                let y = if outs.len() == 1 {
+                    outs.remove(0)
+                } else {
+                    Tensor::cat(&outs, 1)?
+                };
+                y.to_dtype(x.dtype())?
+            }
         };
         let y = match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,

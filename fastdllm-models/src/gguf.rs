@@ -1,0 +1,725 @@
+//! LLaDA and Dream GGUF files as llama.cpp writes them: header, config, tokenizer and tensors.
+//!
+//! Reference: llama.cpp's `convert_hf_to_gguf.py` (`LLaDAModel`, `DreamModel`) and gguf-py's
+//! key and tensor names (`gguf/constants.py`): architecture `llada` / `dream`, keys
+//! `{arch}.block_count`, `{arch}.embedding_length`, `{arch}.feed_forward_length`,
+//! `{arch}.attention.head_count[_kv]`, `{arch}.attention.layer_norm_rms_epsilon`,
+//! `{arch}.rope.freq_base`, `{arch}.context_length`, `{arch}.attention.causal`,
+//! `diffusion.shift_logits`, `tokenizer.ggml.*`; tensors `token_embd`, `blk.{i}.attn_{norm,q,k,v,
+//! output}`, `blk.{i}.ffn_{norm,gate,up,down}`, `output_norm`, `output`. The file is read with
+//! `candle_core::quantized::gguf_file`.
+//!
+//! What a loader must undo or tolerate:
+//! * LLaDA's `attn_q` / `attn_k` rows are permuted for GGML's interleaved ("normal") RoPE (the
+//!   converter's `LlamaModel.permute`: within each head, row `2i + half` holds the rotate-half row
+//!   `half * d/2 + i`); they are un-permuted at load, on the stored bytes (a row of a quantized
+//!   tensor is a whole number of blocks), so quantized weights stay quantized. Dream (NEOX RoPE)
+//!   is stored unpermuted.
+//! * f32 metadata: `layer_norm_rms_epsilon` and `freq_base` are stored as f32; they are widened
+//!   through their shortest decimal (f32 `1e-5` -> f64 `1e-5`), which recovers config.json's value,
+//!   so an f32 GGUF gives the same model as the safetensors checkpoint bit for bit.
+//! * `diffusion.shift_logits` is absent in Dream files (llama.cpp then shifts, which is right
+//!   for Dream); a value that contradicts the architecture is rejected.
+//! * The vocabulary is rebuilt as a Hugging Face byte-level BPE tokenizer from `tokens`,
+//!   `token_type` and `merges`. Merges that can never apply (a half or the result is not a token,
+//!   or a half is a control token, which llama.cpp cuts out before BPE) are dropped instead of
+//!   failing the `tokenizers` BPE builder; converter placeholders like `<|reserved_8|>
+//!   <|reserved_8|>` are such merges.
+//!
+//! Deviations: only `tokenizer.ggml.model = "gpt2"` vocabularies with the `gpt-2`, `llama-bpe` /
+//! `llama3` / `smaug-bpe` and `qwen2` pre-tokenizers are rebuilt (other vocabularies need a
+//! `tokenizer.json` beside the file); out-of-vocabulary characters become `unk` tokens (one per
+//! UTF-8 byte) where llama.cpp drops them; the chat template is the family's fixed template (the
+//! Jinja `tokenizer.chat_template` is only checked for presence).
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{ggml_file, GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::ModelConfig;
+use crate::dream::{DreamConfig, DREAM_DEFAULT_ROPE_THETA};
+use crate::llada::{LladaConfig, LLADA_DEFAULT_ROPE_THETA};
+use crate::quant::{ggml_type_name, CANDLE_GGML_TYPES};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+/// The architectures (`general.architecture`) this crate loads.
+pub const GGUF_ARCHITECTURES: [&str; 2] = ["llada", "dream"];
+
+/// An open GGUF file: its header (metadata and tensor index) and a handle to read tensors.
+pub struct GgufFile {
+    path: PathBuf,
+    content: Content,
+    file: Mutex<std::fs::File>,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("tensors", &self.content.tensor_infos.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bytes of a tensor of `elems` values in `dtype`.
+fn tensor_bytes(dtype: GgmlDType, elems: usize) -> usize {
+    elems / dtype.block_size() * dtype.type_size()
+}
+
+impl GgufFile {
+    /// Reads the header of `path` and checks that every tensor lies inside the file.
+    ///
+    /// Errors ([`Error::Gguf`], naming the file): not a GGUF file, a truncated or corrupt header,
+    /// a tensor type candle cannot run (named with GGML's type name), a tensor past the end of
+    /// the file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let content = {
+            let mut reader = std::io::BufReader::new(&mut file);
+            Content::read(&mut reader).map_err(|e| header_error(path, &e))?
+        };
+        // Every tensor must lie inside the file (a truncated download fails here, at once).
+        let mut needed: Option<(u64, &str)> = None;
+        for (name, info) in &content.tensor_infos {
+            let bytes = tensor_bytes(info.ggml_dtype, info.shape.elem_count()) as u64;
+            let end = content
+                .tensor_data_offset
+                .saturating_add(info.offset)
+                .saturating_add(bytes);
+            if end > file_len && needed.is_none_or(|(e, _)| end > e) {
+                needed = Some((end, name));
+            }
+        }
+        if let Some((end, name)) = needed {
+            return Err(Error::gguf(
+                path,
+                format!(
+                    "truncated: the file has {file_len} bytes but its tensors need {end} \
+                     (tensor `{name}` ends at byte {end})"
+                ),
+            ));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            file: Mutex::new(file),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `general.architecture`, checked to be one of [`GGUF_ARCHITECTURES`].
+    pub fn architecture(&self) -> Result<&str> {
+        let arch = self.string("general.architecture")?.ok_or_else(|| {
+            Error::gguf(&self.path, "metadata key `general.architecture` is missing")
+        })?;
+        if GGUF_ARCHITECTURES.contains(&arch) {
+            Ok(arch)
+        } else {
+            Err(Error::gguf(
+                &self.path,
+                format!(
+                    "general.architecture = {arch:?}: unsupported; fastdllm loads \"llada\" \
+                     (LLaDA) and \"dream\" (Dream) GGUF files"
+                ),
+            ))
+        }
+    }
+
+    /// Whether the file has the tensor `name`.
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Whether `tokenizer.chat_template` is set.
+    pub fn has_chat_template(&self) -> bool {
+        self.content
+            .metadata
+            .contains_key("tokenizer.chat_template")
+    }
+
+    /// How many tensors of each GGML type the file holds, e.g. `{"F32": 9, "Q8_0": 30}`.
+    pub fn type_counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for info in self.content.tensor_infos.values() {
+            *counts.entry(format!("{:?}", info.ggml_dtype)).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    fn err(&self, message: impl Into<String>) -> Error {
+        Error::gguf(&self.path, message)
+    }
+
+    fn value(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn string(&self, key: &str) -> Result<Option<&str>> {
+        match self.value(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(v) => Err(self.err(format!("metadata key `{key}` = {v:?}: expected a string"))),
+        }
+    }
+
+    fn integer(&self, key: &str) -> Result<Option<u64>> {
+        let v = match self.value(key) {
+            None => return Ok(None),
+            Some(v) => v,
+        };
+        let n: Option<u64> = match v {
+            Value::U8(x) => Some(u64::from(*x)),
+            Value::U16(x) => Some(u64::from(*x)),
+            Value::U32(x) => Some(u64::from(*x)),
+            Value::U64(x) => Some(*x),
+            Value::I8(x) => u64::try_from(*x).ok(),
+            Value::I16(x) => u64::try_from(*x).ok(),
+            Value::I32(x) => u64::try_from(*x).ok(),
+            Value::I64(x) => u64::try_from(*x).ok(),
+            _ => None,
+        };
+        n.map(Some).ok_or_else(|| {
+            self.err(format!(
+                "metadata key `{key}` = {v:?}: expected a non-negative integer"
+            ))
+        })
+    }
+
+    fn usize_key(&self, key: &str) -> Result<Option<usize>> {
+        self.integer(key)?
+            .map(|n| {
+                usize::try_from(n)
+                    .map_err(|_| self.err(format!("metadata key `{key}` = {n}: too large")))
+            })
+            .transpose()
+    }
+
+    fn id_key(&self, key: &str) -> Result<Option<u32>> {
+        self.integer(key)?
+            .map(|n| {
+                u32::try_from(n)
+                    .map_err(|_| self.err(format!("metadata key `{key}` = {n}: not a token id")))
+            })
+            .transpose()
+    }
+
+    fn required(&self, key: &str) -> Result<usize> {
+        self.usize_key(key)?
+            .ok_or_else(|| self.err(format!("metadata key `{key}` is missing")))
+    }
+
+    /// An f32 (or f64) value widened through its shortest decimal (see the module docs).
+    fn float(&self, key: &str) -> Result<Option<f64>> {
+        match self.value(key) {
+            None => Ok(None),
+            Some(Value::F32(x)) => Ok(Some(x.to_string().parse().unwrap_or(f64::from(*x)))),
+            Some(Value::F64(x)) => Ok(Some(*x)),
+            Some(v) => Err(self.err(format!("metadata key `{key}` = {v:?}: expected a float"))),
+        }
+    }
+
+    fn boolean(&self, key: &str) -> Result<Option<bool>> {
+        match self.value(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(self.err(format!("metadata key `{key}` = {v:?}: expected a bool"))),
+        }
+    }
+
+    fn strings(&self, key: &str) -> Result<Option<Vec<String>>> {
+        let Some(v) = self.value(key) else {
+            return Ok(None);
+        };
+        let bad = || {
+            self.err(format!(
+                "metadata key `{key}`: expected an array of strings"
+            ))
+        };
+        let Value::Array(items) = v else {
+            return Err(bad());
+        };
+        items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) => Ok(s.clone()),
+                _ => Err(bad()),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    fn integers(&self, key: &str) -> Result<Option<Vec<i64>>> {
+        let Some(v) = self.value(key) else {
+            return Ok(None);
+        };
+        let bad = || {
+            self.err(format!(
+                "metadata key `{key}`: expected an array of integers"
+            ))
+        };
+        let Value::Array(items) = v else {
+            return Err(bad());
+        };
+        items
+            .iter()
+            .map(|item| match item {
+                Value::I32(x) => Ok(i64::from(*x)),
+                Value::U32(x) => Ok(i64::from(*x)),
+                Value::I8(x) => Ok(i64::from(*x)),
+                Value::U8(x) => Ok(i64::from(*x)),
+                Value::I64(x) => Ok(*x),
+                _ => Err(bad()),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// The model config from the metadata (and the vocabulary size from `token_embd`).
+    pub fn config(&self) -> Result<ModelConfig> {
+        let arch = self.architecture()?;
+        let k = |name: &str| format!("{arch}.{name}");
+        let hidden_size = self.required(&k("embedding_length"))?;
+        let num_layers = self.required(&k("block_count"))?;
+        let intermediate_size = self.required(&k("feed_forward_length"))?;
+        let num_heads = self.required(&k("attention.head_count"))?;
+        let num_kv_heads = self
+            .usize_key(&k("attention.head_count_kv"))?
+            .unwrap_or(num_heads);
+        let max_seq_len = self.required(&k("context_length"))?;
+        let eps_key = k("attention.layer_norm_rms_epsilon");
+        let rms_norm_eps = self
+            .float(&eps_key)?
+            .ok_or_else(|| self.err(format!("metadata key `{eps_key}` is missing")))?;
+        let default_theta = if arch == "llada" {
+            LLADA_DEFAULT_ROPE_THETA
+        } else {
+            DREAM_DEFAULT_ROPE_THETA
+        };
+        let rope_theta = self.float(&k("rope.freq_base"))?.unwrap_or(default_theta);
+        if self.boolean(&k("attention.causal"))? == Some(true) {
+            return Err(self.err(format!(
+                "{} = true: diffusion LMs attend bidirectionally (expected false)",
+                k("attention.causal")
+            )));
+        }
+        if let Some(kind) = self.string(&k("rope.scaling.type"))? {
+            if kind != "none" {
+                return Err(self.err(format!(
+                    "{} = {kind:?}: RoPE scaling is not implemented",
+                    k("rope.scaling.type")
+                )));
+            }
+        }
+        let head_dim = hidden_size.checked_div(num_heads).unwrap_or(0);
+        if let Some(rot) = self.usize_key(&k("rope.dimension_count"))? {
+            if rot != head_dim {
+                return Err(self.err(format!(
+                    "{} = {rot}: partial RoPE is not implemented (expected the head size \
+                     {hidden_size} / {num_heads} = {head_dim})",
+                    k("rope.dimension_count")
+                )));
+            }
+        }
+        let shift = self.boolean("diffusion.shift_logits")?;
+        let expected_shift = arch == "dream";
+        if shift.is_some_and(|s| s != expected_shift) {
+            return Err(self.err(format!(
+                "diffusion.shift_logits = {}: {arch} models {} their logits",
+                !expected_shift,
+                if expected_shift {
+                    "shift"
+                } else {
+                    "do not shift"
+                }
+            )));
+        }
+        let vocab_size = match self.content.tensor_infos.get("token_embd.weight") {
+            Some(info) => info.shape.dims().first().copied().unwrap_or(0),
+            None => return Err(self.missing_tensor("token_embd.weight")),
+        };
+        let mask_token_id = self.id_key("tokenizer.ggml.mask_token_id")?.ok_or_else(|| {
+            self.err("metadata key `tokenizer.ggml.mask_token_id` is missing (a diffusion LM needs its [MASK] id)")
+        })?;
+        let mut eos_token_ids = Vec::new();
+        for key in [
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+        ] {
+            if let Some(id) = self.id_key(key)? {
+                if !eos_token_ids.contains(&id) {
+                    eos_token_ids.push(id);
+                }
+            }
+        }
+        let pad_token_id = match self.id_key("tokenizer.ggml.padding_token_id")? {
+            Some(id) => id,
+            None => *eos_token_ids.first().ok_or_else(|| {
+                self.err("neither `tokenizer.ggml.padding_token_id` nor `tokenizer.ggml.eos_token_id` is set")
+            })?,
+        };
+        let bos_token_id = self.id_key("tokenizer.ggml.bos_token_id")?;
+        let config = if arch == "llada" {
+            let c = LladaConfig {
+                hidden_size,
+                num_layers,
+                num_heads,
+                num_kv_heads,
+                head_dim,
+                intermediate_size,
+                vocab_size,
+                rms_norm_eps,
+                rope_theta,
+                max_seq_len,
+                mask_token_id,
+                eos_token_ids,
+                pad_token_id,
+                bos_token_id,
+            };
+            c.validate().map_err(|e| e.in_config_file(&self.path))?;
+            ModelConfig::Llada(c)
+        } else {
+            let c = DreamConfig {
+                hidden_size,
+                num_layers,
+                num_heads,
+                num_kv_heads,
+                head_dim,
+                intermediate_size,
+                vocab_size,
+                rms_norm_eps,
+                rope_theta,
+                max_seq_len,
+                mask_token_id,
+                eos_token_ids,
+                pad_token_id,
+                bos_token_id,
+                tie_word_embeddings: !self.has_tensor("output.weight"),
+            };
+            c.validate().map_err(|e| e.in_config_file(&self.path))?;
+            ModelConfig::Dream(c)
+        };
+        Ok(config)
+    }
+
+    fn missing_tensor(&self, name: &str) -> Error {
+        Error::MissingTensor {
+            name: name.to_string(),
+            location: self.path.display().to_string(),
+        }
+    }
+
+    /// The stored type and bytes of tensor `name`, checked to have shape `shape` (candle order,
+    /// `(rows, cols)` for a matrix).
+    pub(crate) fn raw(&self, name: &str, shape: &[usize]) -> Result<(GgmlDType, Vec<u8>)> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| self.missing_tensor(name))?;
+        if info.shape.dims() != shape {
+            return Err(Error::TensorShape {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                actual: info.shape.dims().to_vec(),
+            });
+        }
+        let elems = info.shape.elem_count();
+        let block = info.ggml_dtype.block_size();
+        let cols = shape.last().copied().unwrap_or(1);
+        if cols % block != 0 {
+            return Err(self.err(format!(
+                "tensor `{name}`: rows of {cols} values are not whole {:?} blocks of {block}",
+                info.ggml_dtype
+            )));
+        }
+        let mut bytes = vec![0u8; tensor_bytes(info.ggml_dtype, elems)];
+        let start = self.content.tensor_data_offset + info.offset;
+        let mut file = self
+            .file
+            .lock()
+            .map_err(|_| self.err("file handle poisoned by a panic"))?;
+        file.seek(SeekFrom::Start(start))
+            .and_then(|_| file.read_exact(&mut bytes))
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok((info.ggml_dtype, bytes))
+    }
+
+    /// Tensor `name` dequantized to `dtype` on `device`.
+    pub(crate) fn dense(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let (ggml, bytes) = self.raw(name, shape)?;
+        dense_from_bytes(ggml, &bytes, shape, dtype, device)
+    }
+
+    /// The Hugging Face tokenizer rebuilt from `tokenizer.ggml.*` (see the module docs).
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        build_tokenizer(self).map(Tokenizer::from_inner)
+    }
+}
+
+/// `bytes` of a `shape` tensor stored as `ggml`, dequantized (or just read, for float types) to
+/// `dtype` on `device`.
+pub(crate) fn dense_from_bytes(
+    ggml: GgmlDType,
+    bytes: &[u8],
+    shape: &[usize],
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let qt = ggml_file::qtensor_from_ggml(ggml, bytes, shape.to_vec(), &Device::Cpu)?;
+    Ok(qt
+        .dequantize(&Device::Cpu)?
+        .to_device(device)?
+        .to_dtype(dtype)?)
+}
+
+/// `bytes` of a `shape` tensor stored as `ggml`, as a quantized tensor on `device`.
+pub(crate) fn qtensor_from_bytes(
+    ggml: GgmlDType,
+    bytes: &[u8],
+    shape: &[usize],
+    device: &Device,
+) -> Result<QTensor> {
+    Ok(ggml_file::qtensor_from_ggml(
+        ggml,
+        bytes,
+        shape.to_vec(),
+        device,
+    )?)
+}
+
+/// Undoes the converter's q/k permutation on the stored rows of a `(heads * d, in)` matrix:
+/// rotate-half row `h*d + half*d/2 + i` is stored at row `h*d + 2i + half`.
+pub(crate) fn unpermute_rope_rows(bytes: &[u8], rows: usize, heads: usize) -> Vec<u8> {
+    let row_bytes = bytes.len() / rows.max(1);
+    let d = rows / heads.max(1);
+    let mut out = Vec::with_capacity(bytes.len());
+    for h in 0..heads {
+        for half in 0..2 {
+            for i in 0..d / 2 {
+                let src = h * d + 2 * i + half;
+                out.extend_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    out
+}
+
+/// Maps candle's header errors to one line naming the file.
+fn header_error(path: &Path, err: &candle_core::Error) -> Error {
+    let msg = err.to_string();
+    let first = msg.lines().next().unwrap_or("").to_string();
+    if let Some(rest) = first.strip_prefix("unknown dtype for tensor ") {
+        let id: Option<u32> = rest.trim().parse().ok();
+        let name = id.map(ggml_type_name).unwrap_or("unknown");
+        return Error::gguf(
+            path,
+            format!(
+                "tensor type {} ({name}) is not supported: candle runs {CANDLE_GGML_TYPES}",
+                rest.trim()
+            ),
+        );
+    }
+    if first.starts_with("unknown magic") {
+        return Error::gguf(path, format!("not a GGUF file ({first})"));
+    }
+    Error::gguf(
+        path,
+        format!("not a readable GGUF file (truncated or corrupt header): {first}"),
+    )
+}
+
+const REGEX_LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const REGEX_QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// GGUF token types (`llama_token_type`).
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+fn build_tokenizer(f: &GgufFile) -> Result<tokenizers::Tokenizer> {
+    use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::pre_tokenizers::sequence::Sequence;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    use tokenizers::processors::template::TemplateProcessing;
+    use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+
+    let tok_err = |m: String| Error::tokenizer(Some(&f.path), m);
+    let model = f
+        .string("tokenizer.ggml.model")?
+        .ok_or_else(|| tok_err("metadata key `tokenizer.ggml.model` is missing".into()))?;
+    if model != "gpt2" {
+        return Err(tok_err(format!(
+            "tokenizer.ggml.model = {model:?}: only \"gpt2\" (byte-level BPE) vocabularies are \
+             rebuilt from GGUF metadata"
+        )));
+    }
+    let tokens = f
+        .strings("tokenizer.ggml.tokens")?
+        .ok_or_else(|| tok_err("metadata key `tokenizer.ggml.tokens` is missing".into()))?;
+    let types = f.integers("tokenizer.ggml.token_type")?.unwrap_or_default();
+    if !types.is_empty() && types.len() != tokens.len() {
+        return Err(tok_err(format!(
+            "tokenizer.ggml.token_type has {} entries for {} tokens",
+            types.len(),
+            tokens.len()
+        )));
+    }
+    let type_of = |id: usize| types.get(id).copied().unwrap_or(1);
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let control: HashSet<&str> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| type_of(*i) == TOKEN_TYPE_CONTROL)
+        .map(|(_, t)| t.as_str())
+        .collect();
+    let mut merges = Vec::new();
+    for m in f.strings("tokenizer.ggml.merges")?.unwrap_or_default() {
+        let Some((a, b)) = m.split_once(' ') else {
+            return Err(tok_err(format!(
+                "tokenizer.ggml.merges entry {m:?} is not two tokens separated by a space"
+            )));
+        };
+        let usable = vocab.contains_key(a)
+            && vocab.contains_key(b)
+            && vocab.contains_key(&format!("{a}{b}"))
+            && !control.contains(a)
+            && !control.contains(b);
+        if usable {
+            merges.push((a.to_string(), b.to_string()));
+        }
+    }
+    let mut builder = BPE::builder().vocab_and_merges(vocab, merges);
+    if let Some(unk) = f.id_key("tokenizer.ggml.unknown_token_id")? {
+        if let Some(t) = tokens.get(unk as usize) {
+            builder = builder.unk_token(t.clone());
+        }
+    }
+    let bpe = builder.build().map_err(|e| tok_err(e.to_string()))?;
+    let mut tk = tokenizers::Tokenizer::new(bpe);
+
+    let pre = f.string("tokenizer.ggml.pre")?.unwrap_or("gpt-2");
+    let split = |regex: &str| -> Result<PreTokenizerWrapper> {
+        let split = Split::new(
+            SplitPattern::Regex(regex.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| tok_err(e.to_string()))?;
+        Ok(Sequence::new(vec![
+            split.into(),
+            ByteLevel::new(false, true, false).into(),
+        ])
+        .into())
+    };
+    let pre_tokenizer: PreTokenizerWrapper = match pre {
+        "gpt-2" | "gpt2" | "default" => ByteLevel::new(false, true, true).into(),
+        "llama-bpe" | "llama3" | "smaug-bpe" => split(REGEX_LLAMA3)?,
+        "qwen2" => split(REGEX_QWEN2)?,
+        other => {
+            return Err(tok_err(format!(
+                "tokenizer.ggml.pre = {other:?}: pre-tokenizer not rebuilt (supported: \"gpt-2\", \
+                 \"llama-bpe\", \"qwen2\")"
+            )))
+        }
+    };
+    tk.with_pre_tokenizer(Some(pre_tokenizer));
+    tk.with_decoder(Some(ByteLevelDecoder::default()));
+
+    // Control tokens are special (cut out before BPE, skipped when decoding); user-defined ones
+    // are matched whole but decoded.
+    let specials: Vec<AddedToken> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| type_of(*i) == TOKEN_TYPE_CONTROL)
+        .map(|(_, t)| AddedToken::from(t.clone(), true))
+        .collect();
+    let user: Vec<AddedToken> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| type_of(*i) == TOKEN_TYPE_USER_DEFINED)
+        .map(|(_, t)| AddedToken::from(t.clone(), false))
+        .collect();
+    tk.add_special_tokens(specials)
+        .map_err(|e| tok_err(e.to_string()))?;
+    tk.add_tokens(user).map_err(|e| tok_err(e.to_string()))?;
+
+    let add_bos = f.boolean("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+    let add_eos = f.boolean("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+    let named = |key: &str| -> Result<Option<(String, u32)>> {
+        Ok(f.id_key(key)?
+            .and_then(|id| tokens.get(id as usize).map(|t| (t.clone(), id))))
+    };
+    let bos = if add_bos {
+        named("tokenizer.ggml.bos_token_id")?
+    } else {
+        None
+    };
+    let eos = if add_eos {
+        named("tokenizer.ggml.eos_token_id")?
+    } else {
+        None
+    };
+    if bos.is_some() || eos.is_some() {
+        let mut single = Vec::new();
+        let mut pair = Vec::new();
+        let mut specials = Vec::new();
+        if let Some((t, id)) = &bos {
+            single.push(t.clone());
+            pair.push(t.clone());
+            specials.push((t.clone(), *id));
+        }
+        single.push("$A".to_string());
+        pair.push("$A".to_string());
+        if let Some((t, id)) = &eos {
+            single.push(t.clone());
+            pair.push(t.clone());
+            specials.push((t.clone(), *id));
+        }
+        if let Some((t, _)) = &bos {
+            pair.push(format!("{t}:1"));
+        }
+        pair.push("$B:1".to_string());
+        if let Some((t, _)) = &eos {
+            pair.push(format!("{t}:1"));
+        }
+        let processor = TemplateProcessing::builder()
+            .try_single(single)
+            .and_then(|b| b.try_pair(pair))
+            .map_err(|e| tok_err(e.to_string()))?
+            .special_tokens(specials)
+            .build()
+            .map_err(|e| tok_err(e.to_string()))?;
+        tk.with_post_processor(Some(processor));
+    }
+    Ok(tk)
+}
