@@ -9,9 +9,9 @@ use std::process::Command;
 
 use candle_core::{DType, Device};
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_cli::conform::{read_cases, Case, Runner, Status};
-use fastdllm_cli::engine::{self, GenerationSettings};
-use fastdllm_cli::paths::{bundled_model, fixtures_dir, goldens_dir};
+use conformance::golden::{read_cases, Case, Runner, Status};
+use conformance::engine::{self, GenerationSettings};
+use conformance::paths::{bundled_model, fixtures_dir, goldens_dir};
 use fastdllm_core::{DecodeConfig, GenerateOptions};
 use fastdllm_models::{load_model, load_model_with, LoadOptions, QuantType};
 use fastdllm_sampler::{ProposerConfig, Unmask};
