@@ -11,7 +11,7 @@
 //! length `gen_length` (a diffusion LLM decodes a fixed canvas; the answer is cut at the first
 //! end-of-sequence token).
 
-use fastdllm_cache::CacheMode;
+use fastdllm_cache::{CacheSettings, CACHE_NAMES};
 use fastdllm_core::ModelFamily;
 use fastdllm_sampler::Unmask;
 use serde::{Deserialize, Serialize};
@@ -39,7 +39,8 @@ pub struct Knobs {
     pub block_length: Option<usize>,
     /// Denoising steps of fixed schedules.
     pub steps: Option<usize>,
-    /// `none`, `prefix` or `dual`.
+    /// A cache name ([`CacheSettings`]): `none`, `prefix`, `dual`, or an adaptive policy such
+    /// as `dual+commits=2`.
     pub cache: Option<String>,
     /// Threshold rule.
     pub threshold: Option<f64>,
@@ -328,17 +329,12 @@ impl Knobs {
             ));
         }
         if let Some(c) = &self.cache {
-            s.cache.mode = match c.as_str() {
-                "none" | "off" => CacheMode::Off,
-                "prefix" => CacheMode::Prefix,
-                "dual" => CacheMode::Dual,
-                other => {
-                    return Err(bad(
-                        "cache",
-                        format!("cache = '{other}': one of none, prefix, dual"),
-                    ))
-                }
-            };
+            s.cache = c.parse::<CacheSettings>().map_err(|e| {
+                bad(
+                    "cache",
+                    format!("cache = '{c}': {e} (names: {CACHE_NAMES})"),
+                )
+            })?;
         }
         match (self.threshold, self.factor) {
             (Some(_), Some(_)) => {
