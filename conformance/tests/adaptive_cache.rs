@@ -94,6 +94,7 @@ fn refresh_at_every_step_is_the_exact_path() {
         }
         // Drift bound 0: every cached forward is redone as a refresh, so the commits are the
         // exact path's; each discarded forward adds one NFE that committed nothing.
+        let mut redone_total = 0;
         for (got, want) in solo(&prompts, "dual+drift=0", rule).iter().zip(&exact) {
             assert_eq!(got.generated, want.generated, "drift=0 {rule:?}");
             let kept: Vec<usize> = got
@@ -104,9 +105,11 @@ fn refresh_at_every_step_is_the_exact_path() {
                 .collect();
             assert_eq!(kept, want.tokens_per_step, "drift=0 {rule:?}");
             let redone = got.tokens_per_step.len() - kept.len();
-            assert!(redone > 0);
             assert_eq!(got.nfe, want.nfe + redone);
+            redone_total += redone;
         }
+        // Blocks decoded in one forward have no cached step; the others were all redone.
+        assert!(redone_total > 0, "drift=0 {rule:?}: nothing redone");
     }
 }
 
