@@ -21,8 +21,8 @@ fn bench_plan(c: &mut Criterion) {
         (CacheSettings::new(CacheMode::Dual), "dual".to_string()),
         (
             CacheSettings {
-                mode: CacheMode::Dual,
                 refresh_every: Some(4),
+                ..CacheSettings::new(CacheMode::Dual)
             },
             "dual_r4".to_string(),
         ),

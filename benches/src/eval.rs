@@ -4,7 +4,10 @@
 //! Task files (one JSON object a line, blank lines skipped, other fields ignored):
 //!
 //! * plain: `{"prompt": "copy 3dbk......=", "answer": "3dbk"}`: the model's answer (cut at the
-//!   first EOS, decoded) is correct when its trimmed text equals the trimmed `answer`;
+//!   first EOS, decoded) is correct when its trimmed text equals the trimmed `answer`; a task
+//!   with several valid answers gives them as `"answers": ["oj", "qn", "bn"]` (correct when the
+//!   output equals any of them; `answer` and `answers` may both be given) and may name its
+//!   `"kind"` (accuracy is also reported per kind);
 //! * GSM8K: `{"question": "...", "answer": "... #### 1,234"}`: the reference answer is the text
 //!   after `#### ` with commas removed; the model's answer is extracted the same way when its text
 //!   contains `####`, else it is the last number of the text. Numbers compare by value.
@@ -21,13 +24,17 @@
 //! * tokens per forward: tokens committed (the whole answer region, **EOS padding included**) /
 //!   forwards, summed over prompts, the paper's "tokens per step" (Figure 5);
 //! * output tokens/s: tokens up to the first EOS / wall time of the setting's whole evaluation
-//!   loop (tokenized prompts in, scored answers out; model loading excluded), SPEC 3.3.
+//!   loop (tokenized prompts in, scored answers out; model loading excluded), SPEC 3.3;
+//! * cost: token positions processed by the network (window length x batch rows, summed over
+//!   forwards) per prompt, and wall milliseconds per prompt;
+//! * drift: the cache policy's probe-layer K drift over its cached forwards
+//!   ([`fastdllm_cache::Adaptive::drift`]), mean and max.
 
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use fastdllm_cache::CacheMode;
+use fastdllm_cache::{CacheMode, CacheSettings, CACHE_NAMES};
 use fastdllm_core::{DiffusionLm, GenerateOptions, ModelFamily, TokenId};
 use fastdllm_models::LoadedModel;
 use fastdllm_sampler::Unmask;
@@ -45,13 +52,18 @@ pub enum TaskFormat {
     Gsm8k,
 }
 
-/// One prompt and its expected answer.
+/// One prompt and its expected answer(s).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Task {
     /// The user message (before any chat template).
     pub prompt: String,
-    /// The expected answer (GSM8K: the final number, commas removed).
+    /// The expected answer (GSM8K: the final number, commas removed); with `answers`, the first
+    /// valid answer.
     pub answer: String,
+    /// Every valid answer (plain tasks; `[answer]` when the file gives only `answer`).
+    pub answers: Vec<String>,
+    /// The task's `kind` field, if any (accuracy is reported per kind).
+    pub kind: Option<String>,
     /// How the answer is compared.
     pub format: TaskFormat,
     /// 1-based line of the task file.
@@ -62,7 +74,7 @@ impl Task {
     /// Whether the model's decoded answer `output` is correct.
     pub fn is_correct(&self, output: &str) -> bool {
         match self.format {
-            TaskFormat::Plain => output.trim() == self.answer.trim(),
+            TaskFormat::Plain => self.answers.iter().any(|a| output.trim() == a.trim()),
             TaskFormat::Gsm8k => {
                 extract_gsm8k_prediction(output).is_some_and(|p| same_number(&p, &self.answer))
             }
@@ -85,18 +97,58 @@ pub fn parse_task_line(text: &str, line: usize) -> Result<Task> {
             Some(v) => bail!("field \"{name}\" must be a string, got {}", kind_of(v)),
         }
     };
-    let answer = string_field("answer")?.context("missing field \"answer\"")?;
+    let kind = string_field("kind")?;
+    let answers: Option<Vec<String>> = match obj.get("answers") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Array(items)) => {
+            let list = items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    serde_json::Value::String(s) => Ok(s.clone()),
+                    other => bail!(
+                        "field \"answers\"[{i}] must be a string, got {}",
+                        kind_of(other)
+                    ),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if list.is_empty() {
+                bail!("field \"answers\" is an empty list (give at least one valid answer)");
+            }
+            Some(list)
+        }
+        Some(v) => bail!(
+            "field \"answers\" must be a list of strings, got {}",
+            kind_of(v)
+        ),
+    };
+    let answer = string_field("answer")?;
     if let Some(prompt) = string_field("prompt")? {
         if prompt.trim().is_empty() {
             bail!("field \"prompt\" is empty");
         }
+        let mut all: Vec<String> = answer.iter().cloned().collect();
+        for a in answers.into_iter().flatten() {
+            if !all.contains(&a) {
+                all.push(a);
+            }
+        }
+        let Some(first) = all.first().cloned() else {
+            bail!("missing field \"answer\" (or \"answers\")");
+        };
         return Ok(Task {
             prompt,
-            answer,
+            answer: first,
+            answers: all,
+            kind,
             format: TaskFormat::Plain,
             line,
         });
     }
+    if answers.is_some() {
+        bail!("field \"answers\" applies to plain tasks (\"prompt\"), not GSM8K (\"question\")");
+    }
+    let answer = answer.context("missing field \"answer\"")?;
     if let Some(question) = string_field("question")? {
         if question.trim().is_empty() {
             bail!("field \"question\" is empty");
@@ -106,7 +158,9 @@ pub fn parse_task_line(text: &str, line: usize) -> Result<Task> {
         })?;
         return Ok(Task {
             prompt: question,
+            answers: vec![answer.clone()],
             answer,
+            kind,
             format: TaskFormat::Gsm8k,
             line,
         });
@@ -225,8 +279,8 @@ fn same_number(a: &str, b: &str) -> bool {
 pub struct SettingSpec {
     /// The text as given.
     pub text: String,
-    /// Cache approximation.
-    pub cache: CacheMode,
+    /// Cache policy ([`CacheSettings`] names: `none`, `dual`, `dual+commits=2`, ...).
+    pub cache: CacheSettings,
     /// Unmasking rule.
     pub unmask: Unmask,
     /// Denoising steps (fixed schedules); `None`: the base settings' steps.
@@ -237,13 +291,15 @@ impl std::str::FromStr for SettingSpec {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         let text = s.trim();
-        let help = "expected cache/rule[/steps=N], e.g. none/fixed, dual/threshold=0.9, \
-                    prefix/factor=1, none/fixed/steps=16 (cache: none, prefix, dual)";
+        let help = format!(
+            "expected cache/rule[/steps=N], e.g. none/fixed, dual/threshold=0.9, \
+             prefix/factor=1, none/fixed/steps=16, dual+commits=2/threshold=0.9 (cache: {CACHE_NAMES})"
+        );
         let mut parts = text.split('/');
         let (Some(cache), Some(rule)) = (parts.next(), parts.next()) else {
             bail!("unknown setting '{text}': {help}");
         };
-        let cache: CacheMode = cache
+        let cache: CacheSettings = cache
             .trim()
             .parse()
             .with_context(|| format!("unknown setting '{text}': {help}"))?;
@@ -286,10 +342,7 @@ impl SettingSpec {
         family: ModelFamily,
     ) -> Result<GenerationSettings> {
         let mut s = base.clone();
-        s.cache.mode = self.cache;
-        if self.cache == CacheMode::Off {
-            s.cache.refresh_every = None;
-        }
+        s.cache = self.cache;
         s.unmask = match (family, self.unmask) {
             (ModelFamily::Dream, Unmask::Fixed) => Unmask::DreamTimesteps { eps: 1e-3 },
             (_, u) => u,
@@ -354,6 +407,9 @@ pub fn encode_prompts(
 pub struct TaskOutcome {
     /// Line of the task file.
     pub line: usize,
+    /// The task's kind, if given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     /// The decoded answer (up to the first EOS).
     pub output: String,
     /// Exact match.
@@ -393,8 +449,66 @@ pub struct SettingReport {
     pub wall_s: f64,
     /// Prompts per engine call.
     pub batch: usize,
+    /// Token positions processed by the network per prompt (window length x batch rows, summed
+    /// over forwards, discarded forwards included).
+    pub positions_per_prompt: f64,
+    /// Wall milliseconds per prompt (`wall_s` / tasks).
+    pub ms_per_prompt: f64,
+    /// Mean probe-layer K drift of the cached forwards (`None` without cached forwards).
+    pub drift_mean: Option<f64>,
+    /// Largest probe-layer K drift of a cached forward.
+    pub drift_max: Option<f64>,
+    /// Full refreshes inside blocks (after a block's first forward) per prompt, per batch row.
+    pub inblock_refreshes_per_prompt: f64,
+    /// Accuracy per task `kind`, in order of first appearance (empty when no task has a kind).
+    pub per_kind: Vec<KindScore>,
     /// Per-task outcomes, in task order.
     pub outcomes: Vec<TaskOutcome>,
+}
+
+/// Accuracy and mean NFE of the tasks of one `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KindScore {
+    /// The kind.
+    pub kind: String,
+    /// Tasks of this kind.
+    pub tasks: usize,
+    /// Correct answers.
+    pub correct: usize,
+    /// `correct / tasks`.
+    pub accuracy: f64,
+    /// Mean forwards per prompt.
+    pub mean_nfe: f64,
+}
+
+/// Accuracy per kind of `outcomes`, kinds in order of first appearance.
+pub fn per_kind(outcomes: &[TaskOutcome]) -> Vec<KindScore> {
+    let mut out: Vec<KindScore> = Vec::new();
+    for o in outcomes {
+        let Some(kind) = &o.kind else { continue };
+        let i = match out.iter().position(|k| &k.kind == kind) {
+            Some(i) => i,
+            None => {
+                out.push(KindScore {
+                    kind: kind.clone(),
+                    tasks: 0,
+                    correct: 0,
+                    accuracy: 0.0,
+                    mean_nfe: 0.0,
+                });
+                out.len() - 1
+            }
+        };
+        let k = &mut out[i];
+        k.tasks += 1;
+        k.correct += o.correct as usize;
+        k.mean_nfe += o.nfe as f64;
+    }
+    for k in &mut out {
+        k.accuracy = k.correct as f64 / k.tasks as f64;
+        k.mean_nfe /= k.tasks as f64;
+    }
+    out
 }
 
 /// Runs every prompt under `settings`, `batch` prompts per engine call, and scores the answers.
@@ -415,18 +529,33 @@ pub fn evaluate(
     }
     let model: &dyn DiffusionLm = loaded.model.as_ref();
     let eos = &model.spec().eos_token_ids;
-    let opts = GenerateOptions::default();
+    // The trace gives the forwarded windows (cost) and the cache policy's drift signal.
+    let opts = GenerateOptions {
+        trace: true,
+        drift: false,
+    };
     let start = Instant::now();
     let mut outcomes = Vec::with_capacity(tasks.len());
+    let mut positions = 0usize;
+    let mut inblock_refreshes = 0usize;
+    let mut drifts: Vec<f64> = Vec::new();
     for (chunk_tasks, chunk_prompts) in tasks.chunks(batch).zip(prompts.chunks(batch)) {
         // Row seeds follow the task's index, so the answers do not depend on --batch.
         let seeds = engine::row_seeds(settings.seed, outcomes.len(), chunk_prompts.len());
         let gen = engine::run(model, chunk_prompts, &seeds, settings, &opts)?;
+        for st in gen.trace.iter().flat_map(|t| &t.steps) {
+            positions += st.window.len() * chunk_prompts.len();
+            if st.step > 0 && st.kv == fastdllm_core::KvAccess::Refresh {
+                inblock_refreshes += chunk_prompts.len();
+            }
+            drifts.extend(st.cache_signal);
+        }
         for (task, row) in chunk_tasks.iter().zip(&gen.rows) {
             let answer = trim_at_eos(&row.generated, eos);
             let output = loaded.tokenizer.decode(answer)?;
             outcomes.push(TaskOutcome {
                 line: task.line,
+                kind: task.kind.clone(),
                 correct: task.is_correct(&output),
                 output,
                 nfe: row.nfe,
@@ -456,6 +585,12 @@ pub fn evaluate(
         tokens_per_s: ratio(output_tokens as f64, wall_s),
         wall_s,
         batch,
+        positions_per_prompt: ratio(positions as f64, n as f64),
+        ms_per_prompt: ratio(wall_s * 1e3, n as f64),
+        drift_mean: (!drifts.is_empty()).then(|| drifts.iter().sum::<f64>() / drifts.len() as f64),
+        drift_max: drifts.iter().copied().reduce(f64::max),
+        inblock_refreshes_per_prompt: ratio(inblock_refreshes as f64, n as f64),
+        per_kind: per_kind(&outcomes),
         outcomes,
     })
 }
@@ -463,26 +598,63 @@ pub fn evaluate(
 /// The text table of several reports (Markdown, so it can be pasted into documents).
 pub fn format_table(reports: &[SettingReport]) -> String {
     let mut out = String::from(
-        "| setting | accuracy | mean NFE | tokens/forward | output tok/s | wall s |\n\
-         |---|---|---|---|---|---|\n",
+        "| setting | accuracy | mean NFE | tokens/forward | positions/prompt | ms/prompt | drift mean / max | output tok/s | wall s |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     for r in reports {
+        let drift = match (r.drift_mean, r.drift_max) {
+            (Some(m), Some(x)) => format!("{m:.3} / {x:.3}"),
+            _ => "-".into(),
+        };
         out.push_str(&format!(
-            "| {} | {:.3} ({}/{}) | {:.2} | {:.2} | {:.1} | {:.2} |\n",
+            "| {} | {:.3} ({}/{}) | {:.2} | {:.2} | {:.1} | {:.2} | {} | {:.1} | {:.2} |\n",
             r.label,
             r.accuracy,
             r.correct,
             r.tasks,
             r.mean_nfe,
             r.tokens_per_forward,
+            r.positions_per_prompt,
+            r.ms_per_prompt,
+            drift,
             r.tokens_per_s,
             r.wall_s
         ));
     }
     out.push_str(
         "\ntokens/forward = answer tokens committed, EOS padding included / forwards; \
-         output tok/s = tokens up to the first EOS / wall time (SPEC 3.3).\n",
+         positions = token positions processed by the network; drift = probe-layer K drift of \
+         the cached forwards; output tok/s = tokens up to the first EOS / wall time (SPEC 3.3).\n",
     );
+    let kinds: Vec<&str> = {
+        let mut ks: Vec<&str> = Vec::new();
+        for k in reports.iter().flat_map(|r| &r.per_kind) {
+            if !ks.contains(&k.kind.as_str()) {
+                ks.push(&k.kind);
+            }
+        }
+        ks
+    };
+    if !kinds.is_empty() {
+        out.push_str(&format!(
+            "\nAccuracy per kind (correct/tasks):\n\n| setting | {} |\n|---|{}\n",
+            kinds.join(" | "),
+            "---|".repeat(kinds.len())
+        ));
+        for r in reports {
+            let cells: Vec<String> = kinds
+                .iter()
+                .map(|k| {
+                    r.per_kind
+                        .iter()
+                        .find(|s| s.kind == *k)
+                        .map(|s| format!("{}/{}", s.correct, s.tasks))
+                        .unwrap_or_else(|| "-".into())
+                })
+                .collect();
+            out.push_str(&format!("| {} | {} |\n", r.label, cells.join(" | ")));
+        }
+    }
     out
 }
 
@@ -506,6 +678,12 @@ pub fn report_json(r: &SettingReport, model: &Path, outcomes: bool) -> serde_jso
         "tokens_per_s": r.tokens_per_s,
         "wall_s": r.wall_s,
         "batch": r.batch,
+        "positions_per_prompt": r.positions_per_prompt,
+        "ms_per_prompt": r.ms_per_prompt,
+        "drift_mean": r.drift_mean,
+        "drift_max": r.drift_max,
+        "inblock_refreshes_per_prompt": r.inblock_refreshes_per_prompt,
+        "per_kind": r.per_kind,
     });
     if outcomes {
         v["outcomes"] = serde_json::to_value(&r.outcomes).unwrap_or_default();
@@ -555,12 +733,218 @@ pub fn base_settings(gen_length: usize, block_length: usize) -> GenerationSettin
             force_block_start: None,
             max_steps_per_block: None,
         },
-        cache: fastdllm_cache::CacheSettings {
-            mode: CacheMode::Off,
-            refresh_every: None,
-        },
+        cache: fastdllm_cache::CacheSettings::new(CacheMode::Off),
         unmask: Unmask::Fixed,
         proposer: fastdllm_sampler::ProposerConfig::default(),
         seed: 0,
+    }
+}
+
+/// One line of an XY chart: a name and its points `(x, y, point label)`.
+pub struct XySeries {
+    /// Legend name.
+    pub name: String,
+    /// Points, drawn joined in the given order.
+    pub points: Vec<(f64, f64, String)>,
+}
+
+/// An XY line chart (points joined per series) as an `<svg>` element, in the style of the bench
+/// report's bar charts (same palette, escaping and number format).
+pub fn line_chart(title: &str, x_unit: &str, y_unit: &str, series: &[XySeries]) -> String {
+    use crate::report::{escape, fmt_num, PALETTE};
+    use std::fmt::Write as _;
+    let (left, top, plot_w, plot_h, right) = (60.0, 48.0, 620.0, 360.0, 170.0);
+    let (width, height) = (left + plot_w + right, top + plot_h + 50.0);
+    let pts = || series.iter().flat_map(|s| s.points.iter());
+    let x_max = pts()
+        .map(|p| p.0)
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    let x_max = if x_max > 0.0 { x_max * 1.08 } else { 1.0 };
+    let x = |v: f64| left + plot_w * (v / x_max).clamp(0.0, 1.0);
+    // Accuracy axis: 0 to 1.
+    let y = |v: f64| top + plot_h * (1.0 - v.clamp(0.0, 1.0));
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = write!(
+        s,
+        r#"<text x="4" y="16" font-size="14" font-weight="bold">{}</text>"#,
+        escape(title)
+    );
+    for i in 0..=5 {
+        let v = i as f64 / 5.0;
+        let gy = y(v);
+        let _ = write!(
+            s,
+            r##"<line x1="{left}" y1="{gy}" x2="{}" y2="{gy}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end" fill="#555">{}</text>"##,
+            left + plot_w,
+            left - 4.0,
+            gy + 3.0,
+            fmt_num(v)
+        );
+        let xv = x_max * i as f64 / 5.0;
+        let gx = x(xv);
+        let _ = write!(
+            s,
+            r##"<line x1="{gx}" y1="{top}" x2="{gx}" y2="{}" stroke="#eee"/><text x="{gx}" y="{}" text-anchor="middle" fill="#555">{}</text>"##,
+            top + plot_h,
+            top + plot_h + 14.0,
+            fmt_num(xv)
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text><text x="12" y="{}" text-anchor="middle" transform="rotate(-90 12 {})">{}</text>"#,
+        left + plot_w / 2.0,
+        top + plot_h + 34.0,
+        escape(x_unit),
+        top + plot_h / 2.0,
+        top + plot_h / 2.0,
+        escape(y_unit)
+    );
+    for (si, ser) in series.iter().enumerate() {
+        let color = PALETTE[si % PALETTE.len()];
+        let path: Vec<String> = ser
+            .points
+            .iter()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1)))
+            .collect();
+        let _ = write!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="1.5"/>"#,
+            path.join(" ")
+        );
+        for p in ser
+            .points
+            .iter()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+        {
+            let _ = write!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{color}"><title>{} {}: {} tokens/forward, accuracy {}</title></circle>"#,
+                x(p.0),
+                y(p.1),
+                escape(&ser.name),
+                escape(&p.2),
+                fmt_num(p.0),
+                fmt_num(p.1)
+            );
+        }
+        let ly = top + 14.0 * si as f64;
+        let lx = left + plot_w + 12.0;
+        let _ = write!(
+            s,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/><circle cx="{}" cy="{ly}" r="3" fill="{color}"/><text x="{}" y="{}">{}</text>"#,
+            lx + 18.0,
+            lx + 9.0,
+            lx + 24.0,
+            ly + 4.0,
+            escape(&ser.name)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// The HTML report of an evaluation: the paper's Figure 5 analog (accuracy against tokens per
+/// forward, one point per unmasking rule, one line per cache policy, points ordered by tokens per
+/// forward), the table of [`format_table`] and the per-kind accuracies.
+pub fn html(reports: &[SettingReport], caption: &str) -> String {
+    use crate::report::escape;
+    let mut series: Vec<XySeries> = Vec::new();
+    for r in reports {
+        let name = r.settings.cache.label();
+        let point = (r.tokens_per_forward, r.accuracy, setting_label_rule(r));
+        match series.iter_mut().find(|s| s.name == name) {
+            Some(s) => s.points.push(point),
+            None => series.push(XySeries {
+                name,
+                points: vec![point],
+            }),
+        }
+    }
+    for s in &mut series {
+        s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    let mut out = String::from(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>fastdllm eval</title><style>\
+         body{font-family:sans-serif;margin:16px;color:#222}table{border-collapse:collapse;font-size:11px}\
+         td,th{border:1px solid #ccc;padding:2px 5px;text-align:right}th{background:#f0f0f0}td.l{text-align:left}\
+         </style></head><body><h1>fastdllm eval</h1>",
+    );
+    out.push_str(&format!("<p>{}</p>", escape(caption)));
+    out.push_str(&line_chart(
+        "Accuracy vs tokens per forward (Fast-dLLM Figure 5 analog): one point per rule, one line per cache policy",
+        "tokens per forward (answer tokens committed, EOS padding included / forwards)",
+        "accuracy",
+        &series,
+    ));
+    out.push_str("<h2>Settings</h2><table><tr><th>setting</th><th>accuracy</th><th>mean NFE</th><th>tokens/forward</th><th>positions/prompt</th><th>ms/prompt</th><th>drift mean</th><th>drift max</th></tr>");
+    for r in reports {
+        let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_default();
+        out.push_str(&format!(
+            "<tr><td class=l>{}</td><td>{:.3} ({}/{})</td><td>{:.2}</td><td>{:.2}</td><td>{:.1}</td><td>{:.2}</td><td>{}</td><td>{}</td></tr>",
+            escape(&r.label),
+            r.accuracy,
+            r.correct,
+            r.tasks,
+            r.mean_nfe,
+            r.tokens_per_forward,
+            r.positions_per_prompt,
+            r.ms_per_prompt,
+            opt(r.drift_mean),
+            opt(r.drift_max)
+        ));
+    }
+    out.push_str("</table>");
+    let kinds: Vec<String> = {
+        let mut ks: Vec<String> = Vec::new();
+        for k in reports.iter().flat_map(|r| &r.per_kind) {
+            if !ks.contains(&k.kind) {
+                ks.push(k.kind.clone());
+            }
+        }
+        ks
+    };
+    if !kinds.is_empty() {
+        out.push_str("<h2>Accuracy per kind (correct / tasks)</h2><table><tr><th>setting</th>");
+        for k in &kinds {
+            out.push_str(&format!("<th>{}</th>", escape(k)));
+        }
+        out.push_str("</tr>");
+        for r in reports {
+            out.push_str(&format!("<tr><td class=l>{}</td>", escape(&r.label)));
+            for k in &kinds {
+                let cell = r
+                    .per_kind
+                    .iter()
+                    .find(|s| &s.kind == k)
+                    .map(|s| format!("{}/{}", s.correct, s.tasks))
+                    .unwrap_or_default();
+                out.push_str(&format!("<td>{cell}</td>"));
+            }
+            out.push_str("</tr>");
+        }
+        out.push_str("</table>");
+    }
+    out.push_str("</body></html>\n");
+    out
+}
+
+/// The rule part of a report's label (`fixed steps=16`, `threshold=0.9`).
+fn setting_label_rule(r: &SettingReport) -> String {
+    match r.settings.unmask {
+        Unmask::Fixed | Unmask::DreamTimesteps { .. } | Unmask::Origin { .. } => {
+            format!(
+                "{} steps={}",
+                r.settings.unmask.label(),
+                r.settings.decode.steps
+            )
+        }
+        _ => r.settings.unmask.label(),
     }
 }

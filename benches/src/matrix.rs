@@ -36,8 +36,8 @@ pub const TINY_TASK_PROMPT: &str = "copy 3dbk......=";
 /// What to measure: every combination of the lists.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Matrix {
-    /// Cache modes.
-    pub caches: Vec<CacheMode>,
+    /// Cache policies (reference modes or adaptive policies, [`CacheSettings`] names).
+    pub caches: Vec<CacheSettings>,
     /// Unmasking rules.
     pub rules: Vec<Unmask>,
     /// Answer lengths.
@@ -172,8 +172,8 @@ pub struct Setting {
     pub gen_length: usize,
     /// Block length.
     pub block_length: usize,
-    /// Cache mode.
-    pub cache: CacheMode,
+    /// Cache policy.
+    pub cache: CacheSettings,
     /// Unmasking rule.
     pub rule: Unmask,
     /// Batch size.
@@ -503,7 +503,7 @@ pub fn run_setting(
             force_block_start: None,
             max_steps_per_block: None,
         },
-        cache: CacheSettings::new(s.cache),
+        cache: s.cache,
         unmask: s.rule,
         proposer: ProposerConfig::default(),
         seed: opts.seed,
@@ -529,7 +529,9 @@ pub fn run_setting(
     let mut by_kind: BTreeMap<&'static str, (Vec<f64>, Vec<usize>)> = BTreeMap::new();
     for r in &runs {
         for t in &r.timings {
-            let e = by_kind.entry(step_kind(t, seq_len, s.cache)).or_default();
+            let e = by_kind
+                .entry(step_kind(t, seq_len, s.cache.mode))
+                .or_default();
             e.0.push(t.secs * 1e3);
             e.1.push(t.window_len);
         }
@@ -596,7 +598,7 @@ pub fn run_setting(
         gen_length: s.gen_length,
         block_length: s.block_length,
         steps: s.gen_length,
-        cache: s.cache.to_string(),
+        cache: s.cache.label(),
         rule: s.rule.label(),
         rule_kind: rule_kind.into(),
         rule_param,

@@ -8,10 +8,18 @@ use conformance::golden::{read_cases, Case, Runner, Status, Tally};
 use conformance::paths::goldens_dir;
 
 fn run_group(name: &str, keep: impl Fn(&Case) -> bool) {
-    let files = vec![
-        goldens_dir().join("llada-tiny.jsonl"),
-        goldens_dir().join("dream-tiny.jsonl"),
-    ];
+    run_files(
+        name,
+        &["llada-tiny.jsonl", "dream-tiny.jsonl"],
+        &["dream-tiny", "llada-tiny"],
+        keep,
+    );
+}
+
+/// Runs the selected cases of `files` (in conformance/goldens/) and checks they cover exactly
+/// the models `expect_models` (sorted).
+fn run_files(name: &str, files: &[&str], expect_models: &[&str], keep: impl Fn(&Case) -> bool) {
+    let files: Vec<_> = files.iter().map(|f| goldens_dir().join(f)).collect();
     for f in &files {
         assert!(
             f.exists(),
@@ -46,8 +54,11 @@ fn run_group(name: &str, keep: impl Fn(&Case) -> bool) {
     }
     eprintln!("{name}: {} ({models:?})", tally.line());
     assert!(
-        models.len() == 2,
-        "group {name} must cover both models, got {models:?}"
+        models
+            .keys()
+            .map(String::as_str)
+            .eq(expect_models.iter().copied()),
+        "group {name} must cover the models {expect_models:?}, got {models:?}"
     );
     assert!(
         failures.is_empty(),
@@ -83,4 +94,17 @@ fn prefix_and_dual_cache_cases() {
 #[test]
 fn threshold_and_factor_cases() {
     run_group("parallel", |c| c.rule == "threshold" || c.rule == "factor");
+}
+
+/// Issue 15: the choice fixture (llada-tiny-choice: answers with coupled tokens, FORMAT.md
+/// section 11), every case of its golden file: fixed 1/2/4 tokens per step, thresholds
+/// 0.5/0.7/0.9 and factors 1/2, each with none/prefix/dual, blocks 8 and 16.
+#[test]
+fn choice_fixture_cases() {
+    run_files(
+        "choice",
+        &["llada-tiny-choice.jsonl"],
+        &["llada-tiny-choice"],
+        |_| true,
+    );
 }

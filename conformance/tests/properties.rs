@@ -153,7 +153,7 @@ proptest! {
         let model = pick_model(model_seed, dream);
         let exact = settings(blocks * b, b, blocks * b, CacheMode::Off, unmask_rule(kind, tau, dream));
         let mut cached = exact.clone();
-        cached.cache = CacheSettings { mode: if dual { CacheMode::Dual } else { CacheMode::Prefix }, refresh_every: Some(1) };
+        cached.cache = CacheSettings { refresh_every: Some(1), ..CacheSettings::new(if dual { CacheMode::Dual } else { CacheMode::Prefix }) };
         let a = run(model.as_ref(), std::slice::from_ref(&prompt), &exact, false);
         let c = run(model.as_ref(), std::slice::from_ref(&prompt), &cached, false);
         prop_assert_eq!(&a.rows, &c.rows);

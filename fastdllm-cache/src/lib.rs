@@ -10,7 +10,9 @@
 //! Policies ([`CacheMode`]): `none` (exact: full forward every step), `prefix` (refresh at the
 //! block start, then forward `[s_k, L)` over the frozen prefix `[0, s_k)`), `dual` (refresh at the
 //! block start, then forward only `[s_k, e_k)` over frozen prefix *and* suffix). Beyond the
-//! reference: `refresh_every = k` refreshes every k steps inside a block (k = 1 is the exact path).
+//! reference: `refresh_every = k` refreshes every k steps inside a block (k = 1 is the exact path),
+//! and the adaptive policies of [`Adaptive`] (drift-triggered refresh after Elastic-Cache,
+//! commit-triggered refresh, DPad's suffix window), all behind the same [`BlockCache`].
 //!
 //! Storage detail: keys are cached **after** RoPE (SPEC 1.3: bit-identical to re-rotating
 //! pre-RoPE keys, less work). Prefix mode writes the window's fresh K/V over `[s_k, L)` of the
@@ -23,5 +25,5 @@ pub mod plan;
 pub mod store;
 
 pub use error::{Error, Result};
-pub use plan::{CacheMode, CacheSettings};
+pub use plan::{Adaptive, CacheMode, CacheSettings, CACHE_NAMES};
 pub use store::{BlockCache, KvStore};

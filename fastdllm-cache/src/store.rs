@@ -1,8 +1,10 @@
 //! The tensor half of a cache policy: K/V storage allocated once per generation and written in
 //! place, and [`BlockCache`], the [`CachePolicy`] that ties a [`CacheSettings`] plan to it.
 
-use candle_core::Tensor;
-use fastdllm_core::{CachePolicy, ForwardPlan, KvAccess, KvShape, KvView, PassthroughKv, StepAt};
+use candle_core::{DType, Tensor};
+use fastdllm_core::{
+    CachePolicy, ForwardPlan, KvAccess, KvShape, KvView, PassthroughKv, StepAt, StepObservation,
+};
 
 use crate::plan::{CacheMode, CacheSettings};
 
@@ -52,6 +54,12 @@ impl KvStore {
         Ok(())
     }
 
+    /// Layers and canvas length of the storage (`None` before [`KvStore::prepare`]).
+    pub fn dims(&self) -> Option<(usize, usize)> {
+        self.shape
+            .map(|(layers, _, _, seq_len, _)| (layers, seq_len))
+    }
+
     /// How many times storage was allocated (tests check it is once per generation shape).
     pub fn allocations(&self) -> usize {
         self.allocations
@@ -80,37 +88,29 @@ impl KvStore {
     }
 }
 
-/// The KvView of one forward: writes the window's K/V at `offset`, then attends over what the
-/// plan says.
-struct StoreView<'a> {
-    store: &'a KvStore,
-    offset: usize,
-    access: KvAccess,
-}
-
-impl KvView for StoreView<'_> {
-    fn attend_kv(
-        &mut self,
-        layer: usize,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> fastdllm_core::Result<(Tensor, Tensor)> {
-        let stored = self.store.write(layer, self.offset, k, v)?;
-        match self.access {
-            // The refresh attends over its own fresh K/V: identical values to the store's.
-            KvAccess::Refresh | KvAccess::Fresh => Ok((k.clone(), v.clone())),
-            KvAccess::Reuse => Ok(stored.clone()),
-        }
-    }
-}
-
-/// A block-wise cache policy: [`CacheSettings`] for the plan, [`KvStore`] for the tensors.
+/// A block-wise cache policy: [`CacheSettings`] for the plan, [`KvStore`] for the tensors, and
+/// the state of the adaptive triggers ([`crate::Adaptive`]).
 #[derive(Debug)]
 pub struct BlockCache {
     settings: CacheSettings,
     store: KvStore,
     passthrough: PassthroughKv,
-    view: Option<(usize, KvAccess)>,
+    /// The current forward: window start, K/V access, end of the attended keys.
+    view: Option<(usize, KvAccess, usize)>,
+    state: TriggerState,
+}
+
+/// What the adaptive triggers remember inside a block.
+#[derive(Debug, Default)]
+struct TriggerState {
+    /// A trigger fired: the next step refreshes.
+    refresh_next: bool,
+    /// Tokens committed since the last refresh (its own commits included).
+    commits_since: usize,
+    /// The probe (last) layer's keys at the last refresh, `(batch, kv_heads, keys, head_dim)`.
+    probe_ref: Option<Tensor>,
+    /// The drift measured during the last cached forward.
+    drift: Option<f64>,
 }
 
 impl BlockCache {
@@ -122,6 +122,7 @@ impl BlockCache {
             store: KvStore::default(),
             passthrough: PassthroughKv,
             view: None,
+            state: TriggerState::default(),
         })
     }
 
@@ -134,6 +135,39 @@ impl BlockCache {
     pub fn store(&self) -> &KvStore {
         &self.store
     }
+
+    /// End of the keys a forward of `plan` attends over.
+    fn keys_end(&self, plan: &ForwardPlan, seq_len: usize) -> usize {
+        match plan.kv {
+            KvAccess::Fresh | KvAccess::Refresh => plan.window.end,
+            KvAccess::Reuse => match (self.settings.mode, self.settings.adaptive.suffix_window) {
+                (CacheMode::Dual, Some(w)) => plan.window.end.saturating_add(w).min(seq_len),
+                (CacheMode::Prefix, _) => plan.window.end,
+                _ => seq_len,
+            },
+        }
+    }
+
+    /// The probe layer's drift: relative Frobenius change of the window's keys against the keys
+    /// the same positions had at the last refresh.
+    fn measure_drift(&self, offset: usize, k: &Tensor) -> fastdllm_core::Result<Option<f64>> {
+        let Some(reference) = &self.state.probe_ref else {
+            return Ok(None);
+        };
+        let w = k.dim(2)?;
+        if offset + w > reference.dim(2)? {
+            return Ok(None);
+        }
+        let reference = reference.narrow(2, offset, w)?.to_dtype(DType::F32)?;
+        let k = k.to_dtype(DType::F32)?;
+        let diff = (k - &reference)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        let norm = reference.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        Ok(Some(if norm > 0.0 {
+            (diff / norm).sqrt()
+        } else {
+            diff.sqrt()
+        }))
+    }
 }
 
 impl CachePolicy for BlockCache {
@@ -142,10 +176,11 @@ impl CachePolicy for BlockCache {
     }
 
     fn plan(&self, at: &StepAt) -> ForwardPlan {
-        self.settings.plan(at)
+        self.settings.plan_with(at, self.state.refresh_next)
     }
 
     fn prepare(&mut self, shape: &KvShape) -> fastdllm_core::Result<()> {
+        self.state = TriggerState::default();
         if self.settings.mode == CacheMode::Off {
             return Ok(());
         }
@@ -156,8 +191,40 @@ impl CachePolicy for BlockCache {
         if plan.kv == KvAccess::Fresh {
             return Ok(&mut self.passthrough);
         }
-        self.view = Some((plan.window.start, plan.kv));
+        let seq_len = self.store.dims().map_or(plan.window.end, |(_, l)| l);
+        let end = self.keys_end(plan, seq_len);
+        self.view = Some((plan.window.start, plan.kv, end));
+        self.state.drift = None;
         Ok(self)
+    }
+
+    fn attended_keys(&self, plan: &ForwardPlan, seq_len: usize) -> std::ops::Range<usize> {
+        match plan.kv {
+            KvAccess::Fresh | KvAccess::Refresh => plan.window.clone(),
+            KvAccess::Reuse => 0..self.keys_end(plan, seq_len),
+        }
+    }
+
+    fn redo(&mut self, at: &StepAt) -> Option<ForwardPlan> {
+        let bound = self.settings.adaptive.drift?;
+        let drift = self.state.drift?;
+        (drift > bound).then(|| self.settings.plan_with(at, true))
+    }
+
+    fn signal(&self) -> Option<f64> {
+        self.state.drift
+    }
+
+    fn observe(&mut self, step: &StepObservation) {
+        let st = &mut self.state;
+        if step.plan.kv == KvAccess::Refresh {
+            st.commits_since = 0;
+        }
+        st.commits_since += step.committed;
+        let a = &self.settings.adaptive;
+        st.refresh_next = a.commits.is_some_and(|k| st.commits_since >= k)
+            || a.low_confidence
+                .is_some_and(|p| step.min_confidence.is_some_and(|c| c < p));
     }
 }
 
@@ -168,15 +235,32 @@ impl KvView for BlockCache {
         k: &Tensor,
         v: &Tensor,
     ) -> fastdllm_core::Result<(Tensor, Tensor)> {
-        let (offset, access) = self
+        let (offset, access, end) = self
             .view
             .ok_or_else(|| fastdllm_core::Error::Policy("attend_kv called before view()".into()))?;
-        StoreView {
-            store: &self.store,
-            offset,
-            access,
+        let probe = self
+            .store
+            .dims()
+            .is_some_and(|(layers, _)| layer + 1 == layers);
+        if probe {
+            match access {
+                KvAccess::Refresh => {
+                    self.state.probe_ref = Some(k.clone());
+                    self.state.drift = None;
+                }
+                KvAccess::Reuse => self.state.drift = self.measure_drift(offset, k)?,
+                KvAccess::Fresh => {}
+            }
         }
-        .attend_kv(layer, k, v)
+        let stored = self.store.write(layer, offset, k, v)?;
+        match access {
+            // The refresh attends over its own fresh K/V: identical values to the store's.
+            KvAccess::Refresh | KvAccess::Fresh => Ok((k.clone(), v.clone())),
+            KvAccess::Reuse if end < stored.0.dim(2)? => {
+                Ok((stored.0.narrow(2, 0, end)?, stored.1.narrow(2, 0, end)?))
+            }
+            KvAccess::Reuse => Ok(stored.clone()),
+        }
     }
 }
 

@@ -100,10 +100,10 @@ fn parses_settings() {
         .unwrap();
     assert_eq!(s.len(), 4);
     assert_eq!(
-        (s[0].cache, s[0].unmask, s[0].steps),
+        (s[0].cache.mode, s[0].unmask, s[0].steps),
         (CacheMode::Off, Unmask::Fixed, None)
     );
-    assert_eq!(s[1].cache, CacheMode::Dual);
+    assert_eq!(s[1].cache.mode, CacheMode::Dual);
     assert_eq!(s[1].unmask, Unmask::Threshold { threshold: 0.9 });
     assert_eq!(s[2].unmask, Unmask::Factor { factor: 1.0 });
     assert_eq!(s[3].steps, Some(16));
@@ -310,4 +310,120 @@ fn binary_prints_table_and_json() {
     assert_eq!(lines[0]["setting"], "dual/threshold=0.9");
     assert_eq!(lines[0]["tasks"], 1);
     assert_eq!(lines[0]["accuracy"], 1.0);
+}
+
+#[test]
+fn answers_lists_and_kinds() {
+    let t = parse_task_line(
+        r#"{"prompt": "pair 24=", "answers": ["oj", "qn", "bn"], "kind": "pair"}"#,
+        1,
+    )
+    .unwrap();
+    assert_eq!(t.answers, vec!["oj", "qn", "bn"]);
+    assert_eq!(t.answer, "oj");
+    assert_eq!(t.kind.as_deref(), Some("pair"));
+    assert!(t.is_correct("qn") && t.is_correct(" bn ") && !t.is_correct("on"));
+    // `answer` still works, alone or next to `answers`.
+    let t = parse_task_line(r#"{"prompt": "p", "answer": "a", "answers": ["b"]}"#, 1).unwrap();
+    assert_eq!(t.answers, vec!["a", "b"]);
+    assert!(t.is_correct("a") && t.is_correct("b"));
+    for (bad, why) in [
+        (
+            r#"{"prompt": "p", "answers": []}"#,
+            "\"answers\" is an empty list",
+        ),
+        (
+            r#"{"prompt": "p", "answers": "a"}"#,
+            "\"answers\" must be a list of strings",
+        ),
+        (
+            r#"{"prompt": "p", "answers": ["a", 3]}"#,
+            "\"answers\"[1] must be a string",
+        ),
+        (r#"{"prompt": "p"}"#, "missing field \"answer\""),
+        (
+            r#"{"question": "q", "answers": ["1"]}"#,
+            "applies to plain tasks",
+        ),
+    ] {
+        let err = format!("{:#}", parse_task_line(bad, 1).unwrap_err());
+        assert!(err.contains(why), "{bad}: {err}");
+    }
+    // Policy names are cache names.
+    let s = parse_settings("dual+commits=2/threshold=0.9").unwrap();
+    assert_eq!(s[0].cache.label(), "dual+commits=2");
+    let err = format!(
+        "{:#}",
+        "dual+often=2/fixed".parse::<SettingSpec>().unwrap_err()
+    );
+    assert!(
+        err.contains("unknown key") && err.contains("often"),
+        "{err}"
+    );
+}
+
+/// Issue 15: a subset of the Figure-5 analog reproduces the official code's numbers of
+/// fixtures/llada-tiny-choice/RESULTS.md (gen 32, block 8, 120 prompts): accuracy, mean NFE and
+/// the per-kind counts.
+#[test]
+fn choice_figure5_subset_matches_results_md() {
+    let tasks = read_tasks(&repo_file("tasks/tiny-choice.jsonl")).unwrap();
+    assert_eq!(tasks.len(), 120);
+    let reports = run_eval(
+        &bundled_model("llada-tiny-choice"),
+        &tasks,
+        "none/threshold=0.9,dual/threshold=0.9,prefix/factor=1",
+        &base_settings(32, 8),
+        true,
+        8,
+    )
+    .unwrap();
+    // (setting, valid of 120, mean NFE to 2 decimals, per kind (kind, valid) as RESULTS.md).
+    let want: [(&str, usize, &str, &[(&str, usize)]); 3] = [
+        (
+            "none/threshold=0.9",
+            117,
+            "6.37",
+            &[
+                ("pair", 20),
+                ("word", 20),
+                ("hole", 22),
+                ("tag", 25),
+                ("copy", 8),
+            ],
+        ),
+        (
+            "dual/threshold=0.9",
+            110,
+            "6.49",
+            &[
+                ("pair", 20),
+                ("word", 19),
+                ("hole", 16),
+                ("tag", 25),
+                ("add", 6),
+            ],
+        ),
+        (
+            "prefix/factor=1",
+            57,
+            "5.05",
+            &[
+                ("pair", 8),
+                ("word", 16),
+                ("hole", 0),
+                ("tag", 3),
+                ("rot", 8),
+            ],
+        ),
+    ];
+    for (r, (label, valid, nfe, kinds)) in reports.iter().zip(want) {
+        assert_eq!(r.label, label);
+        assert_eq!(r.correct, valid, "{label}");
+        assert_eq!(format!("{:.2}", r.mean_nfe), nfe, "{label}");
+        for (kind, n) in kinds {
+            let k = r.per_kind.iter().find(|k| k.kind == *kind).unwrap();
+            assert_eq!(k.correct, *n, "{label} {kind}");
+        }
+    }
 }

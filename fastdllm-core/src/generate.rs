@@ -26,8 +26,8 @@ use crate::canvas::{Canvas, RowLayout};
 use crate::config::DecodeConfig;
 use crate::model::{DiffusionLm, ModelSpec, PassthroughKv};
 use crate::policy::{
-    CachePolicy, Candidate, ForwardPlan, KvShape, Proposer, Selection, StepAt, StepInfo,
-    UnmaskPolicy,
+    CachePolicy, Candidate, ForwardPlan, KvAccess, KvShape, Proposer, Selection, StepAt, StepInfo,
+    StepObservation, UnmaskPolicy,
 };
 use crate::rng::Rng;
 use crate::trace::{Commit, DriftStats, StepRecord, Trace};
@@ -373,12 +373,13 @@ impl BlockBatch {
                     cap,
                 });
             }
-            let plan = cache.plan(&StepAt {
+            let at = StepAt {
                 block_idx: round,
                 block: block.clone(),
                 step,
                 seq_len,
-            });
+            };
+            let mut plan = cache.plan(&at);
             check_plan(&plan, &block, seq_len)?;
             let forced = force_start && step == 0;
             let range = if forced {
@@ -395,10 +396,46 @@ impl BlockBatch {
                     .filter(|&p| (0..batch).any(|r| active[r] && canvas.rows[r][p] == canvas.mask))
                     .collect()
             };
-            let input = canvas.input(&plan.window, &rows, &key_bias, device)?;
-            let logits = model.forward(&input, cache.view(&plan)?)?;
-            let forward_idx = self.forwards;
+            let bias = narrow_bias(&key_bias, cache.attended_keys(&plan, seq_len), seq_len)?;
+            let input = canvas.input(&plan.window, &rows, &bias, device)?;
+            let mut logits = model.forward(&input, cache.view(&plan)?)?;
+            let mut forward_idx = self.forwards;
             self.forwards += 1;
+            let mut redone = false;
+            if plan.kv == KvAccess::Reuse {
+                if let Some(again) = cache.redo(&at) {
+                    // The cached forward is discarded: it counts (a forward that committed
+                    // nothing) and the step is redone with the policy's plan.
+                    check_plan(&again, &block, seq_len)?;
+                    for r in (0..batch).filter(|&r| active[r]) {
+                        let out = &mut self.rows[r].out;
+                        out.tokens_per_step.push(0);
+                        out.nfe += 1;
+                    }
+                    if let Some(t) = self.trace.as_mut() {
+                        t.steps.push(StepRecord {
+                            forward_idx,
+                            block_idx: round,
+                            step,
+                            window: plan.window.clone(),
+                            kv: plan.kv,
+                            commits: vec![Vec::new(); batch],
+                            drift: None,
+                            cache_signal: cache.signal(),
+                            redone: false,
+                        });
+                    }
+                    plan = again;
+                    let bias =
+                        narrow_bias(&key_bias, cache.attended_keys(&plan, seq_len), seq_len)?;
+                    let input = canvas.input(&plan.window, &rows, &bias, device)?;
+                    logits = model.forward(&input, cache.view(&plan)?)?;
+                    forward_idx = self.forwards;
+                    self.forwards += 1;
+                    redone = true;
+                }
+            }
+            let cache_signal = cache.signal();
             let drift = if self.opts.drift && !plan.is_exact() {
                 let exact_in = canvas.input(&(0..seq_len), &rows, &key_bias, device)?;
                 let exact = model.forward(&exact_in, &mut PassthroughKv)?;
@@ -513,10 +550,22 @@ impl BlockBatch {
                     step,
                     window: plan.window.clone(),
                     kv: plan.kv,
-                    commits,
+                    commits: commits.clone(),
                     drift,
+                    cache_signal,
+                    redone,
                 });
             }
+            let committed: Vec<&Commit> = commits.iter().flatten().collect();
+            cache.observe(&StepObservation {
+                at,
+                plan,
+                committed: committed.len(),
+                min_confidence: committed
+                    .iter()
+                    .map(|c| c.confidence)
+                    .min_by(|a, b| a.total_cmp(b)),
+            });
             step += 1;
             let row_block_done: Vec<bool> = (0..batch)
                 .map(|r| ended[r] || canvas.masks_in(r, block.clone()) == 0)
@@ -665,6 +714,18 @@ fn check_plan(plan: &ForwardPlan, block: &std::ops::Range<usize>, seq_len: usize
         )));
     }
     Ok(())
+}
+
+/// The pad bias `(batch, 1, 1, seq_len)` restricted to the attended key range.
+fn narrow_bias(
+    bias: &Option<Tensor>,
+    keys: std::ops::Range<usize>,
+    seq_len: usize,
+) -> Result<Option<Tensor>> {
+    match bias {
+        Some(b) if keys != (0..seq_len) => Ok(Some(b.narrow(3, keys.start, keys.len())?)),
+        other => Ok(other.clone()),
+    }
 }
 
 fn pick(candidates: &[Candidate], idx: &[usize]) -> Result<Vec<Candidate>> {

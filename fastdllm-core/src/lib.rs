@@ -35,7 +35,7 @@ pub use model::{
 };
 pub use policy::{
     CachePolicy, Candidate, ForwardPlan, KvAccess, KvShape, Proposal, Proposer, Selection, StepAt,
-    StepInfo, UnmaskPolicy,
+    StepInfo, StepObservation, UnmaskPolicy,
 };
 pub use rng::Rng;
 pub use trace::{Commit, DriftStats, StepRecord, Trace};

@@ -71,16 +71,62 @@ pub struct KvShape {
     pub device: Device,
 }
 
-/// A cache policy: the plan (pure) plus the K/V storage it manages.
+/// What one step committed, reported to the cache policy after the step
+/// ([`CachePolicy::observe`]): adaptive policies decide their next plans from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepObservation {
+    /// Where the step was.
+    pub at: StepAt,
+    /// The plan its (last) forward ran with.
+    pub plan: ForwardPlan,
+    /// Tokens committed by the step, summed over the active rows.
+    pub committed: usize,
+    /// The lowest ranking score among them (`None` when nothing was committed).
+    pub min_confidence: Option<f64>,
+}
+
+/// A cache policy: the plan plus the K/V storage it manages.
+///
+/// The reference policies (none / prefix / dual and fixed refresh schedules) plan from the
+/// [`StepAt`] alone. Adaptive policies also use what earlier steps of the block showed: they see
+/// each step through [`CachePolicy::observe`] and may redo a cached step as a refresh
+/// ([`CachePolicy::redo`]). Their decisions are batch-wide (one plan per forward), so in a
+/// batch a row may get refreshes its solo run would not have had.
 pub trait CachePolicy {
     /// Short name for reports (`none`, `prefix`, `dual`, ...).
     fn name(&self) -> String;
-    /// What to forward at `at`. Must be pure: proptested without tensors.
+    /// What to forward at `at`. A function of `at` and of what [`CachePolicy::observe`] reported
+    /// so far (the reference policies: of `at` alone; proptested without tensors).
     fn plan(&self, at: &StepAt) -> ForwardPlan;
     /// Called once per generation before the first forward: (re)allocate storage for `shape`.
     fn prepare(&mut self, shape: &KvShape) -> Result<()>;
     /// The K/V hook for the forward `plan` describes.
     fn view(&mut self, plan: &ForwardPlan) -> Result<&mut dyn KvView>;
+    /// The canvas range of keys the forward of `plan` attends over (the loop narrows the pad
+    /// bias to it). Default: the window's own keys for exact forwards, the whole canvas
+    /// `0..seq_len` for [`KvAccess::Reuse`].
+    fn attended_keys(&self, plan: &ForwardPlan, seq_len: usize) -> Range<usize> {
+        match plan.kv {
+            KvAccess::Reuse => 0..seq_len,
+            KvAccess::Fresh | KvAccess::Refresh => plan.window.clone(),
+        }
+    }
+    /// Called after each [`KvAccess::Reuse`] forward, before its logits are used: a plan to redo
+    /// the step with (its logits are then discarded; the discarded forward still counts in the
+    /// NFE) when the policy judges the cached forward too stale. Default: never.
+    fn redo(&mut self, at: &StepAt) -> Option<ForwardPlan> {
+        let _ = at;
+        None
+    }
+    /// A scalar the policy measured during the last forward (e.g. the drift of a probe layer's
+    /// K/V), recorded in the trace. Default: none.
+    fn signal(&self) -> Option<f64> {
+        None
+    }
+    /// Called after every step with what it committed. Default: ignored.
+    fn observe(&mut self, step: &StepObservation) {
+        let _ = step;
+    }
 }
 
 /// A proposed token for one position and the score used to rank it.

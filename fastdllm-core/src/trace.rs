@@ -52,6 +52,14 @@ pub struct StepRecord {
     pub commits: Vec<Vec<Commit>>,
     /// Drift against the exact forward (cached steps only, when requested).
     pub drift: Option<DriftStats>,
+    /// The cache policy's own measurement during the forward ([`crate::CachePolicy::signal`],
+    /// e.g. the probe-layer K drift of fastdllm-cache's policies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_signal: Option<f64>,
+    /// The step's cached forward was discarded and redone with this record's plan
+    /// ([`crate::CachePolicy::redo`]); the discarded forward has its own record before this one.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub redone: bool,
 }
 
 /// The whole generation, step by step.

@@ -283,8 +283,8 @@ impl DecodeArgs {
         let settings = GenerationSettings {
             decode,
             cache: CacheSettings {
-                mode,
                 refresh_every: self.refresh_every,
+                ..CacheSettings::new(mode)
             },
             unmask,
             proposer: ProposerConfig {

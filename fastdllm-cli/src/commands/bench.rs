@@ -13,7 +13,7 @@ use std::str::FromStr;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use fastdllm_benches::{self as benches, BenchModel, Machine, Matrix, RunOptions};
-use fastdllm_cache::CacheMode;
+use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_models::ModelConfig;
 use fastdllm_sampler::Unmask;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -44,7 +44,7 @@ pub struct BenchArgs {
     /// Override the layer count of the random-weight model (quick runs of big configs).
     #[arg(long, value_parser = bounds::layers())]
     layers: Option<usize>,
-    /// Cache modes, comma-separated (none, prefix, dual).
+    /// Cache policies, comma-separated (none, prefix, dual, or adaptive ones such as dual+commits=2).
     #[arg(long, value_delimiter = ',')]
     cache: Option<Vec<String>>,
     /// Unmasking rules, comma-separated (fixed, threshold=0.9, factor=1, ...).
@@ -130,7 +130,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let (mut matrix, warmup, repeats) = match a.preset {
         Preset::Smoke => (
             Matrix {
-                caches: CacheMode::ALL.to_vec(),
+                caches: CacheMode::ALL.map(CacheSettings::new).to_vec(),
                 rules: vec![Unmask::Fixed, Unmask::Threshold { threshold: 0.9 }],
                 gen_lengths: vec![32],
                 block_lengths: vec![8],
@@ -142,7 +142,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         ),
         Preset::CacheCpu => (
             Matrix {
-                caches: CacheMode::ALL.to_vec(),
+                caches: CacheMode::ALL.map(CacheSettings::new).to_vec(),
                 rules: vec![Unmask::Fixed],
                 gen_lengths: vec![256],
                 block_lengths: vec![32],

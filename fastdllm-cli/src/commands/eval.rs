@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use fastdllm_benches::eval::{
-    encode_prompts, evaluate, format_table, parse_settings, read_tasks, report_json,
+    encode_prompts, evaluate, format_table, html, parse_settings, read_tasks, report_json,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -25,7 +25,8 @@ pub struct EvalArgs {
     #[arg(long)]
     tasks: PathBuf,
     /// Comma-separated settings cache/rule[/steps=N], e.g. "none/fixed,dual/threshold=0.9,prefix/factor=1"
-    /// (cache: none, prefix, dual; rule: fixed, threshold=T, factor=F, dream_timesteps, origin;
+    /// (cache: none, prefix, dual, or an adaptive policy such as dual+commits=2, dual+drift=0.3,
+    /// dual+lowconf=0.9, dual+window=8; rule: fixed, threshold=T, factor=F, dream_timesteps, origin;
     /// Dream's `fixed` is its timestep schedule). Default: the one setting of --cache /
     /// --threshold / --factor.
     #[arg(long, conflicts_with_all = ["threshold", "factor", "cache"])]
@@ -45,6 +46,10 @@ pub struct EvalArgs {
     /// With --json: include every task's output and verdict.
     #[arg(long, requires = "json")]
     outcomes: bool,
+    /// Also write an HTML report: accuracy against tokens per forward (one point per rule, one
+    /// line per cache policy: the paper's Figure 5), the table and the per-kind accuracies.
+    #[arg(long)]
+    html: Option<PathBuf>,
 }
 
 pub fn run(a: EvalArgs) -> Result<ExitCode> {
@@ -108,8 +113,24 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         }
         reports.push(report);
     }
+    let d = &base.decode;
+    if let Some(path) = &a.html {
+        let caption = format!(
+            "{} tasks from {}, model {}, gen {} block {}, batch {}, {} on {}",
+            tasks.len(),
+            a.tasks.display(),
+            dir.display(),
+            d.gen_length,
+            d.block_length,
+            a.batch,
+            a.model.dtype.dtype().as_str(),
+            format!("{device:?}")
+        );
+        std::fs::write(path, html(&reports, &caption))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
     if !a.json {
-        let d = &base.decode;
         println!(
             "{} tasks from {}, model {}, gen {} block {}, batch {}\n",
             tasks.len(),

@@ -16,7 +16,7 @@
 //! carry the Fast-dLLM knobs (`gen_length`, `block_length`, `steps`, `cache`, `threshold`,
 //! `factor`, `top_k`) and `provisional` (stream the current block's provisional tokens).
 
-use fastdllm_cache::CacheMode;
+use fastdllm_cache::{CacheSettings, CACHE_NAMES};
 use fastdllm_core::{ModelFamily, TokenId};
 use fastdllm_sampler::{Unmask, MIN_TEMPERATURE};
 use serde::{Deserialize, Serialize};
@@ -65,7 +65,8 @@ pub struct Knobs {
     pub block_length: Option<usize>,
     /// Denoising steps of fixed schedules.
     pub steps: Option<usize>,
-    /// `none`, `prefix` or `dual`.
+    /// A cache name ([`CacheSettings`]): `none`, `prefix`, `dual`, or an adaptive policy such
+    /// as `dual+commits=2`.
     pub cache: Option<String>,
     /// Threshold rule.
     pub threshold: Option<f64>,
@@ -621,17 +622,12 @@ impl Knobs {
             ));
         }
         if let Some(c) = &self.cache {
-            s.cache.mode = match c.as_str() {
-                "none" | "off" => CacheMode::Off,
-                "prefix" => CacheMode::Prefix,
-                "dual" => CacheMode::Dual,
-                other => {
-                    return Err(bad(
-                        "cache",
-                        format!("cache = '{other}': one of none, prefix, dual"),
-                    ))
-                }
-            };
+            s.cache = c.parse::<CacheSettings>().map_err(|e| {
+                bad(
+                    "cache",
+                    format!("cache = '{c}': {e} (names: {CACHE_NAMES})"),
+                )
+            })?;
         }
         match (self.threshold, self.factor) {
             (Some(_), Some(_)) => {
