@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 
 mod any;
+pub mod chat_template;
 pub mod config;
 pub mod dream;
 pub mod error;
@@ -46,9 +47,15 @@ pub mod llada;
 pub mod loading;
 pub mod tokenizer;
 
-pub use any::{load_model, random_model, LoadedModel, ModelInfo, DREAM_BOS_TOKEN};
-pub use config::{load_config, ModelConfig, RawGenerationConfig, TokenIds};
+pub use any::{
+    load_chat_template_file, load_model, random_model, LoadedModel, ModelInfo, DREAM_BOS_TOKEN,
+};
+pub use chat_template::{ChatTemplate, JinjaTemplate, Message, TemplateTokens};
+pub use config::{
+    load_config, read_generation_config, DirDecodeDefaults, ModelConfig, RawGenerationConfig,
+    TokenIds,
+};
 pub use dream::{DreamConfig, DreamModel, RawDreamConfig};
 pub use error::{Error, Result};
 pub use llada::{LladaConfig, LladaModel, RawLladaConfig};
-pub use tokenizer::{ChatTemplate, Tokenizer};
+pub use tokenizer::{IncrementalDecoder, Tokenizer};
