@@ -9,6 +9,7 @@
 //! * [`eval`]: task files (plain and GSM8K JSON Lines) run under several settings and scored
 //!   by exact match, with NFE, tokens per forward and output tokens/s;
 //! * [`malloc`]: glibc allocator tuning of the binary (large buffers stay in the heap);
+//! * [`hub`]: `--model` as a Hugging Face Hub model id, through the standard cache;
 //! * [`paths`]: the models bundled with the repository;
 //! * [`serve`]: the OpenAI-compatible HTTP server of `fastdllm serve` (issue 6);
 //! * [`trace_view`]: one generation drawn as an HTML/SVG picture (`fastdllm trace`).
@@ -19,6 +20,8 @@ pub mod bench;
 pub mod conform;
 pub mod engine;
 pub mod eval;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod malloc;
 pub mod paths;
 pub mod serve;

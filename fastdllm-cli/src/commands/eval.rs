@@ -11,7 +11,7 @@ use fastdllm_cli::eval::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::args::{DecodeArgs, ModelArgs};
+use super::args::{DecodeArgs, DecodeDefaults, ModelArgs};
 
 /// Arguments of `fastdllm eval`.
 #[derive(Debug, Args)]
@@ -59,13 +59,12 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         Some(list) => Some(parse_settings(list)?),
         None => None,
     };
-    let device = a.model.device.device()?;
-    let dir = a.model.dir();
+    let (dir, loaded) = a.model.load().context("cannot load the model")?;
     let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
-    let loaded = fastdllm_models::load_model(&dir, &device, a.model.dtype.dtype())
-        .with_context(|| format!("cannot load model {}", dir.display()))?;
     let family = loaded.model.spec().family;
-    let base = a.decode.settings(family)?;
+    let base = a
+        .decode
+        .settings(family, &DecodeDefaults::from_dir(&dir)?)?;
     let resolved = match &specs {
         Some(specs) => specs
             .iter()

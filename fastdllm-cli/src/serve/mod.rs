@@ -10,7 +10,7 @@
 //! step. Shutdown is graceful: in-flight and queued requests finish.
 //!
 //! Reference: the OpenAI completions / chat completions API. Deviations: see [`api`] (one choice,
-//! single-turn chats, `max_tokens` = `gen_length`) and [`scheduler`] (batch granularity).
+//! `max_tokens` = `gen_length`) and [`scheduler`] (batch granularity).
 
 pub mod api;
 pub mod errors;
@@ -104,7 +104,7 @@ pub fn start(loaded: LoadedModel, cfg: ServeConfig) -> Result<(AppState, Worker)
     let inner = Inner {
         tx,
         tokenizer: loaded.tokenizer.clone(),
-        template: loaded.info.chat_template,
+        template: loaded.info.chat_template.clone(),
         spec: loaded.model.spec().clone(),
         stats: stats.clone(),
         started: now(),
@@ -289,24 +289,36 @@ struct Prepared {
     provisional: bool,
 }
 
+/// The prompt text of a request: raw (`prompt`, the tokenizer's special tokens added) or a
+/// conversation rendered with the chat template.
+enum PromptText<'a> {
+    Raw(&'a str),
+    Chat(&'a [fastdllm_models::Message]),
+}
+
 fn prepare(
     s: &AppState,
-    text: &str,
-    templated: bool,
+    input: PromptText<'_>,
     knobs: &Knobs,
     stream: bool,
     provisional: bool,
 ) -> Result<Prepared, ApiError> {
-    let param = if templated { "messages" } else { "prompt" };
-    if text.trim().is_empty() {
-        return Err(ApiError::invalid(Some(param), "the prompt is empty"));
-    }
-    let settings = knobs.resolve(&s.0.cfg.defaults, s.0.spec.family)?;
-    let (text, special) = if templated {
-        (s.0.template.apply(text), s.0.template.add_special_tokens())
-    } else {
-        (text.to_string(), true)
+    let (param, text, special) = match input {
+        PromptText::Raw(text) => {
+            if text.trim().is_empty() {
+                return Err(ApiError::invalid(Some("prompt"), "the prompt is empty"));
+            }
+            ("prompt", text.to_string(), true)
+        }
+        PromptText::Chat(messages) => {
+            let text =
+                s.0.template
+                    .render(messages)
+                    .map_err(|e| ApiError::invalid(Some("messages"), format!("{e}")))?;
+            ("messages", text, s.0.template.add_special_tokens())
+        }
     };
+    let settings = knobs.resolve(&s.0.cfg.defaults, s.0.spec.family)?;
     let prompt =
         s.0.tokenizer.encode(&text, special).map_err(|e| {
             ApiError::invalid(Some(param), format!("cannot tokenize the prompt: {e}"))
@@ -486,7 +498,13 @@ async fn completions(State(s): State<AppState>, req: Request) -> Result<Response
             ))
         }
     };
-    let p = prepare(&s, &text, false, &r.knobs, r.stream, r.provisional)?;
+    let p = prepare(
+        &s,
+        PromptText::Raw(&text),
+        &r.knobs,
+        r.stream,
+        r.provisional,
+    )?;
     let prompt_tokens = p.prompt.len();
     let rx = submit(&s, p)?;
     if r.stream {
@@ -517,15 +535,14 @@ async fn chat_completions(State(s): State<AppState>, req: Request) -> Result<Res
     let r: ChatRequest = api::parse_body(&body)?;
     api::check_model(r.model.as_deref(), &s.0.cfg.model_id)?;
     api::check_n(r.n)?;
-    let text =
-        match r.messages.as_slice() {
-            [m] if m.role == "user" => m.content.clone(),
-            _ => return Err(ApiError::invalid(
-                Some("messages"),
-                "only single-turn chats are supported: send exactly one message with role 'user'",
-            )),
-        };
-    let p = prepare(&s, &text, true, &r.knobs, r.stream, r.provisional)?;
+    let messages = api::chat_messages(&r.messages)?;
+    let p = prepare(
+        &s,
+        PromptText::Chat(&messages),
+        &r.knobs,
+        r.stream,
+        r.provisional,
+    )?;
     let prompt_tokens = p.prompt.len();
     let rx = submit(&s, p)?;
     if r.stream {

@@ -18,8 +18,11 @@
 //! batch invariance), which tests/serve.rs checks against [`crate::engine::run`].
 //!
 //! Streaming: after every step, a row whose current block is final (no mask left) gets the text
-//! of that block (the decoded committed prefix, cut at the first end-of-sequence token, minus
-//! what was already sent), and with `provisional` the current block's tentative tokens.
+//! of that block: its ids (up to the first end-of-sequence token) go through the row's
+//! [`IncrementalDecoder`] (tokenizers' `DecodeStream`), which holds back the bytes of a character
+//! that continues in the next block, so no chunk holds a broken character and the chunks joined
+//! equal the non-streamed answer byte for byte; with `provisional`, the current block's
+//! tentative tokens.
 //!
 //! Reference: none (the reference has no server). Robustness: a panic inside a round is caught
 //! and answered as an error to that session's rows; the worker keeps serving.
@@ -30,7 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use fastdllm_core::{Control, GenerateOptions, RowId, StepEvent, TokenId};
-use fastdllm_models::LoadedModel;
+use fastdllm_models::{IncrementalDecoder, LoadedModel};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -297,11 +300,11 @@ impl Live {
                 if done && st.blocks_sent <= block_idx {
                     st.blocks_sent = block_idx + 1;
                     let end = answer_block.end.min(answer.len());
-                    let (text, _, eos) = answer_text(loaded, &answer[..end]);
-                    st.finished = eos;
-                    let d = delta(&st.sent, &text);
+                    let committed = &answer[..end];
+                    let kept = trim_at_eos(committed, &loaded.model.spec().eos_token_ids);
+                    st.finished = kept.len() < committed.len();
+                    let d = st.feed(loaded, kept);
                     if !d.is_empty() {
-                        st.sent.push_str(&d);
                         let _ = job.events.send(RowEvent::Text(d));
                     }
                 } else if !done && job.provisional {
@@ -335,7 +338,11 @@ impl Live {
                     }
                     let (text, completion_tokens, eos) = answer_text(loaded, &row.output.generated);
                     if job.stream {
-                        let d = delta(&st.sent, &text);
+                        let answer =
+                            trim_at_eos(&row.output.generated, &loaded.model.spec().eos_token_ids);
+                        let mut st = st;
+                        let mut d = st.feed(loaded, answer);
+                        d.push_str(&st.decoder.finish(&loaded.tokenizer).unwrap_or_default());
                         if !d.is_empty() {
                             let _ = job.events.send(RowEvent::Text(d));
                         }
@@ -383,10 +390,25 @@ impl Live {
 /// Streaming state of one row.
 #[derive(Debug, Default)]
 struct RowState {
-    sent: String,
+    /// The answer's ids fed to `decoder` so far.
+    fed: usize,
+    /// Turns committed ids into text that never splits a character (byte-level BPE).
+    decoder: IncrementalDecoder,
     blocks_sent: usize,
     finished: bool,
     cancelled: bool,
+}
+
+impl RowState {
+    /// Feeds the ids of `answer` (the committed answer so far, cut at EOS) not yet fed; returns
+    /// the text that became final.
+    fn feed(&mut self, loaded: &LoadedModel, answer: &[TokenId]) -> String {
+        let new = answer.get(self.fed..).unwrap_or_default();
+        self.fed = self.fed.max(answer.len());
+        self.decoder
+            .push(&loaded.tokenizer, new)
+            .unwrap_or_default()
+    }
 }
 
 /// The text of `ids` cut at the first EOS, and whether an EOS was found.
@@ -395,9 +417,4 @@ fn answer_text(loaded: &LoadedModel, ids: &[TokenId]) -> (String, usize, bool) {
     let answer = trim_at_eos(ids, eos);
     let text = loaded.tokenizer.decode(answer).unwrap_or_default();
     (text, answer.len(), answer.len() < ids.len())
-}
-
-/// The part of `text` not yet in `sent` (empty if `text` does not extend it).
-fn delta(sent: &str, text: &str) -> String {
-    text.strip_prefix(sent).unwrap_or_default().to_string()
 }
