@@ -93,7 +93,7 @@ impl BenchModel {
     ) -> Result<Self> {
         let loaded = fastdllm_models::load_model_with(dir, device, options)
             .with_context(|| format!("loading {}", dir.display()))?;
-        let text = loaded.info.chat_template.apply(prompt);
+        let text = loaded.info.chat_template.apply(prompt)?;
         let ids = loaded
             .tokenizer
             .encode(&text, loaded.info.chat_template.add_special_tokens())?;

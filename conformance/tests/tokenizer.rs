@@ -60,7 +60,7 @@ fn missing_or_broken_tokenizer_file() {
 #[test]
 fn llada_template_is_llama3_with_bos() {
     assert_eq!(
-        ChatTemplate::Llama3.apply("  What is 2+2?\n"),
+        ChatTemplate::Llama3.apply("  What is 2+2?\n").unwrap(),
         "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>\
          <|start_header_id|>assistant<|end_header_id|>\n\n"
     );
@@ -70,7 +70,7 @@ fn llada_template_is_llama3_with_bos() {
 #[test]
 fn dream_template_is_chatml_with_default_system_prompt() {
     assert_eq!(
-        ChatTemplate::ChatMl.apply("What is 2+2?"),
+        ChatTemplate::ChatMl.apply("What is 2+2?").unwrap(),
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n\
          <|im_start|>assistant\n"
     );
@@ -80,7 +80,7 @@ fn dream_template_is_chatml_with_default_system_prompt() {
 #[test]
 fn no_template_encodes_raw_text_with_bos() {
     let tok = tokenizer();
-    assert_eq!(ChatTemplate::None.apply("copy abc="), "copy abc=");
+    assert_eq!(ChatTemplate::None.apply("copy abc=").unwrap(), "copy abc=");
     assert_eq!(
         tok.encode_prompt("copy abc=", &ChatTemplate::None).unwrap(),
         tok.encode("copy abc=", true).unwrap()
@@ -95,4 +95,125 @@ fn templated_prompt_has_exactly_one_bos() {
     let ids = tok.encode_prompt("hi", &ChatTemplate::Llama3).unwrap();
     assert_eq!(ids[0], 51);
     assert_eq!(ids.iter().filter(|&&id| id == 51).count(), 1);
+}
+
+/// GPT-2's byte → character table of the ByteLevel pre-tokenizer / decoder.
+fn byte_chars() -> Vec<char> {
+    let mut bs: Vec<u32> = (u32::from(b'!')..=u32::from(b'~'))
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..=255u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut table = vec!['\0'; 256];
+    for (b, c) in bs.into_iter().zip(cs) {
+        table[b as usize] = char::from_u32(c).unwrap();
+    }
+    table
+}
+
+/// A byte-level BPE tokenizer (LLaDA's and Dream's kind): the 256 byte tokens plus merges that
+/// join some bytes *inside* multi-byte characters (the first two bytes of `你` and of `😀`, the
+/// last two of `✓`), so that characters are spread over several tokens.
+fn byte_level_bpe() -> Tokenizer {
+    use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    let table = byte_chars();
+    let mut vocab = std::collections::HashMap::new();
+    for (id, c) in table.iter().enumerate() {
+        vocab.insert(c.to_string(), id as u32);
+    }
+    let mut merges = Vec::new();
+    let tok = |bytes: &[u8]| bytes.iter().map(|&b| table[b as usize]).collect::<String>();
+    for (a, b) in [
+        (&[0xE4][..], &[0xBD][..]), // 你 = E4 BD A0: "E4 BD" | "A0"
+        (&[0xF0][..], &[0x9F][..]), // 😀 = F0 9F 98 80: "F0 9F" | "98" | "80"
+        (&[0x9C][..], &[0x93][..]), // ✓ = E2 9C 93: "E2" | "9C 93"
+        (&b"h"[..], &b"e"[..]),
+        (&b"he"[..], &b"l"[..]),
+        (&[0xC3][..], &[0xA9][..]), // é whole
+    ] {
+        let joined = [a, b].concat();
+        vocab.insert(tok(&joined), vocab.len() as u32);
+        merges.push((tok(a), tok(b)));
+    }
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .unwrap();
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    inner
+        .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
+        .with_decoder(Some(ByteLevelDecoder::default()));
+    Tokenizer::from_inner(inner)
+}
+
+#[test]
+fn byte_level_tokenizer_splits_characters_across_tokens() {
+    // The premise of the streaming test: decoding a prefix that ends inside a character gives
+    // U+FFFD, which is what a block-by-block decode sent before the incremental decoder.
+    let tok = byte_level_bpe();
+    let ids = tok.encode("a你✓😀", false).unwrap();
+    assert_eq!(tok.decode(&ids).unwrap(), "a你✓😀");
+    assert!(ids.len() > 4, "{ids:?}");
+    let broken = (1..ids.len()).filter(|&k| tok.decode(&ids[..k]).unwrap().contains('\u{FFFD}'));
+    assert!(broken.count() >= 3);
+}
+
+fn streamed(tok: &Tokenizer, ids: &[u32], cuts: &[usize]) -> Vec<String> {
+    let mut dec = tok.incremental_decoder();
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for &end in cuts.iter().chain(std::iter::once(&ids.len())) {
+        let end = end.clamp(start, ids.len());
+        chunks.push(dec.push(tok, &ids[start..end]).unwrap());
+        start = end;
+    }
+    chunks.push(dec.finish(tok).unwrap());
+    chunks
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Any split of the ids into blocks: no chunk holds a broken character (U+FFFD), and the
+    /// chunks joined equal the whole decoding byte for byte.
+    #[test]
+    fn incremental_decoding_never_splits_characters(
+        text in "[a-z 你✓😀éß\n]{0,24}",
+        mut cuts in proptest::collection::vec(0usize..40, 0..8),
+    ) {
+        let tok = byte_level_bpe();
+        let ids = tok.encode(&text, false).unwrap();
+        cuts.sort_unstable();
+        let chunks = streamed(&tok, &ids, &cuts);
+        for c in &chunks {
+            proptest::prop_assert!(!c.contains('\u{FFFD}'), "chunk {:?} of {:?}", c, chunks);
+        }
+        let whole = tok.decode(&ids).unwrap();
+        proptest::prop_assert_eq!(&whole, &text);
+        proptest::prop_assert_eq!(chunks.concat(), whole);
+    }
+}
+
+#[test]
+fn incremental_decoding_block_by_block_example() {
+    // Blocks of 2 tokens over "你✓": 你 is "E4 BD" + "A0", so the first block ends inside it.
+    let tok = byte_level_bpe();
+    let ids = tok.encode("你✓!", false).unwrap();
+    let chunks = streamed(&tok, &ids, &[1, 2, 3]);
+    assert_eq!(
+        chunks[0], "",
+        "the first token alone is an incomplete character"
+    );
+    assert_eq!(chunks.concat(), "你✓!");
+    assert!(chunks.iter().all(|c| !c.contains('\u{FFFD}')));
 }

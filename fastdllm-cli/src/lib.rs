@@ -1,6 +1,8 @@
 //! fastdllm-cli: the `fastdllm` binary (argument parsing and wiring) and the OpenAI-compatible
 //! server it runs.
 //!
+//! * [`hub`]: `--model` as a Hugging Face Hub model id, through the standard cache (feature
+//!   `hub`);
 //! * [`serve`]: the OpenAI-compatible HTTP server of `fastdllm serve` (issue 6);
 //! * [`malloc`]: glibc allocator tuning of the binary (large buffers stay in the heap).
 //!
@@ -8,5 +10,7 @@
 //! settings → policies wiring in `conformance`; the benchmark matrix, its records and report,
 //! eval and the trace picture in `fastdllm-benches`. The only crate of the workspace with `clap`.
 
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod malloc;
 pub mod serve;

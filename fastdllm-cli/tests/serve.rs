@@ -777,3 +777,135 @@ fn mismatched_batch_settings_are_errors() {
         "{err}"
     );
 }
+
+/// The tiny LLaDA with a Jinja chat template (multi-turn, `raise_exception` on a `tool` role).
+fn load_with_template() -> LoadedModel {
+    let mut loaded = load();
+    loaded.info.chat_template = fastdllm_models::ChatTemplate::Jinja(
+        fastdllm_models::JinjaTemplate::new(
+            "{{ bos_token }}{% for m in messages %}{% if m.role not in ['system', 'user', 'assistant'] %}{{ raise_exception('bad role ' + m.role) }}{% endif %}{{ m.content.strip() }}{% if not loop.last %} {% endif %}{% endfor %}",
+            "test template",
+            loaded.info.template_tokens.clone(),
+        )
+        .unwrap(),
+    );
+    loaded
+}
+
+#[test]
+fn multi_turn_chat_with_the_model_template_and_content_parts() {
+    let loaded = load_with_template();
+    let template = loaded.info.chat_template.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let srv = serve::spawn(
+        listener,
+        loaded.clone(),
+        ServeConfig::new("llada-tiny", defaults()),
+        2,
+    )
+    .unwrap();
+    let url = format!("{}/v1/chat/completions", srv.url());
+    let messages = json!([
+        {"role": "system", "content": " copy"},
+        {"role": "user", "content": "ab="},
+        {"role": "assistant", "content": "ab"},
+        {"role": "user", "content": [{"type": "text", "text": "copy 3dbk"}, {"type": "text", "text": "......="}]}
+    ]);
+    let (s, v) = post_json(&url, &json!({"messages": messages}));
+    assert_eq!(s, 200, "{v}");
+    // The same prompt through the template and the engine alone.
+    let conv = [
+        fastdllm_models::Message::new("system", " copy"),
+        fastdllm_models::Message::user("ab="),
+        fastdllm_models::Message::new("assistant", "ab"),
+        fastdllm_models::Message::user("copy 3dbk......="),
+    ];
+    let text = template.render(&conv).unwrap();
+    assert!(
+        text.starts_with("<|startoftext|>copy ab= ab copy 3dbk"),
+        "{text}"
+    );
+    let ids = loaded.tokenizer.encode(&text, false).unwrap();
+    let s0 = defaults().settings;
+    let gen = engine::run(
+        loaded.model.as_ref(),
+        &[ids.clone()],
+        &[0],
+        &s0,
+        &GenerateOptions::default(),
+    )
+    .unwrap();
+    let answer = trim_at_eos(&gen.rows[0].generated, &loaded.model.spec().eos_token_ids);
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        loaded.tokenizer.decode(answer).unwrap()
+    );
+    assert_eq!(v["usage"]["prompt_tokens"], ids.len());
+    // A string content equals the same text as parts.
+    let (_, v2) = post_json(
+        &url,
+        &json!({"messages": [{"role": "system", "content": [{"type": "text", "text": " copy"}]}, {"role": "user", "content": "ab="}, {"role": "assistant", "content": "ab"}, {"role": "user", "content": "copy 3dbk......="}]}),
+    );
+    assert_eq!(v2["choices"][0]["message"], v["choices"][0]["message"]);
+
+    // Bad messages: 400 naming the field.
+    let (s, v) = post_json(
+        &url,
+        &json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}),
+    );
+    assert_error(s, &v, 400, Some("messages[0].content[1].type"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("image_url"),
+        "{v}"
+    );
+    let (s, v) = post_json(
+        &url,
+        &json!({"messages": [{"role": "tool", "content": "x"}]}),
+    );
+    assert_error(s, &v, 400, Some("messages[0].role"));
+    let (s, v) = post_json(&url, &json!({"messages": [{"role": "user", "content": 7}]}));
+    assert_error(s, &v, 400, Some("messages[0].content"));
+    let (s, v) = post_json(&url, &json!({"messages": [{"role": "user"}]}));
+    assert_error(s, &v, 400, Some("messages[0].content"));
+    let (s, v) = post_json(
+        &url,
+        &json!({"messages": [{"role": "user", "content": [{"type": "text"}]}]}),
+    );
+    assert_error(s, &v, 400, Some("messages[0].content[0].text"));
+    srv.shutdown().unwrap();
+}
+
+#[test]
+fn template_exception_is_a_400_with_its_message() {
+    let mut loaded = load();
+    loaded.info.chat_template = fastdllm_models::ChatTemplate::Jinja(
+        fastdllm_models::JinjaTemplate::new(
+            "{% for m in messages %}{% if (m.role == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{{ m.content }}{% endfor %}",
+            "alternating template",
+            Default::default(),
+        )
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let srv = serve::spawn(
+        listener,
+        loaded,
+        ServeConfig::new("llada-tiny", defaults()),
+        2,
+    )
+    .unwrap();
+    let (s, v) = post_json(
+        &format!("{}/v1/chat/completions", srv.url()),
+        &json!({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}),
+    );
+    assert_error(s, &v, 400, Some("messages"));
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("Conversation roles must alternate") && m.contains("alternating template"),
+        "{m}"
+    );
+    srv.shutdown().unwrap();
+}

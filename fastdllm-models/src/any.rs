@@ -6,8 +6,11 @@
 //! safetensors). The architecture comes from `architectures[0]`, falling back to `model_type`.
 //! Deviations: EOS ids are the union of the config files' ids and the end-of-answer special
 //! tokens the tokenizer has (`<|endoftext|>`, `<|eot_id|>`, `<|im_end|>`), because the released
-//! configs name only `<|endoftext|>` while Instruct answers end with the end-of-turn token; the
-//! chat template is a fixed per-family template (not the Jinja one). GGUF files: see `gguf.rs`.
+//! configs name only `<|endoftext|>` while Instruct answers end with the end-of-turn token. The
+//! chat template is the checkpoint's own (see [`crate::chat_template`]; a GGUF file's
+//! `tokenizer.chat_template`); a directory without one (no `chat_template.jinja`, no
+//! `tokenizer_config.json`) gets the family's built-in template when the tokenizer has its
+//! special tokens. GGUF files: see `gguf.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +18,10 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use fastdllm_core::DiffusionLm;
 
+use crate::chat_template::{
+    read_dir_template, ChatTemplate, JinjaTemplate, TemplateSource, TemplateTokens,
+    CHATML_TEMPLATE_TOKENS, LLAMA3_BOS, LLAMA3_TEMPLATE_TOKENS,
+};
 use crate::config::{check_dir, load_config, ModelConfig};
 use crate::dream::DreamModel;
 use crate::gguf::GgufFile;
@@ -23,9 +30,7 @@ use crate::loading::{
     check_weights, mmap_var_builder, random_var_builder, unused_tensors, weight_files, Weights,
 };
 use crate::quant::LoadOptions;
-use crate::tokenizer::{
-    ChatTemplate, Tokenizer, CHATML_TEMPLATE_TOKENS, LLAMA3_BOS, LLAMA3_TEMPLATE_TOKENS,
-};
+use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
 /// Dream Base's BOS, which base prompting prepends (SPEC 1.2.5); its generation config names
@@ -64,9 +69,14 @@ pub struct ModelInfo {
     /// The BOS id raw prompts start with (LLaDA: `bos_token_id` of the config files, else
     /// `<|startoftext|>`; Dream: `<|beginoftext|>` when the tokenizer has it, else the config's).
     pub bos_token_id: Option<u32>,
-    /// The template for one user message ([`ChatTemplate::None`] for Base checkpoints and
-    /// tokenizers without the template's special tokens).
+    /// The chat template: the directory's own Jinja template; else (no `tokenizer_config.json`
+    /// nor `chat_template.jinja`) the family's built-in one when the tokenizer has its special
+    /// tokens; [`ChatTemplate::None`] for Base checkpoints (a `tokenizer_config.json` without
+    /// `chat_template`) and tokenizers without the built-in template's tokens.
     pub chat_template: ChatTemplate,
+    /// The special-token strings templates see (`bos_token`, `eos_token` of
+    /// `tokenizer_config.json`, else the tokens of the config's BOS / first EOS id).
+    pub template_tokens: TemplateTokens,
     /// The validated config, EOS ids completed from the tokenizer.
     pub config: ModelConfig,
     /// The safetensors files (or the GGUF file) the weights came from.
@@ -89,11 +99,13 @@ pub fn load_model(path: &Path, device: &Device, dtype: DType) -> Result<LoadedMo
 /// Loads the model at `path` (local only) onto `device` with `options`.
 ///
 /// `path` is a Hugging Face directory (`config.json` (+ `generation_config.json`),
-/// `tokenizer.json`, `tokenizer_config.json` when present (only whether it has a
-/// `chat_template`), and `model.safetensors` or the shards of `model.safetensors.index.json`), a
-/// llama.cpp `.gguf` file, or a directory without `config.json` that holds exactly one `.gguf`.
-/// With `options.quantize`, the linear layers of a safetensors model are quantized at load
-/// (`QTensor::quantize`); a GGUF file keeps its stored types and rejects `quantize`.
+/// `tokenizer.json`, `tokenizer_config.json` and `chat_template.jinja` when present (the chat
+/// template and its special tokens), and `model.safetensors` or the shards of
+/// `model.safetensors.index.json`), a llama.cpp `.gguf` file, or a directory without
+/// `config.json` that holds exactly one `.gguf`. With `options.quantize`, the linear layers of a
+/// safetensors model are quantized at load (`QTensor::quantize`); a GGUF file keeps its stored
+/// types and rejects `quantize`. Errors: a template that does not compile
+/// ([`crate::Error::ChatTemplate`], naming the file) among the others.
 pub fn load_model_with(path: &Path, device: &Device, options: &LoadOptions) -> Result<LoadedModel> {
     if let Some(file) = gguf_path(path)? {
         return load_gguf(&file, device, options);
@@ -106,6 +118,18 @@ pub fn load_model_with(path: &Path, device: &Device, options: &LoadOptions) -> R
     let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
     config.add_eos_token_ids(tokenizer.eos_token_ids());
     config.validate()?;
+    let (template_source, template_tokens) = read_dir_template(dir)?;
+    let bos = bos_token_id(&config, &tokenizer);
+    let template_tokens = complete_tokens(template_tokens, &config, &tokenizer, bos);
+    let chat_template = match template_source {
+        TemplateSource::Found { source, origin } => ChatTemplate::Jinja(JinjaTemplate::new(
+            &source,
+            origin,
+            template_tokens.clone(),
+        )?),
+        TemplateSource::Declined => ChatTemplate::None,
+        TemplateSource::Unknown => builtin_chat_template(&config, &tokenizer),
+    };
     let files = weight_files(dir)?;
     let location = files
         .iter()
@@ -151,8 +175,9 @@ pub fn load_model_with(path: &Path, device: &Device, options: &LoadOptions) -> R
     let info = ModelInfo {
         dir: dir.to_path_buf(),
         architecture: config.architecture().to_string(),
-        bos_token_id: bos_token_id(&config, &tokenizer),
-        chat_template: chat_template(&config, &tokenizer, declares_chat_template(dir)),
+        bos_token_id: bos,
+        chat_template,
+        template_tokens,
         config,
         weight_files: files,
         dtype: options.dtype,
@@ -268,11 +293,23 @@ fn load_gguf(path: &Path, device: &Device, options: &LoadOptions) -> Result<Load
     config.validate().map_err(|e| e.in_config_file(path))?;
     let weights = Weights::gguf(&file, options.dtype, device);
     let model = build(&config, &weights)?;
+    let bos = bos_token_id(&config, &tokenizer);
+    let template_tokens = complete_tokens(TemplateTokens::default(), &config, &tokenizer, bos);
+    // The file's own template (convert_hf_to_gguf.py copies the checkpoint's), else none.
+    let chat_template = match file.chat_template_source() {
+        Some(source) => ChatTemplate::Jinja(JinjaTemplate::new(
+            &source,
+            format!("{} (tokenizer.chat_template)", path.display()),
+            template_tokens.clone(),
+        )?),
+        None => ChatTemplate::None,
+    };
     let info = ModelInfo {
         dir,
         architecture: config.architecture().to_string(),
-        bos_token_id: bos_token_id(&config, &tokenizer),
-        chat_template: chat_template(&config, &tokenizer, file.has_chat_template()),
+        bos_token_id: bos,
+        chat_template,
+        template_tokens,
         config,
         weight_files: vec![path.to_path_buf()],
         dtype: options.dtype,
@@ -331,31 +368,46 @@ fn bos_token_id(config: &ModelConfig, tokenizer: &Tokenizer) -> Option<u32> {
     }
 }
 
-/// The family's template when the tokenizer has its special tokens and the checkpoint `declares`
-/// a chat template (Instruct checkpoints do: `tokenizer_config.json`'s `chat_template`, GGUF's
-/// `tokenizer.chat_template`).
-fn chat_template(config: &ModelConfig, tokenizer: &Tokenizer, declares: bool) -> ChatTemplate {
+/// `tokens` with the missing `bos_token` / `eos_token` taken from the BOS id and the first EOS id.
+fn complete_tokens(
+    mut tokens: TemplateTokens,
+    config: &ModelConfig,
+    tokenizer: &Tokenizer,
+    bos: Option<u32>,
+) -> TemplateTokens {
+    if tokens.bos_token.is_none() {
+        tokens.bos_token = bos.and_then(|id| tokenizer.inner().id_to_token(id));
+    }
+    if tokens.eos_token.is_none() {
+        tokens.eos_token = config
+            .eos_token_ids()
+            .first()
+            .and_then(|&id| tokenizer.inner().id_to_token(id));
+    }
+    tokens
+}
+
+/// The family's built-in template when the tokenizer has its special tokens (a directory with
+/// no template of its own).
+fn builtin_chat_template(config: &ModelConfig, tokenizer: &Tokenizer) -> ChatTemplate {
     let (template, tokens): (ChatTemplate, &[&str]) = match config {
         ModelConfig::Llada(_) => (ChatTemplate::Llama3, &LLAMA3_TEMPLATE_TOKENS),
         ModelConfig::Dream(_) => (ChatTemplate::ChatMl, &CHATML_TEMPLATE_TOKENS),
     };
     let has_tokens = tokenizer.has_tokens(tokens)
         && (template != ChatTemplate::Llama3 || tokenizer.token_id(LLAMA3_BOS).is_some());
-    if has_tokens && declares {
+    if has_tokens {
         template
     } else {
         ChatTemplate::None
     }
 }
 
-/// False only when `tokenizer_config.json` exists, parses, and has no `chat_template`.
-fn declares_chat_template(dir: &Path) -> bool {
-    let path = dir.join("tokenizer_config.json");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return true;
-    };
-    match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(json) => json.get("chat_template").is_some_and(|t| !t.is_null()),
-        Err(_) => true,
-    }
+/// Compiles the template file `path` (`--chat-template FILE`) with the special tokens of
+/// `info`. Errors: unreadable file, syntax error ([`crate::Error::ChatTemplate`] naming it).
+pub fn load_chat_template_file(path: &Path, info: &ModelInfo) -> Result<ChatTemplate> {
+    Ok(ChatTemplate::Jinja(JinjaTemplate::from_file(
+        path,
+        info.template_tokens.clone(),
+    )?))
 }

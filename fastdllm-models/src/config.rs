@@ -198,7 +198,9 @@ impl TokenIds {
     }
 }
 
-/// The ids of `generation_config.json` (other keys are ignored).
+/// The fields of `generation_config.json` fastdllm reads (other keys are ignored): the special
+/// ids, the sampling fields that map onto the decoding knobs, and an optional `fastdllm` object
+/// with a directory's own decoding defaults.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RawGenerationConfig {
     /// BOS id.
@@ -213,9 +215,64 @@ pub struct RawGenerationConfig {
     /// `[MASK]` id (null in Dream's shipped file).
     #[serde(default)]
     pub mask_token_id: Option<u32>,
+    /// Answer length (transformers' `max_new_tokens`; null in Dream's shipped file).
+    #[serde(default)]
+    pub max_new_tokens: Option<usize>,
+    /// Sampling temperature (Dream's file: 0.0).
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Top-p filtering (Dream).
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Top-k filtering (Dream).
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    /// fastdllm's decoding defaults for this directory (not a transformers key; the bundled tiny
+    /// fixtures declare theirs here).
+    #[serde(default)]
+    pub fastdllm: Option<DirDecodeDefaults>,
 }
 
-fn read_generation_config(dir: &Path) -> Result<Option<RawGenerationConfig>> {
+/// The `fastdllm` object of `generation_config.json`: a model directory's decoding defaults
+/// (every field optional; unknown keys are an error). Names are the Fast-dLLM reference's
+/// `generate()` arguments.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirDecodeDefaults {
+    /// Answer positions G.
+    #[serde(default)]
+    pub gen_length: Option<usize>,
+    /// Block size B.
+    #[serde(default)]
+    pub block_length: Option<usize>,
+    /// Denoising steps of fixed schedules.
+    #[serde(default)]
+    pub steps: Option<usize>,
+    /// KV cache: `none`, `prefix` or `dual`.
+    #[serde(default)]
+    pub cache: Option<String>,
+    /// Parallel decoding threshold: absent = not declared; `null` = no threshold (the fixed
+    /// schedule, Dream's timesteps) = `Some(None)`.
+    #[serde(default, deserialize_with = "present")]
+    pub threshold: Option<Option<f64>>,
+    /// Parallel decoding factor (absent / `null` as for `threshold`).
+    #[serde(default, deserialize_with = "present")]
+    pub factor: Option<Option<f64>>,
+}
+
+/// A present field, `null` included (absent fields take the `default`, `None`).
+fn present<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Reads `generation_config.json` of `dir` (`None` when the file is absent).
+///
+/// Errors: unreadable or malformed file (naming the file and the line).
+pub fn read_generation_config(dir: &Path) -> Result<Option<RawGenerationConfig>> {
     let path = dir.join("generation_config.json");
     if !regular_file(&path, "generation config")? {
         return Ok(None);

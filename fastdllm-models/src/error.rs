@@ -174,6 +174,15 @@ pub enum Error {
         /// The rejected value.
         value: String,
     },
+    /// A chat template does not compile, or its rendering failed (a template's
+    /// `raise_exception`, an unsupported construct, a message the template refuses).
+    #[error("chat template {origin}: {message}")]
+    ChatTemplate {
+        /// Where the template came from (`<dir>/tokenizer_config.json`, a `.jinja` file, ...).
+        origin: String,
+        /// minijinja's description, or the template's own exception message.
+        message: String,
+    },
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

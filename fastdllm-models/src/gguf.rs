@@ -145,7 +145,16 @@ impl GgufFile {
         self.content.tensor_infos.contains_key(name)
     }
 
-    /// Whether `tokenizer.chat_template` is set.
+    /// The `tokenizer.chat_template` string, when the file has one.
+    pub fn chat_template_source(&self) -> Option<String> {
+        self.content
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+    }
+
+    /// Whether the file carries a chat template (`tokenizer.chat_template`).
     pub fn has_chat_template(&self) -> bool {
         self.content
             .metadata

@@ -38,6 +38,7 @@
 #![deny(missing_docs)]
 
 mod any;
+pub mod chat_template;
 pub mod config;
 pub mod dream;
 pub mod error;
@@ -49,13 +50,17 @@ pub mod quant;
 pub mod tokenizer;
 
 pub use any::{
-    load_model, load_model_with, random_model, random_model_with, LoadedModel, ModelInfo,
-    DREAM_BOS_TOKEN,
+    load_chat_template_file, load_model, load_model_with, random_model, random_model_with,
+    LoadedModel, ModelInfo, DREAM_BOS_TOKEN,
 };
-pub use config::{load_config, ModelConfig, RawGenerationConfig, TokenIds};
+pub use chat_template::{ChatTemplate, JinjaTemplate, Message, TemplateTokens};
+pub use config::{
+    load_config, read_generation_config, DirDecodeDefaults, ModelConfig, RawGenerationConfig,
+    TokenIds,
+};
 pub use dream::{DreamConfig, DreamModel, RawDreamConfig};
 pub use error::{Error, Result};
 pub use gguf::GgufFile;
 pub use llada::{LladaConfig, LladaModel, RawLladaConfig};
 pub use quant::{LoadOptions, QuantType};
-pub use tokenizer::{ChatTemplate, Tokenizer};
+pub use tokenizer::{IncrementalDecoder, Tokenizer};

@@ -1,65 +1,18 @@
-//! The tokenizer wrapper and the chat templates of the Instruct checkpoints.
+//! The tokenizer wrapper and its incremental (streaming) decoder.
 //!
-//! Reference: Hugging Face `tokenizers` (0.23, `tokenizer.json`); the templates are LLaDA-8B-
-//! Instruct's Llama-3 style template (SPEC 1.1.4) and Dream-v0-Instruct-7B's Qwen2.5 ChatML
-//! template with the default system prompt (SPEC 1.2.5). Deviations: the templates are fixed
-//! strings for one user message (the Jinja templates of `tokenizer_config.json` are not
-//! interpreted); the LLaDA template writes the BOS itself, so a templated prompt is encoded
-//! **without** the tokenizer's own special tokens (see [`Tokenizer::encode_prompt`]).
+//! Reference: Hugging Face `tokenizers` (0.23, `tokenizer.json`; `DecodeStream` /
+//! `step_decode_stream` for streaming). Chat templates live in [`crate::chat_template`]; a
+//! templated prompt is encoded **without** the tokenizer's own special tokens (see
+//! [`Tokenizer::encode_prompt`]).
 
 use std::path::{Path, PathBuf};
 
+use crate::chat_template::ChatTemplate;
 use crate::{Error, Result};
 
-/// LLaDA Instruct's BOS token, which its template writes itself.
-pub const LLAMA3_BOS: &str = "<|startoftext|>";
-/// Tokens the Llama-3 style template needs in the vocabulary.
-pub const LLAMA3_TEMPLATE_TOKENS: [&str; 3] =
-    ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"];
-/// Tokens the ChatML template needs in the vocabulary.
-pub const CHATML_TEMPLATE_TOKENS: [&str; 2] = ["<|im_start|>", "<|im_end|>"];
-/// Dream Instruct's default system prompt (Qwen2.5).
-pub const CHATML_DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful assistant.";
 /// Special tokens that end an answer in the supported families (`<|endoftext|>` everywhere,
 /// `<|eot_id|>` for LLaDA Instruct, `<|im_end|>` for Dream Instruct).
 pub const EOS_TOKENS: [&str; 3] = ["<|endoftext|>", "<|eot_id|>", "<|im_end|>"];
-
-/// How a user message becomes a prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChatTemplate {
-    /// LLaDA Instruct (Llama-3 style, BOS included):
-    /// `<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n{message, trimmed}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n`.
-    Llama3,
-    /// Dream Instruct (Qwen2.5 ChatML with the default system prompt):
-    /// `<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n`.
-    ChatMl,
-    /// Raw text (Base checkpoints, the tiny fixtures): the message is the prompt.
-    None,
-}
-
-impl ChatTemplate {
-    /// The templated prompt for one user message.
-    pub fn apply(&self, user_message: &str) -> String {
-        match self {
-            ChatTemplate::Llama3 => format!(
-                "{LLAMA3_BOS}<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>\
-                 <|start_header_id|>assistant<|end_header_id|>\n\n",
-                user_message.trim()
-            ),
-            ChatTemplate::ChatMl => format!(
-                "<|im_start|>system\n{CHATML_DEFAULT_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n\
-                 {user_message}<|im_end|>\n<|im_start|>assistant\n"
-            ),
-            ChatTemplate::None => user_message.to_string(),
-        }
-    }
-
-    /// Whether the templated text must be encoded with the tokenizer's own special tokens (BOS
-    /// post-processor): only for raw text; a template writes its own.
-    pub fn add_special_tokens(&self) -> bool {
-        matches!(self, ChatTemplate::None)
-    }
-}
 
 /// A `tokenizer.json` tokenizer.
 #[derive(Clone)]
@@ -116,7 +69,16 @@ impl Tokenizer {
     /// The prompt ids of `user_message` under `template`: the template's text encoded without
     /// the tokenizer's special tokens, or the raw message with them for [`ChatTemplate::None`].
     pub fn encode_prompt(&self, user_message: &str, template: &ChatTemplate) -> Result<Vec<u32>> {
-        self.encode(&template.apply(user_message), template.add_special_tokens())
+        self.encode(
+            &template.apply(user_message)?,
+            template.add_special_tokens(),
+        )
+    }
+
+    /// A streaming decoder over this tokenizer (special tokens skipped), see
+    /// [`IncrementalDecoder`].
+    pub fn incremental_decoder(&self) -> IncrementalDecoder {
+        IncrementalDecoder::default()
     }
 
     /// Text of `ids`, special tokens skipped.
@@ -144,5 +106,99 @@ impl Tokenizer {
     /// The ids of the end-of-answer tokens ([`EOS_TOKENS`]) this tokenizer has.
     pub fn eos_token_ids(&self) -> Vec<u32> {
         EOS_TOKENS.iter().filter_map(|t| self.token_id(t)).collect()
+    }
+}
+
+/// Decodes ids as they arrive into text pieces that never split a character.
+///
+/// Byte-level BPE tokenizers (LLaDA's, Dream's) may spread one character's UTF-8 bytes over
+/// several tokens; decoding a prefix that ends inside a character gives U+FFFD. This decoder
+/// is tokenizers' `DecodeStream` (the same state, advanced by `tokenizers::step_decode_stream`),
+/// owned so that it can live next to a request: [`IncrementalDecoder::push`] returns only text
+/// that is final, holding back ids until their characters are complete, and the pieces joined
+/// equal [`Tokenizer::decode`] of all ids (special tokens skipped), byte for byte; ids still
+/// held come out with [`IncrementalDecoder::finish`].
+#[derive(Debug, Clone, Default)]
+pub struct IncrementalDecoder {
+    /// The ids not yet drained: the "read" context, the last emitted piece, held ids.
+    ids: Vec<u32>,
+    /// The decoding of `ids[..prefix_index]`, trimmed off the next decoding.
+    prefix: String,
+    prefix_index: usize,
+    /// Everything returned so far (what [`IncrementalDecoder::finish`] completes).
+    emitted: String,
+    /// Every id pushed (to decode the whole answer at the end).
+    all: Vec<u32>,
+    /// Set when a piece would not have extended the whole decoding: nothing more is emitted
+    /// before `finish`.
+    stalled: bool,
+}
+
+impl IncrementalDecoder {
+    /// Adds `ids` and returns the text that became final (possibly empty).
+    ///
+    /// Errors: the tokenizer's decoding error.
+    pub fn push(&mut self, tokenizer: &Tokenizer, ids: &[u32]) -> Result<String> {
+        let mut out = String::new();
+        for &id in ids {
+            self.all.push(id);
+            let step = tokenizers::step_decode_stream(
+                &**tokenizer.inner(),
+                vec![id],
+                true,
+                &mut self.ids,
+                &mut self.prefix,
+                &mut self.prefix_index,
+            );
+            match step {
+                Ok(Some(piece)) => out.push_str(&piece),
+                Ok(None) => {}
+                // The decoding of a longer window does not extend the previous one (not the case
+                // for byte-level or Metaspace decoders): hold everything until `finish`, which
+                // decodes the whole answer.
+                Err(_) => self.stalled = true,
+            }
+        }
+        let out = self.clamp(out, tokenizer)?;
+        self.emitted.push_str(&out);
+        Ok(out)
+    }
+
+    /// The rest of the text: the decoding of every pushed id minus what [`push`] returned.
+    ///
+    /// [`push`]: IncrementalDecoder::push
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<String> {
+        let text = tokenizer.decode(&self.all)?;
+        let rest = text
+            .strip_prefix(self.emitted.as_str())
+            .unwrap_or_default()
+            .to_string();
+        self.emitted.push_str(&rest);
+        Ok(rest)
+    }
+
+    /// Everything returned so far.
+    pub fn text(&self) -> &str {
+        &self.emitted
+    }
+
+    /// Keeps `piece` only while the emitted text stays a prefix of the decoding of all ids, so
+    /// that the pieces joined always equal the whole decoding (a decoder whose output for a
+    /// longer sequence rewrites earlier text gets its pieces held until `finish`).
+    fn clamp(&mut self, piece: String, tokenizer: &Tokenizer) -> Result<String> {
+        if self.stalled || piece.is_empty() {
+            return Ok(String::new());
+        }
+        let whole = tokenizer.decode(&self.all)?;
+        let candidate_len = self.emitted.len() + piece.len();
+        if whole.len() >= candidate_len
+            && whole.starts_with(self.emitted.as_str())
+            && whole[self.emitted.len()..].starts_with(piece.as_str())
+        {
+            Ok(piece)
+        } else {
+            self.stalled = true;
+            Ok(String::new())
+        }
     }
 }

@@ -1,15 +1,15 @@
 //! Argument groups shared by several subcommands, and their conversion into settings.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::builder::RangedU64ValueParser;
 use clap::{Args, ValueEnum};
 use conformance::engine::GenerationSettings;
 use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_core::{DecodeConfig, ModelFamily};
-use fastdllm_models::{LoadOptions, LoadedModel, QuantType};
+use fastdllm_models::{ChatTemplate, LoadOptions, LoadedModel, QuantType, RawGenerationConfig};
 use fastdllm_sampler::{DreamScore, ProposerConfig, Remasking, Unmask};
 
 /// Bounds of the numeric flags: every integer flag parses through one of these, so an
@@ -64,9 +64,11 @@ pub mod bounds {
 /// Where the model comes from and where it runs.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// Hugging Face model directory (config.json, safetensors, tokenizer.json), or a llama.cpp
-    /// GGUF file of LLaDA / Dream (FILE.gguf, or a directory holding one). Default: the tiny LLaDA
-    /// bundled in the repository (fixtures/llada-tiny).
+    /// Hugging Face model directory (config.json, safetensors, tokenizer.json), a llama.cpp GGUF
+    /// file of LLaDA / Dream (FILE.gguf, or a directory holding one), or (builds with the `hub`
+    /// feature) a Hub model id such as GSAI-ML/LLaDA-8B-Instruct, resolved through the Hugging
+    /// Face cache (HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT, HF_TOKEN); an existing
+    /// path wins. Default: the tiny LLaDA bundled in the repository (fixtures/llada-tiny).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Quantize the linear layers of a safetensors model at load: q8_0 | q4_k | q5_k | q6_k
@@ -80,14 +82,23 @@ pub struct ModelArgs {
     /// Activation and weight dtype.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
+    /// Jinja chat template file, used instead of the model's own (chat_template.jinja or
+    /// tokenizer_config.json's chat_template).
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
 }
 
 impl ModelArgs {
-    /// The model directory (or GGUF file) to load.
-    pub fn dir(&self) -> PathBuf {
-        self.model
-            .clone()
-            .unwrap_or_else(conformance::paths::default_model)
+    /// The model to load: `--model` (a directory or GGUF file, or a hub id resolved to its cache
+    /// snapshot, downloading what is missing), else the bundled tiny LLaDA.
+    pub fn dir(&self) -> Result<PathBuf> {
+        match &self.model {
+            #[cfg(feature = "hub")]
+            Some(spec) => fastdllm_cli::hub::resolve_model(spec),
+            #[cfg(not(feature = "hub"))]
+            Some(spec) => Ok(spec.clone()),
+            None => Ok(conformance::paths::default_model()),
+        }
     }
 
     /// `--dtype` and `--quantize`.
@@ -95,11 +106,13 @@ impl ModelArgs {
         LoadOptions::new(self.dtype.dtype()).quantized(self.quantize)
     }
 
-    /// Loads the model on `device`; says on stderr how the linear layers are stored when
-    /// `--quantize` could not use the requested type everywhere.
-    pub fn load(&self, device: &Device) -> Result<LoadedModel> {
-        let dir = self.dir();
-        let loaded = fastdllm_models::load_model_with(&dir, device, &self.load_options())?;
+    /// Resolves and loads the model on `--device`, with `--chat-template` applied. Notes on
+    /// stderr: which chat template is used when it is a built-in fallback, and how the linear
+    /// layers are stored when `--quantize` could not use the requested type everywhere.
+    pub fn load(&self) -> Result<(PathBuf, LoadedModel)> {
+        let dir = self.dir()?;
+        let device = self.device.device()?;
+        let mut loaded = fastdllm_models::load_model_with(&dir, &device, &self.load_options())?;
         if let Some(q) = self.quantize {
             let uniform = format!("{q} x ");
             let w = &loaded.info.linear_weights;
@@ -110,7 +123,22 @@ impl ModelArgs {
                 );
             }
         }
-        Ok(loaded)
+        if let Some(file) = &self.chat_template {
+            loaded.info.chat_template =
+                fastdllm_models::load_chat_template_file(file, &loaded.info)
+                    .with_context(|| format!("--chat-template {}", file.display()))?;
+        }
+        if matches!(
+            loaded.info.chat_template,
+            ChatTemplate::Llama3 | ChatTemplate::ChatMl
+        ) {
+            eprintln!(
+                "note: {} has no chat template (no chat_template.jinja, no tokenizer_config.json); using the {} (give one with --chat-template FILE)",
+                dir.display(),
+                loaded.info.chat_template.describe()
+            );
+        }
+        Ok((dir, loaded))
     }
 }
 
@@ -182,32 +210,42 @@ pub enum AlgArg {
 }
 
 /// Every knob that decides the generated tokens.
+///
+/// Defaults (a knob without its flag), see [`DecodeDefaults`]: the model directory's
+/// `generation_config.json` (its `fastdllm` object, then `max_new_tokens`, `temperature`,
+/// `top_p`, `top_k`), then the paper's accelerated setting: gen_length 256, block_length 32,
+/// dual cache, threshold 0.9.
 #[derive(Debug, Clone, Args)]
 pub struct DecodeArgs {
-    /// Answer positions G (all start as [MASK]).
-    #[arg(long, default_value_t = 32, value_parser = bounds::tokens())]
-    pub gen_length: usize,
-    /// Block size B (G must be a multiple of B).
-    #[arg(long, default_value_t = 8, value_parser = bounds::tokens())]
-    pub block_length: usize,
-    /// Denoising steps for fixed schedules (a multiple of G/B). Default: gen_length (one token per step).
+    /// Answer positions G (all start as [MASK]). Default: from the model directory, else 256.
+    #[arg(long, value_parser = bounds::tokens())]
+    pub gen_length: Option<usize>,
+    /// Block size B (G must be a multiple of B). Default: from the model directory, else 32.
+    #[arg(long, value_parser = bounds::tokens())]
+    pub block_length: Option<usize>,
+    /// Denoising steps for fixed schedules (a multiple of G/B); giving it selects the fixed
+    /// schedule unless --threshold / --factor is given. Default: gen_length (one token per step).
     #[arg(long, value_parser = bounds::tokens())]
     pub steps: Option<usize>,
-    /// Sampling temperature (0 = greedy; > 0 = Gumbel-max sampling in f64).
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f64,
+    /// Sampling temperature (0 = greedy; > 0 = Gumbel-max sampling in f64). Default: the
+    /// model's generation_config.json, else 0.
+    #[arg(long)]
+    pub temperature: Option<f64>,
     /// Confidence used to rank candidates (LLaDA).
     #[arg(long, value_enum, default_value_t = RemaskingArg::LowConfidence)]
     pub remasking: RemaskingArg,
     /// Parallel decoding: unmask every candidate with confidence >= THRESHOLD (top-1 always).
+    /// Default: from the model directory, else 0.9 (unless --factor, --steps or
+    /// --dream-original is given).
     #[arg(long, conflicts_with = "factor")]
     pub threshold: Option<f64>,
     /// Parallel decoding: the factor rule, largest n with (n+1)(1-c_n) <= FACTOR.
     #[arg(long)]
     pub factor: Option<f64>,
-    /// KV cache approximation.
-    #[arg(long, value_enum, default_value_t = CacheArg::None)]
-    pub cache: CacheArg,
+    /// KV cache approximation. Default: from the model directory, else dual (none with
+    /// --dream-original).
+    #[arg(long, value_enum)]
+    pub cache: Option<CacheArg>,
     /// Refresh the cache every k steps inside a block (1 = exact). Default: only at block starts.
     #[arg(long, value_parser = bounds::tokens())]
     pub refresh_every: Option<usize>,
@@ -230,6 +268,59 @@ pub struct DecodeArgs {
     pub seed: u64,
 }
 
+/// The paper's accelerated setting (Fast-dLLM, arXiv 2505.22618, section 4: DualCache,
+/// threshold 0.9, block size 32, generation length 256): the defaults of a model directory that
+/// declares none.
+pub const PAPER_GEN_LENGTH: usize = 256;
+/// See [`PAPER_GEN_LENGTH`].
+pub const PAPER_BLOCK_LENGTH: usize = 32;
+/// See [`PAPER_GEN_LENGTH`].
+pub const PAPER_THRESHOLD: f64 = 0.9;
+
+/// The defaults a model directory gives the decoding knobs.
+///
+/// Rule (per knob, first that applies): the flag; the `fastdllm` object of the directory's
+/// `generation_config.json` (`gen_length`, `block_length`, `steps`, `cache`, `threshold` —
+/// `null` = no threshold —, `factor`), which the bundled tiny fixtures use to keep their exact
+/// small defaults (gen 32, block 8, no cache, fixed schedule); the transformers fields of that
+/// file (`max_new_tokens` → gen_length, `temperature`, and for Dream `top_p`, `top_k`); then
+/// the paper's accelerated setting (gen 256, block 32, dual cache, threshold 0.9). A real
+/// checkpoint's generation_config.json has no `fastdllm` object, so it gets the paper's setting.
+#[derive(Debug, Clone, Default)]
+pub struct DecodeDefaults {
+    /// The parsed `generation_config.json`, when the directory has one.
+    pub generation: Option<RawGenerationConfig>,
+    /// Its path (for messages).
+    pub path: Option<PathBuf>,
+}
+
+impl DecodeDefaults {
+    /// Reads `generation_config.json` of `dir`. Errors: malformed file (naming it).
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let generation = fastdllm_models::read_generation_config(dir)?;
+        Ok(DecodeDefaults {
+            path: generation
+                .as_ref()
+                .map(|_| dir.join("generation_config.json")),
+            generation,
+        })
+    }
+
+    /// Where the defaults come from, for the settings line printed at start.
+    pub fn describe(&self) -> String {
+        let path = self
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        match &self.generation {
+            Some(g) if g.fastdllm.is_some() => format!("the `fastdllm` object of {path}"),
+            Some(_) => format!("{path} where it sets them, else the paper's accelerated setting"),
+            None => "the paper's accelerated setting (no generation_config.json)".into(),
+        }
+    }
+}
+
 /// `--cache`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CacheArg {
@@ -242,14 +333,69 @@ pub enum CacheArg {
 }
 
 impl DecodeArgs {
-    /// The validated settings for a model family.
-    pub fn settings(&self, family: ModelFamily) -> Result<GenerationSettings> {
-        let mode = match self.cache {
+    /// The validated settings for a model family, knobs without flags from `defaults` (see
+    /// [`DecodeDefaults`] for the rule).
+    pub fn settings(
+        &self,
+        family: ModelFamily,
+        defaults: &DecodeDefaults,
+    ) -> Result<GenerationSettings> {
+        let dream = family == ModelFamily::Dream;
+        let generation = defaults.generation.clone().unwrap_or_default();
+        let dir = generation.fastdllm.clone().unwrap_or_default();
+        let origin = defaults
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "generation_config.json".into());
+        let gen_length = self
+            .gen_length
+            .or(dir.gen_length)
+            .or(generation.max_new_tokens)
+            .unwrap_or(PAPER_GEN_LENGTH);
+        let block_length = self
+            .block_length
+            .or(dir.block_length)
+            .unwrap_or(PAPER_BLOCK_LENGTH);
+        let steps = self.steps.or(dir.steps);
+        let cache = match (self.cache, &dir.cache) {
+            (Some(c), _) => c,
+            (None, Some(c)) => match c.as_str() {
+                "none" => CacheArg::None,
+                "prefix" => CacheArg::Prefix,
+                "dual" => CacheArg::Dual,
+                other => bail!(
+                    "{origin}: invalid `fastdllm.cache` = {other:?}: one of \"none\", \"prefix\", \"dual\""
+                ),
+            },
+            (None, None) if self.dream_original => CacheArg::None,
+            (None, None) => CacheArg::Dual,
+        };
+        let mode = match cache {
             CacheArg::None => CacheMode::Off,
             CacheArg::Prefix => CacheMode::Prefix,
             CacheArg::Dual => CacheMode::Dual,
         };
-        let dream = family == ModelFamily::Dream;
+        let explicit_rule = self.threshold.is_some()
+            || self.factor.is_some()
+            || self.steps.is_some()
+            || self.dream_original;
+        let (threshold, factor) = if explicit_rule {
+            (self.threshold, self.factor)
+        } else if dir.threshold.is_some() || dir.factor.is_some() {
+            (dir.threshold.flatten(), dir.factor.flatten())
+        } else {
+            (Some(PAPER_THRESHOLD), None)
+        };
+        let temperature = self.temperature.or(generation.temperature).unwrap_or(0.0);
+        let (top_p, top_k) = if dream {
+            (
+                self.top_p.or(generation.top_p),
+                self.top_k.or(generation.top_k),
+            )
+        } else {
+            (self.top_p, self.top_k)
+        };
         if !dream
             && (self.top_p.is_some()
                 || self.top_k.is_some()
@@ -258,24 +404,23 @@ impl DecodeArgs {
         {
             bail!("--top-p, --top-k, --alg and --dream-original apply to Dream models only");
         }
-        let unmask = match (self.threshold, self.factor) {
+        let unmask = match (threshold, factor) {
             (Some(threshold), _) => Unmask::Threshold { threshold },
             (None, Some(factor)) => Unmask::Factor { factor },
             (None, None) if dream => Unmask::DreamTimesteps { eps: 1e-3 },
             (None, None) => Unmask::Fixed,
         };
         let mut decode = DecodeConfig {
-            gen_length: self.gen_length,
-            block_length: self.block_length,
-            steps: self.steps.unwrap_or(self.gen_length),
+            gen_length,
+            block_length,
+            steps: steps.unwrap_or(gen_length),
             force_block_start: None,
             max_steps_per_block: None,
         };
         if self.dream_original {
-            if self.block_length != self.gen_length {
+            if block_length != gen_length {
                 bail!(
-                    "--dream-original decodes the whole answer as one block: set --block-length {}",
-                    self.gen_length
+                    "--dream-original decodes the whole answer as one block: set --block-length {gen_length}"
                 );
             }
             decode.force_block_start = Some(false);
@@ -288,9 +433,9 @@ impl DecodeArgs {
             },
             unmask,
             proposer: ProposerConfig {
-                temperature: self.temperature,
-                top_p: self.top_p,
-                top_k: self.top_k,
+                temperature,
+                top_p,
+                top_k,
                 remasking: match self.remasking {
                     RemaskingArg::LowConfidence => Remasking::LowConfidence,
                     RemaskingArg::Random => Remasking::Random,
@@ -306,6 +451,41 @@ impl DecodeArgs {
         settings.validate(family)?;
         Ok(settings)
     }
+}
+
+/// Prints the effective model, chat template and decoding settings on stderr (generate, serve).
+pub fn print_settings(
+    dir: &Path,
+    loaded: &LoadedModel,
+    settings: &GenerationSettings,
+    defaults: &DecodeDefaults,
+) {
+    let d = &settings.decode;
+    let p = &settings.proposer;
+    let mut knobs = format!(
+        "gen_length {}, block_length {}, steps {}, cache {}, unmasking {}, temperature {}",
+        d.gen_length,
+        d.block_length,
+        d.steps,
+        settings.cache.label(),
+        settings.unmask.label(),
+        p.temperature
+    );
+    if let Some(top_p) = p.top_p {
+        knobs.push_str(&format!(", top_p {top_p}"));
+    }
+    if let Some(top_k) = p.top_k {
+        knobs.push_str(&format!(", top_k {top_k}"));
+    }
+    knobs.push_str(&format!(", seed {}", settings.seed));
+    let dtype = format!("{:?}", loaded.info.dtype).to_lowercase();
+    eprintln!(
+        "model {} ({}, {dtype}); chat template: {}\nsettings: {knobs} (flags, else {})",
+        dir.display(),
+        loaded.info.architecture,
+        loaded.info.chat_template.describe(),
+        defaults.describe()
+    );
 }
 
 #[cfg(test)]
@@ -355,14 +535,15 @@ mod tests {
             dream in any::<bool>(), dream_original in any::<bool>(), seed in any::<u64>(),
         ) {
             let a = DecodeArgs {
-                gen_length, block_length, steps, temperature,
+                gen_length: Some(gen_length), block_length: Some(block_length), steps,
+                temperature: Some(temperature),
                 remasking: RemaskingArg::LowConfidence,
                 threshold: threshold.filter(|_| factor.is_none()), factor,
-                cache: CacheArg::Dual, refresh_every, top_p, top_k, alg: None,
+                cache: Some(CacheArg::Dual), refresh_every, top_p, top_k, alg: None,
                 dream_original, seed,
             };
             let family = if dream { ModelFamily::Dream } else { ModelFamily::Llada };
-            if let Ok(s) = a.settings(family) {
+            if let Ok(s) = a.settings(family, &DecodeDefaults::default()) {
                 prop_assert!(s.validate(family).is_ok());
                 prop_assert!(s.decode.step_cap() >= 1);
             }

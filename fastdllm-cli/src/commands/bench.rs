@@ -181,7 +181,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
                 a.seed,
             )?
         }
-        (None, _, _) => BenchModel::load(&a.model.dir(), &device, &options, &a.prompt)?,
+        (None, _, _) => BenchModel::load(&a.model.dir()?, &device, &options, &a.prompt)?,
     };
     if let Some(c) = &a.cache {
         matrix.caches = parse_list(c, "cache")?;

@@ -11,7 +11,7 @@ use fastdllm_benches::eval::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::args::{bounds, DecodeArgs, ModelArgs};
+use super::args::{bounds, DecodeArgs, DecodeDefaults, ModelArgs};
 
 /// Arguments of `fastdllm eval`.
 #[derive(Debug, Args)]
@@ -64,13 +64,12 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         Some(list) => Some(parse_settings(list)?),
         None => None,
     };
-    let device = a.model.device.device()?;
-    let dir = a.model.dir();
+    let (dir, loaded) = a.model.load().context("cannot load the model")?;
     let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
-    let loaded = fastdllm_models::load_model_with(&dir, &device, &a.model.load_options())
-        .with_context(|| format!("cannot load model {}", dir.display()))?;
     let family = loaded.model.spec().family;
-    let base = a.decode.settings(family)?;
+    let base = a
+        .decode
+        .settings(family, &DecodeDefaults::from_dir(&dir)?)?;
     let resolved = match &specs {
         Some(specs) => specs
             .iter()

@@ -9,7 +9,7 @@ use conformance::engine::{self, trim_at_eos};
 use fastdllm_core::GenerateOptions;
 use serde_json::json;
 
-use super::args::{DecodeArgs, ModelArgs};
+use super::args::{print_settings, DecodeArgs, DecodeDefaults, ModelArgs};
 
 /// Arguments of `fastdllm generate`.
 #[derive(Debug, Args)]
@@ -55,11 +55,11 @@ pub fn parse_ids(text: &str) -> Result<Vec<u32>> {
 }
 
 pub fn run(a: GenerateArgs) -> Result<ExitCode> {
-    let device = a.model.device.device()?;
-    let dir = a.model.dir();
-    let loaded = a.model.load(&device)?;
+    let (dir, loaded) = a.model.load()?;
     let spec = loaded.model.spec().clone();
-    let settings = a.decode.settings(spec.family)?;
+    let defaults = DecodeDefaults::from_dir(&dir)?;
+    let settings = a.decode.settings(spec.family, &defaults)?;
+    print_settings(&dir, &loaded, &settings, &defaults);
     let prompts: Vec<Vec<u32>> = if a.prompt_ids.is_empty() {
         a.prompt
             .iter()
@@ -70,7 +70,7 @@ pub fn run(a: GenerateArgs) -> Result<ExitCode> {
                 let text = if a.raw {
                     p.clone()
                 } else {
-                    loaded.info.chat_template.apply(p)
+                    loaded.info.chat_template.apply(p)?
                 };
                 let add_special = a.raw || loaded.info.chat_template.add_special_tokens();
                 Ok(loaded.tokenizer.encode(&text, add_special)?)

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use fastdllm_cli::serve::{self, api::Defaults, ServeConfig};
 
-use super::args::{bounds, DecodeArgs, ModelArgs};
+use super::args::{bounds, print_settings, DecodeArgs, DecodeDefaults, ModelArgs};
 
 /// Arguments of `fastdllm serve`.
 #[derive(Debug, Args)]
@@ -121,10 +121,10 @@ fn listen_addrs(host: &str, port: u16) -> Result<Vec<SocketAddr>> {
 }
 
 pub fn run(a: ServeArgs) -> Result<ExitCode> {
-    let device = a.model.device.device()?;
-    let dir = a.model.dir();
-    let loaded = a.model.load(&device)?;
-    let settings = a.decode.settings(loaded.model.spec().family)?;
+    let (dir, loaded) = a.model.load()?;
+    let defaults = DecodeDefaults::from_dir(&dir)?;
+    let settings = a.decode.settings(loaded.model.spec().family, &defaults)?;
+    print_settings(&dir, &loaded, &settings, &defaults);
     let model_id = a.model_id.clone().unwrap_or_else(|| {
         dir.canonicalize()
             .ok()
@@ -135,7 +135,12 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         model_id,
         Defaults {
             settings,
-            explicit_steps: a.decode.steps.is_some(),
+            explicit_steps: a.decode.steps.is_some()
+                || defaults
+                    .generation
+                    .as_ref()
+                    .and_then(|g| g.fastdllm.as_ref())
+                    .is_some_and(|f| f.steps.is_some()),
         },
     );
     cfg.queue_capacity = a.queue_capacity;

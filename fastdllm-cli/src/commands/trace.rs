@@ -10,7 +10,7 @@ use conformance::engine;
 use fastdllm_benches::trace_view::{render, TraceCell, TracePicture};
 use fastdllm_core::GenerateOptions;
 
-use super::args::{DecodeArgs, ModelArgs};
+use super::args::{DecodeArgs, DecodeDefaults, ModelArgs};
 
 /// Arguments of `fastdllm trace`.
 #[derive(Debug, Args)]
@@ -31,18 +31,18 @@ pub struct TraceArgs {
 }
 
 pub fn run(a: TraceArgs) -> Result<ExitCode> {
-    let device = a.model.device.device()?;
-    let dir = a.model.dir();
-    let loaded = a.model.load(&device)?;
+    let (dir, loaded) = a.model.load()?;
     let spec = loaded.model.spec().clone();
-    let settings = a.decode.settings(spec.family)?;
+    let settings = a
+        .decode
+        .settings(spec.family, &DecodeDefaults::from_dir(&dir)?)?;
     if a.prompt.trim().is_empty() {
         bail!("the prompt is empty (give some text with --prompt)");
     }
     let text = if a.raw {
         a.prompt.clone()
     } else {
-        loaded.info.chat_template.apply(&a.prompt)
+        loaded.info.chat_template.apply(&a.prompt)?
     };
     let add_special = a.raw || loaded.info.chat_template.add_special_tokens();
     let prompt = loaded.tokenizer.encode(&text, add_special)?;

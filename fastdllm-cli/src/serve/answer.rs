@@ -94,13 +94,15 @@ impl AnswerLimits {
 
 impl Cut {
     /// The part of [`Cut::text`] a stream may send now: all of it once the answer is finished;
-    /// before, the text minus its longest tail that begins some stop string (a match that the
-    /// next block could complete).
+    /// before, the text minus a trailing U+FFFD (with a byte-level BPE, the bytes of a character
+    /// that continues in the next block decode as U+FFFD until the rest arrives) and minus its
+    /// longest tail that begins some stop string (a match that the next block could complete).
     pub fn streamable<'a>(&'a self, stop: &[String]) -> &'a str {
         if self.finish_reason.is_some() {
             return &self.text;
         }
-        &self.text[..self.text.len() - held_back(&self.text, stop)]
+        let text = self.text.trim_end_matches('\u{FFFD}');
+        &text[..text.len() - held_back(text, stop)]
     }
 }
 

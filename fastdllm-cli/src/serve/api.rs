@@ -4,7 +4,9 @@
 //! Reference: OpenAI `POST /v1/completions`, `POST /v1/chat/completions` (objects `text_completion`,
 //! `chat.completion`, `chat.completion.chunk`) and `GET /v1/models`. Supported OpenAI fields:
 //! `model`, `prompt` (a string, a list of strings, a list of token ids or a list of id lists;
-//! each prompt gives `n` choices with `index = prompt_i * n + j`), `messages`, `n`, `max_tokens`
+//! each prompt gives `n` choices with `index = prompt_i * n + j`), `messages` (multi-turn
+//! system / user / assistant, `content` a string or text parts, rendered with the model's chat
+//! template, [`chat_messages`]), `n`, `max_tokens`
 //! / `max_completion_tokens` (any positive count: the canvas is rounded up to whole blocks and
 //! the answer cut), `stop` (a string or up to 4), `seed` (without one every choice draws a fresh
 //! seed), `temperature`, `top_p` (Dream; LLaDA only with the neutral 1), `stream`,
@@ -18,6 +20,7 @@
 
 use fastdllm_cache::{CacheSettings, CACHE_NAMES};
 use fastdllm_core::{ModelFamily, TokenId};
+use fastdllm_models::Message;
 use fastdllm_sampler::{Unmask, MIN_TEMPERATURE};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -125,13 +128,106 @@ pub struct CompletionRequest {
     pub knobs: Knobs,
 }
 
-/// One chat message.
+/// The assistant's message of a response.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ChatMessage {
-    /// `user` (requests) or `assistant` (responses).
+    /// `assistant`.
     pub role: String,
     /// The text.
     pub content: String,
+}
+
+/// One message of a chat request: `role` and `content`, a string or a list of text parts
+/// (`[{"type": "text", "text": ...}]`, OpenAI's content-part form). Other keys (`name`) are
+/// ignored.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RequestMessage {
+    /// `system` (or `developer`, its newer OpenAI name), `user` or `assistant`.
+    pub role: String,
+    /// A string or a list of content parts (`null` / absent is refused).
+    #[serde(default)]
+    pub content: serde_json::Value,
+}
+
+/// The conversation of `messages` for the chat template: roles checked (`developer` read as
+/// `system`), content parts joined (text parts concatenated, as OpenAI reads them).
+///
+/// Errors (400, naming the field, e.g. `messages[1].content[0].type`): no messages, a role other
+/// than system / developer / user / assistant, a content that is not a string or a list of text
+/// parts, a non-text part (image, audio, file), a conversation whose contents are all blank.
+pub fn chat_messages(messages: &[RequestMessage]) -> Result<Vec<Message>, ApiError> {
+    if messages.is_empty() {
+        return Err(bad(
+            "messages",
+            "messages is empty: send at least one message".into(),
+        ));
+    }
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" | "developer" => "system",
+            "user" => "user",
+            "assistant" => "assistant",
+            other => {
+                return Err(bad(
+                    &format!("messages[{i}].role"),
+                    format!("role {other:?} is not supported: one of system, developer, user, assistant (tools and function calls are not supported)"),
+                ))
+            }
+        };
+        let field = format!("messages[{i}].content");
+        let content = match &m.content {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(parts) => {
+                let mut text = String::new();
+                for (j, part) in parts.iter().enumerate() {
+                    let kind = part.get("type").and_then(|t| t.as_str());
+                    match (kind, part.get("text")) {
+                        (Some("text"), Some(serde_json::Value::String(t))) => text.push_str(t),
+                        (Some("text"), _) => {
+                            return Err(bad(
+                                &format!("{field}[{j}].text"),
+                                "a text part needs a string `text`".into(),
+                            ))
+                        }
+                        (Some(other), _) => {
+                            return Err(bad(
+                                &format!("{field}[{j}].type"),
+                                format!("content part type {other:?} is not supported: this model reads text parts only ({{\"type\": \"text\", \"text\": ...}})"),
+                            ))
+                        }
+                        (None, _) => {
+                            return Err(bad(
+                                &format!("{field}[{j}].type"),
+                                "a content part needs a `type` (only \"text\" is supported)".into(),
+                            ))
+                        }
+                    }
+                }
+                text
+            }
+            serde_json::Value::Null => {
+                return Err(bad(
+                    &field,
+                    "content is missing or null: give a string or a list of text parts".into(),
+                ))
+            }
+            other => {
+                return Err(bad(
+                    &field,
+                    format!("content must be a string or a list of text parts, got {other}"),
+                ))
+            }
+        };
+        out.push(Message::new(role, content));
+    }
+    if out.iter().all(|m| m.content.trim().is_empty()) {
+        return Err(bad(
+            "messages",
+            "the prompt is empty: every message's content is blank".into(),
+        ));
+    }
+    Ok(out)
 }
 
 /// `POST /v1/chat/completions` (the knobs are read from the same object, [`parse_request`]).
@@ -139,8 +235,9 @@ pub struct ChatMessage {
 pub struct ChatRequest {
     /// Model id (optional; must be the served model when given).
     pub model: Option<String>,
-    /// Exactly one `user` message.
-    pub messages: Vec<ChatMessage>,
+    /// The conversation (system / user / assistant turns), rendered with the model's chat
+    /// template.
+    pub messages: Vec<RequestMessage>,
     /// Stream server-sent events.
     #[serde(default)]
     pub stream: bool,

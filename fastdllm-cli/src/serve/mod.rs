@@ -15,7 +15,7 @@
 //! Shutdown is graceful up to a deadline: in-flight and queued requests finish.
 //!
 //! Reference: the OpenAI completions / chat completions API. Deviations: see [`api`] (supported
-//! fields, single-turn chats) and [`scheduler`] (batch granularity).
+//! fields) and [`scheduler`] (batch granularity).
 
 pub mod access;
 pub mod answer;
@@ -203,7 +203,7 @@ pub fn start(loaded: LoadedModel, cfg: ServeConfig) -> Result<(AppState, Worker)
         prompt_byte_cap: prompt_byte_cap(&loaded.tokenizer, spec.max_seq_len),
         large: Arc::default(),
         tokenizer: loaded.tokenizer.clone(),
-        template: loaded.info.chat_template,
+        template: loaded.info.chat_template.clone(),
         spec,
         stats: stats.clone(),
         metrics: metrics.clone(),
@@ -485,13 +485,10 @@ fn tokenize(
     let ids = match prompt {
         PromptInput::Text(text) => {
             check_text(s, text, field, param)?;
-            let (text, special) = if templated {
-                (s.0.template.apply(text), s.0.template.add_special_tokens())
-            } else {
-                (text.to_string(), true)
-            };
+            // A chat's text is already rendered with the template (which adds its own BOS).
+            let special = !templated || s.0.template.add_special_tokens();
             s.0.tokenizer
-                .encode(&text, special)
+                .encode(text, special)
                 .map_err(|e| bad(format!("{param}: cannot tokenize the prompt: {e}")))?
         }
         PromptInput::Ids(ids) => ids.clone(),
@@ -933,20 +930,31 @@ async fn completion(s: AppState, body: axum::body::Bytes) -> Result<Response, Ap
 }
 
 async fn chat_completion(s: AppState, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let mut r: ChatRequest = api::parse_request(&body, Route::Chat)?;
+    let r: ChatRequest = api::parse_request(&body, Route::Chat)?;
     drop(body);
     api::check_model(r.model.as_deref(), &s.0.cfg.model_id)?;
     let n = api::check_n(r.n)?;
     let include_usage = api::check_stream_options(r.stream, r.stream_options)?;
-    let text =
-        match r.messages.as_slice() {
-            [m] if m.role == "user" => std::mem::take(&mut r.messages[0].content),
-            _ => return Err(ApiError::invalid(
-                Some("messages"),
-                "messages: only single-turn chats are supported: send exactly one message with role 'user'",
-            )),
-        };
+    let messages = api::chat_messages(&r.messages)?;
+    // The byte cap before rendering: the contents alone must fit.
+    let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+    if bytes > s.0.prompt_byte_cap {
+        return Err(ApiError::invalid(
+            Some("messages"),
+            format!(
+                "messages: the contents are {bytes} bytes: more than the {} bytes that can fit in the model's maximum sequence length of {} tokens",
+                s.0.prompt_byte_cap, s.0.spec.max_seq_len
+            ),
+        )
+        .with_code("context_length_exceeded"));
+    }
     let (settings, limits) = r.knobs.resolve_all(&s.0.cfg.defaults, s.0.spec.family)?;
+    // Rendered on a blocking thread (a template is a program; its cost grows with the history).
+    let st = s.clone();
+    let text = tokio::task::spawn_blocking(move || st.0.template.render(&messages))
+        .await
+        .map_err(|e| ApiError::internal(format!("the chat template failed: {e}")))?
+        .map_err(|e| ApiError::invalid(Some("messages"), format!("messages: {e}")))?;
     let prompts = tokenize_all(
         &s,
         vec![(PromptInput::Text(text), "messages".to_string())],

@@ -20,9 +20,10 @@
 //! Streaming: after every step, a row whose current block is final (no mask left) gets the text
 //! of that block (the decoded committed prefix, cut at the first end-of-sequence token, at
 //! `max_tokens` and at the first `stop` string, minus what was already sent and minus a tail a
-//! later stop match could cut, [`super::answer`]), and with `provisional` the current block's
-//! tentative tokens. A row whose answer ends on `max_tokens` or a stop string is answered at once
-//! and leaves the batch at the end of the round (its remaining blocks are not decoded).
+//! later stop match could cut or a character whose bytes continue in the next block,
+//! [`super::answer`]), and with `provisional` the current block's tentative tokens. A row whose
+//! answer ends on `max_tokens` or a stop string is answered at once and leaves the batch at the
+//! end of the round (its remaining blocks are not decoded).
 //!
 //! Reference: none (the reference has no server). Supervision: admission and every round run
 //! under `catch_unwind`; a panic fails only the rows involved (the request being admitted, or the
@@ -39,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fastdllm_core::{Control, GenerateOptions, RowId, StepEvent, TokenId};
-use fastdllm_models::LoadedModel;
+use fastdllm_models::{IncrementalDecoder, LoadedModel};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
