@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Expected chat-template renderings, produced by Hugging Face transformers.
 
-Renders every template of fastdllm-models/tests/data/chat_templates/*.jinja over a set of
+Renders every template of conformance/tests/data/chat_templates/*.jinja over a set of
 conversations with `PreTrainedTokenizerFast.apply_chat_template(..., tokenize=False)` (the
 tokenizer is the bundled fixtures/llada-tiny/tokenizer.json; the template and the special tokens
-are set on it) and writes the results to fastdllm-models/tests/data/chat_templates/expected.json.
+are set on it) and writes the results to conformance/tests/data/chat_templates/expected.json.
 A rendering that raises (a template's `raise_exception`) is recorded as the error message.
-fastdllm-models/tests/chat_template.rs renders the same cases with minijinja and compares.
+conformance/tests/chat_template.rs renders the same cases with minijinja and compares.
 
 Usage (from the repository root):
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install transformers jinja2
@@ -21,7 +21,7 @@ import transformers
 from transformers import PreTrainedTokenizerFast
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DATA = ROOT / "fastdllm-models" / "tests" / "data" / "chat_templates"
+DATA = ROOT / "conformance" / "tests" / "data" / "chat_templates"
 
 # (template file, bos_token, eos_token): the special tokens of the checkpoints the templates
 # come from (LLaDA-8B-Instruct, Dream-v0-Instruct-7B) or made up for the test templates.

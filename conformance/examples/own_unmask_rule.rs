@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
     let model = loaded.model.as_ref();
     let template = &loaded.info.chat_template;
     let prompt = loaded.tokenizer.encode(
-        &template.apply("copy 3dbk......="),
+        &template.apply("copy 3dbk......=")?,
         template.add_special_tokens(),
     )?;
     let cfg = DecodeConfig {

@@ -127,7 +127,7 @@ fn byte_level_bpe() -> Tokenizer {
     use tokenizers::models::bpe::BPE;
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
     let table = byte_chars();
-    let mut vocab = std::collections::HashMap::new();
+    let mut vocab = tokenizers::models::bpe::Vocab::new();
     for (id, c) in table.iter().enumerate() {
         vocab.insert(c.to_string(), id as u32);
     }

@@ -123,7 +123,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             d.block_length,
             a.batch,
             a.model.dtype.dtype().as_str(),
-            format!("{device:?}")
+            format!("{:?}", a.model.device)
         );
         std::fs::write(path, html(&reports, &caption))
             .with_context(|| format!("cannot write {}", path.display()))?;

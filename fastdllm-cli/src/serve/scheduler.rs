@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fastdllm_core::{Control, GenerateOptions, RowId, StepEvent, TokenId};
-use fastdllm_models::{IncrementalDecoder, LoadedModel};
+use fastdllm_models::LoadedModel;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
