@@ -246,9 +246,7 @@ fn truncated_file_is_named() {
     std::fs::write(&path, b"{\"not\": \"gguf\"}").unwrap();
     let err = load_err(&path, &LoadOptions::new(DType::F32));
     assert!(err.contains("not a GGUF file"), "{err}");
-    for e in [&err] {
-        assert_eq!(e.lines().count(), 1, "{e}");
-    }
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 #[test]

@@ -379,7 +379,8 @@ fn choice_figure5_subset_matches_results_md() {
     )
     .unwrap();
     // (setting, valid of 120, mean NFE to 2 decimals, per kind (kind, valid) as RESULTS.md).
-    let want: [(&str, usize, &str, &[(&str, usize)]); 3] = [
+    type Row<'a> = (&'a str, usize, &'a str, &'a [(&'a str, usize)]);
+    let want: [Row; 3] = [
         (
             "none/threshold=0.9",
             117,

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{DType, Device};
-use fastdllm_cache::{CacheMode, CacheSettings};
 use conformance::engine::GenerationSettings;
+use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_cli::serve::api::Defaults;
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
 use fastdllm_core::DecodeConfig;

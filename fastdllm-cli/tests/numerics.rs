@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use fastdllm_cache::{CacheMode, CacheSettings};
 use conformance::engine::{self, GenerationSettings};
+use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_core::{
     DecodeConfig, DiffusionLm, ForwardInput, GenerateOptions, KvView, ModelFamily, ModelSpec,
 };

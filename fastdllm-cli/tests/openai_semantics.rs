@@ -7,8 +7,8 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use candle_core::{DType, Device};
-use fastdllm_cache::{CacheMode, CacheSettings};
 use conformance::engine::{self, trim_at_eos, GenerationSettings};
+use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_cli::serve::api::Defaults;
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
 use fastdllm_core::{DecodeConfig, GenerateOptions, Rng};

@@ -829,7 +829,7 @@ fn multi_turn_chat_with_the_model_template_and_content_parts() {
     let s0 = defaults().settings;
     let gen = engine::run(
         loaded.model.as_ref(),
-        &[ids.clone()],
+        std::slice::from_ref(&ids),
         &[0],
         &s0,
         &GenerateOptions::default(),

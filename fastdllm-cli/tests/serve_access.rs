@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
-use fastdllm_cache::{CacheMode, CacheSettings};
 use conformance::engine::GenerationSettings;
+use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_cli::serve::api::Defaults;
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
 use fastdllm_core::DecodeConfig;
@@ -250,6 +250,8 @@ fn serve_bin(
             return (child, addr, lines);
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the server did not start");
 }
 

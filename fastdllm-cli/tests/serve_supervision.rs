@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
-use fastdllm_cache::{CacheMode, CacheSettings};
 use conformance::engine::GenerationSettings;
+use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_cli::serve::api::{Defaults, Knobs};
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
 use fastdllm_core::{DecodeConfig, DiffusionLm, ForwardInput, KvView, ModelFamily, ModelSpec};

@@ -116,7 +116,7 @@ impl ModelArgs {
         if let Some(q) = self.quantize {
             let uniform = format!("{q} x ");
             let w = &loaded.info.linear_weights;
-            if !(w.starts_with(&uniform) && !w.contains(',')) {
+            if !w.starts_with(&uniform) || w.contains(',') {
                 eprintln!(
                     "note: --quantize {q}: linear layers stored as {w} (rows that are not whole \
                      {q} blocks use llama.cpp's fallback type)"

@@ -115,7 +115,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let d = &base.decode;
     if let Some(path) = &a.html {
         let caption = format!(
-            "{} tasks from {}, model {}, gen {} block {}, batch {}, {} on {}",
+            "{} tasks from {}, model {}, gen {} block {}, batch {}, {} on {:?}",
             tasks.len(),
             a.tasks.display(),
             dir.display(),
@@ -123,7 +123,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             d.block_length,
             a.batch,
             a.model.dtype.dtype().as_str(),
-            format!("{:?}", a.model.device)
+            a.model.device
         );
         std::fs::write(path, html(&reports, &caption))
             .with_context(|| format!("cannot write {}", path.display()))?;

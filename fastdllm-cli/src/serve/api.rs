@@ -404,8 +404,11 @@ const COMMON_FIELDS: &[&str] = &[
     "top_k",
 ];
 
+/// Whether a field's value is its neutral one (accepted and ignored).
+type IsNeutral = fn(&Value) -> bool;
+
 /// OpenAI fields this server cannot honour, with the test of their neutral value (accepted).
-const UNSUPPORTED: &[(&str, fn(&Value) -> bool)] = &[
+const UNSUPPORTED: &[(&str, IsNeutral)] = &[
     ("logprobs", |v| v.is_null() || *v == Value::Bool(false)),
     ("top_logprobs", |v| v.is_null() || v.as_u64() == Some(0)),
     ("echo", |v| v.is_null() || *v == Value::Bool(false)),

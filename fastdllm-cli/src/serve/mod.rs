@@ -976,7 +976,14 @@ async fn chat_completion(s: AppState, body: axum::body::Bytes) -> Result<Respons
         r.provisional,
     )?;
     if r.stream {
-        return Ok(sse(&s, Kind::Chat, id, choices, prompt_tokens, include_usage));
+        return Ok(sse(
+            &s,
+            Kind::Chat,
+            id,
+            choices,
+            prompt_tokens,
+            include_usage,
+        ));
     }
     let done = wait_done(choices).await?;
     let completion_tokens = done.iter().map(|d| d.completion_tokens).sum();
