@@ -48,7 +48,10 @@ fn f32_gguf_equals_safetensors() {
         // The GGUF carries the converter's pass-through `tokenizer.chat_template`, which is
         // used as the checkpoint's own template; the safetensors fixture has none.
         assert!(
-            matches!(gg.info.chat_template, fastdllm_models::ChatTemplate::Jinja(_)),
+            matches!(
+                gg.info.chat_template,
+                fastdllm_models::ChatTemplate::Jinja(_)
+            ),
             "{name}"
         );
         let turn = [fastdllm_models::Message::user("copy 3dbk")];
