@@ -112,13 +112,15 @@ fn main() -> anyhow::Result<()> {
             &mut BlockCache::new(CacheSettings::new(CacheMode::Dual))?,
         );
         let ours = check(model, case, &mut HalfBlockRefresh::new()?);
-        let drift = ours
-            .drift
-            .ok_or_else(|| anyhow::anyhow!("{}: no cached step was measured", case.id))?;
-        worst_cos = worst_cos.min(drift.cosine_min);
+        // A case whose blocks all commit at their refresh steps has no cached step to measure.
+        let cos = ours.drift.map(|d| d.cosine_min);
+        if let Some(c) = cos {
+            worst_cos = worst_cos.min(c);
+        }
+        let cos = cos.map_or_else(|| "no cached step".to_string(), |c| format!("cos {c:.4}"));
         println!(
-            "{:<40} {:>6} {:>14.2} {:>14.2} (cos {:.4})",
-            case.id, "pass", dual.agreement, ours.agreement, drift.cosine_min
+            "{:<40} {:>6} {:>14.2} {:>14.2} ({cos})",
+            case.id, "pass", dual.agreement, ours.agreement
         );
         dual_sum += dual.agreement;
         ours_sum += ours.agreement;

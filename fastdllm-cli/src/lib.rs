@@ -1,7 +1,7 @@
 //! fastdllm-cli: the `fastdllm` binary (argument parsing and wiring) and the OpenAI-compatible
 //! server it runs.
 //!
-//! * [`hub`]: `--model` as a Hugging Face Hub model id, through the standard cache (feature
+//! * `hub`: `--model` as a Hugging Face Hub model id, through the standard cache (feature
 //!   `hub`);
 //! * [`serve`]: the OpenAI-compatible HTTP server of `fastdllm serve` (issue 6);
 //! * [`malloc`]: glibc allocator tuning of the binary (large buffers stay in the heap).

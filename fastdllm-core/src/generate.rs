@@ -11,7 +11,7 @@
 //! step 0 commits exactly the block start ([`DecodeConfig::forces_block_start`]).
 //!
 //! Batching (beyond the reference, which gets it wrong: Fast-dLLM issues #7, #39, #40): rows are
-//! padded so that their current blocks share canvas columns ([`crate::canvas`]: left padding when
+//! padded so that their current blocks share canvas columns (`canvas.rs`: left padding when
 //! all rows start together). Pad keys get a large negative attention bias, and each row's RoPE
 //! positions are its own token indices (pads excluded), so a row computes what it computes alone.
 //! Each row has its own step counter, NFE, RNG and completion state: a row is *active* in a
@@ -183,7 +183,7 @@ struct LiveRow {
 /// in lock-step forwards (a row whose block is final sits out the remaining steps, as in a solo
 /// run). Rows admitted between rounds start at their block 0 next to rows that are further on;
 /// rows that finished their last block leave at the end of the round. The canvas is re-laid each
-/// round so that all current blocks share canvas columns ([`crate::canvas`]); every block starts
+/// round so that all current blocks share canvas columns (`canvas.rs`); every block starts
 /// with a full forward in every cache mode, which computes the K/V of the newcomers' prompts, so
 /// a row's output equals its solo output whenever it joins. The K/V store is prepared once per
 /// round and only reallocated when the round's shape changes (never inside a block).
