@@ -580,20 +580,10 @@ struct Queued {
 /// A request's queued choices, in `index` order.
 type Choices = Vec<Queued>;
 
-/// Queues `prompts.len() * n` rows of request `id` (choice `index = prompt_i * n + j`), all or
-/// none (429 when the queue cannot take them all).
-#[allow(clippy::too_many_arguments)]
-fn submit(
-    s: &AppState,
-    id: &str,
-    prompts: &[Vec<TokenId>],
-    n: usize,
-    settings: &conformance::engine::GenerationSettings,
-    limits: &AnswerLimits,
-    seed: Option<u64>,
-    stream: bool,
-    provisional: bool,
-) -> Result<Choices, ApiError> {
+/// Queues `r.prompts.len() * r.n` rows of request `id` (choice `index = prompt_i * n + j`), all
+/// or none (429 when the queue cannot take them all).
+fn submit(s: &AppState, id: &str, r: &Validated) -> Result<Choices, ApiError> {
+    let (prompts, n) = (&r.prompts, r.n);
     if let Some(reason) = s.0.engine.stopped() {
         return Err(ApiError::engine_stopped(&reason));
     }
@@ -626,15 +616,15 @@ fn submit(
         };
         let (job_slot, slot) = QueueSlot::pair(one);
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut row = settings.clone();
-        row.seed = choice_seed(seed, index);
+        let mut row = r.settings.clone();
+        row.seed = choice_seed(r.seed, index);
         let job = Job {
             id: id.to_string(),
             prompt: prompts[index / n].clone(),
             settings: row,
-            stream,
-            provisional,
-            limits: limits.clone(),
+            stream: r.stream,
+            provisional: r.provisional,
+            limits: r.limits.clone(),
             queued_at,
             events: tx,
             slot: job_slot,
@@ -884,49 +874,18 @@ async fn completion(s: AppState, body: axum::body::Bytes) -> Result<Response, Ap
         })
         .collect();
     let prompts = tokenize_all(&s, named, false, gen).await?;
-    let prompt_tokens = prompts.iter().map(Vec::len).sum();
-    let id = request_id("cmpl");
-    let choices = submit(
-        &s,
-        &id,
-        &prompts,
+    let request = Validated {
+        kind: Kind::Completion,
+        prompts,
         n,
-        &settings,
-        &limits,
-        r.knobs.seed,
-        r.stream,
-        r.provisional,
-    )?;
-    if r.stream {
-        return Ok(sse(
-            &s,
-            Kind::Completion,
-            id,
-            choices,
-            prompt_tokens,
-            include_usage,
-        ));
-    }
-    let done = wait_done(choices).await?;
-    let completion_tokens = done.iter().map(|d| d.completion_tokens).sum();
-    let resp = api::Response {
-        id,
-        object: "text_completion",
-        created: now(),
-        model: s.0.cfg.model_id.clone(),
-        choices: done
-            .into_iter()
-            .enumerate()
-            .map(|(index, d)| CompletionChoice {
-                index,
-                text: d.text,
-                logprobs: None,
-                finish_reason: Some(d.finish_reason),
-            })
-            .collect(),
-        usage: Usage::new(prompt_tokens, completion_tokens),
+        include_usage,
+        settings,
+        limits,
+        seed: r.knobs.seed,
+        stream: r.stream,
+        provisional: r.provisional,
     };
-    Ok(Json(resp).into_response())
+    answer(&s, request).await
 }
 
 async fn chat_completion(s: AppState, body: axum::body::Bytes) -> Result<Response, ApiError> {
@@ -962,50 +921,90 @@ async fn chat_completion(s: AppState, body: axum::body::Bytes) -> Result<Respons
         settings.decode.gen_length,
     )
     .await?;
-    let prompt_tokens = prompts.iter().map(Vec::len).sum();
-    let id = request_id("chatcmpl");
-    let choices = submit(
-        &s,
-        &id,
-        &prompts,
+    let request = Validated {
+        kind: Kind::Chat,
+        prompts,
         n,
-        &settings,
-        &limits,
-        r.knobs.seed,
-        r.stream,
-        r.provisional,
-    )?;
+        include_usage,
+        settings,
+        limits,
+        seed: r.knobs.seed,
+        stream: r.stream,
+        provisional: r.provisional,
+    };
+    answer(&s, request).await
+}
+
+/// A validated, tokenized request of either route.
+struct Validated {
+    kind: Kind,
+    prompts: Vec<Vec<TokenId>>,
+    n: usize,
+    include_usage: bool,
+    settings: conformance::engine::GenerationSettings,
+    limits: AnswerLimits,
+    seed: Option<u64>,
+    stream: bool,
+    provisional: bool,
+}
+
+/// Queues `r`'s choices and answers them: server-sent events, or one JSON response once every
+/// choice is done (the route's object: `text_completion` or `chat.completion`).
+async fn answer(s: &AppState, r: Validated) -> Result<Response, ApiError> {
+    let prompt_tokens = r.prompts.iter().map(Vec::len).sum();
+    let id = request_id(match r.kind {
+        Kind::Completion => "cmpl",
+        Kind::Chat => "chatcmpl",
+    });
+    let choices = submit(s, &id, &r)?;
     if r.stream {
-        return Ok(sse(
-            &s,
-            Kind::Chat,
-            id,
-            choices,
-            prompt_tokens,
-            include_usage,
-        ));
+        return Ok(sse(s, r.kind, id, choices, prompt_tokens, r.include_usage));
     }
     let done = wait_done(choices).await?;
-    let completion_tokens = done.iter().map(|d| d.completion_tokens).sum();
-    let resp = api::Response {
-        id,
-        object: "chat.completion",
-        created: now(),
-        model: s.0.cfg.model_id.clone(),
-        choices: done
-            .into_iter()
-            .enumerate()
-            .map(|(index, d)| ChatChoice {
-                index,
-                message: ChatMessage {
-                    role: "assistant".into(),
-                    content: d.text,
-                },
-                logprobs: None,
-                finish_reason: Some(d.finish_reason),
-            })
-            .collect(),
-        usage: Usage::new(prompt_tokens, completion_tokens),
-    };
-    Ok(Json(resp).into_response())
+    let usage = Usage::new(
+        prompt_tokens,
+        done.iter().map(|d| d.completion_tokens).sum(),
+    );
+    let model = s.0.cfg.model_id.clone();
+    Ok(match r.kind {
+        Kind::Completion => Json(api::Response {
+            id,
+            object: "text_completion",
+            created: now(),
+            model,
+            choices: done
+                .into_iter()
+                .enumerate()
+                .map(|(index, d)| CompletionChoice {
+                    index,
+                    text: d.text,
+                    logprobs: None,
+                    finish_reason: Some(d.finish_reason),
+                })
+                .collect(),
+            usage,
+        })
+        .into_response(),
+        Kind::Chat => Json(api::Response {
+            id,
+            object: "chat.completion",
+            created: now(),
+            model,
+            choices: done
+                .into_iter()
+                .enumerate()
+                .map(|(index, d)| ChatChoice {
+                    index,
+                    message: ChatMessage {
+                        role: "assistant".into(),
+                        content: d.text,
+                    },
+                    logprobs: None,
+                    finish_reason: Some(d.finish_reason),
+                })
+                .collect(),
+            usage,
+        })
+        .into_response(),
+    })
 }
