@@ -10,19 +10,15 @@
 //! `tried N / clear error N / panic N / hang N / silent wrong N`; afterwards `/health` must answer
 //! and a normal request must succeed.
 
+mod common;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use candle_core::{DType, Device};
-use conformance::engine::GenerationSettings;
-use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_cli::serve::api::Defaults;
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
-use fastdllm_core::DecodeConfig;
-use fastdllm_sampler::{ProposerConfig, Unmask};
 use serde_json::Value;
 
 const KEY: &str = "fault-corpus-key";
@@ -30,22 +26,7 @@ const KEY: &str = "fault-corpus-key";
 const GUARD: Duration = Duration::from_secs(120);
 
 fn start() -> ServerHandle {
-    let defaults = Defaults {
-        settings: GenerationSettings {
-            decode: DecodeConfig {
-                gen_length: 32,
-                block_length: 8,
-                steps: 32,
-                force_block_start: None,
-                max_steps_per_block: None,
-            },
-            cache: CacheSettings::new(CacheMode::Off),
-            unmask: Unmask::Fixed,
-            proposer: ProposerConfig::default(),
-            seed: 0,
-        },
-        explicit_steps: false,
-    };
+    let defaults = common::tiny_defaults(32);
     let mut cfg = ServeConfig::new("llada-tiny", defaults);
     cfg.api_key = Some(KEY.into());
     cfg.body_limit = 64 << 10;
@@ -54,12 +35,7 @@ fn start() -> ServerHandle {
     cfg.header_read_timeout = Duration::from_millis(500);
     cfg.body_timeout = Duration::from_millis(500);
     cfg.max_connections = 16;
-    let loaded = fastdllm_models::load_model(
-        &conformance::paths::default_model(),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+    let loaded = common::load_tiny();
     serve::spawn(TcpListener::bind("127.0.0.1:0").unwrap(), loaded, cfg, 2).unwrap()
 }
 

@@ -2,6 +2,8 @@
 //! HTTP client (ureq, plus raw TCP where the client must misbehave), with the bundled tiny LLaDA.
 //! Outputs served under concurrency are compared with solo [`engine::run`] calls.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
@@ -13,36 +15,16 @@ use fastdllm_cli::serve::api::{Defaults, Knobs};
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
 use fastdllm_core::{DecodeConfig, GenerateOptions};
 use fastdllm_models::LoadedModel;
-use fastdllm_sampler::{ProposerConfig, Unmask};
+use fastdllm_sampler::Unmask;
 use serde_json::{json, Value};
 
 fn load() -> LoadedModel {
-    fastdllm_models::load_model(
-        &conformance::paths::default_model(),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap()
+    common::load_tiny()
 }
 
 /// The CLI's defaults: gen_length 32, block_length 8, steps = gen_length, no cache, fixed rule.
 fn defaults() -> Defaults {
-    Defaults {
-        settings: GenerationSettings {
-            decode: DecodeConfig {
-                gen_length: 32,
-                block_length: 8,
-                steps: 32,
-                force_block_start: None,
-                max_steps_per_block: None,
-            },
-            cache: CacheSettings::new(CacheMode::Off),
-            unmask: Unmask::Fixed,
-            proposer: ProposerConfig::default(),
-            seed: 0,
-        },
-        explicit_steps: false,
-    }
+    common::tiny_defaults(32)
 }
 
 fn start_with(f: impl FnOnce(&mut ServeConfig)) -> ServerHandle {

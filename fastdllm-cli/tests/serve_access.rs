@@ -3,47 +3,23 @@
 //! Every wait is on an event (an answer, a close, a log line, a process exit) under a generous
 //! guard; no test depends on a short wall-clock limit.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device};
-use conformance::engine::GenerationSettings;
-use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_cli::serve::api::Defaults;
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
-use fastdllm_core::DecodeConfig;
-use fastdllm_sampler::{ProposerConfig, Unmask};
 use serde_json::Value;
 
 const GUARD: Duration = Duration::from_secs(120);
 
 fn start_with(f: impl FnOnce(&mut ServeConfig)) -> ServerHandle {
-    let defaults = Defaults {
-        settings: GenerationSettings {
-            decode: DecodeConfig {
-                gen_length: 32,
-                block_length: 8,
-                steps: 32,
-                force_block_start: None,
-                max_steps_per_block: None,
-            },
-            cache: CacheSettings::new(CacheMode::Off),
-            unmask: Unmask::Fixed,
-            proposer: ProposerConfig::default(),
-            seed: 0,
-        },
-        explicit_steps: false,
-    };
+    let defaults = common::tiny_defaults(32);
     let mut cfg = ServeConfig::new("llada-tiny", defaults);
     f(&mut cfg);
-    let loaded = fastdllm_models::load_model(
-        &conformance::paths::default_model(),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+    let loaded = common::load_tiny();
     serve::spawn(TcpListener::bind("127.0.0.1:0").unwrap(), loaded, cfg, 2).unwrap()
 }
 

@@ -3,38 +3,22 @@
 //! the reproducer `max_tokens = 18446744073709551608` is a 400; request resolution answers `Ok`
 //! or a 400 for any integer or float, never a panic.
 
+mod common;
+
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
-use conformance::engine::GenerationSettings;
-use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_cli::serve::api::{Defaults, Knobs};
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
-use fastdllm_core::{DecodeConfig, DiffusionLm, ForwardInput, KvView, ModelFamily, ModelSpec};
+use fastdllm_core::{DiffusionLm, ForwardInput, KvView, ModelFamily, ModelSpec};
 use fastdllm_models::LoadedModel;
-use fastdllm_sampler::{ProposerConfig, Unmask};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
 fn defaults() -> Defaults {
-    Defaults {
-        settings: GenerationSettings {
-            decode: DecodeConfig {
-                gen_length: 8,
-                block_length: 8,
-                steps: 8,
-                force_block_start: None,
-                max_steps_per_block: None,
-            },
-            cache: CacheSettings::new(CacheMode::Off),
-            unmask: Unmask::Fixed,
-            proposer: ProposerConfig::default(),
-            seed: 0,
-        },
-        explicit_steps: false,
-    }
+    common::tiny_defaults(8)
 }
 
 /// A test-only model: the bundled tiny LLaDA, except that a forward whose window holds

@@ -1,0 +1,42 @@
+//! Start-up helpers shared by the server tests: the bundled tiny LLaDA and the CLI's decode
+//! defaults for it.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use candle_core::{DType, Device};
+use conformance::engine::GenerationSettings;
+use fastdllm_cache::{CacheMode, CacheSettings};
+use fastdllm_cli::serve::api::Defaults;
+use fastdllm_core::DecodeConfig;
+use fastdllm_models::LoadedModel;
+use fastdllm_sampler::{ProposerConfig, Unmask};
+
+/// The bundled tiny LLaDA on the CPU in f32.
+pub fn load_tiny() -> LoadedModel {
+    fastdllm_models::load_model(
+        &conformance::paths::default_model(),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap()
+}
+
+/// The CLI's defaults for the tiny model with answers of `gen_length`: blocks of 8, one token per
+/// step, no cache, the fixed rule, seed 0.
+pub fn tiny_defaults(gen_length: usize) -> Defaults {
+    Defaults {
+        settings: GenerationSettings {
+            decode: DecodeConfig {
+                gen_length,
+                block_length: 8,
+                steps: gen_length,
+                force_block_start: None,
+                max_steps_per_block: None,
+            },
+            cache: CacheSettings::new(CacheMode::Off),
+            unmask: Unmask::Fixed,
+            proposer: ProposerConfig::default(),
+            seed: 0,
+        },
+        explicit_steps: false,
+    }
+}
