@@ -250,52 +250,44 @@ impl GgufFile {
         }
     }
 
-    fn strings(&self, key: &str) -> Result<Option<Vec<String>>> {
+    /// The array at `key` with every item converted by `item` (`what` names the item type in
+    /// the error); `None` when the key is absent.
+    fn array<T>(
+        &self,
+        key: &str,
+        what: &str,
+        item: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Option<Vec<T>>> {
         let Some(v) = self.value(key) else {
             return Ok(None);
         };
-        let bad = || {
-            self.err(format!(
-                "metadata key `{key}`: expected an array of strings"
-            ))
-        };
+        let bad = || self.err(format!("metadata key `{key}`: expected an array of {what}"));
         let Value::Array(items) = v else {
             return Err(bad());
         };
         items
             .iter()
-            .map(|item| match item {
-                Value::String(s) => Ok(s.clone()),
-                _ => Err(bad()),
-            })
+            .map(|v| item(v).ok_or_else(bad))
             .collect::<Result<Vec<_>>>()
             .map(Some)
     }
 
+    fn strings(&self, key: &str) -> Result<Option<Vec<String>>> {
+        self.array(key, "strings", |v| match v {
+            Value::String(s) => Some(s.clone()),
+            _ => None,
+        })
+    }
+
     fn integers(&self, key: &str) -> Result<Option<Vec<i64>>> {
-        let Some(v) = self.value(key) else {
-            return Ok(None);
-        };
-        let bad = || {
-            self.err(format!(
-                "metadata key `{key}`: expected an array of integers"
-            ))
-        };
-        let Value::Array(items) = v else {
-            return Err(bad());
-        };
-        items
-            .iter()
-            .map(|item| match item {
-                Value::I32(x) => Ok(i64::from(*x)),
-                Value::U32(x) => Ok(i64::from(*x)),
-                Value::I8(x) => Ok(i64::from(*x)),
-                Value::U8(x) => Ok(i64::from(*x)),
-                Value::I64(x) => Ok(*x),
-                _ => Err(bad()),
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        self.array(key, "integers", |v| match v {
+            Value::I32(x) => Some(i64::from(*x)),
+            Value::U32(x) => Some(i64::from(*x)),
+            Value::I8(x) => Some(i64::from(*x)),
+            Value::U8(x) => Some(i64::from(*x)),
+            Value::I64(x) => Some(*x),
+            _ => None,
+        })
     }
 
     /// The model config from the metadata (and the vocabulary size from `token_embd`).
