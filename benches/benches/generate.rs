@@ -19,7 +19,7 @@ fn bench_generate(c: &mut Criterion) {
         } else {
             (256, 256, 32)
         };
-        let prompts = vec![prompt_ids(prompt_len, cfg.vocab_size())];
+        let prompts = vec![prompt_ids(prompt_len, cfg.vocab_size)];
         let mut g = c.benchmark_group(format!("{}/generate", prefix(&device, dtype)));
         g.sample_size(10);
         g.throughput(Throughput::Elements(gen as u64));

@@ -37,7 +37,8 @@ pub use matrix::{
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
-use fastdllm_models::{LladaConfig, ModelConfig};
+use fastdllm_core::ModelFamily;
+use fastdllm_models::ModelConfig;
 
 /// A device benches can run on.
 pub trait BenchDevice {
@@ -105,7 +106,8 @@ pub fn time_iters<F: FnMut()>(device: &Device, iters: u64, mut f: F) -> Duration
 /// A small LLaDA-shaped config: `hidden` wide, `layers` deep, 4 heads, vocab 512 (CPU-sized).
 /// On CUDA, the benches use [`medium_config`].
 pub fn small_config(hidden: usize, layers: usize) -> ModelConfig {
-    ModelConfig::Llada(LladaConfig {
+    ModelConfig {
+        family: ModelFamily::Llada,
         hidden_size: hidden,
         num_layers: layers,
         num_heads: 4,
@@ -120,7 +122,8 @@ pub fn small_config(hidden: usize, layers: usize) -> ModelConfig {
         eos_token_ids: vec![510],
         pad_token_id: 510,
         bos_token_id: None,
-    })
+        tie_word_embeddings: false,
+    }
 }
 
 /// Issue 3's model shape (hidden 512, 8 layers, 8 heads, MLP 1536, vocab 32000) for GPU runs.

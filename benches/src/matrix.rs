@@ -17,8 +17,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use fastdllm_cache::{CacheMode, CacheSettings};
+use fastdllm_core::ModelFamily;
 use fastdllm_core::{DecodeConfig, DiffusionLm, GenerateOptions, TokenId};
-use fastdllm_models::{LladaConfig, LoadOptions, ModelConfig};
+use fastdllm_models::{LoadOptions, ModelConfig};
 use fastdllm_sampler::{ProposerConfig, Unmask};
 
 use crate::system;
@@ -665,7 +666,8 @@ pub fn speedups(records: &[BenchRecord]) -> Vec<Option<f64>> {
 /// The config of issue 3's cache benchmark: a LLaDA-shaped model with hidden 512, 8 layers,
 /// 8 heads of 64, MLP 1536, vocabulary 32000 (LLaDA's special ids kept inside the vocabulary).
 pub fn cache_cpu_config() -> ModelConfig {
-    ModelConfig::Llada(LladaConfig {
+    ModelConfig {
+        family: ModelFamily::Llada,
         hidden_size: 512,
         num_layers: 8,
         num_heads: 8,
@@ -680,5 +682,6 @@ pub fn cache_cpu_config() -> ModelConfig {
         eos_token_ids: vec![31_998],
         pad_token_id: 31_998,
         bos_token_id: None,
-    })
+        tie_word_embeddings: false,
+    }
 }

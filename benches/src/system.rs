@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
+use fastdllm_core::ModelFamily;
 use fastdllm_models::ModelConfig;
 
 /// Human-readable device name: the CPU model name from `/proc/cpuinfo`, or the CUDA device name
@@ -133,30 +134,18 @@ fn cpu_read_bandwidth(bytes: usize, threads: usize) -> f64 {
 /// Parameters of a model config: embedding, per layer q/k/v/o (+ Dream's q/k/v biases), the
 /// SwiGLU MLP and two norms, the final norm and the LM head (unless Dream ties it).
 pub fn param_count(cfg: &ModelConfig) -> u64 {
-    let (h, layers, nh, nkv, d, inter, vocab, bias, tied) = match cfg {
-        ModelConfig::Llada(c) => (
-            c.hidden_size,
-            c.num_layers,
-            c.num_heads,
-            c.num_kv_heads,
-            c.head_dim,
-            c.intermediate_size,
-            c.vocab_size,
-            false,
-            false,
-        ),
-        ModelConfig::Dream(c) => (
-            c.hidden_size,
-            c.num_layers,
-            c.num_heads,
-            c.num_kv_heads,
-            c.head_dim,
-            c.intermediate_size,
-            c.vocab_size,
-            true,
-            c.tie_word_embeddings,
-        ),
-    };
+    let c = cfg;
+    let (h, layers, nh, nkv, d, inter, vocab) = (
+        c.hidden_size,
+        c.num_layers,
+        c.num_heads,
+        c.num_kv_heads,
+        c.head_dim,
+        c.intermediate_size,
+        c.vocab_size,
+    );
+    // Dream has q/k/v biases; either family may tie the head to the embedding.
+    let (bias, tied) = (c.family == ModelFamily::Dream, c.tie_word_embeddings);
     let (h, nh, nkv, d, inter, vocab) = (
         h as u64,
         nh as u64,

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use fastdllm_core::DiffusionLm;
-use fastdllm_models::{DreamConfig, LladaConfig, ModelConfig};
+use fastdllm_core::ModelFamily;
+use fastdllm_models::ModelConfig;
 
 /// Vocabulary of the tiny models (ids 0..VOCAB; the mask is [`MASK`]).
 pub const VOCAB: usize = 48;
@@ -18,7 +19,8 @@ pub const PAD: u32 = 45;
 
 /// A 2-layer LLaDA-shaped config (hidden 32, 4 heads of 8).
 pub fn llada_config() -> ModelConfig {
-    ModelConfig::Llada(LladaConfig {
+    ModelConfig {
+        family: ModelFamily::Llada,
         hidden_size: 32,
         num_layers: 2,
         num_heads: 4,
@@ -33,12 +35,14 @@ pub fn llada_config() -> ModelConfig {
         eos_token_ids: vec![EOS],
         pad_token_id: PAD,
         bos_token_id: None,
-    })
+        tie_word_embeddings: false,
+    }
 }
 
 /// A 2-layer Dream-shaped config (hidden 32, 4 query heads over 2 KV heads).
 pub fn dream_config() -> ModelConfig {
-    ModelConfig::Dream(DreamConfig {
+    ModelConfig {
+        family: ModelFamily::Dream,
         hidden_size: 32,
         num_layers: 2,
         num_heads: 4,
@@ -54,7 +58,7 @@ pub fn dream_config() -> ModelConfig {
         pad_token_id: PAD,
         bos_token_id: None,
         tie_word_embeddings: false,
-    })
+    }
 }
 
 /// A random-weight model (f32, CPU) for `config`, reproducible from `seed`.

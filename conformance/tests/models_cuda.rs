@@ -10,7 +10,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, max_abs_diff, sample_ids, values};
 use fastdllm_core::{DiffusionLm, ForwardInput, KvView, PassthroughKv, Positions};
-use fastdllm_models::{load_model, random_model, DreamConfig, LladaConfig, ModelConfig};
+use fastdllm_models::{load_model, random_model, ModelConfig};
 
 fn cuda() -> Option<Device> {
     match Device::new_cuda(0) {
@@ -189,8 +189,8 @@ fn time_model(label: &str, model: &dyn DiffusionLm, device: &Device) {
 fn cuda_full_size_random_models() {
     let Some(device) = cuda() else { return };
     for (label, cfg) in [
-        ("llada-8b bf16", ModelConfig::Llada(LladaConfig::llada_8b())),
-        ("dream-7b bf16", ModelConfig::Dream(DreamConfig::dream_7b())),
+        ("llada-8b bf16", ModelConfig::llada_8b()),
+        ("dream-7b bf16", ModelConfig::dream_7b()),
     ] {
         let t = Instant::now();
         let model = random_model(&cfg, &device, DType::BF16, 42).unwrap();

@@ -14,8 +14,9 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Tensor};
 use conformance::engine::{self, GenerationSettings};
 use fastdllm_cache::{CacheMode, CacheSettings};
+use fastdllm_core::ModelFamily;
 use fastdllm_core::{DecodeConfig, DiffusionLm, ForwardInput, GenerateOptions, KvView, ModelSpec};
-use fastdllm_models::{LladaConfig, ModelConfig};
+use fastdllm_models::ModelConfig;
 use fastdllm_sampler::{ProposerConfig, Unmask};
 
 struct Counting;
@@ -78,7 +79,8 @@ const LAYERS: usize = 2;
 const BLOCK: usize = 8;
 
 fn config() -> ModelConfig {
-    ModelConfig::Llada(LladaConfig {
+    ModelConfig {
+        family: ModelFamily::Llada,
         hidden_size: HIDDEN,
         num_layers: LAYERS,
         num_heads: HEADS,
@@ -93,7 +95,8 @@ fn config() -> ModelConfig {
         eos_token_ids: vec![254],
         pad_token_id: 254,
         bos_token_id: None,
-    })
+        tie_word_embeddings: false,
+    }
 }
 
 /// Mean (bytes, allocations) per cached-window forward for a prompt of `prompt_len`.

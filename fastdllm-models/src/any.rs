@@ -16,16 +16,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use fastdllm_core::DiffusionLm;
+use fastdllm_core::{DiffusionLm, ModelFamily};
 
 use crate::chat_template::{
     read_dir_template, ChatTemplate, JinjaTemplate, TemplateSource, TemplateTokens,
     CHATML_TEMPLATE_TOKENS, LLAMA3_BOS, LLAMA3_TEMPLATE_TOKENS,
 };
 use crate::config::{check_dir, load_config, ModelConfig};
+use crate::decoder::check_dtype;
 use crate::dream::DreamModel;
 use crate::gguf::GgufFile;
-use crate::llada::{check_dtype, LladaModel};
+use crate::llada::LladaModel;
 use crate::loading::{
     check_weights, mmap_var_builder, random_var_builder, unused_tensors, weight_files, Weights,
 };
@@ -166,9 +167,9 @@ pub fn load_model_with(path: &Path, device: &Device, options: &LoadOptions) -> R
             location: weights.location().to_string(),
             count: unused.len(),
             names: list,
-            hint: match &config {
-                ModelConfig::Llada(_) => "n_layers / weight_tying",
-                ModelConfig::Dream(_) => "num_hidden_layers / tie_word_embeddings",
+            hint: match config.family {
+                ModelFamily::Llada => "n_layers / weight_tying",
+                ModelFamily::Dream => "num_hidden_layers / tie_word_embeddings",
             },
         });
     }
@@ -192,9 +193,9 @@ pub fn load_model_with(path: &Path, device: &Device, options: &LoadOptions) -> R
 }
 
 fn build(config: &ModelConfig, weights: &Weights) -> Result<Arc<dyn DiffusionLm>> {
-    Ok(match config {
-        ModelConfig::Llada(cfg) => Arc::new(LladaModel::load(cfg, weights)?),
-        ModelConfig::Dream(cfg) => Arc::new(DreamModel::load(cfg, weights)?),
+    Ok(match config.family {
+        ModelFamily::Llada => Arc::new(LladaModel::load(config, weights)?),
+        ModelFamily::Dream => Arc::new(DreamModel::load(config, weights)?),
     })
 }
 
@@ -279,13 +280,13 @@ fn load_gguf(path: &Path, device: &Device, options: &LoadOptions) -> Result<Load
         })?;
         (tokenizer, format!("GGUF metadata of {}", path.display()))
     };
-    if tokenizer.vocab_size() > config.vocab_size() {
+    if tokenizer.vocab_size() > config.vocab_size {
         return Err(Error::gguf(
             path,
             format!(
                 "the tokenizer has {} tokens but token_embd.weight only {} rows",
                 tokenizer.vocab_size(),
-                config.vocab_size()
+                config.vocab_size
             ),
         ));
     }
@@ -358,13 +359,11 @@ pub fn random_model_with(
 }
 
 fn bos_token_id(config: &ModelConfig, tokenizer: &Tokenizer) -> Option<u32> {
-    match config {
-        ModelConfig::Llada(_) => config
-            .bos_token_id()
+    match config.family {
+        ModelFamily::Llada => config
+            .bos_token_id
             .or_else(|| tokenizer.token_id(LLAMA3_BOS)),
-        ModelConfig::Dream(_) => tokenizer
-            .token_id(DREAM_BOS_TOKEN)
-            .or(config.bos_token_id()),
+        ModelFamily::Dream => tokenizer.token_id(DREAM_BOS_TOKEN).or(config.bos_token_id),
     }
 }
 
@@ -380,7 +379,7 @@ fn complete_tokens(
     }
     if tokens.eos_token.is_none() {
         tokens.eos_token = config
-            .eos_token_ids()
+            .eos_token_ids
             .first()
             .and_then(|&id| tokenizer.inner().id_to_token(id));
     }
@@ -390,9 +389,9 @@ fn complete_tokens(
 /// The family's built-in template when the tokenizer has its special tokens (a directory with
 /// no template of its own).
 fn builtin_chat_template(config: &ModelConfig, tokenizer: &Tokenizer) -> ChatTemplate {
-    let (template, tokens): (ChatTemplate, &[&str]) = match config {
-        ModelConfig::Llada(_) => (ChatTemplate::Llama3, &LLAMA3_TEMPLATE_TOKENS),
-        ModelConfig::Dream(_) => (ChatTemplate::ChatMl, &CHATML_TEMPLATE_TOKENS),
+    let (template, tokens): (ChatTemplate, &[&str]) = match config.family {
+        ModelFamily::Llada => (ChatTemplate::Llama3, &LLAMA3_TEMPLATE_TOKENS),
+        ModelFamily::Dream => (ChatTemplate::ChatMl, &CHATML_TEMPLATE_TOKENS),
     };
     let has_tokens = tokenizer.has_tokens(tokens)
         && (template != ChatTemplate::Llama3 || tokenizer.token_id(LLAMA3_BOS).is_some());

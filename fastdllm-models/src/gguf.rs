@@ -40,10 +40,9 @@ use std::sync::Mutex;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{ggml_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
+use fastdllm_core::ModelFamily;
 
-use crate::config::ModelConfig;
-use crate::dream::{DreamConfig, DREAM_DEFAULT_ROPE_THETA};
-use crate::llada::{LladaConfig, LLADA_DEFAULT_ROPE_THETA};
+use crate::config::{ModelConfig, DREAM_DEFAULT_ROPE_THETA, LLADA_DEFAULT_ROPE_THETA};
 use crate::quant::{ggml_type_name, CANDLE_GGML_TYPES};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -375,46 +374,32 @@ impl GgufFile {
             })?,
         };
         let bos_token_id = self.id_key("tokenizer.ggml.bos_token_id")?;
-        let config = if arch == "llada" {
-            let c = LladaConfig {
-                hidden_size,
-                num_layers,
-                num_heads,
-                num_kv_heads,
-                head_dim,
-                intermediate_size,
-                vocab_size,
-                rms_norm_eps,
-                rope_theta,
-                max_seq_len,
-                mask_token_id,
-                eos_token_ids,
-                pad_token_id,
-                bos_token_id,
-            };
-            c.validate().map_err(|e| e.in_config_file(&self.path))?;
-            ModelConfig::Llada(c)
-        } else {
-            let c = DreamConfig {
-                hidden_size,
-                num_layers,
-                num_heads,
-                num_kv_heads,
-                head_dim,
-                intermediate_size,
-                vocab_size,
-                rms_norm_eps,
-                rope_theta,
-                max_seq_len,
-                mask_token_id,
-                eos_token_ids,
-                pad_token_id,
-                bos_token_id,
-                tie_word_embeddings: !self.has_tensor("output.weight"),
-            };
-            c.validate().map_err(|e| e.in_config_file(&self.path))?;
-            ModelConfig::Dream(c)
+        let config = ModelConfig {
+            family: if arch == "llada" {
+                ModelFamily::Llada
+            } else {
+                ModelFamily::Dream
+            },
+            hidden_size,
+            num_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            intermediate_size,
+            vocab_size,
+            rms_norm_eps,
+            rope_theta,
+            max_seq_len,
+            mask_token_id,
+            eos_token_ids,
+            pad_token_id,
+            bos_token_id,
+            // llama.cpp leaves `output.weight` out when the head is the embedding.
+            tie_word_embeddings: !self.has_tensor("output.weight"),
         };
+        config
+            .validate()
+            .map_err(|e| e.in_config_file(&self.path))?;
         Ok(config)
     }
 

@@ -40,6 +40,7 @@
 mod any;
 pub mod chat_template;
 pub mod config;
+pub(crate) mod decoder;
 pub mod dream;
 pub mod error;
 pub mod gguf;
@@ -55,12 +56,12 @@ pub use any::{
 };
 pub use chat_template::{ChatTemplate, JinjaTemplate, Message, TemplateTokens};
 pub use config::{
-    load_config, read_generation_config, DirDecodeDefaults, ModelConfig, RawGenerationConfig,
-    TokenIds,
+    load_config, read_generation_config, DirDecodeDefaults, ModelConfig, RawDreamConfig,
+    RawGenerationConfig, RawLladaConfig, TokenIds,
 };
-pub use dream::{DreamConfig, DreamModel, RawDreamConfig};
+pub use dream::DreamModel;
 pub use error::{Error, Result};
 pub use gguf::GgufFile;
-pub use llada::{LladaConfig, LladaModel, RawLladaConfig};
+pub use llada::LladaModel;
 pub use quant::{LoadOptions, QuantType};
 pub use tokenizer::{IncrementalDecoder, Tokenizer};

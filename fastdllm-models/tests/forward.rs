@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use fastdllm_core::ModelFamily;
 use fastdllm_core::{DiffusionLm, ForwardInput, KvView, PassthroughKv, Positions};
-use fastdllm_models::{random_model, DreamConfig, LladaConfig, ModelConfig};
+use fastdllm_models::{random_model, ModelConfig};
 
 const VOCAB: usize = 40;
 
@@ -42,7 +43,8 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn llada() -> ModelConfig {
-    ModelConfig::Llada(LladaConfig {
+    ModelConfig {
+        family: ModelFamily::Llada,
         hidden_size: 32,
         num_layers: 2,
         num_heads: 4,
@@ -57,11 +59,13 @@ fn llada() -> ModelConfig {
         eos_token_ids: vec![38],
         pad_token_id: 38,
         bos_token_id: None,
-    })
+        tie_word_embeddings: false,
+    }
 }
 
 fn dream() -> ModelConfig {
-    ModelConfig::Dream(DreamConfig {
+    ModelConfig {
+        family: ModelFamily::Dream,
         hidden_size: 32,
         num_layers: 2,
         num_heads: 4,
@@ -77,7 +81,7 @@ fn dream() -> ModelConfig {
         pad_token_id: 37,
         bos_token_id: None,
         tie_word_embeddings: false,
-    })
+    }
 }
 
 fn models(seed: u64) -> Vec<(&'static str, Arc<dyn DiffusionLm>)> {
@@ -129,11 +133,9 @@ fn random_models_are_reproducible_on_cpu() {
 
 #[test]
 fn tied_head_uses_the_embedding() {
-    let ModelConfig::Dream(mut cfg) = dream() else {
-        unreachable!()
-    };
+    let mut cfg = dream();
     cfg.tie_word_embeddings = true;
-    let model = random_model(&ModelConfig::Dream(cfg), &Device::Cpu, DType::F32, 1).unwrap();
+    let model = random_model(&cfg, &Device::Cpu, DType::F32, 1).unwrap();
     let logits = forward(model.as_ref(), &input(&ids(0, 6), 0));
     assert_eq!(logits.dims(), &[1, 6, VOCAB]);
 }
@@ -341,11 +343,9 @@ fn bad_arguments_are_errors() {
 
 #[test]
 fn invalid_programmatic_config_is_rejected() {
-    let ModelConfig::Llada(mut cfg) = llada() else {
-        unreachable!()
-    };
+    let mut cfg = llada();
     cfg.head_dim = 16;
-    let err = random_model(&ModelConfig::Llada(cfg), &Device::Cpu, DType::F32, 0)
+    let err = random_model(&cfg, &Device::Cpu, DType::F32, 0)
         .err()
         .unwrap()
         .to_string();
@@ -353,4 +353,23 @@ fn invalid_programmatic_config_is_rejected() {
         err.contains("`head_dim` = 16: must equal hidden_size / num_heads = 8"),
         "{err}"
     );
+}
+
+#[test]
+fn a_model_type_rejects_the_other_family_config() {
+    use candle_nn::VarBuilder;
+    use fastdllm_models::{DreamModel, LladaModel};
+    let vb = || VarBuilder::zeros(DType::F32, &Device::Cpu);
+    let err = LladaModel::new(&dream(), vb())
+        .err()
+        .expect("Dream config accepted")
+        .to_string();
+    assert!(err.contains("family") && err.contains("Llada"), "{err}");
+    let err = DreamModel::new(&llada(), vb())
+        .err()
+        .expect("LLaDA config accepted")
+        .to_string();
+    assert!(err.contains("family") && err.contains("Dream"), "{err}");
+    // The matching family builds.
+    assert!(LladaModel::new(&llada(), vb()).is_ok());
 }

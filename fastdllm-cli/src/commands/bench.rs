@@ -116,10 +116,7 @@ fn random_config(path: &Path, layers: Option<usize>) -> Result<ModelConfig> {
         if n == 0 {
             bail!("--layers must be at least 1");
         }
-        match &mut cfg {
-            ModelConfig::Llada(c) => c.num_layers = n,
-            ModelConfig::Dream(c) => c.num_layers = n,
-        }
+        cfg.num_layers = n;
     }
     Ok(cfg)
 }
@@ -170,8 +167,8 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         }
         (None, None, Preset::CacheCpu) => {
             let mut cfg = benches::cache_cpu_config();
-            if let (Some(n), ModelConfig::Llada(c)) = (a.layers, &mut cfg) {
-                c.num_layers = n;
+            if let Some(n) = a.layers {
+                cfg.num_layers = n;
             }
             BenchModel::random(
                 "random:cache-cpu (h512 l8 v32000)".into(),

@@ -2,21 +2,32 @@
 //!
 //! Reference: the Hugging Face config files of GSAI-ML/LLaDA-8B-Instruct (`LLaDAConfig`) and
 //! Dream-org/Dream-v0-Instruct-7B (`DreamConfig`, Qwen2 names), SPEC 1.1.1 and 1.2.1. Each
-//! architecture has a raw serde layer (`Raw*Config`, every field optional, unknown keys ignored)
-//! and a validated layer with canonical names (STYLE 3.5). Deviations: ids missing from
+//! architecture has a raw serde layer (`Raw*Config` in `config/llada.rs`, `config/dream.rs`: every
+//! field optional, unknown keys ignored) and both validate into the one [`ModelConfig`] with
+//! canonical names (STYLE 3.5). The model types import this module; it imports none of them. Deviations: ids missing from
 //! `config.json` are taken from `generation_config.json` when it has them (Dream's shipped
 //! generation config has a null mask id, so `config.json` wins); `eos_token_id` may be a number or
 //! a list in either file.
 
 use std::path::Path;
 
-use fastdllm_core::ModelFamily;
+use fastdllm_core::{ModelFamily, ModelSpec};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::dream::{DreamConfig, RawDreamConfig};
-use crate::llada::{LladaConfig, RawLladaConfig};
 use crate::{Error, Result};
+
+mod dream;
+mod llada;
+
+pub use dream::{
+    RawDreamConfig, DREAM_DEFAULT_MAX_POSITION_EMBEDDINGS, DREAM_DEFAULT_RMS_NORM_EPS,
+    DREAM_DEFAULT_ROPE_THETA, DREAM_EOS_TOKEN_ID, DREAM_MASK_TOKEN_ID,
+};
+pub use llada::{
+    RawLladaConfig, LLADA_DEFAULT_MAX_SEQUENCE_LENGTH, LLADA_DEFAULT_MLP_RATIO,
+    LLADA_DEFAULT_RMS_NORM_EPS, LLADA_DEFAULT_ROPE_THETA, LLADA_EOS_TOKEN_ID, LLADA_MASK_TOKEN_ID,
+};
 
 /// `architectures[0]` of LLaDA checkpoints.
 pub const LLADA_ARCHITECTURE: &str = "LLaDAModelLM";
@@ -27,87 +38,149 @@ pub const LLADA_MODEL_TYPE: &str = "llada";
 /// `model_type` of Dream checkpoints (used when `architectures` is absent).
 pub const DREAM_MODEL_TYPE: &str = "Dream";
 
-/// A validated config of one of the supported architectures.
+/// The validated config of a LLaDA or Dream checkpoint: one struct for both families, with
+/// canonical (Hugging Face / Qwen2) names. The families differ only in how their `config.json`
+/// spells these fields ([`RawLladaConfig`], [`RawDreamConfig`]) and in what the model does with
+/// them (tensor names, RoPE precision, Dream's logits shift), which the model types hold.
+///
+/// Build it from a file with [`load_config`] (or `TryFrom<RawLladaConfig>` /
+/// `TryFrom<RawDreamConfig>`), from a preset ([`ModelConfig::llada_8b`],
+/// [`ModelConfig::dream_7b`]), or in code; then call [`ModelConfig::validate`] (the model
+/// constructors run it too).
 #[derive(Debug, Clone, PartialEq)]
-pub enum ModelConfig {
-    /// LLaDA (`LLaDAModelLM`).
-    Llada(LladaConfig),
-    /// Dream (`DreamModel`).
-    Dream(DreamConfig),
+pub struct ModelConfig {
+    /// LLaDA or Dream (decides tensor names, RoPE precision and the logits alignment, see
+    /// [`fastdllm_core::ModelSpec::shifted_logits`]).
+    pub family: ModelFamily,
+    /// Hidden size (LLaDA `d_model`).
+    pub hidden_size: usize,
+    /// Number of blocks (LLaDA `n_layers`, Dream `num_hidden_layers`).
+    pub num_layers: usize,
+    /// Attention heads (LLaDA `n_heads`, Dream `num_attention_heads`).
+    pub num_heads: usize,
+    /// KV heads (LLaDA `n_kv_heads`, Dream `num_key_value_heads`); divides `num_heads`.
+    pub num_kv_heads: usize,
+    /// `hidden_size / num_heads`, even (RoPE rotates halves).
+    pub head_dim: usize,
+    /// Gate/up output size of the MLP (LLaDA `mlp_hidden_size`).
+    pub intermediate_size: usize,
+    /// Rows of the embedding and LM head (LLaDA `embedding_size`, which may exceed the
+    /// tokenizer's vocabulary).
+    pub vocab_size: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// Longest canvas, in tokens (LLaDA `max_sequence_length`, Dream `max_position_embeddings`).
+    pub max_seq_len: usize,
+    /// `[MASK]` id.
+    pub mask_token_id: u32,
+    /// Ids that end an answer (the config files' `eos_token_id`, plus the tokenizer's end tokens
+    /// when loaded by [`crate::load_model`]).
+    pub eos_token_ids: Vec<u32>,
+    /// Padding id (LLaDA and Dream pad with EOS).
+    pub pad_token_id: u32,
+    /// BOS id, when the config files name one.
+    pub bos_token_id: Option<u32>,
+    /// The LM head is the embedding matrix (Dream `tie_word_embeddings`; LLaDA's `weight_tying`
+    /// must be false).
+    pub tie_word_embeddings: bool,
 }
 
 impl ModelConfig {
+    /// The shape of GSAI-ML/LLaDA-8B-Instruct (SPEC 1.1.1), for random-weight benches.
+    pub fn llada_8b() -> Self {
+        Self {
+            family: ModelFamily::Llada,
+            hidden_size: 4096,
+            num_layers: 32,
+            num_heads: 32,
+            num_kv_heads: 32,
+            head_dim: 128,
+            intermediate_size: 12288,
+            vocab_size: 126_464,
+            rms_norm_eps: 1e-5,
+            rope_theta: 500_000.0,
+            max_seq_len: 4096,
+            mask_token_id: LLADA_MASK_TOKEN_ID,
+            eos_token_ids: vec![LLADA_EOS_TOKEN_ID, 126_348],
+            pad_token_id: LLADA_EOS_TOKEN_ID,
+            bos_token_id: Some(126_080),
+            tie_word_embeddings: false,
+        }
+    }
+
+    /// The shape of Dream-org/Dream-v0-Instruct-7B (SPEC 1.2.1), for random-weight benches.
+    /// `max_seq_len` is 4096 here (the checkpoint allows 131072; the RoPE tables are sized by it).
+    pub fn dream_7b() -> Self {
+        Self {
+            family: ModelFamily::Dream,
+            hidden_size: 3584,
+            num_layers: 28,
+            num_heads: 28,
+            num_kv_heads: 4,
+            head_dim: 128,
+            intermediate_size: 18944,
+            vocab_size: 152_064,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1_000_000.0,
+            max_seq_len: 4096,
+            mask_token_id: DREAM_MASK_TOKEN_ID,
+            eos_token_ids: vec![DREAM_EOS_TOKEN_ID, 151_645],
+            pad_token_id: DREAM_EOS_TOKEN_ID,
+            bos_token_id: Some(151_665),
+            tie_word_embeddings: false,
+        }
+    }
+
     /// The `architectures[0]` name: `"LLaDAModelLM"` or `"DreamModel"`.
     pub fn architecture(&self) -> &'static str {
-        match self {
-            ModelConfig::Llada(_) => LLADA_ARCHITECTURE,
-            ModelConfig::Dream(_) => DREAM_ARCHITECTURE,
+        match self.family {
+            ModelFamily::Llada => LLADA_ARCHITECTURE,
+            ModelFamily::Dream => DREAM_ARCHITECTURE,
         }
     }
 
-    /// The family (decides the logits alignment, see [`fastdllm_core::ModelSpec::shifted_logits`]).
-    pub fn family(&self) -> ModelFamily {
-        match self {
-            ModelConfig::Llada(_) => ModelFamily::Llada,
-            ModelConfig::Dream(_) => ModelFamily::Dream,
+    /// What the generation loop needs to know of the model (sizes, special ids, family).
+    pub fn spec(&self) -> ModelSpec {
+        ModelSpec {
+            family: self.family,
+            vocab_size: self.vocab_size,
+            mask_token_id: self.mask_token_id,
+            eos_token_ids: self.eos_token_ids.clone(),
+            pad_token_id: self.pad_token_id,
+            num_layers: self.num_layers,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            max_seq_len: self.max_seq_len,
         }
     }
 
-    /// Rows of the embedding / LM head.
-    pub fn vocab_size(&self) -> usize {
-        match self {
-            ModelConfig::Llada(c) => c.vocab_size,
-            ModelConfig::Dream(c) => c.vocab_size,
-        }
-    }
-
-    /// The `[MASK]` id.
-    pub fn mask_token_id(&self) -> u32 {
-        match self {
-            ModelConfig::Llada(c) => c.mask_token_id,
-            ModelConfig::Dream(c) => c.mask_token_id,
-        }
-    }
-
-    /// BOS id from the config files, when they name one.
-    pub fn bos_token_id(&self) -> Option<u32> {
-        match self {
-            ModelConfig::Llada(c) => c.bos_token_id,
-            ModelConfig::Dream(c) => c.bos_token_id,
-        }
-    }
-
-    /// The ids that end an answer.
-    pub fn eos_token_ids(&self) -> &[u32] {
-        match self {
-            ModelConfig::Llada(c) => &c.eos_token_ids,
-            ModelConfig::Dream(c) => &c.eos_token_ids,
-        }
-    }
-
-    /// Longest canvas the model accepts.
-    pub fn max_seq_len(&self) -> usize {
-        match self {
-            ModelConfig::Llada(c) => c.max_seq_len,
-            ModelConfig::Dream(c) => c.max_seq_len,
-        }
-    }
-
-    /// Checks the invariants of the config (also run by the model constructors).
+    /// Checks the invariants: positive sizes, heads divisible by KV heads, hidden divisible by
+    /// heads, an even head size (RoPE rotates halves), positive finite epsilon and theta, ids
+    /// inside the vocabulary, a mask id distinct from EOS and pad.
+    ///
+    /// Errors: [`Error::InvalidConfig`] naming the field (canonical name) and its value.
     pub fn validate(&self) -> Result<()> {
-        match self {
-            ModelConfig::Llada(c) => c.validate(),
-            ModelConfig::Dream(c) => c.validate(),
+        self.validate_named(&CANONICAL_NAMES)
+    }
+
+    /// Fails unless the config is of `family` (a model type given the other family's config).
+    pub(crate) fn expect_family(&self, family: ModelFamily) -> Result<()> {
+        if self.family == family {
+            Ok(())
+        } else {
+            Err(Error::config(
+                "family",
+                format!("{:?}", self.family),
+                format!("this model type needs a {family:?} config"),
+            ))
         }
     }
 
     /// Adds `ids` to the EOS list (keeping the order, without duplicates).
     pub(crate) fn add_eos_token_ids(&mut self, ids: impl IntoIterator<Item = u32>) {
-        let list = match self {
-            ModelConfig::Llada(c) => &mut c.eos_token_ids,
-            ModelConfig::Dream(c) => &mut c.eos_token_ids,
-        };
-        push_unique(list, ids);
+        push_unique(&mut self.eos_token_ids, ids);
     }
 }
 
@@ -126,14 +199,14 @@ pub fn load_config(dir: &Path) -> Result<ModelConfig> {
             if let Some(generation) = &generation {
                 raw.fill_from_generation(generation);
             }
-            ModelConfig::Llada(LladaConfig::try_from(raw).map_err(|e| e.in_config_file(&path))?)
+            ModelConfig::try_from(raw).map_err(|e| e.in_config_file(&path))?
         }
         ModelFamily::Dream => {
             let mut raw: RawDreamConfig = parse_json(&path, &text)?;
             if let Some(generation) = &generation {
                 raw.fill_from_generation(generation);
             }
-            ModelConfig::Dream(DreamConfig::try_from(raw).map_err(|e| e.in_config_file(&path))?)
+            ModelConfig::try_from(raw).map_err(|e| e.in_config_file(&path))?
         }
     };
     Ok(config)
@@ -425,29 +498,10 @@ pub(crate) const CANONICAL_NAMES: FieldNames = FieldNames {
     bos_token_id: "bos_token_id",
 };
 
-/// The shape and numerics every architecture shares, borrowed from a config for validation.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CommonFields<'a> {
-    pub(crate) hidden_size: usize,
-    pub(crate) num_layers: usize,
-    pub(crate) num_heads: usize,
-    pub(crate) num_kv_heads: usize,
-    pub(crate) head_dim: usize,
-    pub(crate) intermediate_size: usize,
-    pub(crate) vocab_size: usize,
-    pub(crate) rms_norm_eps: f64,
-    pub(crate) rope_theta: f64,
-    pub(crate) max_seq_len: usize,
-    pub(crate) mask_token_id: u32,
-    pub(crate) eos_token_ids: &'a [u32],
-    pub(crate) pad_token_id: u32,
-    pub(crate) bos_token_id: Option<u32>,
-}
-
-impl CommonFields<'_> {
-    /// Positive sizes, heads divisible by KV heads, hidden divisible by heads, an even head size
-    /// (RoPE rotates halves), positive finite epsilon and theta, ids inside the vocabulary.
-    pub(crate) fn validate(&self, n: &FieldNames) -> Result<()> {
+impl ModelConfig {
+    /// [`ModelConfig::validate`], naming fields with `n` (the file's names when validating a
+    /// parsed `config.json`).
+    pub(crate) fn validate_named(&self, n: &FieldNames) -> Result<()> {
         let positive = |field: &'static str, value: usize| {
             if value == 0 {
                 Err(Error::config(field, value, "must be > 0"))
@@ -553,12 +607,38 @@ impl CommonFields<'_> {
             ));
         }
         in_vocab(n.pad_token_id, self.pad_token_id)?;
-        for &id in self.eos_token_ids {
+        for &id in &self.eos_token_ids {
             in_vocab(n.eos_token_id, id)?;
         }
         if let Some(id) = self.bos_token_id {
             in_vocab(n.bos_token_id, id)?;
         }
         Ok(())
+    }
+}
+
+fn required(field: &'static str, value: Option<usize>) -> Result<usize> {
+    value.ok_or_else(|| Error::config(field, "(missing)", "required"))
+}
+
+fn expect_flag(field: &'static str, value: Option<bool>, supported: bool) -> Result<()> {
+    match value {
+        Some(v) if v != supported => Err(Error::config(
+            field,
+            v,
+            format!("unsupported: only {supported} is implemented"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn expect_str(field: &'static str, value: &Option<String>, supported: &[&str]) -> Result<()> {
+    match value {
+        Some(v) if !supported.contains(&v.as_str()) => Err(Error::config(
+            field,
+            format!("{v:?}"),
+            format!("unsupported: only {supported:?} is implemented"),
+        )),
+        _ => Ok(()),
     }
 }

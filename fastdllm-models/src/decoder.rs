@@ -4,8 +4,8 @@
 //! Qwen2 layers without the causal mask) compute the same thing (SPEC 1.1.3, 1.2.3):
 //! `h = embed[ids]`; per layer `h += attn(norm(h))`, `h += mlp(norm(h))`; `norm(h) W_head^T`.
 //! The architectures differ only in tensor names, q/k/v biases, RoPE precision, epsilon and theta,
-//! which [`TensorLayout`] and [`DecoderDims`] carry, and in Dream's logits shift, which
-//! `DreamModel` does on top of [`Decoder::hidden_states`]. Deviations: the final norm and the LM
+//! which [`TensorLayout`], [`RopePrecision`] and the [`ModelConfig`] carry, and in Dream's logits
+//! shift, which `DreamModel` does on top of [`Decoder::hidden_states`]. Deviations: the final norm and the LM
 //! head run only for the rows whose logits are asked for, and the last layer computes its queries,
 //! output projection and MLP only for those rows (keys and values still cover the whole window),
 //! which is exact because nothing after the last layer mixes positions (SPEC 1.3).
@@ -15,29 +15,14 @@ use std::ops::Range;
 use candle_core::{DType, Device, Tensor};
 use fastdllm_core::{ForwardInput, KvView};
 
-use super::attention::{check_key_bias, Attention};
-use super::linear::Linear;
-use super::mlp::Mlp;
-use super::rms_norm::RmsNorm;
-use super::rope::{Rope, RopeAt, RopePrecision};
+use crate::config::ModelConfig;
+use crate::layers::attention::{check_key_bias, Attention};
+use crate::layers::linear::Linear;
+use crate::layers::mlp::Mlp;
+use crate::layers::rms_norm::RmsNorm;
+use crate::layers::rope::{Rope, RopeAt, RopePrecision};
 use crate::loading::{InitKind, LinearPart, Weights};
-use crate::Result;
-
-/// Sizes and numerics of a decoder (canonical names; filled from a validated config).
-#[derive(Debug, Clone)]
-pub(crate) struct DecoderDims {
-    pub(crate) hidden_size: usize,
-    pub(crate) num_layers: usize,
-    pub(crate) num_heads: usize,
-    pub(crate) num_kv_heads: usize,
-    pub(crate) head_dim: usize,
-    pub(crate) intermediate_size: usize,
-    pub(crate) vocab_size: usize,
-    pub(crate) rms_norm_eps: f64,
-    pub(crate) rope_theta: f64,
-    pub(crate) max_seq_len: usize,
-    pub(crate) rope_precision: RopePrecision,
-}
+use crate::{Error, Result};
 
 /// Checkpoint tensor names of one architecture. Block names are relative to
 /// `{block_prefix}.{i}.`; the others are full names.
@@ -115,13 +100,14 @@ pub(crate) struct Decoder {
 }
 
 impl Decoder {
-    /// Reads every tensor of `layout` from `weights`, checking shapes against `dims`.
-    /// With `tie_head`, the LM head is the embedding matrix and `layout.lm_head` is not read.
+    /// Reads every tensor of `layout` from `weights`, checking shapes against `dims` (a validated
+    /// config). With `dims.tie_word_embeddings`, the LM head is the embedding matrix and
+    /// `layout.lm_head` is not read.
     pub(crate) fn load(
-        dims: &DecoderDims,
+        dims: &ModelConfig,
+        rope_precision: RopePrecision,
         layout: &TensorLayout,
         weights: &Weights,
-        tie_head: bool,
     ) -> Result<Self> {
         let (hidden, vocab) = (dims.hidden_size, dims.vocab_size);
         let embed = weights.get(&[vocab, hidden], layout.embed, InitKind::Matrix)?;
@@ -139,7 +125,7 @@ impl Decoder {
             weights.get(&[hidden], layout.final_norm, InitKind::Norm)?,
             dims.rms_norm_eps,
         )?;
-        let head_name = if tie_head {
+        let head_name = if dims.tie_word_embeddings {
             layout.embed
         } else {
             layout.lm_head
@@ -157,7 +143,7 @@ impl Decoder {
             dims.head_dim,
             dims.rope_theta,
             dims.max_seq_len,
-            dims.rope_precision,
+            rope_precision,
             weights.dtype(),
             weights.device(),
         )?;
@@ -304,7 +290,7 @@ fn plain(name: &str, out_features: usize) -> LinearPart<'_> {
 }
 
 fn load_block(
-    dims: &DecoderDims,
+    dims: &ModelConfig,
     layout: &TensorLayout,
     weights: &Weights,
     prefix: &str,
@@ -370,4 +356,12 @@ fn load_block(
         ff_norm: norm(layout.ff_norm)?,
         mlp,
     })
+}
+
+/// Rejects activation dtypes the layers are not written for.
+pub(crate) fn check_dtype(dtype: DType) -> Result<()> {
+    match dtype {
+        DType::F32 | DType::BF16 | DType::F16 => Ok(()),
+        other => Err(Error::UnsupportedDType { dtype: other }),
+    }
 }
