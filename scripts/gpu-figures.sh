@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gpu-figures.sh: the GPU figures of docs/BENCHMARKS.md, in one run on a lent GPU machine.
 # Expects gpu/fastdllm (built with scripts/build-cuda.sh -p fastdllm-cli) and gpu/cuda-tests
-# (cargo test --release -p conformance --features cuda --test cuda --no-run), xz-compressed or
+# (cargo test --release -p fastdllm-conformance --features cuda --test cuda --no-run), xz-compressed or
 # not, and writes everything under $OUT (default ./out).
 set -uo pipefail
 OUT=${OUT:-out}

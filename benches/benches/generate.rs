@@ -4,10 +4,10 @@
 //! Names: `{device}_{dtype}/generate/{cache}_b{block}_{rule}` (`fixed`, `t0.9`), e.g.
 //! `cpu_f32/generate/dual_b32_t0.9`; throughput = generated tokens.
 
-use conformance::engine::{self, GenerationSettings};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fastdllm_benches::{bench_model, devices, prefix, prompt_ids, time_iters};
 use fastdllm_cache::{CacheMode, CacheSettings};
+use fastdllm_conformance::engine::{self, GenerationSettings};
 use fastdllm_core::{DecodeConfig, GenerateOptions};
 use fastdllm_sampler::{ProposerConfig, Unmask};
 

@@ -40,7 +40,7 @@ use fastdllm_models::LoadedModel;
 use fastdllm_sampler::Unmask;
 use serde::Serialize;
 
-use conformance::engine::{self, trim_at_eos, GenerationSettings};
+use fastdllm_conformance::engine::{self, trim_at_eos, GenerationSettings};
 
 /// How a task's answer is compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -24,7 +24,7 @@ use fastdllm_sampler::{ProposerConfig, Unmask};
 
 use crate::system;
 use crate::timed::{ForwardTiming, TimedModel};
-use conformance::engine::{self, trim_at_eos, GenerationSettings};
+use fastdllm_conformance::engine::{self, trim_at_eos, GenerationSettings};
 
 /// Version of the record layout, written in every record's `schema_version` (docs/BENCH_SCHEMA.md
 /// says when it changes). 2: the version field itself is named `schema_version` (1 called it

@@ -7,10 +7,10 @@
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device};
-use conformance::engine::{self, GenerationSettings};
-use conformance::paths::{bundled_model, repo_root};
 use fastdllm_benches::eval::{base_settings, read_tasks};
 use fastdllm_cache::CacheSettings;
+use fastdllm_conformance::engine::{self, GenerationSettings};
+use fastdllm_conformance::paths::{bundled_model, repo_root};
 use fastdllm_core::{GenerateOptions, Generation, RowOutput, TokenId};
 use fastdllm_models::LoadedModel;
 use fastdllm_sampler::Unmask;

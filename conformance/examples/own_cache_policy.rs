@@ -1,6 +1,6 @@
 //! Check your own cache approximation against the exact path.
 //!
-//! Run: `cargo run -p conformance --example own_cache_policy`
+//! Run: `cargo run -p fastdllm-conformance --example own_cache_policy`
 //!
 //! The policy: Fast-dLLM's dual cache (refresh at the block start, then forward only the block
 //! over frozen prefix and suffix K/V) that refreshes once more halfway through the block, at
@@ -15,9 +15,9 @@
 //! report how many answer tokens stay on the exact path ([`Verdict::agreement`]) and how far
 //! their cached logits drift from the exact forward ([`Verdict::drift`]).
 
-use conformance::golden::{check_case, read_cases, Case, Status, Verdict};
-use conformance::paths::{bundled_model, goldens_dir};
 use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
+use fastdllm_conformance::golden::{check_case, read_cases, Case, Status, Verdict};
+use fastdllm_conformance::paths::{bundled_model, goldens_dir};
 use fastdllm_core::{
     CachePolicy, DiffusionLm, ForwardPlan, KvAccess, KvShape, KvView, ModelFamily, StepAt,
 };

@@ -1,6 +1,6 @@
 //! Your own unmasking rule, run on the bundled tiny LLaDA with the dual cache.
 //!
-//! Run: `cargo run -p conformance --example own_unmask_rule`
+//! Run: `cargo run -p fastdllm-conformance --example own_unmask_rule`
 //!
 //! The rule, `leftmost+threshold`: commit every masked candidate whose confidence is at least
 //! `threshold` (Fast-dLLM's parallel decoding) and, in any case, the leftmost masked position of
@@ -10,8 +10,8 @@
 //! range). It is compared here with Fast-dLLM's threshold rule and LLaDA's fixed schedule on the
 //! copy task the tiny model was trained on.
 
-use conformance::paths::bundled_model;
 use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
+use fastdllm_conformance::paths::bundled_model;
 use fastdllm_core::{
     generate, Candidate, DecodeConfig, Decoder, GenerateOptions, ModelFamily, Rng, Selection,
     StepInfo, UnmaskPolicy,
@@ -78,7 +78,8 @@ fn main() -> anyhow::Result<()> {
             &GenerateOptions::default(),
         )?;
         let row = &out.rows[0];
-        let answer = conformance::engine::trim_at_eos(&row.generated, &model.spec().eos_token_ids);
+        let answer =
+            fastdllm_conformance::engine::trim_at_eos(&row.generated, &model.spec().eos_token_ids);
         println!(
             "{:<26} nfe {:>2}  answer {:?}",
             rule.name(),

@@ -14,8 +14,8 @@
 //! logits drift from the exact forward ([`Verdict::drift`]).
 //!
 //! ```no_run
-//! use conformance::golden::{check_case, read_cases, Status};
-//! use conformance::paths::{bundled_model, goldens_dir};
+//! use fastdllm_conformance::golden::{check_case, read_cases, Status};
+//! use fastdllm_conformance::paths::{bundled_model, goldens_dir};
 //! use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
 //! use fastdllm_core::ModelFamily;
 //!

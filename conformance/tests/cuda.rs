@@ -6,14 +6,14 @@
 //! Checks: the forward of the bundled tiny fixtures on the device equals the CPU's within the
 //! dtype's tolerance (f32 and bf16); a tiny-LLaDA generation at f32 gives the CPU's token ids
 //! (fixed and threshold rules, all cache modes); every cache mode runs on the device with the
-//! CPU's NFE. Run on the GPU machine with `cargo test -p conformance --features cuda --test cuda`.
+//! CPU's NFE. Run on the GPU machine with `cargo test -p fastdllm-conformance --features cuda --test cuda`.
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use conformance::engine::{self, GenerationSettings};
-use conformance::paths::bundled_model;
-use conformance::tol::{compare, max_rel_err, Tol};
 use fastdllm_cache::{CacheMode, CacheSettings};
+use fastdllm_conformance::engine::{self, GenerationSettings};
+use fastdllm_conformance::paths::bundled_model;
+use fastdllm_conformance::tol::{compare, max_rel_err, Tol};
 use fastdllm_core::{DecodeConfig, ForwardInput, GenerateOptions, PassthroughKv, Positions};
 use fastdllm_models::LoadedModel;
 use fastdllm_sampler::{ProposerConfig, Unmask};

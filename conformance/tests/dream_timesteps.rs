@@ -2,7 +2,7 @@
 //! values bit for bit, for every `n` recorded in goldens/dream_timesteps.json (moved here from a
 //! unit test of fastdllm-sampler, whose tests need no repository data).
 
-use conformance::paths::goldens_dir;
+use fastdllm_conformance::paths::goldens_dir;
 use fastdllm_sampler::dream_timesteps;
 
 #[test]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use conformance::tol::{assert_close, max_rel_err, Tol};
+use fastdllm_conformance::tol::{assert_close, max_rel_err, Tol};
 use fastdllm_core::{ForwardInput, KvView, LogitRows, ModelFamily, PassthroughKv, Positions};
 
 fn root() -> PathBuf {

@@ -4,8 +4,8 @@
 //! rounding of the threshold) may mismatch and are counted apart. A case whose mode is not
 //! implemented fails.
 
-use conformance::golden::{read_cases, Case, Runner, Status, Tally};
-use conformance::paths::goldens_dir;
+use fastdllm_conformance::golden::{read_cases, Case, Runner, Status, Tally};
+use fastdllm_conformance::paths::goldens_dir;
 
 fn run_group(name: &str, keep: impl Fn(&Case) -> bool) {
     run_files(

@@ -5,11 +5,11 @@
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Device, Tensor};
-use conformance::engine::{self, GenerationSettings};
-use conformance::recorder::Recorder;
-use conformance::tiny;
-use conformance::tol::{assert_close, Tol};
 use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
+use fastdllm_conformance::engine::{self, GenerationSettings};
+use fastdllm_conformance::recorder::Recorder;
+use fastdllm_conformance::tiny;
+use fastdllm_conformance::tol::{assert_close, Tol};
 use fastdllm_core::{
     CachePolicy, DecodeConfig, DiffusionLm, ForwardInput, ForwardPlan, GenerateOptions, Generation,
     KvAccess, KvView, PassthroughKv, Positions,
@@ -323,7 +323,7 @@ fn fixture(name: &str) -> &'static fastdllm_models::LoadedModel {
     let cell = if name == "llada-tiny" { &L } else { &D };
     cell.get_or_init(|| {
         fastdllm_models::load_model(
-            &conformance::paths::bundled_model(name),
+            &fastdllm_conformance::paths::bundled_model(name),
             &Device::Cpu,
             DType::F32,
         )

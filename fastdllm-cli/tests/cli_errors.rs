@@ -7,7 +7,7 @@ use std::process::Command;
 use candle_core::{safetensors, Device, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
-    conformance::paths::bundled_model(name)
+    fastdllm_conformance::paths::bundled_model(name)
 }
 
 /// Runs the binary; returns (exit code, stderr).
@@ -268,7 +268,7 @@ fn bad_case_files() {
 #[test]
 fn conform_fails_on_a_wrong_golden() {
     // A golden whose expected ids we corrupt must fail with exit 1 and name the first difference.
-    let src = conformance::paths::goldens_dir().join("llada-tiny.jsonl");
+    let src = fastdllm_conformance::paths::goldens_dir().join("llada-tiny.jsonl");
     let line = std::fs::read_to_string(src)
         .unwrap()
         .lines()

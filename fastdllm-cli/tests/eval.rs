@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use conformance::paths::bundled_model;
 use fastdllm_benches::eval::{
     base_settings, extract_gsm8k_prediction, gsm8k_final_answer, last_number, parse_settings,
     parse_task_line, parse_tasks, read_tasks, run_eval, SettingSpec, TaskFormat,
 };
 use fastdllm_cache::CacheMode;
+use fastdllm_conformance::paths::bundled_model;
 use fastdllm_core::ModelFamily;
 use fastdllm_sampler::Unmask;
 

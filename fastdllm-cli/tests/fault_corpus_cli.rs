@@ -20,7 +20,7 @@ use make::Expect;
 const HANG: Duration = Duration::from_secs(300);
 
 fn repo() -> PathBuf {
-    conformance::paths::repo_root()
+    fastdllm_conformance::paths::repo_root()
 }
 
 struct Outcome {
@@ -164,7 +164,7 @@ fn flag_sets() -> Vec<(Vec<String>, Vec<String>)> {
         .filter(|p| p.extension().is_some_and(|x| x == "txt"))
         .collect();
     files.sort();
-    let fixtures = conformance::paths::fixtures_dir();
+    let fixtures = fastdllm_conformance::paths::fixtures_dir();
     let mut sets = Vec::new();
     for f in files {
         for line in std::fs::read_to_string(&f).unwrap().lines() {
@@ -198,7 +198,7 @@ fn flag_sets() -> Vec<(Vec<String>, Vec<String>)> {
 #[test]
 fn every_fault_gets_a_clear_error() {
     let out_dir = std::env::temp_dir().join(format!("fastdllm-faults-{}", std::process::id()));
-    let fixtures = conformance::paths::fixtures_dir();
+    let fixtures = fastdllm_conformance::paths::fixtures_dir();
     let models = make::make_all(&fixtures, &out_dir);
     let mut tally = Tally::default();
 

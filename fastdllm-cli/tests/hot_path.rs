@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
-use conformance::engine::{self, GenerationSettings};
 use fastdllm_cache::{CacheMode, CacheSettings};
+use fastdllm_conformance::engine::{self, GenerationSettings};
 use fastdllm_core::ModelFamily;
 use fastdllm_core::{DecodeConfig, DiffusionLm, ForwardInput, GenerateOptions, KvView, ModelSpec};
 use fastdllm_models::ModelConfig;

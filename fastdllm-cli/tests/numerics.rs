@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use conformance::engine::{self, GenerationSettings};
 use fastdllm_cache::{CacheMode, CacheSettings};
+use fastdllm_conformance::engine::{self, GenerationSettings};
 use fastdllm_core::{
     DecodeConfig, DiffusionLm, ForwardInput, GenerateOptions, KvView, ModelFamily, ModelSpec,
 };
@@ -55,7 +55,7 @@ fn settings(temperature: f64) -> GenerationSettings {
 #[test]
 fn non_finite_logits_name_the_row_and_position() {
     let loaded = fastdllm_models::load_model(
-        &conformance::paths::default_model(),
+        &fastdllm_conformance::paths::default_model(),
         &Device::Cpu,
         DType::F32,
     )

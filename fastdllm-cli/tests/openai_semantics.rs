@@ -7,10 +7,10 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use candle_core::{DType, Device};
-use conformance::engine::{self, trim_at_eos, GenerationSettings};
 use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_cli::serve::api::Defaults;
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
+use fastdllm_conformance::engine::{self, trim_at_eos, GenerationSettings};
 use fastdllm_core::{DecodeConfig, GenerateOptions, Rng};
 use fastdllm_models::LoadedModel;
 use fastdllm_sampler::{ProposerConfig, Unmask};
@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 fn load(name: &str) -> LoadedModel {
     fastdllm_models::load_model(
-        &conformance::paths::bundled_model(name),
+        &fastdllm_conformance::paths::bundled_model(name),
         &Device::Cpu,
         DType::F32,
     )

@@ -9,10 +9,10 @@ use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use candle_core::{DType, Device};
-use conformance::engine::{self, trim_at_eos, GenerationSettings};
 use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_cli::serve::api::{Defaults, Knobs};
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
+use fastdllm_conformance::engine::{self, trim_at_eos, GenerationSettings};
 use fastdllm_core::{DecodeConfig, GenerateOptions};
 use fastdllm_models::LoadedModel;
 use fastdllm_sampler::Unmask;
@@ -737,7 +737,7 @@ fn mismatched_batch_settings_are_errors() {
     assert!(session.is_empty());
 
     let dream = fastdllm_models::load_model(
-        &conformance::paths::bundled_model("dream-tiny"),
+        &fastdllm_conformance::paths::bundled_model("dream-tiny"),
         &Device::Cpu,
         DType::F32,
     )

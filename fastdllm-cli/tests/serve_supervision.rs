@@ -49,7 +49,7 @@ impl DiffusionLm for PanicsOnMarker {
 
 fn start() -> ServerHandle {
     let mut loaded: LoadedModel = fastdllm_models::load_model(
-        &conformance::paths::default_model(),
+        &fastdllm_conformance::paths::default_model(),
         &Device::Cpu,
         DType::F32,
     )
@@ -115,6 +115,94 @@ fn a_panicking_row_fails_alone_and_the_next_request_succeeds() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["stats"]["failed_rows"], 1, "{health}");
     server.shutdown().unwrap();
+}
+
+/// An engine loop with a bug outside every per-request guard: it takes the first job, then
+/// panics (the job's event channel is dropped with it).
+fn engine_with_a_bug(
+    _loaded: LoadedModel,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<fastdllm_cli::serve::scheduler::Job>,
+    _max_batch: usize,
+    _stats: Arc<fastdllm_cli::serve::scheduler::Stats>,
+    _metrics: Arc<fastdllm_cli::serve::metrics::Metrics>,
+) {
+    let _job = rx.blocking_recv();
+    panic!("deliberate engine fault (test)");
+}
+
+fn get(url: &str) -> (u16, Value) {
+    let cfg = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(300)))
+        .build();
+    let mut r = ureq::Agent::new_with_config(cfg).get(url).call().unwrap();
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+    )
+}
+
+#[test]
+fn a_stopped_engine_is_a_503_with_the_reason_and_an_error_at_exit() {
+    let loaded = fastdllm_models::load_model(
+        &fastdllm_conformance::paths::default_model(),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = serve::spawn_with(
+        listener,
+        loaded,
+        ServeConfig::new("llada-tiny", defaults()),
+        2,
+        engine_with_a_bug,
+    )
+    .unwrap();
+    let url = format!("{}/v1/completions", server.url());
+    // The request the engine took when it died gets a 5xx OpenAI error, not a hang.
+    let (status, body) = post(&url, &json!({"prompt": "copy ab"}));
+    assert!((500..600).contains(&status), "{status}: {body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+    // The panic unwinds (dropping the job's channel) before the worker's guard records the
+    // stop, so wait for /health to report it: polled on the server's own state, the bound only
+    // guards against a hang.
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let health = loop {
+        let (status, health) = get(&format!("{}/health", server.url()));
+        if status == 503 {
+            break health;
+        }
+        assert_eq!(status, 200, "{health}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine stop was never reported"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(health["status"], "error", "{health}");
+    let reason = health["reason"].as_str().unwrap();
+    assert!(reason.contains("deliberate engine fault"), "{health}");
+    let (status, body) = post(&url, &json!({"prompt": "copy ab"}));
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deliberate engine fault"),
+        "{body}"
+    );
+    // The process's exit path: draining ends with an error naming the reason (`fastdllm serve`
+    // turns it into a non-zero exit status).
+    let err = server
+        .shutdown()
+        .expect_err("a stopped engine must fail the exit");
+    assert!(
+        format!("{err:#}").contains("deliberate engine fault"),
+        "{err:#}"
+    );
 }
 
 #[test]
@@ -191,7 +279,7 @@ proptest! {
 #[test]
 fn an_impossible_queue_capacity_is_an_error_not_a_panic() {
     let loaded = fastdllm_models::load_model(
-        &conformance::paths::default_model(),
+        &fastdllm_conformance::paths::default_model(),
         &Device::Cpu,
         DType::F32,
     )

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use candle_core::{DType, Device, Tensor};
 use fastdllm_core::{ForwardInput, Positions};
 
-/// `fixtures/{name}` of the repository ([`conformance::paths::bundled_model`]).
+/// `fixtures/{name}` of the repository ([`fastdllm_conformance::paths::bundled_model`]).
 pub fn fixture(name: &str) -> PathBuf {
-    conformance::paths::bundled_model(name)
+    fastdllm_conformance::paths::bundled_model(name)
 }
 
 /// A fresh empty directory under the system temp dir, removed on drop.

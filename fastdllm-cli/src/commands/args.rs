@@ -6,8 +6,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::builder::RangedU64ValueParser;
 use clap::{Args, ValueEnum};
-use conformance::engine::GenerationSettings;
 use fastdllm_cache::{CacheMode, CacheSettings};
+use fastdllm_conformance::engine::GenerationSettings;
 use fastdllm_core::{DecodeConfig, ModelFamily};
 use fastdllm_models::{ChatTemplate, LoadOptions, LoadedModel, QuantType, RawGenerationConfig};
 use fastdllm_sampler::{DreamScore, ProposerConfig, Remasking, Unmask};
@@ -97,7 +97,7 @@ impl ModelArgs {
             Some(spec) => fastdllm_cli::hub::resolve_model(spec),
             #[cfg(not(feature = "hub"))]
             Some(spec) => Ok(spec.clone()),
-            None => Ok(conformance::paths::default_model()),
+            None => Ok(fastdllm_conformance::paths::default_model()),
         }
     }
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use conformance::golden::{read_cases, Runner, Status, Tally};
+use fastdllm_conformance::golden::{read_cases, Runner, Status, Tally};
 
 use super::args::{DTypeArg, DeviceArg};
 

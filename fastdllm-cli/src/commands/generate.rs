@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use conformance::engine::{self, trim_at_eos};
+use fastdllm_conformance::engine::{self, trim_at_eos};
 use fastdllm_core::GenerateOptions;
 use serde_json::json;
 

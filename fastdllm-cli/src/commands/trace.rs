@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use conformance::engine;
 use fastdllm_benches::trace_view::{render, TraceCell, TracePicture};
+use fastdllm_conformance::engine;
 use fastdllm_core::GenerateOptions;
 
 use super::args::{DecodeArgs, DecodeDefaults, ModelArgs};

@@ -13,7 +13,7 @@
 use fastdllm_core::TokenId;
 use fastdllm_models::Tokenizer;
 
-use conformance::engine::trim_at_eos;
+use fastdllm_conformance::engine::trim_at_eos;
 
 /// The limits of one choice.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 
 use super::answer::AnswerLimits;
 use super::errors::ApiError;
-use conformance::engine::GenerationSettings;
+use fastdllm_conformance::engine::GenerationSettings;
 
 /// Most choices (`n`) per prompt, as OpenAI allows.
 pub const MAX_N: usize = 128;

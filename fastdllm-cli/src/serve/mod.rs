@@ -178,8 +178,24 @@ pub fn prompt_byte_cap(tokenizer: &Tokenizer, max_seq_len: usize) -> usize {
     max_seq_len.saturating_mul(longest)
 }
 
+/// The engine loop run on the worker thread: takes jobs from the receiver until every sender is
+/// dropped. [`scheduler::run_worker`] is the server's; another loop (a different scheduler, or a
+/// test's faulty one) can be given to [`start_with`] / [`spawn_with`].
+pub type EngineLoop =
+    fn(LoadedModel, mpsc::UnboundedReceiver<Job>, usize, Arc<Stats>, Arc<Metrics>);
+
 /// Starts the engine worker for `loaded` and returns the handlers' state.
 pub fn start(loaded: LoadedModel, cfg: ServeConfig) -> Result<(AppState, Worker)> {
+    start_with(loaded, cfg, scheduler::run_worker)
+}
+
+/// [`start`] with the engine loop `engine`. A panic that escapes it stops the engine: `/health`
+/// and new requests answer 503 with the reason, and [`Worker::join`] errors.
+pub fn start_with(
+    loaded: LoadedModel,
+    cfg: ServeConfig,
+    engine_loop: EngineLoop,
+) -> Result<(AppState, Worker)> {
     // Refused, not clamped: a queue bound past the semaphore's limit is a configuration error.
     let max_queue = Semaphore::MAX_PERMITS;
     if !(1..=max_queue).contains(&cfg.queue_capacity) {
@@ -217,9 +233,8 @@ pub fn start(loaded: LoadedModel, cfg: ServeConfig) -> Result<(AppState, Worker)
         .spawn(move || {
             // Per-request panics are caught inside; this guard records anything else, so /health
             // and new requests answer 503 with the reason instead of hanging.
-            let run = std::panic::AssertUnwindSafe(|| {
-                scheduler::run_worker(loaded, rx, max_batch, stats, metrics)
-            });
+            let run =
+                std::panic::AssertUnwindSafe(|| engine_loop(loaded, rx, max_batch, stats, metrics));
             if let Err(p) = std::panic::catch_unwind(run) {
                 health.stop(format!(
                     "the engine thread panicked: {}",
@@ -352,6 +367,17 @@ pub fn spawn(
     cfg: ServeConfig,
     threads: usize,
 ) -> Result<ServerHandle> {
+    spawn_with(listener, loaded, cfg, threads, scheduler::run_worker)
+}
+
+/// [`spawn`] with the engine loop `engine_loop` (see [`start_with`]).
+pub fn spawn_with(
+    listener: std::net::TcpListener,
+    loaded: LoadedModel,
+    cfg: ServeConfig,
+    threads: usize,
+    engine_loop: EngineLoop,
+) -> Result<ServerHandle> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -359,7 +385,7 @@ pub fn spawn(
         .enable_all()
         .build()
         .context("cannot build the tokio runtime")?;
-    let (state, worker) = start(loaded, cfg)?;
+    let (state, worker) = start_with(loaded, cfg, engine_loop)?;
     let (tx, rx) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("fastdllm-http".into())
@@ -941,7 +967,7 @@ struct Validated {
     prompts: Vec<Vec<TokenId>>,
     n: usize,
     include_usage: bool,
-    settings: conformance::engine::GenerationSettings,
+    settings: fastdllm_conformance::engine::GenerationSettings,
     limits: AnswerLimits,
     seed: Option<u64>,
     stream: bool,

@@ -4,7 +4,7 @@
 //! Granularity: **step-level continuous batching, rows join and leave between blocks**. The worker
 //! keeps one running [`Session`] (the core's `BlockBatch`): each round every row decodes its own
 //! next block in lock-step forwards. Between rounds, queued requests that can share the session
-//! ([`conformance::engine::batch_compatible`]: same block_length, steps per block, cache settings and
+//! ([`fastdllm_conformance::engine::batch_compatible`]: same block_length, steps per block, cache settings and
 //! proposer; the answer length, the unmasking rule — threshold, factor, fixed — and the seed may
 //! differ per row) join
 //! it, up to `max_batch` rows, and start at their block 0 next to rows further on; rows that
@@ -15,7 +15,7 @@
 //! observer checks each row's client; a row whose client is gone stops streaming and is dropped
 //! from the session at the end of the round, and when every row is gone the session stops at once
 //! ([`Control::Stop`]). Each row's output equals its solo output whenever it joined (the core's
-//! batch invariance), which tests/serve.rs checks against [`conformance::engine::run`].
+//! batch invariance), which tests/serve.rs checks against [`fastdllm_conformance::engine::run`].
 //!
 //! Streaming: after every step, a row whose current block is final (no mask left) gets the text
 //! of that block (the decoded committed prefix, cut at the first end-of-sequence token, at
@@ -47,7 +47,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use super::answer::{AnswerLimits, Cut};
 use super::api::Provisional;
 use super::metrics::Metrics;
-use conformance::engine::{GenerationSettings, Session};
+use fastdllm_conformance::engine::{GenerationSettings, Session};
 
 /// One request for the worker.
 #[derive(Debug)]

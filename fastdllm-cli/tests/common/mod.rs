@@ -3,9 +3,9 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use candle_core::{DType, Device};
-use conformance::engine::GenerationSettings;
 use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_cli::serve::api::Defaults;
+use fastdllm_conformance::engine::GenerationSettings;
 use fastdllm_core::DecodeConfig;
 use fastdllm_models::LoadedModel;
 use fastdllm_sampler::{ProposerConfig, Unmask};
@@ -13,7 +13,7 @@ use fastdllm_sampler::{ProposerConfig, Unmask};
 /// The bundled tiny LLaDA on the CPU in f32.
 pub fn load_tiny() -> LoadedModel {
     fastdllm_models::load_model(
-        &conformance::paths::default_model(),
+        &fastdllm_conformance::paths::default_model(),
         &Device::Cpu,
         DType::F32,
     )
