@@ -97,70 +97,21 @@ fn templated_prompt_has_exactly_one_bos() {
     assert_eq!(ids.iter().filter(|&&id| id == 51).count(), 1);
 }
 
-/// GPT-2's byte → character table of the ByteLevel pre-tokenizer / decoder.
-fn byte_chars() -> Vec<char> {
-    let mut bs: Vec<u32> = (u32::from(b'!')..=u32::from(b'~'))
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..=255u32 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut table = vec!['\0'; 256];
-    for (b, c) in bs.into_iter().zip(cs) {
-        table[b as usize] = char::from_u32(c).unwrap();
-    }
-    table
-}
-
-/// A byte-level BPE tokenizer (LLaDA's and Dream's kind): the 256 byte tokens plus merges that
-/// join some bytes *inside* multi-byte characters (the first two bytes of `你` and of `😀`, the
-/// last two of `✓`), so that characters are spread over several tokens.
-fn byte_level_bpe() -> Tokenizer {
-    use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-    use tokenizers::models::bpe::BPE;
-    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-    let table = byte_chars();
-    let mut vocab = tokenizers::models::bpe::Vocab::new();
-    for (id, c) in table.iter().enumerate() {
-        vocab.insert(c.to_string(), id as u32);
-    }
-    let mut merges = Vec::new();
-    let tok = |bytes: &[u8]| bytes.iter().map(|&b| table[b as usize]).collect::<String>();
-    for (a, b) in [
-        (&[0xE4][..], &[0xBD][..]), // 你 = E4 BD A0: "E4 BD" | "A0"
-        (&[0xF0][..], &[0x9F][..]), // 😀 = F0 9F 98 80: "F0 9F" | "98" | "80"
-        (&[0x9C][..], &[0x93][..]), // ✓ = E2 9C 93: "E2" | "9C 93"
-        (&b"h"[..], &b"e"[..]),
-        (&b"he"[..], &b"l"[..]),
-        (&[0xC3][..], &[0xA9][..]), // é whole
-    ] {
-        let joined = [a, b].concat();
-        vocab.insert(tok(&joined), vocab.len() as u32);
-        merges.push((tok(a), tok(b)));
-    }
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .build()
-        .unwrap();
-    let mut inner = tokenizers::Tokenizer::new(bpe);
-    inner
-        .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
-        .with_decoder(Some(ByteLevelDecoder::default()));
-    Tokenizer::from_inner(inner)
-}
+use fastdllm_conformance::tiny::byte_level_bpe;
 
 #[test]
 fn byte_level_tokenizer_splits_characters_across_tokens() {
     // The premise of the streaming test: decoding a prefix that ends inside a character gives
     // U+FFFD, which is what a block-by-block decode sent before the incremental decoder.
     let tok = byte_level_bpe();
+    assert_eq!(
+        tok.token_id(fastdllm_conformance::tiny::BPE_EOS_TOKEN),
+        Some(262)
+    );
+    assert_eq!(
+        tok.token_id(fastdllm_conformance::tiny::BPE_MASK_TOKEN),
+        Some(263)
+    );
     let ids = tok.encode("a你✓😀", false).unwrap();
     assert_eq!(tok.decode(&ids).unwrap(), "a你✓😀");
     assert!(ids.len() > 4, "{ids:?}");

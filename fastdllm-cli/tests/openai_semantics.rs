@@ -669,3 +669,125 @@ fn metrics_count_requests_and_engine_work() {
         assert!(after.contains(line), "missing '{line}':\n{after}");
     }
 }
+
+/// A test-only model that "knows" one answer: at answer position `i` its logits pick
+/// `answer[i]` (EOS past the end), whatever the canvas holds. Needs the whole canvas in each
+/// forward (no cache) and a single row, so that the window is `prompt + gen_length` long.
+struct ScriptedAnswer {
+    spec: fastdllm_core::ModelSpec,
+    answer: Vec<u32>,
+    gen_length: usize,
+}
+
+impl fastdllm_core::DiffusionLm for ScriptedAnswer {
+    fn spec(&self) -> &fastdllm_core::ModelSpec {
+        &self.spec
+    }
+    fn device(&self) -> &Device {
+        &Device::Cpu
+    }
+    fn dtype(&self) -> DType {
+        DType::F32
+    }
+    fn forward(
+        &self,
+        input: &fastdllm_core::ForwardInput,
+        _kv: &mut dyn fastdllm_core::KvView,
+    ) -> fastdllm_core::Result<candle_core::Tensor> {
+        let (batch, window) = input.tokens.dims2()?;
+        let prompt_len = (input.window_start + window).saturating_sub(self.gen_length);
+        let vocab = self.spec.vocab_size;
+        let rows = input.logits_rows.as_slice();
+        let mut logits = vec![0f32; batch * rows.len() * vocab];
+        for b in 0..batch {
+            for (k, &r) in rows.iter().enumerate() {
+                let pos = input.window_start + r;
+                let target = pos
+                    .checked_sub(prompt_len)
+                    .and_then(|i| self.answer.get(i).copied())
+                    .unwrap_or(self.spec.eos_token_ids[0]);
+                logits[(b * rows.len() + k) * vocab + target as usize] = 20.0;
+            }
+        }
+        Ok(candle_core::Tensor::from_vec(
+            logits,
+            (batch, rows.len(), vocab),
+            &Device::Cpu,
+        )?)
+    }
+}
+
+#[test]
+fn streamed_text_never_splits_a_character() {
+    use fastdllm_conformance::tiny::{byte_level_bpe, BPE_EOS_TOKEN, BPE_MASK_TOKEN};
+    // Issue 11 item 3: with a byte-level BPE, a character's bytes can span two blocks.
+    let text = "a你✓😀é 你好✓ ok";
+    let tok = byte_level_bpe();
+    let answer = tok.encode(text, false).unwrap();
+    let (block, gen_length) = (2, answer.len().div_ceil(2) * 2 + 2);
+    assert!(
+        (1..answer.len() / block).any(|b| tok
+            .decode(&answer[..b * block])
+            .unwrap()
+            .contains('\u{FFFD}')),
+        "the premise: some block boundary falls inside a character"
+    );
+    let (eos, mask) = (
+        tok.token_id(BPE_EOS_TOKEN).unwrap(),
+        tok.token_id(BPE_MASK_TOKEN).unwrap(),
+    );
+    let mut loaded = load("llada-tiny");
+    loaded.model = std::sync::Arc::new(ScriptedAnswer {
+        spec: fastdllm_core::ModelSpec {
+            family: fastdllm_core::ModelFamily::Llada,
+            vocab_size: tok.vocab_size(),
+            mask_token_id: mask,
+            eos_token_ids: vec![eos],
+            pad_token_id: eos,
+            num_layers: 1,
+            num_kv_heads: 1,
+            head_dim: 2,
+            max_seq_len: 512,
+        },
+        answer,
+        gen_length,
+    });
+    loaded.tokenizer = tok;
+    loaded.info.bos_token_id = None;
+    loaded.info.chat_template = fastdllm_models::ChatTemplate::None;
+    let cfg = ServeConfig::new(
+        "scripted",
+        Defaults {
+            settings: defaults(),
+            explicit_steps: false,
+        },
+    );
+    let server = serve::spawn(TcpListener::bind("127.0.0.1:0").unwrap(), loaded, cfg, 2).unwrap();
+    let url = format!("{}/v1/completions", server.url());
+    let body = json!({
+        "prompt": "hi", "max_tokens": gen_length, "gen_length": gen_length,
+        "block_length": block, "steps": gen_length, "cache": "none",
+    });
+    let (status, whole) = post_json(&url, &body);
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(whole["choices"][0]["text"], text, "{whole}");
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (status, sse) = post(&url, &streamed);
+    assert_eq!(status, 200, "{sse}");
+    let (chunks, done) = sse_chunks(&sse);
+    assert!(done, "{sse}");
+    let pieces: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert!(pieces.len() > 2, "streamed in several chunks: {pieces:?}");
+    for p in &pieces {
+        assert!(
+            !p.contains('\u{FFFD}'),
+            "a broken character in {p:?} of {pieces:?}"
+        );
+    }
+    assert_eq!(pieces.concat(), text, "{pieces:?}");
+    server.shutdown().unwrap();
+}

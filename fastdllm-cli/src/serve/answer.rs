@@ -93,16 +93,16 @@ impl AnswerLimits {
 }
 
 impl Cut {
-    /// The part of [`Cut::text`] a stream may send now: all of it once the answer is finished;
-    /// before, the text minus a trailing U+FFFD (with a byte-level BPE, the bytes of a character
-    /// that continues in the next block decode as U+FFFD until the rest arrives) and minus its
-    /// longest tail that begins some stop string (a match that the next block could complete).
-    pub fn streamable<'a>(&'a self, stop: &[String]) -> &'a str {
+    /// The part of the answer a stream may send now: all of [`Cut::text`] once the answer is
+    /// finished; before, `decoded` (the same tokens through the tokenizer's incremental decoder,
+    /// [`fastdllm_models::IncrementalDecoder`], so whole characters only: with a byte-level BPE
+    /// a character may continue in the next block) minus its longest tail that begins some stop
+    /// string (a match that the next block could complete).
+    pub fn streamable<'a>(&'a self, decoded: &'a str, stop: &[String]) -> &'a str {
         if self.finish_reason.is_some() {
             return &self.text;
         }
-        let text = self.text.trim_end_matches('\u{FFFD}');
-        &text[..text.len() - held_back(text, stop)]
+        &decoded[..decoded.len() - held_back(decoded, stop)]
     }
 }
 
@@ -162,11 +162,14 @@ mod tests {
             finish_reason: None,
             by_limit: false,
         };
-        assert_eq!(cut.streamable(&stops(&["Question:"])), "13\n");
+        assert_eq!(cut.streamable("13\nQues", &stops(&["Question:"])), "13\n");
         let done = Cut {
             finish_reason: Some("length"),
             ..cut
         };
-        assert_eq!(done.streamable(&stops(&["Question:"])), "13\nQues");
+        assert_eq!(
+            done.streamable("13\nQues", &stops(&["Question:"])),
+            "13\nQues"
+        );
     }
 }

@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fastdllm_core::{Control, GenerateOptions, RowId, StepEvent, TokenId};
-use fastdllm_models::LoadedModel;
+use fastdllm_models::{IncrementalDecoder, LoadedModel};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
@@ -475,7 +475,19 @@ impl Live {
                     }
                     if job.stream && !st.finished {
                         st.finished = cut.finish_reason.is_some();
-                        let d = delta(&st.sent, cut.streamable(&job.limits.stop));
+                        // The new answer tokens go through the row's incremental decoder
+                        // (tokenizers' DecodeStream), which holds back a character whose bytes
+                        // continue in the next block. A decoding error only delays the text:
+                        // the final answer is decoded whole.
+                        let tokens = &answer[..cut.completion_tokens.min(end)];
+                        if let Some(new) = tokens.get(st.pushed..) {
+                            let _ = st.decoder.push(tokenizer, new);
+                            st.pushed = tokens.len();
+                        }
+                        let d = delta(
+                            &st.sent,
+                            cut.streamable(st.decoder.text(), &job.limits.stop),
+                        );
                         if !d.is_empty() {
                             st.sent.push_str(&d);
                             let _ = job.events.send(RowEvent::Text(d));
@@ -595,6 +607,10 @@ fn answer_row(job: &Job, st: &mut RowState, cut: Cut, metrics: &Metrics) {
 struct RowState {
     /// Text streamed so far.
     sent: String,
+    /// The answer's tokens decoded as they commit, whole characters only.
+    decoder: IncrementalDecoder,
+    /// Answer tokens pushed into `decoder`.
+    pushed: usize,
     /// Blocks of the row seen complete.
     blocks_seen: usize,
     /// The answer ended on an end-of-sequence token: nothing more to stream.
