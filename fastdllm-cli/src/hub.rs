@@ -6,10 +6,12 @@
 //! hf-hub crate (sync API over ureq with rustls). Variables: `HF_HOME` (default
 //! `~/.cache/huggingface`), `HF_HUB_CACHE` (default `$HF_HOME/hub`), `HF_HUB_OFFLINE` (1/true:
 //! the cache only), `HF_ENDPOINT` (default `https://huggingface.co`), and the token from
-//! `HF_TOKEN`, else the file `HF_TOKEN_PATH`, else `$HF_HOME/token`. Online, files already in the
-//! cache are used as they are and the others are downloaded with a progress bar (when stderr is a
-//! terminal). Deviations: the revision is always `main`; a cached file is not re-validated
-//! against the hub (as `huggingface_hub` does with an ETag request).
+//! `HF_TOKEN` (or the older `HUGGING_FACE_HUB_TOKEN`), else the file `HF_TOKEN_PATH`, else
+//! `$HF_HOME/token`. Online, a snapshot that already has everything is used as it is, and missing
+//! files are downloaded with a progress bar (when stderr is a terminal). Deviations: the revision
+//! is always `main`; cached files are not re-validated against the hub (as `huggingface_hub`
+//! does with an ETag request), so a newer commit on the hub is not picked up once a snapshot is
+//! complete.
 //!
 //! A local path wins: `--model X` is a directory when `X` exists; only a name of the form
 //! `owner/name` (letters, digits, `-`, `_`, `.`) that is not an existing path is a hub id.
@@ -18,8 +20,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use hf_hub::api::sync::ApiBuilder;
-use hf_hub::{Cache, Repo};
+use hf_hub::api::sync::{ApiBuilder, ApiError};
+use hf_hub::{Cache, CacheRepo, Repo};
 
 /// Files a model directory needs (config, tokenizer).
 pub const REQUIRED_FILES: [&str; 2] = ["config.json", "tokenizer.json"];
@@ -83,15 +85,17 @@ impl HubEnv {
                 "1" | "true" | "yes" | "on"
             )
         });
-        let token = var("HF_TOKEN").or_else(|| {
-            let path = var("HF_TOKEN_PATH")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| hf_home.join("token"));
-            std::fs::read_to_string(path)
-                .ok()
-                .map(|t| t.trim().to_string())
-                .filter(|t| !t.is_empty())
-        });
+        let token = var("HF_TOKEN")
+            .or_else(|| var("HUGGING_FACE_HUB_TOKEN"))
+            .or_else(|| {
+                let path = var("HF_TOKEN_PATH")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| hf_home.join("token"));
+                std::fs::read_to_string(path)
+                    .ok()
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+            });
         HubEnv {
             cache_dir,
             endpoint: var("HF_ENDPOINT")
@@ -118,90 +122,156 @@ pub fn resolve_model(spec: &Path) -> Result<PathBuf> {
 
 /// The snapshot directory of hub model `repo_id` in the cache of `env`, with config, tokenizer,
 /// tokenizer config, generation config, chat template and weights (index + shards, or one file).
+/// A snapshot that already has the config, the tokenizer and all the weights is used without
+/// asking the hub (online or not); otherwise, online, the missing files are downloaded.
 ///
-/// Errors: offline and not (fully) cached, naming the cache folder; a download failure naming the
-/// URL.
+/// Errors (one line each, naming the repo id): offline and not (fully) cached, naming the cache
+/// folder it looked in; a repository or file the hub does not have, or refuses (naming the URL,
+/// and the token variables when access is denied); a network failure (naming the URL).
 pub fn resolve_repo(repo_id: &str, env: &HubEnv) -> Result<PathBuf> {
     let repo = Repo::model(repo_id.to_string());
     let cache = Cache::new(env.cache_dir.clone());
     let folder = env.cache_dir.join(repo.folder_name());
-    if env.offline {
-        let cached = cache.repo(repo.clone());
-        let missing = |file: &str| {
-            anyhow::anyhow!(
-                "--model {repo_id}: not a local directory, and HF_HUB_OFFLINE is set but the Hugging Face cache has no {file} for it (looked in {}, revision main; HF_HUB_CACHE / HF_HOME choose the cache)",
-                folder.display()
-            )
-        };
-        let config = cached
-            .get(REQUIRED_FILES[0])
-            .ok_or_else(|| missing(REQUIRED_FILES[0]))?;
-        let dir = config
-            .parent()
-            .context("cached config.json has no parent folder")?
-            .to_path_buf();
-        for file in REQUIRED_FILES {
-            cached.get(file).ok_or_else(|| missing(file))?;
-        }
-        if cached.get(WEIGHT_INDEX).is_none() && cached.get(SINGLE_WEIGHTS).is_none() {
-            return Err(missing("model.safetensors(.index.json)"));
-        }
-        return Ok(dir);
+    match cached_snapshot(&cache.repo(repo.clone())) {
+        Ok(dir) => return Ok(dir),
+        Err(missing) if env.offline => bail!(
+            "--model {repo_id}: not a local directory, and HF_HUB_OFFLINE is set but the Hugging Face cache has no {missing} for it (looked in {}, revision main; HF_HUB_CACHE / HF_HOME choose the cache)",
+            folder.display()
+        ),
+        Err(_) => {}
     }
     let api = ApiBuilder::from_cache(cache)
         .with_endpoint(env.endpoint.clone())
         .with_token(env.token.clone())
         .with_progress(std::io::stderr().is_terminal())
         .build()
-        .context("cannot set up the Hugging Face Hub client")?;
+        .with_context(|| format!("--model {repo_id}: cannot set up the Hugging Face Hub client"))?;
     let api = api.repo(repo);
-    let fetch = |file: &str| -> Result<PathBuf> {
-        api.get(file).with_context(|| {
-            format!(
-                "--model {repo_id}: cannot download {} into {}",
-                api.url(file),
-                folder.display()
-            )
-        })
+    let failed = |file: &str, e: ApiError| download_error(repo_id, env, &api.url(file), &folder, e);
+    let fetch = |file: &str| api.get(file).map_err(|e| failed(file, e));
+    let fetch_optional = |file: &str| match api.get(file) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) if not_found(&e) => Ok(None),
+        Err(e) => Err(failed(file, e)),
     };
-    let fetch_optional = |file: &str| -> Result<Option<PathBuf>> {
-        match api.get(file) {
-            Ok(p) => Ok(Some(p)),
-            Err(hf_hub::api::sync::ApiError::RequestError(e))
-                if matches!(*e, hf_hub_ureq::Error::Status(404, _)) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e)
-                .with_context(|| format!("--model {repo_id}: cannot download {}", api.url(file))),
-        }
-    };
-    let config = fetch(REQUIRED_FILES[0])?;
-    let dir = config
-        .parent()
-        .context("downloaded config.json has no parent folder")?
-        .to_path_buf();
-    fetch(REQUIRED_FILES[1])?;
+    let mut paths = vec![fetch(REQUIRED_FILES[0])?, fetch(REQUIRED_FILES[1])?];
     for file in OPTIONAL_FILES {
-        fetch_optional(file)?;
+        paths.extend(fetch_optional(file)?);
     }
     match fetch_optional(WEIGHT_INDEX)? {
         Some(index) => {
             for shard in shard_names(&index)? {
-                fetch(&shard)?;
+                paths.push(fetch(&shard)?);
             }
+            paths.push(index);
         }
-        None => {
-            fetch(SINGLE_WEIGHTS)?;
-        }
+        None => paths.push(fetch(SINGLE_WEIGHTS)?),
     }
-    if !dir.join(REQUIRED_FILES[1]).exists() {
+    let dir = paths[0]
+        .parent()
+        .context("downloaded config.json has no parent folder")?
+        .to_path_buf();
+    if paths.iter().any(|p| !p.starts_with(&dir)) {
         bail!(
             "--model {repo_id}: the files landed in different snapshots of {} (the repository changed during the download?); run again",
             folder.display()
         );
     }
     Ok(dir)
+}
+
+/// The snapshot directory of `main` when it holds the config, the tokenizer and all the weights;
+/// else what is missing.
+fn cached_snapshot(cached: &CacheRepo) -> std::result::Result<PathBuf, String> {
+    let get = |file: &str| cached.get(file).ok_or_else(|| file.to_string());
+    let config = get(REQUIRED_FILES[0])?;
+    get(REQUIRED_FILES[1])?;
+    match cached.get(WEIGHT_INDEX) {
+        Some(index) => {
+            for shard in
+                shard_names(&index).map_err(|e| format!("readable {WEIGHT_INDEX} ({e})"))?
+            {
+                get(&shard)?;
+            }
+        }
+        None => {
+            cached
+                .get(SINGLE_WEIGHTS)
+                .ok_or_else(|| format!("{SINGLE_WEIGHTS} (or {WEIGHT_INDEX})"))?;
+        }
+    }
+    config
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| "snapshot folder".to_string())
+}
+
+/// Whether the hub answered 404 (the repository has no such file).
+fn not_found(e: &ApiError) -> bool {
+    matches!(e, ApiError::RequestError(e) if matches!(e.as_ref(), hf_hub_ureq::Error::Status(404, _)))
+}
+
+/// One line for a failed download of `url`.
+fn download_error(
+    repo_id: &str,
+    env: &HubEnv,
+    url: &str,
+    folder: &Path,
+    e: ApiError,
+) -> anyhow::Error {
+    let token = if env.token.is_some() {
+        "the token sent (HF_TOKEN, else HF_TOKEN_PATH or $HF_HOME/token) has no access to it"
+    } else {
+        "no token was sent: set HF_TOKEN, or log in ($HF_HOME/token)"
+    };
+    let inner = match &e {
+        ApiError::RequestError(inner) => inner.as_ref(),
+        _ => {
+            return anyhow::anyhow!(
+                "--model {repo_id}: cannot download {url} into {}: {e}",
+                folder.display()
+            )
+        }
+    };
+    match inner {
+        hf_hub_ureq::Error::Status(code, response) => {
+            let code = *code;
+            let what = match response.header("x-error-code") {
+                Some("RepositoryNotFound") => format!(
+                    "{} has no repository {repo_id}, or it is private or gated and {token}",
+                    env.endpoint
+                ),
+                Some("GatedRepo") => format!(
+                    "{repo_id} is gated: accept its terms on its page at {} and make sure {token}",
+                    env.endpoint
+                ),
+                Some("EntryNotFound") => format!("the repository {repo_id} has no such file"),
+                Some("RevisionNotFound") => {
+                    format!("the repository {repo_id} has no revision main")
+                }
+                _ if code == 401 || code == 403 => format!(
+                    "access denied: no repository {repo_id}, or it is private or gated and {token}"
+                ),
+                _ if code == 404 => format!("no repository {repo_id}, or no such file in it"),
+                _ => "the hub answered with an error".to_string(),
+            };
+            anyhow::anyhow!("--model {repo_id}: {url}: HTTP {code}: {what}")
+        }
+        hf_hub_ureq::Error::Transport(t) => {
+            // Its Display repeats the URL; the kind, message and cause say what failed.
+            let mut why = t.kind().to_string();
+            if let Some(m) = t.message() {
+                why = format!("{why}: {m}");
+            }
+            if let Some(source) = std::error::Error::source(t) {
+                why = format!("{why}: {source}");
+            }
+            anyhow::anyhow!(
+                "--model {repo_id}: cannot download {url}: {why} (HF_ENDPOINT chooses the hub; HF_HUB_OFFLINE=1 uses only the cache in {})",
+                folder.display()
+            )
+        }
+    }
 }
 
 /// The shard file names of a `model.safetensors.index.json` (`weight_map` values, deduplicated,
@@ -223,6 +293,17 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
                 index.display()
             )
         })?;
+        // The name becomes a path under the snapshot folder: nothing that climbs out of it.
+        let inside = !name.is_empty()
+            && Path::new(name)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside {
+            bail!(
+                "{}: `weight_map` names {name:?}, not a file inside the repository",
+                index.display()
+            );
+        }
         if !names.iter().any(|n| n == name) {
             names.push(name.to_string());
         }
