@@ -361,13 +361,11 @@ fn a_model_type_rejects_the_other_family_config() {
     use fastdllm_models::{DreamModel, LladaModel};
     let vb = || VarBuilder::zeros(DType::F32, &Device::Cpu);
     let err = LladaModel::new(&dream(), vb())
-        .err()
-        .expect("Dream config accepted")
+        .expect_err("Dream config accepted")
         .to_string();
     assert!(err.contains("family") && err.contains("Llada"), "{err}");
     let err = DreamModel::new(&llada(), vb())
-        .err()
-        .expect("LLaDA config accepted")
+        .expect_err("LLaDA config accepted")
         .to_string();
     assert!(err.contains("family") && err.contains("Dream"), "{err}");
     // The matching family builds.
