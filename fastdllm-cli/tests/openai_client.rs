@@ -8,6 +8,8 @@
 //! Every client call runs under a generous timeout (a hang fails the test, a slow machine does
 //! not).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::TcpListener;
@@ -23,14 +25,10 @@ use async_openai::types::chat::{
 };
 use async_openai::types::completions::CreateCompletionRequestArgs;
 use async_openai::Client;
-use candle_core::{DType, Device};
-use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_cli::serve::api::Defaults;
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
 use fastdllm_conformance::engine::GenerationSettings;
-use fastdllm_core::DecodeConfig;
 use fastdllm_models::{ChatTemplate, JinjaTemplate, LoadedModel, Message, TemplateTokens};
-use fastdllm_sampler::{ProposerConfig, Unmask};
 use tokio_stream::StreamExt;
 
 /// The id the test servers serve (async-openai always sends `model`).
@@ -40,29 +38,12 @@ const MODEL: &str = "llada-tiny";
 const HANG: Duration = Duration::from_secs(600);
 
 fn load() -> LoadedModel {
-    fastdllm_models::load_model(
-        &fastdllm_conformance::paths::bundled_model(MODEL),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap()
+    common::load_tiny()
 }
 
 /// The CLI's defaults: gen_length 32, block_length 8, steps = gen_length, no cache, fixed rule.
 fn defaults() -> GenerationSettings {
-    GenerationSettings {
-        decode: DecodeConfig {
-            gen_length: 32,
-            block_length: 8,
-            steps: 32,
-            force_block_start: None,
-            max_steps_per_block: None,
-        },
-        cache: CacheSettings::new(CacheMode::Off),
-        unmask: Unmask::Fixed,
-        proposer: ProposerConfig::default(),
-        seed: 0,
-    }
+    common::tiny_defaults(32).settings
 }
 
 fn start(loaded: LoadedModel) -> ServerHandle {

@@ -3,17 +3,18 @@
 //! unsupported and unknown fields, `stream_options`. Driven over loopback with a plain HTTP
 //! client (ureq) and the bundled tiny models; answers are compared with solo engine runs.
 
+mod common;
+
 use std::net::TcpListener;
 use std::time::Duration;
 
 use candle_core::{DType, Device};
-use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_cli::serve::api::Defaults;
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
 use fastdllm_conformance::engine::{self, trim_at_eos, GenerationSettings};
 use fastdllm_core::{DecodeConfig, GenerateOptions, Rng};
 use fastdllm_models::LoadedModel;
-use fastdllm_sampler::{ProposerConfig, Unmask};
+use fastdllm_sampler::ProposerConfig;
 use serde_json::{json, Value};
 
 fn load(name: &str) -> LoadedModel {
@@ -27,19 +28,7 @@ fn load(name: &str) -> LoadedModel {
 
 /// The CLI's defaults: gen_length 32, block_length 8, steps = gen_length, no cache, fixed rule.
 fn defaults() -> GenerationSettings {
-    GenerationSettings {
-        decode: DecodeConfig {
-            gen_length: 32,
-            block_length: 8,
-            steps: 32,
-            force_block_start: None,
-            max_steps_per_block: None,
-        },
-        cache: CacheSettings::new(CacheMode::Off),
-        unmask: Unmask::Fixed,
-        proposer: ProposerConfig::default(),
-        seed: 0,
-    }
+    common::tiny_defaults(32).settings
 }
 
 fn start(model: &str) -> ServerHandle {
