@@ -302,7 +302,8 @@ pub struct BenchRecord {
     pub step_latency: BTreeMap<String, StepStats>,
     /// Parameters computed from the config.
     pub param_count: u64,
-    /// `param_count * dtype size`.
+    /// Bytes the weights take as stored (quantized blocks at their size; the model's
+    /// `DiffusionLm::weight_bytes`, else `param_count * dtype size`).
     pub weight_bytes: u64,
     /// Measured memory bandwidth, GB/s.
     pub bandwidth_gb_s: f64,
@@ -575,7 +576,12 @@ pub fn run_setting(
         }
     };
     let params = system::param_count(&bm.config);
-    let weight_bytes = params * bm.model.dtype().size_in_bytes() as u64;
+    // Stored bytes (quantized weights at their block size); dense parameters x dtype size for a
+    // model that does not report them.
+    let weight_bytes = bm
+        .model
+        .weight_bytes()
+        .unwrap_or(params * bm.model.dtype().size_in_bytes() as u64);
     let (rule_kind, rule_param) = match s.rule {
         Unmask::Fixed => ("fixed", None),
         Unmask::Threshold { threshold } => ("threshold", Some(threshold)),

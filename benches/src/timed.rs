@@ -79,6 +79,9 @@ impl DiffusionLm for TimedModel<'_> {
     fn dtype(&self) -> DType {
         self.inner.dtype()
     }
+    fn weight_bytes(&self) -> Option<u64> {
+        self.inner.weight_bytes()
+    }
     fn forward(&self, input: &ForwardInput, kv: &mut dyn KvView) -> Result<Tensor> {
         let first_row = input.window_start + input.logits_rows.span().start;
         let block_idx = first_row.saturating_sub(self.prompt_len) / self.block_length;

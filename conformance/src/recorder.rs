@@ -49,6 +49,9 @@ impl DiffusionLm for Recorder<'_> {
     fn dtype(&self) -> DType {
         self.inner.dtype()
     }
+    fn weight_bytes(&self) -> Option<u64> {
+        self.inner.weight_bytes()
+    }
     fn forward(&self, input: &ForwardInput, kv: &mut dyn KvView) -> Result<Tensor> {
         let logits = self.inner.forward(input, kv)?;
         let tokens = input.tokens.to_vec2::<u32>()?;

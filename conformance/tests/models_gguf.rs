@@ -95,6 +95,28 @@ fn in_situ_q8_0_matches_llama_quantize_weights() {
     assert_eq!(argmax_rows(&a), argmax_rows(&c));
 }
 
+/// `DiffusionLm::weight_bytes` counts what is stored: every tensor of the f32 checkpoint at 4
+/// bytes, and after `--quantize q8_0` every linear layer at Q8_0's 34 bytes per 32 weights (the
+/// embedding and the norms stay f32). The tiny LLaDA's sizes come from its config.
+#[test]
+fn weight_bytes_count_stored_blocks() {
+    let f32m = load_model(&fixture("llada-tiny"), &Device::Cpu, DType::F32).unwrap();
+    let c = &f32m.info.config;
+    assert!(!c.tie_word_embeddings && c.num_heads == c.num_kv_heads);
+    let (h, i, v, l) = (
+        c.hidden_size as u64,
+        c.intermediate_size as u64,
+        c.vocab_size as u64,
+        c.num_layers as u64,
+    );
+    let linear = l * (4 * h * h + 3 * h * i) + v * h;
+    let dense = v * h + (2 * l + 1) * h;
+    assert_eq!(f32m.model.weight_bytes(), Some(4 * (linear + dense)));
+    let opts = LoadOptions::new(DType::F32).quantized(Some(QuantType::Q8_0));
+    let q8 = load_model_with(&fixture("llada-tiny"), &Device::Cpu, &opts).unwrap();
+    assert_eq!(q8.model.weight_bytes(), Some(linear / 32 * 34 + 4 * dense));
+}
+
 /// Rows of 128 are not whole Q4_K super-blocks (256): llama.cpp's fallback (Q5_0) is used, and
 /// reported; the down projection (rows of 384) likewise.
 #[test]

@@ -150,6 +150,12 @@ pub trait DiffusionLm: Send + Sync {
     /// `logits_rows.as_slice()[i]` (Dream's shift is applied inside the model).
     /// Shape: `(batch, logits_rows.len(), vocab_size)`, dtype f32.
     fn forward(&self, input: &ForwardInput, kv: &mut dyn KvView) -> Result<Tensor>;
+    /// Bytes the weights take where they are stored (quantized blocks counted at their stored
+    /// size), or `None` when the model does not know. Benchmarks read it for the roofline floor
+    /// (every weight read once per forward).
+    fn weight_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The one hook attention calls: given the window's fresh K/V of a layer (post-RoPE, shape

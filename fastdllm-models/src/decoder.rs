@@ -17,7 +17,7 @@ use fastdllm_core::{ForwardInput, KvView};
 
 use crate::config::ModelConfig;
 use crate::layers::attention::{check_key_bias, Attention};
-use crate::layers::linear::Linear;
+use crate::layers::linear::{tensor_bytes, Linear};
 use crate::layers::mlp::Mlp;
 use crate::layers::rms_norm::RmsNorm;
 use crate::layers::rope::{Rope, RopeAt, RopePrecision};
@@ -166,6 +166,25 @@ impl Decoder {
 
     pub(crate) fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// Bytes of every stored weight: the embedding, each block's norms and projections, the
+    /// final norm and the LM head (a tied head is its own packed or quantized copy).
+    pub(crate) fn weight_bytes(&self) -> u64 {
+        let blocks: u64 = self
+            .blocks
+            .iter()
+            .map(|b| {
+                b.attn_norm.weight_bytes()
+                    + b.attn.weight_bytes()
+                    + b.ff_norm.weight_bytes()
+                    + b.mlp.weight_bytes()
+            })
+            .sum();
+        tensor_bytes(&self.embed)
+            + blocks
+            + self.final_norm.weight_bytes()
+            + self.lm_head.weight_bytes()
     }
 
     /// Runs the window through every layer, calling `kv.attend_kv` once per layer, and returns

@@ -133,6 +133,10 @@ impl DiffusionLm for DreamModel {
         self.decoder.dtype()
     }
 
+    fn weight_bytes(&self) -> Option<u64> {
+        Some(self.decoder.weight_bytes())
+    }
+
     /// Returns aligned logits: output row `i` scores window token `logits_rows.as_slice()[i]`, taken
     /// from the network's raw output one position earlier (the window's first row keeps its own
     /// output, as in the reference).

@@ -111,6 +111,10 @@ impl DiffusionLm for LladaModel {
         self.decoder.dtype()
     }
 
+    fn weight_bytes(&self) -> Option<u64> {
+        Some(self.decoder.weight_bytes())
+    }
+
     /// LLaDA has no shift: window row `j` of the output scores window token `j`.
     fn forward(&self, input: &ForwardInput, kv: &mut dyn KvView) -> fastdllm_core::Result<Tensor> {
         Ok(self.forward_impl(input, kv)?)

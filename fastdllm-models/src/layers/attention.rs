@@ -55,6 +55,11 @@ impl Attention {
         }
     }
 
+    /// Bytes of the stored projection weights.
+    pub(crate) fn weight_bytes(&self) -> u64 {
+        self.qkv.weight_bytes() + self.out.weight_bytes()
+    }
+
     /// Projects the window, rotates q and k, and hands the fresh K/V of `layer_idx` to `kv`.
     ///
     /// Shape: `x` `(batch, window_len, hidden)` (already normalised).

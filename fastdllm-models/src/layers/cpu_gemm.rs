@@ -170,6 +170,11 @@ impl PackedWeight {
         self.out_features
     }
 
+    /// Bytes of the packed f32 weight (`out_features * in_features * 4`).
+    pub(crate) fn weight_bytes(&self) -> u64 {
+        (self.out_features * self.in_features * std::mem::size_of::<f32>()) as u64
+    }
+
     /// `W` back in its `(out_features, in_features)` layout (an exact copy).
     pub(crate) fn unpack(&self) -> Result<Tensor> {
         let (n, k) = (self.out_features, self.in_features);

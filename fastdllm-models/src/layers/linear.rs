@@ -92,6 +92,22 @@ impl Linear {
         }
     }
 
+    /// Bytes of the stored weight and bias (quantized parts at their block size).
+    pub(crate) fn weight_bytes(&self) -> u64 {
+        let weight = match &self.weight {
+            Weight::Dense(weight) => tensor_bytes(weight),
+            Weight::Packed(packed) => packed.weight_bytes(),
+            Weight::Quantized(parts) => parts
+                .iter()
+                .map(|p| match &p.matmul {
+                    QMatMul::QTensor(qt) => qt.storage_size_in_bytes() as u64,
+                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => tensor_bytes(t),
+                })
+                .sum(),
+        };
+        weight + self.bias.as_ref().map_or(0, tensor_bytes)
+    }
+
     /// Shape: `(..., in_features)` -> `(..., out_features)`.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let in_features = x.dim(D::Minus1)?;
@@ -124,4 +140,9 @@ impl Linear {
         }
         Ok(y.reshape(out_dims)?)
     }
+}
+
+/// Bytes of a dense tensor's elements.
+pub(crate) fn tensor_bytes(t: &Tensor) -> u64 {
+    (t.elem_count() * t.dtype().size_in_bytes()) as u64
 }

@@ -28,6 +28,11 @@ impl Mlp {
         }
     }
 
+    /// Bytes of the stored weights.
+    pub(crate) fn weight_bytes(&self) -> u64 {
+        self.gate_up.weight_bytes() + self.down.weight_bytes()
+    }
+
     /// Shape: `(batch, len, hidden)` -> same.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up.forward(x)?;

@@ -36,6 +36,11 @@ impl RmsNorm {
         })
     }
 
+    /// Bytes of the stored weight.
+    pub(crate) fn weight_bytes(&self) -> u64 {
+        super::linear::tensor_bytes(&self.weight)
+    }
+
     /// Shape: `(..., hidden)` -> same; x must be contiguous.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.dtype() == DType::F32 {
