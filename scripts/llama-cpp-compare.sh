@@ -39,8 +39,10 @@ LOGS=$WORK/logs
 CLI=$WORK/build/bin/llama-diffusion-cli
 if [[ ! -x $CLI ]]; then
   python3 -m venv "$WORK/venv"
-  "$WORK/venv/bin/pip" install --quiet cmake ninja
-  "$WORK/venv/bin/pip" download --quiet --no-binary :all: --no-deps "llama-cpp-python==$VERSION" -d "$WORK/sdist"
+  "$WORK/venv/bin/pip" install --quiet cmake ninja numpy pyyaml
+  # The sdist only (`--no-binary :all:` would also build its build dependencies, cmake
+  # included, from source).
+  "$WORK/venv/bin/pip" download --quiet --no-binary llama-cpp-python --no-deps "llama-cpp-python==$VERSION" -d "$WORK/sdist"
   tar -xzf "$WORK/sdist/llama_cpp_python-$VERSION.tar.gz" -C "$WORK"
   SRC=$WORK/llama_cpp_python-$VERSION/vendor/llama.cpp
   PATH=$WORK/venv/bin:$PATH cmake -S "$SRC" -B "$WORK/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
@@ -60,6 +62,10 @@ fi
 P=$("$FASTDLLM" generate --model "$GGUF" --prompt "$PROMPT" --raw --gen-length "$BLOCK" \
       --block-length "$BLOCK" --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["prompt_ids"]))')
 CANVAS=$((P + GEN))
+if (( CANVAS % BLOCK != 0 )); then
+  echo "llama-diffusion-cli needs the canvas (prompt $P + GEN $GEN = $CANVAS) to be a multiple of BLOCK ($BLOCK)" >&2
+  exit 2
+fi
 
 # llama.cpp's LLaDA blocks tile the whole canvas from the prompt's end: (P+G)/B blocks (the ones
 # past the end are no-op forwards), steps split evenly over them. Give every block of the answer
@@ -76,9 +82,56 @@ fast() { # cache block steps log
   RAYON_NUM_THREADS=$THREADS "$FASTDLLM" generate --model "$GGUF" --prompt "$PROMPT" --raw \
     --gen-length "$GEN" --block-length "$2" --steps "$3" --cache "$1" --json > "$LOGS/$4.json"
 }
-ms_per_step_llama() { grep -o 'time per step: [0-9.]*' "$LOGS/$1.err" | tail -1 | awk '{print $4}'; }
+# llama.cpp: its own "time per step" divides the total by its step count, no-op blocks past the
+# canvas included; the median gap between its progress lines ("M.SS.mmm.uuu I diffusion step:")
+# is the time of one real forward.
+ms_per_step_llama() { grep -o 'ms, time per step: [0-9.]*' "$LOGS/$1.err" | tail -1 | awk '{print $5}'; }
+ms_per_forward_llama() {
+  python3 - "$LOGS/$1.err" <<'PY'
+import re, statistics, sys
+text = open(sys.argv[1], errors="replace").read()
+t = [((int(a) * 60 + int(b)) * 1000 + int(c) + int(d) / 1000)
+     for a, b, c, d in re.findall(r"(\d+)\.(\d\d)\.(\d{3})\.(\d{3}) I\s*diffusion step:", text)]
+gaps = [y - x for x, y in zip(t, t[1:])]
+print(f"{statistics.median(gaps):.2f}" if gaps else "n/a")
+PY
+}
 text_llama() { tail -n 1 "$LOGS/$1.err"; }
-ms_per_step_fast() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(f"{d[\"wall_ms\"]/max(d[\"nfe\"],1):.2f}")' "$LOGS/$1.json"; }
+ms_per_step_fast() {
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f" % (d["wall_ms"] / max(d["nfe"], 1)))' "$LOGS/$1.json"
+}
+# fastdllm's answer stops at the first EOS; llama-diffusion-cli prints every generated token
+# (control tokens such as EOS as nothing). For the agreement, render all of fastdllm's generated
+# ids the way llama.cpp does, with the GGUF's own vocabulary (gguf-py from the same llama.cpp
+# tree; byte-level BPE pieces, control tokens skipped).
+text_fast_all() {
+  PYTHONPATH=$WORK/llama_cpp_python-$VERSION/vendor/llama.cpp/gguf-py "$WORK/venv/bin/python" - "$GGUF" "$LOGS/$1.json" <<'PY'
+import json, sys
+from gguf import GGUFReader
+r = GGUFReader(sys.argv[1])
+f = r.fields["tokenizer.ggml.tokens"]
+tokens = [bytes(f.parts[i]).decode() for i in f.data]
+f = r.fields["tokenizer.ggml.token_type"]
+types = [int(f.parts[i][0]) for i in f.data]
+# GPT-2's bytes_to_unicode: printable bytes stand for themselves, the others for 256 + n.
+bs = [*range(33, 127), *range(161, 173), *range(174, 256)]
+cs = bs[:]
+n = 0
+for b in range(256):
+    if b not in bs:
+        bs.append(b)
+        cs.append(256 + n)
+        n += 1
+byte_of = {chr(c): b for b, c in zip(bs, cs)}
+out = b""
+for i in json.load(open(sys.argv[2]))["generated_ids"]:
+    if types[i] == 1:  # NORMAL: a byte-level BPE piece
+        out += bytes(byte_of[ch] for ch in tokens[i])
+    elif types[i] == 4:  # USER_DEFINED: its text
+        out += tokens[i].encode()
+print(out.decode("utf-8", "replace"))
+PY
+}
 text_fast() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["text"])' "$LOGS/$1.json"; }
 
 # 1. agreement (block length 1, GEN steps: one token per step, left to right)
@@ -89,17 +142,17 @@ llama "$BLOCK" "$STEPS" speed-llama
 fast none "$BLOCK" "$STEPS" speed-none
 fast dual "$BLOCK" "$STEPS" speed-dual
 
-A=$(text_llama agree-llama); B=$(text_fast agree-fast)
+A=$(text_llama agree-llama); B=$(text_fast_all agree-fast)
 echo "GGUF $(basename "$GGUF"), prompt '$PROMPT' (P=$P), gen $GEN, block $BLOCK, steps $STEPS, $THREADS threads, llama-cpp-python $VERSION"
 echo
-echo "| program | ms/step | answer |"
-echo "|---|---|---|"
-echo "| llama-diffusion-cli | $(ms_per_step_llama speed-llama) | $(text_llama speed-llama) |"
+echo "| program | ms per forward | answer |"
+echo "|---|---:|---|"
+echo "| llama-diffusion-cli (no cache) | $(ms_per_forward_llama speed-llama) (its own \"time per step\": $(ms_per_step_llama speed-llama)) | $(text_llama speed-llama) |"
 echo "| fastdllm --cache none | $(ms_per_step_fast speed-none) | $(text_fast speed-none) |"
 echo "| fastdllm --cache dual | $(ms_per_step_fast speed-dual) | $(text_fast speed-dual) |"
 echo
 if [[ "$A" == "$B" ]]; then
-  echo "greedy block-length-1 answers agree: '$A'"
+  echo "greedy block-length-1 outputs agree (every generated token, as llama.cpp prints them): '$A'"
 else
   echo "greedy block-length-1 answers DIFFER: llama.cpp '$A' vs fastdllm '$B'"
 fi
