@@ -22,57 +22,41 @@ fn load_err(dir: &std::path::Path) -> String {
     }
 }
 
+/// Both fixtures' configs, each from its own `config.json` schema (LLaDA's OLMo-style names,
+/// Dream's Qwen2 names), give the same shared fields.
 #[test]
-fn llada_fixture_config_parses() {
-    let cfg = load_config(&fixture("llada-tiny")).unwrap();
-    assert_eq!(cfg.family, ModelFamily::Llada);
-    assert_eq!(
-        (
-            cfg.hidden_size,
-            cfg.num_layers,
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_dim
-        ),
-        (128, 4, 4, 4, 32)
-    );
-    assert_eq!(
-        (cfg.intermediate_size, cfg.vocab_size, cfg.max_seq_len),
-        (384, 64, 512)
-    );
-    assert_eq!((cfg.rms_norm_eps, cfg.rope_theta), (1e-5, 500_000.0));
-    assert_eq!(
-        (cfg.mask_token_id, cfg.pad_token_id, cfg.bos_token_id),
-        (52, 50, Some(51))
-    );
-    assert_eq!(cfg.eos_token_ids, vec![50]);
-}
-
-#[test]
-fn dream_fixture_config_parses() {
-    let cfg = load_config(&fixture("dream-tiny")).unwrap();
-    assert_eq!(cfg.family, ModelFamily::Dream);
-    assert_eq!(
-        (
-            cfg.hidden_size,
-            cfg.num_layers,
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_dim
-        ),
-        (128, 4, 4, 2, 32)
-    );
-    assert_eq!(
-        (cfg.intermediate_size, cfg.vocab_size, cfg.max_seq_len),
-        (384, 64, 512)
-    );
-    assert_eq!((cfg.rms_norm_eps, cfg.rope_theta), (1e-6, 1_000_000.0));
-    assert_eq!(
-        (cfg.mask_token_id, cfg.pad_token_id, cfg.bos_token_id),
-        (52, 53, Some(51))
-    );
-    assert_eq!(cfg.eos_token_ids, vec![50]);
-    assert!(!cfg.tie_word_embeddings);
+fn fixture_configs_parse() {
+    for (name, family, kv_heads, eps, theta, pad) in [
+        ("llada-tiny", ModelFamily::Llada, 4, 1e-5, 500_000.0, 50),
+        ("dream-tiny", ModelFamily::Dream, 2, 1e-6, 1_000_000.0, 53),
+    ] {
+        let cfg = load_config(&fixture(name)).unwrap();
+        assert_eq!(cfg.family, family, "{name}");
+        assert_eq!(
+            (
+                cfg.hidden_size,
+                cfg.num_layers,
+                cfg.num_heads,
+                cfg.num_kv_heads,
+                cfg.head_dim
+            ),
+            (128, 4, 4, kv_heads, 32),
+            "{name}"
+        );
+        assert_eq!(
+            (cfg.intermediate_size, cfg.vocab_size, cfg.max_seq_len),
+            (384, 64, 512),
+            "{name}"
+        );
+        assert_eq!((cfg.rms_norm_eps, cfg.rope_theta), (eps, theta), "{name}");
+        assert_eq!(
+            (cfg.mask_token_id, cfg.pad_token_id, cfg.bos_token_id),
+            (52, pad, Some(51)),
+            "{name}"
+        );
+        assert_eq!(cfg.eos_token_ids, vec![50], "{name}");
+        assert!(!cfg.tie_word_embeddings, "{name}");
+    }
 }
 
 #[test]
