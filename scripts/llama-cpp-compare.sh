@@ -8,10 +8,12 @@
 #
 #   1. agreement: LLaDA with block length 1 and greedy decoding (--top-k 1), the setting in which
 #      llama.cpp's order (highest confidence, ties to the left) equals Fast-dLLM's
-#      generate(block_length=1): the printed answers must be equal;
+#      generate(block_length=1): llama.cpp's printed output must equal every token fastdllm
+#      generated (after the first EOS too), rendered with the GGUF's vocabulary;
 #   2. speed: GEN / BLOCK / STEPS; llama.cpp recomputes the whole canvas every step (no cache),
-#      fastdllm runs --cache none and --cache dual. ms per step = llama.cpp's "time per step",
-#      fastdllm's wall time / NFE (--json).
+#      fastdllm runs --cache none and --cache dual. ms per forward = the median gap between
+#      llama.cpp's step progress lines (its own "time per step" is shown too), fastdllm's wall
+#      time / NFE (--json). llama.cpp needs prompt + GEN to be a multiple of BLOCK.
 #
 # Usage: scripts/llama-cpp-compare.sh [GGUF]      (default fixtures/gguf/llada-tiny-q8_0.gguf)
 # Env:   WORK (build dir, default target/llama-cpp), THREADS (default 2), PROMPT, GEN (32),
