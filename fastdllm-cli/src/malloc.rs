@@ -15,13 +15,11 @@
 /// Why one arena: [`release_free_memory`] (`malloc_trim`) returns the top of the main arena only;
 /// the top of a thread arena shrinks only inside `free` when it exceeds the trim threshold, which
 /// this function disables. A burst of large request bodies read on the server's worker threads
-/// (each with its own arena) therefore stayed resident: 64 concurrent 1 MB prompts left 32.7 MiB
-/// against 15.5 idle, still after 15 s; with one arena 16.9 against 17.4 (docs/RELIABILITY.md,
-/// soak). Cost on the engine, measured A/B on the cache-cpu benchmark (2 threads, three
-/// alternating runs each): dual 56.5 / 64.4 / 54.9 ms per step with glibc's default arenas,
-/// 60.2 / 52.5 / 54.4 with one; prefix 231 / 225 / 236 vs 242 / 218 / 220: within run-to-run
-/// noise (the forward's large buffers come from the engine thread; the GEMM threads allocate
-/// little).
+/// (each with its own arena) therefore stayed resident (2.1x idle RSS after 64 concurrent 1 MB
+/// prompts, still after 15 s; 1.05x with one arena: docs/RELIABILITY.md, soak). The engine's
+/// speed is unchanged within run-to-run noise (A/B on the cache-cpu benchmark: docs/BENCHMARKS.md,
+/// issue 5 section): the forward's large buffers come from the engine thread, and the GEMM
+/// threads allocate little.
 pub fn keep_freed_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

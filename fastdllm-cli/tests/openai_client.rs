@@ -27,7 +27,6 @@ use async_openai::types::completions::CreateCompletionRequestArgs;
 use async_openai::Client;
 use fastdllm_cli::serve::api::Defaults;
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
-use fastdllm_conformance::engine::GenerationSettings;
 use fastdllm_models::{ChatTemplate, JinjaTemplate, LoadedModel, Message, TemplateTokens};
 use tokio_stream::StreamExt;
 
@@ -37,20 +36,11 @@ const MODEL: &str = "llada-tiny";
 /// Longest any one client call may take before the test calls it a hang.
 const HANG: Duration = Duration::from_secs(600);
 
-fn load() -> LoadedModel {
-    common::load_tiny()
-}
-
-/// The CLI's defaults: gen_length 32, block_length 8, steps = gen_length, no cache, fixed rule.
-fn defaults() -> GenerationSettings {
-    common::tiny_defaults(32).settings
-}
-
 fn start(loaded: LoadedModel) -> ServerHandle {
     let cfg = ServeConfig::new(
         MODEL,
         Defaults {
-            settings: defaults(),
+            settings: common::tiny_defaults(32).settings,
             explicit_steps: false,
         },
     );
@@ -113,11 +103,11 @@ fn api_error<T>(r: Result<T, OpenAIError>, status: u16, param: Option<&str>) -> 
 
 #[test]
 fn completions_through_async_openai() {
-    let loaded = load();
+    let loaded = common::load_tiny();
     let count = |text: &str| loaded.tokenizer.encode(text, false).unwrap().len() as u32;
     let prompt_len = |p: &str| loaded.tokenizer.encode(p, true).unwrap().len() as u32;
     let four = tasks(4);
-    let server = start(load());
+    let server = start(common::load_tiny());
     let client = client(&server);
     block_on(async {
         // One prompt at a time: the task's answer, finish_reason stop (the model's end of
@@ -234,7 +224,7 @@ fn completions_through_async_openai() {
 
 #[test]
 fn streamed_completions_join_to_the_plain_answer() {
-    let server = start(load());
+    let server = start(common::load_tiny());
     let client = client(&server);
     let four = tasks(4);
     block_on(async {
@@ -318,7 +308,7 @@ const TINY_CHAT_TEMPLATE: &str = "{{ bos_token }}{% for m in messages %}\
 
 #[test]
 fn multi_turn_chat_through_async_openai() {
-    let mut loaded = load();
+    let mut loaded = common::load_tiny();
     assert_eq!(
         loaded.info.chat_template,
         ChatTemplate::None,
@@ -502,7 +492,7 @@ fn multi_turn_chat_through_async_openai() {
 
 #[test]
 fn errors_come_back_as_openai_api_errors() {
-    let server = start(load());
+    let server = start(common::load_tiny());
     let client = client(&server);
     block_on(async {
         // A field this server cannot honour: 400 unsupported_parameter naming it.

@@ -17,15 +17,6 @@ use fastdllm_models::LoadedModel;
 use fastdllm_sampler::ProposerConfig;
 use serde_json::{json, Value};
 
-fn load(name: &str) -> LoadedModel {
-    fastdllm_models::load_model(
-        &fastdllm_conformance::paths::bundled_model(name),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap()
-}
-
 /// The CLI's defaults: gen_length 32, block_length 8, steps = gen_length, no cache, fixed rule.
 fn defaults() -> GenerationSettings {
     common::tiny_defaults(32).settings
@@ -40,7 +31,7 @@ fn start(model: &str) -> ServerHandle {
         },
     );
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    serve::spawn(listener, load(model), cfg, 2).unwrap()
+    serve::spawn(listener, common::load_bundled(model), cfg, 2).unwrap()
 }
 
 fn agent() -> ureq::Agent {
@@ -132,7 +123,7 @@ fn texts(v: &Value) -> Vec<String> {
 
 #[test]
 fn max_tokens_takes_any_count_and_cuts_the_answer() {
-    let loaded = load("llada-tiny");
+    let loaded = common::load_bundled("llada-tiny");
     let srv = start("llada-tiny");
     let c = format!("{}/v1/completions", srv.url());
     let prompt = "copy 3dbk......=";
@@ -256,7 +247,7 @@ fn stop_cuts_at_the_first_match_and_streams_never_overshoot() {
 
 #[test]
 fn prompt_lists_token_ids_and_n_are_choices() {
-    let loaded = load("llada-tiny");
+    let loaded = common::load_bundled("llada-tiny");
     let srv = start("llada-tiny");
     let c = format!("{}/v1/completions", srv.url());
     let ids = |p: &str| loaded.tokenizer.encode(p, true).unwrap();
@@ -312,7 +303,7 @@ fn prompt_lists_token_ids_and_n_are_choices() {
 
 #[test]
 fn seeds_reproduce_and_default_to_fresh_draws() {
-    let loaded = load("llada-tiny");
+    let loaded = common::load_bundled("llada-tiny");
     let srv = start("llada-tiny");
     let c = format!("{}/v1/completions", srv.url());
     let prompt = "copy 3dbk......=";
@@ -353,7 +344,7 @@ fn seeds_reproduce_and_default_to_fresh_draws() {
 fn cli_batch_rows_draw_distinct_streams() {
     // `fastdllm generate` seeds row i with row_seeds(seed, 0, n)[i]: identical prompts at a high
     // temperature differ, and row 0 equals the single-prompt run with the seed itself.
-    let loaded = load("llada-tiny");
+    let loaded = common::load_bundled("llada-tiny");
     let ids = loaded.tokenizer.encode("copy 3dbk......=", true).unwrap();
     let s = GenerationSettings {
         seed: 7,
@@ -725,7 +716,7 @@ fn streamed_text_never_splits_a_character() {
         tok.token_id(BPE_EOS_TOKEN).unwrap(),
         tok.token_id(BPE_MASK_TOKEN).unwrap(),
     );
-    let mut loaded = load("llada-tiny");
+    let mut loaded = common::load_bundled("llada-tiny");
     loaded.model = std::sync::Arc::new(ScriptedAnswer {
         spec: fastdllm_core::ModelSpec {
             family: fastdllm_core::ModelFamily::Llada,

@@ -8,7 +8,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use candle_core::{DType, Device};
 use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_cli::serve::api::{Defaults, Knobs};
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
@@ -736,12 +735,7 @@ fn mismatched_batch_settings_are_errors() {
     }
     assert!(session.is_empty());
 
-    let dream = fastdllm_models::load_model(
-        &fastdllm_conformance::paths::bundled_model("dream-tiny"),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+    let dream = common::load_bundled("dream-tiny");
     let ids = dream.tokenizer.encode("4+9=", true).unwrap();
     let err = engine::run_rows(
         dream.model.as_ref(),

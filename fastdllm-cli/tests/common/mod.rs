@@ -10,14 +10,19 @@ use fastdllm_core::DecodeConfig;
 use fastdllm_models::LoadedModel;
 use fastdllm_sampler::{ProposerConfig, Unmask};
 
-/// The bundled tiny LLaDA on the CPU in f32.
-pub fn load_tiny() -> LoadedModel {
+/// The bundled model `name` (`llada-tiny`, `dream-tiny`, ...) on the CPU in f32.
+pub fn load_bundled(name: &str) -> LoadedModel {
     fastdllm_models::load_model(
-        &fastdllm_conformance::paths::default_model(),
+        &fastdllm_conformance::paths::bundled_model(name),
         &Device::Cpu,
         DType::F32,
     )
     .unwrap()
+}
+
+/// The bundled tiny LLaDA on the CPU in f32.
+pub fn load_tiny() -> LoadedModel {
+    load_bundled("llada-tiny")
 }
 
 /// The CLI's defaults for the tiny model with answers of `gen_length`: blocks of 8, one token per
