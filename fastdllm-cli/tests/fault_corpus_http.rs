@@ -24,16 +24,21 @@ use serde_json::Value;
 const KEY: &str = "fault-corpus-key";
 /// Guards against a hang only: far above any answer time, even on a loaded machine.
 const GUARD: Duration = Duration::from_secs(120);
+/// The server's header-read and body timeouts in this test (see [`start`]).
+const SERVER_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn start() -> ServerHandle {
     let defaults = common::tiny_defaults(32);
     let mut cfg = ServeConfig::new("llada-tiny", defaults);
     cfg.api_key = Some(KEY.into());
     cfg.body_limit = 64 << 10;
-    // Short server-side limits: they only make the server close slow sockets sooner; the test
-    // waits for the close itself.
-    cfg.header_read_timeout = Duration::from_millis(500);
-    cfg.body_timeout = Duration::from_millis(500);
+    // Short server-side limits: they only make the server close the slow sockets sooner; the
+    // test waits for the close itself. Every other case writes its whole request in one call
+    // right after connecting, so it must reach the server within these limits: 2 s is two orders
+    // of magnitude above a scheduling delay on a loaded 2-core machine (issue 16), and costs the
+    // three slow-socket cases 2 s each.
+    cfg.header_read_timeout = SERVER_TIMEOUT;
+    cfg.body_timeout = SERVER_TIMEOUT;
     cfg.max_connections = 16;
     let loaded = common::load_tiny();
     serve::spawn(TcpListener::bind("127.0.0.1:0").unwrap(), loaded, cfg, 2).unwrap()
