@@ -169,6 +169,9 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         }
         let listener = bound?;
         let local = listener.local_addr()?;
+        // Listening starts before the address is printed, so that no signal sent after the
+        // server is reachable can be missed or kill the process with the default action.
+        let mut signals = ShutdownSignals::listen().context("cannot listen for shutdown signals")?;
         eprintln!(
             "serving '{}' on http://{local} (POST /v1/completions, /v1/chat/completions; GET /v1/models, /health){}",
             cfg.model_id,
@@ -176,10 +179,22 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         );
         let stopped = state.engine_stopped();
         let shutdown = async move {
-            tokio::select! {
-                () = shutdown_signal() => {},
-                () = stopped => eprintln!("the engine stopped: draining, then exiting with an error"),
+            let signalled = tokio::select! {
+                () = signals.recv() => true,
+                () = stopped => false,
+            };
+            if signalled {
+                eprintln!("shutdown signal: finishing in-flight requests (a second signal exits at once)");
+            } else {
+                eprintln!("the engine stopped: draining, then exiting with an error (a signal exits at once)");
             }
+            // The same listeners: a signal that arrives before this task first runs is kept by
+            // them, not lost.
+            tokio::spawn(async move {
+                signals.recv().await;
+                eprintln!("shutdown signal while draining: exiting now");
+                std::process::exit(130);
+            });
         };
         serve::serve(listener, state, shutdown).await.context("server failed")?;
         eprintln!("shutting down: finishing queued requests");
@@ -191,36 +206,54 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on the first ctrl-c or SIGTERM, and from then on exits the process at once (status
-/// 130) on the next one.
-async fn shutdown_signal() {
-    first_signal().await;
-    eprintln!("shutdown signal: finishing in-flight requests (a second signal exits at once)");
-    tokio::spawn(async {
-        first_signal().await;
-        eprintln!("second shutdown signal: exiting now");
-        std::process::exit(130);
-    });
+/// The process's shutdown signals: ctrl-c (SIGINT) and, on Unix, SIGTERM. They are listened to
+/// from [`ShutdownSignals::listen`] on, and a signal that arrives while nobody awaits
+/// [`ShutdownSignals::recv`] is kept for the next call (a listener made after it would miss it).
+struct ShutdownSignals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    ctrl_c: tokio::signal::windows::CtrlC,
 }
 
-/// Resolves on ctrl-c or SIGTERM.
-async fn first_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+impl ShutdownSignals {
+    /// Installs the listeners. Must run inside the tokio runtime. Errors: the OS refused a
+    /// signal handler.
+    fn listen() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        #[cfg(windows)]
+        {
+            Ok(Self {
+                ctrl_c: tokio::signal::windows::ctrl_c()?,
+            })
+        }
+        #[cfg(not(any(unix, windows)))]
+        {
+            Ok(Self {})
+        }
+    }
+
+    /// Resolves on the next signal (or one that arrived since the last call).
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
+        }
+        #[cfg(windows)]
+        {
+            self.ctrl_c.recv().await;
+        }
+        #[cfg(not(any(unix, windows)))]
+        std::future::pending::<()>().await
     }
 }
