@@ -84,6 +84,8 @@ pub async fn serve(
         .await
         .is_err()
     {
+        // Finished connections stay in the set until joined: count only the open ones.
+        while conns.try_join_next().is_some() {}
         eprintln!(
             "drain deadline of {} s passed: closing {} connections",
             cfg.drain_timeout.as_secs_f64(),
