@@ -7,8 +7,8 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fastdllm_benches::{bench_model, devices, prefix, prompt_ids, time_iters};
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_conformance::engine::{self, GenerationSettings};
 use fastdllm_core::{DecodeConfig, GenerateOptions};
+use fastdllm_engine::{self as engine, GenerationSettings};
 use fastdllm_sampler::{ProposerConfig, Unmask};
 
 fn bench_generate(c: &mut Criterion) {
@@ -40,6 +40,7 @@ fn bench_generate(c: &mut Criterion) {
                     unmask,
                     proposer: ProposerConfig::default(),
                     seed: 0,
+                    limits: Default::default(),
                 };
                 let run = || {
                     engine::run(

@@ -40,7 +40,7 @@ use fastdllm_models::LoadedModel;
 use fastdllm_sampler::Unmask;
 use serde::Serialize;
 
-use fastdllm_conformance::engine::{self, trim_at_eos, GenerationSettings};
+use fastdllm_engine::{self as engine, trim_at_eos, GenerationSettings};
 
 /// How a task's answer is compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -737,6 +737,7 @@ pub fn base_settings(gen_length: usize, block_length: usize) -> GenerationSettin
         unmask: Unmask::Fixed,
         proposer: fastdllm_sampler::ProposerConfig::default(),
         seed: 0,
+        limits: Default::default(),
     }
 }
 

@@ -19,7 +19,7 @@
 //! with `--features cuda` on the GPU machine. CI runs `cargo bench --no-run` only.
 //!
 //! The `fastdllm bench`, `eval` and `trace` commands are thin callers of this crate; generation
-//! settings are [`fastdllm_conformance::engine::GenerationSettings`].
+//! settings are [`fastdllm_engine::GenerationSettings`].
 #![deny(missing_docs)]
 
 pub mod eval;

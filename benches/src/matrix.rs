@@ -24,7 +24,7 @@ use fastdllm_sampler::{ProposerConfig, Unmask};
 
 use crate::system;
 use crate::timed::{ForwardTiming, TimedModel};
-use fastdllm_conformance::engine::{self, trim_at_eos, GenerationSettings};
+use fastdllm_engine::{self as engine, trim_at_eos, GenerationSettings};
 
 /// Version of the record layout, written in every record's `schema_version` (docs/BENCH_SCHEMA.md
 /// says when it changes). 2: the version field itself is named `schema_version` (1 called it
@@ -473,7 +473,7 @@ fn run_once(
                 measured_blocks: measured,
             })
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -509,6 +509,7 @@ pub fn run_setting(
         unmask: s.rule,
         proposer: ProposerConfig::default(),
         seed: opts.seed,
+        limits: Default::default(),
     };
     settings.validate(spec.family)?;
     for _ in 0..opts.warmup {

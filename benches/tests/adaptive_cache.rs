@@ -9,9 +9,9 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device};
 use fastdllm_benches::eval::{base_settings, read_tasks};
 use fastdllm_cache::CacheSettings;
-use fastdllm_conformance::engine::{self, GenerationSettings};
 use fastdllm_conformance::paths::{bundled_model, repo_root};
-use fastdllm_core::{GenerateOptions, Generation, RowOutput, TokenId};
+use fastdllm_core::{GenerateOptions, RowOutput, TokenId};
+use fastdllm_engine::{self as engine, GenerationSettings};
 use fastdllm_models::LoadedModel;
 use fastdllm_sampler::Unmask;
 
@@ -52,7 +52,7 @@ fn settings(cache: &str, unmask: Unmask) -> GenerationSettings {
     s
 }
 
-fn run(prompts: &[Vec<TokenId>], cache: &str, unmask: Unmask) -> Generation {
+fn run(prompts: &[Vec<TokenId>], cache: &str, unmask: Unmask) -> engine::Generated {
     let s = settings(cache, unmask);
     let seeds = vec![0; prompts.len()];
     engine::run(

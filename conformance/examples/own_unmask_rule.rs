@@ -78,8 +78,7 @@ fn main() -> anyhow::Result<()> {
             &GenerateOptions::default(),
         )?;
         let row = &out.rows[0];
-        let answer =
-            fastdllm_conformance::engine::trim_at_eos(&row.generated, &model.spec().eos_token_ids);
+        let answer = fastdllm_engine::trim_at_eos(&row.generated, &model.spec().eos_token_ids);
         println!(
             "{:<26} nfe {:>2}  answer {:?}",
             rule.name(),

@@ -58,7 +58,7 @@ use fastdllm_core::{
 use fastdllm_sampler::{DreamScore, ProposerConfig, Remasking, Unmask};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::GenerationSettings;
+use fastdllm_engine::{AnswerLimits, Finish, GenerationSettings};
 
 /// Margin under which the unmasking order inside a step may differ by rounding (FORMAT 9, 10).
 pub const RANK_MARGIN_EPS: f64 = 1e-8;
@@ -247,6 +247,11 @@ impl Case {
             unmask,
             proposer,
             seed: 0,
+            // The reference decodes the whole canvas: its NFE and every position are compared.
+            limits: AnswerLimits {
+                finish: Finish::Canvas,
+                ..AnswerLimits::default()
+            },
         })
     }
 }

@@ -5,16 +5,14 @@
 //!
 //! * [`golden`]: the golden case format ([`golden::Case`]), [`golden::read_cases`], the
 //!   section-10 judge ([`golden::judge`]) and a [`golden::Runner`] over bundled or given models;
-//! * [`engine`]: generation settings ([`engine::GenerationSettings`]: decode config + cache +
-//!   unmasking rule + proposer + seed) turned into policies and run through
-//!   [`fastdllm_core::generate_with`]; the golden cases are expressed in these settings, and the
-//!   CLI, the server and the benches run through the same wiring;
+//!   The golden cases are expressed in the engine's settings
+//!   ([`fastdllm_engine::GenerationSettings`], with the reference's full canvas,
+//!   [`fastdllm_engine::Finish::Canvas`]);
 //! * [`paths`]: where the bundled tiny models and golden files live in the repository;
 //! * test support: tolerance comparison ([`tol`]), tiny random-weight models ([`tiny`]) and a
 //!   model wrapper that records every forward call ([`recorder`]).
 #![deny(missing_docs)]
 
-pub mod engine;
 pub mod golden;
 pub mod paths;
 pub mod recorder;

@@ -13,10 +13,10 @@
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_conformance::engine::{self, GenerationSettings};
 use fastdllm_conformance::paths::{bundled_model, fixtures_dir};
 use fastdllm_conformance::tol::{compare, max_rel_err, Tol};
 use fastdllm_core::{DecodeConfig, ForwardInput, GenerateOptions, PassthroughKv, Positions};
+use fastdllm_engine::{self as engine, GenerationSettings};
 use fastdllm_models::{LoadOptions, LoadedModel, QuantType};
 use fastdllm_sampler::{ProposerConfig, Unmask};
 
@@ -105,6 +105,7 @@ fn settings(cache: CacheMode, unmask: Unmask) -> GenerationSettings {
         unmask,
         proposer: ProposerConfig::default(),
         seed: 0,
+        limits: Default::default(),
     }
 }
 

@@ -6,14 +6,14 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Device, Tensor};
 use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
-use fastdllm_conformance::engine::{self, GenerationSettings};
 use fastdllm_conformance::recorder::Recorder;
 use fastdllm_conformance::tiny;
 use fastdllm_conformance::tol::{assert_close, Tol};
 use fastdllm_core::{
-    CachePolicy, DecodeConfig, DiffusionLm, ForwardInput, ForwardPlan, GenerateOptions, Generation,
-    KvAccess, KvView, PassthroughKv, Positions,
+    CachePolicy, DecodeConfig, DiffusionLm, ForwardInput, ForwardPlan, GenerateOptions, KvAccess,
+    KvView, PassthroughKv, Positions,
 };
+use fastdllm_engine::{self as engine, GenerationSettings};
 use fastdllm_sampler::{ProposerConfig, Remasking, Unmask};
 use proptest::prelude::*;
 
@@ -42,6 +42,7 @@ fn settings(
             dream_score: None,
         },
         seed: 0,
+        limits: Default::default(),
     }
 }
 
@@ -50,7 +51,7 @@ fn run(
     prompts: &[Vec<u32>],
     s: &GenerationSettings,
     trace: bool,
-) -> Generation {
+) -> engine::Generated {
     let seeds = vec![s.seed; prompts.len()];
     engine::run(
         model,
@@ -407,7 +408,7 @@ proptest! {
             GenerationSettings { seed, ..settings(g, b, g, CacheMode::ALL[mode], rule(r)) }
         };
         let model = m.model.as_ref();
-        let mut session = engine::Session::new(model, &base, GenerateOptions::default()).unwrap();
+        let mut session = engine::Batch::new(model, None, &base, GenerateOptions::default()).unwrap();
         let mut outs = vec![None; rows.len()];
         let mut ids = Vec::new();
         let mut round = 0usize;
@@ -415,14 +416,14 @@ proptest! {
             for (i, &(kind, salt, at, r, long)) in rows.iter().enumerate() {
                 if at == round {
                     let s = row_settings(r, salt, long);
-                    let id = session.admit(&task_prompt(kind, salt, m), &s).unwrap();
+                    let id = session.admit(&task_prompt(kind, salt, m), &s, engine::RowEvents::default()).unwrap();
                     ids.push((id, i));
                 }
             }
             if session.is_empty() && round > 3 {
                 break;
             }
-            for done in session.run_block(model, &mut |_| fastdllm_core::Control::Continue).unwrap() {
+            for done in session.run_block(&mut |_, _| {}).unwrap() {
                 let i = ids.iter().find(|(id, _)| *id == done.id).unwrap().1;
                 outs[i] = Some(done.output);
             }

@@ -9,10 +9,10 @@ use std::process::Command;
 
 use candle_core::{DType, Device};
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_conformance::engine::{self, GenerationSettings};
 use fastdllm_conformance::golden::{read_cases, Case, Runner, Status};
 use fastdllm_conformance::paths::{bundled_model, fixtures_dir, goldens_dir};
 use fastdllm_core::{DecodeConfig, GenerateOptions};
+use fastdllm_engine::{self as engine, GenerationSettings};
 use fastdllm_models::{load_model, load_model_with, LoadOptions, QuantType};
 use fastdllm_sampler::{ProposerConfig, Unmask};
 
@@ -106,6 +106,7 @@ fn settings(
         unmask,
         proposer: ProposerConfig::default(),
         seed: 0,
+        limits: Default::default(),
     }
 }
 

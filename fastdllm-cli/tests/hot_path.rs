@@ -13,9 +13,9 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_conformance::engine::{self, GenerationSettings};
 use fastdllm_core::ModelFamily;
 use fastdllm_core::{DecodeConfig, DiffusionLm, ForwardInput, GenerateOptions, KvView, ModelSpec};
+use fastdllm_engine::{self as engine, GenerationSettings};
 use fastdllm_models::ModelConfig;
 use fastdllm_sampler::{ProposerConfig, Unmask};
 
@@ -124,6 +124,7 @@ fn window_allocs(
         unmask: Unmask::Fixed,
         proposer: ProposerConfig::default(),
         seed: 0,
+        limits: Default::default(),
     };
     engine::run(
         &probe,

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_conformance::engine::{self, GenerationSettings};
 use fastdllm_core::{
     DecodeConfig, DiffusionLm, ForwardInput, GenerateOptions, KvView, ModelFamily, ModelSpec,
 };
+use fastdllm_engine::{self as engine, GenerationSettings};
 use fastdllm_sampler::{ProposerConfig, Unmask};
 
 /// The tiny LLaDA with the last logits row of every forward replaced by NaN.
@@ -49,6 +49,7 @@ fn settings(temperature: f64) -> GenerationSettings {
             ..Default::default()
         },
         seed: 0,
+        limits: Default::default(),
     }
 }
 
@@ -79,8 +80,8 @@ fn non_finite_logits_name_the_row_and_position() {
         "{msg}"
     );
     assert!(matches!(
-        err.downcast_ref::<fastdllm_core::Error>(),
-        Some(fastdllm_core::Error::NonFiniteLogits {
+        err,
+        engine::Error::Core(fastdllm_core::Error::NonFiniteLogits {
             row: 0,
             position: 7,
             ..

@@ -11,8 +11,8 @@ use std::time::Duration;
 use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_cli::serve::api::{Defaults, Knobs};
 use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
-use fastdllm_conformance::engine::{self, trim_at_eos, GenerationSettings};
 use fastdllm_core::{DecodeConfig, GenerateOptions};
+use fastdllm_engine::{self as engine, trim_at_eos, GenerationSettings};
 use fastdllm_models::LoadedModel;
 use fastdllm_sampler::Unmask;
 use serde_json::{json, Value};
@@ -581,35 +581,45 @@ fn graceful_shutdown_finishes_in_flight_requests() {
 }
 
 #[test]
-fn observer_sees_committed_blocks_and_can_stop() {
-    use fastdllm_core::Control;
+fn sink_sees_committed_blocks_and_text_and_can_cancel() {
+    use fastdllm_engine::{Finish, RowEvent, RowSink};
     let loaded = load();
-    let s = defaults().settings;
+    let mut s = defaults().settings;
+    s.limits.finish = Finish::Canvas;
     let ids = loaded.tokenizer.encode("inc 370230....=", true).unwrap();
     let prompts = vec![ids.clone(), loaded.tokenizer.encode("4+9=", true).unwrap()];
     let unmasks = [Unmask::Fixed, Unmask::Threshold { threshold: 0.9 }];
-    let mut done_blocks = Vec::new();
-    let mut snapshots: Vec<Vec<u32>> = Vec::new();
+    let mut blocks = Vec::new();
+    let mut text = [String::new(), String::new()];
+    let mut done = Vec::new();
     let gen = engine::run_rows(
         loaded.model.as_ref(),
+        Some(&loaded.tokenizer),
         &prompts,
         &unmasks,
         &[0, 0],
         &s,
         &GenerateOptions::default(),
-        &mut |ev| {
-            if ev.block_complete {
-                done_blocks.push(ev.round);
-                snapshots.push(ev.answer(0)[..ev.answer_block(0).end].to_vec());
-            }
-            Control::Continue
+        &mut |row: usize, ev: RowEvent| match ev {
+            RowEvent::BlockCommitted(k) if row == 0 => blocks.push(k),
+            RowEvent::Text(t) => text[row].push_str(&t),
+            RowEvent::Done(a) => done.push((row, a)),
+            _ => {}
         },
     )
     .unwrap();
-    assert_eq!(done_blocks, vec![0, 1, 2, 3]);
-    for snap in &snapshots {
-        assert_eq!(snap.as_slice(), &gen.rows[0].generated[..snap.len()]);
+    // Without RowEvents::text nothing is streamed; the Done events carry the answers.
+    assert_eq!(text, [String::new(), String::new()]);
+    assert!(
+        !blocks.is_empty() && blocks.windows(2).all(|w| w[1] == w[0] + 1),
+        "{blocks:?}"
+    );
+    assert_eq!(done.len(), 2);
+    for (row, a) in &done {
+        assert_eq!(a.token_ids, gen.answers[*row].token_ids);
+        assert_eq!(a.text, gen.answers[*row].text);
     }
+    assert_eq!(gen.answers[1].text.as_deref(), Some("13"));
     let solo = engine::run(
         loaded.model.as_ref(),
         &prompts[..1],
@@ -619,32 +629,33 @@ fn observer_sees_committed_blocks_and_can_stop() {
     )
     .unwrap();
     assert_eq!(solo.rows[0], gen.rows[0]);
-    let mut steps = 0;
+
+    /// Cancels every row after its third step.
+    struct Impatient(usize);
+    impl RowSink for Impatient {
+        fn event(&mut self, _: usize, _: RowEvent) {}
+        fn step(&mut self) {
+            self.0 += 1;
+        }
+        fn cancelled(&mut self, _: usize) -> bool {
+            self.0 >= 3
+        }
+    }
+    let mut sink = Impatient(0);
     let err = engine::run_rows(
         loaded.model.as_ref(),
+        None,
         &prompts,
         &unmasks,
         &[0, 0],
         &s,
         &GenerateOptions::default(),
-        &mut |_| {
-            steps += 1;
-            if steps == 3 {
-                Control::Stop
-            } else {
-                Control::Continue
-            }
-        },
+        &mut sink,
     )
     .unwrap_err();
-    assert!(
-        matches!(
-            err.downcast_ref::<fastdllm_core::Error>(),
-            Some(fastdllm_core::Error::Cancelled)
-        ),
-        "{err:#}"
-    );
-    assert_eq!(steps, 3);
+    assert!(matches!(err, engine::Error::Cancelled(0)), "{err:#}");
+    // The cancelled rows ended at the step that saw them cancelled.
+    assert_eq!(sink.0, 3);
 }
 
 #[test]
@@ -715,8 +726,13 @@ fn requests_join_a_running_batch_between_blocks() {
 fn mismatched_batch_settings_are_errors() {
     let loaded = load();
     let base = defaults().settings;
-    let mut session =
-        engine::Session::new(loaded.model.as_ref(), &base, GenerateOptions::default()).unwrap();
+    let mut session = engine::Batch::new(
+        loaded.model.as_ref(),
+        None,
+        &base,
+        GenerateOptions::default(),
+    )
+    .unwrap();
     let ids = loaded.tokenizer.encode("4+9=", true).unwrap();
     let other_block = GenerationSettings {
         decode: DecodeConfig {
@@ -730,7 +746,12 @@ fn mismatched_batch_settings_are_errors() {
         ..base.clone()
     };
     for s in [&other_block, &other_cache] {
-        let err = format!("{:#}", session.admit(&ids, s).unwrap_err());
+        let err = format!(
+            "{:#}",
+            session
+                .admit(&ids, s, engine::RowEvents::default())
+                .unwrap_err()
+        );
         assert!(err.contains("cannot share a batch"), "{err}");
     }
     assert!(session.is_empty());
@@ -739,12 +760,13 @@ fn mismatched_batch_settings_are_errors() {
     let ids = dream.tokenizer.encode("4+9=", true).unwrap();
     let err = engine::run_rows(
         dream.model.as_ref(),
+        None,
         &[ids.clone(), ids],
         &[Unmask::Fixed, Unmask::Threshold { threshold: 0.9 }],
         &[0, 0],
         &base,
         &GenerateOptions::default(),
-        &mut |_| fastdllm_core::Control::Continue,
+        &mut |_, _| {},
     )
     .unwrap_err();
     let err = format!("{err:#}");

@@ -20,6 +20,8 @@
 //! pads included, and LLaDA attends to pads.) Rows may join a running batch between blocks and
 //! leave when done ([`BlockBatch`]); [`generate()`] admits every row before the first block.
 
+use std::cell::Cell;
+
 use candle_core::{DType, Tensor};
 
 use crate::canvas::{Canvas, RowLayout};
@@ -107,6 +109,7 @@ pub struct StepEvent<'a> {
     rows: &'a [LiveRow],
     canvas: &'a Canvas,
     block_length: usize,
+    finish: &'a [Cell<bool>],
 }
 
 impl StepEvent<'_> {
@@ -144,6 +147,23 @@ impl StepEvent<'_> {
         }
         self.canvas.answer(r)
     }
+
+    /// Forwards row `r` has taken part in so far (its NFE).
+    pub fn row_nfe(&self, r: usize) -> usize {
+        self.rows.get(r).map_or(0, |row| row.out.nfe)
+    }
+
+    /// Ends row `r`'s generation now: it sits out the rest of the round and leaves the batch
+    /// at its end as a [`FinishedRow`] with [`FinishedRow::early`] set, its uncommitted answer
+    /// positions left as the mask id. Committed positions never change, so an answer that is
+    /// already final (its end-of-sequence token and every position before it committed) is
+    /// the same as after the full canvas; only the forwards spent on the rest are saved.
+    /// The other rows are unaffected (each row computes what it computes alone).
+    pub fn finish_row(&self, r: usize) {
+        if let Some(f) = self.finish.get(r) {
+            f.set(true);
+        }
+    }
 }
 
 /// Names a row of a [`BlockBatch`]: ids are given in admission order from 0 and never reused.
@@ -160,6 +180,8 @@ pub struct FinishedRow {
     pub output: RowOutput,
     /// Its random stream after the generation.
     pub rng: Rng,
+    /// It left before its last block ([`StepEvent::finish_row`]).
+    pub early: bool,
 }
 
 /// One row of a [`BlockBatch`].
@@ -357,6 +379,7 @@ impl BlockBatch {
             .map(|r| canvas.masks_in(r, block.clone()))
             .collect();
         let mut ended = vec![false; batch];
+        let finish: Vec<Cell<bool>> = (0..batch).map(|_| Cell::new(false)).collect();
         let mut step = 0usize;
         loop {
             let active: Vec<bool> = (0..batch)
@@ -579,9 +602,13 @@ impl BlockBatch {
                 rows: &self.rows,
                 canvas: &canvas,
                 block_length: self.cfg.block_length,
+                finish: &finish,
             };
             if on_step(&event) == Control::Stop {
                 return Err(Error::Cancelled);
+            }
+            for (r, f) in finish.iter().enumerate() {
+                ended[r] |= f.get();
             }
         }
         for (r, (row, rng)) in self.rows.iter_mut().zip(rngs).enumerate() {
@@ -589,18 +616,24 @@ impl BlockBatch {
             row.block_idx += 1;
             row.rng = rng;
         }
-        let (done, live): (Vec<LiveRow>, Vec<LiveRow>) = std::mem::take(&mut self.rows)
-            .into_iter()
-            .partition(|r| r.block_idx >= r.num_blocks);
-        self.rows = live;
+        let mut done = Vec::new();
+        for (row, early) in std::mem::take(&mut self.rows).into_iter().zip(&finish) {
+            let early = early.get() && row.block_idx < row.num_blocks;
+            if row.block_idx >= row.num_blocks || early {
+                done.push((row, early));
+            } else {
+                self.rows.push(row);
+            }
+        }
         Ok(done
             .into_iter()
-            .map(|mut r| {
+            .map(|(mut r, early)| {
                 r.out.generated = r.tokens[r.prompt_len..].to_vec();
                 FinishedRow {
                     id: r.id,
                     output: r.out,
                     rng: r.rng,
+                    early,
                 }
             })
             .collect())

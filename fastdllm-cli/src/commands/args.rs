@@ -7,8 +7,8 @@ use candle_core::{DType, Device};
 use clap::builder::RangedU64ValueParser;
 use clap::{Args, ValueEnum};
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_conformance::engine::GenerationSettings;
 use fastdllm_core::{DecodeConfig, ModelFamily};
+use fastdllm_engine::{AnswerLimits, Finish, GenerationSettings};
 use fastdllm_models::{ChatTemplate, LoadOptions, LoadedModel, QuantType, RawGenerationConfig};
 use fastdllm_sampler::{DreamScore, ProposerConfig, Remasking, Unmask};
 
@@ -266,6 +266,29 @@ pub struct DecodeArgs {
     /// a fresh seed per choice).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// When a row stops decoding: `answer` (as soon as its answer is final: the end-of-sequence
+    /// token and every position before it committed; the rest of the canvas is not decoded) or
+    /// `canvas` (the whole canvas, as the reference: NFE and every position equal its).
+    #[arg(long, value_enum, default_value_t = FinishArg::Answer)]
+    pub finish: FinishArg,
+}
+
+/// `--finish`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FinishArg {
+    /// Stop once the answer is final.
+    Answer,
+    /// Decode the whole canvas (the reference's NFE).
+    Canvas,
+}
+
+impl From<FinishArg> for Finish {
+    fn from(f: FinishArg) -> Self {
+        match f {
+            FinishArg::Answer => Finish::Answer,
+            FinishArg::Canvas => Finish::Canvas,
+        }
+    }
 }
 
 /// The paper's accelerated setting (Fast-dLLM, arXiv 2505.22618, section 4: DualCache,
@@ -304,6 +327,14 @@ impl DecodeDefaults {
                 .map(|_| dir.join("generation_config.json")),
             generation,
         })
+    }
+
+    /// The block length the directory declares (its `fastdllm.block_length`), if any.
+    pub fn block_length(&self) -> Option<usize> {
+        self.generation
+            .as_ref()
+            .and_then(|g| g.fastdllm.as_ref())
+            .and_then(|f| f.block_length)
     }
 
     /// Where the defaults come from, for the settings line printed at start.
@@ -447,6 +478,10 @@ impl DecodeArgs {
                 }),
             },
             seed: self.seed,
+            limits: AnswerLimits {
+                finish: self.finish.into(),
+                ..AnswerLimits::default()
+            },
         };
         settings.validate(family)?;
         Ok(settings)
@@ -540,7 +575,7 @@ mod tests {
                 remasking: RemaskingArg::LowConfidence,
                 threshold: threshold.filter(|_| factor.is_none()), factor,
                 cache: Some(CacheArg::Dual), refresh_every, top_p, top_k, alg: None,
-                dream_original, seed,
+                dream_original, seed, finish: FinishArg::Answer,
             };
             let family = if dream { ModelFamily::Dream } else { ModelFamily::Llada };
             if let Ok(s) = a.settings(family, &DecodeDefaults::default()) {

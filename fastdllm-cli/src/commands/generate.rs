@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use fastdllm_conformance::engine::{self, trim_at_eos};
 use fastdllm_core::GenerateOptions;
+use fastdllm_engine::{self as engine, AnswerLimits};
 use serde_json::json;
 
 use super::args::{print_settings, DecodeArgs, DecodeDefaults, ModelArgs};
@@ -36,6 +36,13 @@ pub struct GenerateArgs {
     /// Measure drift of every cached step against the exact forward (reported in --json).
     #[arg(long)]
     drift: bool,
+    /// Stop string (repeatable): the answer ends before the earliest match, and the row stops
+    /// decoding as soon as it is committed.
+    #[arg(long, value_name = "STR")]
+    stop: Vec<String>,
+    /// Most answer tokens; the canvas (--gen-length) is rounded up to whole blocks when not given.
+    #[arg(long, value_parser = super::args::bounds::tokens())]
+    max_tokens: Option<usize>,
 }
 
 /// Parses `--prompt-ids` text.
@@ -58,7 +65,30 @@ pub fn run(a: GenerateArgs) -> Result<ExitCode> {
     let (dir, loaded) = a.model.load()?;
     let spec = loaded.model.spec().clone();
     let defaults = DecodeDefaults::from_dir(&dir)?;
-    let settings = a.decode.settings(spec.family, &defaults)?;
+    let mut decode = a.decode.clone();
+    if let (Some(m), None) = (a.max_tokens, decode.gen_length) {
+        // The canvas: max_tokens rounded up to whole blocks (the answer is cut to max_tokens).
+        let b = decode
+            .block_length
+            .or(defaults.block_length())
+            .unwrap_or(super::args::PAPER_BLOCK_LENGTH);
+        decode.gen_length = Some(m.div_ceil(b.max(1)) * b.max(1));
+    }
+    let mut settings = decode.settings(spec.family, &defaults)?;
+    if a.stop.iter().any(String::is_empty) {
+        bail!("--stop: a stop string is empty");
+    }
+    settings.limits = AnswerLimits {
+        max_tokens: a.max_tokens,
+        stop: a.stop.clone(),
+        ..settings.limits
+    };
+    if let Some(m) = a.max_tokens.filter(|&m| m > settings.decode.gen_length) {
+        bail!(
+            "--max-tokens {m} exceeds --gen-length {} (the canvas the answer is decoded in); drop --gen-length or raise it",
+            settings.decode.gen_length
+        );
+    }
     print_settings(&dir, &loaded, &settings, &defaults);
     let prompts: Vec<Vec<u32>> = if a.prompt_ids.is_empty() {
         a.prompt
@@ -88,19 +118,29 @@ pub fn run(a: GenerateArgs) -> Result<ExitCode> {
         drift: a.drift,
     };
     let start = Instant::now();
-    let gen = engine::run(loaded.model.as_ref(), &prompts, &seeds, &settings, &opts)?;
+    let unmasks = vec![settings.unmask; prompts.len()];
+    let gen = engine::run_rows(
+        loaded.model.as_ref(),
+        Some(&loaded.tokenizer),
+        &prompts,
+        &unmasks,
+        &seeds,
+        &settings,
+        &opts,
+        &mut |_, _| {},
+    )?;
     let wall = start.elapsed().as_secs_f64();
     let mut rows = Vec::new();
     let mut out_tokens = 0usize;
-    for row in &gen.rows {
-        let answer = trim_at_eos(&row.generated, &spec.eos_token_ids);
-        out_tokens += answer.len();
-        let text = loaded.tokenizer.decode(answer)?;
+    for (row, answer) in gen.rows.iter().zip(&gen.answers) {
+        out_tokens += answer.completion_tokens;
         rows.push(json!({
             "prompt_ids": row.prompt,
             "generated_ids": row.generated,
-            "answer_len": answer.len(),
-            "text": text,
+            "answer_ids": answer.token_ids,
+            "answer_len": answer.completion_tokens,
+            "text": answer.text,
+            "finish_reason": answer.finish_reason,
             "nfe": row.nfe,
             "tokens_per_step": row.tokens_per_step,
         }));

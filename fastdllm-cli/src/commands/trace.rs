@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use fastdllm_benches::trace_view::{render, TraceCell, TracePicture};
-use fastdllm_conformance::engine;
 use fastdllm_core::GenerateOptions;
+use fastdllm_engine as engine;
 
 use super::args::{DecodeArgs, DecodeDefaults, ModelArgs};
 

@@ -25,9 +25,8 @@ use fastdllm_sampler::{Unmask, MIN_TEMPERATURE};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::answer::AnswerLimits;
 use super::errors::ApiError;
-use fastdllm_conformance::engine::GenerationSettings;
+use fastdllm_engine::{AnswerLimits, GenerationSettings};
 
 /// Most choices (`n`) per prompt, as OpenAI allows.
 pub const MAX_N: usize = 128;
@@ -318,18 +317,10 @@ pub struct Response<C> {
     pub usage: Usage,
 }
 
-/// Provisional state of the current block (extension, `"provisional": true`).
-#[derive(Debug, Clone, Serialize)]
-pub struct Provisional {
-    /// Block index.
-    pub block: usize,
-    /// Step inside the block.
-    pub step: usize,
-    /// The block's token ids, `null` where still masked. Nothing here is final.
-    pub token_ids: Vec<Option<u32>>,
-    /// The committed tokens of the block decoded (masked positions skipped).
-    pub text: String,
-}
+/// Provisional state of the current block (extension, `"provisional": true`): the block's
+/// token ids (`null` where still masked; nothing here is final) and its committed tokens
+/// decoded.
+pub use fastdllm_engine::Provisional;
 
 /// One streamed choice; `text` (completions) or `delta` (chat).
 #[derive(Debug, Clone, Serialize)]
@@ -622,25 +613,15 @@ fn bad(param: &str, message: String) -> ApiError {
 }
 
 impl Knobs {
-    /// The request's settings: its knobs over the server defaults, every range checked
-    /// ([`Knobs::resolve_all`] without the answer limits).
+    /// The request's settings, answer limits included. The canvas `gen_length` is `gen_length` when
+    /// given (a multiple of `block_length`), else `max_tokens` rounded up to whole blocks, else
+    /// the default; the answer is cut to `max_tokens` (default: the canvas) and at `stop`.
+    /// `settings.seed` is the request's `seed` (default: the server's; see [`Defaults`]).
     pub fn resolve(
         &self,
         defaults: &Defaults,
         family: ModelFamily,
     ) -> Result<GenerationSettings, ApiError> {
-        self.resolve_all(defaults, family).map(|(s, _)| s)
-    }
-
-    /// The request's settings and answer limits. The canvas `gen_length` is `gen_length` when
-    /// given (a multiple of `block_length`), else `max_tokens` rounded up to whole blocks, else
-    /// the default; the answer is cut to `max_tokens` (default: the canvas) and at `stop`.
-    /// `settings.seed` is the request's `seed` (default: the server's; see [`Defaults`]).
-    pub fn resolve_all(
-        &self,
-        defaults: &Defaults,
-        family: ModelFamily,
-    ) -> Result<(GenerationSettings, AnswerLimits), ApiError> {
         let mut s = defaults.settings.clone();
         let (limit_param, limit) = match (self.max_tokens, self.max_completion_tokens) {
             (Some(m), Some(c)) if m != c => {
@@ -807,12 +788,13 @@ impl Knobs {
         if stop.iter().any(String::is_empty) {
             return Err(bad("stop", "a stop string is empty".into()));
         }
-        s.validate(family)
-            .map_err(|e| ApiError::invalid(None, format!("{e:#}")))?;
-        let limits = AnswerLimits {
-            max_tokens: limit.unwrap_or(g),
+        s.limits = AnswerLimits {
+            max_tokens: limit,
             stop,
+            ..defaults.settings.limits.clone()
         };
-        Ok((s, limits))
+        s.validate(family)
+            .map_err(|e| ApiError::invalid(e.param().map(|p| p.name()), e.to_string()))?;
+        Ok(s)
     }
 }

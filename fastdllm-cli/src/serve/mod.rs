@@ -18,7 +18,6 @@
 //! fields) and [`scheduler`] (batch granularity).
 
 pub mod access;
-pub mod answer;
 pub mod api;
 pub mod errors;
 pub mod metrics;
@@ -45,7 +44,6 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{StreamExt, StreamMap};
 
-use answer::AnswerLimits;
 use api::{
     ChatChoice, ChatMessage, ChatRequest, Chunk, ChunkChoice, CompletionChoice, CompletionRequest,
     Defaults, PromptInput, Route, Usage,
@@ -650,7 +648,6 @@ fn submit(s: &AppState, id: &str, r: &Validated) -> Result<Choices, ApiError> {
             settings: row,
             stream: r.stream,
             provisional: r.provisional,
-            limits: r.limits.clone(),
             queued_at,
             events: tx,
             slot: job_slot,
@@ -681,15 +678,11 @@ async fn wait_done(choices: Choices) -> Result<Vec<Finished>, ApiError> {
         let _slot = slot;
         while let Some(ev) = rx.recv().await {
             match ev {
-                RowEvent::Done {
-                    text,
-                    completion_tokens,
-                    finish_reason,
-                } => {
+                RowEvent::Done(a) => {
                     out.push(Finished {
-                        text,
-                        completion_tokens,
-                        finish_reason,
+                        text: a.text.unwrap_or_default(),
+                        completion_tokens: a.completion_tokens,
+                        finish_reason: a.finish_reason.as_str(),
                     });
                     continue 'choices;
                 }
@@ -822,13 +815,9 @@ fn sse(
             let e = match ev {
                 RowEvent::Text(t) => event(&c.chunk(i, Some(t), false, None, None)),
                 RowEvent::Provisional(p) => event(&c.chunk(i, None, false, None, Some(p))),
-                RowEvent::Done {
-                    completion_tokens: k,
-                    finish_reason,
-                    ..
-                } => {
-                    completion_tokens += k;
-                    event(&c.chunk(i, None, false, Some(finish_reason), None))
+                RowEvent::Done(a) => {
+                    completion_tokens += a.completion_tokens;
+                    event(&c.chunk(i, None, false, Some(a.finish_reason.as_str()), None))
                 }
                 RowEvent::Error(m) => Event::default()
                     .json_data(ApiError::internal(m).body())
@@ -884,7 +873,7 @@ async fn completion(s: AppState, body: axum::body::Bytes) -> Result<Response, Ap
     let n = api::check_n(r.n)?;
     let include_usage = api::check_stream_options(r.stream, r.stream_options)?;
     let inputs = api::parse_prompts(&r.prompt)?;
-    let (settings, limits) = r.knobs.resolve_all(&s.0.cfg.defaults, s.0.spec.family)?;
+    let settings = r.knobs.resolve(&s.0.cfg.defaults, s.0.spec.family)?;
     let gen = settings.decode.gen_length;
     let many = inputs.len() > 1;
     let named = inputs
@@ -906,7 +895,6 @@ async fn completion(s: AppState, body: axum::body::Bytes) -> Result<Response, Ap
         n,
         include_usage,
         settings,
-        limits,
         seed: r.knobs.seed,
         stream: r.stream,
         provisional: r.provisional,
@@ -933,7 +921,7 @@ async fn chat_completion(s: AppState, body: axum::body::Bytes) -> Result<Respons
         )
         .with_code("context_length_exceeded"));
     }
-    let (settings, limits) = r.knobs.resolve_all(&s.0.cfg.defaults, s.0.spec.family)?;
+    let settings = r.knobs.resolve(&s.0.cfg.defaults, s.0.spec.family)?;
     // Rendered on a blocking thread (a template is a program; its cost grows with the history).
     let st = s.clone();
     let text = tokio::task::spawn_blocking(move || st.0.template.render(&messages))
@@ -953,7 +941,6 @@ async fn chat_completion(s: AppState, body: axum::body::Bytes) -> Result<Respons
         n,
         include_usage,
         settings,
-        limits,
         seed: r.knobs.seed,
         stream: r.stream,
         provisional: r.provisional,
@@ -967,8 +954,7 @@ struct Validated {
     prompts: Vec<Vec<TokenId>>,
     n: usize,
     include_usage: bool,
-    settings: fastdllm_conformance::engine::GenerationSettings,
-    limits: AnswerLimits,
+    settings: fastdllm_engine::GenerationSettings,
     seed: Option<u64>,
     stream: bool,
     provisional: bool,

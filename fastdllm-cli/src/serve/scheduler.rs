@@ -2,9 +2,9 @@
 //! streaming each row's committed blocks to its own client.
 //!
 //! Granularity: **step-level continuous batching, rows join and leave between blocks**. The worker
-//! keeps one running [`Session`] (the core's `BlockBatch`): each round every row decodes its own
+//! keeps one running [`Batch`]: each round every row decodes its own
 //! next block in lock-step forwards. Between rounds, queued requests that can share the session
-//! ([`fastdllm_conformance::engine::batch_compatible`]: same block_length, steps per block, cache settings and
+//! ([`fastdllm_engine::batch_compatible`]: same block_length, steps per block, cache settings and
 //! proposer; the answer length, the unmasking rule — threshold, factor, fixed — and the seed may
 //! differ per row) join
 //! it, up to `max_batch` rows, and start at their block 0 next to rows further on; rows that
@@ -15,15 +15,13 @@
 //! observer checks each row's client; a row whose client is gone stops streaming and is dropped
 //! from the session at the end of the round, and when every row is gone the session stops at once
 //! ([`Control::Stop`]). Each row's output equals its solo output whenever it joined (the core's
-//! batch invariance), which tests/serve.rs checks against [`fastdllm_conformance::engine::run`].
+//! batch invariance), which tests/serve.rs checks against [`fastdllm_engine::run`].
 //!
-//! Streaming: after every step, a row whose current block is final (no mask left) gets the text
-//! of that block (the decoded committed prefix, cut at the first end-of-sequence token, at
-//! `max_tokens` and at the first `stop` string, minus what was already sent and minus a tail a
-//! later stop match could cut or a character whose bytes continue in the next block,
-//! [`super::answer`]), and with `provisional` the current block's tentative tokens. A row whose
-//! answer ends on `max_tokens` or a stop string is answered at once and leaves the batch at the
-//! end of the round (its remaining blocks are not decoded).
+//! Answers: the engine ([`fastdllm_engine::Batch`]) finishes each row: after every step it
+//! checks the row's committed answer for its end (the end-of-sequence token, `max_tokens`, a
+//! stop string), streams the text that became final, and a row whose answer is final leaves the
+//! batch at once (its remaining blocks are not decoded). This worker only forwards each row's
+//! events to its client's channel and counts them.
 //!
 //! Reference: none (the reference has no server). Supervision: admission and every round run
 //! under `catch_unwind`; a panic fails only the rows involved (the request being admitted, or the
@@ -39,15 +37,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use fastdllm_core::{Control, GenerateOptions, RowId, StepEvent, TokenId};
-use fastdllm_models::{IncrementalDecoder, LoadedModel};
+use fastdllm_core::{GenerateOptions, RowId, TokenId};
+use fastdllm_engine::{Answer, Batch, GenerationSettings, Provisional, RowEvents, RowSink};
+use fastdllm_models::LoadedModel;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
-use super::answer::{AnswerLimits, Cut};
-use super::api::Provisional;
 use super::metrics::Metrics;
-use fastdllm_conformance::engine::{GenerationSettings, Session};
 
 /// One request for the worker.
 #[derive(Debug)]
@@ -56,14 +52,12 @@ pub struct Job {
     pub id: String,
     /// Prompt ids (templated, validated).
     pub prompt: Vec<TokenId>,
-    /// The request's settings (validated).
+    /// The request's settings (validated; answer limits included).
     pub settings: GenerationSettings,
-    /// Send [`RowEvent::Text`] per committed block.
+    /// Send [`RowEvent::Text`] as the answer commits.
     pub stream: bool,
     /// Send [`RowEvent::Provisional`] after every step.
     pub provisional: bool,
-    /// Where the answer ends (`max_tokens`, `stop`).
-    pub limits: AnswerLimits,
     /// When the request was queued (metrics).
     pub queued_at: Instant,
     /// The client's channel; closed = the client went away.
@@ -111,14 +105,7 @@ pub enum RowEvent {
     /// The current block's tentative state.
     Provisional(Provisional),
     /// The answer is complete.
-    Done {
-        /// The whole answer (up to the first end-of-sequence token).
-        text: String,
-        /// Its token count.
-        completion_tokens: usize,
-        /// `stop` or `length`.
-        finish_reason: &'static str,
-    },
+    Done(Answer),
     /// The generation failed.
     Error(String),
 }
@@ -136,8 +123,7 @@ pub struct Stats {
     pub max_batch: AtomicUsize,
     /// Rows whose client went away before or during generation.
     pub cancelled_rows: AtomicUsize,
-    /// Sessions stopped early because every row's client had gone (or every row's answer had
-    /// ended on `max_tokens` or a stop string).
+    /// Rounds cut short because every row's client had gone.
     pub stopped_batches: AtomicUsize,
     /// Requests answered with an engine error.
     pub failed_rows: AtomicUsize,
@@ -158,7 +144,7 @@ pub struct StatsSnapshot {
     pub max_batch: usize,
     /// Rows whose client went away.
     pub cancelled_rows: usize,
-    /// Sessions stopped early.
+    /// Rounds cut short because every row's client had gone.
     pub stopped_batches: usize,
     /// Engine errors.
     pub failed_rows: usize,
@@ -230,7 +216,7 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 /// Runs the worker loop until every sender of `rx` is dropped, the queue is drained and the
-/// running session has finished. The queue's bound is the handlers' semaphore of
+/// running batch has finished. The queue's bound is the handlers' semaphore of
 /// [`QueueSlot`]s, not the channel: jobs whose client went away are skipped here.
 pub fn run_worker(
     loaded: LoadedModel,
@@ -241,7 +227,7 @@ pub fn run_worker(
 ) {
     let max_batch = max_batch.max(1);
     let mut pending: VecDeque<Job> = VecDeque::new();
-    let mut live: Option<Live> = None;
+    let mut live: Option<Live<'_>> = None;
     loop {
         if live.is_none() && pending.is_empty() {
             match rx.blocking_recv() {
@@ -274,11 +260,9 @@ pub fn run_worker(
             metrics.running_rows.set(0);
             continue;
         };
-        metrics.running_rows.set(l.session.len() as i64);
-        stats
-            .max_batch
-            .fetch_max(l.session.len(), Ordering::Relaxed);
-        let outcome = catch_unwind(AssertUnwindSafe(|| l.round(&loaded, &stats, &metrics)));
+        metrics.running_rows.set(l.batch.len() as i64);
+        stats.max_batch.fetch_max(l.batch.len(), Ordering::Relaxed);
+        let outcome = catch_unwind(AssertUnwindSafe(|| l.round(&stats, &metrics)));
         let keep = match outcome {
             Ok(keep) => keep,
             Err(p) => {
@@ -290,43 +274,54 @@ pub fn run_worker(
                 false
             }
         };
-        if !keep || l.session.is_empty() {
+        if !keep || l.batch.is_empty() {
             live = None;
             metrics.running_rows.set(0);
         }
     }
 }
 
-/// The running session and the clients of its rows.
-struct Live {
-    session: Session,
-    jobs: HashMap<RowId, (Job, RowState)>,
+/// The running batch and the clients of its rows.
+struct Live<'m> {
+    batch: Batch<'m>,
+    clients: HashMap<RowId, Client>,
     rounds: usize,
 }
 
-impl Live {
-    /// Starts a session with the oldest queued request and every compatible queued request (up
-    /// to `max_batch`). `None` if the queue is empty or the session cannot start (its requests
+/// One row's client.
+#[derive(Debug)]
+struct Client {
+    job: Job,
+    /// The client went away.
+    cancelled: bool,
+    /// Its answer was sent.
+    done: bool,
+}
+
+impl<'m> Live<'m> {
+    /// Starts a batch with the oldest queued request and every compatible queued request (up
+    /// to `max_batch`). `None` if the queue is empty or the batch cannot start (its requests
     /// are answered with the error).
     fn start(
-        loaded: &LoadedModel,
+        loaded: &'m LoadedModel,
         pending: &mut VecDeque<Job>,
         max_batch: usize,
         stats: &Stats,
         metrics: &Metrics,
-    ) -> Option<Live> {
+    ) -> Option<Live<'m>> {
         let first = pending.pop_front()?;
-        let session = catch_unwind(AssertUnwindSafe(|| {
-            Session::new(
+        let batch = catch_unwind(AssertUnwindSafe(|| {
+            Batch::new(
                 loaded.model.as_ref(),
+                Some(&loaded.tokenizer),
                 &first.settings,
                 GenerateOptions::default(),
             )
         }));
-        let session = match session {
-            Ok(Ok(s)) => s,
+        let batch = match batch {
+            Ok(Ok(b)) => b,
             Ok(Err(e)) => {
-                reject(&first, format!("{e:#}"), stats);
+                reject(&first, e.to_string(), stats);
                 return None;
             }
             Err(p) => {
@@ -336,14 +331,14 @@ impl Live {
         };
         stats.batches.fetch_add(1, Ordering::Relaxed);
         let mut live = Live {
-            session,
-            jobs: HashMap::new(),
+            batch,
+            clients: HashMap::new(),
             rounds: 0,
         };
         live.admit(first, stats, metrics);
         let mut rest = VecDeque::new();
         for job in pending.drain(..) {
-            if live.session.len() < max_batch && live.session.compatible(&job.settings) {
+            if live.batch.len() < max_batch && live.batch.compatible(&job.settings) {
                 live.admit(job, stats, metrics);
             } else {
                 rest.push_back(job);
@@ -361,10 +356,10 @@ impl Live {
         stats: &Stats,
         metrics: &Metrics,
     ) {
-        while self.session.len() < max_batch
+        while self.batch.len() < max_batch
             && pending
                 .front()
-                .is_some_and(|j| self.session.compatible(&j.settings))
+                .is_some_and(|j| self.batch.compatible(&j.settings))
         {
             if let Some(job) = pending.pop_front() {
                 if self.admit(job, stats, metrics) {
@@ -375,22 +370,34 @@ impl Live {
         }
     }
 
-    /// Admits `job` (under a panic guard: a panic fails this request only).
+    /// Admits `job` (under a panic guard: a panic fails this request only). Returns whether it
+    /// joined a batch that had already run a round.
     fn admit(&mut self, job: Job, stats: &Stats, metrics: &Metrics) -> bool {
         job.slot.release();
-        let session = &mut self.session;
+        let batch = &mut self.batch;
+        let events = RowEvents {
+            text: job.stream,
+            provisional: job.stream && job.provisional,
+        };
         let admitted = catch_unwind(AssertUnwindSafe(|| {
-            session.admit(&job.prompt, &job.settings)
+            batch.admit(&job.prompt, &job.settings, events)
         }));
         match admitted {
             Ok(Ok(id)) => {
                 stats.rows.fetch_add(1, Ordering::Relaxed);
                 metrics.rows.inc();
-                self.jobs.insert(id, (job, RowState::default()));
+                self.clients.insert(
+                    id,
+                    Client {
+                        job,
+                        cancelled: false,
+                        done: false,
+                    },
+                );
                 self.rounds > 0
             }
             Ok(Err(e)) => {
-                reject(&job, format!("{e:#}"), stats);
+                reject(&job, e.to_string(), stats);
                 false
             }
             Err(p) => {
@@ -404,166 +411,128 @@ impl Live {
     fn fail(&mut self, msg: &str, stats: &Stats) {
         stats
             .failed_rows
-            .fetch_add(self.jobs.len(), Ordering::Relaxed);
-        for (job, _) in self.jobs.values() {
-            let _ = job
+            .fetch_add(self.clients.len(), Ordering::Relaxed);
+        for c in self.clients.values() {
+            let _ = c
+                .job
                 .events
-                .send(RowEvent::Error(format!("request {}: {msg}", job.id)));
+                .send(RowEvent::Error(format!("request {}: {msg}", c.job.id)));
         }
-        self.jobs.clear();
+        self.clients.clear();
     }
 
-    /// Runs one round. Returns whether the session goes on.
-    fn round(&mut self, loaded: &LoadedModel, stats: &Stats, metrics: &Metrics) -> bool {
+    /// Runs one round. Returns whether the batch goes on.
+    fn round(&mut self, stats: &Stats, metrics: &Metrics) -> bool {
         self.rounds += 1;
-        let spec = loaded.model.spec();
-        let (mask, eos) = (spec.mask_token_id, &spec.eos_token_ids);
-        let tokenizer = &loaded.tokenizer;
-        let step_seconds = metrics.step_seconds.with_label_values(&[self
-            .session
-            .settings()
-            .cache
-            .mode
-            .to_string()
-            .as_str()]);
-        let rows_in_round = self.session.len();
-        let forwards_before = self.session.forwards();
-        let mut last_step = Instant::now();
-        let jobs = &mut self.jobs;
-        let mut on_step = |ev: &StepEvent<'_>| -> Control {
-            let now = Instant::now();
-            step_seconds.observe(now.duration_since(last_step).as_secs_f64());
-            last_step = now;
-            let mut live = false;
-            for r in 0..ev.batch() {
-                let Some((job, st)) = ev.row_id(r).and_then(|id| jobs.get_mut(&id)) else {
-                    continue;
-                };
-                if st.cancelled || st.done {
-                    continue;
-                }
-                if job.events.is_closed() {
-                    st.cancelled = true;
-                    stats.cancelled_rows.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                live = true;
-                let answer = ev.answer(r);
-                let block_idx = ev.block_idx(r).unwrap_or(0);
-                let answer_block = ev.answer_block(r);
-                let done = ev.row_block_done.get(r).copied().unwrap_or(false);
-                if done && st.blocks_seen <= block_idx {
-                    st.blocks_seen = block_idx + 1;
-                    if block_idx == 0 {
-                        metrics
-                            .first_block_seconds
-                            .observe(job.queued_at.elapsed().as_secs_f64());
-                    }
-                    let end = answer_block.end.min(answer.len());
-                    let last_block = end == answer.len();
-                    if last_block || (!job.stream && job.limits.stop.is_empty()) {
-                        // The finished row is answered after the round; a non-streaming row
-                        // without stop strings can only end early on max_tokens, in its last
-                        // block (the canvas is max_tokens rounded up to whole blocks).
-                        continue;
-                    }
-                    let cut = job.limits.cut(tokenizer, eos, &answer[..end], false);
-                    if cut.by_limit {
-                        st.done = true;
-                        answer_row(job, st, cut, metrics);
-                        continue;
-                    }
-                    if job.stream && !st.finished {
-                        st.finished = cut.finish_reason.is_some();
-                        // The new answer tokens go through the row's incremental decoder
-                        // (tokenizers' DecodeStream), which holds back a character whose bytes
-                        // continue in the next block. A decoding error only delays the text:
-                        // the final answer is decoded whole.
-                        let tokens = &answer[..cut.completion_tokens.min(end)];
-                        if let Some(new) = tokens.get(st.pushed..) {
-                            let _ = st.decoder.push(tokenizer, new);
-                            st.pushed = tokens.len();
-                        }
-                        let d = delta(
-                            &st.sent,
-                            cut.streamable(st.decoder.text(), &job.limits.stop),
-                        );
-                        if !d.is_empty() {
-                            st.sent.push_str(&d);
-                            let _ = job.events.send(RowEvent::Text(d));
-                        }
-                    }
-                } else if !done && job.stream && job.provisional && !st.finished {
-                    let block = answer.get(answer_block).unwrap_or_default();
-                    let token_ids: Vec<Option<u32>> =
-                        block.iter().map(|&t| (t != mask).then_some(t)).collect();
-                    let committed: Vec<u32> = token_ids.iter().flatten().copied().collect();
-                    let text = tokenizer.decode(&committed).unwrap_or_default();
-                    let _ = job.events.send(RowEvent::Provisional(Provisional {
-                        block: block_idx,
-                        step: ev.step,
-                        token_ids,
-                        text,
-                    }));
-                }
-            }
-            if live {
-                Control::Continue
-            } else {
-                Control::Stop
-            }
+        let cache_mode = self.batch.settings().cache.mode.to_string();
+        let rows_in_round = self.batch.len();
+        let forwards_before = self.batch.forwards();
+        let mut sink = Clients {
+            clients: &mut self.clients,
+            stats,
+            metrics,
+            step_seconds: metrics
+                .step_seconds
+                .with_label_values(&[cache_mode.as_str()]),
+            last_step: Instant::now(),
         };
-        let result = self.session.run_block(loaded.model.as_ref(), &mut on_step);
-        let forwards = self.session.forwards().saturating_sub(forwards_before);
+        let result = self.batch.run_block(&mut sink);
+        let forwards = self.batch.forwards().saturating_sub(forwards_before);
         metrics.forwards.inc_by(forwards as u64);
         if forwards > 0 {
-            let positions = rows_in_round * self.session.settings().decode.block_length;
+            let positions = rows_in_round * self.batch.settings().decode.block_length;
             metrics
                 .tokens_per_forward
                 .observe(positions as f64 / forwards as f64);
         }
         match result {
-            Ok(finished) => {
-                for row in finished {
-                    let Some((job, mut st)) = self.jobs.remove(&row.id) else {
-                        continue;
-                    };
-                    if st.cancelled || st.done {
-                        continue;
-                    }
-                    let cut = job.limits.cut(tokenizer, eos, &row.output.generated, true);
-                    answer_row(&job, &mut st, cut, metrics);
+            Ok(_) => {
+                if rows_in_round > 0 && self.clients.values().all(|c| c.cancelled) {
+                    stats.stopped_batches.fetch_add(1, Ordering::Relaxed);
                 }
+                // Finished rows left the batch (their answers were sent); cancelled rows left
+                // too. A client that went away after the round's last step leaves now.
                 let gone: Vec<RowId> = self
-                    .jobs
+                    .clients
                     .iter()
-                    .filter(|(_, (job, st))| st.cancelled || st.done || job.events.is_closed())
+                    .filter(|(_, c)| c.cancelled || c.done || c.job.events.is_closed())
                     .map(|(&id, _)| id)
                     .collect();
                 for id in gone {
-                    if let Some((_, st)) = self.jobs.remove(&id) {
-                        if !st.cancelled && !st.done {
+                    if let Some(c) = self.clients.remove(&id) {
+                        if !c.cancelled && !c.done {
                             stats.cancelled_rows.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    self.session.remove(id);
+                    self.batch.remove(id);
                 }
                 true
             }
-            Err(e)
-                if matches!(
-                    e.downcast_ref::<fastdllm_core::Error>(),
-                    Some(fastdllm_core::Error::Cancelled)
-                ) =>
-            {
-                stats.stopped_batches.fetch_add(1, Ordering::Relaxed);
-                false
-            }
             Err(e) => {
-                self.fail(&format!("{e:#}"), stats);
+                self.fail(&e.to_string(), stats);
                 false
             }
         }
+    }
+}
+
+/// The clients of a round, as the engine's [`RowSink`]: events go to each row's channel.
+struct Clients<'a> {
+    clients: &'a mut HashMap<RowId, Client>,
+    stats: &'a Stats,
+    metrics: &'a Metrics,
+    step_seconds: prometheus::Histogram,
+    last_step: Instant,
+}
+
+impl RowSink for Clients<'_> {
+    fn step(&mut self) {
+        let now = Instant::now();
+        self.step_seconds
+            .observe(now.duration_since(self.last_step).as_secs_f64());
+        self.last_step = now;
+    }
+
+    fn cancelled(&mut self, row: RowId) -> bool {
+        let Some(c) = self.clients.get_mut(&row) else {
+            return true;
+        };
+        if !c.cancelled && c.job.events.is_closed() {
+            c.cancelled = true;
+            self.stats.cancelled_rows.fetch_add(1, Ordering::Relaxed);
+        }
+        c.cancelled
+    }
+
+    fn event(&mut self, row: RowId, event: fastdllm_engine::RowEvent) {
+        use fastdllm_engine::RowEvent as E;
+        let Some(c) = self.clients.get_mut(&row) else {
+            return;
+        };
+        let job = &c.job;
+        let out = match event {
+            E::Text(t) => RowEvent::Text(t),
+            E::Provisional(p) => RowEvent::Provisional(p),
+            E::BlockCommitted(block) => {
+                if block == 0 {
+                    self.metrics
+                        .first_block_seconds
+                        .observe(job.queued_at.elapsed().as_secs_f64());
+                }
+                return;
+            }
+            E::Done(answer) => {
+                c.done = true;
+                self.metrics
+                    .output_tokens
+                    .inc_by(answer.completion_tokens as u64);
+                self.metrics
+                    .generation_seconds
+                    .observe(job.queued_at.elapsed().as_secs_f64());
+                RowEvent::Done(answer)
+            }
+        };
+        let _ = job.events.send(out);
     }
 }
 
@@ -580,48 +549,4 @@ fn admission_panic(payload: &(dyn Any + Send)) -> String {
         "internal error: the engine panicked admitting this request ({}); the server keeps serving other requests",
         panic_message(payload)
     )
-}
-
-/// Sends a finished row its last text (streams) and its `Done` event.
-fn answer_row(job: &Job, st: &mut RowState, cut: Cut, metrics: &Metrics) {
-    if job.stream {
-        let d = delta(&st.sent, &cut.text);
-        if !d.is_empty() {
-            st.sent.push_str(&d);
-            let _ = job.events.send(RowEvent::Text(d));
-        }
-    }
-    metrics.output_tokens.inc_by(cut.completion_tokens as u64);
-    metrics
-        .generation_seconds
-        .observe(job.queued_at.elapsed().as_secs_f64());
-    let _ = job.events.send(RowEvent::Done {
-        text: cut.text,
-        completion_tokens: cut.completion_tokens,
-        finish_reason: cut.finish_reason.unwrap_or("length"),
-    });
-}
-
-/// Streaming state of one row.
-#[derive(Debug, Default)]
-struct RowState {
-    /// Text streamed so far.
-    sent: String,
-    /// The answer's tokens decoded as they commit, whole characters only.
-    decoder: IncrementalDecoder,
-    /// Answer tokens pushed into `decoder`.
-    pushed: usize,
-    /// Blocks of the row seen complete.
-    blocks_seen: usize,
-    /// The answer ended on an end-of-sequence token: nothing more to stream.
-    finished: bool,
-    /// The answer ended on `max_tokens` or a stop string and was answered.
-    done: bool,
-    /// The client went away.
-    cancelled: bool,
-}
-
-/// The part of `text` not yet in `sent` (empty if `text` does not extend it).
-fn delta(sent: &str, text: &str) -> String {
-    text.strip_prefix(sent).unwrap_or_default().to_string()
 }

@@ -5,8 +5,8 @@
 use candle_core::{DType, Device};
 use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_cli::serve::api::Defaults;
-use fastdllm_conformance::engine::GenerationSettings;
 use fastdllm_core::DecodeConfig;
+use fastdllm_engine::GenerationSettings;
 use fastdllm_models::LoadedModel;
 use fastdllm_sampler::{ProposerConfig, Unmask};
 
@@ -41,6 +41,7 @@ pub fn tiny_defaults(gen_length: usize) -> Defaults {
             unmask: Unmask::Fixed,
             proposer: ProposerConfig::default(),
             seed: 0,
+            limits: Default::default(),
         },
         explicit_steps: false,
     }

@@ -1,0 +1,152 @@
+//! Generation settings: everything that decides a row's output, checked by the libraries' own
+//! validators, and the rule for which rows can share a running batch.
+
+use fastdllm_cache::{CacheMode, CacheSettings};
+use fastdllm_core::{DecodeConfig, ModelFamily, Rng};
+use fastdllm_sampler::{ProposerConfig, Unmask};
+
+use crate::answer::AnswerLimits;
+use crate::error::{Error, Result};
+
+/// A generation knob as users name it (OpenAI's and the paper's vocabulary). Front ends spell
+/// it their way: the server as the JSON field ([`Param::name`]: `max_tokens`), the CLI as the
+/// flag ([`Param::flag`]: `--max-tokens`), so an error names what the user actually sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Param {
+    /// OpenAI's answer limit in tokens.
+    MaxTokens,
+    /// OpenAI's newer name of `max_tokens` (chat).
+    MaxCompletionTokens,
+    /// Answer positions G of the canvas.
+    GenLength,
+    /// Block size B.
+    BlockLength,
+    /// Denoising steps of fixed schedules.
+    Steps,
+    /// Cache approximation.
+    Cache,
+    /// Threshold rule.
+    Threshold,
+    /// Factor rule.
+    Factor,
+    /// Sampling temperature.
+    Temperature,
+    /// Nucleus filter.
+    TopP,
+    /// Top-k filter.
+    TopK,
+    /// Seed of the random streams.
+    Seed,
+    /// Stop strings.
+    Stop,
+}
+
+impl Param {
+    /// The name in requests and messages (`max_tokens`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Param::MaxTokens => "max_tokens",
+            Param::MaxCompletionTokens => "max_completion_tokens",
+            Param::GenLength => "gen_length",
+            Param::BlockLength => "block_length",
+            Param::Steps => "steps",
+            Param::Cache => "cache",
+            Param::Threshold => "threshold",
+            Param::Factor => "factor",
+            Param::Temperature => "temperature",
+            Param::TopP => "top_p",
+            Param::TopK => "top_k",
+            Param::Seed => "seed",
+            Param::Stop => "stop",
+        }
+    }
+
+    /// The command-line flag (`--max-tokens`).
+    pub fn flag(self) -> String {
+        format!("--{}", self.name().replace('_', "-"))
+    }
+}
+
+impl std::fmt::Display for Param {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Everything that decides a generation's output.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GenerationSettings {
+    /// gen_length, block_length, steps.
+    pub decode: DecodeConfig,
+    /// Cache approximation and refresh schedule.
+    pub cache: CacheSettings,
+    /// Unmasking rule.
+    pub unmask: Unmask,
+    /// Proposal and confidence.
+    pub proposer: ProposerConfig,
+    /// Seed of every row's random stream (Gumbel noise, random confidences).
+    pub seed: u64,
+    /// Where the answer ends (`max_tokens`, stop strings) and whether the row leaves the batch
+    /// once its answer is final ([`crate::Finish`]).
+    #[serde(default)]
+    pub limits: AnswerLimits,
+}
+
+impl GenerationSettings {
+    /// Checks every part with the libraries' own validators, and the combinations a model
+    /// cannot use.
+    ///
+    /// Errors: the first invalid part ([`Error::Core`], [`Error::Cache`], [`Error::Sampler`],
+    /// [`Error::Setting`] for the answer limits), or Dream's original sampler with a cache.
+    pub fn validate(&self, family: ModelFamily) -> Result<()> {
+        self.decode.validate()?;
+        self.cache.validate()?;
+        self.unmask.validate()?;
+        self.proposer.validate()?;
+        self.limits.validate()?;
+        if self.decode.force_block_start == Some(false)
+            && family == ModelFamily::Dream
+            && self.cache.mode != CacheMode::Off
+        {
+            return Err(Error::setting(
+                Param::Cache,
+                format!(
+                    "cache mode '{}' cannot be used with Dream's original sampler (it scores the block \
+                     start from a cached window, whose first row has no valid logits); use cache none",
+                    self.cache.mode
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Label for reports: `cache/rule`.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.cache.label(), self.unmask.label())
+    }
+}
+
+/// The seeds of rows `first .. first + n` of a run seeded with `seed`: row `i` draws from
+/// [`Rng::row_seed`]`(seed, i)`, so the rows of a batch of identical prompts get distinct noise
+/// (the reference draws separate noise per row) and row 0 keeps `seed` itself (a batch of one
+/// reproduces the single-prompt goldens).
+pub fn row_seeds(seed: u64, first: usize, n: usize) -> Vec<u64> {
+    (first..first + n).map(|i| Rng::row_seed(seed, i)).collect()
+}
+
+/// Whether two settings can share a running batch ([`crate::Batch`]): the same cache settings
+/// and proposer, decode settings that [share blocks](DecodeConfig::shares_blocks_with) (the
+/// answer length may differ), and for Dream the same score; the unmasking rule, the seed and
+/// the answer limits may differ per row.
+pub fn batch_compatible(
+    a: &GenerationSettings,
+    b: &GenerationSettings,
+    family: ModelFamily,
+) -> bool {
+    a.decode.shares_blocks_with(&b.decode)
+        && a.cache == b.cache
+        && a.proposer == b.proposer
+        && (family != ModelFamily::Dream || a.unmask.dream_score() == b.unmask.dream_score())
+}
