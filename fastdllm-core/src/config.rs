@@ -1,7 +1,5 @@
 //! Validated generation settings (SPEC 2.1) and the block layout.
 
-use std::ops::Range;
-
 use crate::model::ModelSpec;
 use crate::{Error, Result, TokenId};
 
@@ -146,45 +144,6 @@ impl DecodeConfig {
     }
 }
 
-/// Block layout of one canvas: block k covers `[P + k*B, P + (k+1)*B)` (v1: blocks relative to
-/// the end of the prompt).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockSchedule {
-    /// Canvas index of the first answer position (`P`, padded prompt length).
-    pub prompt_len: usize,
-    /// `B`.
-    pub block_length: usize,
-    /// `K`.
-    pub num_blocks: usize,
-}
-
-impl BlockSchedule {
-    /// Layout for a (padded) prompt of `prompt_len` tokens.
-    pub fn new(prompt_len: usize, cfg: &DecodeConfig) -> Self {
-        BlockSchedule {
-            prompt_len,
-            block_length: cfg.block_length,
-            num_blocks: cfg.num_blocks(),
-        }
-    }
-
-    /// Canvas range of block `k`.
-    pub fn block(&self, k: usize) -> Range<usize> {
-        let s = self.prompt_len + k * self.block_length;
-        s..s + self.block_length
-    }
-
-    /// All blocks, left to right.
-    pub fn blocks(&self) -> impl Iterator<Item = Range<usize>> + '_ {
-        (0..self.num_blocks).map(|k| self.block(k))
-    }
-
-    /// Canvas length `P + G`.
-    pub fn seq_len(&self) -> usize {
-        self.prompt_len + self.num_blocks * self.block_length
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,12 +169,5 @@ mod tests {
         assert!(e.contains("steps = 6") && e.contains("= 4"), "{e}");
         assert!(cfg(0, 8, 8).validate().is_err());
         assert!(cfg(8, 0, 8).validate().is_err());
-    }
-
-    #[test]
-    fn blocks_follow_the_prompt() {
-        let s = BlockSchedule::new(5, &cfg(8, 4, 8));
-        assert_eq!(s.blocks().collect::<Vec<_>>(), vec![5..9, 9..13]);
-        assert_eq!(s.seq_len(), 13);
     }
 }

@@ -26,10 +26,11 @@ use candle_core::{DType, Tensor};
 
 use crate::canvas::{Canvas, RowLayout};
 use crate::config::DecodeConfig;
-use crate::model::{DiffusionLm, ModelSpec, PassthroughKv};
+use crate::drift;
+use crate::model::{DiffusionLm, ModelSpec};
 use crate::policy::{
-    CachePolicy, Candidate, ForwardPlan, KvAccess, KvShape, Proposer, Selection, StepAt, StepInfo,
-    StepObservation, UnmaskPolicy,
+    CachePolicy, Candidate, ForwardPlan, KvAccess, KvShape, Proposal, Proposer, Selection, StepAt,
+    StepInfo, StepObservation, UnmaskPolicy,
 };
 use crate::rng::Rng;
 use crate::trace::{Commit, DriftStats, StepRecord, Trace};
@@ -321,10 +322,17 @@ impl BlockBatch {
         self.trace.take()
     }
 
-    /// Runs one round: every row decodes its current block (SPEC 2.4-2.8.3); returns the rows
-    /// that finished their last block, which leave the batch. `on_step` is called after every
+    /// Runs one round: every row decodes its current block (docs/ALGORITHM.md §2.4-§2.8.3);
+    /// returns the rows that finished their last block or were ended by the observer
+    /// ([`StepEvent::finish_row`]), which leave the batch. `on_step` is called after every
     /// step; [`Control::Stop`] ends the round with [`Error::Cancelled`], after which the batch
     /// must be dropped.
+    ///
+    /// Each step, in order: [plan](Self::plan_window) the window the cache policy forwards,
+    /// [forward](Self::forward) (redone when the policy discards a cached forward),
+    /// [propose](Self::propose) one token and confidence per masked position, [choose and
+    /// commit](Self::choose_and_commit) with each row's unmasking rule, [record](Self::record)
+    /// the step (trace, the cache policy's observation) and tell the observer.
     pub fn run_block(
         &mut self,
         model: &dyn DiffusionLm,
@@ -334,11 +342,44 @@ impl BlockBatch {
         if self.rows.is_empty() {
             return Ok(Vec::new());
         }
-        let Decoder {
-            cache,
-            proposer,
-            unmask,
-        } = dec;
+        let mut round = self.begin_round(model, &mut *dec.cache)?;
+        let cap = self.cfg.step_cap();
+        loop {
+            let active = round.active();
+            if !active.iter().any(|&a| a) {
+                break;
+            }
+            if round.step >= cap {
+                let first = active.iter().position(|&a| a).unwrap_or(0);
+                return Err(Error::NoProgress {
+                    block: self.rows[first].block_idx,
+                    steps: round.step,
+                    cap,
+                });
+            }
+            let window = self.plan_window(&round, dec, &active)?;
+            let fwd = self.forward(model, dec, &round, window, &active)?;
+            let proposals = self.propose(dec, &mut round, &fwd, &active)?;
+            let commits = self.choose_and_commit(dec, &mut round, &fwd, &proposals, &active)?;
+            self.record(dec, &round, fwd, commits);
+            round.step += 1;
+            if self.notify(&round, on_step) == Control::Stop {
+                return Err(Error::Cancelled);
+            }
+            for (ended, f) in round.ended.iter_mut().zip(&round.finish) {
+                *ended |= f.get();
+            }
+        }
+        Ok(self.end_round(round))
+    }
+
+    /// Lays out the round's canvas (every row's current block in the same columns) and
+    /// prepares the cache's K/V store for its shape (reallocated only when the shape changes).
+    fn begin_round(
+        &mut self,
+        model: &dyn DiffusionLm,
+        cache: &mut dyn CachePolicy,
+    ) -> Result<Round> {
         let spec = &self.spec;
         let device = model.device();
         let batch = self.rows.len();
@@ -351,7 +392,7 @@ impl BlockBatch {
                 block_idx: r.block_idx,
             })
             .collect();
-        let mut canvas = Canvas::new(
+        let canvas = Canvas::new(
             &layouts,
             self.cfg.block_length,
             spec.pad_token_id,
@@ -369,255 +410,337 @@ impl BlockBatch {
             dtype: model.dtype(),
             device: device.clone(),
         })?;
-        let round = self.rounds;
+        let index = self.rounds;
         self.rounds += 1;
-        let force_start = self.cfg.forces_block_start(spec);
-        let steps_per_block = self.cfg.steps_per_block();
-        let cap = self.cfg.step_cap();
-        let mut rngs: Vec<Rng> = self.rows.iter().map(|r| r.rng.clone()).collect();
-        let masks_at_start: Vec<usize> = (0..batch)
+        let masks_at_start = (0..batch)
             .map(|r| canvas.masks_in(r, block.clone()))
             .collect();
-        let mut ended = vec![false; batch];
-        let finish: Vec<Cell<bool>> = (0..batch).map(|_| Cell::new(false)).collect();
-        let mut step = 0usize;
-        loop {
-            let active: Vec<bool> = (0..batch)
-                .map(|r| !ended[r] && canvas.masks_in(r, block.clone()) > 0)
-                .collect();
-            if !active.iter().any(|&a| a) {
-                break;
-            }
-            if step >= cap {
-                let first = active.iter().position(|&a| a).unwrap_or(0);
-                return Err(Error::NoProgress {
-                    block: self.rows[first].block_idx,
-                    steps: step,
-                    cap,
-                });
-            }
-            let at = StepAt {
-                block_idx: round,
-                block: block.clone(),
-                step,
-                seq_len,
-            };
-            let mut plan = cache.plan(&at);
-            check_plan(&plan, &block, seq_len)?;
-            let forced = force_start && step == 0;
-            let range = if forced {
-                block.start..block.start + 1
-            } else {
-                block.clone()
-            };
-            // The logit rows: the whole range, or only the columns masked in some active row
-            // when the proposer reads rows independently (the LM head skips the rest).
-            let rows: Vec<usize> = if proposer.reads_all_rows() {
-                range.collect()
-            } else {
-                range
-                    .filter(|&p| (0..batch).any(|r| active[r] && canvas.rows[r][p] == canvas.mask))
-                    .collect()
-            };
-            let bias = narrow_bias(&key_bias, cache.attended_keys(&plan, seq_len), seq_len)?;
-            let input = canvas.input(&plan.window, &rows, &bias, device)?;
-            let mut logits = model.forward(&input, cache.view(&plan)?)?;
-            let mut forward_idx = self.forwards;
-            self.forwards += 1;
-            let mut redone = false;
-            if plan.kv == KvAccess::Reuse {
-                if let Some(again) = cache.redo(&at) {
-                    // The cached forward is discarded: it counts (a forward that committed
-                    // nothing) and the step is redone with the policy's plan.
-                    check_plan(&again, &block, seq_len)?;
-                    for r in (0..batch).filter(|&r| active[r]) {
-                        let out = &mut self.rows[r].out;
-                        out.tokens_per_step.push(0);
-                        out.nfe += 1;
-                    }
-                    if let Some(t) = self.trace.as_mut() {
-                        t.steps.push(StepRecord {
-                            forward_idx,
-                            block_idx: round,
-                            step,
-                            window: plan.window.clone(),
-                            kv: plan.kv,
-                            commits: vec![Vec::new(); batch],
-                            drift: None,
-                            cache_signal: cache.signal(),
-                            redone: false,
-                        });
-                    }
-                    plan = again;
-                    let bias =
-                        narrow_bias(&key_bias, cache.attended_keys(&plan, seq_len), seq_len)?;
-                    let input = canvas.input(&plan.window, &rows, &bias, device)?;
-                    logits = model.forward(&input, cache.view(&plan)?)?;
-                    forward_idx = self.forwards;
-                    self.forwards += 1;
-                    redone = true;
-                }
-            }
-            let cache_signal = cache.signal();
-            let drift = if self.opts.drift && !plan.is_exact() {
-                let exact_in = canvas.input(&(0..seq_len), &rows, &key_bias, device)?;
-                let exact = model.forward(&exact_in, &mut PassthroughKv)?;
-                let cand_rows: Vec<Vec<usize>> = (0..batch)
-                    .map(|r| {
-                        if !active[r] {
-                            return Vec::new();
-                        }
-                        (0..rows.len())
-                            .filter(|&j| canvas.rows[r][rows[j]] == canvas.mask)
-                            .collect()
-                    })
-                    .collect();
-                Some(drift_stats(&logits, &exact, &cand_rows)?)
-            } else {
-                None
-            };
-            let needed: Vec<Vec<bool>> = (0..batch)
-                .map(|r| {
-                    rows.iter()
-                        .map(|&p| active[r] && canvas.rows[r][p] == canvas.mask)
-                        .collect()
+        Ok(Round {
+            index,
+            block,
+            seq_len,
+            key_bias,
+            rngs: self.rows.iter().map(|r| r.rng.clone()).collect(),
+            masks_at_start,
+            ended: vec![false; batch],
+            finish: (0..batch).map(|_| Cell::new(false)).collect(),
+            step: 0,
+            canvas,
+        })
+    }
+
+    /// The cache policy's plan for this step and the logit rows to compute: the block (only its
+    /// start at a forced step 0), or only the columns masked in some active row when the
+    /// proposer reads rows independently (the LM head skips the rest).
+    fn plan_window(
+        &self,
+        round: &Round,
+        dec: &mut Decoder<'_>,
+        active: &[bool],
+    ) -> Result<StepWindow> {
+        let (block, canvas) = (&round.block, &round.canvas);
+        let at = StepAt {
+            block_idx: round.index,
+            block: block.clone(),
+            step: round.step,
+            seq_len: round.seq_len,
+        };
+        let plan = dec.cache.plan(&at);
+        check_plan(&plan, block, round.seq_len)?;
+        let forced = self.cfg.forces_block_start(&self.spec) && round.step == 0;
+        let range = if forced {
+            block.start..block.start + 1
+        } else {
+            block.clone()
+        };
+        let rows: Vec<usize> = if dec.proposer.reads_all_rows() {
+            range.collect()
+        } else {
+            range
+                .filter(|&p| {
+                    (0..active.len()).any(|r| active[r] && canvas.rows[r][p] == canvas.mask)
                 })
-                .collect();
-            if !all_finite(&logits)? {
-                // Locate the first non-finite logit the step reads (masked positions of active
-                // rows); garbage in rows nobody reads (pads, committed positions) is ignored.
-                let host = logits.to_dtype(DType::F32)?.to_vec3::<f32>()?;
-                for (r, row) in host.iter().enumerate() {
-                    for (j, l) in row.iter().enumerate() {
-                        if needed[r][j] && l.iter().any(|x| !x.is_finite()) {
-                            return Err(Error::NonFiniteLogits {
-                                row: self.rows[r].id,
-                                position: rows[j].saturating_sub(canvas.answer_start(r)),
-                                block: self.rows[r].block_idx,
-                                step,
-                            });
-                        }
-                    }
+                .collect()
+        };
+        Ok(StepWindow {
+            at,
+            plan,
+            forced,
+            rows,
+        })
+    }
+
+    /// The forward of the planned window. When the cache policy discards a cached forward
+    /// ([`CachePolicy::redo`]), that forward still counts (one that committed nothing) and the
+    /// step is redone with the policy's new plan. With [`GenerateOptions::drift`] the exact
+    /// forward of the same canvas is compared (not counted in the NFE).
+    fn forward(
+        &mut self,
+        model: &dyn DiffusionLm,
+        dec: &mut Decoder<'_>,
+        round: &Round,
+        mut window: StepWindow,
+        active: &[bool],
+    ) -> Result<StepForward> {
+        let (canvas, device, seq_len) = (&round.canvas, model.device(), round.seq_len);
+        let cache = &mut *dec.cache;
+        let bias = narrow_bias(
+            &round.key_bias,
+            cache.attended_keys(&window.plan, seq_len),
+            seq_len,
+        )?;
+        let input = canvas.input(&window.plan.window, &window.rows, &bias, device)?;
+        let mut logits = model.forward(&input, cache.view(&window.plan)?)?;
+        let mut forward_idx = self.forwards;
+        self.forwards += 1;
+        let mut redone = false;
+        if window.plan.kv == KvAccess::Reuse {
+            if let Some(again) = cache.redo(&window.at) {
+                check_plan(&again, &round.block, seq_len)?;
+                for r in (0..active.len()).filter(|&r| active[r]) {
+                    let out = &mut self.rows[r].out;
+                    out.tokens_per_step.push(0);
+                    out.nfe += 1;
                 }
-            }
-            let proposals = propose_active(&mut **proposer, &logits, &mut rngs, &active, &needed)?;
-            let mut commits = vec![Vec::new(); batch];
-            for r in 0..batch {
-                if !active[r] {
-                    continue;
-                }
-                let props = proposals
-                    .get(r)
-                    .ok_or_else(|| Error::Policy("proposer returned too few rows".into()))?;
-                if props.len() != rows.len() {
-                    return Err(Error::Policy(format!(
-                        "proposer returned {} proposals for {} logits rows",
-                        props.len(),
-                        rows.len()
-                    )));
-                }
-                let candidates: Vec<Candidate> = rows
-                    .iter()
-                    .zip(props)
-                    .filter(|(&p, _)| canvas.rows[r][p] == canvas.mask)
-                    .map(|(&p, prop)| Candidate {
-                        position: p,
-                        token: prop.token,
-                        confidence: prop.confidence,
-                    })
-                    .collect();
-                if let Some(bad) = candidates.iter().find(|c| !c.confidence.is_finite()) {
-                    return Err(Error::Policy(format!(
-                        "the proposer returned a non-finite confidence {} for row {} at answer position {} (step {step})",
-                        bad.confidence,
-                        self.rows[r].id,
-                        bad.position.saturating_sub(canvas.answer_start(r)),
-                    )));
-                }
-                let chosen: Vec<Candidate> = if forced {
-                    candidates
-                } else {
-                    let info = StepInfo {
-                        row: self.rows[r].id,
-                        step,
-                        steps_per_block,
-                        block_length: self.cfg.block_length,
-                        block_masks_at_start: masks_at_start[r],
-                    };
-                    match unmask.select(&candidates, &info) {
-                        Selection::EndBlock => {
-                            ended[r] = true;
-                            Vec::new()
-                        }
-                        Selection::Commit(idx) => pick(&candidates, &idx)?,
-                    }
-                };
-                let answer_start = canvas.answer_start(r);
-                let out = &mut self.rows[r].out;
-                for c in &chosen {
-                    canvas.rows[r][c.position] = c.token;
-                    out.unmask_step[c.position - answer_start] = Some(out.nfe);
-                    commits[r].push(Commit {
-                        answer_idx: c.position - answer_start,
-                        token: c.token,
-                        confidence: c.confidence,
+                if let Some(t) = self.trace.as_mut() {
+                    t.steps.push(StepRecord {
+                        forward_idx,
+                        block_idx: round.index,
+                        step: round.step,
+                        window: window.plan.window.clone(),
+                        kv: window.plan.kv,
+                        commits: vec![Vec::new(); active.len()],
+                        drift: None,
+                        cache_signal: cache.signal(),
+                        redone: false,
                     });
                 }
-                out.tokens_per_step.push(chosen.len());
-                out.nfe += 1;
-            }
-            if let Some(t) = self.trace.as_mut() {
-                t.steps.push(StepRecord {
-                    forward_idx,
-                    block_idx: round,
-                    step,
-                    window: plan.window.clone(),
-                    kv: plan.kv,
-                    commits: commits.clone(),
-                    drift,
-                    cache_signal,
-                    redone,
-                });
-            }
-            let committed: Vec<&Commit> = commits.iter().flatten().collect();
-            cache.observe(&StepObservation {
-                at,
-                plan,
-                committed: committed.len(),
-                min_confidence: committed
-                    .iter()
-                    .map(|c| c.confidence)
-                    .min_by(|a, b| a.total_cmp(b)),
-            });
-            step += 1;
-            let row_block_done: Vec<bool> = (0..batch)
-                .map(|r| ended[r] || canvas.masks_in(r, block.clone()) == 0)
-                .collect();
-            let event = StepEvent {
-                round,
-                step: step - 1,
-                forward_idx,
-                block_complete: row_block_done.iter().all(|&d| d),
-                row_block_done: &row_block_done,
-                rows: &self.rows,
-                canvas: &canvas,
-                block_length: self.cfg.block_length,
-                finish: &finish,
-            };
-            if on_step(&event) == Control::Stop {
-                return Err(Error::Cancelled);
-            }
-            for (r, f) in finish.iter().enumerate() {
-                ended[r] |= f.get();
+                window.plan = again;
+                let bias = narrow_bias(
+                    &round.key_bias,
+                    cache.attended_keys(&window.plan, seq_len),
+                    seq_len,
+                )?;
+                let input = canvas.input(&window.plan.window, &window.rows, &bias, device)?;
+                logits = model.forward(&input, cache.view(&window.plan)?)?;
+                forward_idx = self.forwards;
+                self.forwards += 1;
+                redone = true;
             }
         }
-        for (r, (row, rng)) in self.rows.iter_mut().zip(rngs).enumerate() {
-            row.tokens.copy_from_slice(canvas.unpadded(r));
+        let cache_signal = cache.signal();
+        let drift = if self.opts.drift && !window.plan.is_exact() {
+            Some(drift::measure(
+                model,
+                canvas,
+                &window.rows,
+                &round.key_bias,
+                &logits,
+                active,
+            )?)
+        } else {
+            None
+        };
+        Ok(StepForward {
+            window,
+            logits,
+            forward_idx,
+            redone,
+            cache_signal,
+            drift,
+        })
+    }
+
+    /// One proposal per logit row of each active row (inactive rows get none, so a row's
+    /// random stream advances exactly as in a solo run), after checking that every logit the
+    /// step reads is finite.
+    fn propose(
+        &self,
+        dec: &mut Decoder<'_>,
+        round: &mut Round,
+        fwd: &StepForward,
+        active: &[bool],
+    ) -> Result<Vec<Vec<Proposal>>> {
+        let (canvas, rows) = (&round.canvas, &fwd.window.rows);
+        let needed: Vec<Vec<bool>> = (0..active.len())
+            .map(|r| {
+                rows.iter()
+                    .map(|&p| active[r] && canvas.rows[r][p] == canvas.mask)
+                    .collect()
+            })
+            .collect();
+        if !all_finite(&fwd.logits)? {
+            // Locate the first non-finite logit the step reads (masked positions of active
+            // rows); garbage in rows nobody reads (pads, committed positions) is ignored.
+            let host = fwd.logits.to_dtype(DType::F32)?.to_vec3::<f32>()?;
+            for (r, row) in host.iter().enumerate() {
+                for (j, l) in row.iter().enumerate() {
+                    if needed[r][j] && l.iter().any(|x| !x.is_finite()) {
+                        return Err(Error::NonFiniteLogits {
+                            row: self.rows[r].id,
+                            position: rows[j].saturating_sub(canvas.answer_start(r)),
+                            block: self.rows[r].block_idx,
+                            step: round.step,
+                        });
+                    }
+                }
+            }
+        }
+        propose_active(
+            &mut *dec.proposer,
+            &fwd.logits,
+            &mut round.rngs,
+            active,
+            &needed,
+        )
+    }
+
+    /// Each active row's unmasking rule picks among its candidates (all of them at a forced
+    /// block start), and the chosen tokens are written into the canvas.
+    fn choose_and_commit(
+        &mut self,
+        dec: &mut Decoder<'_>,
+        round: &mut Round,
+        fwd: &StepForward,
+        proposals: &[Vec<Proposal>],
+        active: &[bool],
+    ) -> Result<Vec<Vec<Commit>>> {
+        let rows = &fwd.window.rows;
+        let steps_per_block = self.cfg.steps_per_block();
+        let mut commits = vec![Vec::new(); active.len()];
+        for r in (0..active.len()).filter(|&r| active[r]) {
+            let canvas = &mut round.canvas;
+            let props = proposals
+                .get(r)
+                .ok_or_else(|| Error::Policy("proposer returned too few rows".into()))?;
+            if props.len() != rows.len() {
+                return Err(Error::Policy(format!(
+                    "proposer returned {} proposals for {} logits rows",
+                    props.len(),
+                    rows.len()
+                )));
+            }
+            let candidates: Vec<Candidate> = rows
+                .iter()
+                .zip(props)
+                .filter(|(&p, _)| canvas.rows[r][p] == canvas.mask)
+                .map(|(&p, prop)| Candidate {
+                    position: p,
+                    token: prop.token,
+                    confidence: prop.confidence,
+                })
+                .collect();
+            if let Some(bad) = candidates.iter().find(|c| !c.confidence.is_finite()) {
+                return Err(Error::Policy(format!(
+                    "the proposer returned a non-finite confidence {} for row {} at answer position {} (step {})",
+                    bad.confidence,
+                    self.rows[r].id,
+                    bad.position.saturating_sub(canvas.answer_start(r)),
+                    round.step,
+                )));
+            }
+            let chosen: Vec<Candidate> = if fwd.window.forced {
+                candidates
+            } else {
+                let info = StepInfo {
+                    row: self.rows[r].id,
+                    step: round.step,
+                    steps_per_block,
+                    block_length: self.cfg.block_length,
+                    block_masks_at_start: round.masks_at_start[r],
+                };
+                match dec.unmask.select(&candidates, &info) {
+                    Selection::EndBlock => {
+                        round.ended[r] = true;
+                        Vec::new()
+                    }
+                    Selection::Commit(idx) => pick(&candidates, &idx)?,
+                }
+            };
+            let answer_start = canvas.answer_start(r);
+            let out = &mut self.rows[r].out;
+            for c in &chosen {
+                canvas.rows[r][c.position] = c.token;
+                out.unmask_step[c.position - answer_start] = Some(out.nfe);
+                commits[r].push(Commit {
+                    answer_idx: c.position - answer_start,
+                    token: c.token,
+                    confidence: c.confidence,
+                });
+            }
+            out.tokens_per_step.push(chosen.len());
+            out.nfe += 1;
+        }
+        Ok(commits)
+    }
+
+    /// Records the step in the trace (when asked) and tells the cache policy what was
+    /// committed (adaptive policies decide their next plan from it).
+    fn record(
+        &mut self,
+        dec: &mut Decoder<'_>,
+        round: &Round,
+        fwd: StepForward,
+        commits: Vec<Vec<Commit>>,
+    ) {
+        let committed: Vec<&Commit> = commits.iter().flatten().collect();
+        let observation = StepObservation {
+            at: fwd.window.at,
+            plan: fwd.window.plan.clone(),
+            committed: committed.len(),
+            min_confidence: committed
+                .iter()
+                .map(|c| c.confidence)
+                .min_by(|a, b| a.total_cmp(b)),
+        };
+        if let Some(t) = self.trace.as_mut() {
+            t.steps.push(StepRecord {
+                forward_idx: fwd.forward_idx,
+                block_idx: round.index,
+                step: round.step,
+                window: fwd.window.plan.window.clone(),
+                kv: fwd.window.plan.kv,
+                commits: commits.clone(),
+                drift: fwd.drift,
+                cache_signal: fwd.cache_signal,
+                redone: fwd.redone,
+            });
+        }
+        dec.cache.observe(&observation);
+    }
+
+    /// Calls the observer with the state after the step just made (`round.step - 1`).
+    fn notify(&self, round: &Round, on_step: &mut dyn FnMut(&StepEvent<'_>) -> Control) -> Control {
+        let row_block_done: Vec<bool> = (0..self.rows.len())
+            .map(|r| round.ended[r] || round.canvas.masks_in(r, round.block.clone()) == 0)
+            .collect();
+        let event = StepEvent {
+            round: round.index,
+            step: round.step - 1,
+            forward_idx: self.forwards - 1,
+            block_complete: row_block_done.iter().all(|&d| d),
+            row_block_done: &row_block_done,
+            rows: &self.rows,
+            canvas: &round.canvas,
+            block_length: self.cfg.block_length,
+            finish: &round.finish,
+        };
+        on_step(&event)
+    }
+
+    /// Writes the round's canvas back into the rows; rows past their last block, or ended by
+    /// the observer, leave the batch.
+    fn end_round(&mut self, round: Round) -> Vec<FinishedRow> {
+        for (r, (row, rng)) in self.rows.iter_mut().zip(round.rngs).enumerate() {
+            row.tokens.copy_from_slice(round.canvas.unpadded(r));
             row.block_idx += 1;
             row.rng = rng;
         }
         let mut done = Vec::new();
-        for (row, early) in std::mem::take(&mut self.rows).into_iter().zip(&finish) {
+        for (row, early) in std::mem::take(&mut self.rows)
+            .into_iter()
+            .zip(&round.finish)
+        {
             let early = early.get() && row.block_idx < row.num_blocks;
             if row.block_idx >= row.num_blocks || early {
                 done.push((row, early));
@@ -625,8 +748,7 @@ impl BlockBatch {
                 self.rows.push(row);
             }
         }
-        Ok(done
-            .into_iter()
+        done.into_iter()
             .map(|(mut r, early)| {
                 r.out.generated = r.tokens[r.prompt_len..].to_vec();
                 FinishedRow {
@@ -636,8 +758,60 @@ impl BlockBatch {
                     early,
                 }
             })
-            .collect())
+            .collect()
     }
+}
+
+/// The state of one round of [`BlockBatch::run_block`].
+struct Round {
+    /// The round's index (every row runs one block per round).
+    index: usize,
+    canvas: Canvas,
+    /// Canvas columns of every row's current block.
+    block: std::ops::Range<usize>,
+    seq_len: usize,
+    /// The pad bias `(batch, 1, 1, seq_len)`, if any row is padded.
+    key_bias: Option<Tensor>,
+    /// Each row's random stream during the round.
+    rngs: Vec<Rng>,
+    /// Masks of each row's block when the round began.
+    masks_at_start: Vec<usize>,
+    /// Rows whose block is final (no mask left, its rule ended it, or the observer ended it).
+    ended: Vec<bool>,
+    /// Rows the observer ended ([`StepEvent::finish_row`]).
+    finish: Vec<Cell<bool>>,
+    /// Steps made so far.
+    step: usize,
+}
+
+impl Round {
+    /// Rows that take part in the next forward: not ended, with masks left in their block.
+    fn active(&self) -> Vec<bool> {
+        (0..self.ended.len())
+            .map(|r| !self.ended[r] && self.canvas.masks_in(r, self.block.clone()) > 0)
+            .collect()
+    }
+}
+
+/// What one step forwards.
+struct StepWindow {
+    at: StepAt,
+    plan: ForwardPlan,
+    /// Step 0 of a shifted-logit model: only the block start, committed unconditionally.
+    forced: bool,
+    /// Canvas columns whose logits are computed.
+    rows: Vec<usize>,
+}
+
+/// One step's forward and what was measured about it.
+struct StepForward {
+    window: StepWindow,
+    /// `(batch, rows.len(), vocab)`.
+    logits: Tensor,
+    forward_idx: usize,
+    redone: bool,
+    cache_signal: Option<f64>,
+    drift: Option<DriftStats>,
 }
 
 /// Generates `gen_length` tokens after each prompt.
@@ -717,7 +891,7 @@ fn propose_active(
     rngs: &mut [Rng],
     active: &[bool],
     needed: &[Vec<bool>],
-) -> Result<Vec<Vec<crate::policy::Proposal>>> {
+) -> Result<Vec<Vec<Proposal>>> {
     if active.iter().all(|&a| a) {
         return proposer.propose_needed(logits, rngs, needed);
     }
@@ -775,71 +949,4 @@ fn pick(candidates: &[Candidate], idx: &[usize]) -> Result<Vec<Candidate>> {
             ))),
         })
         .collect()
-}
-
-/// Compares cached and exact logits on the given rows of each batch row.
-fn drift_stats(cached: &Tensor, exact: &Tensor, rows: &[Vec<usize>]) -> Result<DriftStats> {
-    let cached = cached.to_dtype(DType::F64)?.to_vec3::<f64>()?;
-    let exact = exact.to_dtype(DType::F64)?.to_vec3::<f64>()?;
-    let mut s = DriftStats {
-        cosine_min: f64::INFINITY,
-        cosine_mean: 0.0,
-        max_abs_diff: 0.0,
-        argmax_agreement: 0.0,
-        kl_mean: 0.0,
-        rows: 0,
-    };
-    for (b, rs) in rows.iter().enumerate() {
-        for &i in rs {
-            let (c, e) = (&cached[b][i], &exact[b][i]);
-            let dot: f64 = c.iter().zip(e).map(|(a, b)| a * b).sum();
-            let nc = c.iter().map(|a| a * a).sum::<f64>().sqrt();
-            let ne = e.iter().map(|a| a * a).sum::<f64>().sqrt();
-            let cos = if nc > 0.0 && ne > 0.0 {
-                dot / (nc * ne)
-            } else {
-                1.0
-            };
-            s.cosine_min = s.cosine_min.min(cos);
-            s.cosine_mean += cos;
-            for (a, b) in c.iter().zip(e) {
-                s.max_abs_diff = s.max_abs_diff.max((a - b).abs());
-            }
-            if argmax(c) == argmax(e) {
-                s.argmax_agreement += 1.0;
-            }
-            let (lc, le) = (log_softmax(c), log_softmax(e));
-            s.kl_mean += le
-                .iter()
-                .zip(&lc)
-                .map(|(pe, pc)| pe.exp() * (pe - pc))
-                .sum::<f64>();
-            s.rows += 1;
-        }
-    }
-    if s.rows > 0 {
-        let n = s.rows as f64;
-        s.cosine_mean /= n;
-        s.argmax_agreement /= n;
-        s.kl_mean /= n;
-    } else {
-        s.cosine_min = 1.0;
-    }
-    Ok(s)
-}
-
-fn argmax(xs: &[f64]) -> usize {
-    let mut best = 0;
-    for (i, &x) in xs.iter().enumerate() {
-        if x > xs[best] {
-            best = i;
-        }
-    }
-    best
-}
-
-fn log_softmax(xs: &[f64]) -> Vec<f64> {
-    let m = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let lse = m + xs.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
-    xs.iter().map(|x| x - lse).collect()
 }

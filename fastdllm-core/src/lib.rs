@@ -6,7 +6,7 @@
 //!
 //! * the seams the other crates plug into: [`DiffusionLm`] (models), [`CachePolicy`] +
 //!   [`KvView`] (approximate KV caches), [`Proposer`] + [`UnmaskPolicy`] (samplers);
-//! * the validated generation settings ([`DecodeConfig`]) and the block layout ([`BlockSchedule`]);
+//! * the validated decode settings ([`DecodeConfig`]: gen_length, block_length, steps);
 //! * [`generate()`], the single loop every cache mode and unmasking rule runs through, with NFE
 //!   counting, an optional per-step [`Trace`] and optional drift measurement against the exact
 //!   (no-cache) forward.
@@ -17,6 +17,7 @@
 
 mod canvas;
 pub mod config;
+mod drift;
 pub mod error;
 pub mod generate;
 pub mod model;
@@ -24,7 +25,7 @@ pub mod policy;
 pub mod rng;
 pub mod trace;
 
-pub use config::{BlockSchedule, DecodeConfig};
+pub use config::DecodeConfig;
 pub use error::{Error, Result};
 pub use generate::{
     generate, generate_with, BlockBatch, Control, Decoder, FinishedRow, GenerateOptions,
