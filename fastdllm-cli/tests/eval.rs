@@ -12,6 +12,7 @@ use fastdllm_benches::eval::{
 use fastdllm_cache::CacheMode;
 use fastdllm_conformance::paths::bundled_model;
 use fastdllm_core::ModelFamily;
+use fastdllm_engine::{AnswerLimits, Finish, GenerationSettings};
 use fastdllm_sampler::Unmask;
 
 fn repo_file(rel: &str) -> PathBuf {
@@ -182,7 +183,9 @@ const EIGHT: &str = r#"{"prompt": "copy ysp8......=", "answer": "ysp8"}
 #[test]
 fn tiny_end_to_end() {
     let tasks = parse_tasks(EIGHT, "eight").unwrap();
-    let base = base_settings(32, 8);
+    // The reference's accounting: every canvas position decoded.
+    let mut base = base_settings(32, 8);
+    base.limits.finish = Finish::Canvas;
     let reports = run_eval(
         &bundled_model("llada-tiny"),
         &tasks,
@@ -221,6 +224,34 @@ fn tiny_end_to_end() {
     )
     .unwrap();
     assert_eq!(solo[0].outcomes, reports[1].outcomes);
+    // The engine's default: each row stops once its answer is final. Same answers, fewer
+    // forwards (the answers here are a few tokens of a 32-token canvas).
+    let early = run_eval(
+        &bundled_model("llada-tiny"),
+        &tasks,
+        "none/fixed,dual/threshold=0.9",
+        &base_settings(32, 8),
+        true,
+        3,
+    )
+    .unwrap();
+    for (e, full) in early.iter().zip(&reports) {
+        assert_eq!(e.accuracy, 1.0, "{}", e.label);
+        let answers = |r: &fastdllm_benches::eval::SettingReport| {
+            r.outcomes
+                .iter()
+                .map(|o| o.output.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(answers(e), answers(full), "{}", e.label);
+        assert!(
+            e.mean_nfe < full.mean_nfe,
+            "{}: {} vs {}",
+            e.label,
+            e.mean_nfe,
+            full.mean_nfe
+        );
+    }
 }
 
 fn fastdllm(args: &[&str]) -> std::process::Output {
@@ -275,6 +306,8 @@ fn binary_prints_table_and_json() {
         "--settings",
         "none/fixed,prefix/factor=1",
         "--raw",
+        "--finish",
+        "canvas",
     ]);
     assert!(
         out.status.success(),
@@ -373,7 +406,14 @@ fn choice_figure5_subset_matches_results_md() {
         &bundled_model("llada-tiny-choice"),
         &tasks,
         "none/threshold=0.9,dual/threshold=0.9,prefix/factor=1",
-        &base_settings(32, 8),
+        // RESULTS.md counts the reference's forwards: the whole canvas.
+        &GenerationSettings {
+            limits: AnswerLimits {
+                finish: Finish::Canvas,
+                ..AnswerLimits::default()
+            },
+            ..base_settings(32, 8)
+        },
         true,
         8,
     )

@@ -106,7 +106,11 @@ fn settings(
         unmask,
         proposer: ProposerConfig::default(),
         seed: 0,
-        limits: Default::default(),
+        // llama.cpp's recorded outputs and these checks cover the whole canvas.
+        limits: fastdllm_engine::AnswerLimits {
+            finish: fastdllm_engine::Finish::Canvas,
+            ..Default::default()
+        },
     }
 }
 

@@ -292,8 +292,9 @@ fn streamed_completions_join_to_the_plain_answer() {
             let reasons: Vec<_> = finish.values().copied().collect();
             assert_eq!(reasons, vec![CompletionFinishReason::Stop; 4]);
             assert!(four[3].1.len() > 8, "the premise: an answer of two blocks");
-            assert_eq!(pieces[&2], 2, "{pieces:?}");
-            assert_eq!(pieces[&3], 2, "{pieces:?}");
+            // Text streams as it commits (several pieces), never all at the end.
+            assert!(pieces[&2] >= 2, "{pieces:?}");
+            assert!(pieces[&3] >= 2, "{pieces:?}");
             assert_eq!(usage, include_usage.then(|| whole.usage.clone().unwrap()));
         }
     });

@@ -264,13 +264,13 @@ impl<'m> Batch<'m> {
                 let Some(row) = rows.get_mut(&id) else {
                     continue;
                 };
-                if row.answer.is_some() {
-                    // Done was its last event (with Finish::Canvas it decodes on, silently).
-                    continue;
-                }
                 if row.cancelled || sink.cancelled(id) {
                     row.cancelled = true;
                     ev.finish_row(r);
+                    continue;
+                }
+                if row.answer.is_some() {
+                    // Done was its last event (with Finish::Canvas it decodes on, silently).
                     continue;
                 }
                 if let Err(e) = row.after_step(ev, r, id, tokenizer, mask, eos, sink) {
