@@ -1,4 +1,4 @@
-//! fastdllm-cache: Fast-dLLM's block-wise approximate KV cache (arXiv 2505.22618, section 3.1;
+//! fastdllm-cache: Fast-dLLM's block-wise approximate KV cache (arXiv 2505.22618v3 Sec. 3.2;
 //! NVlabs/Fast-dLLM `llada/generate.py` `generate_with_prefix_cache` / `generate_with_dual_cache`).
 //!
 //! Two halves, kept apart (TGI's allocator vs storage, moshi's `ScatteredCacheBuilder`):
