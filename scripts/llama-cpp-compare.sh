@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# llama.cpp's llama-diffusion-cli and fastdllm side by side on the same GGUF file (issue 13 item 6).
+# llama.cpp's llama-diffusion-cli and fastdllm side by side on the same GGUF file
+# (docs/BENCHMARKS.md, "Against llama.cpp's `llama-diffusion-cli`").
 #
 # Builds llama-diffusion-cli from the llama.cpp sources vendored in the llama-cpp-python sdist on
 # PyPI (pinned: LLAMA_CPP_PYTHON_VERSION, default 0.3.36 = llama.cpp 0c1e57098, the version that

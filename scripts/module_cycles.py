@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Lists import cycles between the top-level modules of a crate's src/ (issue 12 item 6).
+"""Lists import cycles between the top-level modules of a crate's src/ (modules should depend
+on each other in one direction only, so that each can be read and changed on its own).
 
 Usage: scripts/module_cycles.py fastdllm-models/src
 A module's edges are the `crate::X` paths its files name (in `use` lines and inline paths);

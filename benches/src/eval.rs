@@ -1,5 +1,5 @@
 //! Task evaluation: prompt/answer pairs from JSON Lines, run under several generation settings,
-//! scored by exact match, with the paper's speed measures (SPEC 3.2, 3.3).
+//! scored by exact match, with the paper's speed measures (docs/ALGORITHM.md §3.2, §3.3).
 //!
 //! Task files (one JSON object a line, blank lines skipped, other fields ignored):
 //!
@@ -24,7 +24,8 @@
 //! * tokens per forward: tokens committed (the whole answer region, **EOS padding included**) /
 //!   forwards, summed over prompts, the paper's "tokens per step" (Figure 5);
 //! * output tokens/s: tokens up to the first EOS / wall time of the setting's whole evaluation
-//!   loop (tokenized prompts in, scored answers out; model loading excluded), SPEC 3.3;
+//!   loop (tokenized prompts in, scored answers out; model loading excluded), docs/ALGORITHM.md
+//!   §3.3;
 //! * cost: token positions processed by the network (window length x batch rows, summed over
 //!   forwards) per prompt, and wall milliseconds per prompt;
 //! * drift: the cache policy's probe-layer K drift over its cached forwards
@@ -624,7 +625,8 @@ pub fn format_table(reports: &[SettingReport]) -> String {
     out.push_str(
         "\ntokens/forward = answer tokens committed, EOS padding included / forwards; \
          positions = token positions processed by the network; drift = probe-layer K drift of \
-         the cached forwards; output tok/s = tokens up to the first EOS / wall time (SPEC 3.3).\n",
+         the cached forwards; output tok/s = tokens up to the first EOS / wall time \
+         (docs/ALGORITHM.md §3.3).\n",
     );
     let kinds: Vec<&str> = {
         let mut ks: Vec<&str> = Vec::new();

@@ -11,9 +11,10 @@
 //!   exact match, with NFE, tokens per forward and output tokens/s;
 //! * [`trace_view`]: one generation drawn as an HTML/SVG picture (`fastdllm trace`);
 //! * the helpers at the crate root are shared by the criterion benches (benches/benches/*.rs,
-//!   STYLE.md 3.8): the device a bench runs on ([`BenchDevice`]: synchronisation before reading
-//!   the clock, and the `{device}_{dtype}` prefix of bench names), tiny model configs, and a
-//!   timing helper for `iter_custom`.
+//!   so that every bench times the same way): the device a bench runs on ([`BenchDevice`]:
+//!   synchronisation before reading the clock, since GPU kernels run asynchronously, and the
+//!   `{device}_{dtype}` prefix of bench names), tiny model configs, and a timing helper for
+//!   `iter_custom`.
 //!
 //! CPU sizes are tiny so `cargo bench` stays quick on a 2-core CI machine; CUDA sizes apply only
 //! with `--features cuda` on the GPU machine. CI runs `cargo bench --no-run` only.
@@ -126,12 +127,13 @@ pub fn small_config(hidden: usize, layers: usize) -> ModelConfig {
     }
 }
 
-/// Issue 3's model shape (hidden 512, 8 layers, 8 heads, MLP 1536, vocab 32000) for GPU runs.
+/// The CPU cache benchmark's model shape ([`crate::matrix::cache_cpu_config`]: hidden 512, 8
+/// layers, 8 heads, MLP 1536, vocab 32000) for GPU runs.
 pub fn medium_config() -> ModelConfig {
     crate::matrix::cache_cpu_config()
 }
 
-/// The config for `device`: tiny on CPU, issue 3's shape on a GPU.
+/// The config for `device`: tiny on CPU, the cache benchmark's shape on a GPU.
 pub fn config_for(device: &Device) -> ModelConfig {
     if device.is_cpu() {
         small_config(64, 2)

@@ -1,11 +1,12 @@
 //! The benchmark matrix (`fastdllm bench` calls it): a matrix of generation settings timed end to
 //! end and per forward, one [`BenchRecord`] per setting (JSON Lines, docs/BENCH_SCHEMA.md).
 //!
-//! Throughput follows the paper's definition (SPEC 3.3): output tokens up to the first EOS per
-//! row, divided by the wall time of the generation; the raw rate over all `gen_length` positions
-//! is reported too. Deviations: wall time is one `engine::run` call (prompt encoding and model
-//! loading excluded), the median over `--repeats`; with `--max-blocks` only the first blocks are
-//! generated and every count (NFE, tokens) covers those blocks only (`capped: true`).
+//! Throughput follows the paper's definition (docs/ALGORITHM.md §3.3): output tokens up to the
+//! first EOS per row, divided by the wall time of the generation; the raw rate over all
+//! `gen_length` positions is reported too. Deviations: wall time is one `engine::run` call (prompt
+//! encoding and model loading excluded), the median over `--repeats`; with `--max-blocks` only the
+//! first blocks are generated and every count (NFE, tokens) covers those blocks only
+//! (`capped: true`).
 //!
 //! Forwards are timed by [`crate::timed`], the machine is described by [`crate::system`], and
 //! [`crate::report`] renders the records as HTML.
@@ -278,7 +279,7 @@ pub struct BenchRecord {
     pub nfe: usize,
     /// Committed answer positions, all rows, one run.
     pub generated_tokens: usize,
-    /// Answer tokens up to the first EOS, summed over rows (SPEC 3.3).
+    /// Answer tokens up to the first EOS, summed over rows (docs/ALGORITHM.md §3.3).
     pub output_tokens: usize,
     /// `generated_tokens / batch / nfe`.
     pub tokens_per_forward: f64,
@@ -670,8 +671,9 @@ pub fn speedups(records: &[BenchRecord]) -> Vec<Option<f64>> {
         .collect()
 }
 
-/// The config of issue 3's cache benchmark: a LLaDA-shaped model with hidden 512, 8 layers,
-/// 8 heads of 64, MLP 1536, vocabulary 32000 (LLaDA's special ids kept inside the vocabulary).
+/// The config of the CPU cache benchmark (`cache-cpu`, docs/BENCHMARKS.md "Cache speed-up on
+/// CPU"): a LLaDA-shaped model with hidden 512, 8 layers, 8 heads of 64, MLP 1536, vocabulary
+/// 32000 (LLaDA's special ids kept inside the vocabulary).
 pub fn cache_cpu_config() -> ModelConfig {
     ModelConfig {
         family: ModelFamily::Llada,

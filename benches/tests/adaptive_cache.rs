@@ -1,8 +1,9 @@
-//! Limiting cases of the adaptive cache policies (fastdllm-cache `Adaptive`, issue 15) on the
-//! choice fixture, whose dual cache visibly differs from the exact path: a refresh at every step
-//! is the exact path, a trigger that never fires is the plain cache, a suffix window covering
-//! the whole suffix is the plain cache. Runs threshold 0.9 and fixed 1 token/step, gen 32,
-//! block 8, on the first prompts of tasks/tiny-choice.jsonl (every kind).
+//! Limiting cases of the adaptive cache policies (fastdllm-cache `Adaptive`, beyond the
+//! reference: refreshes triggered by drift or commits, a suffix window) on the choice fixture,
+//! whose dual cache visibly differs from the exact path: a refresh at every step is the exact path,
+//! a trigger that never fires is the plain cache, a suffix window covering the whole suffix is the
+//! plain cache. Runs threshold 0.9 and fixed 1 token/step, gen 32, block 8, on the first prompts of
+//! tasks/tiny-choice.jsonl (every kind).
 
 use std::sync::OnceLock;
 

@@ -3,8 +3,8 @@
 //! The rule is numpy's `allclose`: an element passes when `|actual - expected| <= atol + rtol *
 //! |expected|`. Presets per dtype ([`Tol::F32`], [`Tol::BF16`]). A failure reports how many
 //! elements differ, the worst one's N-d index, both values and the absolute and relative
-//! difference (STYLE 3.7; after burn's `Tolerance` and rten's `expect_equal`), never a bare
-//! max-diff.
+//! difference (after burn's `Tolerance` and rten's `expect_equal`), never a bare max-diff, so a
+//! failure says where and by how much.
 
 use candle_core::{DType, Tensor};
 

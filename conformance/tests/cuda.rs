@@ -1,4 +1,4 @@
-//! Device-parametrised checks for GPU runs (STYLE 3.7): one body per check, instantiated per
+//! Device-parametrised checks for GPU runs: one body per check, instantiated per
 //! device by `test_device!`. The CPU instance always runs (it keeps the bodies compiling and
 //! exercises them against themselves); the CUDA instance exists only with `--features cuda` and
 //! returns early with a printed note when `Device::new_cuda(0)` fails.
@@ -163,7 +163,7 @@ fn cache_modes_run(device: &Device) -> Result<()> {
     Ok(())
 }
 
-/// Quantized weights on the device (issue 13): llama.cpp's Q8_0 GGUF files and in-situ Q4_K of
+/// Quantized weights on the device: llama.cpp's Q8_0 GGUF files and in-situ Q4_K of
 /// the safetensors LLaDA (Q5_0 for its 128-wide rows, llama.cpp's fallback) propose the tokens the
 /// same quantized model proposes on the CPU, on at least 90% of the canvas rows (candle's CPU
 /// kernels quantize the activations to 8-bit blocks, as llama.cpp does; its CUDA kernels round

@@ -73,7 +73,7 @@ fn run_files(name: &str, files: &[&str], expect_models: &[&str], keep: impl Fn(&
     );
 }
 
-/// Issue 2: the exact (no-cache) baselines: LLaDA `generate` with the fixed schedule and Dream's
+/// The exact (no-cache) baselines: LLaDA `generate` with the fixed schedule and Dream's
 /// original sampler.
 #[test]
 fn baseline_no_cache_cases() {
@@ -82,7 +82,7 @@ fn baseline_no_cache_cases() {
     });
 }
 
-/// Issue 3: PrefixCache and DualCache with the fixed schedules of both models.
+/// PrefixCache and DualCache with the fixed schedules of both models.
 #[test]
 fn prefix_and_dual_cache_cases() {
     run_group("cache", |c| {
@@ -90,13 +90,13 @@ fn prefix_and_dual_cache_cases() {
     });
 }
 
-/// Issue 4: threshold and factor rules, every cache mode present.
+/// Threshold and factor rules, every cache mode present.
 #[test]
 fn threshold_and_factor_cases() {
     run_group("parallel", |c| c.rule == "threshold" || c.rule == "factor");
 }
 
-/// Issue 15: the choice fixture (llada-tiny-choice: answers with coupled tokens, FORMAT.md
+/// The choice fixture (llada-tiny-choice: answers with coupled tokens, FORMAT.md
 /// section 11), every case of its golden file: fixed 1/2/4 tokens per step, thresholds
 /// 0.5/0.7/0.9 and factors 1/2, each with none/prefix/dual, blocks 8 and 16.
 #[test]

@@ -222,7 +222,8 @@ fn full_input(tokens: &[u32], rows: std::ops::Range<usize>, start: usize) -> For
 }
 
 /// The cache's stored K/V after a refresh equal the K/V of a plain full pass, and prefix/dual
-/// forwards over unchanged tokens reproduce the refresh logits (SPEC 8, cache consistency).
+/// forwards over unchanged tokens reproduce the refresh logits (docs/ALGORITHM.md §8, cache
+/// consistency).
 #[test]
 fn refresh_kv_equals_full_pass_and_cached_windows_agree() {
     for dream in [false, true] {

@@ -1,5 +1,5 @@
 //! The tokenizer wrapper on the fixture tokenizer (FORMAT.md section 3) and the chat templates
-//! (SPEC 1.1.4, 1.2.5).
+//! (docs/ALGORITHM.md §1.1.4, §1.2.5).
 
 mod common;
 

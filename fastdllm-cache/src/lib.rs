@@ -1,4 +1,4 @@
-//! fastdllm-cache: Fast-dLLM's block-wise approximate KV cache (arXiv 2505.22618, section 3.1;
+//! fastdllm-cache: Fast-dLLM's block-wise approximate KV cache (arXiv 2505.22618v3 Sec. 3.2;
 //! NVlabs/Fast-dLLM `llada/generate.py` `generate_with_prefix_cache` / `generate_with_dual_cache`).
 //!
 //! Two halves, kept apart (TGI's allocator vs storage, moshi's `ScatteredCacheBuilder`):
@@ -14,9 +14,9 @@
 //! and the adaptive policies of [`Adaptive`] (drift-triggered refresh after Elastic-Cache,
 //! commit-triggered refresh, DPad's suffix window), all behind the same [`BlockCache`].
 //!
-//! Storage detail: keys are cached **after** RoPE (SPEC 1.3: bit-identical to re-rotating
-//! pre-RoPE keys, less work). Prefix mode writes the window's fresh K/V over `[s_k, L)` of the
-//! full-length store and attends over `[0, L)`: the same keys as the reference's
+//! Storage detail: keys are cached **after** RoPE (docs/ALGORITHM.md §1.3: equivalent to
+//! re-rotating pre-RoPE keys, less work). Prefix mode writes the window's fresh K/V over `[s_k, L)`
+//! of the full-length store and attends over `[0, L)`: the same keys as the reference's
 //! `concat(prefix, window)`, without concatenating (no per-step copy of the prefix).
 #![deny(missing_docs)]
 

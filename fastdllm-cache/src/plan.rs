@@ -1,4 +1,5 @@
-//! The pure half of a cache policy: what to forward at each step (SPEC 2.5-2.7, 2.8.3).
+//! The pure half of a cache policy: what to forward at each step (docs/ALGORITHM.md §2.5-§2.7,
+//! §2.8.3).
 
 use std::ops::Range;
 
@@ -81,7 +82,7 @@ pub struct Adaptive {
     /// Refresh after a step that committed a token whose ranking score was below this value
     /// (same source as `commits`): a low-confidence commit is a decision the cached context
     /// barely supported, and it changes the context most (Fast-dLLM's own argument for
-    /// thresholds, arXiv 2505.22618 section 3.2, applied to the cache).
+    /// thresholds, arXiv 2505.22618v3 Sec. 3.3, applied to the cache).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub low_confidence: Option<f64>,
     /// Suffix window for long generations (dInfer's vicinity refresh, Ma et al., arXiv

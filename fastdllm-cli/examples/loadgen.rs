@@ -1,6 +1,6 @@
-//! Load generator for `fastdllm serve` (issue 6): `clients` threads send `requests` completions
-//! in total (closed loop: each client sends its next request when the previous one is answered)
-//! and report requests/s and p50/p99 latency.
+//! Load generator for `fastdllm serve` (docs/BENCHMARKS.md, "Serving"): `clients` threads send
+//! `requests` completions in total (closed loop: each client sends its next request when the
+//! previous one is answered) and report requests/s and p50/p99 latency.
 //!
 //! ```sh
 //! cargo run --release -p fastdllm-cli --example loadgen -- --url http://127.0.0.1:8000 --clients 8 --requests 64

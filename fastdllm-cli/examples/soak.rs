@@ -1,5 +1,5 @@
-//! A bounded soak of `fastdllm serve` on loopback (issue 10): starts the server binary on the
-//! bundled tiny LLaDA, then
+//! A bounded soak of `fastdllm serve` on loopback (docs/RELIABILITY.md, soak): starts the server
+//! binary on the bundled tiny LLaDA, then
 //! 1. a burst of `--burst` (64) concurrent ~1 MiB prompts (refused by the prompt byte cap), RSS
 //!    before and after;
 //! 2. `--clients` (64) concurrent clients sending `--requests` (2,000) requests in total, mixing

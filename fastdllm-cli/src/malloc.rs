@@ -4,7 +4,7 @@
 //! Why: a forward allocates and frees many multi-MiB activation buffers (q/k/v, MLP, attention
 //! scores). With glibc's defaults, blocks above the dynamic mmap threshold are `mmap`ed and
 //! `munmap`ed every time, so every step pays page faults and kernel page clearing again. Measured
-//! on the cache-cpu benchmark (docs/BENCHMARKS.md, issue 5): system time 4.4 s -> 0.9 s over a
+//! on the cache-cpu benchmark (docs/BENCHMARKS.md, "Hot path"): system time 4.4 s -> 0.9 s over a
 //! 30 s run. No reference counterpart (PyTorch has its own caching allocator on GPU; on CPU it has
 //! the same glibc behaviour). Other platforms: a no-op.
 
@@ -18,7 +18,7 @@
 /// (each with its own arena) therefore stayed resident (2.1x idle RSS after 64 concurrent 1 MB
 /// prompts, still after 15 s; 1.05x with one arena: docs/RELIABILITY.md, soak). The engine's
 /// speed is unchanged within run-to-run noise (A/B on the cache-cpu benchmark: docs/BENCHMARKS.md,
-/// issue 5 section): the forward's large buffers come from the engine thread, and the GEMM
+/// "Hot path"): the forward's large buffers come from the engine thread, and the GEMM
 /// threads allocate little.
 pub fn keep_freed_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

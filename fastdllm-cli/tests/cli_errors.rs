@@ -203,7 +203,7 @@ fn bad_knobs() {
             "--refresh-every",
             "0",
         ],
-        // Bounded at the flag (issue 10): clap names the flag, the value and the range.
+        // Bounded at the flag: clap names the flag, the value and the range.
         &["--refresh-every", "'0'", "1..="],
     );
     expect_error(

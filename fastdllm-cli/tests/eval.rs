@@ -395,7 +395,7 @@ fn answers_lists_and_kinds() {
     );
 }
 
-/// Issue 15: a subset of the Figure-5 analog reproduces the official code's numbers of
+/// The choice fixture: a subset of the Figure-5 analog reproduces the official code's numbers of
 /// fixtures/llada-tiny-choice/RESULTS.md (gen 32, block 8, 120 prompts): accuracy, mean NFE and
 /// the per-kind counts.
 #[test]

@@ -1,4 +1,4 @@
-//! The fault corpus (issue 10, item 10), CLI and model-file half: every bad model directory that
+//! The fault corpus (docs/RELIABILITY.md), CLI and model-file half: every bad model directory that
 //! `faults/models/make.rs` builds from the bundled fixtures and every bad flag set of
 //! `faults/cli/*.txt` runs through the built binary. Each must end with exit 2 and an `error:`
 //! line naming the file, field or value (or, for faults that used to crash on a usable model,

@@ -1,6 +1,6 @@
-//! The HTTP half of the fault corpus (issue 10): every bad request in `faults/http/requests.jsonl`
-//! and a set of slow sockets, against a real server on loopback (the bundled tiny LLaDA, an API
-//! key, short server timeouts so that slow sockets are closed quickly).
+//! The HTTP half of the fault corpus (docs/RELIABILITY.md): every bad request in
+//! `faults/http/requests.jsonl` and a set of slow sockets, against a real server on loopback (the
+//! bundled tiny LLaDA, an API key, short server timeouts so that slow sockets are closed quickly).
 //!
 //! Each case must end in a clear error: the expected 4xx status with an OpenAI error object
 //! (`{"error": {"message", "type", "param", "code"}}`), or, for slow sockets, the server closing
@@ -35,7 +35,7 @@ fn start() -> ServerHandle {
     // Short server-side limits: they only make the server close the slow sockets sooner; the
     // test waits for the close itself. Every other case writes its whole request in one call
     // right after connecting, so it must reach the server within these limits: 2 s is two orders
-    // of magnitude above a scheduling delay on a loaded 2-core machine (issue 16), and costs the
+    // of magnitude above a scheduling delay on a loaded 2-core machine, and costs the
     // three slow-socket cases 2 s each.
     cfg.header_read_timeout = SERVER_TIMEOUT;
     cfg.body_timeout = SERVER_TIMEOUT;

@@ -1,4 +1,4 @@
-//! Generation with llama.cpp GGUF files and with weights quantized at load (issue 13):
+//! Generation with llama.cpp GGUF files and with weights quantized at load:
 //! the f32 GGUF reproduces the golden cases of the safetensors model; Q8_0 agrees with them at a
 //! measured rate; llama.cpp's own recorded outputs on the fixture files (fixtures/gguf/
 //! reference_ids.jsonl) are reproduced where the settings are the same; every cache mode and

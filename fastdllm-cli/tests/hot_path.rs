@@ -1,7 +1,7 @@
-//! Hot-path allocation measurement (issue 5 item 5): bytes and allocations per forward of each
-//! step kind, counted by a global allocator, for two canvas lengths. The slope in the canvas
-//! length shows what a cached step allocates per key position; it must stay below the size of
-//! one layer's full K/V (which would mean the store is copied every step) and near what the
+//! Hot-path allocation measurement (docs/BENCHMARKS.md, "Hot path"): bytes and allocations per
+//! forward of each step kind, counted by a global allocator, for two canvas lengths. The slope in
+//! the canvas length shows what a cached step allocates per key position; it must stay below the
+//! size of one layer's full K/V (which would mean the store is copied every step) and near what the
 //! attention scores need (`num_heads * window * 4` bytes per key per layer, scores + probs).
 //!
 //! One test in this file: the counters are process-wide. Run with `--nocapture` to see the table

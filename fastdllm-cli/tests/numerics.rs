@@ -1,5 +1,5 @@
-//! Sampling numerics (issue 10, item 7): non-finite logits fail the step with a typed error naming
-//! the row and the answer position; a temperature too small for float32 is rejected with the
+//! Sampling numerics (docs/RELIABILITY.md): non-finite logits fail the step with a typed error
+//! naming the row and the answer position; a temperature too small for float32 is rejected with the
 //! allowed range.
 
 use std::sync::Arc;

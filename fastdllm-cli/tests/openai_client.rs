@@ -1,4 +1,4 @@
-//! A third-party client against `fastdllm serve` (issue 11 item 7): the `async-openai` crate
+//! A third-party client against `fastdllm serve` (docs/CLIENTS.md): the `async-openai` crate
 //! (0.43, plain HTTP) on loopback, through its own request builders, response types, SSE stream
 //! and error type: completions (task answers, `finish_reason`, `usage`, `n`, prompt lists,
 //! `stop`, `max_tokens`), streamed completions, a multi-turn chat (system, user, assistant,

@@ -1,4 +1,4 @@
-//! OpenAI semantics of `fastdllm serve` (issue 11 item 2) and `GET /metrics` (item 6): answer
+//! OpenAI semantics of `fastdllm serve` and its `GET /metrics` (README.md, "Serving"): answer
 //! limits, stop strings (also streamed), prompt lists and `n`, seeds, sampler filters,
 //! unsupported and unknown fields, `stream_options`. Driven over loopback with a plain HTTP
 //! client (ureq) and the bundled tiny models; answers are compared with solo engine runs.
@@ -157,7 +157,7 @@ fn max_tokens_takes_any_count_and_cuts_the_answer() {
         assert_eq!(ch["finish_reason"], reason, "{v}");
         assert_eq!(v["usage"]["completion_tokens"], want_len, "{v}");
     }
-    // The 30 of the issue: a canvas of 32, answered.
+    // `max_tokens` 30, not a multiple of the block: a canvas of 32, answered.
     let (s, v) = post_json(&c, &json!({"prompt": prompt, "max_tokens": 30}));
     assert_eq!((s, texts(&v)), (200, vec!["3dbk".to_string()]), "{v}");
     // Disagreeing names, zero, and a limit beyond an explicit canvas are 400s naming the field.
@@ -520,10 +520,11 @@ fn stream_options_include_usage_ends_with_a_usage_chunk() {
     }
 }
 
-/// Every request of issue 11's "Why" (those about the server) answers as OpenAI would, or is a
-/// 400 naming the field.
+/// The requests that OpenAI-style clients (lm-evaluation-harness, chat front ends) send answer as
+/// OpenAI would, or are a 400 naming the field: system and multi-turn chats, content parts,
+/// `stop`, `max_completion_tokens`, and unsupported fields such as `logprobs`.
 #[test]
-fn every_request_of_issue_11_answers() {
+fn client_requests_answer_as_openai_would() {
     let srv = start("llada-tiny");
     let url = srv.url();
     let c = format!("{url}/v1/completions");
@@ -700,7 +701,7 @@ impl fastdllm_core::DiffusionLm for ScriptedAnswer {
 #[test]
 fn streamed_text_never_splits_a_character() {
     use fastdllm_conformance::tiny::{byte_level_bpe, BPE_EOS_TOKEN, BPE_MASK_TOKEN};
-    // Issue 11 item 3: with a byte-level BPE, a character's bytes can span two blocks.
+    // With a byte-level BPE, a character's bytes can span two blocks.
     let text = "a你✓😀é 你好✓ ok";
     let tok = byte_level_bpe();
     let answer = tok.encode(text, false).unwrap();

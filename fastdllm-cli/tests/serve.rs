@@ -1,4 +1,4 @@
-//! `fastdllm serve` end to end (issue 6): a real server on loopback (port 0) driven by a real
+//! `fastdllm serve` end to end: a real server on loopback (port 0) driven by a real
 //! HTTP client (ureq, plus raw TCP where the client must misbehave), with the bundled tiny LLaDA.
 //! Outputs served under concurrency are compared with solo [`engine::run`] calls.
 
@@ -37,7 +37,8 @@ fn start() -> ServerHandle {
     start_with(|_| {})
 }
 
-/// Guards against a hang only: generous, so a loaded machine never reaches it (issue 16).
+/// Guards against a hang only: generous, so a loaded machine never reaches it (no test may
+/// depend on a wall-clock limit, README.md).
 const HANG_GUARD: Duration = Duration::from_secs(600);
 
 fn agent() -> ureq::Agent {

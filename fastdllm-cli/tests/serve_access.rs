@@ -1,5 +1,5 @@
-//! `fastdllm serve` access and connection behaviour (issue 10): queue places freed by hung-up
-//! clients, the API key, CORS, `--host` names, the drain deadline and the second signal.
+//! `fastdllm serve` access and connection behaviour (docs/RELIABILITY.md): queue places freed by
+//! hung-up clients, the API key, CORS, `--host` names, the drain deadline and the second signal.
 //! Every wait is on an event (an answer, a close, a log line, a process exit) under a generous
 //! guard; no test depends on a short wall-clock limit.
 

@@ -1,4 +1,4 @@
-//! Engine supervision and request-size validation (issue 10, items 1 and 2): a row whose forward
+//! Engine supervision and request-size validation (docs/RELIABILITY.md): a row whose forward
 //! panics is answered with a 500 OpenAI error naming its request while the server keeps serving;
 //! the reproducer `max_tokens = 18446744073709551608` is a 400; request resolution answers `Ok`
 //! or a 400 for any integer or float, never a panic.

@@ -5,9 +5,10 @@
 //! block starts at `c_r = p_r + k_r * B` in its own coordinates. The round aligns those starts at
 //! `S = max_r c_r` by shifting row `r` right by `o_r = S - c_r` (left padding); rows that end
 //! before the longest one are right-padded. Pad keys get [`PAD_KEY_BIAS`] and each real token's
-//! RoPE position is its index in its own row, so a row computes what it computes alone (SPEC 6,
-//! items 3 and 6). With every row at the same block (plain [`crate::generate()`]), `o_r` is the
-//! usual left padding `P - p_r` and the layout is the same in every round.
+//! RoPE position is its index in its own row, so a row computes what it computes alone
+//! (docs/ALGORITHM.md §2.9 and §6, item 3). With every row at the same block (plain
+//! [`crate::generate()`]), `o_r` is the usual left padding `P - p_r` and the layout is the same in
+//! every round.
 
 use std::ops::Range;
 

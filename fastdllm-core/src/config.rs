@@ -1,4 +1,4 @@
-//! Validated generation settings (SPEC 2.1) and the block layout.
+//! Validated generation settings (docs/ALGORITHM.md §2.1) and the block layout.
 
 use crate::model::ModelSpec;
 use crate::{Error, Result, TokenId};
@@ -19,7 +19,7 @@ pub struct DecodeConfig {
     #[serde(default)]
     pub force_block_start: Option<bool>,
     /// Safety cap on forwards per block; `None` = `block_length + steps_per_block + 1`, which no
-    /// correct policy reaches. Independent of `steps` (SPEC 2.7, step cap variants).
+    /// correct policy reaches. Independent of `steps` (docs/ALGORITHM.md §2.7, step cap variants).
     #[serde(default)]
     pub max_steps_per_block: Option<usize>,
 }
@@ -38,7 +38,7 @@ impl Default for DecodeConfig {
 }
 
 impl DecodeConfig {
-    /// Checks SPEC 2.1's preconditions.
+    /// Checks the preconditions of docs/ALGORITHM.md §2.1.
     pub fn validate(&self) -> Result<()> {
         if self.gen_length == 0 {
             return Err(Error::setting("gen_length", 0, "must be >= 1"));

@@ -44,10 +44,10 @@ pub struct ModelSpec {
 
 impl ModelSpec {
     /// Dream keeps the next-token orientation of its AR parent: the token at position j is scored
-    /// by the output at j-1 (SPEC 1.2.4). The model realigns its logits itself ([`DiffusionLm`]
-    /// returns aligned rows), but the loop must know because a cached window cannot score its own
-    /// first position: with shifted logits, a block's first (full) step commits exactly the block
-    /// start, as the reference does.
+    /// by the output at j-1 (docs/ALGORITHM.md §1.2.4). The model realigns its logits itself
+    /// ([`DiffusionLm`] returns aligned rows), but the loop must know because a cached window
+    /// cannot score its own first position: with shifted logits, a block's first (full) step
+    /// commits exactly the block start, as the reference does.
     pub fn shifted_logits(&self) -> bool {
         self.family == ModelFamily::Dream
     }

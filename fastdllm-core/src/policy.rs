@@ -198,7 +198,7 @@ pub struct StepInfo {
 pub enum Selection {
     /// Commit these candidates (indices into the candidate slice).
     Commit(Vec<usize>),
-    /// End this row's block now, leaving its masks (Dream's step cap; SPEC 2.8.3).
+    /// End this row's block now, leaving its masks (Dream's step cap; docs/ALGORITHM.md §2.8.3).
     EndBlock,
 }
 

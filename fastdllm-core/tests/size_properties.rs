@@ -1,5 +1,6 @@
 //! Every validator of generation settings answers `Ok` or a typed error for any integer, never a
-//! panic (issue 10, item 1: lengths derived from input use checked arithmetic).
+//! panic (lengths derived from input use checked arithmetic, so a huge value is an error, not an
+//! overflow).
 
 use fastdllm_core::{DecodeConfig, Error, ModelFamily, ModelSpec};
 use proptest::prelude::*;

@@ -34,8 +34,8 @@ use crate::quant::LoadOptions;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
-/// Dream Base's BOS, which base prompting prepends (SPEC 1.2.5); its generation config names
-/// `<|endoftext|>` as BOS instead.
+/// Dream Base's BOS, which base prompting prepends (docs/ALGORITHM.md §1.2.5); its generation
+/// config names `<|endoftext|>` as BOS instead.
 pub const DREAM_BOS_TOKEN: &str = "<|beginoftext|>";
 
 /// A model ready to generate with: the network, its tokenizer and what was read from the

@@ -15,8 +15,8 @@
 //! Deviations: `tojson` is minijinja's (compact, HTML-safe) rather than Python's `json.dumps`,
 //! which only matters for tool schemas and tool calls, which are not supported. The built-in
 //! templates ([`ChatTemplate::Llama3`], [`ChatTemplate::ChatMl`]) are used only when a directory
-//! has no template of its own: LLaDA-8B-Instruct's (SPEC 1.1.4) and Dream-v0-Instruct-7B's
-//! Qwen2.5 ChatML with the default system prompt (SPEC 1.2.5).
+//! has no template of its own: LLaDA-8B-Instruct's (docs/ALGORITHM.md §1.1.4) and
+//! Dream-v0-Instruct-7B's Qwen2.5 ChatML with the default system prompt (§1.2.5).
 
 use std::path::Path;
 use std::sync::Arc;

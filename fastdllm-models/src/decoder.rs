@@ -1,14 +1,15 @@
 //! The shared bidirectional pre-norm transformer stack both models are made of.
 //!
 //! Reference: LLaDA (`modeling_llada.py`, `block_type = "llama"`) and Dream (`modeling_dream.py`,
-//! Qwen2 layers without the causal mask) compute the same thing (SPEC 1.1.3, 1.2.3):
+//! Qwen2 layers without the causal mask) compute the same thing (docs/ALGORITHM.md §1.1.3,
+//! §1.2.3):
 //! `h = embed[ids]`; per layer `h += attn(norm(h))`, `h += mlp(norm(h))`; `norm(h) W_head^T`.
 //! The architectures differ only in tensor names, q/k/v biases, RoPE precision, epsilon and theta,
 //! which [`TensorLayout`], [`RopePrecision`] and the [`ModelConfig`] carry, and in Dream's logits
 //! shift, which `DreamModel` does on top of [`Decoder::hidden_states`]. Deviations: the final norm and the LM
 //! head run only for the rows whose logits are asked for, and the last layer computes its queries,
 //! output projection and MLP only for those rows (keys and values still cover the whole window),
-//! which is exact because nothing after the last layer mixes positions (SPEC 1.3).
+//! which is exact because nothing after the last layer mixes positions (docs/ALGORITHM.md §1.3).
 
 use std::ops::Range;
 

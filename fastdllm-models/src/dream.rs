@@ -2,12 +2,12 @@
 //! by [`crate::config`]).
 //!
 //! Reference: Dream-org/Dream-v0-7B `modeling_dream.py` / `configuration_dream.py` (Qwen2 layers
-//! without the causal mask), as vendored by NVlabs/Fast-dLLM `dream/model/`; SPEC 1.2. The forward
-//! pass is the shared decoder (`decoder.rs`) with Qwen2 tensor names, biases on q/k/v,
-//! RoPE tables cast to the activation dtype and eps 1e-6.
+//! without the causal mask), as vendored by NVlabs/Fast-dLLM `dream/model/`; docs/ALGORITHM.md
+//! §1.2. The forward pass is the shared decoder (`decoder.rs`) with Qwen2 tensor names, biases on
+//! q/k/v, RoPE tables cast to the activation dtype and eps 1e-6.
 //!
-//! The shift (SPEC 1.2.4): Dream predicts token `j` from the network output at `j - 1`. The
-//! reference applies `cat([logits[:, :1], logits[:, :-1]])` after every forward call
+//! The shift (docs/ALGORITHM.md §1.2.4): Dream predicts token `j` from the network output at
+//! `j - 1`. The reference applies `cat([logits[:, :1], logits[:, :-1]])` after every forward call
 //! (`generation_utils_block.py`); here the model applies it itself, inside the window, so that
 //! [`DiffusionLm::forward`] returns aligned rows like every other model: aligned row `j` is raw row
 //! `j - 1` for `j >= 1` and raw row 0 for `j = 0`. Only the raw rows that the requested aligned
@@ -25,7 +25,7 @@ use crate::layers::rope::RopePrecision;
 use crate::loading::Weights;
 use crate::Result;
 
-/// Checkpoint names of Dream (SPEC 1.2.2).
+/// Checkpoint names of Dream (docs/ALGORITHM.md §1.2.2).
 const LAYOUT: TensorLayout = TensorLayout {
     embed: "model.embed_tokens.weight",
     block_prefix: "model.layers",

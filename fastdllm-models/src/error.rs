@@ -1,9 +1,10 @@
 //! The error type of fastdllm-models.
 //!
 //! Every loading failure is one line that names the file, field or tensor, the rejected value and
-//! what would have been accepted (STYLE 3.4, after TGI's `ValidationError`). Foreign errors
-//! (tokenizers' boxed error, serde_json) are converted once, where they arise, into a variant that
-//! carries the path; candle and fastdllm-core errors pass through `#[from]`.
+//! what would have been accepted (after TGI's `ValidationError`), so a user can fix the input
+//! without reading the code. Foreign errors (tokenizers' boxed error, serde_json) are converted
+//! once, where they arise, into a variant that carries the path; candle and fastdllm-core errors
+//! pass through `#[from]`.
 
 use std::path::{Path, PathBuf};
 
@@ -290,7 +291,8 @@ impl Error {
         }
     }
 
-    /// Converts the tokenizers crate's boxed error (the one place it happens, STYLE 3.4).
+    /// Converts the tokenizers crate's boxed error (the one place it happens, so the file path
+    /// is attached once).
     pub(crate) fn tokenizer(path: Option<&Path>, err: impl std::fmt::Display) -> Self {
         Error::Tokenizer {
             path: path.map(Path::to_path_buf),

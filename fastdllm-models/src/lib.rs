@@ -5,9 +5,9 @@
 //! canvas; Fast-dLLM (arXiv 2505.22618, NVlabs/Fast-dLLM) accelerates them with an approximate
 //! block-wise KV cache. This crate implements [`fastdllm_core::DiffusionLm`] for both:
 //!
-//! * [`LladaModel`] — GSAI-ML/LLaDA-8B (`LLaDAModelLM`, SPEC 1.1);
-//! * [`DreamModel`] — Dream-org/Dream-v0-7B (`DreamModel`, SPEC 1.2), which applies Dream's
-//!   logits shift itself so that every model returns aligned logits.
+//! * [`LladaModel`] — GSAI-ML/LLaDA-8B (`LLaDAModelLM`, docs/ALGORITHM.md §1.1);
+//! * [`DreamModel`] — Dream-org/Dream-v0-7B (`DreamModel`, docs/ALGORITHM.md §1.2), which applies
+//!   Dream's logits shift itself so that every model returns aligned logits.
 //!
 //! The models are immutable (`&self` forward); K/V go through the [`fastdllm_core::KvView`] the
 //! caller passes, once per layer, post-RoPE. Positions are explicit

@@ -1,9 +1,9 @@
 //! LLaDA (`LLaDAModelLM`): the model (its `config.json` is read by [`crate::config`]).
 //!
 //! Reference: GSAI-ML/LLaDA-8B `modeling_llada.py` / `configuration_llada.py` (OLMo-derived,
-//! `block_type = "llama"`), as vendored by NVlabs/Fast-dLLM `llada/model/`; SPEC 1.1. The forward
-//! pass is the shared decoder (`decoder.rs`) with LLaDA's tensor names, no biases,
-//! RoPE rotated in f32 (`rope_full_precision`), eps 1e-5 and no logits shift.
+//! `block_type = "llama"`), as vendored by NVlabs/Fast-dLLM `llada/model/`; docs/ALGORITHM.md §1.1.
+//! The forward pass is the shared decoder (`decoder.rs`) with LLaDA's tensor names, no biases, RoPE
+//! rotated in f32 (`rope_full_precision`), eps 1e-5 and no logits shift.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -15,8 +15,8 @@ use crate::layers::rope::RopePrecision;
 use crate::loading::Weights;
 use crate::Result;
 
-/// Checkpoint names of LLaDA (SPEC 1.1.2). Note the two `ff_out`: the block's down projection and
-/// the top-level LM head.
+/// Checkpoint names of LLaDA (docs/ALGORITHM.md §1.1.2). Note the two `ff_out`: the block's down
+/// projection and the top-level LM head.
 const LAYOUT: TensorLayout = TensorLayout {
     embed: "model.transformer.wte.weight",
     block_prefix: "model.transformer.blocks",

@@ -2,11 +2,12 @@
 //! random weights for benches.
 //!
 //! Reference: Hugging Face's checkpoint layout: `model.safetensors`, or shards listed by the
-//! `weight_map` of `model.safetensors.index.json`. Deviations: local directories only (no hub
-//! download, STYLE 3.5); a missing or mis-shaped tensor is reported by its full checkpoint name
-//! with the expected and actual shape instead of candle's multi-line error; the random-weight
-//! backend draws on the target device (`Tensor::randn`) so an 8B-shaped bench model never exists on
-//! the host, and on the CPU (where candle's generator cannot be seeded) it uses a seeded generator.
+//! `weight_map` of `model.safetensors.index.json`. Deviations: local directories only (hub
+//! downloads belong to the CLI's `hub` module, behind a feature); a missing or mis-shaped tensor is
+//! reported by its full checkpoint name with the expected and actual shape instead of candle's
+//! multi-line error; the random-weight backend draws on the target device (`Tensor::randn`) so an
+//! 8B-shaped bench model never exists on the host, and on the CPU (where candle's generator cannot
+//! be seeded) it uses a seeded generator.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};

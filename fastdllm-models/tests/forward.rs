@@ -255,9 +255,9 @@ impl KvView for Prefix<'_> {
     }
 }
 
-/// SPEC 8: right after a refresh (tokens unchanged), a prefix-cache window forward reproduces
-/// the full forward's rows; for Dream every row but the window's first (which keeps its own raw
-/// output instead of the previous position's).
+/// docs/ALGORITHM.md §8: right after a refresh (tokens unchanged), a prefix-cache window forward
+/// reproduces the full forward's rows; for Dream every row but the window's first (which keeps its
+/// own raw output instead of the previous position's).
 #[test]
 fn prefix_window_after_refresh_matches_the_full_forward() {
     let x = ids(9, 20);

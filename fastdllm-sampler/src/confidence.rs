@@ -1,5 +1,5 @@
-//! Proposers: logits `(batch, rows, vocab)` → one `(token, confidence)` per row (SPEC 2.2, 2.8.1;
-//! FORMAT 8 LLaDA item 1 and the Dream items).
+//! Proposers: logits `(batch, rows, vocab)` → one `(token, confidence)` per row
+//! (docs/ALGORITHM.md §2.2, §2.8.1; FORMAT.md §8 LLaDA item 1 and the Dream items).
 //!
 //! * [`LladaProposer`] follows `llada/generate.py` (NVlabs/Fast-dLLM, from ML-GSAI/LLaDA):
 //!   greedy argmax of the raw logits (first index on ties) or Gumbel-max in float64, and the
@@ -167,7 +167,8 @@ fn assemble(tokens: Vec<Vec<u32>>, conf: Vec<Vec<f64>>, vocab: usize) -> Vec<Vec
         .collect()
 }
 
-/// LLaDA's proposer (SPEC 2.2): greedy or Gumbel-max proposal, float64 softmax confidence.
+/// LLaDA's proposer (docs/ALGORITHM.md §2.2): greedy or Gumbel-max proposal, float64 softmax
+/// confidence.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LladaProposer {
     /// `T >= 0`; 0 = greedy.
@@ -342,7 +343,7 @@ impl Proposer for LladaProposer {
     }
 }
 
-/// Dream's proposer (`sample_tokens`, SPEC 2.8.1), in float32 like the reference.
+/// Dream's proposer (`sample_tokens`, docs/ALGORITHM.md §2.8.1), in float32 like the reference.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DreamProposer {
     /// `T >= 0`; 0 = greedy. T > 0 divides the logits and samples the proposal.

@@ -1,8 +1,9 @@
 //! The sampler's configuration side: closed serde enums with `validate()` and `build()` into the
-//! trait objects the loop runs (STYLE 3.2), and the family semantics of the reference.
+//! trait objects the loop runs (a setting is checked once, where it is read, and the loop only
+//! sees policies), and the family semantics of the reference.
 //!
-//! Family semantics (FORMAT 8): LLaDA proposes with [`LladaProposer`] and compares thresholds in
-//! float64; Dream proposes with [`DreamProposer`] and compares in float32. Dream's score is the
+//! Family semantics (FORMAT.md §8): LLaDA proposes with [`LladaProposer`] and compares thresholds
+//! in float64; Dream proposes with [`DreamProposer`] and compares in float32. Dream's score is the
 //! probability for `threshold`, `factor` and `origin`, and the **negative entropy** for the count
 //! schedules (`fixed`, `dream_timesteps`), because Dream's block path scores every non-threshold
 //! `alg` by entropy; [`ProposerConfig::dream_score`] overrides it (`maskgit_plus` / `topk_margin`
@@ -34,22 +35,23 @@ fn family_name(family: ModelFamily) -> String {
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Unmask {
-    /// LLaDA's fixed schedule (SPEC 2.3a), the reference default when neither threshold nor
-    /// factor is set.
+    /// LLaDA's fixed schedule (docs/ALGORITHM.md §2.3a), the reference default when neither
+    /// threshold nor factor is set.
     #[default]
     Fixed,
-    /// Dream's `linspace(1, eps, steps + 1)` count schedule (SPEC 2.8.2, 2.8.3).
+    /// Dream's `linspace(1, eps, steps + 1)` count schedule (docs/ALGORITHM.md §2.8.2,
+    /// §2.8.3).
     DreamTimesteps {
         /// Last timestep, in (0, 1); default 1e-3.
         #[serde(default = "default_eps")]
         eps: f32,
     },
-    /// Fast-dLLM's threshold rule (SPEC 2.3b).
+    /// Fast-dLLM's threshold rule (docs/ALGORITHM.md §2.3b).
     Threshold {
         /// `tau`, in (0, 1]; the paper uses 0.9.
         threshold: f64,
     },
-    /// Fast-dLLM's factor rule (SPEC 2.3c).
+    /// Fast-dLLM's factor rule (docs/ALGORITHM.md §2.3c).
     Factor {
         /// `f`, finite and > 0; the scripts use 1.
         factor: f64,

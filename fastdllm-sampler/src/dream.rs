@@ -1,6 +1,6 @@
 //! Dream's unmasking rules: the timestep count schedule, `origin`, and Fast-dLLM's no-cache
-//! `confidence_threshold` with a quota (SPEC 2.8.2, 2.8.3; FORMAT 8 Dream block path item 5 and
-//! original sampler item 6).
+//! `confidence_threshold` with a quota (docs/ALGORITHM.md §2.8.2, §2.8.3; FORMAT.md §8 Dream
+//! block path item 5 and original sampler item 6).
 //!
 //! References: `dream/model/generation_utils.py` (Dream's original `_sample`, the whole answer as
 //! one block, steps counted from 0) and `dream/model/generation_utils_block.py` (Fast-dLLM's block
@@ -173,13 +173,13 @@ struct QuotaState {
     budget: usize,
 }
 
-/// Fast-dLLM's `confidence_threshold` for Dream **without cache** (SPEC 2.8.2, last paragraph;
-/// `generation_utils.py` of the Fast-dLLM repository): step `i` looks at the top `q_i + carry`
-/// candidates, commits the first always and the others if `confidence >= threshold`, and carries
-/// the rejected ones over to the next step. A rejection at the last step of the budget extends
-/// the budget by one step (once per step: the reference bumps `steps` at the first rejection, so
-/// later ones in the same step are plain carries) and switches the quota off, so the block always
-/// completes, exactly when the budget ends. Per-row state, reset at step 0.
+/// Fast-dLLM's `confidence_threshold` for Dream **without cache** (docs/ALGORITHM.md §2.8.2,
+/// last paragraph; `generation_utils.py` of the Fast-dLLM repository): step `i` looks at the top
+/// `q_i + carry` candidates, commits the first always and the others if `confidence >= threshold`,
+/// and carries the rejected ones over to the next step. A rejection at the last step of the budget
+/// extends the budget by one step (once per step: the reference bumps `steps` at the first
+/// rejection, so later ones in the same step are plain carries) and switches the quota off, so the
+/// block always completes, exactly when the budget ends. Per-row state, reset at step 0.
 ///
 /// Deviations: the reference requires `masks % steps == 0` and uses `q = masks / steps`; here
 /// `q_i` is the fixed schedule ([`fixed_count`]), which equals that when it divides and still

@@ -1,8 +1,9 @@
 //! The error type of fastdllm-sampler.
 //!
 //! Every message names the parameter and the range it must lie in ("threshold must be in
-//! (0, 1], got 1.3"), following TGI's `ValidationError` (STYLE 3.4). Reference: none (the Python
-//! reference asserts or silently misbehaves on bad settings). Deviation: none.
+//! (0, 1], got 1.3"), following TGI's `ValidationError`, so the message alone says how to fix the
+//! setting. Reference: none (the Python reference asserts or silently misbehaves on bad settings).
+//! Deviation: none.
 
 /// Errors of the sampler configuration and of the proposers.
 #[derive(Debug, thiserror::Error)]

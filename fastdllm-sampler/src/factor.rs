@@ -1,4 +1,5 @@
-//! The factor rule (SPEC 2.3c, FORMAT 8 LLaDA item 4), added to Fast-dLLM in July 2025.
+//! The factor rule (docs/ALGORITHM.md §2.3c, FORMAT.md §8 LLaDA item 4), added to Fast-dLLM in
+//! July 2025.
 //!
 //! Reference: `get_transfer_index_dynamic` in NVlabs/Fast-dLLM `llada/generate.py` (commit
 //! f6b35ec). With sorted confidences `c_1 >= c_2 >= ... >= c_M`, thresholds `thr_1 = -1` and

@@ -1,4 +1,4 @@
-//! LLaDA's fixed schedule (SPEC 2.3a, FORMAT 8 LLaDA item 2).
+//! LLaDA's fixed schedule (docs/ALGORITHM.md §2.3a, FORMAT.md §8 LLaDA item 2).
 //!
 //! Reference: `get_num_transfer_tokens` + `get_transfer_index` in NVlabs/Fast-dLLM
 //! `llada/generate.py` (from ML-GSAI/LLaDA): a block with `m0` masks and `spb` steps commits

@@ -1,6 +1,7 @@
 //! fastdllm-sampler: how a diffusion LLM's logits become committed tokens.
 //!
-//! Two seams of fastdllm-core are implemented here (SPEC 2.2, 2.3, 2.8; STYLE 3.2):
+//! Two seams of fastdllm-core are implemented here (docs/ALGORITHM.md §2.2, §2.3, §2.8); the
+//! serde settings of [`config`] are validated once and build the trait objects the loop runs:
 //!
 //! * [`Proposer`](fastdllm_core::Proposer): logits `(batch, rows, vocab)` → one proposal
 //!   `(token, confidence)` per row. [`LladaProposer`] (greedy / Gumbel-max, float64 softmax

@@ -1,10 +1,10 @@
 //! Deterministic ranking of candidates, shared by every unmasking policy.
 //!
 //! Reference: `torch.topk` / `torch.sort(descending=True)` in NVlabs/Fast-dLLM, whose order among
-//! equal values is unspecified. Deviation (SPEC 2.3 "Tie-breaking", FORMAT 9): we break ties by the
-//! lower canvas position, so a run is reproducible; the goldens' `tie_break_lowest_index` fields
-//! were produced with exactly this rule. NaN confidences rank last (torch would rank them first),
-//! and `-0.0` equals `+0.0`.
+//! equal values is unspecified. Deviation (docs/ALGORITHM.md §2.3 "Tie-breaking", FORMAT.md §9):
+//! we break ties by the lower canvas position, so a run is reproducible; the goldens'
+//! `tie_break_lowest_index` fields were produced with exactly this rule. NaN confidences rank last
+//! (torch would rank them first), and `-0.0` equals `+0.0`.
 
 use std::cmp::Ordering;
 

@@ -1,5 +1,5 @@
-//! The threshold rule, Fast-dLLM's confidence-aware parallel decoding (SPEC 2.3b; FORMAT 8 LLaDA
-//! item 3 and Dream block path item 4).
+//! The threshold rule, Fast-dLLM's confidence-aware parallel decoding (docs/ALGORITHM.md §2.3b;
+//! FORMAT.md §8 LLaDA item 3 and Dream block path item 4).
 //!
 //! Reference: `get_transfer_index(threshold=...)` in NVlabs/Fast-dLLM `llada/generate.py` and the
 //! `confidence_threshold` branch of `dream/model/generation_utils_block.py`: sort the candidates

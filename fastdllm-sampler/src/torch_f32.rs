@@ -1,9 +1,9 @@
 //! float32 arithmetic in the order torch's CPU kernels use, for Dream's confidences.
 //!
-//! Dream's reference computes `softmax` in float32 (FORMAT 8), and a threshold decision can hinge
-//! on the last bit (12 golden cases sit exactly on `f32(0.99999)`). torch 2.6's CPU softmax over
-//! the last dimension (`_vec_softmax_lastdim`, aten/src/ATen/native/cpu/SoftMaxKernel.cpp) does:
-//! `max` (vectorised reduce), `e = exp(x - max)` with SLEEF's `expf_u10` (FMA variant), `sum`
+//! Dream's reference computes `softmax` in float32 (FORMAT.md §8), and a threshold decision can
+//! hinge on the last bit (12 golden cases sit exactly on `f32(0.99999)`). torch 2.6's CPU softmax
+//! over the last dimension (`_vec_softmax_lastdim`, aten/src/ATen/native/cpu/SoftMaxKernel.cpp)
+//! does: `max` (vectorised reduce), `e = exp(x - max)` with SLEEF's `expf_u10` (FMA variant), `sum`
 //! with `vec::reduce_all` (lane-wise accumulation over vectors of [`LANES`] floats, then a
 //! butterfly across the lanes), and `p = e * (1 / sum)`. We reproduce that order exactly.
 //!
@@ -13,7 +13,7 @@
 //! forward goldens. The entropy's `log` is Rust's `ln` (torch uses SLEEF's
 //! `logf_u10`) and its sum uses the same lane order (torch's `sum` kernel differs), so negative
 //! entropies may differ from torch's in the last bits; their ranking margins are far larger
-//! (FORMAT 9).
+//! (FORMAT.md §9).
 
 /// float32 lanes of one torch CPU vector (`Vectorized<float>` of the AVX2 build).
 pub const LANES: usize = 8;

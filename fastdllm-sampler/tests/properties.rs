@@ -1,11 +1,11 @@
-//! Property tests of the unmasking policies on random candidate sets (SPEC 8; STYLE 3.7).
+//! Property tests of the unmasking policies on random candidate sets (docs/ALGORITHM.md §8).
 //!
 //! What: every policy returns distinct in-range indices; threshold and factor always make
 //! progress; threshold commits exactly {top-1} ∪ {c >= tau}; factor commits a sorted prefix that
 //! satisfies its inequality (plus the reference's last-rank quirk); fixed and Dream schedules
 //! complete a block in `steps_per_block` steps. Reference: the rules of `llada/generate.py` and
-//! `dream/model/generation_utils*.py` as restated in SPEC 2.3 / 2.8. The number of cases follows
-//! `PROPTEST_CASES` (proptest's default config reads it).
+//! `dream/model/generation_utils*.py` as restated in docs/ALGORITHM.md §2.3 / §2.8. The number of
+//! cases follows `PROPTEST_CASES` (proptest's default config reads it).
 
 use fastdllm_core::{Candidate, Selection, StepInfo, UnmaskPolicy};
 use fastdllm_sampler::{

@@ -1,8 +1,9 @@
 //! Dream's `config.json` (`DreamConfig`, Qwen2 field names) and its validation into a
 //! [`ModelConfig`].
 //!
-//! Reference: Dream-org/Dream-v0-7B `configuration_dream.py`, SPEC 1.2.1. `sliding_window` and
-//! `rope_scaling` are not implemented (the released checkpoints use neither) and are rejected.
+//! Reference: Dream-org/Dream-v0-7B `configuration_dream.py`, docs/ALGORITHM.md §1.2.1.
+//! `sliding_window` and `rope_scaling` are not implemented (the released checkpoints use neither)
+//! and are rejected.
 
 use fastdllm_core::ModelFamily;
 use serde::Deserialize;

@@ -1,9 +1,10 @@
 //! LLaDA's `config.json` (`LLaDAConfig`, OLMo field names) and its validation into a
 //! [`ModelConfig`].
 //!
-//! Reference: GSAI-ML/LLaDA-8B `configuration_llada.py`, SPEC 1.1.1. Only the `llama` block with
-//! RMSNorm, RoPE, SiLU and an untied head is supported (what every released LLaDA checkpoint
-//! uses); other values of those architecture flags are rejected here instead of being run.
+//! Reference: GSAI-ML/LLaDA-8B `configuration_llada.py`, docs/ALGORITHM.md §1.1.1. Only the
+//! `llama` block with RMSNorm, RoPE, SiLU and an untied head is supported (what every released
+//! LLaDA checkpoint uses); other values of those architecture flags are rejected here instead of
+//! being run.
 
 use fastdllm_core::ModelFamily;
 use serde::Deserialize;

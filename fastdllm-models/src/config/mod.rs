@@ -1,13 +1,14 @@
 //! Reading `config.json` (+ `generation_config.json`) and picking the architecture.
 //!
 //! Reference: the Hugging Face config files of GSAI-ML/LLaDA-8B-Instruct (`LLaDAConfig`) and
-//! Dream-org/Dream-v0-Instruct-7B (`DreamConfig`, Qwen2 names), SPEC 1.1.1 and 1.2.1. Each
-//! architecture has a raw serde layer (`Raw*Config` in `config/llada.rs`, `config/dream.rs`: every
-//! field optional, unknown keys ignored) and both validate into the one [`ModelConfig`] with
-//! canonical names (STYLE 3.5). The model types import this module; it imports none of them. Deviations: ids missing from
-//! `config.json` are taken from `generation_config.json` when it has them (Dream's shipped
-//! generation config has a null mask id, so `config.json` wins); `eos_token_id` may be a number or
-//! a list in either file.
+//! Dream-org/Dream-v0-Instruct-7B (`DreamConfig`, Qwen2 names), docs/ALGORITHM.md §1.1.1 and
+//! §1.2.1. Each architecture has a raw serde layer (`Raw*Config` in `config/llada.rs`,
+//! `config/dream.rs`: every field optional, unknown keys ignored) and both validate into the one
+//! [`ModelConfig`] with canonical names, so the rest of the crate never sees either file's
+//! spelling. The model types import this module; it imports none of them. Deviations: ids
+//! missing from `config.json` are taken from `generation_config.json` when it has them (Dream's
+//! shipped generation config has a null mask id, so `config.json` wins); `eos_token_id` may be a
+//! number or a list in either file.
 
 use std::path::Path;
 
@@ -88,7 +89,8 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// The shape of GSAI-ML/LLaDA-8B-Instruct (SPEC 1.1.1), for random-weight benches.
+    /// The shape of GSAI-ML/LLaDA-8B-Instruct (docs/ALGORITHM.md §1.1.1), for random-weight
+    /// benches.
     pub fn llada_8b() -> Self {
         Self {
             family: ModelFamily::Llada,
@@ -110,7 +112,8 @@ impl ModelConfig {
         }
     }
 
-    /// The shape of Dream-org/Dream-v0-Instruct-7B (SPEC 1.2.1), for random-weight benches.
+    /// The shape of Dream-org/Dream-v0-Instruct-7B (docs/ALGORITHM.md §1.2.1), for random-weight
+    /// benches.
     /// `max_seq_len` is 4096 here (the checkpoint allows 131072; the RoPE tables are sized by it).
     pub fn dream_7b() -> Self {
         Self {

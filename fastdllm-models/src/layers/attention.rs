@@ -2,12 +2,12 @@
 //!
 //! Reference: LLaDA's `LLaDALlamaBlock.attention` (`modeling_llada.py`) and Dream's
 //! `DreamSdpaAttention` (`modeling_dream.py`): q/k/v projections, RoPE on q and k, then
-//! `softmax(q k^T / sqrt(head_dim)) v` over every key with **no mask** (SPEC 1.1.3, 1.2.3, 6.1),
-//! merge heads, output projection. Deviations:
+//! `softmax(q k^T / sqrt(head_dim)) v` over every key with **no mask** (docs/ALGORITHM.md
+//! §1.1.3, §1.2.3, §6 item 1), merge heads, output projection. Deviations:
 //! * q, k and v come from one fused GEMM (the three weights are concatenated at load time);
 //! * the cache is not in the layer: the fresh post-RoPE K/V go through `kv.attend_kv`, which
-//!   returns what to attend over (SPEC 1.3 recommends caching post-RoPE keys; the reference
-//!   caches pre-RoPE keys and re-rotates them, equal up to rounding);
+//!   returns what to attend over (post-RoPE keys are cached, docs/ALGORITHM.md §1.3; the
+//!   reference caches pre-RoPE keys and re-rotates them, equal up to rounding);
 //! * GQA without copying K/V: the query heads that share a KV head are stacked along the query
 //!   axis, `(b, n_heads, w, d) -> (b, n_kv, groups * w, d)`, so one batched GEMM serves them all
 //!   (query head `h` uses KV head `h / groups`, as `repeat_kv` would);

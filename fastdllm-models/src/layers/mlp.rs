@@ -1,9 +1,9 @@
 //! The gated SiLU feed-forward block `down(silu(gate(x)) * up(x))`.
 //!
 //! Reference: LLaDA's `LLaDALlamaBlock` MLP (`ff_proj` = gate, `up_proj` = up, block `ff_out` =
-//! down; SPEC 1.1.2) and `Qwen2MLP` (Dream: `gate_proj`, `up_proj`, `down_proj`). Deviation: gate
-//! and up are one fused GEMM (weights concatenated at load time); the SiLU and the product run on
-//! the two halves of its output.
+//! down; docs/ALGORITHM.md §1.1.2) and `Qwen2MLP` (Dream: `gate_proj`, `up_proj`, `down_proj`).
+//! Deviation: gate and up are one fused GEMM (weights concatenated at load time); the SiLU and the
+//! product run on the two halves of its output.
 
 use candle_core::{Tensor, D};
 

@@ -2,10 +2,11 @@
 //!
 //! Reference: LLaDA `RMSLayerNorm` (`modeling_llada.py`) and `Qwen2RMSNorm` (Dream's
 //! `modeling_dream.py`): upcast to f32, `x * rsqrt(mean(x^2) + eps)`, cast back to the activation
-//! dtype, **then** multiply by the weight in the activation dtype (SPEC 1.1.3). Deviation: the
-//! normalisation uses candle's fused `rms_norm` kernel, which divides by `sqrt(mean + eps)` rather
-//! than multiplying by `rsqrt` (last-ulp differences). Where that kernel's rounding would differ
-//! from the reference (it rounds the scale to bf16 on the CPU), the unfused f32 path is used.
+//! dtype, **then** multiply by the weight in the activation dtype (docs/ALGORITHM.md §1.1.3).
+//! Deviation: the normalisation uses candle's fused `rms_norm` kernel, which divides by
+//! `sqrt(mean + eps)` rather than multiplying by `rsqrt` (last-ulp differences). Where that
+//! kernel's rounding would differ from the reference (it rounds the scale to bf16 on the CPU), the
+//! unfused f32 path is used.
 
 use candle_core::{DType, Device, Tensor, D};
 

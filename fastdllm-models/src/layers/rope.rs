@@ -3,13 +3,14 @@
 //! Reference: LLaDA `RotaryEmbedding` (`modeling_llada.py`, `rope_full_precision`: rotate in f32,
 //! cast back) and `Qwen2RotaryEmbedding` as used by Dream (`modeling_dream.py`: cos/sin computed in
 //! f32, cast to the activation dtype, rotation in that dtype). `inv_freq[j] = 1 / theta^(2j/d)`,
-//! angle `p * inv_freq[j]`, output `x * cos + rotate_half(x) * sin` (SPEC 1.1.3, 1.2.3).
+//! angle `p * inv_freq[j]`, output `x * cos + rotate_half(x) * sin` (docs/ALGORITHM.md §1.1.3,
+//! §1.2.3).
 //! Deviations: the tables are built for the positions actually used, grown on demand (doubling,
 //! capped at `max_seq_len`) and already in the rotation dtype, so a forward call only selects
-//! rows; a config's `max_seq_len` alone allocates nothing (issue 10: `max_sequence_length:
+//! rows; a config's `max_seq_len` alone allocates nothing (a config with `max_sequence_length:
 //! 100000000` used to abort the load allocating tables for every position). Positions come from
 //! the caller ([`Positions`]) instead of being derived from the key length, so cached windows get
-//! their true positions (SPEC 6, item 3).
+//! their true positions (docs/ALGORITHM.md §6, item 3).
 
 use std::sync::{Arc, RwLock};
 
@@ -206,8 +207,8 @@ mod tests {
         Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
     }
 
-    /// SPEC 8: rotate-half RoPE equals the direct rotation of the pairs `(x[j], x[j + d/2])` by
-    /// the angle `p / theta^(2j/d)`.
+    /// docs/ALGORITHM.md §8: rotate-half RoPE equals the direct rotation of the pairs
+    /// `(x[j], x[j + d/2])` by the angle `p / theta^(2j/d)`.
     #[test]
     fn matches_a_direct_rotation() {
         let (d, theta) = (8usize, 10_000f64);
@@ -277,7 +278,8 @@ mod tests {
         }
     }
 
-    /// Rotating a key once and caching it equals re-rotating the cached raw key (SPEC 1.3).
+    /// Rotating a key once and caching it equals re-rotating the cached raw key
+    /// (docs/ALGORITHM.md §1.3).
     #[test]
     fn rotated_rows_do_not_depend_on_the_window() {
         let rope = Rope::new(
