@@ -60,11 +60,11 @@ use serde::{Deserialize, Serialize};
 
 use fastdllm_engine::{AnswerLimits, Finish, GenerationSettings};
 
-/// Margin under which the unmasking order inside a step may differ by rounding (FORMAT 9, 10).
+/// Margin under which the unmasking order inside a step may differ by rounding (FORMAT.md §9, §10).
 pub const RANK_MARGIN_EPS: f64 = 1e-8;
-/// Threshold gap under which a case is fragile (FORMAT 10).
+/// Threshold gap under which a case is fragile (FORMAT.md §10).
 pub const THRESHOLD_GAP_EPS: f64 = 1e-8;
-/// Our extension of FORMAT 10 for Dream, whose scores are float32 values: an order-only
+/// Our extension of FORMAT.md §10 for Dream, whose scores are float32 values: an order-only
 /// mismatch (ids and NFE exact) whose `min_rank_margin` is below 4 float32 ulps of values in
 /// [0.5, 1) is float rounding of the score, not a logic error. Such cases are reported as
 /// `fragile` (never as passed). FORMAT's 1e-8 is below one float32 ulp near 1, so it cannot

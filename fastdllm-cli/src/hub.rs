@@ -108,8 +108,8 @@ impl HubEnv {
     }
 }
 
-/// The model directory for `--model SPEC`: `SPEC` itself when it exists (or is not a hub id),
-/// else the cache snapshot of the hub model `SPEC` (downloaded unless offline).
+/// The model directory for `--model ID`: `ID` itself when it exists (or is not a hub id),
+/// else the cache snapshot of the hub model `ID` (downloaded unless offline).
 pub fn resolve_model(spec: &Path) -> Result<PathBuf> {
     if spec.exists() {
         return Ok(spec.to_path_buf());

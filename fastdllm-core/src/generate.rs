@@ -1,4 +1,4 @@
-//! The one block-wise generation loop (SPEC 2.4-2.8.3), for every cache mode and unmasking rule.
+//! The one block-wise generation loop (docs/ALGORITHM.md §2.4-§2.8.3), for every cache mode and unmasking rule.
 //!
 //! Reference: NVlabs/Fast-dLLM `llada/generate.py` (`generate`, `generate_with_prefix_cache`,
 //! `generate_with_dual_cache`, three near-copies there) and `dream/model/generation_utils_block.py`.
@@ -10,7 +10,7 @@
 //! reference; the June-2025 snapshot wasted one NFE per block). With shifted-logit models (Dream)
 //! step 0 commits exactly the block start ([`DecodeConfig::forces_block_start`]).
 //!
-//! Batching (beyond the reference, which gets it wrong: Fast-dLLM issues #7, #39, #40): rows are
+//! Batching (beyond the reference, which gets it wrong: NVlabs/Fast-dLLM issues #7, #39, #40): rows are
 //! padded so that their current blocks share canvas columns (`canvas.rs`: left padding when
 //! all rows start together). Pad keys get a large negative attention bias, and each row's RoPE
 //! positions are its own token indices (pads excluded), so a row computes what it computes alone.

@@ -2,7 +2,7 @@
 //! [`fastdllm_benches`].
 //!
 //! Presets: `smoke` (default; bundled tiny LLaDA, none/prefix/dual x fixed/threshold=0.9, gen 32,
-//! block 8) and `cache-cpu` (issue 3: random-weight LLaDA-shaped model, hidden 512, 8 layers,
+//! block 8) and `cache-cpu` (the CPU cache benchmark: random-weight LLaDA-shaped model, hidden 512, 8 layers,
 //! prompt 256, gen 256, block 32, one token per step). Explicit list flags override the preset.
 
 use std::io::{IsTerminal, Write};
@@ -25,7 +25,7 @@ use super::args::{bounds, ModelArgs};
 pub enum Preset {
     /// Bundled tiny LLaDA; none/prefix/dual x fixed/threshold=0.9; gen 32, block 8.
     Smoke,
-    /// Issue 3's cache benchmark: random LLaDA-shaped model (hidden 512, 8 layers, vocab 32000),
+    /// The CPU cache benchmark: random LLaDA-shaped model (hidden 512, 8 layers, vocab 32000),
     /// prompt 256, gen 256, block 32, fixed schedule (one token per step), none/prefix/dual.
     CacheCpu,
 }

@@ -1,4 +1,4 @@
-//! `fastdllm serve`: the OpenAI-compatible HTTP server (issue 6); the server itself lives in the
+//! `fastdllm serve`: the OpenAI-compatible HTTP server; the server itself lives in the
 //! library ([`fastdllm_cli::serve`]). The decode flags are the server's defaults for requests
 //! that do not set a knob.
 
