@@ -13,7 +13,7 @@
 use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
 use fastdllm_conformance::paths::bundled_model;
 use fastdllm_core::{
-    generate, Candidate, DecodeConfig, Decoder, GenerateOptions, ModelFamily, Rng, Selection,
+    generate, Candidate, DecodeConfig, GenerateOptions, ModelFamily, Policies, Rng, Selection,
     StepInfo, UnmaskPolicy,
 };
 use fastdllm_sampler::{ProposerConfig, Unmask};
@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
             model,
             std::slice::from_ref(&prompt),
             &cfg,
-            Decoder {
+            Policies {
                 cache: &mut cache,
                 proposer: proposer.as_mut(),
                 unmask: rule.as_mut(),

@@ -52,8 +52,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
 use fastdllm_core::{
-    CachePolicy, DecodeConfig, Decoder, DiffusionLm, GenerateOptions, Generation, ModelFamily, Rng,
-    RowOutput, TokenId, UnmaskPolicy,
+    CachePolicy, DecodeConfig, DiffusionLm, GenerateOptions, Generation, ModelFamily, Policies,
+    Rng, RowOutput, TokenId, UnmaskPolicy,
 };
 use fastdllm_sampler::{DreamScore, ProposerConfig, Remasking, Unmask};
 use serde::{Deserialize, Serialize};
@@ -432,7 +432,7 @@ pub fn run_case(
         model,
         std::slice::from_ref(&case.prompt_ids),
         &settings.decode,
-        Decoder {
+        Policies {
             cache,
             proposer: proposer.as_mut(),
             unmask,

@@ -17,8 +17,8 @@
 use candle_core::{DType, Device, Tensor, D};
 use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
 use fastdllm_core::{
-    generate, DecodeConfig, Decoder, DiffusionLm, ForwardInput, GenerateOptions, KvView,
-    ModelFamily, ModelSpec, Positions, Rng,
+    generate, DecodeConfig, DiffusionLm, ForwardInput, GenerateOptions, KvView, ModelFamily,
+    ModelSpec, Policies, Positions, Rng,
 };
 use fastdllm_sampler::{Precision, ProposerConfig, Threshold, Unmask};
 
@@ -141,7 +141,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &model,
             std::slice::from_ref(&prompt),
             &cfg,
-            Decoder {
+            Policies {
                 cache: &mut cache,
                 proposer: proposer.as_mut(),
                 unmask: &mut threshold,

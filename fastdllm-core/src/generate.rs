@@ -37,7 +37,7 @@ use crate::trace::{Commit, DriftStats, StepRecord, Trace};
 use crate::{Error, Result, TokenId};
 
 /// The three policies one generation runs with.
-pub struct Decoder<'a> {
+pub struct Policies<'a> {
     /// What to forward and how K/V are treated.
     pub cache: &'a mut dyn CachePolicy,
     /// Logits to proposals.
@@ -336,7 +336,7 @@ impl BlockBatch {
     pub fn run_block(
         &mut self,
         model: &dyn DiffusionLm,
-        dec: &mut Decoder<'_>,
+        dec: &mut Policies<'_>,
         on_step: &mut dyn FnMut(&StepEvent<'_>) -> Control,
     ) -> Result<Vec<FinishedRow>> {
         if self.rows.is_empty() {
@@ -435,7 +435,7 @@ impl BlockBatch {
     fn plan_window(
         &self,
         round: &Round,
-        dec: &mut Decoder<'_>,
+        dec: &mut Policies<'_>,
         active: &[bool],
     ) -> Result<StepWindow> {
         let (block, canvas) = (&round.block, &round.canvas);
@@ -477,7 +477,7 @@ impl BlockBatch {
     fn forward(
         &mut self,
         model: &dyn DiffusionLm,
-        dec: &mut Decoder<'_>,
+        dec: &mut Policies<'_>,
         round: &Round,
         mut window: StepWindow,
         active: &[bool],
@@ -556,7 +556,7 @@ impl BlockBatch {
     /// step reads is finite.
     fn propose(
         &self,
-        dec: &mut Decoder<'_>,
+        dec: &mut Policies<'_>,
         round: &mut Round,
         fwd: &StepForward,
         active: &[bool],
@@ -599,7 +599,7 @@ impl BlockBatch {
     /// block start), and the chosen tokens are written into the canvas.
     fn choose_and_commit(
         &mut self,
-        dec: &mut Decoder<'_>,
+        dec: &mut Policies<'_>,
         round: &mut Round,
         fwd: &StepForward,
         proposals: &[Vec<Proposal>],
@@ -678,7 +678,7 @@ impl BlockBatch {
     /// committed (adaptive policies decide their next plan from it).
     fn record(
         &mut self,
-        dec: &mut Decoder<'_>,
+        dec: &mut Policies<'_>,
         round: &Round,
         fwd: StepForward,
         commits: Vec<Vec<Commit>>,
@@ -822,7 +822,7 @@ pub fn generate(
     model: &dyn DiffusionLm,
     prompts: &[Vec<TokenId>],
     cfg: &DecodeConfig,
-    dec: Decoder<'_>,
+    dec: Policies<'_>,
     rngs: &mut [Rng],
     opts: &GenerateOptions,
 ) -> Result<Generation> {
@@ -838,7 +838,7 @@ pub fn generate_with(
     model: &dyn DiffusionLm,
     prompts: &[Vec<TokenId>],
     cfg: &DecodeConfig,
-    mut dec: Decoder<'_>,
+    mut dec: Policies<'_>,
     rngs: &mut [Rng],
     opts: &GenerateOptions,
     on_step: &mut dyn FnMut(&StepEvent<'_>) -> Control,

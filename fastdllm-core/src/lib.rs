@@ -28,8 +28,8 @@ pub mod trace;
 pub use config::DecodeConfig;
 pub use error::{Error, Result};
 pub use generate::{
-    generate, generate_with, BlockBatch, Control, Decoder, FinishedRow, GenerateOptions,
-    Generation, RowId, RowOutput, StepEvent,
+    generate, generate_with, BlockBatch, Control, FinishedRow, GenerateOptions, Generation,
+    Policies, RowId, RowOutput, StepEvent,
 };
 pub use model::{
     DiffusionLm, ForwardInput, KvView, LogitRows, ModelFamily, ModelSpec, PassthroughKv, Positions,

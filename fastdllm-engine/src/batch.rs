@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use fastdllm_cache::BlockCache;
 use fastdllm_core::{
-    BlockBatch, Control, Decoder, DiffusionLm, GenerateOptions, ModelFamily, Proposer, Rng, RowId,
+    BlockBatch, Control, DiffusionLm, GenerateOptions, ModelFamily, Policies, Proposer, Rng, RowId,
     RowOutput, StepEvent, TokenId, Trace,
 };
 use fastdllm_models::{IncrementalDecoder, Tokenizer};
@@ -280,7 +280,7 @@ impl<'m> Batch<'m> {
             }
             Control::Continue
         };
-        let mut dec = Decoder {
+        let mut dec = Policies {
             cache: &mut self.cache,
             proposer: self.proposer.as_mut(),
             unmask: &mut self.unmask,

@@ -3,7 +3,7 @@
 //!
 //! Reference: Dream-org/Dream-v0-7B `modeling_dream.py` / `configuration_dream.py` (Qwen2 layers
 //! without the causal mask), as vendored by NVlabs/Fast-dLLM `dream/model/`; docs/ALGORITHM.md
-//! §1.2. The forward pass is the shared decoder (`decoder.rs`) with Qwen2 tensor names, biases on
+//! §1.2. The forward pass is the shared transformer stack (`transformer.rs`) with Qwen2 tensor names, biases on
 //! q/k/v, RoPE tables cast to the activation dtype and eps 1e-6.
 //!
 //! The shift (docs/ALGORITHM.md §1.2.4): Dream predicts token `j` from the network output at
@@ -20,9 +20,9 @@ use candle_nn::VarBuilder;
 use fastdllm_core::{DiffusionLm, ForwardInput, KvView, ModelFamily, ModelSpec};
 
 use crate::config::ModelConfig;
-use crate::decoder::{check_dtype, check_rows, gather_rows, Decoder, TensorLayout};
 use crate::layers::rope::RopePrecision;
-use crate::loading::Weights;
+use crate::transformer::{check_dtype, check_rows, gather_rows, TensorLayout, Transformer};
+use crate::weights::Weights;
 use crate::Result;
 
 /// Checkpoint names of Dream (docs/ALGORITHM.md §1.2.2).
@@ -51,7 +51,7 @@ const GGUF_LAYOUT: TensorLayout = TensorLayout::gguf(true, false);
 /// (shifted) logits.
 #[derive(Debug, Clone)]
 pub struct DreamModel {
-    decoder: Decoder,
+    transformer: Transformer,
     spec: ModelSpec,
     config: ModelConfig,
 }
@@ -89,10 +89,10 @@ impl DreamModel {
             &LAYOUT
         };
         // Dream casts the RoPE tables to the activation dtype.
-        let decoder = Decoder::load(cfg, RopePrecision::Activation, layout, weights)?;
+        let transformer = Transformer::load(cfg, RopePrecision::Activation, layout, weights)?;
         let spec = cfg.spec();
         Ok(Self {
-            decoder,
+            transformer,
             spec,
             config: cfg.clone(),
         })
@@ -109,14 +109,14 @@ impl DreamModel {
         check_rows(&rows.span(), window_len)?;
         if rows.is_empty() {
             // Still run the layers: a cache may be recording this call's K/V.
-            let _ = self.decoder.hidden_states(input, kv, 0..0)?;
-            return self.decoder.no_logits(batch);
+            let _ = self.transformer.hidden_states(input, kv, 0..0)?;
+            return self.transformer.no_logits(batch);
         }
         let (raw, source) = raw_rows(rows.as_slice());
-        let Some(hidden) = self.decoder.hidden_states(input, kv, raw)? else {
-            return self.decoder.no_logits(batch);
+        let Some(hidden) = self.transformer.hidden_states(input, kv, raw)? else {
+            return self.transformer.no_logits(batch);
         };
-        self.decoder.logits(&gather_rows(&hidden, &source)?)
+        self.transformer.logits(&gather_rows(&hidden, &source)?)
     }
 }
 
@@ -126,15 +126,15 @@ impl DiffusionLm for DreamModel {
     }
 
     fn device(&self) -> &Device {
-        self.decoder.device()
+        self.transformer.device()
     }
 
     fn dtype(&self) -> DType {
-        self.decoder.dtype()
+        self.transformer.dtype()
     }
 
     fn weight_bytes(&self) -> Option<u64> {
-        Some(self.decoder.weight_bytes())
+        Some(self.transformer.weight_bytes())
     }
 
     /// Returns aligned logits: output row `i` scores window token `logits_rows.as_slice()[i]`, taken

@@ -37,23 +37,19 @@
 //! ```
 #![deny(missing_docs)]
 
-mod any;
 pub mod chat_template;
 pub mod config;
-pub(crate) mod decoder;
 pub mod dream;
 pub mod error;
 pub mod gguf;
 pub(crate) mod layers;
 pub mod llada;
-pub mod loading;
+mod load;
 pub mod quant;
 pub mod tokenizer;
+pub(crate) mod transformer;
+pub mod weights;
 
-pub use any::{
-    load_chat_template_file, load_model, load_model_with, random_model, random_model_with,
-    LoadedModel, ModelInfo, DREAM_BOS_TOKEN,
-};
 pub use chat_template::{ChatTemplate, JinjaTemplate, Message, TemplateTokens};
 pub use config::{
     load_config, read_generation_config, DirDecodeDefaults, ModelConfig, RawDreamConfig,
@@ -63,5 +59,9 @@ pub use dream::DreamModel;
 pub use error::{Error, Result};
 pub use gguf::GgufFile;
 pub use llada::LladaModel;
+pub use load::{
+    load_chat_template_file, load_model, load_model_with, random_model, random_model_with,
+    LoadedModel, ModelInfo, DREAM_BOS_TOKEN,
+};
 pub use quant::{LoadOptions, QuantType};
 pub use tokenizer::{IncrementalDecoder, Tokenizer};

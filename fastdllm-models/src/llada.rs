@@ -2,7 +2,7 @@
 //!
 //! Reference: GSAI-ML/LLaDA-8B `modeling_llada.py` / `configuration_llada.py` (OLMo-derived,
 //! `block_type = "llama"`), as vendored by NVlabs/Fast-dLLM `llada/model/`; docs/ALGORITHM.md §1.1.
-//! The forward pass is the shared decoder (`decoder.rs`) with LLaDA's tensor names, no biases, RoPE
+//! The forward pass is the shared transformer stack (`transformer.rs`) with LLaDA's tensor names, no biases, RoPE
 //! rotated in f32 (`rope_full_precision`), eps 1e-5 and no logits shift.
 
 use candle_core::{DType, Device, Tensor};
@@ -10,9 +10,9 @@ use candle_nn::VarBuilder;
 use fastdllm_core::{DiffusionLm, ForwardInput, KvView, ModelFamily, ModelSpec};
 
 use crate::config::ModelConfig;
-use crate::decoder::{check_dtype, gather_rows, Decoder, TensorLayout};
 use crate::layers::rope::RopePrecision;
-use crate::loading::Weights;
+use crate::transformer::{check_dtype, gather_rows, TensorLayout, Transformer};
+use crate::weights::Weights;
 use crate::Result;
 
 /// Checkpoint names of LLaDA (docs/ALGORITHM.md §1.1.2). Note the two `ff_out`: the block's down
@@ -41,7 +41,7 @@ const GGUF_LAYOUT: TensorLayout = TensorLayout::gguf(false, true);
 /// A LLaDA model: immutable, K/V only through the [`KvView`] it is given.
 #[derive(Debug, Clone)]
 pub struct LladaModel {
-    decoder: Decoder,
+    transformer: Transformer,
     spec: ModelSpec,
     config: ModelConfig,
 }
@@ -66,10 +66,10 @@ impl LladaModel {
             &LAYOUT
         };
         // LLaDA rotates in f32 whatever the activation dtype (`rope_full_precision`).
-        let decoder = Decoder::load(cfg, RopePrecision::F32, layout, weights)?;
+        let transformer = Transformer::load(cfg, RopePrecision::F32, layout, weights)?;
         let spec = cfg.spec();
         Ok(Self {
-            decoder,
+            transformer,
             spec,
             config: cfg.clone(),
         })
@@ -83,7 +83,7 @@ impl LladaModel {
     fn forward_impl(&self, input: &ForwardInput, kv: &mut dyn KvView) -> Result<Tensor> {
         let batch = input.tokens.dim(0)?;
         let span = input.logits_rows.span();
-        match self.decoder.hidden_states(input, kv, span.clone())? {
+        match self.transformer.hidden_states(input, kv, span.clone())? {
             Some(hidden) => {
                 let source: Vec<usize> = input
                     .logits_rows
@@ -91,9 +91,9 @@ impl LladaModel {
                     .iter()
                     .map(|&i| i - span.start)
                     .collect();
-                self.decoder.logits(&gather_rows(&hidden, &source)?)
+                self.transformer.logits(&gather_rows(&hidden, &source)?)
             }
-            None => self.decoder.no_logits(batch),
+            None => self.transformer.no_logits(batch),
         }
     }
 }
@@ -104,15 +104,15 @@ impl DiffusionLm for LladaModel {
     }
 
     fn device(&self) -> &Device {
-        self.decoder.device()
+        self.transformer.device()
     }
 
     fn dtype(&self) -> DType {
-        self.decoder.dtype()
+        self.transformer.dtype()
     }
 
     fn weight_bytes(&self) -> Option<u64> {
-        Some(self.decoder.weight_bytes())
+        Some(self.transformer.weight_bytes())
     }
 
     /// LLaDA has no shift: window row `j` of the output scores window token `j`.

@@ -1,10 +1,10 @@
-//! The load-time weight check ([`fastdllm_models::loading::check_weights`]): non-finite values
+//! The load-time weight check ([`fastdllm_models::weights::check_weights`]): non-finite values
 //! and non-float dtypes are errors naming the tensor, and what the scan costs.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use fastdllm_models::loading::check_weights;
+use fastdllm_models::weights::check_weights;
 use fastdllm_models::Error;
 
 /// Writes a safetensors file of `tensors` BF16 tensors of `elems` elements each, filled with a

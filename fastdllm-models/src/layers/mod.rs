@@ -3,7 +3,7 @@
 //!
 //! Reference: the shared structure of LLaDA's `LLaDALlamaBlock` and Qwen2's decoder layer
 //! (docs/ALGORITHM.md §1.1.3, §1.2.3). `llada.rs` and `dream.rs` only name tensors and choose
-//! numerics; the forward pass that assembles them is `decoder.rs`, one level up (it also needs
+//! numerics; the forward pass that assembles them is `transformer.rs`, one level up (it also needs
 //! `loading`, which builds these layers from weights).
 
 pub(crate) mod attention;

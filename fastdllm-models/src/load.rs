@@ -23,15 +23,15 @@ use crate::chat_template::{
     CHATML_TEMPLATE_TOKENS, LLAMA3_BOS, LLAMA3_TEMPLATE_TOKENS,
 };
 use crate::config::{check_dir, load_config, ModelConfig};
-use crate::decoder::check_dtype;
 use crate::dream::DreamModel;
 use crate::gguf::GgufFile;
 use crate::llada::LladaModel;
-use crate::loading::{
-    check_weights, mmap_var_builder, random_var_builder, unused_tensors, weight_files, Weights,
-};
 use crate::quant::LoadOptions;
 use crate::tokenizer::Tokenizer;
+use crate::transformer::check_dtype;
+use crate::weights::{
+    check_weights, mmap_var_builder, random_var_builder, unused_tensors, weight_files, Weights,
+};
 use crate::{Error, Result};
 
 /// Dream Base's BOS, which base prompting prepends (docs/ALGORITHM.md §1.2.5); its generation

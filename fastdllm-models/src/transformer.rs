@@ -6,7 +6,7 @@
 //! `h = embed[ids]`; per layer `h += attn(norm(h))`, `h += mlp(norm(h))`; `norm(h) W_head^T`.
 //! The architectures differ only in tensor names, q/k/v biases, RoPE precision, epsilon and theta,
 //! which [`TensorLayout`], [`RopePrecision`] and the [`ModelConfig`] carry, and in Dream's logits
-//! shift, which `DreamModel` does on top of [`Decoder::hidden_states`]. Deviations: the final norm and the LM
+//! shift, which `DreamModel` does on top of [`Transformer::hidden_states`]. Deviations: the final norm and the LM
 //! head run only for the rows whose logits are asked for, and the last layer computes its queries,
 //! output projection and MLP only for those rows (keys and values still cover the whole window),
 //! which is exact because nothing after the last layer mixes positions (docs/ALGORITHM.md §1.3).
@@ -22,7 +22,7 @@ use crate::layers::linear::{tensor_bytes, Linear};
 use crate::layers::mlp::Mlp;
 use crate::layers::rms_norm::RmsNorm;
 use crate::layers::rope::{Rope, RopeAt, RopePrecision};
-use crate::loading::{InitKind, LinearPart, Weights};
+use crate::weights::{InitKind, LinearPart, Weights};
 use crate::{Error, Result};
 
 /// Checkpoint tensor names of one architecture. Block names are relative to
@@ -87,7 +87,7 @@ struct Block {
 
 /// Embedding, layers, final norm and LM head.
 #[derive(Debug, Clone)]
-pub(crate) struct Decoder {
+pub(crate) struct Transformer {
     /// Shape: `(vocab, hidden)`.
     embed: Tensor,
     blocks: Vec<Block>,
@@ -100,7 +100,7 @@ pub(crate) struct Decoder {
     dtype: DType,
 }
 
-impl Decoder {
+impl Transformer {
     /// Reads every tensor of `layout` from `weights`, checking shapes against `dims` (a validated
     /// config). With `dims.tie_word_embeddings`, the LM head is the embedding matrix and
     /// `layout.lm_head` is not read.
