@@ -302,17 +302,24 @@ impl<'m> Batch<'m> {
             let answer = match st.answer.take() {
                 Some(mut a) => {
                     a.nfe = row.output.nfe;
+                    if st.settings.limits.finish == Finish::Canvas {
+                        sink.event(row.id, RowEvent::Done(a.clone()));
+                    }
                     a
                 }
-                None => st.finish_answer(
-                    &row.output.generated,
-                    true,
-                    row.output.nfe,
-                    tokenizer,
-                    eos,
-                    sink,
-                    row.id,
-                )?,
+                None => {
+                    let a = st.finish_answer(
+                        &row.output.generated,
+                        true,
+                        row.output.nfe,
+                        tokenizer,
+                        eos,
+                        sink,
+                        row.id,
+                    )?;
+                    sink.event(row.id, RowEvent::Done(a.clone()));
+                    a
+                }
             };
             finished.push(FinishedRow {
                 id: row.id,
@@ -363,10 +370,12 @@ impl Row {
             if cut.is_some() || limits.token_end(ids, eos, complete).is_some() {
                 let a =
                     self.finish_answer(ids, complete, ev.row_nfe(r), tokenizer, eos, sink, id)?;
-                self.answer = Some(a);
                 if leave {
+                    sink.event(id, RowEvent::Done(a.clone()));
                     ev.finish_row(r);
                 }
+                // With Finish::Canvas the row decodes on; its Done comes when it leaves.
+                self.answer = Some(a);
                 return Ok(());
             }
             if self.events.text {
@@ -433,7 +442,7 @@ impl Row {
     }
 
     /// The final answer from `ids` (the committed prefix, or the whole canvas when
-    /// `complete`): sends the last text and [`RowEvent::Done`].
+    /// `complete`): sends the last text (the caller sends [`RowEvent::Done`]).
     #[allow(clippy::too_many_arguments)]
     fn finish_answer(
         &mut self,
@@ -483,7 +492,6 @@ impl Row {
                 }
             }
         }
-        sink.event(id, RowEvent::Done(answer.clone()));
         Ok(answer)
     }
 }
