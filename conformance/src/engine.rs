@@ -161,7 +161,7 @@ impl Session {
         let proposer =
             settings
                 .proposer
-                .build_for_model(spec.family, &settings.unmask, spec.mask_token_id)?;
+                .build_for_model(spec.into(), &settings.unmask, spec.mask_token_id)?;
         Ok(Session {
             settings: settings.clone(),
             family: spec.family,
@@ -189,7 +189,7 @@ impl Session {
             );
         }
         settings.validate(self.family)?;
-        let policy = settings.unmask.build(self.family, settings.seed)?;
+        let policy = settings.unmask.build(self.family.into(), settings.seed)?;
         let id = self
             .batch
             .admit_with(prompt, &settings.decode, Rng::new(settings.seed))?;

@@ -20,7 +20,7 @@ use fastdllm_core::{
     generate, DecodeConfig, Decoder, DiffusionLm, ForwardInput, GenerateOptions, KvView,
     ModelFamily, ModelSpec, Positions, Rng,
 };
-use fastdllm_sampler::{Precision, ProposerConfig, Threshold, Unmask};
+use fastdllm_sampler::{Precision, ProposerConfig, SamplerProfile, Threshold, Unmask};
 
 const VOCAB: usize = 16;
 const MASK: u32 = 15;
@@ -135,7 +135,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut answers = Vec::new();
     for mode in [CacheMode::Off, CacheMode::Dual] {
         let mut cache = BlockCache::new(CacheSettings::new(mode))?;
-        let mut proposer = ProposerConfig::default().build(ModelFamily::Llada, &unmask)?;
+        let mut proposer = ProposerConfig::default().build(SamplerProfile::llada(), &unmask)?;
         let mut threshold = Threshold::new(0.9, Precision::F64);
         let out = generate(
             &model,
