@@ -6,8 +6,8 @@
 use candle_core::{DType, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fastdllm_benches::{devices, prefix, time_iters};
-use fastdllm_core::{Candidate, ModelFamily, Rng, StepInfo};
-use fastdllm_sampler::{ProposerConfig, Unmask};
+use fastdllm_core::{Candidate, Rng, StepInfo};
+use fastdllm_sampler::{ProposerConfig, SamplerProfile, Unmask};
 
 fn bench_sampler(c: &mut Criterion) {
     for device in devices() {
@@ -24,10 +24,11 @@ fn bench_sampler(c: &mut Criterion) {
             Err(e) => panic!("random logits: {e}"),
         };
         for unmask in [Unmask::Fixed, Unmask::Threshold { threshold: 0.9 }] {
-            let mut proposer = match ProposerConfig::default().build(ModelFamily::Llada, &unmask) {
-                Ok(p) => p,
-                Err(e) => panic!("proposer: {e}"),
-            };
+            let mut proposer =
+                match ProposerConfig::default().build(SamplerProfile::llada(), &unmask) {
+                    Ok(p) => p,
+                    Err(e) => panic!("proposer: {e}"),
+                };
             let mut rngs = vec![Rng::new(0)];
             g.bench_function(
                 format!("propose_{}_v{vocab}_r{rows}", unmask.label()),
@@ -40,7 +41,7 @@ fn bench_sampler(c: &mut Criterion) {
                     })
                 },
             );
-            let mut policy = match unmask.build(ModelFamily::Llada, 0) {
+            let mut policy = match unmask.build(SamplerProfile::llada(), 0) {
                 Ok(p) => p,
                 Err(e) => panic!("policy: {e}"),
             };

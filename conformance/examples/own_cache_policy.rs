@@ -18,9 +18,8 @@
 use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
 use fastdllm_conformance::golden::{check_case, read_cases, Case, Status, Verdict};
 use fastdllm_conformance::paths::{bundled_model, goldens_dir};
-use fastdllm_core::{
-    CachePolicy, DiffusionLm, ForwardPlan, KvAccess, KvShape, KvView, ModelFamily, StepAt,
-};
+use fastdllm_core::{CachePolicy, DiffusionLm, ForwardPlan, KvAccess, KvShape, KvView, StepAt};
+use fastdllm_sampler::SamplerProfile;
 
 /// Dual cache plus one refresh at step `block_length / 2`.
 struct HalfBlockRefresh {
@@ -67,9 +66,10 @@ impl CachePolicy for HalfBlockRefresh {
 }
 
 fn check(model: &dyn DiffusionLm, case: &Case, cache: &mut dyn CachePolicy) -> Verdict {
-    let unmask = case
-        .settings()
-        .and_then(|s| Ok(s.unmask.build(ModelFamily::Llada, s.seed)?));
+    let unmask = case.settings().and_then(|s| {
+        Ok(s.unmask
+            .build(SamplerProfile::for_spec(model.spec()), s.seed)?)
+    });
     match unmask {
         Ok(mut u) => check_case(model, case, cache, u.as_mut(), true),
         Err(e) => panic!("case {}: {e:#}", case.id),

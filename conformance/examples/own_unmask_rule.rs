@@ -13,10 +13,10 @@
 use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
 use fastdllm_conformance::paths::bundled_model;
 use fastdllm_core::{
-    generate, Candidate, DecodeConfig, GenerateOptions, ModelFamily, Policies, Rng, Selection,
-    StepInfo, UnmaskPolicy,
+    generate, Candidate, DecodeConfig, GenerateOptions, Policies, Rng, Selection, StepInfo,
+    UnmaskPolicy,
 };
-use fastdllm_sampler::{ProposerConfig, Unmask};
+use fastdllm_sampler::{ProposerConfig, SamplerProfile, Unmask};
 
 /// Commit the leftmost masked position and every candidate at or above `threshold`.
 struct LeftmostPlusThreshold {
@@ -56,15 +56,17 @@ fn main() -> anyhow::Result<()> {
         steps: 32,
         ..Default::default()
     };
+    // LLaDA's sampler: greedy proposals, float64 threshold comparisons.
+    let profile = SamplerProfile::for_spec(model.spec());
     let mut rules: Vec<Box<dyn UnmaskPolicy>> = Vec::new();
     for stock in [Unmask::Fixed, Unmask::Threshold { threshold: 0.9 }] {
-        rules.push(stock.build(ModelFamily::Llada, 0)?);
+        rules.push(stock.build(profile, 0)?);
     }
     rules.push(Box::new(LeftmostPlusThreshold { threshold: 0.9 }));
     for mut rule in rules {
         let mut cache = BlockCache::new(CacheSettings::new(CacheMode::Dual))?;
         // The greedy proposer (argmax token, float64 softmax confidence) of LLaDA.
-        let mut proposer = ProposerConfig::default().build(ModelFamily::Llada, &Unmask::Fixed)?;
+        let mut proposer = ProposerConfig::default().build(profile, &Unmask::Fixed)?;
         let out = generate(
             model,
             std::slice::from_ref(&prompt),

@@ -17,7 +17,7 @@
 //! use fastdllm_conformance::golden::{check_case, read_cases, Status};
 //! use fastdllm_conformance::paths::{bundled_model, goldens_dir};
 //! use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
-//! use fastdllm_core::ModelFamily;
+//! use fastdllm_sampler::SamplerProfile;
 //!
 //! # fn main() -> anyhow::Result<()> {
 //! let model = fastdllm_models::load_model(
@@ -31,7 +31,7 @@
 //! {
 //!     // Your approximation here; the dual cache stands in for it.
 //!     let mut cache = BlockCache::new(CacheSettings::new(CacheMode::Dual))?;
-//!     let mut unmask = case.settings()?.unmask.build(ModelFamily::Llada, 0)?;
+//!     let mut unmask = case.settings()?.unmask.build(SamplerProfile::llada(), 0)?;
 //!     let v = check_case(model.model.as_ref(), case, &mut cache, unmask.as_mut(), true);
 //!     println!("{}: {:?}, agreement {:.2}", v.id, v.status, v.agreement);
 //! }
@@ -55,7 +55,7 @@ use fastdllm_core::{
     CachePolicy, DecodeConfig, DiffusionLm, GenerateOptions, Generation, ModelFamily, Policies,
     Rng, RowOutput, TokenId, UnmaskPolicy,
 };
-use fastdllm_sampler::{DreamScore, ProposerConfig, Remasking, Unmask};
+use fastdllm_sampler::{DreamScore, ProposerConfig, Remasking, SamplerProfile, Unmask};
 use serde::{Deserialize, Serialize};
 
 use fastdllm_engine::{AnswerLimits, Finish, GenerationSettings};
@@ -187,7 +187,10 @@ impl Case {
         family: ModelFamily,
     ) -> Result<(BlockCache, Box<dyn UnmaskPolicy + Send>)> {
         let s = self.settings()?;
-        Ok((BlockCache::new(s.cache)?, s.unmask.build(family, s.seed)?))
+        Ok((
+            BlockCache::new(s.cache)?,
+            s.unmask.build(SamplerProfile::for_family(family), s.seed)?,
+        ))
     }
 
     /// The settings that reproduce the reference call.
@@ -424,10 +427,11 @@ pub fn run_case(
     let settings = case.settings()?;
     let spec = model.spec();
     settings.validate(spec.family)?;
-    let mut proposer =
-        settings
-            .proposer
-            .build_for_model(spec.family, &settings.unmask, spec.mask_token_id)?;
+    let mut proposer = settings.proposer.build_for_model(
+        SamplerProfile::for_spec(spec),
+        &settings.unmask,
+        spec.mask_token_id,
+    )?;
     let gen = fastdllm_core::generate(
         model,
         std::slice::from_ref(&case.prompt_ids),

@@ -13,6 +13,11 @@
 //! embeddings, two single-head attention layers with residuals, and logits that favour token
 //! `position mod 13` with a sharpness that grows as fewer of the attended keys are masks, so
 //! confidences rise as the block fills in and the threshold rule commits more per step.
+//!
+//! The sampler does not ask which model this is: the toy picks a [`SamplerProfile`] of its own
+//! (greedy proposals with float64 softmax confidences, float64 threshold comparisons). Its
+//! [`ModelSpec::family`] only tells fastdllm-core's loop that the output at position j scores
+//! token j (aligned logits, [`ModelSpec::shifted_logits`] false).
 
 use candle_core::{DType, Device, Tensor, D};
 use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
@@ -20,11 +25,20 @@ use fastdllm_core::{
     generate, DecodeConfig, DiffusionLm, ForwardInput, GenerateOptions, KvView, ModelFamily,
     ModelSpec, Policies, Positions, Rng,
 };
-use fastdllm_sampler::{Precision, ProposerConfig, Threshold, Unmask};
+use fastdllm_sampler::{
+    Precision, ProposalKind, ProposerConfig, SamplerProfile, Threshold, Unmask,
+};
 
 const VOCAB: usize = 16;
 const MASK: u32 = 15;
 const EOS: u32 = 14;
+
+/// The toy's sampler: argmax proposals scored by their float64 softmax probability (the
+/// Gumbel-max proposer at temperature 0), thresholds compared in float64.
+const PROFILE: SamplerProfile = SamplerProfile {
+    proposal: ProposalKind::LladaGumbel,
+    threshold_precision: Precision::F64,
+};
 
 struct ToyLm {
     spec: ModelSpec,
@@ -37,6 +51,7 @@ impl ToyLm {
         let device = Device::Cpu;
         Ok(ToyLm {
             spec: ModelSpec {
+                // Aligned logits: the output at position j scores token j.
                 family: ModelFamily::Llada,
                 vocab_size: VOCAB,
                 mask_token_id: MASK,
@@ -135,8 +150,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut answers = Vec::new();
     for mode in [CacheMode::Off, CacheMode::Dual] {
         let mut cache = BlockCache::new(CacheSettings::new(mode))?;
-        let mut proposer = ProposerConfig::default().build(ModelFamily::Llada, &unmask)?;
-        let mut threshold = Threshold::new(0.9, Precision::F64);
+        let mut proposer = ProposerConfig::default().build(PROFILE, &unmask)?;
+        let mut threshold = Threshold::new(0.9, PROFILE.threshold_precision);
         let out = generate(
             &model,
             std::slice::from_ref(&prompt),

@@ -144,7 +144,7 @@ impl<'m> Batch<'m> {
         let proposer =
             settings
                 .proposer
-                .build_for_model(spec.family, &settings.unmask, spec.mask_token_id)?;
+                .build_for_model(spec.into(), &settings.unmask, spec.mask_token_id)?;
         Ok(Batch {
             model,
             tokenizer,
@@ -189,7 +189,7 @@ impl<'m> Batch<'m> {
                 return Err(Error::NeedsTokenizer("streamed text"));
             }
         }
-        let policy = settings.unmask.build(self.family, settings.seed)?;
+        let policy = settings.unmask.build(self.family.into(), settings.seed)?;
         let id = self
             .inner
             .admit_with(prompt, &settings.decode, Rng::new(settings.seed))?;

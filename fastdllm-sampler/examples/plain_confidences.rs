@@ -9,7 +9,7 @@
 //! token). Another dLLM engine can feed its own confidences here and reuse the rules as they are.
 
 use fastdllm_core::{Candidate, Selection, StepInfo, UnmaskPolicy};
-use fastdllm_sampler::{Factor, FixedSchedule, Precision, Threshold, Unmask};
+use fastdllm_sampler::{Factor, FixedSchedule, Precision, SamplerProfile, Threshold, Unmask};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // One block of 8 positions (canvas 16..24), 5 still masked, with their proposals.
@@ -41,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     // The same rules from their serde/CLI form, as a config file would give them.
     let from_config: Unmask = "threshold=0.5".parse()?;
-    rules.push(from_config.build(fastdllm_core::ModelFamily::Llada, 0)?);
+    rules.push(from_config.build(SamplerProfile::llada(), 0)?);
 
     for rule in &mut rules {
         let chosen = match rule.select(&candidates, &info) {

@@ -1,33 +1,31 @@
 //! The sampler's configuration side: closed serde enums with `validate()` and `build()` into the
-//! trait objects the loop runs (a setting is checked once, where it is read, and the loop only
-//! sees policies), and the family semantics of the reference.
+//! trait objects the loop runs, given the model's [`SamplerProfile`].
 //!
-//! Family semantics (FORMAT.md §8): LLaDA proposes with [`LladaProposer`] and compares thresholds
-//! in float64; Dream proposes with [`DreamProposer`] and compares in float32. Dream's score is the
-//! probability for `threshold`, `factor` and `origin`, and the **negative entropy** for the count
-//! schedules (`fixed`, `dream_timesteps`), because Dream's block path scores every non-threshold
-//! `alg` by entropy; [`ProposerConfig::dream_score`] overrides it (`maskgit_plus` / `topk_margin`
-//! runs of Dream's original sampler). Reference: the keyword arguments of `llada/generate.py` and
-//! `dream/model/generation_utils*.py`. Deviations: settings the reference silently ignores or
-//! crashes on (top-p for LLaDA, random remasking for Dream, a threshold of 1.3) are errors.
+//! Profile semantics: [`ProposalKind::LladaGumbel`] builds a [`LladaProposer`],
+//! [`ProposalKind::DreamSample`] a [`DreamProposer`]; the threshold rule compares in the
+//! profile's [`SamplerProfile::threshold_precision`] (float64 for LLaDA, float32 for Dream).
+//! Dream's score is the probability for `threshold`, `factor` and `origin`, and the **negative
+//! entropy** for the count schedules (`fixed`, `dream_timesteps`), because Dream's block path
+//! scores every non-threshold `alg` by entropy; [`ProposerConfig::dream_score`] overrides it
+//! (`maskgit_plus` / `topk_margin` runs of Dream's original sampler). Reference: the keyword
+//! arguments of `llada/generate.py` and `dream/model/generation_utils*.py`. Deviations: settings
+//! the reference silently ignores or crashes on (top-p with LLaDA's proposals, random remasking
+//! with Dream's, a threshold of 1.3) are errors.
 
 use std::str::FromStr;
 
-use fastdllm_core::{ModelFamily, Proposer, UnmaskPolicy};
+use fastdllm_core::{Proposer, UnmaskPolicy};
 
 use crate::confidence::{DreamProposer, DreamScore, LladaProposer, Remasking};
 use crate::dream::{DreamTimesteps, Origin, DEFAULT_EPS};
 use crate::factor::Factor;
 use crate::fixed::FixedSchedule;
-use crate::threshold::{Precision, Threshold};
+use crate::profile::{ProposalKind, SamplerProfile};
+use crate::threshold::Threshold;
 use crate::{Error, Result};
 
 fn default_eps() -> f32 {
     DEFAULT_EPS
-}
-
-fn family_name(family: ModelFamily) -> String {
-    format!("{family:?}").to_lowercase()
 }
 
 /// Which unmasking rule to run. Serialised with a `kind` tag:
@@ -64,14 +62,6 @@ pub enum Unmask {
     },
 }
 
-/// The comparison precision of the family's reference threshold code.
-pub fn threshold_precision(family: ModelFamily) -> Precision {
-    match family {
-        ModelFamily::Llada => Precision::F64,
-        ModelFamily::Dream => Precision::F32,
-    }
-}
-
 fn check_eps(eps: f32) -> Result<()> {
     if eps > 0.0 && eps < 1.0 {
         Ok(())
@@ -106,14 +96,20 @@ impl Unmask {
         }
     }
 
-    /// The policy for `family`; `seed` feeds the rules that draw random numbers (`origin`).
-    pub fn build(&self, family: ModelFamily, seed: u64) -> Result<Box<dyn UnmaskPolicy + Send>> {
+    /// The policy for a model with `profile` (the threshold rule compares in its
+    /// [`SamplerProfile::threshold_precision`]); `seed` feeds the rules that draw random numbers
+    /// (`origin`).
+    pub fn build(
+        &self,
+        profile: SamplerProfile,
+        seed: u64,
+    ) -> Result<Box<dyn UnmaskPolicy + Send>> {
         self.validate()?;
         Ok(match *self {
             Unmask::Fixed => Box::new(FixedSchedule),
             Unmask::DreamTimesteps { eps } => Box::new(DreamTimesteps { eps }),
             Unmask::Threshold { threshold } => {
-                Box::new(Threshold::new(threshold, threshold_precision(family)))
+                Box::new(Threshold::new(threshold, profile.threshold_precision))
             }
             Unmask::Factor { factor } => Box::new(Factor::new(factor)),
             Unmask::Origin { eps } => Box::new(Origin::new(eps, seed)),
@@ -207,13 +203,13 @@ pub const MIN_TEMPERATURE: f64 = 1e-6;
 pub struct ProposerConfig {
     /// 0 = greedy (the paper's setting), else finite and `>= MIN_TEMPERATURE`.
     pub temperature: f64,
-    /// Dream only: nucleus filter, in (0, 1].
+    /// [`ProposalKind::DreamSample`] only: nucleus filter, in (0, 1].
     pub top_p: Option<f64>,
-    /// Dream only: keep the `k >= 1` largest logits.
+    /// [`ProposalKind::DreamSample`] only: keep the `k >= 1` largest logits.
     pub top_k: Option<usize>,
-    /// LLaDA only: how proposals are scored.
+    /// [`ProposalKind::LladaGumbel`] only: how proposals are scored (`random` needs it).
     pub remasking: Remasking,
-    /// Dream only: overrides the score [`Unmask::dream_score`] picks.
+    /// [`ProposalKind::DreamSample`] only: overrides the score [`Unmask::dream_score`] picks.
     pub dream_score: Option<DreamScore>,
 }
 
@@ -230,7 +226,7 @@ impl Default for ProposerConfig {
 }
 
 impl ProposerConfig {
-    /// Checks every range (family-independent).
+    /// Checks every range (independent of the model's profile).
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite()
             && (self.temperature == 0.0 || self.temperature >= MIN_TEMPERATURE))
@@ -257,49 +253,56 @@ impl ProposerConfig {
     /// reference whenever the model's argmax is not the mask token.
     pub fn build_for_model(
         &self,
-        family: ModelFamily,
+        profile: SamplerProfile,
         unmask: &Unmask,
         mask_token_id: u32,
     ) -> Result<Box<dyn Proposer + Send>> {
-        self.build_inner(family, unmask, Some(mask_token_id))
+        self.build_inner(profile, unmask, Some(mask_token_id))
     }
 
-    /// The proposer for `family` running with `unmask` (which picks Dream's default score),
-    /// literally the reference's (it may propose the mask token).
-    pub fn build(&self, family: ModelFamily, unmask: &Unmask) -> Result<Box<dyn Proposer + Send>> {
-        self.build_inner(family, unmask, None)
+    /// The proposer of `profile`'s [`ProposalKind`] running with `unmask` (which picks Dream's
+    /// default score), literally the reference's (it may propose the mask token). Errors on a
+    /// setting that proposal kind does not have (`top_p`, `top_k` or `dream_score` with
+    /// [`ProposalKind::LladaGumbel`], random `remasking` with [`ProposalKind::DreamSample`]).
+    pub fn build(
+        &self,
+        profile: SamplerProfile,
+        unmask: &Unmask,
+    ) -> Result<Box<dyn Proposer + Send>> {
+        self.build_inner(profile, unmask, None)
     }
 
     fn build_inner(
         &self,
-        family: ModelFamily,
+        profile: SamplerProfile,
         unmask: &Unmask,
         never_propose: Option<u32>,
     ) -> Result<Box<dyn Proposer + Send>> {
         self.validate()?;
+        let proposal = profile.proposal;
         let unsupported = |name: &'static str, reason: &str| Error::Unsupported {
             name,
-            family: family_name(family),
+            proposal,
             reason: reason.to_string(),
         };
-        match family {
-            ModelFamily::Llada => {
+        match proposal {
+            ProposalKind::LladaGumbel => {
                 if self.top_p.is_some() {
                     return Err(unsupported(
                         "top_p",
-                        "LLaDA's sampler has no nucleus filter (Dream only)",
+                        "this model's sampler has no nucleus filter (only dream_sample proposals have one)",
                     ));
                 }
                 if self.top_k.is_some() {
                     return Err(unsupported(
                         "top_k",
-                        "LLaDA's sampler has no top-k filter (Dream only)",
+                        "this model's sampler has no top-k filter (only dream_sample proposals have one)",
                     ));
                 }
                 if self.dream_score.is_some() {
                     return Err(unsupported(
                         "dream_score",
-                        "LLaDA scores with remasking = low_confidence | random",
+                        "this model's sampler scores with remasking = low_confidence | random (dream_score needs dream_sample proposals)",
                     ));
                 }
                 Ok(Box::new(LladaProposer {
@@ -307,11 +310,11 @@ impl ProposerConfig {
                     ..LladaProposer::new(self.temperature, self.remasking)
                 }))
             }
-            ModelFamily::Dream => {
+            ProposalKind::DreamSample => {
                 if self.remasking != Remasking::LowConfidence {
                     return Err(unsupported(
                         "remasking",
-                        "Dream's sampler has no random remasking; choose a dream_score",
+                        "this model's sampler has no random remasking (only llada_gumbel proposals have it); choose a dream_score",
                     ));
                 }
                 Ok(Box::new(DreamProposer {
@@ -329,6 +332,10 @@ impl ProposerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::threshold::Precision;
+
+    const LLADA: SamplerProfile = SamplerProfile::llada();
+    const DREAM: SamplerProfile = SamplerProfile::dream();
 
     fn err(u: Unmask) -> String {
         u.validate().unwrap_err().to_string()
@@ -410,18 +417,15 @@ mod tests {
     }
 
     #[test]
-    fn build_follows_family_semantics() {
+    fn build_follows_profile_semantics() {
         let t = Unmask::Threshold { threshold: 0.9 };
-        assert_eq!(
-            t.build(ModelFamily::Llada, 0).unwrap().name(),
-            "threshold=0.9"
-        );
-        assert!(t.build(ModelFamily::Dream, 0).is_ok());
+        assert_eq!(t.build(LLADA, 0).unwrap().name(), "threshold=0.9");
+        assert!(t.build(DREAM, 0).is_ok());
         assert!(Unmask::Threshold { threshold: 2.0 }
-            .build(ModelFamily::Llada, 0)
+            .build(LLADA, 0)
             .is_err());
-        assert_eq!(threshold_precision(ModelFamily::Llada), Precision::F64);
-        assert_eq!(threshold_precision(ModelFamily::Dream), Precision::F32);
+        assert_eq!(LLADA.threshold_precision, Precision::F64);
+        assert_eq!(DREAM.threshold_precision, Precision::F32);
         assert_eq!(
             Unmask::DreamTimesteps { eps: 1e-3 }.dream_score(),
             DreamScore::NegEntropy
@@ -434,33 +438,75 @@ mod tests {
         );
 
         let d = ProposerConfig::default();
-        assert!(d.build(ModelFamily::Llada, &t).is_ok());
-        assert!(d.build(ModelFamily::Dream, &t).is_ok());
+        assert!(d.build(LLADA, &t).is_ok());
+        assert!(d.build(DREAM, &t).is_ok());
         let e = ProposerConfig {
             top_p: Some(0.9),
             ..d
         }
-        .build(ModelFamily::Llada, &t);
+        .build(LLADA, &t);
         assert_eq!(
             e.err().unwrap().to_string(),
-            "top_p is not supported for llada: LLaDA's sampler has no nucleus filter (Dream only)"
+            "top_p is not supported by llada_gumbel proposals: this model's sampler has no \
+             nucleus filter (only dream_sample proposals have one)"
         );
         assert!(ProposerConfig {
             remasking: Remasking::Random,
             ..d
         }
-        .build(ModelFamily::Dream, &t)
+        .build(DREAM, &t)
         .is_err());
         assert!(ProposerConfig {
             dream_score: Some(DreamScore::Margin),
             ..d
         }
-        .build(ModelFamily::Llada, &t)
+        .build(LLADA, &t)
         .is_err());
         // The policies and proposers are Send.
         fn is_send<T: Send>(_: &T) {}
-        is_send(&t.build(ModelFamily::Dream, 1).unwrap());
-        is_send(&d.build(ModelFamily::Dream, &t).unwrap());
+        is_send(&t.build(DREAM, 1).unwrap());
+        is_send(&d.build(DREAM, &t).unwrap());
+    }
+
+    #[test]
+    fn threshold_compares_in_the_profiles_precision() {
+        use fastdllm_core::{Candidate, Selection, StepInfo};
+        // 0.8999999999 < 0.9 in float64, equal to it once both are rounded to float32.
+        let candidates = [(0, 0.95), (1, 0.8999999999)].map(|(position, confidence)| Candidate {
+            position,
+            token: 1,
+            confidence,
+        });
+        let info = StepInfo {
+            row: 0,
+            step: 0,
+            steps_per_block: 4,
+            block_length: 4,
+            block_masks_at_start: 2,
+        };
+        let commits = |profile: SamplerProfile| {
+            let mut rule = Unmask::Threshold { threshold: 0.9 }
+                .build(profile, 0)
+                .unwrap();
+            match rule.select(&candidates, &info) {
+                Selection::Commit(indices) => indices.len(),
+                Selection::EndBlock => 0,
+            }
+        };
+        assert_eq!(commits(LLADA), 1);
+        assert_eq!(commits(DREAM), 2);
+        // An outside model's own combination: Dream's proposals, float64 comparisons.
+        let own = SamplerProfile {
+            proposal: ProposalKind::DreamSample,
+            threshold_precision: Precision::F64,
+        };
+        assert_eq!(commits(own), 1);
+        assert!(ProposerConfig {
+            top_p: Some(0.9),
+            ..ProposerConfig::default()
+        }
+        .build(own, &Unmask::Fixed)
+        .is_ok());
     }
 
     #[test]
@@ -479,7 +525,7 @@ mod tests {
         for u in all {
             let label = u.label();
             assert_eq!(label.parse::<Unmask>().unwrap(), u, "{label}");
-            assert_eq!(u.build(ModelFamily::Llada, 0).unwrap().name(), label);
+            assert_eq!(u.build(LLADA, 0).unwrap().name(), label);
         }
         assert_eq!(Unmask::Factor { factor: 1.0 }.label(), "factor=1");
         assert_eq!(

@@ -5,6 +5,8 @@
 //! setting. Reference: none (the Python reference asserts or silently misbehaves on bad settings).
 //! Deviation: none.
 
+use crate::profile::ProposalKind;
+
 /// Errors of the sampler configuration and of the proposers.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -19,13 +21,14 @@ pub enum Error {
         /// What would have been accepted, phrased to follow "must be" (e.g. "in (0, 1]").
         allowed: String,
     },
-    /// A setting that the chosen model family's reference sampler does not have.
-    #[error("{name} is not supported for {family}: {reason}")]
+    /// A setting that the model's proposer (its [`SamplerProfile`](crate::SamplerProfile)'s
+    /// [`ProposalKind`]) does not have, as in the reference sampler it follows.
+    #[error("{name} is not supported by {proposal} proposals: {reason}")]
     Unsupported {
         /// The parameter's name.
         name: &'static str,
-        /// The model family, as text (`llada`, `dream`).
-        family: String,
+        /// The proposal kind that lacks it (`llada_gumbel`, `dream_sample`).
+        proposal: ProposalKind,
         /// Why, and what to use instead.
         reason: String,
     },
@@ -58,9 +61,11 @@ impl From<Error> for fastdllm_core::Error {
             } => fastdllm_core::Error::setting(name, value, format!("must be {allowed}")),
             Error::Unsupported {
                 name,
-                family,
+                proposal,
                 reason,
-            } => fastdllm_core::Error::setting(name, format!("(set, family {family})"), reason),
+            } => {
+                fastdllm_core::Error::setting(name, format!("(set, {proposal} proposals)"), reason)
+            }
             Error::Candle(e) => fastdllm_core::Error::Candle(e),
         }
     }

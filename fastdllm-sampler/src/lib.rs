@@ -15,13 +15,15 @@
 //!   cache) and [`PerRow`] (one policy per batch row).
 //!
 //! The config side ([`Unmask`], [`ProposerConfig`]) is a pair of closed serde enums/structs with
-//! `validate()` and `build(family, ..)` into `Box<dyn .. + Send>`, applying each model family's
-//! reference semantics (which score, which comparison precision).
+//! `validate()` and `build(profile, ..)` into `Box<dyn .. + Send>`. A [`SamplerProfile`] is what
+//! the sampler knows about a model: which reference proposer it follows ([`ProposalKind`]) and
+//! the threshold comparison precision. [`SamplerProfile::for_spec`] gives the built-in families'
+//! profiles; a model implemented elsewhere picks its own, without claiming a family.
 //!
 //! Reference: NVlabs/Fast-dLLM `llada/generate.py` and `dream/model/generation_utils*.py`, as
 //! pinned in `conformance/goldens/FORMAT.md`. Exactness targets the goldens token for token:
 //! LLaDA confidences in float64, Dream's in float32 in torch's CPU operation order, Dream's
-//! timesteps bit-exact, threshold comparisons in the family's precision. Deviations, each
+//! timesteps bit-exact, threshold comparisons in the profile's precision. Deviations, each
 //! documented where it lives: ties are broken by lower position (the reference's `topk` order is
 //! unspecified), random streams are our own [`Rng`](fastdllm_core::Rng), and settings the
 //! reference silently mishandles are errors.
@@ -38,12 +40,13 @@ pub mod error;
 pub mod factor;
 pub mod fixed;
 pub mod per_row;
+pub mod profile;
 pub mod rank;
 pub mod threshold;
 pub mod torch_f32;
 
 pub use confidence::{DreamProposer, DreamScore, LladaProposer, Remasking};
-pub use config::{check_threshold, threshold_precision, ProposerConfig, Unmask, MIN_TEMPERATURE};
+pub use config::{check_threshold, ProposerConfig, Unmask, MIN_TEMPERATURE};
 pub use dream::{
     dream_timesteps, dream_transfer_count, DreamTimesteps, Origin, QuotaThreshold, DEFAULT_EPS,
 };
@@ -51,5 +54,6 @@ pub use error::{Error, Result};
 pub use factor::{factor_count, factor_threshold, Factor};
 pub use fixed::{fixed_count, FixedSchedule};
 pub use per_row::PerRow;
+pub use profile::{ProposalKind, SamplerProfile};
 pub use rank::{confidence_order, rank_candidates, top_candidates};
 pub use threshold::{Precision, Threshold};

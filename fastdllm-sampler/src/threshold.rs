@@ -15,7 +15,9 @@ use fastdllm_core::{Candidate, Selection, StepInfo, UnmaskPolicy};
 use crate::rank::rank_candidates;
 
 /// The precision a confidence is compared with a threshold in.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
     /// float64 (LLaDA: float64 confidences against a Python float).
