@@ -482,15 +482,18 @@ impl BlockBatch {
         mut window: StepWindow,
         active: &[bool],
     ) -> Result<StepForward> {
-        let (canvas, device, seq_len) = (&round.canvas, model.device(), round.seq_len);
+        let seq_len = round.seq_len;
         let cache = &mut *dec.cache;
-        let bias = narrow_bias(
-            &round.key_bias,
-            cache.attended_keys(&window.plan, seq_len),
-            seq_len,
-        )?;
-        let input = canvas.input(&window.plan.window, &window.rows, &bias, device)?;
-        let mut logits = model.forward(&input, cache.view(&window.plan)?)?;
+        // The window's tokens, the pad bias of the keys it attends to, through the cache's view.
+        let run = |cache: &mut dyn CachePolicy, w: &StepWindow| -> Result<Tensor> {
+            let keys = cache.attended_keys(&w.plan, seq_len);
+            let bias = narrow_bias(&round.key_bias, keys, seq_len)?;
+            let input = round
+                .canvas
+                .input(&w.plan.window, &w.rows, &bias, model.device())?;
+            model.forward(&input, cache.view(&w.plan)?)
+        };
+        let mut logits = run(cache, &window)?;
         let mut forward_idx = self.forwards;
         self.forwards += 1;
         let mut redone = false;
@@ -516,13 +519,7 @@ impl BlockBatch {
                     });
                 }
                 window.plan = again;
-                let bias = narrow_bias(
-                    &round.key_bias,
-                    cache.attended_keys(&window.plan, seq_len),
-                    seq_len,
-                )?;
-                let input = canvas.input(&window.plan.window, &window.rows, &bias, device)?;
-                logits = model.forward(&input, cache.view(&window.plan)?)?;
+                logits = run(cache, &window)?;
                 forward_idx = self.forwards;
                 self.forwards += 1;
                 redone = true;
@@ -532,7 +529,7 @@ impl BlockBatch {
         let drift = if self.opts.drift && !window.plan.is_exact() {
             Some(drift::measure(
                 model,
-                canvas,
+                &round.canvas,
                 &window.rows,
                 &round.key_bias,
                 &logits,
