@@ -680,9 +680,12 @@ fn requests_join_a_running_batch_between_blocks() {
             }
         }
     };
-    let mut first = String::new();
-    while !first.contains("3dbk") {
-        first.push_str(&next_data());
+    // The answer streams as it commits; read until all of it has come.
+    let mut text = String::new();
+    while !text.contains("3dbk") {
+        let data = next_data();
+        let v: Value = serde_json::from_str(data["data:".len()..].trim()).unwrap();
+        text.push_str(v["choices"][0]["text"].as_str().unwrap_or_default());
     }
     // Two requests with other prompts, answer lengths and rules (same block schedule) join the
     // running batch, finish and leave while the long one goes on; each equals its solo run.

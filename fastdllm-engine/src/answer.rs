@@ -112,9 +112,7 @@ impl AnswerLimits {
             Some((max, FinishReason::Length))
         } else if trimmed < ids.len() {
             Some((trimmed, FinishReason::Stop))
-        } else if trimmed == max {
-            Some((trimmed, FinishReason::Length))
-        } else if complete {
+        } else if trimmed == max || complete {
             Some((trimmed, FinishReason::Length))
         } else {
             None
