@@ -123,8 +123,7 @@ fn engine_with_a_bug(
     _loaded: LoadedModel,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<fastdllm_cli::serve::scheduler::Job>,
     _max_batch: usize,
-    _stats: Arc<fastdllm_cli::serve::scheduler::Stats>,
-    _metrics: Arc<fastdllm_cli::serve::metrics::Metrics>,
+    _telemetry: Arc<fastdllm_cli::serve::metrics::Telemetry>,
 ) {
     let _job = rx.blocking_recv();
     panic!("deliberate engine fault (test)");

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -49,8 +49,8 @@ use api::{
     Defaults, PromptInput, Route, Usage,
 };
 use errors::ApiError;
-use metrics::Metrics;
-use scheduler::{EngineHealth, Job, QueueSlot, RowEvent, Stats};
+use metrics::Telemetry;
+use scheduler::{EngineHealth, Job, QueueSlot, RowEvent};
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -118,9 +118,8 @@ struct Inner {
     tokenizer: Tokenizer,
     template: ChatTemplate,
     spec: ModelSpec,
-    stats: Arc<Stats>,
     engine: Arc<EngineHealth>,
-    metrics: Arc<Metrics>,
+    telemetry: Arc<Telemetry>,
     started: u64,
 }
 
@@ -179,8 +178,7 @@ pub fn prompt_byte_cap(tokenizer: &Tokenizer, max_seq_len: usize) -> usize {
 /// The engine loop run on the worker thread: takes jobs from the receiver until every sender is
 /// dropped. [`scheduler::run_worker`] is the server's; another loop (a different scheduler, or a
 /// test's faulty one) can be given to [`start_with`] / [`spawn_with`].
-pub type EngineLoop =
-    fn(LoadedModel, mpsc::UnboundedReceiver<Job>, usize, Arc<Stats>, Arc<Metrics>);
+pub type EngineLoop = fn(LoadedModel, mpsc::UnboundedReceiver<Job>, usize, Arc<Telemetry>);
 
 /// Starts the engine worker for `loaded` and returns the handlers' state.
 pub fn start(loaded: LoadedModel, cfg: ServeConfig) -> Result<(AppState, Worker)> {
@@ -203,10 +201,9 @@ pub fn start_with(
         );
     }
     let (tx, rx) = mpsc::unbounded_channel();
-    let stats = Arc::new(Stats::default());
     let engine = Arc::new(EngineHealth::default());
     let spec = loaded.model.spec().clone();
-    let metrics = Arc::new(Metrics::new().context("cannot register the metrics")?);
+    let telemetry = Arc::new(Telemetry::new().context("cannot register the metrics")?);
     let inner = Inner {
         tx,
         engine: engine.clone(),
@@ -219,8 +216,7 @@ pub fn start_with(
         tokenizer: loaded.tokenizer.clone(),
         template: loaded.info.chat_template.clone(),
         spec,
-        stats: stats.clone(),
-        metrics: metrics.clone(),
+        telemetry: telemetry.clone(),
         started: now(),
         cfg: cfg.clone(),
     };
@@ -232,7 +228,7 @@ pub fn start_with(
             // Per-request panics are caught inside; this guard records anything else, so /health
             // and new requests answer 503 with the reason instead of hanging.
             let run =
-                std::panic::AssertUnwindSafe(|| engine_loop(loaded, rx, max_batch, stats, metrics));
+                std::panic::AssertUnwindSafe(|| engine_loop(loaded, rx, max_batch, telemetry));
             if let Err(p) = std::panic::catch_unwind(run) {
                 health.stop(format!(
                     "the engine thread panicked: {}",
@@ -271,7 +267,10 @@ pub fn router(state: AppState) -> Router {
             cfg.body_timeout,
         ))
         // Outermost of the router's layers: refusals by the access checks are counted too.
-        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .layer(axum::middleware::from_fn_with_state(
+            state.0.telemetry.clone(),
+            metrics::track,
+        ))
         .with_state(state);
     match access::cors_layer(&cfg.cors_allow_origins) {
         Some(cors) => r.layer(cors),
@@ -279,32 +278,12 @@ pub fn router(state: AppState) -> Router {
     }
 }
 
-/// Counts every answered request by route and status, and times it to its response head.
-async fn track(State(s): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let start = Instant::now();
-    let resp = next.run(req).await;
-    let m = &s.0.metrics;
-    m.http_requests
-        .with_label_values(&[route.as_str(), resp.status().as_str()])
-        .inc();
-    m.http_duration
-        .with_label_values(&[route.as_str()])
-        .observe(start.elapsed().as_secs_f64());
-    resp
-}
-
 async fn metrics_text(State(s): State<AppState>) -> Response {
     let capacity = s.0.cfg.queue_capacity;
     let queued = capacity.saturating_sub(s.0.queue.available_permits());
-    s.0.metrics.queue_depth.set(queued as i64);
     (
-        [(header::CONTENT_TYPE, Metrics::content_type())],
-        s.0.metrics.render(),
+        [(header::CONTENT_TYPE, Telemetry::content_type())],
+        s.0.telemetry.render(queued),
     )
         .into_response()
 }
@@ -456,7 +435,7 @@ async fn health(State(s): State<AppState>) -> Response {
             "status": "error",
             "reason": reason,
             "model": s.0.cfg.model_id,
-            "stats": s.0.stats.snapshot(),
+            "stats": s.0.telemetry.snapshot(),
         });
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
@@ -465,7 +444,7 @@ async fn health(State(s): State<AppState>) -> Response {
         "status": "ok",
         "model": s.0.cfg.model_id,
         "queue": { "depth": capacity.saturating_sub(s.0.queue.available_permits()), "capacity": capacity },
-        "stats": s.0.stats.snapshot(),
+        "stats": s.0.telemetry.snapshot(),
     }))
     .into_response()
 }

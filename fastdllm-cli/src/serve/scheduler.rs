@@ -33,17 +33,15 @@
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fastdllm_core::{GenerateOptions, RowId, TokenId};
 use fastdllm_engine::{Answer, Batch, GenerationSettings, Provisional, RowEvents, RowSink};
 use fastdllm_models::LoadedModel;
-use serde::Serialize;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
-use super::metrics::Metrics;
+use super::metrics::Telemetry;
 
 /// One request for the worker.
 #[derive(Debug)]
@@ -110,61 +108,6 @@ pub enum RowEvent {
     Error(String),
 }
 
-/// Counters of the worker (reported by `GET /health`).
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Sessions (continuous batches) started.
-    pub batches: AtomicUsize,
-    /// Rows run (requests that reached the engine).
-    pub rows: AtomicUsize,
-    /// Rows that joined a session after its first round.
-    pub joined_rows: AtomicUsize,
-    /// Most rows in one round so far.
-    pub max_batch: AtomicUsize,
-    /// Rows whose client went away before or during generation.
-    pub cancelled_rows: AtomicUsize,
-    /// Rounds cut short because every row's client had gone.
-    pub stopped_batches: AtomicUsize,
-    /// Requests answered with an engine error.
-    pub failed_rows: AtomicUsize,
-    /// Requests taken off the queue but not yet admitted (part of the queue depth).
-    pub pending: AtomicUsize,
-}
-
-/// A snapshot of [`Stats`].
-#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    /// Sessions started.
-    pub batches: usize,
-    /// Rows run.
-    pub rows: usize,
-    /// Rows that joined a running session.
-    pub joined_rows: usize,
-    /// Most rows in one round so far.
-    pub max_batch: usize,
-    /// Rows whose client went away.
-    pub cancelled_rows: usize,
-    /// Rounds cut short because every row's client had gone.
-    pub stopped_batches: usize,
-    /// Engine errors.
-    pub failed_rows: usize,
-}
-
-impl Stats {
-    /// Current values.
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            batches: self.batches.load(Ordering::Relaxed),
-            rows: self.rows.load(Ordering::Relaxed),
-            joined_rows: self.joined_rows.load(Ordering::Relaxed),
-            max_batch: self.max_batch.load(Ordering::Relaxed),
-            cancelled_rows: self.cancelled_rows.load(Ordering::Relaxed),
-            stopped_batches: self.stopped_batches.load(Ordering::Relaxed),
-            failed_rows: self.failed_rows.load(Ordering::Relaxed),
-        }
-    }
-}
-
 /// Whether the engine worker runs, and why it stopped (shared by the worker thread, the
 /// handlers and `GET /health`).
 #[derive(Debug)]
@@ -222,8 +165,7 @@ pub fn run_worker(
     loaded: LoadedModel,
     mut rx: mpsc::UnboundedReceiver<Job>,
     max_batch: usize,
-    stats: Arc<Stats>,
-    metrics: Arc<Metrics>,
+    telemetry: Arc<Telemetry>,
 ) {
     let max_batch = max_batch.max(1);
     let mut pending: VecDeque<Job> = VecDeque::new();
@@ -239,44 +181,38 @@ pub fn run_worker(
         // (their queue places are already free).
         while pending.len() < max_batch {
             match rx.try_recv() {
-                Ok(job) if job.events.is_closed() => {
-                    stats.cancelled_rows.fetch_add(1, Ordering::Relaxed);
-                }
+                Ok(job) if job.events.is_closed() => telemetry.rows_cancelled(1),
                 Ok(job) => pending.push_back(job),
                 Err(_) => break,
             }
         }
         let before = pending.len();
         pending.retain(|j| !j.events.is_closed());
-        stats
-            .cancelled_rows
-            .fetch_add(before - pending.len(), Ordering::Relaxed);
+        telemetry.rows_cancelled(before - pending.len());
         match live.as_mut() {
-            Some(l) => l.admit_from_head(&mut pending, max_batch, &stats, &metrics),
-            None => live = Live::start(&loaded, &mut pending, max_batch, &stats, &metrics),
+            Some(l) => l.admit_from_head(&mut pending, max_batch, &telemetry),
+            None => live = Live::start(&loaded, &mut pending, max_batch, &telemetry),
         }
-        stats.pending.store(pending.len(), Ordering::Relaxed);
         let Some(l) = live.as_mut() else {
-            metrics.running_rows.set(0);
+            telemetry.running(0);
             continue;
         };
-        metrics.running_rows.set(l.batch.len() as i64);
-        stats.max_batch.fetch_max(l.batch.len(), Ordering::Relaxed);
-        let outcome = catch_unwind(AssertUnwindSafe(|| l.round(&stats, &metrics)));
+        telemetry.running(l.batch.len());
+        let outcome = catch_unwind(AssertUnwindSafe(|| l.round(&telemetry)));
         let keep = match outcome {
             Ok(keep) => keep,
             Err(p) => {
                 let why = panic_message(p.as_ref());
                 l.fail(
                     &format!("internal error: the engine panicked decoding the batch of this request ({why}); the server keeps serving other requests"),
-                    &stats,
+                    &telemetry,
                 );
                 false
             }
         };
         if !keep || l.batch.is_empty() {
             live = None;
-            metrics.running_rows.set(0);
+            telemetry.running(0);
         }
     }
 }
@@ -306,8 +242,7 @@ impl<'m> Live<'m> {
         loaded: &'m LoadedModel,
         pending: &mut VecDeque<Job>,
         max_batch: usize,
-        stats: &Stats,
-        metrics: &Metrics,
+        telemetry: &Telemetry,
     ) -> Option<Live<'m>> {
         let first = pending.pop_front()?;
         let batch = catch_unwind(AssertUnwindSafe(|| {
@@ -321,25 +256,25 @@ impl<'m> Live<'m> {
         let batch = match batch {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
-                reject(&first, e.to_string(), stats);
+                reject(&first, e.to_string(), telemetry);
                 return None;
             }
             Err(p) => {
-                reject(&first, admission_panic(p.as_ref()), stats);
+                reject(&first, admission_panic(p.as_ref()), telemetry);
                 return None;
             }
         };
-        stats.batches.fetch_add(1, Ordering::Relaxed);
+        telemetry.batch_started();
         let mut live = Live {
             batch,
             clients: HashMap::new(),
             rounds: 0,
         };
-        live.admit(first, stats, metrics);
+        live.admit(first, telemetry);
         let mut rest = VecDeque::new();
         for job in pending.drain(..) {
             if live.batch.len() < max_batch && live.batch.compatible(&job.settings) {
-                live.admit(job, stats, metrics);
+                live.admit(job, telemetry);
             } else {
                 rest.push_back(job);
             }
@@ -353,8 +288,7 @@ impl<'m> Live<'m> {
         &mut self,
         pending: &mut VecDeque<Job>,
         max_batch: usize,
-        stats: &Stats,
-        metrics: &Metrics,
+        telemetry: &Telemetry,
     ) {
         while self.batch.len() < max_batch
             && pending
@@ -362,9 +296,8 @@ impl<'m> Live<'m> {
                 .is_some_and(|j| self.batch.compatible(&j.settings))
         {
             if let Some(job) = pending.pop_front() {
-                if self.admit(job, stats, metrics) {
-                    stats.joined_rows.fetch_add(1, Ordering::Relaxed);
-                    metrics.joined_rows.inc();
+                if self.admit(job, telemetry) {
+                    telemetry.row_joined();
                 }
             }
         }
@@ -372,7 +305,7 @@ impl<'m> Live<'m> {
 
     /// Admits `job` (under a panic guard: a panic fails this request only). Returns whether it
     /// joined a batch that had already run a round.
-    fn admit(&mut self, job: Job, stats: &Stats, metrics: &Metrics) -> bool {
+    fn admit(&mut self, job: Job, telemetry: &Telemetry) -> bool {
         job.slot.release();
         let batch = &mut self.batch;
         let events = RowEvents {
@@ -384,8 +317,7 @@ impl<'m> Live<'m> {
         }));
         match admitted {
             Ok(Ok(id)) => {
-                stats.rows.fetch_add(1, Ordering::Relaxed);
-                metrics.rows.inc();
+                telemetry.row_admitted();
                 self.clients.insert(
                     id,
                     Client {
@@ -397,21 +329,19 @@ impl<'m> Live<'m> {
                 self.rounds > 0
             }
             Ok(Err(e)) => {
-                reject(&job, e.to_string(), stats);
+                reject(&job, e.to_string(), telemetry);
                 false
             }
             Err(p) => {
-                reject(&job, admission_panic(p.as_ref()), stats);
+                reject(&job, admission_panic(p.as_ref()), telemetry);
                 false
             }
         }
     }
 
     /// Answers every row with `msg`, naming its request.
-    fn fail(&mut self, msg: &str, stats: &Stats) {
-        stats
-            .failed_rows
-            .fetch_add(self.clients.len(), Ordering::Relaxed);
+    fn fail(&mut self, msg: &str, telemetry: &Telemetry) {
+        telemetry.rows_failed(self.clients.len());
         for c in self.clients.values() {
             let _ = c
                 .job
@@ -422,33 +352,25 @@ impl<'m> Live<'m> {
     }
 
     /// Runs one round. Returns whether the batch goes on.
-    fn round(&mut self, stats: &Stats, metrics: &Metrics) -> bool {
+    fn round(&mut self, telemetry: &Telemetry) -> bool {
         self.rounds += 1;
         let cache_mode = self.batch.settings().cache.mode.to_string();
         let rows_in_round = self.batch.len();
         let forwards_before = self.batch.forwards();
         let mut sink = Clients {
             clients: &mut self.clients,
-            stats,
-            metrics,
-            step_seconds: metrics
-                .step_seconds
-                .with_label_values(&[cache_mode.as_str()]),
+            telemetry,
+            step_seconds: telemetry.step_seconds(&cache_mode),
             last_step: Instant::now(),
         };
         let result = self.batch.run_block(&mut sink);
         let forwards = self.batch.forwards().saturating_sub(forwards_before);
-        metrics.forwards.inc_by(forwards as u64);
-        if forwards > 0 {
-            let positions = rows_in_round * self.batch.settings().decode.block_length;
-            metrics
-                .tokens_per_forward
-                .observe(positions as f64 / forwards as f64);
-        }
+        let positions = rows_in_round * self.batch.settings().decode.block_length;
+        telemetry.round(forwards, positions);
         match result {
             Ok(_) => {
                 if rows_in_round > 0 && self.clients.values().all(|c| c.cancelled) {
-                    stats.stopped_batches.fetch_add(1, Ordering::Relaxed);
+                    telemetry.batch_stopped();
                 }
                 // Finished rows left the batch (their answers were sent); cancelled rows left
                 // too. A client that went away after the round's last step leaves now.
@@ -461,7 +383,7 @@ impl<'m> Live<'m> {
                 for id in gone {
                     if let Some(c) = self.clients.remove(&id) {
                         if !c.cancelled && !c.done {
-                            stats.cancelled_rows.fetch_add(1, Ordering::Relaxed);
+                            telemetry.rows_cancelled(1);
                         }
                     }
                     self.batch.remove(id);
@@ -469,7 +391,7 @@ impl<'m> Live<'m> {
                 true
             }
             Err(e) => {
-                self.fail(&e.to_string(), stats);
+                self.fail(&e.to_string(), telemetry);
                 false
             }
         }
@@ -479,8 +401,7 @@ impl<'m> Live<'m> {
 /// The clients of a round, as the engine's [`RowSink`]: events go to each row's channel.
 struct Clients<'a> {
     clients: &'a mut HashMap<RowId, Client>,
-    stats: &'a Stats,
-    metrics: &'a Metrics,
+    telemetry: &'a Telemetry,
     step_seconds: prometheus::Histogram,
     last_step: Instant,
 }
@@ -499,7 +420,7 @@ impl RowSink for Clients<'_> {
         };
         if !c.cancelled && c.job.events.is_closed() {
             c.cancelled = true;
-            self.stats.cancelled_rows.fetch_add(1, Ordering::Relaxed);
+            self.telemetry.rows_cancelled(1);
         }
         c.cancelled
     }
@@ -515,20 +436,14 @@ impl RowSink for Clients<'_> {
             E::Provisional(p) => RowEvent::Provisional(p),
             E::BlockCommitted(block) => {
                 if block == 0 {
-                    self.metrics
-                        .first_block_seconds
-                        .observe(job.queued_at.elapsed().as_secs_f64());
+                    self.telemetry.first_block(job.queued_at);
                 }
                 return;
             }
             E::Done(answer) => {
                 c.done = true;
-                self.metrics
-                    .output_tokens
-                    .inc_by(answer.completion_tokens as u64);
-                self.metrics
-                    .generation_seconds
-                    .observe(job.queued_at.elapsed().as_secs_f64());
+                self.telemetry
+                    .answered(answer.completion_tokens, job.queued_at);
                 RowEvent::Done(answer)
             }
         };
@@ -537,8 +452,8 @@ impl RowSink for Clients<'_> {
 }
 
 /// Answers `job` with an engine error naming it.
-fn reject(job: &Job, msg: String, stats: &Stats) {
-    stats.failed_rows.fetch_add(1, Ordering::Relaxed);
+fn reject(job: &Job, msg: String, telemetry: &Telemetry) {
+    telemetry.rows_failed(1);
     let _ = job
         .events
         .send(RowEvent::Error(format!("request {}: {msg}", job.id)));
