@@ -119,13 +119,8 @@ fn a_panicking_row_fails_alone_and_the_next_request_succeeds() {
 
 /// An engine loop with a bug outside every per-request guard: it takes the first job, then
 /// panics (the job's event channel is dropped with it).
-fn engine_with_a_bug(
-    _loaded: LoadedModel,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<fastdllm_cli::serve::scheduler::Job>,
-    _max_batch: usize,
-    _telemetry: Arc<fastdllm_cli::serve::metrics::Telemetry>,
-) {
-    let _job = rx.blocking_recv();
+fn engine_with_a_bug(mut ctx: fastdllm_cli::serve::worker::EngineContext) {
+    let _job = ctx.jobs.blocking_recv();
     panic!("deliberate engine fault (test)");
 }
 

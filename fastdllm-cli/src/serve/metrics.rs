@@ -197,9 +197,7 @@ impl Telemetry {
     /// A request answered on `route` (its matched path, or `unmatched`) with `status`, `elapsed`
     /// after it arrived.
     pub fn http_answered(&self, route: &str, status: &str, elapsed: Duration) {
-        self.http_requests
-            .with_label_values(&[route, status])
-            .inc();
+        self.http_requests.with_label_values(&[route, status]).inc();
         self.http_duration
             .with_label_values(&[route])
             .observe(elapsed.as_secs_f64());

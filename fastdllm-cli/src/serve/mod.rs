@@ -23,12 +23,13 @@ pub mod errors;
 pub mod metrics;
 pub mod scheduler;
 pub mod transport;
+pub mod worker;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use axum::extract::{Request, State};
@@ -37,7 +38,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use fastdllm_core::{ModelSpec, Rng, TokenId};
+use fastdllm_core::{ModelSpec, TokenId};
 use fastdllm_models::{ChatTemplate, LoadedModel, Tokenizer};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -50,7 +51,7 @@ use api::{
 };
 use errors::ApiError;
 use metrics::Telemetry;
-use scheduler::{EngineHealth, Job, QueueSlot, RowEvent};
+use worker::{wait_done, Choices, EngineHandle, EngineLoop, Generation, Queued, RowEvent, Worker};
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -106,9 +107,7 @@ impl ServeConfig {
 }
 
 struct Inner {
-    tx: mpsc::UnboundedSender<Job>,
-    /// The queue's places (`queue_capacity`).
-    queue: Arc<Semaphore>,
+    engine: EngineHandle,
     /// Tokenizations at once.
     tokenize: Arc<Semaphore>,
     /// Largest prompt or message text in bytes ([`prompt_byte_cap`]).
@@ -118,7 +117,6 @@ struct Inner {
     tokenizer: Tokenizer,
     template: ChatTemplate,
     spec: ModelSpec,
-    engine: Arc<EngineHealth>,
     telemetry: Arc<Telemetry>,
     started: u64,
 }
@@ -127,32 +125,11 @@ struct Inner {
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
-/// The engine worker thread; join it after the server has stopped (every [`AppState`] dropped).
-pub struct Worker {
-    thread: std::thread::JoinHandle<()>,
-    engine: Arc<EngineHealth>,
-}
-
-impl Worker {
-    /// Waits until the worker has drained the queue and exited. Errors if the engine stopped
-    /// abnormally (the reason [`AppState::engine_stopped`] reported), so `serve` exits non-zero.
-    pub fn join(self) -> Result<()> {
-        if self.thread.join().is_err() {
-            self.engine.stop("the engine thread panicked");
-        }
-        match self.engine.stopped() {
-            Some(reason) => anyhow::bail!("the engine stopped: {reason}"),
-            None => Ok(()),
-        }
-    }
-}
-
 impl AppState {
     /// Resolves once the engine worker has stopped abnormally (a panic outside the per-request
     /// guards): `serve` then drains and exits non-zero.
     pub fn engine_stopped(&self) -> impl Future<Output = ()> + Send + 'static {
-        let engine = self.0.engine.clone();
-        async move { engine.wait_stopped().await }
+        self.0.engine.wait_stopped()
     }
 }
 
@@ -175,69 +152,46 @@ pub fn prompt_byte_cap(tokenizer: &Tokenizer, max_seq_len: usize) -> usize {
     max_seq_len.saturating_mul(longest)
 }
 
-/// The engine loop run on the worker thread: takes jobs from the receiver until every sender is
-/// dropped. [`scheduler::run_worker`] is the server's; another loop (a different scheduler, or a
-/// test's faulty one) can be given to [`start_with`] / [`spawn_with`].
-pub type EngineLoop = fn(LoadedModel, mpsc::UnboundedReceiver<Job>, usize, Arc<Telemetry>);
-
 /// Starts the engine worker for `loaded` and returns the handlers' state.
 pub fn start(loaded: LoadedModel, cfg: ServeConfig) -> Result<(AppState, Worker)> {
     start_with(loaded, cfg, scheduler::run_worker)
 }
 
-/// [`start`] with the engine loop `engine`. A panic that escapes it stops the engine: `/health`
-/// and new requests answer 503 with the reason, and [`Worker::join`] errors.
+/// [`start`] with the engine loop `engine_loop` ([`EngineLoop`]). A panic that escapes it stops
+/// the engine: `/health` and new requests answer 503 with the reason, and [`Worker::join`]
+/// errors.
 pub fn start_with(
     loaded: LoadedModel,
     cfg: ServeConfig,
-    engine_loop: EngineLoop,
+    engine_loop: impl EngineLoop,
 ) -> Result<(AppState, Worker)> {
-    // Refused, not clamped: a queue bound past the semaphore's limit is a configuration error.
-    let max_queue = Semaphore::MAX_PERMITS;
-    if !(1..=max_queue).contains(&cfg.queue_capacity) {
-        anyhow::bail!(
-            "queue_capacity = {} must be in 1..={max_queue}",
-            cfg.queue_capacity
-        );
-    }
-    let (tx, rx) = mpsc::unbounded_channel();
-    let engine = Arc::new(EngineHealth::default());
-    let spec = loaded.model.spec().clone();
     let telemetry = Arc::new(Telemetry::new().context("cannot register the metrics")?);
+    let spec = loaded.model.spec().clone();
+    let inner_tokenizer = loaded.tokenizer.clone();
+    let template = loaded.info.chat_template.clone();
+    let byte_cap = prompt_byte_cap(&loaded.tokenizer, spec.max_seq_len);
+    let (engine, worker) = EngineHandle::start(
+        loaded,
+        cfg.queue_capacity,
+        cfg.max_batch,
+        telemetry.clone(),
+        engine_loop,
+    )?;
     let inner = Inner {
-        tx,
-        engine: engine.clone(),
-        queue: Arc::new(Semaphore::new(cfg.queue_capacity)),
         tokenize: Arc::new(Semaphore::new(
             cfg.tokenize_concurrency.clamp(1, Semaphore::MAX_PERMITS),
         )),
-        prompt_byte_cap: prompt_byte_cap(&loaded.tokenizer, spec.max_seq_len),
+        prompt_byte_cap: byte_cap,
         large: Arc::default(),
-        tokenizer: loaded.tokenizer.clone(),
-        template: loaded.info.chat_template.clone(),
+        tokenizer: inner_tokenizer,
+        template,
         spec,
         telemetry: telemetry.clone(),
         started: now(),
         cfg: cfg.clone(),
+        engine,
     };
-    let max_batch = cfg.max_batch;
-    let health = engine.clone();
-    let thread = std::thread::Builder::new()
-        .name("fastdllm-engine".into())
-        .spawn(move || {
-            // Per-request panics are caught inside; this guard records anything else, so /health
-            // and new requests answer 503 with the reason instead of hanging.
-            let run =
-                std::panic::AssertUnwindSafe(|| engine_loop(loaded, rx, max_batch, telemetry));
-            if let Err(p) = std::panic::catch_unwind(run) {
-                health.stop(format!(
-                    "the engine thread panicked: {}",
-                    scheduler::panic_message(p.as_ref())
-                ));
-            }
-        })
-        .context("cannot start the engine thread")?;
-    Ok((AppState(Arc::new(inner)), Worker { thread, engine }))
+    Ok((AppState(Arc::new(inner)), worker))
 }
 
 impl AppState {
@@ -279,11 +233,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn metrics_text(State(s): State<AppState>) -> Response {
-    let capacity = s.0.cfg.queue_capacity;
-    let queued = capacity.saturating_sub(s.0.queue.available_permits());
     (
         [(header::CONTENT_TYPE, Telemetry::content_type())],
-        s.0.telemetry.render(queued),
+        s.0.telemetry.render(s.0.engine.queue_depth()),
     )
         .into_response()
 }
@@ -353,7 +305,7 @@ pub fn spawn_with(
     loaded: LoadedModel,
     cfg: ServeConfig,
     threads: usize,
-    engine_loop: EngineLoop,
+    engine_loop: impl EngineLoop,
 ) -> Result<ServerHandle> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
@@ -439,11 +391,10 @@ async fn health(State(s): State<AppState>) -> Response {
         });
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    let capacity = s.0.cfg.queue_capacity;
     Json(json!({
         "status": "ok",
         "model": s.0.cfg.model_id,
-        "queue": { "depth": capacity.saturating_sub(s.0.queue.available_permits()), "capacity": capacity },
+        "queue": { "depth": s.0.engine.queue_depth(), "capacity": s.0.engine.queue_capacity() },
         "stats": s.0.telemetry.snapshot(),
     }))
     .into_response()
@@ -547,133 +498,6 @@ async fn tokenize_all(
     .map_err(|e| ApiError::internal(format!("the tokenizer failed: {e}")))?
 }
 
-/// A fresh seed for a request without `seed`: std's per-process random hasher keys, a counter
-/// and the clock, mixed.
-fn fresh_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
-}
-
-/// The seed of choice `index`: `Rng::row_seed(seed, index)` (choice 0 keeps `seed`), or a fresh
-/// seed when the request has none.
-pub fn choice_seed(seed: Option<u64>, index: usize) -> u64 {
-    match seed {
-        Some(seed) => Rng::row_seed(seed, index),
-        None => fresh_seed(),
-    }
-}
-
-/// One queued choice: its events and the handler's hold on its queue place (dropping it, as
-/// when the client disconnects, frees the place at once).
-struct Queued {
-    rx: mpsc::UnboundedReceiver<RowEvent>,
-    slot: QueueSlot,
-}
-
-/// A request's queued choices, in `index` order.
-type Choices = Vec<Queued>;
-
-/// Queues `r.prompts.len() * r.n` rows of request `id` (choice `index = prompt_i * n + j`), all
-/// or none (429 when the queue cannot take them all).
-fn submit(s: &AppState, id: &str, r: &Validated) -> Result<Choices, ApiError> {
-    let (prompts, n) = (&r.prompts, r.n);
-    if let Some(reason) = s.0.engine.stopped() {
-        return Err(ApiError::engine_stopped(&reason));
-    }
-    let total = prompts.len().saturating_mul(n);
-    let capacity = s.0.cfg.queue_capacity;
-    if total > capacity {
-        let param = if n > 1 { "n" } else { "prompt" };
-        return Err(ApiError::invalid(
-            Some(param),
-            format!("{} prompts x n = {n} is {total} choices, more than the server's queue holds ({capacity})", prompts.len()),
-        ));
-    }
-    let wanted = u32::try_from(total).map_err(|_| ApiError::overloaded(capacity))?;
-    let mut permits = match s.0.queue.clone().try_acquire_many_owned(wanted) {
-        Ok(p) => Some(p),
-        Err(tokio::sync::TryAcquireError::NoPermits) => return Err(ApiError::overloaded(capacity)),
-        Err(tokio::sync::TryAcquireError::Closed) => return Err(ApiError::unavailable()),
-    };
-    let queued_at = Instant::now();
-    let mut out = Vec::with_capacity(total);
-    for index in 0..total {
-        // One place per row: split off the held permits, the last row takes the rest.
-        let one = if index + 1 < total {
-            permits.as_mut().and_then(|p| p.split(1))
-        } else {
-            permits.take()
-        };
-        let Some(one) = one else {
-            return Err(ApiError::internal("the queue places were miscounted"));
-        };
-        let (job_slot, slot) = QueueSlot::pair(one);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut row = r.settings.clone();
-        row.seed = choice_seed(r.seed, index);
-        let job = Job {
-            id: id.to_string(),
-            prompt: prompts[index / n].clone(),
-            settings: row,
-            stream: r.stream,
-            provisional: r.provisional,
-            queued_at,
-            events: tx,
-            slot: job_slot,
-        };
-        if s.0.tx.send(job).is_err() {
-            return Err(match s.0.engine.stopped() {
-                Some(reason) => ApiError::engine_stopped(&reason),
-                None => ApiError::unavailable(),
-            });
-        }
-        out.push(Queued { rx, slot });
-    }
-    Ok(out)
-}
-
-/// The end of one choice.
-struct Finished {
-    text: String,
-    completion_tokens: usize,
-    finish_reason: &'static str,
-}
-
-/// Waits for the final event of every choice of a non-streaming request (the choices' queue
-/// places are held until then, or until the client goes away and this future is dropped).
-async fn wait_done(choices: Choices) -> Result<Vec<Finished>, ApiError> {
-    let mut out = Vec::with_capacity(choices.len());
-    'choices: for Queued { mut rx, slot } in choices {
-        let _slot = slot;
-        while let Some(ev) = rx.recv().await {
-            match ev {
-                RowEvent::Done(a) => {
-                    out.push(Finished {
-                        text: a.text.unwrap_or_default(),
-                        completion_tokens: a.completion_tokens,
-                        finish_reason: a.finish_reason.as_str(),
-                    });
-                    continue 'choices;
-                }
-                RowEvent::Error(m) => return Err(ApiError::internal(m)),
-                RowEvent::Text(_) | RowEvent::Provisional(_) => {}
-            }
-        }
-        return Err(ApiError::internal("the engine dropped the request"));
-    }
-    Ok(out)
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Completion,
@@ -770,8 +594,8 @@ fn sse(
     tokio::spawn(async move {
         let mut map = StreamMap::new();
         let mut _slots = Vec::with_capacity(n);
-        for (i, Queued { rx, slot }) in choices.into_iter().enumerate() {
-            map.insert(i, UnboundedReceiverStream::new(rx));
+        for (i, Queued { events, slot }) in choices.into_iter().enumerate() {
+            map.insert(i, UnboundedReceiverStream::new(events));
             _slots.push(slot);
         }
         if kind == Kind::Chat {
@@ -947,7 +771,15 @@ async fn answer(s: &AppState, r: Validated) -> Result<Response, ApiError> {
         Kind::Completion => "cmpl",
         Kind::Chat => "chatcmpl",
     });
-    let choices = submit(s, &id, &r)?;
+    let generation = Generation {
+        prompts: r.prompts,
+        n: r.n,
+        settings: r.settings,
+        seed: r.seed,
+        stream: r.stream,
+        provisional: r.provisional,
+    };
+    let choices = s.0.engine.submit(&id, &generation)?;
     if r.stream {
         return Ok(sse(s, r.kind, id, choices, prompt_tokens, r.include_usage));
     }

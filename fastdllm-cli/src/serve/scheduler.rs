@@ -1,5 +1,6 @@
-//! The engine worker: one thread that owns the model's compute and runs a continuous batch,
-//! streaming each row's committed blocks to its own client.
+//! The server's engine loop ([`run_worker`], an [`super::worker::EngineLoop`]): on the worker
+//! thread, it owns the model's compute and runs a continuous batch, streaming each row's events
+//! to its own client.
 //!
 //! Granularity: **step-level continuous batching, rows join and leave between blocks**. The worker
 //! keeps one running [`Batch`]: each round every row decodes its own
@@ -14,8 +15,8 @@
 //! which takes every compatible queued request). Rows leave early too: after every step the
 //! observer checks each row's client; a row whose client is gone stops streaming and is dropped
 //! from the session at the end of the round, and when every row is gone the session stops at once
-//! ([`Control::Stop`]). Each row's output equals its solo output whenever it joined (the core's
-//! batch invariance), which tests/serve.rs checks against [`fastdllm_engine::run`].
+//! ([`fastdllm_core::Control::Stop`]). Each row's output equals its solo output whenever it joined (the core's
+//! batch invariance), which tests/serve.rs checks against [`fastdllm_engine::run()`].
 //!
 //! Answers: the engine ([`fastdllm_engine::Batch`]) finishes each row: after every step it
 //! checks the row's committed answer for its end (the end-of-sequence token, `max_tokens`, a
@@ -26,128 +27,21 @@
 //! Reference: none (the reference has no server). Supervision: admission and every round run
 //! under `catch_unwind`; a panic fails only the rows involved (the request being admitted, or the
 //! rows of the round's session, each answered with an error naming its request id) and the worker
-//! keeps serving. Should the worker itself stop, [`EngineHealth`] records why: `GET /health`
+//! keeps serving. Should the worker itself stop, [`super::worker::EngineHealth`] records why: `GET /health`
 //! answers 503 with the reason, new requests get 503, and `fastdllm serve` drains and exits
 //! non-zero so a supervisor restarts it.
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use fastdllm_core::{GenerateOptions, RowId, TokenId};
-use fastdllm_engine::{Answer, Batch, GenerationSettings, Provisional, RowEvents, RowSink};
+use fastdllm_core::{GenerateOptions, RowId};
+use fastdllm_engine::{Batch, RowEvents, RowSink};
 use fastdllm_models::LoadedModel;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use super::metrics::Telemetry;
-
-/// One request for the worker.
-#[derive(Debug)]
-pub struct Job {
-    /// The request id answered to the client (`cmpl-…`, `chatcmpl-…`); engine errors name it.
-    pub id: String,
-    /// Prompt ids (templated, validated).
-    pub prompt: Vec<TokenId>,
-    /// The request's settings (validated; answer limits included).
-    pub settings: GenerationSettings,
-    /// Send [`RowEvent::Text`] as the answer commits.
-    pub stream: bool,
-    /// Send [`RowEvent::Provisional`] after every step.
-    pub provisional: bool,
-    /// When the request was queued (metrics).
-    pub queued_at: Instant,
-    /// The client's channel; closed = the client went away.
-    pub events: mpsc::UnboundedSender<RowEvent>,
-    /// The request's place in the queue: released when the row is admitted into a session (or
-    /// the job is dropped), or at once when the client goes away ([`QueueSlot`]).
-    pub slot: QueueSlot,
-}
-
-/// A queue place shared by the handler and the worker: whichever side lets go first (the worker
-/// admitting or dropping the job, the handler's future dropped when its client disconnects)
-/// returns the permit, so a disconnected client frees its place at once instead of when the
-/// worker reaches its job.
-#[derive(Debug)]
-pub struct QueueSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
-
-impl QueueSlot {
-    /// Two handles on `permit`: one for the job, one for the handler.
-    pub fn pair(permit: OwnedSemaphorePermit) -> (QueueSlot, QueueSlot) {
-        let shared = Arc::new(Mutex::new(Some(permit)));
-        (QueueSlot(shared.clone()), QueueSlot(shared))
-    }
-
-    /// Returns the place to the queue (idempotent).
-    pub fn release(&self) {
-        let permit = match self.0.lock() {
-            Ok(mut g) => g.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        drop(permit);
-    }
-}
-
-impl Drop for QueueSlot {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
-/// What the worker tells one client.
-#[derive(Debug, Clone)]
-pub enum RowEvent {
-    /// Final text committed since the previous `Text` event.
-    Text(String),
-    /// The current block's tentative state.
-    Provisional(Provisional),
-    /// The answer is complete.
-    Done(Answer),
-    /// The generation failed.
-    Error(String),
-}
-
-/// Whether the engine worker runs, and why it stopped (shared by the worker thread, the
-/// handlers and `GET /health`).
-#[derive(Debug)]
-pub struct EngineHealth {
-    stopped: watch::Sender<Option<String>>,
-}
-
-impl Default for EngineHealth {
-    fn default() -> Self {
-        EngineHealth {
-            stopped: watch::channel(None).0,
-        }
-    }
-}
-
-impl EngineHealth {
-    /// Records that the engine stopped, and why (the first reason wins).
-    pub fn stop(&self, reason: impl Into<String>) {
-        let reason = reason.into();
-        self.stopped.send_if_modified(|r| {
-            if r.is_none() {
-                *r = Some(reason);
-                true
-            } else {
-                false
-            }
-        });
-    }
-
-    /// Why the engine stopped; `None` while it runs.
-    pub fn stopped(&self) -> Option<String> {
-        self.stopped.borrow().clone()
-    }
-
-    /// Resolves once the engine has stopped.
-    pub async fn wait_stopped(&self) {
-        let mut rx = self.stopped.subscribe();
-        let _ = rx.wait_for(Option::is_some).await;
-    }
-}
+use super::worker::{EngineContext, Job, RowEvent};
 
 /// The text of a panic payload (`panic!` with a literal or a formatted message).
 pub fn panic_message(payload: &(dyn Any + Send)) -> String {
@@ -160,13 +54,14 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
 
 /// Runs the worker loop until every sender of `rx` is dropped, the queue is drained and the
 /// running batch has finished. The queue's bound is the handlers' semaphore of
-/// [`QueueSlot`]s, not the channel: jobs whose client went away are skipped here.
-pub fn run_worker(
-    loaded: LoadedModel,
-    mut rx: mpsc::UnboundedReceiver<Job>,
-    max_batch: usize,
-    telemetry: Arc<Telemetry>,
-) {
+/// [`super::worker::QueueSlot`]s, not the channel: jobs whose client went away are skipped here.
+pub fn run_worker(ctx: EngineContext) {
+    let EngineContext {
+        loaded,
+        jobs: mut rx,
+        max_batch,
+        telemetry,
+    } = ctx;
     let max_batch = max_batch.max(1);
     let mut pending: VecDeque<Job> = VecDeque::new();
     let mut live: Option<Live<'_>> = None;
