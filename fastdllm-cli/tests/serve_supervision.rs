@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
-use fastdllm_cli::serve::api::{Defaults, Knobs};
-use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
+use fastdllm_cli::serve::openai::Knobs;
+use fastdllm_cli::serve::{self, Defaults, ServeConfig, ServerHandle};
 use fastdllm_core::{DiffusionLm, ForwardInput, KvView, ModelFamily, ModelSpec};
 use fastdllm_models::LoadedModel;
 use proptest::prelude::*;

@@ -14,16 +14,19 @@
 //! places at once and closes its channels, which the worker notices after the next step.
 //! Shutdown is graceful up to a deadline: in-flight and queued requests finish.
 //!
-//! Reference: the OpenAI completions / chat completions API. Deviations: see [`api`] (supported
+//! Reference: the OpenAI completions / chat completions API. Deviations: see [`openai`] (supported
 //! fields) and [`scheduler`] (batch granularity).
 
 pub mod access;
-pub mod api;
 pub mod errors;
 pub mod metrics;
+pub mod openai;
 pub mod scheduler;
 pub mod transport;
+pub mod validate;
 pub mod worker;
+
+pub use validate::Defaults;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,20 +41,17 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use fastdllm_core::{ModelSpec, TokenId};
-use fastdllm_models::{ChatTemplate, LoadedModel, Tokenizer};
+use fastdllm_models::LoadedModel;
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{StreamExt, StreamMap};
 
-use api::{
-    ChatChoice, ChatMessage, ChatRequest, Chunk, ChunkChoice, CompletionChoice, CompletionRequest,
-    Defaults, PromptInput, Route, Usage,
-};
+use openai::{ChatChoice, ChatMessage, Chunk, ChunkChoice, CompletionChoice, Usage};
+use validate::{Validated, Validator};
 use errors::ApiError;
 use metrics::Telemetry;
-use worker::{wait_done, Choices, EngineHandle, EngineLoop, Generation, Queued, RowEvent, Worker};
+use worker::{wait_done, Choices, EngineHandle, EngineLoop, Queued, RowEvent, Worker};
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -108,15 +108,9 @@ impl ServeConfig {
 
 struct Inner {
     engine: EngineHandle,
-    /// Tokenizations at once.
-    tokenize: Arc<Semaphore>,
-    /// Largest prompt or message text in bytes ([`prompt_byte_cap`]).
-    prompt_byte_cap: usize,
+    validator: Arc<Validator>,
     large: Arc<access::LargeBodies>,
     cfg: ServeConfig,
-    tokenizer: Tokenizer,
-    template: ChatTemplate,
-    spec: ModelSpec,
     telemetry: Arc<Telemetry>,
     started: u64,
 }
@@ -133,25 +127,6 @@ impl AppState {
     }
 }
 
-/// The largest prompt text (bytes) that can fit in `max_seq_len` tokens: `max_seq_len` times
-/// the longest vocabulary entry in UTF-8 bytes (at least 4, one character). Every input byte
-/// of a byte-level BPE or character-level vocabulary is covered by a token of at most that many
-/// bytes, so a longer text has more than `max_seq_len` tokens and is refused before it is
-/// tokenized (the tokenizer's cost grows with the text, the engine's cap does not). Saturates
-/// instead of overflowing. Assumption: the normalizer does not delete input (none of the
-/// supported models' tokenizers does).
-pub fn prompt_byte_cap(tokenizer: &Tokenizer, max_seq_len: usize) -> usize {
-    let longest = tokenizer
-        .inner()
-        .get_vocab(true)
-        .keys()
-        .map(String::len)
-        .max()
-        .unwrap_or(0)
-        .max(4);
-    max_seq_len.saturating_mul(longest)
-}
-
 /// Starts the engine worker for `loaded` and returns the handlers' state.
 pub fn start(loaded: LoadedModel, cfg: ServeConfig) -> Result<(AppState, Worker)> {
     start_with(loaded, cfg, scheduler::run_worker)
@@ -166,10 +141,12 @@ pub fn start_with(
     engine_loop: impl EngineLoop,
 ) -> Result<(AppState, Worker)> {
     let telemetry = Arc::new(Telemetry::new().context("cannot register the metrics")?);
-    let spec = loaded.model.spec().clone();
-    let inner_tokenizer = loaded.tokenizer.clone();
-    let template = loaded.info.chat_template.clone();
-    let byte_cap = prompt_byte_cap(&loaded.tokenizer, spec.max_seq_len);
+    let validator = Arc::new(Validator::new(
+        &loaded,
+        &cfg.model_id,
+        &cfg.defaults,
+        cfg.tokenize_concurrency,
+    ));
     let (engine, worker) = EngineHandle::start(
         loaded,
         cfg.queue_capacity,
@@ -178,14 +155,8 @@ pub fn start_with(
         engine_loop,
     )?;
     let inner = Inner {
-        tokenize: Arc::new(Semaphore::new(
-            cfg.tokenize_concurrency.clamp(1, Semaphore::MAX_PERMITS),
-        )),
-        prompt_byte_cap: byte_cap,
+        validator,
         large: Arc::default(),
-        tokenizer: inner_tokenizer,
-        template,
-        spec,
         telemetry: telemetry.clone(),
         started: now(),
         cfg: cfg.clone(),
@@ -400,104 +371,6 @@ async fn health(State(s): State<AppState>) -> Response {
     .into_response()
 }
 
-/// The cheap checks of one prompt text, before any tokenization: not empty, and not longer in
-/// bytes than the model's maximum length allows ([`prompt_byte_cap`]).
-fn check_text(s: &AppState, text: &str, field: &str, param: &str) -> Result<(), ApiError> {
-    if text.trim().is_empty() {
-        return Err(ApiError::invalid(
-            Some(field),
-            format!("{param}: the prompt is empty"),
-        ));
-    }
-    let cap = s.0.prompt_byte_cap;
-    if text.len() > cap {
-        return Err(ApiError::invalid(
-            Some(field),
-            format!(
-                "{param}: the prompt is {} bytes: more than the {cap} bytes that can fit in the model's maximum sequence length of {} tokens",
-                text.len(),
-                s.0.spec.max_seq_len
-            ),
-        )
-        .with_code("context_length_exceeded"));
-    }
-    Ok(())
-}
-
-/// Tokenizes and checks one prompt (`param` names it in errors: `prompt`, `prompt[1]`,
-/// `messages`) for a canvas of `gen_length` answer positions. Blocking: called through
-/// [`tokenize_all`].
-fn tokenize(
-    s: &AppState,
-    prompt: &PromptInput,
-    templated: bool,
-    param: &str,
-    gen: usize,
-) -> Result<Vec<TokenId>, ApiError> {
-    let field = if templated { "messages" } else { "prompt" };
-    let bad = |m: String| ApiError::invalid(Some(field), m);
-    let ids = match prompt {
-        PromptInput::Text(text) => {
-            check_text(s, text, field, param)?;
-            // A chat's text is already rendered with the template (which adds its own BOS).
-            let special = !templated || s.0.template.add_special_tokens();
-            s.0.tokenizer
-                .encode(text, special)
-                .map_err(|e| bad(format!("{param}: cannot tokenize the prompt: {e}")))?
-        }
-        PromptInput::Ids(ids) => ids.clone(),
-    };
-    let max = s.0.spec.max_seq_len;
-    // Saturating: a sum past usize::MAX exceeds any model's maximum just the same.
-    let total = ids.len().saturating_add(gen);
-    if total > max {
-        return Err(bad(format!(
-            "{param}: the prompt has {} tokens and the answer canvas gen_length = {gen}: {total} tokens exceed the model's maximum sequence length {max}",
-            ids.len(),
-        ))
-        .with_code("context_length_exceeded"));
-    }
-    let mut decode = s.0.cfg.defaults.settings.decode.clone();
-    decode.gen_length = gen;
-    decode
-        .validate_prompt(&s.0.spec, &ids)
-        .map_err(|e| bad(format!("{param}: {e}")))?;
-    Ok(ids)
-}
-
-/// Tokenizes a request's prompts (each with the name errors give it) on a blocking thread, at
-/// most `tokenize_concurrency` requests at once, after the cheap checks of every text: a large
-/// or slow prompt never stalls the async runtime.
-async fn tokenize_all(
-    s: &AppState,
-    inputs: Vec<(PromptInput, String)>,
-    templated: bool,
-    gen: usize,
-) -> Result<Vec<Vec<TokenId>>, ApiError> {
-    let field = if templated { "messages" } else { "prompt" };
-    for (p, param) in &inputs {
-        if let PromptInput::Text(text) = p {
-            check_text(s, text, field, param)?;
-        }
-    }
-    let permit =
-        s.0.tokenize
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::unavailable())?;
-    let st = s.clone();
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        inputs
-            .iter()
-            .map(|(p, param)| tokenize(&st, p, templated, param, gen))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("the tokenizer failed: {e}")))?
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Completion,
@@ -520,7 +393,7 @@ impl Chunker {
         text: Option<String>,
         role: bool,
         finish: Option<&'static str>,
-        prov: Option<api::Provisional>,
+        prov: Option<openai::Provisional>,
     ) -> Chunk {
         let (text, delta) = match self.kind {
             Kind::Completion => (Some(text.unwrap_or_default()), None),
@@ -670,118 +543,26 @@ async fn chat_completions(State(s): State<AppState>, req: Request) -> Response {
 }
 
 async fn completion(s: AppState, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let r: CompletionRequest = api::parse_request(&body, Route::Completions)?;
-    drop(body);
-    api::check_model(r.model.as_deref(), &s.0.cfg.model_id)?;
-    let n = api::check_n(r.n)?;
-    let include_usage = api::check_stream_options(r.stream, r.stream_options)?;
-    let inputs = api::parse_prompts(&r.prompt)?;
-    let settings = r.knobs.resolve(&s.0.cfg.defaults, s.0.spec.family)?;
-    let gen = settings.decode.gen_length;
-    let many = inputs.len() > 1;
-    let named = inputs
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let param = if many {
-                format!("prompt[{i}]")
-            } else {
-                "prompt".to_string()
-            };
-            (p, param)
-        })
-        .collect();
-    let prompts = tokenize_all(&s, named, false, gen).await?;
-    let request = Validated {
-        kind: Kind::Completion,
-        prompts,
-        n,
-        include_usage,
-        settings,
-        seed: r.knobs.seed,
-        stream: r.stream,
-        provisional: r.provisional,
-    };
-    answer(&s, request).await
+    let request = s.0.validator.completion(body).await?;
+    answer(&s, Kind::Completion, request).await
 }
 
 async fn chat_completion(s: AppState, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let r: ChatRequest = api::parse_request(&body, Route::Chat)?;
-    drop(body);
-    api::check_model(r.model.as_deref(), &s.0.cfg.model_id)?;
-    let n = api::check_n(r.n)?;
-    let include_usage = api::check_stream_options(r.stream, r.stream_options)?;
-    let messages = api::chat_messages(&r.messages)?;
-    // The byte cap before rendering: the contents alone must fit.
-    let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
-    if bytes > s.0.prompt_byte_cap {
-        return Err(ApiError::invalid(
-            Some("messages"),
-            format!(
-                "messages: the contents are {bytes} bytes: more than the {} bytes that can fit in the model's maximum sequence length of {} tokens",
-                s.0.prompt_byte_cap, s.0.spec.max_seq_len
-            ),
-        )
-        .with_code("context_length_exceeded"));
-    }
-    let settings = r.knobs.resolve(&s.0.cfg.defaults, s.0.spec.family)?;
-    // Rendered on a blocking thread (a template is a program; its cost grows with the history).
-    let st = s.clone();
-    let text = tokio::task::spawn_blocking(move || st.0.template.render(&messages))
-        .await
-        .map_err(|e| ApiError::internal(format!("the chat template failed: {e}")))?
-        .map_err(|e| ApiError::invalid(Some("messages"), format!("messages: {e}")))?;
-    let prompts = tokenize_all(
-        &s,
-        vec![(PromptInput::Text(text), "messages".to_string())],
-        true,
-        settings.decode.gen_length,
-    )
-    .await?;
-    let request = Validated {
-        kind: Kind::Chat,
-        prompts,
-        n,
-        include_usage,
-        settings,
-        seed: r.knobs.seed,
-        stream: r.stream,
-        provisional: r.provisional,
-    };
-    answer(&s, request).await
-}
-
-/// A validated, tokenized request of either route.
-struct Validated {
-    kind: Kind,
-    prompts: Vec<Vec<TokenId>>,
-    n: usize,
-    include_usage: bool,
-    settings: fastdllm_engine::GenerationSettings,
-    seed: Option<u64>,
-    stream: bool,
-    provisional: bool,
+    let request = s.0.validator.chat(body).await?;
+    answer(&s, Kind::Chat, request).await
 }
 
 /// Queues `r`'s choices and answers them: server-sent events, or one JSON response once every
 /// choice is done (the route's object: `text_completion` or `chat.completion`).
-async fn answer(s: &AppState, r: Validated) -> Result<Response, ApiError> {
-    let prompt_tokens = r.prompts.iter().map(Vec::len).sum();
-    let id = request_id(match r.kind {
+async fn answer(s: &AppState, kind: Kind, r: Validated) -> Result<Response, ApiError> {
+    let prompt_tokens = r.prompt_tokens();
+    let id = request_id(match kind {
         Kind::Completion => "cmpl",
         Kind::Chat => "chatcmpl",
     });
-    let generation = Generation {
-        prompts: r.prompts,
-        n: r.n,
-        settings: r.settings,
-        seed: r.seed,
-        stream: r.stream,
-        provisional: r.provisional,
-    };
-    let choices = s.0.engine.submit(&id, &generation)?;
-    if r.stream {
-        return Ok(sse(s, r.kind, id, choices, prompt_tokens, r.include_usage));
+    let choices = s.0.engine.submit(&id, &r.generation)?;
+    if r.generation.stream {
+        return Ok(sse(s, kind, id, choices, prompt_tokens, r.include_usage));
     }
     let done = wait_done(choices).await?;
     let usage = Usage::new(
@@ -789,8 +570,8 @@ async fn answer(s: &AppState, r: Validated) -> Result<Response, ApiError> {
         done.iter().map(|d| d.completion_tokens).sum(),
     );
     let model = s.0.cfg.model_id.clone();
-    Ok(match r.kind {
-        Kind::Completion => Json(api::Response {
+    Ok(match kind {
+        Kind::Completion => Json(openai::Response {
             id,
             object: "text_completion",
             created: now(),
@@ -808,7 +589,7 @@ async fn answer(s: &AppState, r: Validated) -> Result<Response, ApiError> {
             usage,
         })
         .into_response(),
-        Kind::Chat => Json(api::Response {
+        Kind::Chat => Json(openai::Response {
             id,
             object: "chat.completion",
             created: now(),
