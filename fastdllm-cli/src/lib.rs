@@ -3,7 +3,7 @@
 //!
 //! * `hub`: `--model` as a Hugging Face Hub model id, through the standard cache (feature
 //!   `hub`);
-//! * [`serve`]: the OpenAI-compatible HTTP server of `fastdllm serve` (issue 6);
+//! * [`serve`]: the OpenAI-compatible HTTP server of `fastdllm serve`;
 //! * [`malloc`]: glibc allocator tuning of the binary (large buffers stay in the heap).
 //!
 //! The work of the other commands lives in libraries: golden cases, their judge and the

@@ -1,57 +1,63 @@
-//! `fastdllm serve`: an OpenAI-compatible HTTP server (axum + tokio) in front of one engine
-//! worker.
+//! `fastdllm serve`: an OpenAI-compatible HTTP server (axum + tokio + hyper) in front of one
+//! engine worker.
 //!
-//! Routes: `POST /v1/completions`, `POST /v1/chat/completions` (JSON or, with `"stream": true`,
-//! server-sent events ending with `data: [DONE]`), `GET /v1/models`, `GET /health`,
-//! `GET /metrics` ([`metrics`]). The transport ([`transport`]) bounds connections and their
-//! header, body and idle times; the access checks ([`access`]) refuse oversized heads, missing
-//! API keys and non-JSON bodies before anything is read. Requests are then parsed and validated
-//! on the async side (OpenAI-style 4xx errors, [`errors`]), their text capped in bytes by the
-//! model's maximum length, tokenized on blocking threads (a bounded number at once), and every
-//! choice (each prompt × `n`) is queued as one row (a semaphore of `queue_capacity` places;
-//! full → 429). The worker thread ([`scheduler`]) batches compatible rows and streams each row's
-//! committed blocks back through the row's own channel. A client that goes away frees its queue
-//! places at once and closes its channels, which the worker notices after the next step.
-//! Shutdown is graceful up to a deadline: in-flight and queued requests finish.
+//! Routes ([`routes`]): `POST /v1/completions`, `POST /v1/chat/completions` (JSON or, with
+//! `"stream": true`, server-sent events ending with `data: [DONE]`), `GET /v1/models`,
+//! `GET /health`, `GET /metrics`. Shutdown is graceful up to a deadline: in-flight and queued
+//! requests finish.
 //!
-//! Reference: the OpenAI completions / chat completions API. Deviations: see [`openai`] (supported
-//! fields) and [`scheduler`] (batch granularity).
+//! One chat request, file by file:
+//!
+//! 1. [`transport`]: the accept loop hands the connection to hyper (limits on connections,
+//!    head size and time), which calls the [`router`] built here;
+//! 2. [`metrics::track`] counts and times it; [`access::check`] refuses oversized heads,
+//!    missing API keys and non-JSON bodies before anything is read;
+//! 3. [`routes::chat`]: reads the body ([`access::with_body`]) and
+//! 4. validates it in one call ([`validate::Validator::chat`]: parse, field checks, knobs,
+//!    chat template, byte cap, tokenization on a blocking thread), giving the engine's
+//!    [`worker::Generation`]; errors are OpenAI error objects ([`errors`]);
+//! 5. queues its choices through the engine seam ([`worker::EngineHandle::submit`]: one row per
+//!    choice, one queue place each, 429 when full). The worker thread ([`scheduler::run_worker`])
+//!    admits the rows into the running `fastdllm_engine::Batch`, whose `run_block` drives the
+//!    core's block-wise loop, and forwards each row's events to the row's channel;
+//! 6. answers: [`sse`] turns the channels into chunks as they come, or the handler waits for
+//!    every choice ([`worker::wait_done`]) and assembles the `chat.completion` object
+//!    ([`openai`] holds the wire types).
+//!
+//! A client that goes away frees its queue places at once and closes its channels, which the
+//! worker notices after the next step. `/health` and `/metrics` read one [`metrics::Telemetry`].
+//!
+//! Reference: the OpenAI completions / chat completions API. Deviations: see [`openai`]
+//! (supported fields) and [`scheduler`] (batch granularity).
 
 pub mod access;
 pub mod errors;
 pub mod metrics;
 pub mod openai;
+pub mod routes;
 pub mod scheduler;
+pub mod sse;
 pub mod transport;
 pub mod validate;
 pub mod worker;
 
 pub use validate::Defaults;
+pub use worker::{EngineLoop, Worker};
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use fastdllm_models::LoadedModel;
-use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_stream::{StreamExt, StreamMap};
+use tokio::sync::oneshot;
 
-use openai::{ChatChoice, ChatMessage, Chunk, ChunkChoice, CompletionChoice, Usage};
-use validate::{Validated, Validator};
-use errors::ApiError;
 use metrics::Telemetry;
-use worker::{wait_done, Choices, EngineHandle, EngineLoop, Queued, RowEvent, Worker};
+use validate::Validator;
+use worker::EngineHandle;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -106,12 +112,18 @@ impl ServeConfig {
     }
 }
 
+/// What the handlers share.
 struct Inner {
-    engine: EngineHandle,
-    validator: Arc<Validator>,
-    large: Arc<access::LargeBodies>,
     cfg: ServeConfig,
+    /// Parses, validates and tokenizes requests.
+    validator: Arc<Validator>,
+    /// The engine seam: queues choices, reports the queue and the engine's health.
+    engine: EngineHandle,
+    /// Counters and metrics (`/health`, `/metrics`).
     telemetry: Arc<Telemetry>,
+    /// Large bodies in flight ([`access::LargeBodies`]).
+    large: Arc<access::LargeBodies>,
+    /// Unix seconds at start (`GET /v1/models`' `created`).
     started: u64,
 }
 
@@ -120,6 +132,11 @@ struct Inner {
 pub struct AppState(Arc<Inner>);
 
 impl AppState {
+    /// The server's settings.
+    pub fn config(&self) -> &ServeConfig {
+        &self.0.cfg
+    }
+
     /// Resolves once the engine worker has stopped abnormally (a panic outside the per-request
     /// guards): `serve` then drains and exits non-zero.
     pub fn engine_stopped(&self) -> impl Future<Output = ()> + Send + 'static {
@@ -155,35 +172,28 @@ pub fn start_with(
         engine_loop,
     )?;
     let inner = Inner {
+        cfg,
         validator,
-        large: Arc::default(),
-        telemetry: telemetry.clone(),
-        started: now(),
-        cfg: cfg.clone(),
         engine,
+        telemetry,
+        large: Arc::default(),
+        started: routes::now(),
     };
     Ok((AppState(Arc::new(inner)), worker))
 }
 
-impl AppState {
-    /// The server's settings.
-    pub fn config(&self) -> &ServeConfig {
-        &self.0.cfg
-    }
-}
-
-/// The routes, behind (outermost first) CORS when configured, the body timeout and the access
-/// checks ([`access::check`]).
+/// The routes, behind (outermost first) CORS when configured, the request counter
+/// ([`metrics::track`]), the body timeout and the access checks ([`access::check`]).
 pub fn router(state: AppState) -> Router {
     let cfg = state.0.cfg.clone();
     let r = Router::new()
-        .route("/v1/completions", post(completions))
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/models", get(models))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .route("/v1/completions", post(routes::completions::create))
+        .route("/v1/chat/completions", post(routes::chat::create))
+        .route("/v1/models", get(routes::models::list))
+        .route("/health", get(routes::health::health))
+        .route("/metrics", get(routes::health::metrics))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::check,
@@ -201,14 +211,6 @@ pub fn router(state: AppState) -> Router {
         Some(cors) => r.layer(cors),
         None => r,
     }
-}
-
-async fn metrics_text(State(s): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, Telemetry::content_type())],
-        s.0.telemetry.render(s.0.engine.queue_depth()),
-    )
-        .into_response()
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then drains (see
@@ -305,310 +307,5 @@ pub fn spawn_with(
         addr,
         shutdown: Some(tx),
         thread: Some(thread),
-    })
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn request_id(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}-{:x}{:08x}", n, nanos)
-}
-
-async fn not_found() -> ApiError {
-    ApiError::invalid(None, "unknown route; see POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics")
-        .with_status(StatusCode::NOT_FOUND)
-        .with_code("not_found")
-}
-
-async fn method_not_allowed(req: Request) -> ApiError {
-    ApiError::invalid(
-        None,
-        format!(
-            "method {} is not allowed on {}: the completion routes take POST, /v1/models and /health GET",
-            req.method(),
-            req.uri().path()
-        ),
-    )
-    .with_status(StatusCode::METHOD_NOT_ALLOWED)
-    .with_code("method_not_allowed")
-}
-
-async fn models(State(s): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{ "id": s.0.cfg.model_id, "object": "model", "created": s.0.started, "owned_by": "fastdllm" }],
-    }))
-}
-
-async fn health(State(s): State<AppState>) -> Response {
-    if let Some(reason) = s.0.engine.stopped() {
-        let body = json!({
-            "status": "error",
-            "reason": reason,
-            "model": s.0.cfg.model_id,
-            "stats": s.0.telemetry.snapshot(),
-        });
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-    }
-    Json(json!({
-        "status": "ok",
-        "model": s.0.cfg.model_id,
-        "queue": { "depth": s.0.engine.queue_depth(), "capacity": s.0.engine.queue_capacity() },
-        "stats": s.0.telemetry.snapshot(),
-    }))
-    .into_response()
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    Completion,
-    Chat,
-}
-
-/// Builds the chunks of one streaming response.
-struct Chunker {
-    kind: Kind,
-    id: String,
-    created: u64,
-    model: String,
-    include_usage: bool,
-}
-
-impl Chunker {
-    fn chunk(
-        &self,
-        index: usize,
-        text: Option<String>,
-        role: bool,
-        finish: Option<&'static str>,
-        prov: Option<openai::Provisional>,
-    ) -> Chunk {
-        let (text, delta) = match self.kind {
-            Kind::Completion => (Some(text.unwrap_or_default()), None),
-            Kind::Chat => {
-                let mut d = serde_json::Map::new();
-                if role {
-                    d.insert("role".into(), json!("assistant"));
-                }
-                if let Some(t) = text {
-                    d.insert("content".into(), json!(t));
-                }
-                (None, Some(serde_json::Value::Object(d)))
-            }
-        };
-        self.with(
-            vec![ChunkChoice {
-                index,
-                text,
-                delta,
-                logprobs: None,
-                finish_reason: finish,
-                provisional: prov,
-            }],
-            None,
-        )
-    }
-
-    fn with(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Chunk {
-        Chunk {
-            id: self.id.clone(),
-            object: if self.kind == Kind::Chat {
-                "chat.completion.chunk"
-            } else {
-                "text_completion"
-            },
-            created: self.created,
-            model: self.model.clone(),
-            choices,
-            usage: self.include_usage.then_some(usage),
-        }
-    }
-}
-
-fn event(c: &Chunk) -> Event {
-    Event::default()
-        .json_data(c)
-        .unwrap_or_else(|_| Event::default().data("{}"))
-}
-
-/// The SSE response of a streaming request: the choices' chunks as they come, then (with
-/// `include_usage`) a chunk with empty `choices` and the usage, then `[DONE]`. A task drives the
-/// choices and holds their queue places; when the client goes away it drops their channels and
-/// places, which cancels their rows.
-fn sse(
-    s: &AppState,
-    kind: Kind,
-    id: String,
-    choices: Choices,
-    prompt_tokens: usize,
-    include_usage: bool,
-) -> Response {
-    let c = Chunker {
-        kind,
-        id,
-        created: now(),
-        model: s.0.cfg.model_id.clone(),
-        include_usage,
-    };
-    let (out, out_rx) = mpsc::unbounded_channel::<Event>();
-    let n = choices.len();
-    tokio::spawn(async move {
-        let mut map = StreamMap::new();
-        let mut _slots = Vec::with_capacity(n);
-        for (i, Queued { events, slot }) in choices.into_iter().enumerate() {
-            map.insert(i, UnboundedReceiverStream::new(events));
-            _slots.push(slot);
-        }
-        if kind == Kind::Chat {
-            for i in 0..n {
-                if out
-                    .send(event(&c.chunk(i, None, true, None, None)))
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
-        let mut completion_tokens = 0;
-        loop {
-            let next = tokio::select! {
-                next = map.next() => next,
-                () = out.closed() => return,
-            };
-            let Some((i, ev)) = next else { break };
-            let e = match ev {
-                RowEvent::Text(t) => event(&c.chunk(i, Some(t), false, None, None)),
-                RowEvent::Provisional(p) => event(&c.chunk(i, None, false, None, Some(p))),
-                RowEvent::Done(a) => {
-                    completion_tokens += a.completion_tokens;
-                    event(&c.chunk(i, None, false, Some(a.finish_reason.as_str()), None))
-                }
-                RowEvent::Error(m) => Event::default()
-                    .json_data(ApiError::internal(m).body())
-                    .unwrap_or_else(|_| Event::default().data("{}")),
-            };
-            if out.send(e).is_err() {
-                return;
-            }
-        }
-        if include_usage {
-            let usage = Usage::new(prompt_tokens, completion_tokens);
-            let _ = out.send(event(&c.with(Vec::new(), Some(usage))));
-        }
-        let _ = out.send(Event::default().data("[DONE]"));
-    });
-    let stream = UnboundedReceiverStream::new(out_rx).map(Ok::<Event, Infallible>);
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response()
-}
-
-/// Reads the body and runs `handle` on it; a large body counts toward a burst
-/// ([`access::LargeBodies`]) until the handler has returned (and freed its copies of it).
-async fn with_body<F, Fut>(s: AppState, req: Request, handle: F) -> Response
-where
-    F: FnOnce(AppState, axum::body::Bytes) -> Fut,
-    Fut: Future<Output = Result<Response, ApiError>>,
-{
-    let body = match access::read_body(&s, req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let large = s.0.large.track(body.len());
-    let r = handle(s, body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
-    drop(large);
-    r
-}
-
-async fn completions(State(s): State<AppState>, req: Request) -> Response {
-    with_body(s, req, completion).await
-}
-
-async fn chat_completions(State(s): State<AppState>, req: Request) -> Response {
-    with_body(s, req, chat_completion).await
-}
-
-async fn completion(s: AppState, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let request = s.0.validator.completion(body).await?;
-    answer(&s, Kind::Completion, request).await
-}
-
-async fn chat_completion(s: AppState, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let request = s.0.validator.chat(body).await?;
-    answer(&s, Kind::Chat, request).await
-}
-
-/// Queues `r`'s choices and answers them: server-sent events, or one JSON response once every
-/// choice is done (the route's object: `text_completion` or `chat.completion`).
-async fn answer(s: &AppState, kind: Kind, r: Validated) -> Result<Response, ApiError> {
-    let prompt_tokens = r.prompt_tokens();
-    let id = request_id(match kind {
-        Kind::Completion => "cmpl",
-        Kind::Chat => "chatcmpl",
-    });
-    let choices = s.0.engine.submit(&id, &r.generation)?;
-    if r.generation.stream {
-        return Ok(sse(s, kind, id, choices, prompt_tokens, r.include_usage));
-    }
-    let done = wait_done(choices).await?;
-    let usage = Usage::new(
-        prompt_tokens,
-        done.iter().map(|d| d.completion_tokens).sum(),
-    );
-    let model = s.0.cfg.model_id.clone();
-    Ok(match kind {
-        Kind::Completion => Json(openai::Response {
-            id,
-            object: "text_completion",
-            created: now(),
-            model,
-            choices: done
-                .into_iter()
-                .enumerate()
-                .map(|(index, d)| CompletionChoice {
-                    index,
-                    text: d.text,
-                    logprobs: None,
-                    finish_reason: Some(d.finish_reason),
-                })
-                .collect(),
-            usage,
-        })
-        .into_response(),
-        Kind::Chat => Json(openai::Response {
-            id,
-            object: "chat.completion",
-            created: now(),
-            model,
-            choices: done
-                .into_iter()
-                .enumerate()
-                .map(|(index, d)| ChatChoice {
-                    index,
-                    message: ChatMessage {
-                        role: "assistant".into(),
-                        content: d.text,
-                    },
-                    logprobs: None,
-                    finish_reason: Some(d.finish_reason),
-                })
-                .collect(),
-            usage,
-        })
-        .into_response(),
     })
 }
