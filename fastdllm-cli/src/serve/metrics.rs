@@ -1,7 +1,8 @@
 //! The server's telemetry: one [`Telemetry`] counts every event once, and both `GET /health`
 //! (its `stats` object, [`StatsSnapshot`]) and `GET /metrics` (the Prometheus text exposition
 //! format, the `prometheus` crate's registry and `TextEncoder`) read it. The engine worker
-//! reports what happens to rows and batches, the [`track`] middleware every answered request.
+//! reports what happens to rows and batches, the router's `track` middleware (`super::router`)
+//! every answered request.
 //!
 //! `/health`'s `stats`: `batches` (batches started), `rows` (= `fastdllm_rows_total`),
 //! `joined_rows` (= `fastdllm_joined_rows_total`), `max_batch` (most rows in one round so far),
@@ -30,12 +31,8 @@
 //! (<https://prometheus.io/docs/practices/naming/>).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
@@ -294,18 +291,4 @@ impl Telemetry {
     pub fn content_type() -> String {
         TextEncoder::new().format_type().to_string()
     }
-}
-
-/// The middleware around every route: counts each answered request by route and status, and
-/// times it to its response head.
-pub async fn track(State(t): State<Arc<Telemetry>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let start = Instant::now();
-    let resp = next.run(req).await;
-    t.http_answered(&route, resp.status().as_str(), start.elapsed());
-    resp
 }

@@ -9,23 +9,27 @@
 //! One chat request, file by file:
 //!
 //! 1. [`transport`]: the accept loop hands the connection to hyper (limits on connections,
-//!    head size and time), which calls the [`router`] built here;
-//! 2. [`metrics::track`] counts and times it; [`access::check`] refuses oversized heads,
-//!    missing API keys and non-JSON bodies before anything is read;
-//! 3. [`routes::chat`]: reads the body ([`access::with_body`]) and
-//! 4. validates it in one call ([`validate::Validator::chat`]: parse, field checks, knobs,
-//!    chat template, byte cap, tokenization on a blocking thread), giving the engine's
+//!    head size and time), which calls the [`router`] built here; its `track` layer counts and
+//!    times the request ([`metrics::Telemetry`]);
+//! 2. [`access`]: [`access::check`] refuses oversized heads, missing API keys and non-JSON
+//!    bodies before anything is read, [`access::with_body`] reads the body for
+//! 3. [`routes::chat`], the handler, which
+//! 4. validates the body in one call ([`validate::Validator::chat`]: parse, field checks,
+//!    knobs, chat template, byte cap, tokenization on a blocking thread), giving the engine's
 //!    [`worker::Generation`]; errors are OpenAI error objects ([`errors`]);
-//! 5. queues its choices through the engine seam ([`worker::EngineHandle::submit`]: one row per
-//!    choice, one queue place each, 429 when full). The worker thread ([`scheduler::run_worker`])
-//!    admits the rows into the running `fastdllm_engine::Batch`, whose `run_block` drives the
-//!    core's block-wise loop, and forwards each row's events to the row's channel;
-//! 6. answers: [`sse`] turns the channels into chunks as they come, or the handler waits for
-//!    every choice ([`worker::wait_done`]) and assembles the `chat.completion` object
-//!    ([`openai`] holds the wire types).
+//! 5. queues its choices through the engine seam ([`worker::EngineHandle::submit`]: one row
+//!    and one queue place per choice, 429 when full);
+//! 6. [`scheduler`]: the engine loop on the worker thread admits the rows into the running
+//!    `fastdllm_engine::Batch` (fastdllm-engine/src/batch.rs), whose `run_block` drives the
+//!    core's block-wise loop (fastdllm-core/src/generate.rs), and forwards each row's events to
+//!    the row's channel;
+//! 7. back in [`routes::chat`]: [`sse`] turns the channels into chunks as they come, or the
+//!    handler waits for every choice ([`worker::wait_done`]) and assembles the
+//!    `chat.completion` object ([`openai`] holds the wire types).
 //!
 //! A client that goes away frees its queue places at once and closes its channels, which the
-//! worker notices after the next step. `/health` and `/metrics` read one [`metrics::Telemetry`].
+//! engine loop notices after the next step. `/health` and `/metrics` read one
+//! [`metrics::Telemetry`].
 //!
 //! Reference: the OpenAI completions / chat completions API. Deviations: see [`openai`]
 //! (supported fields) and [`scheduler`] (batch granularity).
@@ -47,9 +51,12 @@ pub use worker::{EngineLoop, Worker};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use fastdllm_models::LoadedModel;
@@ -182,8 +189,8 @@ pub fn start_with(
     Ok((AppState(Arc::new(inner)), worker))
 }
 
-/// The routes, behind (outermost first) CORS when configured, the request counter
-/// ([`metrics::track`]), the body timeout and the access checks ([`access::check`]).
+/// The routes, behind (outermost first) CORS when configured, the request counter (`track`),
+/// the body timeout and the access checks ([`access::check`]).
 pub fn router(state: AppState) -> Router {
     let cfg = state.0.cfg.clone();
     let r = Router::new()
@@ -204,13 +211,27 @@ pub fn router(state: AppState) -> Router {
         // Outermost of the router's layers: refusals by the access checks are counted too.
         .layer(axum::middleware::from_fn_with_state(
             state.0.telemetry.clone(),
-            metrics::track,
+            track,
         ))
         .with_state(state);
     match access::cors_layer(&cfg.cors_allow_origins) {
         Some(cors) => r.layer(cors),
         None => r,
     }
+}
+
+/// The layer around every route: counts each answered request by route and status, and times
+/// it to its response head.
+async fn track(State(t): State<Arc<Telemetry>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    t.http_answered(&route, resp.status().as_str(), start.elapsed());
+    resp
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then drains (see
