@@ -15,8 +15,9 @@
 //! which takes every compatible queued request). Rows leave early too: after every step the
 //! observer checks each row's client; a row whose client is gone stops streaming and is dropped
 //! from the session at the end of the round, and when every row is gone the session stops at once
-//! ([`fastdllm_core::Control::Stop`]). Each row's output equals its solo output whenever it joined (the core's
-//! batch invariance), which tests/serve.rs checks against [`fastdllm_engine::run()`].
+//! ([`fastdllm_core::Control::Stop`]). Each row's output equals its solo output whenever it
+//! joined (the core's batch invariance), which tests/serve.rs checks against
+//! [`fastdllm_engine::run()`].
 //!
 //! Answers: the engine ([`fastdllm_engine::Batch`]) finishes each row: after every step it
 //! checks the row's committed answer for its end (the end-of-sequence token, `max_tokens`, a
@@ -27,9 +28,9 @@
 //! Reference: none (the reference has no server). Supervision: admission and every round run
 //! under `catch_unwind`; a panic fails only the rows involved (the request being admitted, or the
 //! rows of the round's session, each answered with an error naming its request id) and the worker
-//! keeps serving. Should the worker itself stop, [`super::worker::EngineHealth`] records why: `GET /health`
-//! answers 503 with the reason, new requests get 503, and `fastdllm serve` drains and exits
-//! non-zero so a supervisor restarts it.
+//! keeps serving. Should the worker itself stop, [`super::worker::EngineHealth`] records why:
+//! `GET /health` answers 503 with the reason, new requests get 503, and `fastdllm serve` drains
+//! and exits non-zero so a supervisor restarts it.
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};

@@ -47,9 +47,10 @@ pub struct EngineContext {
 }
 
 /// The loop the engine thread runs: takes [`Job`]s until every sender is dropped, and answers
-/// each on its channel. [`super::scheduler::run_worker`] is the server's; any `FnOnce(EngineContext)` is one (a
-/// different scheduler, or a test's faulty loop). A panic that escapes it stops the engine:
-/// `/health` and new requests answer 503 with the reason, and [`Worker::join`] errors.
+/// each on its channel. [`super::scheduler::run_worker`] is the server's; any
+/// `FnOnce(EngineContext)` is one (a different scheduler, or a test's faulty loop). A panic
+/// that escapes it stops the engine: `/health` and new requests answer 503 with the reason, and
+/// [`Worker::join`] errors.
 pub trait EngineLoop: Send + 'static {
     /// Runs the loop to its end.
     fn run(self, ctx: EngineContext);
