@@ -25,8 +25,7 @@ use async_openai::types::chat::{
 };
 use async_openai::types::completions::CreateCompletionRequestArgs;
 use async_openai::Client;
-use fastdllm_cli::serve::api::Defaults;
-use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
+use fastdllm_cli::serve::{self, Defaults, ServeConfig, ServerHandle};
 use fastdllm_models::{ChatTemplate, JinjaTemplate, LoadedModel, Message, TemplateTokens};
 use tokio_stream::StreamExt;
 

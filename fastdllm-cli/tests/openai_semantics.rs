@@ -9,8 +9,7 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use candle_core::{DType, Device};
-use fastdllm_cli::serve::api::Defaults;
-use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
+use fastdllm_cli::serve::{self, Defaults, ServeConfig, ServerHandle};
 use fastdllm_core::{DecodeConfig, GenerateOptions, Rng};
 use fastdllm_engine::{self as engine, trim_at_eos, GenerationSettings};
 use fastdllm_models::LoadedModel;

@@ -9,8 +9,8 @@ use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_cli::serve::api::{Defaults, Knobs};
-use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
+use fastdllm_cli::serve::openai::Knobs;
+use fastdllm_cli::serve::{self, Defaults, ServeConfig, ServerHandle};
 use fastdllm_core::{DecodeConfig, GenerateOptions};
 use fastdllm_engine::{self as engine, trim_at_eos, Finish, GenerationSettings};
 use fastdllm_models::LoadedModel;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
-use fastdllm_cli::serve::api::{Defaults, Knobs};
-use fastdllm_cli::serve::{self, ServeConfig, ServerHandle};
+use fastdllm_cli::serve::openai::Knobs;
+use fastdllm_cli::serve::{self, Defaults, ServeConfig, ServerHandle};
 use fastdllm_core::{DiffusionLm, ForwardInput, KvView, ModelFamily, ModelSpec};
 use fastdllm_models::LoadedModel;
 use proptest::prelude::*;
@@ -119,14 +119,8 @@ fn a_panicking_row_fails_alone_and_the_next_request_succeeds() {
 
 /// An engine loop with a bug outside every per-request guard: it takes the first job, then
 /// panics (the job's event channel is dropped with it).
-fn engine_with_a_bug(
-    _loaded: LoadedModel,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<fastdllm_cli::serve::scheduler::Job>,
-    _max_batch: usize,
-    _stats: Arc<fastdllm_cli::serve::scheduler::Stats>,
-    _metrics: Arc<fastdllm_cli::serve::metrics::Metrics>,
-) {
-    let _job = rx.blocking_recv();
+fn engine_with_a_bug(mut ctx: fastdllm_cli::serve::worker::EngineContext) {
+    let _job = ctx.jobs.blocking_recv();
     panic!("deliberate engine fault (test)");
 }
 

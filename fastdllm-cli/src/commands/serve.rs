@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use fastdllm_cli::serve::{self, api::Defaults, ServeConfig};
+use fastdllm_cli::serve::{self, Defaults, ServeConfig};
 
 use super::args::{bounds, print_settings, DecodeArgs, DecodeDefaults, ModelArgs};
 

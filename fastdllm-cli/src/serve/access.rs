@@ -9,6 +9,7 @@
 //! page may POST `text/plain` cross-origin without a CORS preflight; `application/json` needs
 //! one, which [`cors_layer`] only grants to the configured origins).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -190,6 +191,26 @@ pub async fn read_body(s: &AppState, req: Request) -> Result<axum::body::Bytes, 
             ApiError::invalid(None, format!("cannot read the request body: {e}")).into_response(),
         )),
     }
+}
+
+/// Reads the body ([`read_body`]) and runs `handle` on it; a large body counts toward a burst
+/// ([`LargeBodies`]) until the handler has returned (and freed its copies of it). A refusal or
+/// an error of the handler is answered as its OpenAI error object.
+pub async fn with_body<F, Fut>(s: AppState, req: Request, handle: F) -> Response
+where
+    F: FnOnce(AppState, axum::body::Bytes) -> Fut,
+    Fut: Future<Output = Result<Response, ApiError>>,
+{
+    let body = match read_body(&s, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let large = s.0.large.track(body.len());
+    let r = handle(s, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    drop(large);
+    r
 }
 
 /// Whether `T` is somewhere in the source chain of `e`.

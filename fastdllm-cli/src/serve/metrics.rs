@@ -1,8 +1,16 @@
-//! `GET /metrics`: the server's metrics in the Prometheus text exposition format (the
-//! `prometheus` crate's registry and `TextEncoder`).
+//! The server's telemetry: one [`Telemetry`] counts every event once, and both `GET /health`
+//! (its `stats` object, [`StatsSnapshot`]) and `GET /metrics` (the Prometheus text exposition
+//! format, the `prometheus` crate's registry and `TextEncoder`) read it. The engine worker
+//! reports what happens to rows and batches, the router's `track` middleware (`super::router`)
+//! every answered request.
 //!
-//! Names follow the Prometheus conventions (`fastdllm_` prefix, base units, `_total` for
-//! counters, `_seconds` for durations):
+//! `/health`'s `stats`: `batches` (batches started), `rows` (= `fastdllm_rows_total`),
+//! `joined_rows` (= `fastdllm_joined_rows_total`), `max_batch` (most rows in one round so far),
+//! `cancelled_rows` (rows whose client went away), `stopped_batches` (rounds cut short because
+//! every row's client had gone), `failed_rows` (rows answered with an engine error).
+//!
+//! `/metrics`: names follow the Prometheus conventions (`fastdllm_` prefix, base units, `_total`
+//! for counters, `_seconds` for durations):
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
@@ -22,47 +30,65 @@
 //! Reference: the Prometheus exposition format and naming guide
 //! (<https://prometheus.io/docs/practices/naming/>).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
+use serde::{Deserialize, Serialize};
 
-/// Every metric of one server, registered in its own registry (tests run several servers in one
-/// process).
-pub struct Metrics {
+/// The counters and metrics of one server. The Prometheus metrics sit in their own registry
+/// (tests run several servers in one process); the counters only `/health` reports are plain
+/// atomics. Every event is counted once: `/health`'s `rows` and `joined_rows` read the
+/// Prometheus counters.
+pub struct Telemetry {
     registry: Registry,
-    /// `fastdllm_http_requests_total{route, status}`.
-    pub http_requests: IntCounterVec,
-    /// `fastdllm_http_request_duration_seconds{route}`.
-    pub http_duration: HistogramVec,
-    /// `fastdllm_queue_depth` (set at scrape time from the queue).
-    pub queue_depth: IntGauge,
-    /// `fastdllm_running_rows`.
-    pub running_rows: IntGauge,
-    /// `fastdllm_rows_total`.
-    pub rows: IntCounter,
-    /// `fastdllm_joined_rows_total`.
-    pub joined_rows: IntCounter,
-    /// `fastdllm_output_tokens_total`.
-    pub output_tokens: IntCounter,
-    /// `fastdllm_forwards_total`.
-    pub forwards: IntCounter,
-    /// `fastdllm_tokens_per_forward`.
-    pub tokens_per_forward: Histogram,
-    /// `fastdllm_step_duration_seconds{cache}`.
-    pub step_seconds: HistogramVec,
-    /// `fastdllm_time_to_first_block_seconds`.
-    pub first_block_seconds: Histogram,
-    /// `fastdllm_generation_duration_seconds`.
-    pub generation_seconds: Histogram,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    queue_depth: IntGauge,
+    running_rows: IntGauge,
+    rows: IntCounter,
+    joined_rows: IntCounter,
+    output_tokens: IntCounter,
+    forwards: IntCounter,
+    tokens_per_forward: Histogram,
+    step_seconds: HistogramVec,
+    first_block_seconds: Histogram,
+    generation_seconds: Histogram,
+    batches: AtomicUsize,
+    max_batch: AtomicUsize,
+    cancelled_rows: AtomicUsize,
+    stopped_batches: AtomicUsize,
+    failed_rows: AtomicUsize,
+}
+
+/// The `stats` object of `GET /health`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Batches started.
+    pub batches: usize,
+    /// Rows run (choices that reached the engine).
+    pub rows: usize,
+    /// Rows that joined a running batch between blocks.
+    pub joined_rows: usize,
+    /// Most rows in one round so far.
+    pub max_batch: usize,
+    /// Rows whose client went away before or during generation.
+    pub cancelled_rows: usize,
+    /// Rounds cut short because every row's client had gone.
+    pub stopped_batches: usize,
+    /// Rows answered with an engine error.
+    pub failed_rows: usize,
 }
 
 fn buckets(start: f64, factor: f64, count: usize) -> Vec<f64> {
     exponential_buckets(start, factor, count).unwrap_or_default()
 }
 
-impl Metrics {
-    /// A fresh registry with every metric at zero.
+impl Telemetry {
+    /// Every counter at zero, the metrics in a fresh registry.
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
         let seconds = buckets(0.001, 2.0, 18); // 1 ms .. ~131 s
@@ -143,7 +169,7 @@ impl Metrics {
         registry.register(Box::new(step_seconds.clone()))?;
         registry.register(Box::new(first_block_seconds.clone()))?;
         registry.register(Box::new(generation_seconds.clone()))?;
-        Ok(Metrics {
+        Ok(Telemetry {
             registry,
             http_requests,
             http_duration,
@@ -157,11 +183,103 @@ impl Metrics {
             step_seconds,
             first_block_seconds,
             generation_seconds,
+            batches: AtomicUsize::new(0),
+            max_batch: AtomicUsize::new(0),
+            cancelled_rows: AtomicUsize::new(0),
+            stopped_batches: AtomicUsize::new(0),
+            failed_rows: AtomicUsize::new(0),
         })
     }
 
-    /// The registry in the text exposition format (version 0.0.4).
-    pub fn render(&self) -> String {
+    /// A request answered on `route` (its matched path, or `unmatched`) with `status`, `elapsed`
+    /// after it arrived.
+    pub fn http_answered(&self, route: &str, status: &str, elapsed: Duration) {
+        self.http_requests.with_label_values(&[route, status]).inc();
+        self.http_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The worker started a batch.
+    pub fn batch_started(&self) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A row was admitted into a batch.
+    pub fn row_admitted(&self) {
+        self.rows.inc();
+    }
+
+    /// An admitted row joined a batch that had already run a round.
+    pub fn row_joined(&self) {
+        self.joined_rows.inc();
+    }
+
+    /// `rows` rows are in the running batch (0: none runs).
+    pub fn running(&self, rows: usize) {
+        self.running_rows.set(rows as i64);
+        self.max_batch.fetch_max(rows, Ordering::Relaxed);
+    }
+
+    /// `n` rows' clients went away (queued or running).
+    pub fn rows_cancelled(&self, n: usize) {
+        self.cancelled_rows.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A round ended with every row's client gone.
+    pub fn batch_stopped(&self) {
+        self.stopped_batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` rows were answered with an engine error.
+    pub fn rows_failed(&self, n: usize) {
+        self.failed_rows.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A round made `forwards` forwards over `positions` answer positions (rows × block length).
+    pub fn round(&self, forwards: usize, positions: usize) {
+        self.forwards.inc_by(forwards as u64);
+        if forwards > 0 {
+            self.tokens_per_forward
+                .observe(positions as f64 / forwards as f64);
+        }
+    }
+
+    /// The histogram of step durations under cache mode `cache`.
+    pub fn step_seconds(&self, cache: &str) -> Histogram {
+        self.step_seconds.with_label_values(&[cache])
+    }
+
+    /// A row queued at `queued_at` committed its first block.
+    pub fn first_block(&self, queued_at: Instant) {
+        self.first_block_seconds
+            .observe(queued_at.elapsed().as_secs_f64());
+    }
+
+    /// A choice queued at `queued_at` was answered with `completion_tokens` tokens.
+    pub fn answered(&self, completion_tokens: usize, queued_at: Instant) {
+        self.output_tokens.inc_by(completion_tokens as u64);
+        self.generation_seconds
+            .observe(queued_at.elapsed().as_secs_f64());
+    }
+
+    /// `/health`'s `stats`.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            batches: self.batches.load(Ordering::Relaxed),
+            rows: self.rows.get() as usize,
+            joined_rows: self.joined_rows.get() as usize,
+            max_batch: self.max_batch.load(Ordering::Relaxed),
+            cancelled_rows: self.cancelled_rows.load(Ordering::Relaxed),
+            stopped_batches: self.stopped_batches.load(Ordering::Relaxed),
+            failed_rows: self.failed_rows.load(Ordering::Relaxed),
+        }
+    }
+
+    /// `/metrics`: the registry in the text exposition format (version 0.0.4), with
+    /// `fastdllm_queue_depth` set to `queue_depth`.
+    pub fn render(&self, queue_depth: usize) -> String {
+        self.queue_depth.set(queue_depth as i64);
         let mut out = String::new();
         if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
             out = format!("# error encoding the metrics: {e}\n");
@@ -169,7 +287,7 @@ impl Metrics {
         out
     }
 
-    /// The `Content-Type` of [`Metrics::render`].
+    /// The `Content-Type` of [`Telemetry::render`].
     pub fn content_type() -> String {
         TextEncoder::new().format_type().to_string()
     }

@@ -1,56 +1,70 @@
-//! `fastdllm serve`: an OpenAI-compatible HTTP server (axum + tokio) in front of one engine
-//! worker.
+//! `fastdllm serve`: an OpenAI-compatible HTTP server (axum + tokio + hyper) in front of one
+//! engine worker.
 //!
-//! Routes: `POST /v1/completions`, `POST /v1/chat/completions` (JSON or, with `"stream": true`,
-//! server-sent events ending with `data: [DONE]`), `GET /v1/models`, `GET /health`,
-//! `GET /metrics` ([`metrics`]). The transport ([`transport`]) bounds connections and their
-//! header, body and idle times; the access checks ([`access`]) refuse oversized heads, missing
-//! API keys and non-JSON bodies before anything is read. Requests are then parsed and validated
-//! on the async side (OpenAI-style 4xx errors, [`errors`]), their text capped in bytes by the
-//! model's maximum length, tokenized on blocking threads (a bounded number at once), and every
-//! choice (each prompt × `n`) is queued as one row (a semaphore of `queue_capacity` places;
-//! full → 429). The worker thread ([`scheduler`]) batches compatible rows and streams each row's
-//! committed blocks back through the row's own channel. A client that goes away frees its queue
-//! places at once and closes its channels, which the worker notices after the next step.
-//! Shutdown is graceful up to a deadline: in-flight and queued requests finish.
+//! Routes ([`routes`]): `POST /v1/completions`, `POST /v1/chat/completions` (JSON or, with
+//! `"stream": true`, server-sent events ending with `data: [DONE]`), `GET /v1/models`,
+//! `GET /health`, `GET /metrics`. Shutdown is graceful up to a deadline: in-flight and queued
+//! requests finish.
 //!
-//! Reference: the OpenAI completions / chat completions API. Deviations: see [`api`] (supported
-//! fields) and [`scheduler`] (batch granularity).
+//! One chat request, file by file:
+//!
+//! 1. [`transport`]: the accept loop hands the connection to hyper (limits on connections,
+//!    head size and time), which calls the [`router`] built here; its `track` layer counts and
+//!    times the request ([`metrics::Telemetry`]);
+//! 2. [`access`]: [`access::check`] refuses oversized heads, missing API keys and non-JSON
+//!    bodies before anything is read, [`access::with_body`] reads the body for
+//! 3. [`routes::chat`], the handler, which
+//! 4. validates the body in one call ([`validate::Validator::chat`]: parse, field checks,
+//!    knobs, chat template, byte cap, tokenization on a blocking thread), giving the engine's
+//!    [`worker::Generation`]; errors are OpenAI error objects ([`errors`]);
+//! 5. queues its choices through the engine seam ([`worker::EngineHandle::submit`]: one row
+//!    and one queue place per choice, 429 when full);
+//! 6. [`scheduler`]: the engine loop on the worker thread admits the rows into the running
+//!    `fastdllm_engine::Batch` (fastdllm-engine/src/batch.rs), whose `run_block` drives the
+//!    core's block-wise loop (fastdllm-core/src/generate.rs), and forwards each row's events to
+//!    the row's channel;
+//! 7. back in [`routes::chat`]: [`sse`] turns the channels into chunks as they come, or the
+//!    handler waits for every choice ([`worker::wait_done`]) and assembles the
+//!    `chat.completion` object ([`openai`] holds the wire types).
+//!
+//! A client that goes away frees its queue places at once and closes its channels, which the
+//! engine loop notices after the next step. `/health` and `/metrics` read one
+//! [`metrics::Telemetry`].
+//!
+//! Reference: the OpenAI completions / chat completions API. Deviations: see [`openai`]
+//! (supported fields) and [`scheduler`] (batch granularity).
 
 pub mod access;
-pub mod api;
 pub mod errors;
 pub mod metrics;
+pub mod openai;
+pub mod routes;
 pub mod scheduler;
+pub mod sse;
 pub mod transport;
+pub mod validate;
+pub mod worker;
 
-use std::convert::Infallible;
+pub use validate::Defaults;
+pub use worker::{EngineLoop, Worker};
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use fastdllm_core::{ModelSpec, Rng, TokenId};
-use fastdllm_models::{ChatTemplate, LoadedModel, Tokenizer};
-use serde_json::json;
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_stream::{StreamExt, StreamMap};
+use axum::Router;
+use fastdllm_models::LoadedModel;
+use tokio::sync::oneshot;
 
-use api::{
-    ChatChoice, ChatMessage, ChatRequest, Chunk, ChunkChoice, CompletionChoice, CompletionRequest,
-    Defaults, PromptInput, Route, Usage,
-};
-use errors::ApiError;
-use metrics::Metrics;
-use scheduler::{EngineHealth, Job, QueueSlot, RowEvent, Stats};
+use metrics::Telemetry;
+use validate::Validator;
+use worker::EngineHandle;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -105,22 +119,18 @@ impl ServeConfig {
     }
 }
 
+/// What the handlers share.
 struct Inner {
-    tx: mpsc::UnboundedSender<Job>,
-    /// The queue's places (`queue_capacity`).
-    queue: Arc<Semaphore>,
-    /// Tokenizations at once.
-    tokenize: Arc<Semaphore>,
-    /// Largest prompt or message text in bytes ([`prompt_byte_cap`]).
-    prompt_byte_cap: usize,
-    large: Arc<access::LargeBodies>,
     cfg: ServeConfig,
-    tokenizer: Tokenizer,
-    template: ChatTemplate,
-    spec: ModelSpec,
-    stats: Arc<Stats>,
-    engine: Arc<EngineHealth>,
-    metrics: Arc<Metrics>,
+    /// Parses, validates and tokenizes requests.
+    validator: Arc<Validator>,
+    /// The engine seam: queues choices, reports the queue and the engine's health.
+    engine: EngineHandle,
+    /// Counters and metrics (`/health`, `/metrics`).
+    telemetry: Arc<Telemetry>,
+    /// Large bodies in flight ([`access::LargeBodies`]).
+    large: Arc<access::LargeBodies>,
+    /// Unix seconds at start (`GET /v1/models`' `created`).
     started: u64,
 }
 
@@ -128,141 +138,69 @@ struct Inner {
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
-/// The engine worker thread; join it after the server has stopped (every [`AppState`] dropped).
-pub struct Worker {
-    thread: std::thread::JoinHandle<()>,
-    engine: Arc<EngineHealth>,
-}
-
-impl Worker {
-    /// Waits until the worker has drained the queue and exited. Errors if the engine stopped
-    /// abnormally (the reason [`AppState::engine_stopped`] reported), so `serve` exits non-zero.
-    pub fn join(self) -> Result<()> {
-        if self.thread.join().is_err() {
-            self.engine.stop("the engine thread panicked");
-        }
-        match self.engine.stopped() {
-            Some(reason) => anyhow::bail!("the engine stopped: {reason}"),
-            None => Ok(()),
-        }
-    }
-}
-
 impl AppState {
+    /// The server's settings.
+    pub fn config(&self) -> &ServeConfig {
+        &self.0.cfg
+    }
+
     /// Resolves once the engine worker has stopped abnormally (a panic outside the per-request
     /// guards): `serve` then drains and exits non-zero.
     pub fn engine_stopped(&self) -> impl Future<Output = ()> + Send + 'static {
-        let engine = self.0.engine.clone();
-        async move { engine.wait_stopped().await }
+        self.0.engine.wait_stopped()
     }
 }
-
-/// The largest prompt text (bytes) that can fit in `max_seq_len` tokens: `max_seq_len` times
-/// the longest vocabulary entry in UTF-8 bytes (at least 4, one character). Every input byte
-/// of a byte-level BPE or character-level vocabulary is covered by a token of at most that many
-/// bytes, so a longer text has more than `max_seq_len` tokens and is refused before it is
-/// tokenized (the tokenizer's cost grows with the text, the engine's cap does not). Saturates
-/// instead of overflowing. Assumption: the normalizer does not delete input (none of the
-/// supported models' tokenizers does).
-pub fn prompt_byte_cap(tokenizer: &Tokenizer, max_seq_len: usize) -> usize {
-    let longest = tokenizer
-        .inner()
-        .get_vocab(true)
-        .keys()
-        .map(String::len)
-        .max()
-        .unwrap_or(0)
-        .max(4);
-    max_seq_len.saturating_mul(longest)
-}
-
-/// The engine loop run on the worker thread: takes jobs from the receiver until every sender is
-/// dropped. [`scheduler::run_worker`] is the server's; another loop (a different scheduler, or a
-/// test's faulty one) can be given to [`start_with`] / [`spawn_with`].
-pub type EngineLoop =
-    fn(LoadedModel, mpsc::UnboundedReceiver<Job>, usize, Arc<Stats>, Arc<Metrics>);
 
 /// Starts the engine worker for `loaded` and returns the handlers' state.
 pub fn start(loaded: LoadedModel, cfg: ServeConfig) -> Result<(AppState, Worker)> {
     start_with(loaded, cfg, scheduler::run_worker)
 }
 
-/// [`start`] with the engine loop `engine`. A panic that escapes it stops the engine: `/health`
-/// and new requests answer 503 with the reason, and [`Worker::join`] errors.
+/// [`start`] with the engine loop `engine_loop` ([`EngineLoop`]). A panic that escapes it stops
+/// the engine: `/health` and new requests answer 503 with the reason, and [`Worker::join`]
+/// errors.
 pub fn start_with(
     loaded: LoadedModel,
     cfg: ServeConfig,
-    engine_loop: EngineLoop,
+    engine_loop: impl EngineLoop,
 ) -> Result<(AppState, Worker)> {
-    // Refused, not clamped: a queue bound past the semaphore's limit is a configuration error.
-    let max_queue = Semaphore::MAX_PERMITS;
-    if !(1..=max_queue).contains(&cfg.queue_capacity) {
-        anyhow::bail!(
-            "queue_capacity = {} must be in 1..={max_queue}",
-            cfg.queue_capacity
-        );
-    }
-    let (tx, rx) = mpsc::unbounded_channel();
-    let stats = Arc::new(Stats::default());
-    let engine = Arc::new(EngineHealth::default());
-    let spec = loaded.model.spec().clone();
-    let metrics = Arc::new(Metrics::new().context("cannot register the metrics")?);
+    let telemetry = Arc::new(Telemetry::new().context("cannot register the metrics")?);
+    let validator = Arc::new(Validator::new(
+        &loaded,
+        &cfg.model_id,
+        &cfg.defaults,
+        cfg.tokenize_concurrency,
+    ));
+    let (engine, worker) = EngineHandle::start(
+        loaded,
+        cfg.queue_capacity,
+        cfg.max_batch,
+        telemetry.clone(),
+        engine_loop,
+    )?;
     let inner = Inner {
-        tx,
-        engine: engine.clone(),
-        queue: Arc::new(Semaphore::new(cfg.queue_capacity)),
-        tokenize: Arc::new(Semaphore::new(
-            cfg.tokenize_concurrency.clamp(1, Semaphore::MAX_PERMITS),
-        )),
-        prompt_byte_cap: prompt_byte_cap(&loaded.tokenizer, spec.max_seq_len),
+        cfg,
+        validator,
+        engine,
+        telemetry,
         large: Arc::default(),
-        tokenizer: loaded.tokenizer.clone(),
-        template: loaded.info.chat_template.clone(),
-        spec,
-        stats: stats.clone(),
-        metrics: metrics.clone(),
-        started: now(),
-        cfg: cfg.clone(),
+        started: routes::now(),
     };
-    let max_batch = cfg.max_batch;
-    let health = engine.clone();
-    let thread = std::thread::Builder::new()
-        .name("fastdllm-engine".into())
-        .spawn(move || {
-            // Per-request panics are caught inside; this guard records anything else, so /health
-            // and new requests answer 503 with the reason instead of hanging.
-            let run =
-                std::panic::AssertUnwindSafe(|| engine_loop(loaded, rx, max_batch, stats, metrics));
-            if let Err(p) = std::panic::catch_unwind(run) {
-                health.stop(format!(
-                    "the engine thread panicked: {}",
-                    scheduler::panic_message(p.as_ref())
-                ));
-            }
-        })
-        .context("cannot start the engine thread")?;
-    Ok((AppState(Arc::new(inner)), Worker { thread, engine }))
+    Ok((AppState(Arc::new(inner)), worker))
 }
 
-impl AppState {
-    /// The server's settings.
-    pub fn config(&self) -> &ServeConfig {
-        &self.0.cfg
-    }
-}
-
-/// The routes, behind (outermost first) CORS when configured, the body timeout and the access
-/// checks ([`access::check`]).
+/// The routes, behind (outermost first) CORS when configured, the request counter (`track`),
+/// the body timeout and the access checks ([`access::check`]).
 pub fn router(state: AppState) -> Router {
     let cfg = state.0.cfg.clone();
     let r = Router::new()
-        .route("/v1/completions", post(completions))
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/models", get(models))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .route("/v1/completions", post(routes::completions::create))
+        .route("/v1/chat/completions", post(routes::chat::create))
+        .route("/v1/models", get(routes::models::list))
+        .route("/health", get(routes::health::health))
+        .route("/metrics", get(routes::health::metrics))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::check,
@@ -271,7 +209,10 @@ pub fn router(state: AppState) -> Router {
             cfg.body_timeout,
         ))
         // Outermost of the router's layers: refusals by the access checks are counted too.
-        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .layer(axum::middleware::from_fn_with_state(
+            state.0.telemetry.clone(),
+            track,
+        ))
         .with_state(state);
     match access::cors_layer(&cfg.cors_allow_origins) {
         Some(cors) => r.layer(cors),
@@ -279,8 +220,9 @@ pub fn router(state: AppState) -> Router {
     }
 }
 
-/// Counts every answered request by route and status, and times it to its response head.
-async fn track(State(s): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {
+/// The layer around every route: counts each answered request by route and status, and times
+/// it to its response head.
+async fn track(State(t): State<Arc<Telemetry>>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -288,25 +230,8 @@ async fn track(State(s): State<AppState>, req: Request, next: axum::middleware::
         .unwrap_or_else(|| "unmatched".into());
     let start = Instant::now();
     let resp = next.run(req).await;
-    let m = &s.0.metrics;
-    m.http_requests
-        .with_label_values(&[route.as_str(), resp.status().as_str()])
-        .inc();
-    m.http_duration
-        .with_label_values(&[route.as_str()])
-        .observe(start.elapsed().as_secs_f64());
+    t.http_answered(&route, resp.status().as_str(), start.elapsed());
     resp
-}
-
-async fn metrics_text(State(s): State<AppState>) -> Response {
-    let capacity = s.0.cfg.queue_capacity;
-    let queued = capacity.saturating_sub(s.0.queue.available_permits());
-    s.0.metrics.queue_depth.set(queued as i64);
-    (
-        [(header::CONTENT_TYPE, Metrics::content_type())],
-        s.0.metrics.render(),
-    )
-        .into_response()
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then drains (see
@@ -374,7 +299,7 @@ pub fn spawn_with(
     loaded: LoadedModel,
     cfg: ServeConfig,
     threads: usize,
-    engine_loop: EngineLoop,
+    engine_loop: impl EngineLoop,
 ) -> Result<ServerHandle> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
@@ -403,620 +328,5 @@ pub fn spawn_with(
         addr,
         shutdown: Some(tx),
         thread: Some(thread),
-    })
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn request_id(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}-{:x}{:08x}", n, nanos)
-}
-
-async fn not_found() -> ApiError {
-    ApiError::invalid(None, "unknown route; see POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics")
-        .with_status(StatusCode::NOT_FOUND)
-        .with_code("not_found")
-}
-
-async fn method_not_allowed(req: Request) -> ApiError {
-    ApiError::invalid(
-        None,
-        format!(
-            "method {} is not allowed on {}: the completion routes take POST, /v1/models and /health GET",
-            req.method(),
-            req.uri().path()
-        ),
-    )
-    .with_status(StatusCode::METHOD_NOT_ALLOWED)
-    .with_code("method_not_allowed")
-}
-
-async fn models(State(s): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{ "id": s.0.cfg.model_id, "object": "model", "created": s.0.started, "owned_by": "fastdllm" }],
-    }))
-}
-
-async fn health(State(s): State<AppState>) -> Response {
-    if let Some(reason) = s.0.engine.stopped() {
-        let body = json!({
-            "status": "error",
-            "reason": reason,
-            "model": s.0.cfg.model_id,
-            "stats": s.0.stats.snapshot(),
-        });
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-    }
-    let capacity = s.0.cfg.queue_capacity;
-    Json(json!({
-        "status": "ok",
-        "model": s.0.cfg.model_id,
-        "queue": { "depth": capacity.saturating_sub(s.0.queue.available_permits()), "capacity": capacity },
-        "stats": s.0.stats.snapshot(),
-    }))
-    .into_response()
-}
-
-/// The cheap checks of one prompt text, before any tokenization: not empty, and not longer in
-/// bytes than the model's maximum length allows ([`prompt_byte_cap`]).
-fn check_text(s: &AppState, text: &str, field: &str, param: &str) -> Result<(), ApiError> {
-    if text.trim().is_empty() {
-        return Err(ApiError::invalid(
-            Some(field),
-            format!("{param}: the prompt is empty"),
-        ));
-    }
-    let cap = s.0.prompt_byte_cap;
-    if text.len() > cap {
-        return Err(ApiError::invalid(
-            Some(field),
-            format!(
-                "{param}: the prompt is {} bytes: more than the {cap} bytes that can fit in the model's maximum sequence length of {} tokens",
-                text.len(),
-                s.0.spec.max_seq_len
-            ),
-        )
-        .with_code("context_length_exceeded"));
-    }
-    Ok(())
-}
-
-/// Tokenizes and checks one prompt (`param` names it in errors: `prompt`, `prompt[1]`,
-/// `messages`) for a canvas of `gen_length` answer positions. Blocking: called through
-/// [`tokenize_all`].
-fn tokenize(
-    s: &AppState,
-    prompt: &PromptInput,
-    templated: bool,
-    param: &str,
-    gen: usize,
-) -> Result<Vec<TokenId>, ApiError> {
-    let field = if templated { "messages" } else { "prompt" };
-    let bad = |m: String| ApiError::invalid(Some(field), m);
-    let ids = match prompt {
-        PromptInput::Text(text) => {
-            check_text(s, text, field, param)?;
-            // A chat's text is already rendered with the template (which adds its own BOS).
-            let special = !templated || s.0.template.add_special_tokens();
-            s.0.tokenizer
-                .encode(text, special)
-                .map_err(|e| bad(format!("{param}: cannot tokenize the prompt: {e}")))?
-        }
-        PromptInput::Ids(ids) => ids.clone(),
-    };
-    let max = s.0.spec.max_seq_len;
-    // Saturating: a sum past usize::MAX exceeds any model's maximum just the same.
-    let total = ids.len().saturating_add(gen);
-    if total > max {
-        return Err(bad(format!(
-            "{param}: the prompt has {} tokens and the answer canvas gen_length = {gen}: {total} tokens exceed the model's maximum sequence length {max}",
-            ids.len(),
-        ))
-        .with_code("context_length_exceeded"));
-    }
-    let mut decode = s.0.cfg.defaults.settings.decode.clone();
-    decode.gen_length = gen;
-    decode
-        .validate_prompt(&s.0.spec, &ids)
-        .map_err(|e| bad(format!("{param}: {e}")))?;
-    Ok(ids)
-}
-
-/// Tokenizes a request's prompts (each with the name errors give it) on a blocking thread, at
-/// most `tokenize_concurrency` requests at once, after the cheap checks of every text: a large
-/// or slow prompt never stalls the async runtime.
-async fn tokenize_all(
-    s: &AppState,
-    inputs: Vec<(PromptInput, String)>,
-    templated: bool,
-    gen: usize,
-) -> Result<Vec<Vec<TokenId>>, ApiError> {
-    let field = if templated { "messages" } else { "prompt" };
-    for (p, param) in &inputs {
-        if let PromptInput::Text(text) = p {
-            check_text(s, text, field, param)?;
-        }
-    }
-    let permit =
-        s.0.tokenize
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::unavailable())?;
-    let st = s.clone();
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        inputs
-            .iter()
-            .map(|(p, param)| tokenize(&st, p, templated, param, gen))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("the tokenizer failed: {e}")))?
-}
-
-/// A fresh seed for a request without `seed`: std's per-process random hasher keys, a counter
-/// and the clock, mixed.
-fn fresh_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
-}
-
-/// The seed of choice `index`: `Rng::row_seed(seed, index)` (choice 0 keeps `seed`), or a fresh
-/// seed when the request has none.
-pub fn choice_seed(seed: Option<u64>, index: usize) -> u64 {
-    match seed {
-        Some(seed) => Rng::row_seed(seed, index),
-        None => fresh_seed(),
-    }
-}
-
-/// One queued choice: its events and the handler's hold on its queue place (dropping it, as
-/// when the client disconnects, frees the place at once).
-struct Queued {
-    rx: mpsc::UnboundedReceiver<RowEvent>,
-    slot: QueueSlot,
-}
-
-/// A request's queued choices, in `index` order.
-type Choices = Vec<Queued>;
-
-/// Queues `r.prompts.len() * r.n` rows of request `id` (choice `index = prompt_i * n + j`), all
-/// or none (429 when the queue cannot take them all).
-fn submit(s: &AppState, id: &str, r: &Validated) -> Result<Choices, ApiError> {
-    let (prompts, n) = (&r.prompts, r.n);
-    if let Some(reason) = s.0.engine.stopped() {
-        return Err(ApiError::engine_stopped(&reason));
-    }
-    let total = prompts.len().saturating_mul(n);
-    let capacity = s.0.cfg.queue_capacity;
-    if total > capacity {
-        let param = if n > 1 { "n" } else { "prompt" };
-        return Err(ApiError::invalid(
-            Some(param),
-            format!("{} prompts x n = {n} is {total} choices, more than the server's queue holds ({capacity})", prompts.len()),
-        ));
-    }
-    let wanted = u32::try_from(total).map_err(|_| ApiError::overloaded(capacity))?;
-    let mut permits = match s.0.queue.clone().try_acquire_many_owned(wanted) {
-        Ok(p) => Some(p),
-        Err(tokio::sync::TryAcquireError::NoPermits) => return Err(ApiError::overloaded(capacity)),
-        Err(tokio::sync::TryAcquireError::Closed) => return Err(ApiError::unavailable()),
-    };
-    let queued_at = Instant::now();
-    let mut out = Vec::with_capacity(total);
-    for index in 0..total {
-        // One place per row: split off the held permits, the last row takes the rest.
-        let one = if index + 1 < total {
-            permits.as_mut().and_then(|p| p.split(1))
-        } else {
-            permits.take()
-        };
-        let Some(one) = one else {
-            return Err(ApiError::internal("the queue places were miscounted"));
-        };
-        let (job_slot, slot) = QueueSlot::pair(one);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut row = r.settings.clone();
-        row.seed = choice_seed(r.seed, index);
-        let job = Job {
-            id: id.to_string(),
-            prompt: prompts[index / n].clone(),
-            settings: row,
-            stream: r.stream,
-            provisional: r.provisional,
-            queued_at,
-            events: tx,
-            slot: job_slot,
-        };
-        if s.0.tx.send(job).is_err() {
-            return Err(match s.0.engine.stopped() {
-                Some(reason) => ApiError::engine_stopped(&reason),
-                None => ApiError::unavailable(),
-            });
-        }
-        out.push(Queued { rx, slot });
-    }
-    Ok(out)
-}
-
-/// The end of one choice.
-struct Finished {
-    text: String,
-    completion_tokens: usize,
-    finish_reason: &'static str,
-}
-
-/// Waits for the final event of every choice of a non-streaming request (the choices' queue
-/// places are held until then, or until the client goes away and this future is dropped).
-async fn wait_done(choices: Choices) -> Result<Vec<Finished>, ApiError> {
-    let mut out = Vec::with_capacity(choices.len());
-    'choices: for Queued { mut rx, slot } in choices {
-        let _slot = slot;
-        while let Some(ev) = rx.recv().await {
-            match ev {
-                RowEvent::Done(a) => {
-                    out.push(Finished {
-                        text: a.text.unwrap_or_default(),
-                        completion_tokens: a.completion_tokens,
-                        finish_reason: a.finish_reason.as_str(),
-                    });
-                    continue 'choices;
-                }
-                RowEvent::Error(m) => return Err(ApiError::internal(m)),
-                RowEvent::Text(_) | RowEvent::Provisional(_) => {}
-            }
-        }
-        return Err(ApiError::internal("the engine dropped the request"));
-    }
-    Ok(out)
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    Completion,
-    Chat,
-}
-
-/// Builds the chunks of one streaming response.
-struct Chunker {
-    kind: Kind,
-    id: String,
-    created: u64,
-    model: String,
-    include_usage: bool,
-}
-
-impl Chunker {
-    fn chunk(
-        &self,
-        index: usize,
-        text: Option<String>,
-        role: bool,
-        finish: Option<&'static str>,
-        prov: Option<api::Provisional>,
-    ) -> Chunk {
-        let (text, delta) = match self.kind {
-            Kind::Completion => (Some(text.unwrap_or_default()), None),
-            Kind::Chat => {
-                let mut d = serde_json::Map::new();
-                if role {
-                    d.insert("role".into(), json!("assistant"));
-                }
-                if let Some(t) = text {
-                    d.insert("content".into(), json!(t));
-                }
-                (None, Some(serde_json::Value::Object(d)))
-            }
-        };
-        self.with(
-            vec![ChunkChoice {
-                index,
-                text,
-                delta,
-                logprobs: None,
-                finish_reason: finish,
-                provisional: prov,
-            }],
-            None,
-        )
-    }
-
-    fn with(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Chunk {
-        Chunk {
-            id: self.id.clone(),
-            object: if self.kind == Kind::Chat {
-                "chat.completion.chunk"
-            } else {
-                "text_completion"
-            },
-            created: self.created,
-            model: self.model.clone(),
-            choices,
-            usage: self.include_usage.then_some(usage),
-        }
-    }
-}
-
-fn event(c: &Chunk) -> Event {
-    Event::default()
-        .json_data(c)
-        .unwrap_or_else(|_| Event::default().data("{}"))
-}
-
-/// The SSE response of a streaming request: the choices' chunks as they come, then (with
-/// `include_usage`) a chunk with empty `choices` and the usage, then `[DONE]`. A task drives the
-/// choices and holds their queue places; when the client goes away it drops their channels and
-/// places, which cancels their rows.
-fn sse(
-    s: &AppState,
-    kind: Kind,
-    id: String,
-    choices: Choices,
-    prompt_tokens: usize,
-    include_usage: bool,
-) -> Response {
-    let c = Chunker {
-        kind,
-        id,
-        created: now(),
-        model: s.0.cfg.model_id.clone(),
-        include_usage,
-    };
-    let (out, out_rx) = mpsc::unbounded_channel::<Event>();
-    let n = choices.len();
-    tokio::spawn(async move {
-        let mut map = StreamMap::new();
-        let mut _slots = Vec::with_capacity(n);
-        for (i, Queued { rx, slot }) in choices.into_iter().enumerate() {
-            map.insert(i, UnboundedReceiverStream::new(rx));
-            _slots.push(slot);
-        }
-        if kind == Kind::Chat {
-            for i in 0..n {
-                if out
-                    .send(event(&c.chunk(i, None, true, None, None)))
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
-        let mut completion_tokens = 0;
-        loop {
-            let next = tokio::select! {
-                next = map.next() => next,
-                () = out.closed() => return,
-            };
-            let Some((i, ev)) = next else { break };
-            let e = match ev {
-                RowEvent::Text(t) => event(&c.chunk(i, Some(t), false, None, None)),
-                RowEvent::Provisional(p) => event(&c.chunk(i, None, false, None, Some(p))),
-                RowEvent::Done(a) => {
-                    completion_tokens += a.completion_tokens;
-                    event(&c.chunk(i, None, false, Some(a.finish_reason.as_str()), None))
-                }
-                RowEvent::Error(m) => Event::default()
-                    .json_data(ApiError::internal(m).body())
-                    .unwrap_or_else(|_| Event::default().data("{}")),
-            };
-            if out.send(e).is_err() {
-                return;
-            }
-        }
-        if include_usage {
-            let usage = Usage::new(prompt_tokens, completion_tokens);
-            let _ = out.send(event(&c.with(Vec::new(), Some(usage))));
-        }
-        let _ = out.send(Event::default().data("[DONE]"));
-    });
-    let stream = UnboundedReceiverStream::new(out_rx).map(Ok::<Event, Infallible>);
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response()
-}
-
-/// Reads the body and runs `handle` on it; a large body counts toward a burst
-/// ([`access::LargeBodies`]) until the handler has returned (and freed its copies of it).
-async fn with_body<F, Fut>(s: AppState, req: Request, handle: F) -> Response
-where
-    F: FnOnce(AppState, axum::body::Bytes) -> Fut,
-    Fut: Future<Output = Result<Response, ApiError>>,
-{
-    let body = match access::read_body(&s, req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let large = s.0.large.track(body.len());
-    let r = handle(s, body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
-    drop(large);
-    r
-}
-
-async fn completions(State(s): State<AppState>, req: Request) -> Response {
-    with_body(s, req, completion).await
-}
-
-async fn chat_completions(State(s): State<AppState>, req: Request) -> Response {
-    with_body(s, req, chat_completion).await
-}
-
-async fn completion(s: AppState, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let r: CompletionRequest = api::parse_request(&body, Route::Completions)?;
-    drop(body);
-    api::check_model(r.model.as_deref(), &s.0.cfg.model_id)?;
-    let n = api::check_n(r.n)?;
-    let include_usage = api::check_stream_options(r.stream, r.stream_options)?;
-    let inputs = api::parse_prompts(&r.prompt)?;
-    let settings = r.knobs.resolve(&s.0.cfg.defaults, s.0.spec.family)?;
-    let gen = settings.decode.gen_length;
-    let many = inputs.len() > 1;
-    let named = inputs
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let param = if many {
-                format!("prompt[{i}]")
-            } else {
-                "prompt".to_string()
-            };
-            (p, param)
-        })
-        .collect();
-    let prompts = tokenize_all(&s, named, false, gen).await?;
-    let request = Validated {
-        kind: Kind::Completion,
-        prompts,
-        n,
-        include_usage,
-        settings,
-        seed: r.knobs.seed,
-        stream: r.stream,
-        provisional: r.provisional,
-    };
-    answer(&s, request).await
-}
-
-async fn chat_completion(s: AppState, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let r: ChatRequest = api::parse_request(&body, Route::Chat)?;
-    drop(body);
-    api::check_model(r.model.as_deref(), &s.0.cfg.model_id)?;
-    let n = api::check_n(r.n)?;
-    let include_usage = api::check_stream_options(r.stream, r.stream_options)?;
-    let messages = api::chat_messages(&r.messages)?;
-    // The byte cap before rendering: the contents alone must fit.
-    let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
-    if bytes > s.0.prompt_byte_cap {
-        return Err(ApiError::invalid(
-            Some("messages"),
-            format!(
-                "messages: the contents are {bytes} bytes: more than the {} bytes that can fit in the model's maximum sequence length of {} tokens",
-                s.0.prompt_byte_cap, s.0.spec.max_seq_len
-            ),
-        )
-        .with_code("context_length_exceeded"));
-    }
-    let settings = r.knobs.resolve(&s.0.cfg.defaults, s.0.spec.family)?;
-    // Rendered on a blocking thread (a template is a program; its cost grows with the history).
-    let st = s.clone();
-    let text = tokio::task::spawn_blocking(move || st.0.template.render(&messages))
-        .await
-        .map_err(|e| ApiError::internal(format!("the chat template failed: {e}")))?
-        .map_err(|e| ApiError::invalid(Some("messages"), format!("messages: {e}")))?;
-    let prompts = tokenize_all(
-        &s,
-        vec![(PromptInput::Text(text), "messages".to_string())],
-        true,
-        settings.decode.gen_length,
-    )
-    .await?;
-    let request = Validated {
-        kind: Kind::Chat,
-        prompts,
-        n,
-        include_usage,
-        settings,
-        seed: r.knobs.seed,
-        stream: r.stream,
-        provisional: r.provisional,
-    };
-    answer(&s, request).await
-}
-
-/// A validated, tokenized request of either route.
-struct Validated {
-    kind: Kind,
-    prompts: Vec<Vec<TokenId>>,
-    n: usize,
-    include_usage: bool,
-    settings: fastdllm_engine::GenerationSettings,
-    seed: Option<u64>,
-    stream: bool,
-    provisional: bool,
-}
-
-/// Queues `r`'s choices and answers them: server-sent events, or one JSON response once every
-/// choice is done (the route's object: `text_completion` or `chat.completion`).
-async fn answer(s: &AppState, r: Validated) -> Result<Response, ApiError> {
-    let prompt_tokens = r.prompts.iter().map(Vec::len).sum();
-    let id = request_id(match r.kind {
-        Kind::Completion => "cmpl",
-        Kind::Chat => "chatcmpl",
-    });
-    let choices = submit(s, &id, &r)?;
-    if r.stream {
-        return Ok(sse(s, r.kind, id, choices, prompt_tokens, r.include_usage));
-    }
-    let done = wait_done(choices).await?;
-    let usage = Usage::new(
-        prompt_tokens,
-        done.iter().map(|d| d.completion_tokens).sum(),
-    );
-    let model = s.0.cfg.model_id.clone();
-    Ok(match r.kind {
-        Kind::Completion => Json(api::Response {
-            id,
-            object: "text_completion",
-            created: now(),
-            model,
-            choices: done
-                .into_iter()
-                .enumerate()
-                .map(|(index, d)| CompletionChoice {
-                    index,
-                    text: d.text,
-                    logprobs: None,
-                    finish_reason: Some(d.finish_reason),
-                })
-                .collect(),
-            usage,
-        })
-        .into_response(),
-        Kind::Chat => Json(api::Response {
-            id,
-            object: "chat.completion",
-            created: now(),
-            model,
-            choices: done
-                .into_iter()
-                .enumerate()
-                .map(|(index, d)| ChatChoice {
-                    index,
-                    message: ChatMessage {
-                        role: "assistant".into(),
-                        content: d.text,
-                    },
-                    logprobs: None,
-                    finish_reason: Some(d.finish_reason),
-                })
-                .collect(),
-            usage,
-        })
-        .into_response(),
     })
 }

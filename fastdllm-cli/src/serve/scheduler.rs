@@ -1,5 +1,6 @@
-//! The engine worker: one thread that owns the model's compute and runs a continuous batch,
-//! streaming each row's committed blocks to its own client.
+//! The server's engine loop ([`run_worker`], an [`super::worker::EngineLoop`]): on the worker
+//! thread, it owns the model's compute and runs a continuous batch, streaming each row's events
+//! to its own client.
 //!
 //! Granularity: **step-level continuous batching, rows join and leave between blocks**. The worker
 //! keeps one running [`Batch`]: each round every row decodes its own
@@ -14,8 +15,9 @@
 //! which takes every compatible queued request). Rows leave early too: after every step the
 //! observer checks each row's client; a row whose client is gone stops streaming and is dropped
 //! from the session at the end of the round, and when every row is gone the session stops at once
-//! ([`Control::Stop`]). Each row's output equals its solo output whenever it joined (the core's
-//! batch invariance), which tests/serve.rs checks against [`fastdllm_engine::run`].
+//! ([`fastdllm_core::Control::Stop`]). Each row's output equals its solo output whenever it
+//! joined (the core's batch invariance), which tests/serve.rs checks against
+//! [`fastdllm_engine::run()`].
 //!
 //! Answers: the engine ([`fastdllm_engine::Batch`]) finishes each row: after every step it
 //! checks the row's committed answer for its end (the end-of-sequence token, `max_tokens`, a
@@ -26,185 +28,21 @@
 //! Reference: none (the reference has no server). Supervision: admission and every round run
 //! under `catch_unwind`; a panic fails only the rows involved (the request being admitted, or the
 //! rows of the round's session, each answered with an error naming its request id) and the worker
-//! keeps serving. Should the worker itself stop, [`EngineHealth`] records why: `GET /health`
-//! answers 503 with the reason, new requests get 503, and `fastdllm serve` drains and exits
-//! non-zero so a supervisor restarts it.
+//! keeps serving. Should the worker itself stop, [`super::worker::EngineHealth`] records why:
+//! `GET /health` answers 503 with the reason, new requests get 503, and `fastdllm serve` drains
+//! and exits non-zero so a supervisor restarts it.
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use fastdllm_core::{GenerateOptions, RowId, TokenId};
-use fastdllm_engine::{Answer, Batch, GenerationSettings, Provisional, RowEvents, RowSink};
+use fastdllm_core::{GenerateOptions, RowId};
+use fastdllm_engine::{Batch, RowEvents, RowSink};
 use fastdllm_models::LoadedModel;
-use serde::Serialize;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
-use super::metrics::Metrics;
-
-/// One request for the worker.
-#[derive(Debug)]
-pub struct Job {
-    /// The request id answered to the client (`cmpl-…`, `chatcmpl-…`); engine errors name it.
-    pub id: String,
-    /// Prompt ids (templated, validated).
-    pub prompt: Vec<TokenId>,
-    /// The request's settings (validated; answer limits included).
-    pub settings: GenerationSettings,
-    /// Send [`RowEvent::Text`] as the answer commits.
-    pub stream: bool,
-    /// Send [`RowEvent::Provisional`] after every step.
-    pub provisional: bool,
-    /// When the request was queued (metrics).
-    pub queued_at: Instant,
-    /// The client's channel; closed = the client went away.
-    pub events: mpsc::UnboundedSender<RowEvent>,
-    /// The request's place in the queue: released when the row is admitted into a session (or
-    /// the job is dropped), or at once when the client goes away ([`QueueSlot`]).
-    pub slot: QueueSlot,
-}
-
-/// A queue place shared by the handler and the worker: whichever side lets go first (the worker
-/// admitting or dropping the job, the handler's future dropped when its client disconnects)
-/// returns the permit, so a disconnected client frees its place at once instead of when the
-/// worker reaches its job.
-#[derive(Debug)]
-pub struct QueueSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
-
-impl QueueSlot {
-    /// Two handles on `permit`: one for the job, one for the handler.
-    pub fn pair(permit: OwnedSemaphorePermit) -> (QueueSlot, QueueSlot) {
-        let shared = Arc::new(Mutex::new(Some(permit)));
-        (QueueSlot(shared.clone()), QueueSlot(shared))
-    }
-
-    /// Returns the place to the queue (idempotent).
-    pub fn release(&self) {
-        let permit = match self.0.lock() {
-            Ok(mut g) => g.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        drop(permit);
-    }
-}
-
-impl Drop for QueueSlot {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
-/// What the worker tells one client.
-#[derive(Debug, Clone)]
-pub enum RowEvent {
-    /// Final text committed since the previous `Text` event.
-    Text(String),
-    /// The current block's tentative state.
-    Provisional(Provisional),
-    /// The answer is complete.
-    Done(Answer),
-    /// The generation failed.
-    Error(String),
-}
-
-/// Counters of the worker (reported by `GET /health`).
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Sessions (continuous batches) started.
-    pub batches: AtomicUsize,
-    /// Rows run (requests that reached the engine).
-    pub rows: AtomicUsize,
-    /// Rows that joined a session after its first round.
-    pub joined_rows: AtomicUsize,
-    /// Most rows in one round so far.
-    pub max_batch: AtomicUsize,
-    /// Rows whose client went away before or during generation.
-    pub cancelled_rows: AtomicUsize,
-    /// Rounds cut short because every row's client had gone.
-    pub stopped_batches: AtomicUsize,
-    /// Requests answered with an engine error.
-    pub failed_rows: AtomicUsize,
-    /// Requests taken off the queue but not yet admitted (part of the queue depth).
-    pub pending: AtomicUsize,
-}
-
-/// A snapshot of [`Stats`].
-#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    /// Sessions started.
-    pub batches: usize,
-    /// Rows run.
-    pub rows: usize,
-    /// Rows that joined a running session.
-    pub joined_rows: usize,
-    /// Most rows in one round so far.
-    pub max_batch: usize,
-    /// Rows whose client went away.
-    pub cancelled_rows: usize,
-    /// Rounds cut short because every row's client had gone.
-    pub stopped_batches: usize,
-    /// Engine errors.
-    pub failed_rows: usize,
-}
-
-impl Stats {
-    /// Current values.
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            batches: self.batches.load(Ordering::Relaxed),
-            rows: self.rows.load(Ordering::Relaxed),
-            joined_rows: self.joined_rows.load(Ordering::Relaxed),
-            max_batch: self.max_batch.load(Ordering::Relaxed),
-            cancelled_rows: self.cancelled_rows.load(Ordering::Relaxed),
-            stopped_batches: self.stopped_batches.load(Ordering::Relaxed),
-            failed_rows: self.failed_rows.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// Whether the engine worker runs, and why it stopped (shared by the worker thread, the
-/// handlers and `GET /health`).
-#[derive(Debug)]
-pub struct EngineHealth {
-    stopped: watch::Sender<Option<String>>,
-}
-
-impl Default for EngineHealth {
-    fn default() -> Self {
-        EngineHealth {
-            stopped: watch::channel(None).0,
-        }
-    }
-}
-
-impl EngineHealth {
-    /// Records that the engine stopped, and why (the first reason wins).
-    pub fn stop(&self, reason: impl Into<String>) {
-        let reason = reason.into();
-        self.stopped.send_if_modified(|r| {
-            if r.is_none() {
-                *r = Some(reason);
-                true
-            } else {
-                false
-            }
-        });
-    }
-
-    /// Why the engine stopped; `None` while it runs.
-    pub fn stopped(&self) -> Option<String> {
-        self.stopped.borrow().clone()
-    }
-
-    /// Resolves once the engine has stopped.
-    pub async fn wait_stopped(&self) {
-        let mut rx = self.stopped.subscribe();
-        let _ = rx.wait_for(Option::is_some).await;
-    }
-}
+use super::metrics::Telemetry;
+use super::worker::{EngineContext, Job, RowEvent};
 
 /// The text of a panic payload (`panic!` with a literal or a formatted message).
 pub fn panic_message(payload: &(dyn Any + Send)) -> String {
@@ -217,14 +55,14 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
 
 /// Runs the worker loop until every sender of `rx` is dropped, the queue is drained and the
 /// running batch has finished. The queue's bound is the handlers' semaphore of
-/// [`QueueSlot`]s, not the channel: jobs whose client went away are skipped here.
-pub fn run_worker(
-    loaded: LoadedModel,
-    mut rx: mpsc::UnboundedReceiver<Job>,
-    max_batch: usize,
-    stats: Arc<Stats>,
-    metrics: Arc<Metrics>,
-) {
+/// [`super::worker::QueueSlot`]s, not the channel: jobs whose client went away are skipped here.
+pub fn run_worker(ctx: EngineContext) {
+    let EngineContext {
+        loaded,
+        jobs: mut rx,
+        max_batch,
+        telemetry,
+    } = ctx;
     let max_batch = max_batch.max(1);
     let mut pending: VecDeque<Job> = VecDeque::new();
     let mut live: Option<Live<'_>> = None;
@@ -239,44 +77,38 @@ pub fn run_worker(
         // (their queue places are already free).
         while pending.len() < max_batch {
             match rx.try_recv() {
-                Ok(job) if job.events.is_closed() => {
-                    stats.cancelled_rows.fetch_add(1, Ordering::Relaxed);
-                }
+                Ok(job) if job.events.is_closed() => telemetry.rows_cancelled(1),
                 Ok(job) => pending.push_back(job),
                 Err(_) => break,
             }
         }
         let before = pending.len();
         pending.retain(|j| !j.events.is_closed());
-        stats
-            .cancelled_rows
-            .fetch_add(before - pending.len(), Ordering::Relaxed);
+        telemetry.rows_cancelled(before - pending.len());
         match live.as_mut() {
-            Some(l) => l.admit_from_head(&mut pending, max_batch, &stats, &metrics),
-            None => live = Live::start(&loaded, &mut pending, max_batch, &stats, &metrics),
+            Some(l) => l.admit_from_head(&mut pending, max_batch, &telemetry),
+            None => live = Live::start(&loaded, &mut pending, max_batch, &telemetry),
         }
-        stats.pending.store(pending.len(), Ordering::Relaxed);
         let Some(l) = live.as_mut() else {
-            metrics.running_rows.set(0);
+            telemetry.running(0);
             continue;
         };
-        metrics.running_rows.set(l.batch.len() as i64);
-        stats.max_batch.fetch_max(l.batch.len(), Ordering::Relaxed);
-        let outcome = catch_unwind(AssertUnwindSafe(|| l.round(&stats, &metrics)));
+        telemetry.running(l.batch.len());
+        let outcome = catch_unwind(AssertUnwindSafe(|| l.round(&telemetry)));
         let keep = match outcome {
             Ok(keep) => keep,
             Err(p) => {
                 let why = panic_message(p.as_ref());
                 l.fail(
                     &format!("internal error: the engine panicked decoding the batch of this request ({why}); the server keeps serving other requests"),
-                    &stats,
+                    &telemetry,
                 );
                 false
             }
         };
         if !keep || l.batch.is_empty() {
             live = None;
-            metrics.running_rows.set(0);
+            telemetry.running(0);
         }
     }
 }
@@ -306,8 +138,7 @@ impl<'m> Live<'m> {
         loaded: &'m LoadedModel,
         pending: &mut VecDeque<Job>,
         max_batch: usize,
-        stats: &Stats,
-        metrics: &Metrics,
+        telemetry: &Telemetry,
     ) -> Option<Live<'m>> {
         let first = pending.pop_front()?;
         let batch = catch_unwind(AssertUnwindSafe(|| {
@@ -321,25 +152,25 @@ impl<'m> Live<'m> {
         let batch = match batch {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
-                reject(&first, e.to_string(), stats);
+                reject(&first, e.to_string(), telemetry);
                 return None;
             }
             Err(p) => {
-                reject(&first, admission_panic(p.as_ref()), stats);
+                reject(&first, admission_panic(p.as_ref()), telemetry);
                 return None;
             }
         };
-        stats.batches.fetch_add(1, Ordering::Relaxed);
+        telemetry.batch_started();
         let mut live = Live {
             batch,
             clients: HashMap::new(),
             rounds: 0,
         };
-        live.admit(first, stats, metrics);
+        live.admit(first, telemetry);
         let mut rest = VecDeque::new();
         for job in pending.drain(..) {
             if live.batch.len() < max_batch && live.batch.compatible(&job.settings) {
-                live.admit(job, stats, metrics);
+                live.admit(job, telemetry);
             } else {
                 rest.push_back(job);
             }
@@ -353,8 +184,7 @@ impl<'m> Live<'m> {
         &mut self,
         pending: &mut VecDeque<Job>,
         max_batch: usize,
-        stats: &Stats,
-        metrics: &Metrics,
+        telemetry: &Telemetry,
     ) {
         while self.batch.len() < max_batch
             && pending
@@ -362,9 +192,8 @@ impl<'m> Live<'m> {
                 .is_some_and(|j| self.batch.compatible(&j.settings))
         {
             if let Some(job) = pending.pop_front() {
-                if self.admit(job, stats, metrics) {
-                    stats.joined_rows.fetch_add(1, Ordering::Relaxed);
-                    metrics.joined_rows.inc();
+                if self.admit(job, telemetry) {
+                    telemetry.row_joined();
                 }
             }
         }
@@ -372,7 +201,7 @@ impl<'m> Live<'m> {
 
     /// Admits `job` (under a panic guard: a panic fails this request only). Returns whether it
     /// joined a batch that had already run a round.
-    fn admit(&mut self, job: Job, stats: &Stats, metrics: &Metrics) -> bool {
+    fn admit(&mut self, job: Job, telemetry: &Telemetry) -> bool {
         job.slot.release();
         let batch = &mut self.batch;
         let events = RowEvents {
@@ -384,8 +213,7 @@ impl<'m> Live<'m> {
         }));
         match admitted {
             Ok(Ok(id)) => {
-                stats.rows.fetch_add(1, Ordering::Relaxed);
-                metrics.rows.inc();
+                telemetry.row_admitted();
                 self.clients.insert(
                     id,
                     Client {
@@ -397,21 +225,19 @@ impl<'m> Live<'m> {
                 self.rounds > 0
             }
             Ok(Err(e)) => {
-                reject(&job, e.to_string(), stats);
+                reject(&job, e.to_string(), telemetry);
                 false
             }
             Err(p) => {
-                reject(&job, admission_panic(p.as_ref()), stats);
+                reject(&job, admission_panic(p.as_ref()), telemetry);
                 false
             }
         }
     }
 
     /// Answers every row with `msg`, naming its request.
-    fn fail(&mut self, msg: &str, stats: &Stats) {
-        stats
-            .failed_rows
-            .fetch_add(self.clients.len(), Ordering::Relaxed);
+    fn fail(&mut self, msg: &str, telemetry: &Telemetry) {
+        telemetry.rows_failed(self.clients.len());
         for c in self.clients.values() {
             let _ = c
                 .job
@@ -422,33 +248,25 @@ impl<'m> Live<'m> {
     }
 
     /// Runs one round. Returns whether the batch goes on.
-    fn round(&mut self, stats: &Stats, metrics: &Metrics) -> bool {
+    fn round(&mut self, telemetry: &Telemetry) -> bool {
         self.rounds += 1;
         let cache_mode = self.batch.settings().cache.mode.to_string();
         let rows_in_round = self.batch.len();
         let forwards_before = self.batch.forwards();
         let mut sink = Clients {
             clients: &mut self.clients,
-            stats,
-            metrics,
-            step_seconds: metrics
-                .step_seconds
-                .with_label_values(&[cache_mode.as_str()]),
+            telemetry,
+            step_seconds: telemetry.step_seconds(&cache_mode),
             last_step: Instant::now(),
         };
         let result = self.batch.run_block(&mut sink);
         let forwards = self.batch.forwards().saturating_sub(forwards_before);
-        metrics.forwards.inc_by(forwards as u64);
-        if forwards > 0 {
-            let positions = rows_in_round * self.batch.settings().decode.block_length;
-            metrics
-                .tokens_per_forward
-                .observe(positions as f64 / forwards as f64);
-        }
+        let positions = rows_in_round * self.batch.settings().decode.block_length;
+        telemetry.round(forwards, positions);
         match result {
             Ok(_) => {
                 if rows_in_round > 0 && self.clients.values().all(|c| c.cancelled) {
-                    stats.stopped_batches.fetch_add(1, Ordering::Relaxed);
+                    telemetry.batch_stopped();
                 }
                 // Finished rows left the batch (their answers were sent); cancelled rows left
                 // too. A client that went away after the round's last step leaves now.
@@ -461,7 +279,7 @@ impl<'m> Live<'m> {
                 for id in gone {
                     if let Some(c) = self.clients.remove(&id) {
                         if !c.cancelled && !c.done {
-                            stats.cancelled_rows.fetch_add(1, Ordering::Relaxed);
+                            telemetry.rows_cancelled(1);
                         }
                     }
                     self.batch.remove(id);
@@ -469,7 +287,7 @@ impl<'m> Live<'m> {
                 true
             }
             Err(e) => {
-                self.fail(&e.to_string(), stats);
+                self.fail(&e.to_string(), telemetry);
                 false
             }
         }
@@ -479,8 +297,7 @@ impl<'m> Live<'m> {
 /// The clients of a round, as the engine's [`RowSink`]: events go to each row's channel.
 struct Clients<'a> {
     clients: &'a mut HashMap<RowId, Client>,
-    stats: &'a Stats,
-    metrics: &'a Metrics,
+    telemetry: &'a Telemetry,
     step_seconds: prometheus::Histogram,
     last_step: Instant,
 }
@@ -499,7 +316,7 @@ impl RowSink for Clients<'_> {
         };
         if !c.cancelled && c.job.events.is_closed() {
             c.cancelled = true;
-            self.stats.cancelled_rows.fetch_add(1, Ordering::Relaxed);
+            self.telemetry.rows_cancelled(1);
         }
         c.cancelled
     }
@@ -515,20 +332,14 @@ impl RowSink for Clients<'_> {
             E::Provisional(p) => RowEvent::Provisional(p),
             E::BlockCommitted(block) => {
                 if block == 0 {
-                    self.metrics
-                        .first_block_seconds
-                        .observe(job.queued_at.elapsed().as_secs_f64());
+                    self.telemetry.first_block(job.queued_at);
                 }
                 return;
             }
             E::Done(answer) => {
                 c.done = true;
-                self.metrics
-                    .output_tokens
-                    .inc_by(answer.completion_tokens as u64);
-                self.metrics
-                    .generation_seconds
-                    .observe(job.queued_at.elapsed().as_secs_f64());
+                self.telemetry
+                    .answered(answer.completion_tokens, job.queued_at);
                 RowEvent::Done(answer)
             }
         };
@@ -537,8 +348,8 @@ impl RowSink for Clients<'_> {
 }
 
 /// Answers `job` with an engine error naming it.
-fn reject(job: &Job, msg: String, stats: &Stats) {
-    stats.failed_rows.fetch_add(1, Ordering::Relaxed);
+fn reject(job: &Job, msg: String, telemetry: &Telemetry) {
+    telemetry.rows_failed(1);
     let _ = job
         .events
         .send(RowEvent::Error(format!("request {}: {msg}", job.id)));

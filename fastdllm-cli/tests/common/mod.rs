@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device};
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_cli::serve::api::Defaults;
+use fastdllm_cli::serve::Defaults;
 use fastdllm_core::DecodeConfig;
 use fastdllm_engine::GenerationSettings;
 use fastdllm_models::LoadedModel;

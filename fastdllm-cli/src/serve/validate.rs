@@ -1,31 +1,33 @@
-//! Request and response types of the OpenAI-compatible API, and the request → settings
-//! resolution with its validation.
+//! The one validation step of a generation request: from the body's bytes to what the engine
+//! runs ([`Validated`]), or an OpenAI-style 4xx error naming the field ([`ApiError`]).
 //!
-//! Reference: OpenAI `POST /v1/completions`, `POST /v1/chat/completions` (objects `text_completion`,
-//! `chat.completion`, `chat.completion.chunk`) and `GET /v1/models`. Supported OpenAI fields:
-//! `model`, `prompt` (a string, a list of strings, a list of token ids or a list of id lists;
-//! each prompt gives `n` choices with `index = prompt_i * n + j`), `messages` (multi-turn
-//! system / user / assistant, `content` a string or text parts, rendered with the model's chat
-//! template, [`chat_messages`]), `n`, `max_tokens`
-//! / `max_completion_tokens` (any positive count: the canvas is rounded up to whole blocks and
-//! the answer cut), `stop` (a string or up to 4), `seed` (without one every choice draws a fresh
-//! seed), `temperature`, `top_p` (Dream; LLaDA only with the neutral 1), `stream`,
-//! `stream_options.include_usage`, `user`. Fields OpenAI has that change the answer's form or
-//! distribution and that this server cannot honour (`logprobs`, `top_logprobs`, `echo`,
-//! `best_of`, `suffix`, `tools`, `response_format`, penalties, `logit_bias`, ...) are a 400
-//! naming the field unless they hold their neutral value; unknown fields are a 400 naming the
-//! field, as OpenAI answers them ("Unrecognized request argument supplied"). Extension fields
-//! carry the Fast-dLLM knobs (`gen_length`, `block_length`, `steps`, `cache`, `threshold`,
-//! `factor`, `top_k`) and `provisional` (stream the current block's provisional tokens).
+//! In order ([`Validator::completion`], [`Validator::chat`]): the body is parsed as a JSON
+//! object and its field names are checked ([`parse_request`]: unknown fields and OpenAI fields
+//! this server cannot honour are refused, [`check_fields`]); then `model` ([`check_model`]),
+//! `n` ([`check_n`]), `stream_options` ([`check_stream_options`]), the prompts
+//! ([`parse_prompts`]) or the chat messages ([`chat_messages`]), the knobs
+//! ([`Knobs::resolve`]); each prompt text is capped in bytes by the model's maximum length
+//! ([`prompt_byte_cap`]) before it is tokenized, and tokenization (and the chat template) runs
+//! on blocking threads, a bounded number at once ([`Validator::tokenize_all`]).
+//!
+//! Reference: the OpenAI completions / chat completions request bodies (the fields this server
+//! supports: [`super::openai`]) and OpenAI's error answers ("Unrecognized request argument
+//! supplied", `context_length_exceeded`, `model_not_found`).
+
+use std::sync::Arc;
 
 use fastdllm_cache::{CacheSettings, CACHE_NAMES};
-use fastdllm_core::{ModelFamily, TokenId};
-use fastdllm_models::Message;
+use fastdllm_core::{ModelFamily, ModelSpec, TokenId};
+use fastdllm_models::{ChatTemplate, LoadedModel, Message, Tokenizer};
 use fastdllm_sampler::{Unmask, MIN_TEMPERATURE};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
 
 use super::errors::ApiError;
+use super::openai::{
+    ChatRequest, CompletionRequest, Knobs, RequestMessage, Route, StopInput, StreamOptions,
+};
+use super::worker::Generation;
 use fastdllm_engine::{AnswerLimits, GenerationSettings};
 
 /// Most choices (`n`) per prompt, as OpenAI allows.
@@ -43,49 +45,6 @@ pub struct Defaults {
     pub explicit_steps: bool,
 }
 
-/// `stop`: one string or a list of up to [`MAX_STOP`].
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum StopInput {
-    /// One stop string.
-    One(String),
-    /// Several.
-    Many(Vec<String>),
-}
-
-/// The knobs a request may set (all optional; server defaults otherwise): OpenAI's sampling and
-/// length fields and the Fast-dLLM extensions.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct Knobs {
-    /// OpenAI's answer limit in tokens (any count >= 1; the canvas rounds up to whole blocks).
-    pub max_tokens: Option<usize>,
-    /// OpenAI's newer name of `max_tokens` (chat); must agree with `max_tokens` when both are sent.
-    pub max_completion_tokens: Option<usize>,
-    /// Answer positions G of the canvas (a multiple of `block_length`).
-    pub gen_length: Option<usize>,
-    /// Block size B.
-    pub block_length: Option<usize>,
-    /// Denoising steps of fixed schedules.
-    pub steps: Option<usize>,
-    /// A cache name ([`CacheSettings`]): `none`, `prefix`, `dual`, or an adaptive policy such
-    /// as `dual+commits=2`.
-    pub cache: Option<String>,
-    /// Threshold rule.
-    pub threshold: Option<f64>,
-    /// Factor rule.
-    pub factor: Option<f64>,
-    /// Sampling temperature (0 = greedy).
-    pub temperature: Option<f64>,
-    /// Nucleus filter (Dream's sampler; 1 = off, accepted for every family).
-    pub top_p: Option<f64>,
-    /// Top-k filter (extension; Dream's sampler).
-    pub top_k: Option<usize>,
-    /// Seed of the first choice's random stream (choice `i` uses `Rng::row_seed(seed, i)`).
-    pub seed: Option<u64>,
-    /// Stop strings.
-    pub stop: Option<StopInput>,
-}
-
 /// One prompt of `POST /v1/completions`: text (the tokenizer's special tokens added) or ids.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PromptInput {
@@ -95,57 +54,265 @@ pub enum PromptInput {
     Ids(Vec<TokenId>),
 }
 
-/// Stream options (OpenAI `stream_options`).
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamOptions {
-    /// Send a last chunk with empty `choices` and the request's `usage`.
-    #[serde(default)]
+/// A validated, tokenized request of either route.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// What the engine runs: the prompts' ids, `n`, the settings.
+    pub generation: Generation,
+    /// `stream_options.include_usage`.
     pub include_usage: bool,
 }
 
-/// `POST /v1/completions` (the knobs are read from the same object, [`parse_request`]).
-#[derive(Debug, Clone, Deserialize)]
-pub struct CompletionRequest {
-    /// Model id (optional; must be the served model when given).
-    pub model: Option<String>,
-    /// `prompt` as sent; see [`parse_prompts`].
-    #[serde(default)]
-    pub prompt: Value,
-    /// Stream server-sent events.
-    #[serde(default)]
-    pub stream: bool,
-    /// Stream options (only with `stream`).
-    pub stream_options: Option<StreamOptions>,
-    /// With `stream`: also send the current block's provisional tokens after every step.
-    #[serde(default)]
-    pub provisional: bool,
-    /// Choices per prompt (1..=128).
-    pub n: Option<usize>,
-    /// Fast-dLLM knobs and OpenAI sampling fields.
-    #[serde(skip)]
-    pub knobs: Knobs,
+impl Validated {
+    /// The prompts' tokens (after templating; each prompt counted once, whatever `n`).
+    pub fn prompt_tokens(&self) -> usize {
+        self.generation.prompts.iter().map(Vec::len).sum()
+    }
 }
 
-/// The assistant's message of a response.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ChatMessage {
-    /// `assistant`.
-    pub role: String,
-    /// The text.
-    pub content: String,
+/// What validation needs of the server and its model: the served id, the knob defaults, the
+/// tokenizer and chat template, and the bound on tokenizations at once.
+pub struct Validator {
+    model_id: String,
+    defaults: Defaults,
+    spec: ModelSpec,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    /// Tokenizations at once.
+    tokenize: Arc<Semaphore>,
+    /// Largest prompt or message text in bytes ([`prompt_byte_cap`]).
+    prompt_byte_cap: usize,
 }
 
-/// One message of a chat request: `role` and `content`, a string or a list of text parts
-/// (`[{"type": "text", "text": ...}]`, OpenAI's content-part form). Other keys (`name`) are
-/// ignored.
-#[derive(Debug, Clone, Deserialize)]
-pub struct RequestMessage {
-    /// `system` (or `developer`, its newer OpenAI name), `user` or `assistant`.
-    pub role: String,
-    /// A string or a list of content parts (`null` / absent is refused).
-    #[serde(default)]
-    pub content: serde_json::Value,
+impl Validator {
+    /// The validator of `loaded` served as `model_id` with knob defaults `defaults`, tokenizing
+    /// at most `tokenize_concurrency` prompts at once.
+    pub fn new(
+        loaded: &LoadedModel,
+        model_id: &str,
+        defaults: &Defaults,
+        tokenize_concurrency: usize,
+    ) -> Self {
+        let spec = loaded.model.spec().clone();
+        Validator {
+            model_id: model_id.to_string(),
+            defaults: defaults.clone(),
+            prompt_byte_cap: prompt_byte_cap(&loaded.tokenizer, spec.max_seq_len),
+            spec,
+            tokenizer: loaded.tokenizer.clone(),
+            template: loaded.info.chat_template.clone(),
+            tokenize: Arc::new(Semaphore::new(
+                tokenize_concurrency.clamp(1, Semaphore::MAX_PERMITS),
+            )),
+        }
+    }
+
+    /// Parses and validates a `POST /v1/completions` body, and tokenizes its prompts (every
+    /// prompt gives `n` choices).
+    pub async fn completion(
+        self: &Arc<Self>,
+        body: axum::body::Bytes,
+    ) -> Result<Validated, ApiError> {
+        let r: CompletionRequest = parse_request(&body, Route::Completions)?;
+        drop(body);
+        check_model(r.model.as_deref(), &self.model_id)?;
+        let n = check_n(r.n)?;
+        let include_usage = check_stream_options(r.stream, r.stream_options)?;
+        let inputs = parse_prompts(&r.prompt)?;
+        let settings = r.knobs.resolve(&self.defaults, self.spec.family)?;
+        let gen = settings.decode.gen_length;
+        let many = inputs.len() > 1;
+        let named = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let param = if many {
+                    format!("prompt[{i}]")
+                } else {
+                    "prompt".to_string()
+                };
+                (p, param)
+            })
+            .collect();
+        let prompts = self.tokenize_all(named, false, gen).await?;
+        Ok(Validated {
+            generation: Generation {
+                prompts,
+                n,
+                settings,
+                seed: r.knobs.seed,
+                stream: r.stream,
+                provisional: r.provisional,
+            },
+            include_usage,
+        })
+    }
+
+    /// Parses and validates a `POST /v1/chat/completions` body, renders its messages with the
+    /// model's chat template and tokenizes the conversation.
+    pub async fn chat(self: &Arc<Self>, body: axum::body::Bytes) -> Result<Validated, ApiError> {
+        let r: ChatRequest = parse_request(&body, Route::Chat)?;
+        drop(body);
+        check_model(r.model.as_deref(), &self.model_id)?;
+        let n = check_n(r.n)?;
+        let include_usage = check_stream_options(r.stream, r.stream_options)?;
+        let messages = chat_messages(&r.messages)?;
+        // The byte cap before rendering: the contents alone must fit.
+        let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+        if bytes > self.prompt_byte_cap {
+            return Err(ApiError::invalid(
+                Some("messages"),
+                format!(
+                    "messages: the contents are {bytes} bytes: more than the {} bytes that can fit in the model's maximum sequence length of {} tokens",
+                    self.prompt_byte_cap, self.spec.max_seq_len
+                ),
+            )
+            .with_code("context_length_exceeded"));
+        }
+        let settings = r.knobs.resolve(&self.defaults, self.spec.family)?;
+        // Rendered on a blocking thread (a template is a program; its cost grows with the
+        // history).
+        let v = self.clone();
+        let text = tokio::task::spawn_blocking(move || v.template.render(&messages))
+            .await
+            .map_err(|e| ApiError::internal(format!("the chat template failed: {e}")))?
+            .map_err(|e| ApiError::invalid(Some("messages"), format!("messages: {e}")))?;
+        let prompts = self
+            .tokenize_all(
+                vec![(PromptInput::Text(text), "messages".to_string())],
+                true,
+                settings.decode.gen_length,
+            )
+            .await?;
+        Ok(Validated {
+            generation: Generation {
+                prompts,
+                n,
+                settings,
+                seed: r.knobs.seed,
+                stream: r.stream,
+                provisional: r.provisional,
+            },
+            include_usage,
+        })
+    }
+
+    /// The cheap checks of one prompt text, before any tokenization: not empty, and not longer
+    /// in bytes than the model's maximum length allows ([`prompt_byte_cap`]).
+    fn check_text(&self, text: &str, field: &str, param: &str) -> Result<(), ApiError> {
+        if text.trim().is_empty() {
+            return Err(ApiError::invalid(
+                Some(field),
+                format!("{param}: the prompt is empty"),
+            ));
+        }
+        let cap = self.prompt_byte_cap;
+        if text.len() > cap {
+            return Err(ApiError::invalid(
+                Some(field),
+                format!(
+                    "{param}: the prompt is {} bytes: more than the {cap} bytes that can fit in the model's maximum sequence length of {} tokens",
+                    text.len(),
+                    self.spec.max_seq_len
+                ),
+            )
+            .with_code("context_length_exceeded"));
+        }
+        Ok(())
+    }
+
+    /// Tokenizes and checks one prompt (`param` names it in errors: `prompt`, `prompt[1]`,
+    /// `messages`) for a canvas of `gen` answer positions. Blocking: called through
+    /// [`Validator::tokenize_all`].
+    pub fn tokenize(
+        &self,
+        prompt: &PromptInput,
+        templated: bool,
+        param: &str,
+        gen: usize,
+    ) -> Result<Vec<TokenId>, ApiError> {
+        let field = if templated { "messages" } else { "prompt" };
+        let bad = |m: String| ApiError::invalid(Some(field), m);
+        let ids = match prompt {
+            PromptInput::Text(text) => {
+                self.check_text(text, field, param)?;
+                // A chat's text is already rendered with the template (which adds its own BOS).
+                let special = !templated || self.template.add_special_tokens();
+                self.tokenizer
+                    .encode(text, special)
+                    .map_err(|e| bad(format!("{param}: cannot tokenize the prompt: {e}")))?
+            }
+            PromptInput::Ids(ids) => ids.clone(),
+        };
+        let max = self.spec.max_seq_len;
+        // Saturating: a sum past usize::MAX exceeds any model's maximum just the same.
+        let total = ids.len().saturating_add(gen);
+        if total > max {
+            return Err(bad(format!(
+                "{param}: the prompt has {} tokens and the answer canvas gen_length = {gen}: {total} tokens exceed the model's maximum sequence length {max}",
+                ids.len(),
+            ))
+            .with_code("context_length_exceeded"));
+        }
+        let mut decode = self.defaults.settings.decode.clone();
+        decode.gen_length = gen;
+        decode
+            .validate_prompt(&self.spec, &ids)
+            .map_err(|e| bad(format!("{param}: {e}")))?;
+        Ok(ids)
+    }
+
+    /// Tokenizes a request's prompts (each with the name errors give it) on a blocking thread,
+    /// at most `tokenize_concurrency` requests at once, after the cheap checks of every text: a
+    /// large or slow prompt never stalls the async runtime.
+    pub async fn tokenize_all(
+        self: &Arc<Self>,
+        inputs: Vec<(PromptInput, String)>,
+        templated: bool,
+        gen: usize,
+    ) -> Result<Vec<Vec<TokenId>>, ApiError> {
+        let field = if templated { "messages" } else { "prompt" };
+        for (p, param) in &inputs {
+            if let PromptInput::Text(text) = p {
+                self.check_text(text, field, param)?;
+            }
+        }
+        let permit = self
+            .tokenize
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::unavailable())?;
+        let v = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            inputs
+                .iter()
+                .map(|(p, param)| v.tokenize(p, templated, param, gen))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("the tokenizer failed: {e}")))?
+    }
+}
+
+/// The largest prompt text (bytes) that can fit in `max_seq_len` tokens: `max_seq_len` times
+/// the longest vocabulary entry in UTF-8 bytes (at least 4, one character). Every input byte
+/// of a byte-level BPE or character-level vocabulary is covered by a token of at most that many
+/// bytes, so a longer text has more than `max_seq_len` tokens and is refused before it is
+/// tokenized (the tokenizer's cost grows with the text, the engine's cap does not). Saturates
+/// instead of overflowing. Assumption: the normalizer does not delete input (none of the
+/// supported models' tokenizers does).
+pub fn prompt_byte_cap(tokenizer: &Tokenizer, max_seq_len: usize) -> usize {
+    let longest = tokenizer
+        .inner()
+        .get_vocab(true)
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    max_seq_len.saturating_mul(longest)
 }
 
 /// The conversation of `messages` for the chat template: roles checked (`developer` read as
@@ -227,147 +394,6 @@ pub fn chat_messages(messages: &[RequestMessage]) -> Result<Vec<Message>, ApiErr
         ));
     }
     Ok(out)
-}
-
-/// `POST /v1/chat/completions` (the knobs are read from the same object, [`parse_request`]).
-#[derive(Debug, Clone, Deserialize)]
-pub struct ChatRequest {
-    /// Model id (optional; must be the served model when given).
-    pub model: Option<String>,
-    /// The conversation (system / user / assistant turns), rendered with the model's chat
-    /// template.
-    pub messages: Vec<RequestMessage>,
-    /// Stream server-sent events.
-    #[serde(default)]
-    pub stream: bool,
-    /// Stream options (only with `stream`).
-    pub stream_options: Option<StreamOptions>,
-    /// With `stream`: also send the current block's provisional tokens after every step.
-    #[serde(default)]
-    pub provisional: bool,
-    /// Choices (1..=128).
-    pub n: Option<usize>,
-    /// Fast-dLLM knobs and OpenAI sampling fields.
-    #[serde(skip)]
-    pub knobs: Knobs,
-}
-
-/// Token counts.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-pub struct Usage {
-    /// Prompt tokens (after templating; each prompt counted once, whatever `n`).
-    pub prompt_tokens: usize,
-    /// Answer tokens of every choice.
-    pub completion_tokens: usize,
-    /// Their sum.
-    pub total_tokens: usize,
-}
-
-impl Usage {
-    /// Usage of `prompt_tokens` and `completion_tokens`.
-    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
-        Usage {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
-        }
-    }
-}
-
-/// A choice of a `text_completion`.
-#[derive(Debug, Clone, Serialize)]
-pub struct CompletionChoice {
-    /// `prompt_index * n + j`.
-    pub index: usize,
-    /// The answer.
-    pub text: String,
-    /// Always `null` (`logprobs` is not supported).
-    pub logprobs: Option<()>,
-    /// `stop` (an end-of-sequence token or a stop string) or `length`.
-    pub finish_reason: Option<&'static str>,
-}
-
-/// A choice of a `chat.completion`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ChatChoice {
-    /// `j` of `n`.
-    pub index: usize,
-    /// The assistant's message.
-    pub message: ChatMessage,
-    /// Always `null` (`logprobs` is not supported).
-    pub logprobs: Option<()>,
-    /// `stop` or `length`.
-    pub finish_reason: Option<&'static str>,
-}
-
-/// A non-streaming response (`text_completion` or `chat.completion`).
-#[derive(Debug, Clone, Serialize)]
-pub struct Response<C> {
-    /// `cmpl-…` or `chatcmpl-…`.
-    pub id: String,
-    /// `text_completion` or `chat.completion`.
-    pub object: &'static str,
-    /// Unix seconds.
-    pub created: u64,
-    /// The served model id.
-    pub model: String,
-    /// The choices, in `index` order.
-    pub choices: Vec<C>,
-    /// Token counts.
-    pub usage: Usage,
-}
-
-/// Provisional state of the current block (extension, `"provisional": true`): the block's
-/// token ids (`null` where still masked; nothing here is final) and its committed tokens
-/// decoded.
-pub use fastdllm_engine::Provisional;
-
-/// One streamed choice; `text` (completions) or `delta` (chat).
-#[derive(Debug, Clone, Serialize)]
-pub struct ChunkChoice {
-    /// The choice's index.
-    pub index: usize,
-    /// Completions: committed text since the previous chunk.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-    /// Chat: `{"role"?, "content"?}` since the previous chunk.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub delta: Option<serde_json::Value>,
-    /// Always `null`.
-    pub logprobs: Option<()>,
-    /// Set on the choice's last chunk.
-    pub finish_reason: Option<&'static str>,
-    /// Present only on provisional chunks (their `text` / `delta` is empty).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub provisional: Option<Provisional>,
-}
-
-/// A streamed chunk (`text_completion` or `chat.completion.chunk`).
-#[derive(Debug, Clone, Serialize)]
-pub struct Chunk {
-    /// Same id on every chunk of a response.
-    pub id: String,
-    /// `text_completion` or `chat.completion.chunk`.
-    pub object: &'static str,
-    /// Unix seconds.
-    pub created: u64,
-    /// The served model id.
-    pub model: String,
-    /// One choice; empty on the usage chunk.
-    pub choices: Vec<ChunkChoice>,
-    /// With `stream_options.include_usage`: `null` on every chunk but the last, which carries
-    /// the request's usage and no choice (as OpenAI sends it). Absent otherwise.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Option<Usage>>,
-}
-
-/// The routes whose body [`parse_request`] reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    /// `POST /v1/completions`.
-    Completions,
-    /// `POST /v1/chat/completions`.
-    Chat,
 }
 
 /// Fields every generation route reads (OpenAI's and the extensions).

@@ -1,0 +1,262 @@
+//! The wire types of the OpenAI-compatible API: request bodies, responses and streamed chunks
+//! (serde only; parsing and validation are in [`super::validate`]).
+//!
+//! Reference: OpenAI `POST /v1/completions`, `POST /v1/chat/completions` (objects `text_completion`,
+//! `chat.completion`, `chat.completion.chunk`) and `GET /v1/models`. Supported OpenAI fields:
+//! `model`, `prompt` (a string, a list of strings, a list of token ids or a list of id lists;
+//! each prompt gives `n` choices with `index = prompt_i * n + j`), `messages` (multi-turn
+//! system / user / assistant, `content` a string or text parts, rendered with the model's chat
+//! template), `n`, `max_tokens`
+//! / `max_completion_tokens` (any positive count: the canvas is rounded up to whole blocks and
+//! the answer cut), `stop` (a string or up to 4), `seed` (without one every choice draws a fresh
+//! seed), `temperature`, `top_p` (Dream; LLaDA only with the neutral 1), `stream`,
+//! `stream_options.include_usage`, `user`. Fields OpenAI has that change the answer's form or
+//! distribution and that this server cannot honour (`logprobs`, `top_logprobs`, `echo`,
+//! `best_of`, `suffix`, `tools`, `response_format`, penalties, `logit_bias`, ...) are a 400
+//! naming the field unless they hold their neutral value; unknown fields are a 400 naming the
+//! field, as OpenAI answers them ("Unrecognized request argument supplied"). Extension fields
+//! carry the Fast-dLLM knobs (`gen_length`, `block_length`, `steps`, `cache`, `threshold`,
+//! `factor`, `top_k`) and `provisional` (stream the current block's provisional tokens).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The two generation routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /v1/completions`.
+    Completions,
+    /// `POST /v1/chat/completions`.
+    Chat,
+}
+
+/// Stream options (OpenAI `stream_options`).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    /// Send a last chunk with empty `choices` and the request's `usage`.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// `POST /v1/completions` (the knobs are read from the same object,
+/// [`super::validate::parse_request`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    /// Model id (optional; must be the served model when given).
+    pub model: Option<String>,
+    /// `prompt` as sent; see [`super::validate::parse_prompts`].
+    #[serde(default)]
+    pub prompt: Value,
+    /// Stream server-sent events.
+    #[serde(default)]
+    pub stream: bool,
+    /// Stream options (only with `stream`).
+    pub stream_options: Option<StreamOptions>,
+    /// With `stream`: also send the current block's provisional tokens after every step.
+    #[serde(default)]
+    pub provisional: bool,
+    /// Choices per prompt (1..=128).
+    pub n: Option<usize>,
+    /// Fast-dLLM knobs and OpenAI sampling fields.
+    #[serde(skip)]
+    pub knobs: Knobs,
+}
+
+/// The assistant's message of a response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatMessage {
+    /// `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// One message of a chat request: `role` and `content`, a string or a list of text parts
+/// (`[{"type": "text", "text": ...}]`, OpenAI's content-part form). Other keys (`name`) are
+/// ignored.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RequestMessage {
+    /// `system` (or `developer`, its newer OpenAI name), `user` or `assistant`.
+    pub role: String,
+    /// A string or a list of content parts (`null` / absent is refused).
+    #[serde(default)]
+    pub content: serde_json::Value,
+}
+
+/// `POST /v1/chat/completions` (the knobs are read from the same object,
+/// [`super::validate::parse_request`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    /// Model id (optional; must be the served model when given).
+    pub model: Option<String>,
+    /// The conversation (system / user / assistant turns), rendered with the model's chat
+    /// template.
+    pub messages: Vec<RequestMessage>,
+    /// Stream server-sent events.
+    #[serde(default)]
+    pub stream: bool,
+    /// Stream options (only with `stream`).
+    pub stream_options: Option<StreamOptions>,
+    /// With `stream`: also send the current block's provisional tokens after every step.
+    #[serde(default)]
+    pub provisional: bool,
+    /// Choices (1..=128).
+    pub n: Option<usize>,
+    /// Fast-dLLM knobs and OpenAI sampling fields.
+    #[serde(skip)]
+    pub knobs: Knobs,
+}
+
+/// Token counts.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Prompt tokens (after templating; each prompt counted once, whatever `n`).
+    pub prompt_tokens: usize,
+    /// Answer tokens of every choice.
+    pub completion_tokens: usize,
+    /// Their sum.
+    pub total_tokens: usize,
+}
+
+impl Usage {
+    /// Usage of `prompt_tokens` and `completion_tokens`.
+    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+/// A choice of a `text_completion`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompletionChoice {
+    /// `prompt_index * n + j`.
+    pub index: usize,
+    /// The answer.
+    pub text: String,
+    /// Always `null` (`logprobs` is not supported).
+    pub logprobs: Option<()>,
+    /// `stop` (an end-of-sequence token or a stop string) or `length`.
+    pub finish_reason: Option<&'static str>,
+}
+
+/// A choice of a `chat.completion`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatChoice {
+    /// `j` of `n`.
+    pub index: usize,
+    /// The assistant's message.
+    pub message: ChatMessage,
+    /// Always `null` (`logprobs` is not supported).
+    pub logprobs: Option<()>,
+    /// `stop` or `length`.
+    pub finish_reason: Option<&'static str>,
+}
+
+/// A non-streaming response (`text_completion` or `chat.completion`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Response<C> {
+    /// `cmpl-…` or `chatcmpl-…`.
+    pub id: String,
+    /// `text_completion` or `chat.completion`.
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: u64,
+    /// The served model id.
+    pub model: String,
+    /// The choices, in `index` order.
+    pub choices: Vec<C>,
+    /// Token counts.
+    pub usage: Usage,
+}
+
+/// Provisional state of the current block (extension, `"provisional": true`): the block's
+/// token ids (`null` where still masked; nothing here is final) and its committed tokens
+/// decoded.
+pub use fastdllm_engine::Provisional;
+
+/// One streamed choice; `text` (completions) or `delta` (chat).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChunkChoice {
+    /// The choice's index.
+    pub index: usize,
+    /// Completions: committed text since the previous chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Chat: `{"role"?, "content"?}` since the previous chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<serde_json::Value>,
+    /// Always `null`.
+    pub logprobs: Option<()>,
+    /// Set on the choice's last chunk.
+    pub finish_reason: Option<&'static str>,
+    /// Present only on provisional chunks (their `text` / `delta` is empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provisional: Option<Provisional>,
+}
+
+/// A streamed chunk (`text_completion` or `chat.completion.chunk`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Chunk {
+    /// Same id on every chunk of a response.
+    pub id: String,
+    /// `text_completion` or `chat.completion.chunk`.
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: u64,
+    /// The served model id.
+    pub model: String,
+    /// One choice; empty on the usage chunk.
+    pub choices: Vec<ChunkChoice>,
+    /// With `stream_options.include_usage`: `null` on every chunk but the last, which carries
+    /// the request's usage and no choice (as OpenAI sends it). Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<Usage>>,
+}
+
+/// `stop`: one string or a list of up to [`super::validate::MAX_STOP`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StopInput {
+    /// One stop string.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+/// The knobs a request may set (all optional; server defaults otherwise): OpenAI's sampling and
+/// length fields and the Fast-dLLM extensions. `Knobs::resolve` ([`super::validate`]) turns
+/// them into the request's settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Knobs {
+    /// OpenAI's answer limit in tokens (any count >= 1; the canvas rounds up to whole blocks).
+    pub max_tokens: Option<usize>,
+    /// OpenAI's newer name of `max_tokens` (chat); must agree with `max_tokens` when both are sent.
+    pub max_completion_tokens: Option<usize>,
+    /// Answer positions G of the canvas (a multiple of `block_length`).
+    pub gen_length: Option<usize>,
+    /// Block size B.
+    pub block_length: Option<usize>,
+    /// Denoising steps of fixed schedules.
+    pub steps: Option<usize>,
+    /// A cache name ([`fastdllm_cache::CacheSettings`]): `none`, `prefix`, `dual`, or an adaptive policy such
+    /// as `dual+commits=2`.
+    pub cache: Option<String>,
+    /// Threshold rule.
+    pub threshold: Option<f64>,
+    /// Factor rule.
+    pub factor: Option<f64>,
+    /// Sampling temperature (0 = greedy).
+    pub temperature: Option<f64>,
+    /// Nucleus filter (Dream's sampler; 1 = off, accepted for every family).
+    pub top_p: Option<f64>,
+    /// Top-k filter (extension; Dream's sampler).
+    pub top_k: Option<usize>,
+    /// Seed of the first choice's random stream (choice `i` uses `Rng::row_seed(seed, i)`).
+    pub seed: Option<u64>,
+    /// Stop strings.
+    pub stop: Option<StopInput>,
+}

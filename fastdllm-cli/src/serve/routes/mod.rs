@@ -1,0 +1,73 @@
+//! The handlers, one file per route, and the answers to unknown routes and methods:
+//!
+//! | route | file | OpenAI reference |
+//! |---|---|---|
+//! | `POST /v1/completions` | [`completions`] | Completions (`text_completion`) |
+//! | `POST /v1/chat/completions` | [`chat`] | Chat Completions (`chat.completion`, `chat.completion.chunk`) |
+//! | `GET /v1/models` | [`models`] | Models (`list` of `model`) |
+//! | `GET /health`, `GET /metrics` | [`health`] | none (llama.cpp's and vLLM's `/health`; Prometheus) |
+//! | anything else | [`not_found`] (404), [`method_not_allowed`] (405) | OpenAI's error object |
+//!
+//! Both generation handlers read the same way: validate the body in one call
+//! ([`super::validate::Validator`]), queue the choices through the engine seam
+//! ([`super::worker::EngineHandle::submit`]), answer JSON (assembled in the handler's file)
+//! or server-sent events ([`super::sse`]).
+
+pub mod chat;
+pub mod completions;
+pub mod health;
+pub mod models;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+
+use super::errors::ApiError;
+use super::openai::Route;
+
+/// Any other path: 404 `not_found`, listing the routes.
+pub async fn not_found() -> ApiError {
+    ApiError::invalid(None, "unknown route; see POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics")
+        .with_status(StatusCode::NOT_FOUND)
+        .with_code("not_found")
+}
+
+/// A known path with another method: 405 `method_not_allowed`.
+pub async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::invalid(
+        None,
+        format!(
+            "method {} is not allowed on {}: the completion routes take POST, /v1/models and /health GET",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+    .with_status(StatusCode::METHOD_NOT_ALLOWED)
+    .with_code("method_not_allowed")
+}
+
+/// Unix seconds now (the `created` of responses and chunks).
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A fresh response id of `route`: `cmpl-…` or `chatcmpl-…` (a process-wide counter and the
+/// clock's nanoseconds).
+pub fn request_id(route: Route) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = match route {
+        Route::Completions => "cmpl",
+        Route::Chat => "chatcmpl",
+    };
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{:x}{:08x}", n, nanos)
+}
