@@ -65,9 +65,9 @@ pub fn run_worker(ctx: EngineContext) {
     } = ctx;
     let max_batch = max_batch.max(1);
     let mut pending: VecDeque<Job> = VecDeque::new();
-    let mut live: Option<Live<'_>> = None;
+    let mut served: Option<ServedBatch<'_>> = None;
     loop {
-        if live.is_none() && pending.is_empty() {
+        if served.is_none() && pending.is_empty() {
             match rx.blocking_recv() {
                 Some(job) => pending.push_back(job),
                 None => break,
@@ -85,11 +85,11 @@ pub fn run_worker(ctx: EngineContext) {
         let before = pending.len();
         pending.retain(|j| !j.events.is_closed());
         telemetry.rows_cancelled(before - pending.len());
-        match live.as_mut() {
+        match served.as_mut() {
             Some(l) => l.admit_from_head(&mut pending, max_batch, &telemetry),
-            None => live = Live::start(&loaded, &mut pending, max_batch, &telemetry),
+            None => served = ServedBatch::start(&loaded, &mut pending, max_batch, &telemetry),
         }
-        let Some(l) = live.as_mut() else {
+        let Some(l) = served.as_mut() else {
             telemetry.running(0);
             continue;
         };
@@ -107,14 +107,14 @@ pub fn run_worker(ctx: EngineContext) {
             }
         };
         if !keep || l.batch.is_empty() {
-            live = None;
+            served = None;
             telemetry.running(0);
         }
     }
 }
 
-/// The running batch and the clients of its rows.
-struct Live<'m> {
+/// The engine's running [`Batch`] and the clients of its rows (the server adds only the clients).
+struct ServedBatch<'m> {
     batch: Batch<'m>,
     clients: HashMap<RowId, Client>,
     rounds: usize,
@@ -130,7 +130,7 @@ struct Client {
     done: bool,
 }
 
-impl<'m> Live<'m> {
+impl<'m> ServedBatch<'m> {
     /// Starts a batch with the oldest queued request and every compatible queued request (up
     /// to `max_batch`). `None` if the queue is empty or the batch cannot start (its requests
     /// are answered with the error).
@@ -139,7 +139,7 @@ impl<'m> Live<'m> {
         pending: &mut VecDeque<Job>,
         max_batch: usize,
         telemetry: &Telemetry,
-    ) -> Option<Live<'m>> {
+    ) -> Option<ServedBatch<'m>> {
         let first = pending.pop_front()?;
         let batch = catch_unwind(AssertUnwindSafe(|| {
             Batch::new(
@@ -161,22 +161,22 @@ impl<'m> Live<'m> {
             }
         };
         telemetry.batch_started();
-        let mut live = Live {
+        let mut served = ServedBatch {
             batch,
             clients: HashMap::new(),
             rounds: 0,
         };
-        live.admit(first, telemetry);
+        served.admit(first, telemetry);
         let mut rest = VecDeque::new();
         for job in pending.drain(..) {
-            if live.batch.len() < max_batch && live.batch.compatible(&job.settings) {
-                live.admit(job, telemetry);
+            if served.batch.len() < max_batch && served.batch.compatible(&job.settings) {
+                served.admit(job, telemetry);
             } else {
                 rest.push_back(job);
             }
         }
         *pending = rest;
-        Some(live)
+        Some(served)
     }
 
     /// Admits queued requests from the head of the queue while they are compatible.
