@@ -11,9 +11,7 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_core::{DecodeConfig, GenerateOptions};
-use fastdllm_engine::{
-    run_rows, AnswerLimits, Finish, FinishReason, GenerationSettings, RowEvent,
-};
+use fastdllm_engine::{run_rows, AnswerLimits, Finish, FinishReason, GenerationSettings, RowEvent};
 use fastdllm_sampler::{ProposerConfig, Unmask};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -49,7 +47,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &GenerateOptions::default(),
             &mut |_row, ev| {
                 if let (true, RowEvent::Done(a)) = (print, ev) {
-                    println!("answer {:?} ({:?})", a.text.unwrap_or_default(), a.finish_reason);
+                    println!(
+                        "answer {:?} ({:?})",
+                        a.text.unwrap_or_default(),
+                        a.finish_reason
+                    );
                 }
             },
         )
