@@ -344,7 +344,7 @@ impl SettingSpec {
         }
     }
 
-    /// The full settings for a model family: this entry over `base` ([`fastdllm_engine::resolve`]
+    /// The full settings for a model family: this entry over `base` ([`fastdllm_engine::resolve()`]
     /// with the entry as the request and `base` as the flags): its cache and rule, its steps
     /// (else `base`'s). Dream's `fixed` is its timestep schedule ([`Unmask::count_schedule`]).
     /// Errors: the entry's settings fail a check (naming the entry and the knob).

@@ -7,7 +7,7 @@
 //!
 //! * [`GenerationSettings`]: everything that decides a row's output (decode lengths, cache,
 //!   unmasking rule, proposer, seed, answer limits), validated by the libraries' own checks;
-//! * [`resolve`]: the one rule from the knobs users set ([`Knobs`]: a request's fields, a
+//! * [`resolve()`]: the one rule from the knobs users set ([`Knobs`]: a request's fields, a
 //!   command's flags, the server's flags, the model's `generation_config.json`, the paper's
 //!   defaults, first wins) to [`GenerationSettings`], each value with its [`Source`];
 //! * [`Batch`]: the running batch (continuous batching at block granularity): rows join between

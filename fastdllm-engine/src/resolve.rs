@@ -4,7 +4,7 @@
 //! A knob ([`Knobs`], named as users spell it: [`Param`]) takes its value from the first source
 //! that sets it, in this order:
 //!
-//! 1. the sources the front end passes to [`resolve`], first wins: an HTTP request's fields
+//! 1. the sources the front end passes to [`resolve()`], first wins: an HTTP request's fields
 //!    ([`Source::Request`]) then the server's flags ([`Source::Flags`], see
 //!    [`Knobs::from_settings`]); a command's flags; an `eval --settings` entry then the
 //!    command's flags;
@@ -378,7 +378,10 @@ impl Canvas {
             (None, Some((l, p))) => {
                 let g = match block {
                     Some((b, _)) if b > 0 => l.checked_next_multiple_of(b).ok_or_else(|| {
-                        let msg = format!("{p} = {l} is too large (rounded up to whole blocks of {b} it overflows)");
+                        let msg = format!(
+                            "{p} = {l} is too large (rounded up to whole blocks of {b} it \
+                             overflows)"
+                        );
                         at(layers, i, Error::setting(p, msg))
                     })?,
                     _ => l,

@@ -703,10 +703,13 @@ proptest! {
     /// Any numbers in a request over any flags resolve to valid settings or a setting error
     /// naming a knob, never a panic.
     #[test]
-    fn resolve_never_panics(req in knobs(), flags in knobs(), dream in any::<bool>(), dir in any::<bool>()) {
+    fn resolve_never_panics(
+        req in knobs(), flags in knobs(), dream in any::<bool>(), dir in any::<bool>(),
+    ) {
         let family = if dream { Dream } else { Llada };
         let g = tiny();
-        match resolve(&[(Source::Request, &req), (Source::Flags, &flags)], dir.then_some(&g), family) {
+        let sources = [(Source::Request, &req), (Source::Flags, &flags)];
+        match resolve(&sources, dir.then_some(&g), family) {
             Ok(r) => {
                 prop_assert!(r.settings.validate(family).is_ok());
                 prop_assert!(r.settings.decode.step_cap() >= 1);

@@ -297,7 +297,7 @@ impl From<FinishArg> for Finish {
 
 /// The defaults a model directory gives the decoding knobs.
 ///
-/// Rule (per knob, first that applies; [`fastdllm_engine::resolve`] has the whole rule): the
+/// Rule (per knob, first that applies; [`fastdllm_engine::resolve()`] has the whole rule): the
 /// flag; the `fastdllm` object of the directory's `generation_config.json` (`gen_length`,
 /// `block_length`, `steps`, `cache`, `threshold` — `null` = no threshold —, `factor`), which the
 /// bundled tiny fixtures use to keep their exact small defaults (gen 32, block 8, no cache,
@@ -408,7 +408,7 @@ impl DecodeArgs {
 }
 
 /// Resolves a command's flags (`knobs`) over the model directory's defaults and the paper's
-/// ([`fastdllm_engine::resolve`]). Errors name the flag, or the generation_config.json's path
+/// ([`fastdllm_engine::resolve()`]). Errors name the flag, or the generation_config.json's path
 /// when the bad value came from that file.
 pub fn resolve_flags(
     knobs: &Knobs,
