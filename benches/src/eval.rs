@@ -41,7 +41,7 @@ use fastdllm_models::LoadedModel;
 use fastdllm_sampler::Unmask;
 use serde::Serialize;
 
-use fastdllm_engine::{self as engine, trim_at_eos, GenerationSettings};
+use fastdllm_engine::{self as engine, trim_at_eos, GenerationSettings, Knobs, Source};
 
 /// How a task's answer is compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -335,25 +335,33 @@ impl std::str::FromStr for SettingSpec {
 }
 
 impl SettingSpec {
-    /// The full settings for a model family: `base` with this cache mode, rule and steps.
-    /// Dream's `fixed` is its timestep schedule.
+    /// The knobs this entry sets: its cache name, its rule and its steps.
+    pub fn knobs(&self) -> Knobs {
+        Knobs {
+            cache: Some(self.cache.label()),
+            unmask: Some(self.unmask),
+            steps: self.steps,
+            ..Knobs::default()
+        }
+    }
+
+    /// The full settings for a model family: this entry over `base` ([`fastdllm_engine::resolve()`]
+    /// with the entry as the request and `base` as the flags): its cache and rule, its steps
+    /// (else `base`'s). Dream's `fixed` is its timestep schedule ([`Unmask::count_schedule`]).
+    /// Errors: the entry's settings fail a check (naming the entry and the knob).
     pub fn resolve(
         &self,
         base: &GenerationSettings,
         family: ModelFamily,
     ) -> Result<GenerationSettings> {
-        let mut s = base.clone();
-        s.cache = self.cache;
-        s.unmask = match (family, self.unmask) {
-            (ModelFamily::Dream, Unmask::Fixed) => Unmask::DreamTimesteps { eps: 1e-3 },
-            (_, u) => u,
-        };
-        if let Some(n) = self.steps {
-            s.decode.steps = n;
-        }
-        s.validate(family)
-            .with_context(|| format!("setting '{}'", self.text))?;
-        Ok(s)
+        let base = Knobs::from_settings(base);
+        let resolved = fastdllm_engine::resolve(
+            &[(Source::Request, &self.knobs()), (Source::Flags, &base)],
+            None,
+            family,
+        )
+        .with_context(|| format!("setting '{}'", self.text))?;
+        Ok(resolved.settings)
     }
 }
 

@@ -7,6 +7,9 @@
 //!
 //! * [`GenerationSettings`]: everything that decides a row's output (decode lengths, cache,
 //!   unmasking rule, proposer, seed, answer limits), validated by the libraries' own checks;
+//! * [`resolve()`]: the one rule from the knobs users set ([`Knobs`]: a request's fields, a
+//!   command's flags, the server's flags, the model's `generation_config.json`, the paper's
+//!   defaults, first wins) to [`GenerationSettings`], each value with its [`Source`];
 //! * [`Batch`]: the running batch (continuous batching at block granularity): rows join between
 //!   blocks, each with its own rule, seed, `max_tokens` and stop strings, and leave as soon as
 //!   their answer is final ([`Finish::Answer`]: its end-of-sequence token and everything before
@@ -46,11 +49,13 @@
 pub mod answer;
 pub mod batch;
 pub mod error;
+pub mod resolve;
 pub mod run;
 pub mod settings;
 
 pub use answer::{trim_at_eos, Answer, AnswerLimits, Cut, Finish, FinishReason};
 pub use batch::{Batch, FinishedRow, Provisional, RowEvent, RowEvents, RowSink};
 pub use error::{Error, Result};
+pub use resolve::{resolve, Knobs, Resolved, Source, Stop};
 pub use run::{run, run_rows, Generated};
 pub use settings::{batch_compatible, row_seeds, GenerationSettings, Param};

@@ -27,20 +27,32 @@ pub enum Param {
     Steps,
     /// Cache approximation.
     Cache,
+    /// Cache refresh interval inside a block.
+    RefreshEvery,
     /// Threshold rule.
     Threshold,
     /// Factor rule.
     Factor,
+    /// An unmasking rule by its label (`fixed`, `threshold=0.9`, `dream_timesteps`, ...).
+    Unmask,
     /// Sampling temperature.
     Temperature,
     /// Nucleus filter.
     TopP,
     /// Top-k filter.
     TopK,
+    /// LLaDA's confidence (`low_confidence`, `random`).
+    Remasking,
+    /// Dream's score of count schedules (Dream's `alg`).
+    Alg,
+    /// Dream's original no-cache sampler.
+    DreamOriginal,
     /// Seed of the random streams.
     Seed,
     /// Stop strings.
     Stop,
+    /// When a row stops decoding (`answer`, `canvas`).
+    Finish,
 }
 
 impl Param {
@@ -53,13 +65,19 @@ impl Param {
             Param::BlockLength => "block_length",
             Param::Steps => "steps",
             Param::Cache => "cache",
+            Param::RefreshEvery => "refresh_every",
             Param::Threshold => "threshold",
             Param::Factor => "factor",
+            Param::Unmask => "unmask",
             Param::Temperature => "temperature",
             Param::TopP => "top_p",
             Param::TopK => "top_k",
+            Param::Remasking => "remasking",
+            Param::Alg => "alg",
+            Param::DreamOriginal => "dream_original",
             Param::Seed => "seed",
             Param::Stop => "stop",
+            Param::Finish => "finish",
         }
     }
 

@@ -80,6 +80,22 @@ pub fn check_threshold(threshold: f64) -> Result<()> {
 }
 
 impl Unmask {
+    /// Dream's rule when neither a threshold nor a factor is set: its timestep count schedule
+    /// `linspace(1, eps, steps + 1)` with the reference's `eps` = [`DEFAULT_EPS`] (1e-3), as
+    /// Dream's `generation_utils.py` runs it (and Fast-dLLM's Dream scripts without
+    /// `--threshold`).
+    pub const DREAM_DEFAULT: Unmask = Unmask::DreamTimesteps { eps: DEFAULT_EPS };
+
+    /// The count schedule of `family`: the rule of a generation that sets neither a threshold
+    /// nor a factor. LLaDA: [`Unmask::Fixed`] (`steps / blocks` tokens per step); Dream:
+    /// [`Unmask::DREAM_DEFAULT`].
+    pub fn count_schedule(family: ModelFamily) -> Unmask {
+        match family {
+            ModelFamily::Llada => Unmask::Fixed,
+            ModelFamily::Dream => Unmask::DREAM_DEFAULT,
+        }
+    }
+
     /// Checks the parameter's range.
     pub fn validate(&self) -> Result<()> {
         match *self {

@@ -2,15 +2,15 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::builder::RangedU64ValueParser;
 use clap::{Args, ValueEnum};
-use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_core::{DecodeConfig, ModelFamily};
-use fastdllm_engine::{AnswerLimits, Finish, GenerationSettings};
+use fastdllm_core::ModelFamily;
+use fastdllm_engine::resolve::GENERATION_CONFIG;
+use fastdllm_engine::{Finish, GenerationSettings, Knobs, Source};
 use fastdllm_models::{ChatTemplate, LoadOptions, LoadedModel, QuantType, RawGenerationConfig};
-use fastdllm_sampler::{DreamScore, ProposerConfig, Remasking, Unmask};
+use fastdllm_sampler::{DreamScore, Remasking};
 
 /// Bounds of the numeric flags: every integer flag parses through one of these, so an
 /// out-of-range value is clap's one-line `error: invalid value '…' for '--flag'` with the allowed
@@ -224,7 +224,9 @@ pub struct DecodeArgs {
     #[arg(long, value_parser = bounds::tokens())]
     pub block_length: Option<usize>,
     /// Denoising steps for fixed schedules (a multiple of G/B); giving it selects the fixed
-    /// schedule unless --threshold / --factor is given. Default: gen_length (one token per step).
+    /// schedule unless --threshold / --factor is given. Default: the model directory's, while
+    /// the canvas (gen_length, block_length) is the directory's; else gen_length (one token per
+    /// step).
     #[arg(long, value_parser = bounds::tokens())]
     pub steps: Option<usize>,
     /// Sampling temperature (0 = greedy; > 0 = Gumbel-max sampling in f64). Default: the
@@ -249,7 +251,7 @@ pub struct DecodeArgs {
     /// Refresh the cache every k steps inside a block (1 = exact). Default: only at block starts.
     #[arg(long, value_parser = bounds::tokens())]
     pub refresh_every: Option<usize>,
-    /// Dream: top-p filtering.
+    /// Dream: top-p filtering (1 = off, accepted for LLaDA too).
     #[arg(long)]
     pub top_p: Option<f64>,
     /// Dream: top-k filtering.
@@ -258,7 +260,9 @@ pub struct DecodeArgs {
     /// Dream: score of fixed schedules (entropy, maskgit_plus, topk_margin).
     #[arg(long, value_enum)]
     pub alg: Option<AlgArg>,
-    /// Dream: the original no-cache sampler (whole answer one block, timestep schedule).
+    /// Dream: the original no-cache sampler (whole answer one block: the block length follows
+    /// --gen-length unless --block-length is given; timestep schedule unless --threshold /
+    /// --factor; no cache).
     #[arg(long)]
     pub dream_original: bool,
     /// Random seed (Gumbel noise, random confidences). Row i of a batch draws from a stream
@@ -291,24 +295,16 @@ impl From<FinishArg> for Finish {
     }
 }
 
-/// The paper's accelerated setting (Fast-dLLM, arXiv 2505.22618, section 4: DualCache,
-/// threshold 0.9, block size 32, generation length 256): the defaults of a model directory that
-/// declares none.
-pub const PAPER_GEN_LENGTH: usize = 256;
-/// See [`PAPER_GEN_LENGTH`].
-pub const PAPER_BLOCK_LENGTH: usize = 32;
-/// See [`PAPER_GEN_LENGTH`].
-pub const PAPER_THRESHOLD: f64 = 0.9;
-
 /// The defaults a model directory gives the decoding knobs.
 ///
-/// Rule (per knob, first that applies): the flag; the `fastdllm` object of the directory's
-/// `generation_config.json` (`gen_length`, `block_length`, `steps`, `cache`, `threshold` —
-/// `null` = no threshold —, `factor`), which the bundled tiny fixtures use to keep their exact
-/// small defaults (gen 32, block 8, no cache, fixed schedule); the transformers fields of that
-/// file (`max_new_tokens` → gen_length, `temperature`, and for Dream `top_p`, `top_k`); then
-/// the paper's accelerated setting (gen 256, block 32, dual cache, threshold 0.9). A real
-/// checkpoint's generation_config.json has no `fastdllm` object, so it gets the paper's setting.
+/// Rule (per knob, first that applies; [`fastdllm_engine::resolve()`] has the whole rule): the
+/// flag; the `fastdllm` object of the directory's `generation_config.json` (`gen_length`,
+/// `block_length`, `steps`, `cache`, `threshold` — `null` = no threshold —, `factor`), which the
+/// bundled tiny fixtures use to keep their exact small defaults (gen 32, block 8, no cache,
+/// fixed schedule); the transformers fields of that file (`max_new_tokens` → gen_length,
+/// `temperature`, and for Dream `top_p`, `top_k`); then the paper's accelerated setting (gen
+/// 256, block 32, dual cache, threshold 0.9). A real checkpoint's generation_config.json has no
+/// `fastdllm` object, so it gets the paper's setting.
 #[derive(Debug, Clone, Default)]
 pub struct DecodeDefaults {
     /// The parsed `generation_config.json`, when the directory has one.
@@ -327,14 +323,6 @@ impl DecodeDefaults {
                 .map(|_| dir.join("generation_config.json")),
             generation,
         })
-    }
-
-    /// The block length the directory declares (its `fastdllm.block_length`), if any.
-    pub fn block_length(&self) -> Option<usize> {
-        self.generation
-            .as_ref()
-            .and_then(|g| g.fastdllm.as_ref())
-            .and_then(|f| f.block_length)
     }
 
     /// Where the defaults come from, for the settings line printed at start.
@@ -363,128 +351,98 @@ pub enum CacheArg {
     Dual,
 }
 
+impl CacheArg {
+    /// The cache name ([`fastdllm_cache::CacheSettings`]).
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheArg::None => "none",
+            CacheArg::Prefix => "prefix",
+            CacheArg::Dual => "dual",
+        }
+    }
+}
+
 impl DecodeArgs {
+    /// The knobs these flags set (flags not given are `None`; `--remasking`, `--seed` and
+    /// `--finish` always carry their value).
+    pub fn knobs(&self) -> Knobs {
+        Knobs {
+            gen_length: self.gen_length,
+            block_length: self.block_length,
+            steps: self.steps,
+            cache: self.cache.map(|c| c.name().to_string()),
+            refresh_every: self.refresh_every,
+            threshold: self.threshold,
+            factor: self.factor,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            remasking: Some(match self.remasking {
+                RemaskingArg::LowConfidence => Remasking::LowConfidence,
+                RemaskingArg::Random => Remasking::Random,
+            }),
+            alg: self.alg.map(|a| match a {
+                AlgArg::Entropy => DreamScore::NegEntropy,
+                AlgArg::MaskgitPlus => DreamScore::Probability,
+                AlgArg::TopkMargin => DreamScore::Margin,
+            }),
+            dream_original: self.dream_original.then_some(true),
+            seed: Some(self.seed),
+            finish: Some(self.finish.into()),
+            ..Knobs::default()
+        }
+    }
+
     /// The validated settings for a model family, knobs without flags from `defaults` (see
     /// [`DecodeDefaults`] for the rule).
+    ///
+    /// Errors: one line naming the flag (`--gen-length: invalid setting gen_length = 30: must be
+    /// a multiple of block_length = 8 ...`), or the generation_config.json at fault.
     pub fn settings(
         &self,
         family: ModelFamily,
         defaults: &DecodeDefaults,
     ) -> Result<GenerationSettings> {
-        let dream = family == ModelFamily::Dream;
-        let generation = defaults.generation.clone().unwrap_or_default();
-        let dir = generation.fastdllm.clone().unwrap_or_default();
-        let origin = defaults
-            .path
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "generation_config.json".into());
-        let gen_length = self
-            .gen_length
-            .or(dir.gen_length)
-            .or(generation.max_new_tokens)
-            .unwrap_or(PAPER_GEN_LENGTH);
-        let block_length = self
-            .block_length
-            .or(dir.block_length)
-            .unwrap_or(PAPER_BLOCK_LENGTH);
-        let steps = self.steps.or(dir.steps);
-        let cache = match (self.cache, &dir.cache) {
-            (Some(c), _) => c,
-            (None, Some(c)) => match c.as_str() {
-                "none" => CacheArg::None,
-                "prefix" => CacheArg::Prefix,
-                "dual" => CacheArg::Dual,
-                other => bail!(
-                    "{origin}: invalid `fastdllm.cache` = {other:?}: one of \"none\", \"prefix\", \"dual\""
-                ),
-            },
-            (None, None) if self.dream_original => CacheArg::None,
-            (None, None) => CacheArg::Dual,
-        };
-        let mode = match cache {
-            CacheArg::None => CacheMode::Off,
-            CacheArg::Prefix => CacheMode::Prefix,
-            CacheArg::Dual => CacheMode::Dual,
-        };
-        let explicit_rule = self.threshold.is_some()
-            || self.factor.is_some()
-            || self.steps.is_some()
-            || self.dream_original;
-        let (threshold, factor) = if explicit_rule {
-            (self.threshold, self.factor)
-        } else if dir.threshold.is_some() || dir.factor.is_some() {
-            (dir.threshold.flatten(), dir.factor.flatten())
-        } else {
-            (Some(PAPER_THRESHOLD), None)
-        };
-        let temperature = self.temperature.or(generation.temperature).unwrap_or(0.0);
-        let (top_p, top_k) = if dream {
-            (
-                self.top_p.or(generation.top_p),
-                self.top_k.or(generation.top_k),
-            )
-        } else {
-            (self.top_p, self.top_k)
-        };
-        if !dream
-            && (self.top_p.is_some()
-                || self.top_k.is_some()
-                || self.alg.is_some()
-                || self.dream_original)
-        {
-            bail!("--top-p, --top-k, --alg and --dream-original apply to Dream models only");
-        }
-        let unmask = match (threshold, factor) {
-            (Some(threshold), _) => Unmask::Threshold { threshold },
-            (None, Some(factor)) => Unmask::Factor { factor },
-            (None, None) if dream => Unmask::DreamTimesteps { eps: 1e-3 },
-            (None, None) => Unmask::Fixed,
-        };
-        let mut decode = DecodeConfig {
-            gen_length,
-            block_length,
-            steps: steps.unwrap_or(gen_length),
-            force_block_start: None,
-            max_steps_per_block: None,
-        };
-        if self.dream_original {
-            if block_length != gen_length {
-                bail!(
-                    "--dream-original decodes the whole answer as one block: set --block-length {gen_length}"
-                );
+        resolve_flags(&self.knobs(), family, defaults)
+    }
+}
+
+/// Resolves a command's flags (`knobs`) over the model directory's defaults and the paper's
+/// ([`fastdllm_engine::resolve()`]). Errors name the flag, or the generation_config.json's path
+/// when the bad value came from that file.
+pub fn resolve_flags(
+    knobs: &Knobs,
+    family: ModelFamily,
+    defaults: &DecodeDefaults,
+) -> Result<GenerationSettings> {
+    fastdllm_engine::resolve(
+        &[(Source::Flags, knobs)],
+        defaults.generation.as_ref(),
+        family,
+    )
+    .map(|r| r.settings)
+    .map_err(|e| flag_error(e, defaults))
+}
+
+/// A resolution error as the CLI prints it: `--flag: message`, or `PATH: message (override with
+/// --flag)` for a value of the generation_config.json.
+fn flag_error(e: fastdllm_engine::Error, defaults: &DecodeDefaults) -> anyhow::Error {
+    match e {
+        fastdllm_engine::Error::Setting { param, message } => {
+            let file = format!("{GENERATION_CONFIG}: ");
+            match message.strip_prefix(&file) {
+                Some(rest) => {
+                    let path = defaults
+                        .path
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| GENERATION_CONFIG.into());
+                    anyhow!("{path}: {rest} (override with {})", param.flag())
+                }
+                None => anyhow!("{}: {message}", param.flag()),
             }
-            decode.force_block_start = Some(false);
         }
-        let settings = GenerationSettings {
-            decode,
-            cache: CacheSettings {
-                refresh_every: self.refresh_every,
-                ..CacheSettings::new(mode)
-            },
-            unmask,
-            proposer: ProposerConfig {
-                temperature,
-                top_p,
-                top_k,
-                remasking: match self.remasking {
-                    RemaskingArg::LowConfidence => Remasking::LowConfidence,
-                    RemaskingArg::Random => Remasking::Random,
-                },
-                dream_score: self.alg.map(|a| match a {
-                    AlgArg::Entropy => DreamScore::NegEntropy,
-                    AlgArg::MaskgitPlus => DreamScore::Probability,
-                    AlgArg::TopkMargin => DreamScore::Margin,
-                }),
-            },
-            seed: self.seed,
-            limits: AnswerLimits {
-                finish: self.finish.into(),
-                ..AnswerLimits::default()
-            },
-        };
-        settings.validate(family)?;
-        Ok(settings)
+        other => other.into(),
     }
 }
 

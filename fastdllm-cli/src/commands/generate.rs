@@ -6,10 +6,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use fastdllm_core::GenerateOptions;
-use fastdllm_engine::{self as engine, AnswerLimits};
+use fastdllm_engine as engine;
 use serde_json::json;
 
-use super::args::{print_settings, DecodeArgs, DecodeDefaults, ModelArgs};
+use super::args::{print_settings, resolve_flags, DecodeArgs, DecodeDefaults, ModelArgs};
 
 /// Arguments of `fastdllm generate`.
 #[derive(Debug, Args)]
@@ -65,30 +65,14 @@ pub fn run(a: GenerateArgs) -> Result<ExitCode> {
     let (dir, loaded) = a.model.load()?;
     let spec = loaded.model.spec().clone();
     let defaults = DecodeDefaults::from_dir(&dir)?;
-    let mut decode = a.decode.clone();
-    if let (Some(m), None) = (a.max_tokens, decode.gen_length) {
-        // The canvas: max_tokens rounded up to whole blocks (the answer is cut to max_tokens).
-        let b = decode
-            .block_length
-            .or(defaults.block_length())
-            .unwrap_or(super::args::PAPER_BLOCK_LENGTH);
-        decode.gen_length = Some(m.div_ceil(b.max(1)) * b.max(1));
-    }
-    let mut settings = decode.settings(spec.family, &defaults)?;
-    if a.stop.iter().any(String::is_empty) {
-        bail!("--stop: a stop string is empty");
-    }
-    settings.limits = AnswerLimits {
+    // The canvas: --gen-length, else --max-tokens rounded up to whole blocks (the answer is cut
+    // to --max-tokens), else the directory's.
+    let knobs = engine::Knobs {
         max_tokens: a.max_tokens,
-        stop: a.stop.clone(),
-        ..settings.limits
+        stop: (!a.stop.is_empty()).then(|| engine::Stop::Many(a.stop.clone())),
+        ..a.decode.knobs()
     };
-    if let Some(m) = a.max_tokens.filter(|&m| m > settings.decode.gen_length) {
-        bail!(
-            "--max-tokens {m} exceeds --gen-length {} (the canvas the answer is decoded in); drop --gen-length or raise it",
-            settings.decode.gen_length
-        );
-    }
+    let settings = resolve_flags(&knobs, spec.family, &defaults)?;
     print_settings(&dir, &loaded, &settings, &defaults);
     let prompts: Vec<Vec<u32>> = if a.prompt_ids.is_empty() {
         a.prompt
