@@ -86,13 +86,13 @@ impl Unmask {
     /// `--threshold`).
     pub const DREAM_DEFAULT: Unmask = Unmask::DreamTimesteps { eps: DEFAULT_EPS };
 
-    /// The count schedule of `family`: the rule of a generation that sets neither a threshold
-    /// nor a factor. LLaDA: [`Unmask::Fixed`] (`steps / blocks` tokens per step); Dream:
-    /// [`Unmask::DREAM_DEFAULT`].
-    pub fn count_schedule(family: ModelFamily) -> Unmask {
-        match family {
-            ModelFamily::Llada => Unmask::Fixed,
-            ModelFamily::Dream => Unmask::DREAM_DEFAULT,
+    /// The count schedule of a model whose sampler is `profile`: the rule of a generation that
+    /// sets neither a threshold nor a factor. LLaDA's proposals: [`Unmask::Fixed`] (`steps /
+    /// blocks` tokens per step); Dream's: [`Unmask::DREAM_DEFAULT`].
+    pub fn count_schedule(profile: impl Into<SamplerProfile>) -> Unmask {
+        match profile.into().proposal {
+            ProposalKind::LladaGumbel => Unmask::Fixed,
+            ProposalKind::DreamSample => Unmask::DREAM_DEFAULT,
         }
     }
 

@@ -16,10 +16,8 @@
 
 use std::sync::Arc;
 
-use fastdllm_cache::{CacheSettings, CACHE_NAMES};
 use fastdllm_core::{ModelFamily, ModelSpec, TokenId};
 use fastdllm_models::{ChatTemplate, LoadedModel, Message, Tokenizer};
-use fastdllm_sampler::{Unmask, MIN_TEMPERATURE};
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
@@ -28,7 +26,7 @@ use super::openai::{
     ChatRequest, CompletionRequest, Knobs, RequestMessage, Route, StopInput, StreamOptions,
 };
 use super::worker::Generation;
-use fastdllm_engine::{AnswerLimits, GenerationSettings};
+use fastdllm_engine::GenerationSettings;
 
 /// Most choices (`n`) per prompt, as OpenAI allows.
 pub const MAX_N: usize = 128;
@@ -648,179 +646,46 @@ impl Knobs {
         defaults: &Defaults,
         family: ModelFamily,
     ) -> Result<GenerationSettings, ApiError> {
-        let mut s = defaults.settings.clone();
-        let (limit_param, limit) = match (self.max_tokens, self.max_completion_tokens) {
-            (Some(m), Some(c)) if m != c => {
-                return Err(bad(
-                    "max_completion_tokens",
-                    format!("max_tokens = {m} and max_completion_tokens = {c} disagree (two names of the answer limit; give one)"),
-                ))
-            }
-            (Some(m), _) => ("max_tokens", Some(m)),
-            (None, Some(c)) => ("max_completion_tokens", Some(c)),
-            (None, None) => ("max_tokens", None),
-        };
-        if limit == Some(0) {
-            return Err(bad(
-                limit_param,
-                format!("{limit_param} must be >= 1, got 0"),
-            ));
-        }
-        if let Some(b) = self.block_length {
-            s.decode.block_length = b;
-        }
-        let b = s.decode.block_length;
-        if b == 0 {
-            return Err(bad(
-                "block_length",
-                "block_length must be >= 1, got 0".into(),
-            ));
-        }
-        let gen_param = "gen_length";
-        match (self.gen_length, limit) {
-            (Some(g), Some(l)) if l > g => {
-                return Err(bad(
-                    limit_param,
-                    format!("{limit_param} = {l} exceeds gen_length = {g} (the canvas the answer is decoded in); drop gen_length or raise it"),
-                ))
-            }
-            (Some(g), _) => s.decode.gen_length = g,
-            (None, Some(l)) => {
-                s.decode.gen_length = l.checked_next_multiple_of(b).ok_or_else(|| {
-                    bad(limit_param, format!("{limit_param} = {l} is too large"))
-                })?
-            }
-            (None, None) => {}
-        }
-        let g = s.decode.gen_length;
-        if g == 0 {
-            return Err(bad(gen_param, format!("{gen_param} must be >= 1, got 0")));
-        }
-        if g % b != 0 {
-            let lo = g / b * b;
-            // The next multiple may not exist (g near usize::MAX: fault corpus).
-            let hint = match (lo > 0, lo.checked_add(b)) {
-                (true, Some(hi)) => format!("{lo} or {hi}"),
-                (true, None) => format!("{lo}"),
-                (false, _) => format!("{b}"),
-            };
-            return Err(bad(
-                gen_param,
-                format!(
-                    "gen_length = {g} must be a multiple of block_length = {b}: the answer is decoded in blocks of {b} tokens; use {hint}, set block_length, or send max_tokens (any count) instead"
-                ),
-            ));
-        }
-        s.decode.steps = match self.steps {
-            Some(steps) => steps,
-            None if defaults.explicit_steps
-                && g == defaults.settings.decode.gen_length
-                && b == defaults.settings.decode.block_length =>
-            {
-                defaults.settings.decode.steps
-            }
-            None => g,
-        };
-        let blocks = g / b;
-        if s.decode.steps == 0 || s.decode.steps % blocks != 0 {
-            return Err(bad(
-                "steps",
-                format!("steps = {} must be a positive multiple of the number of blocks gen_length / block_length = {blocks}", s.decode.steps),
-            ));
-        }
-        if let Some(c) = &self.cache {
-            s.cache = c.parse::<CacheSettings>().map_err(|e| {
-                bad(
-                    "cache",
-                    format!("cache = '{c}': {e} (names: {CACHE_NAMES})"),
-                )
-            })?;
-        }
-        match (self.threshold, self.factor) {
-            (Some(_), Some(_)) => {
-                return Err(bad(
-                    "threshold",
-                    "threshold and factor are two unmasking rules: give at most one".into(),
-                ))
-            }
-            (Some(t), None) => {
-                if !(t > 0.0 && t <= 1.0) {
-                    return Err(bad(
-                        "threshold",
-                        format!("threshold = {t} must be in (0, 1]"),
-                    ));
-                }
-                s.unmask = Unmask::Threshold { threshold: t };
-            }
-            (None, Some(f)) => {
-                if !(f.is_finite() && f > 0.0) {
-                    return Err(bad(
-                        "factor",
-                        format!("factor = {f} must be finite and > 0"),
-                    ));
-                }
-                s.unmask = Unmask::Factor { factor: f };
-            }
-            (None, None) => {}
-        }
-        if let Some(t) = self.temperature {
-            if !(t.is_finite() && (t == 0.0 || t >= MIN_TEMPERATURE)) {
-                return Err(bad(
-                    "temperature",
-                    format!("temperature = {t} must be 0 (greedy) or finite and >= {MIN_TEMPERATURE:e} (smaller values overflow float32 logits / temperature)"),
-                ));
-            }
-            s.proposer.temperature = t;
-        }
-        if let Some(p) = self.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return Err(bad("top_p", format!("top_p = {p} must be in (0, 1]")));
-            }
-            // 1 keeps every token: the neutral value, accepted for every family.
-            s.proposer.top_p = (p < 1.0).then_some(p);
-            if p < 1.0 && family != ModelFamily::Dream {
-                return Err(bad(
-                    "top_p",
-                    format!("top_p = {p}: this model's sampler ({family:?}) has no nucleus filter (Dream's has); omit top_p or send 1"),
-                ));
-            }
-        }
-        if let Some(k) = self.top_k {
-            if k == 0 {
-                return Err(bad("top_k", "top_k must be >= 1, got 0".into()));
-            }
-            if family != ModelFamily::Dream {
-                return Err(bad(
-                    "top_k",
-                    format!("top_k = {k}: this model's sampler ({family:?}) has no top-k filter (Dream's has); omit top_k"),
-                ));
-            }
-            s.proposer.top_k = Some(k);
-        }
-        if let Some(seed) = self.seed {
-            s.seed = seed;
-        }
-        let stop = match &self.stop {
-            None => Vec::new(),
-            Some(StopInput::One(x)) => vec![x.clone()],
-            Some(StopInput::Many(v)) => v.clone(),
-        };
-        if stop.len() > MAX_STOP {
+        use fastdllm_engine::{Knobs as EngineKnobs, Source, Stop};
+        // OpenAI's cap on stop strings is the API's, not the engine's.
+        let stop = self.stop.as_ref().map(|s| match s {
+            StopInput::One(x) => Stop::One(x.clone()),
+            StopInput::Many(v) => Stop::Many(v.clone()),
+        });
+        if let Some(n) = stop.as_ref().map(Stop::len).filter(|&n| n > MAX_STOP) {
             return Err(bad(
                 "stop",
-                format!("stop holds {} strings: at most {MAX_STOP}", stop.len()),
+                format!("stop holds {n} strings: at most {MAX_STOP}"),
             ));
         }
-        if stop.iter().any(String::is_empty) {
-            return Err(bad("stop", "a stop string is empty".into()));
-        }
-        s.limits = AnswerLimits {
-            max_tokens: limit,
+        let request = EngineKnobs {
+            max_tokens: self.max_tokens,
+            max_completion_tokens: self.max_completion_tokens,
+            gen_length: self.gen_length,
+            block_length: self.block_length,
+            steps: self.steps,
+            cache: self.cache.clone(),
+            threshold: self.threshold,
+            factor: self.factor,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed: self.seed,
             stop,
-            ..defaults.settings.limits.clone()
+            ..EngineKnobs::default()
         };
-        s.validate(family)
-            .map_err(|e| ApiError::invalid(e.param().map(|p| p.name()), e.to_string()))?;
-        Ok(s)
+        // The server's flags (already resolved over generation_config.json and the paper's
+        // setting) are the source below the request; without --steps, steps follow the canvas.
+        let mut flags = EngineKnobs::from_settings(&defaults.settings);
+        if !defaults.explicit_steps {
+            flags.steps = None;
+        }
+        fastdllm_engine::resolve(
+            &[(Source::Request, &request), (Source::Flags, &flags)],
+            None,
+            family,
+        )
+        .map(|r| r.settings)
+        .map_err(|e| ApiError::invalid(e.param().map(|p| p.name()), e.to_string()))
     }
 }
