@@ -32,6 +32,18 @@ def metric(url, name):
     return 0.0
 
 
+def settled_forwards(url):
+    """`fastdllm_forwards_total` once the engine is idle: the worker adds a round's forwards
+    when the round ends, which can be after the answer was sent (the row left mid-round)."""
+    last = None
+    while True:
+        now = metric(url, "fastdllm_forwards_total")
+        if now == last and metric(url, "fastdllm_running_rows") == 0:
+            return now
+        last = now
+        time.sleep(0.1)
+
+
 def post(url, body):
     req = urllib.request.Request(
         url + "/v1/completions",
@@ -96,11 +108,11 @@ def main():
             seen = {f: {"s": [], "forwards": [], "text": None} for f in servers}
             for _ in range(a.repeats):
                 for f, (_, url) in servers.items():
-                    before = metric(url, "fastdllm_forwards_total")
+                    before = settled_forwards(url)
                     t = time.perf_counter()
                     v = post(url, body)
                     seen[f]["s"].append(time.perf_counter() - t)
-                    seen[f]["forwards"].append(metric(url, "fastdllm_forwards_total") - before)
+                    seen[f]["forwards"].append(settled_forwards(url) - before)
                     seen[f]["text"] = (v["choices"][0]["text"], v["usage"]["completion_tokens"])
             rows.append((max_tokens, seen))
         print("| max_tokens | answer (tokens) | forwards: answer / canvas | wall s: answer / canvas | canvas / answer |")
