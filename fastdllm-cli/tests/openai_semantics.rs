@@ -610,12 +610,20 @@ fn metrics_count_requests_and_engine_work() {
         &json!({"prompt": "4+9=", "bogus": 1}),
     );
     assert_eq!(s, 400);
-    let (_, after) = get_text(&format!("{url}/metrics"));
     // The value of an unlabelled sample `name value`.
     let value = |text: &str, name: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or(f64::NAN)
+    };
+    // A row leaves (and is answered) as soon as its answer is final, mid-round; the worker
+    // adds the round's forwards when the round ends. Read once the engine is idle.
+    let after = loop {
+        let (_, m) = get_text(&format!("{url}/metrics"));
+        if value(&m, "fastdllm_running_rows") == 0.0 && value(&m, "fastdllm_forwards_total") > 0.0 {
+            break m;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     };
     assert_eq!(
         value(&after, "fastdllm_output_tokens_total"),
