@@ -88,7 +88,7 @@ fn sse_data(text: &str) -> Vec<String> {
 /// What the engine answers alone for a raw (completions) prompt and a request's knobs.
 fn solo(loaded: &LoadedModel, prompt: &str, knobs: &Value) -> String {
     let k: Knobs = serde_json::from_value(knobs.clone()).unwrap();
-    let s = k.resolve(&defaults(), loaded.model.spec().family).unwrap();
+    let s = serve::validate::resolve_knobs(&k, &defaults(), loaded.model.spec().family).unwrap();
     let ids = loaded.tokenizer.encode(prompt, true).unwrap();
     let gen = engine::run(
         loaded.model.as_ref(),

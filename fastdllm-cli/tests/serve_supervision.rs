@@ -260,7 +260,7 @@ proptest! {
             factor, temperature, top_p, top_k, seed, ..Knobs::default()
         };
         let family = if dream { ModelFamily::Dream } else { ModelFamily::Llada };
-        match knobs.resolve(&defaults(), family) {
+        match fastdllm_cli::serve::validate::resolve_knobs(&knobs, &defaults(), family) {
             Ok(s) => {
                 prop_assert!(s.validate(family).is_ok());
                 prop_assert!(s.decode.validate().is_ok());

@@ -217,46 +217,12 @@ pub struct Chunk {
     pub usage: Option<Option<Usage>>,
 }
 
-/// `stop`: one string or a list of up to [`super::validate::MAX_STOP`].
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum StopInput {
-    /// One stop string.
-    One(String),
-    /// Several.
-    Many(Vec<String>),
-}
-
 /// The knobs a request may set (all optional; server defaults otherwise): OpenAI's sampling and
-/// length fields and the Fast-dLLM extensions. `Knobs::resolve` ([`super::validate`]) turns
-/// them into the request's settings.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct Knobs {
-    /// OpenAI's answer limit in tokens (any count >= 1; the canvas rounds up to whole blocks).
-    pub max_tokens: Option<usize>,
-    /// OpenAI's newer name of `max_tokens` (chat); must agree with `max_tokens` when both are sent.
-    pub max_completion_tokens: Option<usize>,
-    /// Answer positions G of the canvas (a multiple of `block_length`).
-    pub gen_length: Option<usize>,
-    /// Block size B.
-    pub block_length: Option<usize>,
-    /// Denoising steps of fixed schedules.
-    pub steps: Option<usize>,
-    /// A cache name ([`fastdllm_cache::CacheSettings`]): `none`, `prefix`, `dual`, or an adaptive policy such
-    /// as `dual+commits=2`.
-    pub cache: Option<String>,
-    /// Threshold rule.
-    pub threshold: Option<f64>,
-    /// Factor rule.
-    pub factor: Option<f64>,
-    /// Sampling temperature (0 = greedy).
-    pub temperature: Option<f64>,
-    /// Nucleus filter (Dream's sampler; 1 = off, accepted for every family).
-    pub top_p: Option<f64>,
-    /// Top-k filter (extension; Dream's sampler).
-    pub top_k: Option<usize>,
-    /// Seed of the first choice's random stream (choice `i` uses `Rng::row_seed(seed, i)`).
-    pub seed: Option<u64>,
-    /// Stop strings.
-    pub stop: Option<StopInput>,
-}
+/// length fields (`max_tokens`, `max_completion_tokens`, `temperature`, `top_p`, `seed`,
+/// `stop`) and the Fast-dLLM extensions (`gen_length`, `block_length`, `steps`, `cache`,
+/// `threshold`, `factor`, `top_k`). The engine's own type: the request deserializes straight
+/// into it (the fields a route accepts are checked before, [`super::validate::check_fields`]),
+/// and [`super::validate::resolve_knobs`] resolves it over the server's flags.
+pub use fastdllm_engine::Knobs;
+/// `stop`: one string or a list of up to [`super::validate::MAX_STOP`].
+pub use fastdllm_engine::Stop as StopInput;

@@ -6,7 +6,7 @@
 //! this server cannot honour are refused, [`check_fields`]); then `model` ([`check_model`]),
 //! `n` ([`check_n`]), `stream_options` ([`check_stream_options`]), the prompts
 //! ([`parse_prompts`]) or the chat messages ([`chat_messages`]), the knobs
-//! ([`Knobs::resolve`]); each prompt text is capped in bytes by the model's maximum length
+//! ([`resolve_knobs`]); each prompt text is capped in bytes by the model's maximum length
 //! ([`prompt_byte_cap`]) before it is tokenized, and tokenization (and the chat template) runs
 //! on blocking threads, a bounded number at once ([`Validator::tokenize_all`]).
 //!
@@ -117,7 +117,7 @@ impl Validator {
         let n = check_n(r.n)?;
         let include_usage = check_stream_options(r.stream, r.stream_options)?;
         let inputs = parse_prompts(&r.prompt)?;
-        let settings = r.knobs.resolve(&self.defaults, self.spec.family)?;
+        let settings = resolve_knobs(&r.knobs, &self.defaults, self.spec.family)?;
         let gen = settings.decode.gen_length;
         let many = inputs.len() > 1;
         let named = inputs
@@ -167,7 +167,7 @@ impl Validator {
             )
             .with_code("context_length_exceeded"));
         }
-        let settings = r.knobs.resolve(&self.defaults, self.spec.family)?;
+        let settings = resolve_knobs(&r.knobs, &self.defaults, self.spec.family)?;
         // Rendered on a blocking thread (a template is a program; its cost grows with the
         // history).
         let v = self.clone();
@@ -636,56 +636,40 @@ fn bad(param: &str, message: String) -> ApiError {
     ApiError::invalid(Some(param), message)
 }
 
-impl Knobs {
-    /// The request's settings, answer limits included. The canvas `gen_length` is `gen_length` when
-    /// given (a multiple of `block_length`), else `max_tokens` rounded up to whole blocks, else
-    /// the default; the answer is cut to `max_tokens` (default: the canvas) and at `stop`.
-    /// `settings.seed` is the request's `seed` (default: the server's; see [`Defaults`]).
-    pub fn resolve(
-        &self,
-        defaults: &Defaults,
-        family: ModelFamily,
-    ) -> Result<GenerationSettings, ApiError> {
-        use fastdllm_engine::{Knobs as EngineKnobs, Source, Stop};
-        // OpenAI's cap on stop strings is the API's, not the engine's.
-        let stop = self.stop.as_ref().map(|s| match s {
-            StopInput::One(x) => Stop::One(x.clone()),
-            StopInput::Many(v) => Stop::Many(v.clone()),
-        });
-        if let Some(n) = stop.as_ref().map(Stop::len).filter(|&n| n > MAX_STOP) {
-            return Err(bad(
-                "stop",
-                format!("stop holds {n} strings: at most {MAX_STOP}"),
-            ));
-        }
-        let request = EngineKnobs {
-            max_tokens: self.max_tokens,
-            max_completion_tokens: self.max_completion_tokens,
-            gen_length: self.gen_length,
-            block_length: self.block_length,
-            steps: self.steps,
-            cache: self.cache.clone(),
-            threshold: self.threshold,
-            factor: self.factor,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            seed: self.seed,
-            stop,
-            ..EngineKnobs::default()
-        };
-        // The server's flags (already resolved over generation_config.json and the paper's
-        // setting) are the source below the request; without --steps, steps follow the canvas.
-        let mut flags = EngineKnobs::from_settings(&defaults.settings);
-        if !defaults.explicit_steps {
-            flags.steps = None;
-        }
-        fastdllm_engine::resolve(
-            &[(Source::Request, &request), (Source::Flags, &flags)],
-            None,
-            family,
-        )
-        .map(|r| r.settings)
-        .map_err(|e| ApiError::invalid(e.param().map(|p| p.name()), e.to_string()))
+/// The request's settings from its knobs, answer limits included: the request over the
+/// server's flags ([`Defaults`], already resolved over `generation_config.json` and the paper's
+/// setting) through the engine's one resolver ([`fastdllm_engine::resolve()`]). The canvas
+/// `gen_length` is `gen_length` when given (a multiple of `block_length`), else `max_tokens`
+/// rounded up to whole blocks, else the default; the answer is cut to `max_tokens` (default:
+/// the canvas) and at `stop`. Errors name the request field at fault (`param`).
+pub fn resolve_knobs(
+    knobs: &Knobs,
+    defaults: &Defaults,
+    family: ModelFamily,
+) -> Result<GenerationSettings, ApiError> {
+    use fastdllm_engine::Source;
+    // OpenAI's cap on stop strings is the API's, not the engine's.
+    if let Some(n) = knobs
+        .stop
+        .as_ref()
+        .map(StopInput::len)
+        .filter(|&n| n > MAX_STOP)
+    {
+        return Err(bad(
+            "stop",
+            format!("stop holds {n} strings: at most {MAX_STOP}"),
+        ));
     }
+    // Without --steps, steps follow the canvas.
+    let mut flags = Knobs::from_settings(&defaults.settings);
+    if !defaults.explicit_steps {
+        flags.steps = None;
+    }
+    fastdllm_engine::resolve(
+        &[(Source::Request, knobs), (Source::Flags, &flags)],
+        None,
+        family,
+    )
+    .map(|r| r.settings)
+    .map_err(|e| ApiError::invalid(e.param().map(|p| p.name()), e.to_string()))
 }

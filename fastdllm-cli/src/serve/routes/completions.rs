@@ -6,15 +6,13 @@
 //! are listed in [`crate::serve::openai`].
 
 use axum::extract::{Request, State};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 
-use super::{now, request_id};
+use super::{answer, now};
 use crate::serve::access::with_body;
 use crate::serve::errors::ApiError;
 use crate::serve::openai::{CompletionChoice, Route, Usage};
-use crate::serve::sse::{sse, Chunker};
-use crate::serve::worker::{wait_done, Finished};
+use crate::serve::worker::Finished;
 use crate::serve::{openai, AppState};
 
 /// The handler: reads the body ([`with_body`]), validates it, queues its choices and answers
@@ -23,25 +21,10 @@ pub async fn create(State(s): State<AppState>, req: Request) -> Response {
     with_body(s, req, complete).await
 }
 
-/// Validates the request, queues its choices, answers them.
+/// Validates the request, queues its choices, answers them ([`super::answer`]).
 async fn complete(s: AppState, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let r = s.0.validator.completion(body).await?;
-    let id = request_id(Route::Completions);
-    let choices = s.0.engine.submit(&id, &r.generation)?;
-    let prompt_tokens = r.prompt_tokens();
-    let model = s.0.cfg.model_id.clone();
-    if r.generation.stream {
-        let c = Chunker {
-            route: Route::Completions,
-            id,
-            created: now(),
-            model,
-            include_usage: r.include_usage,
-        };
-        return Ok(sse(c, choices, prompt_tokens));
-    }
-    let done = wait_done(choices).await?;
-    Ok(Json(response(id, model, prompt_tokens, done)).into_response())
+    answer(&s, Route::Completions, r, response).await
 }
 
 /// The `text_completion` object of the finished choices.

@@ -22,9 +22,43 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::Request;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
 
 use super::errors::ApiError;
 use super::openai::Route;
+use super::sse::{sse, Chunker};
+use super::validate::Validated;
+use super::worker::{wait_done, Finished};
+use super::AppState;
+
+/// Queues the choices of a validated request of `route` and answers them: server-sent chunks
+/// as they come ([`sse`]) or, once every choice is done, the JSON object `object` builds from
+/// (id, model, prompt tokens, the finished choices), the route's own response.
+pub async fn answer<T: Serialize>(
+    s: &AppState,
+    route: Route,
+    r: Validated,
+    object: fn(String, String, usize, Vec<Finished>) -> T,
+) -> Result<Response, ApiError> {
+    let id = request_id(route);
+    let choices = s.0.engine.submit(&id, &r.generation)?;
+    let prompt_tokens = r.prompt_tokens();
+    let model = s.0.cfg.model_id.clone();
+    if r.generation.stream {
+        let c = Chunker {
+            route,
+            id,
+            created: now(),
+            model,
+            include_usage: r.include_usage,
+        };
+        return Ok(sse(c, choices, prompt_tokens));
+    }
+    let done = wait_done(choices).await?;
+    Ok(Json(object(id, model, prompt_tokens, done)).into_response())
+}
 
 /// Any other path: 404 `not_found`, listing the routes.
 pub async fn not_found() -> ApiError {
