@@ -328,11 +328,11 @@ impl BlockBatch {
     /// step; [`Control::Stop`] ends the round with [`Error::Cancelled`], after which the batch
     /// must be dropped.
     ///
-    /// Each step, in order: [plan](Self::plan_window) the window the cache policy forwards,
-    /// [forward](Self::forward) (redone when the policy discards a cached forward),
-    /// [propose](Self::propose) one token and confidence per masked position, [choose and
-    /// commit](Self::choose_and_commit) with each row's unmasking rule, [record](Self::record)
-    /// the step (trace, the cache policy's observation) and tell the observer.
+    /// Each step, in order (one private method each): `plan_window` (the window the cache
+    /// policy forwards and the logit rows), `forward` (redone when the policy discards a cached
+    /// forward), `propose` (one token and confidence per masked position), `choose_and_commit`
+    /// (each row's unmasking rule), `record` (trace, the cache policy's observation), `notify`
+    /// (the observer).
     pub fn run_block(
         &mut self,
         model: &dyn DiffusionLm,

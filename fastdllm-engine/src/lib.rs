@@ -16,7 +16,7 @@
 //!   it committed), their consumer is gone, or, with [`Finish::Canvas`], their whole canvas is
 //!   decoded as the reference does. Per-row [`RowEvent`]s (committed text, provisional blocks,
 //!   the final [`Answer`]) go to a [`RowSink`];
-//! * [`run`] / [`run_rows`]: one batch of prompts to the end.
+//! * [`run()`] / [`run_rows`]: one batch of prompts to the end.
 //!
 //! The CLI, the server, the benches and the golden runner all run generations through it;
 //! errors are typed ([`Error`]) and name the parameter the user sent ([`Param`]).

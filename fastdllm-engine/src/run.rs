@@ -9,7 +9,7 @@ use crate::batch::{Batch, RowEvents, RowSink};
 use crate::error::{Error, Result};
 use crate::settings::GenerationSettings;
 
-/// The result of [`run`] / [`run_rows`].
+/// The result of [`run()`] / [`run_rows`].
 #[derive(Debug, Clone)]
 pub struct Generated {
     /// Each prompt's canvas output, in order (with [`crate::Finish::Answer`], answer positions
@@ -53,7 +53,7 @@ pub fn run(
 /// Dream's score. Each row's output equals its solo output. `tokenizer` decodes answers (and
 /// is needed for stop strings); events go to `sink`, rows in prompt order from id 0.
 ///
-/// Errors: as [`run`]; [`Error::Cancelled`] when `sink` cancelled a row.
+/// Errors: as [`run()`]; [`Error::Cancelled`] when `sink` cancelled a row.
 #[allow(clippy::too_many_arguments)]
 pub fn run_rows(
     model: &dyn DiffusionLm,
