@@ -229,7 +229,7 @@ impl Case {
                 threshold: need(p.threshold, "threshold")?,
             },
             (true, rule) if rule.starts_with("fixed_") => {
-                let eps = p.eps.unwrap_or(1e-3) as f32;
+                let eps = p.eps.map_or(fastdllm_sampler::DEFAULT_EPS, |e| e as f32);
                 if self.function.starts_with("generation_utils._sample") {
                     // Dream's original sampler: the whole answer is one block, no forced start.
                     decode.force_block_start = Some(false);
