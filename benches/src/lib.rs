@@ -4,7 +4,8 @@
 //! * [`matrix`]: a matrix of generation settings ([`Matrix`]) run on one model ([`BenchModel`]),
 //!   timed end to end and per forward, one [`BenchRecord`] per setting (JSON, versioned by
 //!   [`SCHEMA_VERSION`]; field meanings in docs/BENCH_SCHEMA.md);
-//! * [`timed`]: the forward-timing model wrapper (device-synchronised);
+//! * [`timed`]: the forward timer (device-synchronised), a forward observer of fastdllm-core's
+//!   `Observed` wrapper;
 //! * [`system`]: device name, peak memory, memory bandwidth, parameter count, git commit;
 //! * [`report`]: the HTML report of a set of records, with inline SVG charts;
 //! * [`eval`]: task files (plain and GSM8K JSON Lines) run under several settings and scored by

@@ -113,9 +113,9 @@ proptest! {
         let model = pick_model(model_seed, dream);
         let spb = spb_frac.min(b);
         let s = settings(blocks * b, b, blocks * spb, CacheMode::Off, unmask_rule(kind, tau, dream));
-        let rec = Recorder::new(model.as_ref());
+        let rec = Recorder::wrap(model.as_ref());
         let out = run(&rec, std::slice::from_ref(&prompt), &s, true);
-        let calls = rec.calls();
+        let calls = rec.observer().calls();
         let trace = out.trace.as_ref().expect("trace");
         prop_assert_eq!(out.nfe, calls.len());
         prop_assert_eq!(out.rows[0].nfe, calls.len());
@@ -169,10 +169,10 @@ proptest! {
         let model = pick_model(model_seed, dream);
         let mut s = settings(blocks * b, b, blocks * b, if dual { CacheMode::Dual } else { CacheMode::Prefix }, Unmask::Threshold { threshold: 0.5 });
         s.seed = 1;
-        let rec = Recorder::new(model.as_ref());
+        let rec = Recorder::wrap(model.as_ref());
         let out = run(&rec, std::slice::from_ref(&prompt), &s, true);
         let trace = out.trace.expect("trace");
-        for (call, step) in rec.calls().iter().zip(&trace.steps) {
+        for (call, step) in rec.observer().calls().iter().zip(&trace.steps) {
             if step.step != 0 { continue; }
             prop_assert_eq!(step.kv, KvAccess::Refresh);
             let len = call.tokens[0].len();

@@ -14,7 +14,9 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Tensor};
 use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_core::ModelFamily;
-use fastdllm_core::{DecodeConfig, DiffusionLm, ForwardInput, GenerateOptions, KvView, ModelSpec};
+use fastdllm_core::{
+    DecodeConfig, DiffusionLm, ForwardCall, ForwardObserver, GenerateOptions, Observed,
+};
 use fastdllm_engine::{self as engine, GenerationSettings};
 use fastdllm_models::ModelConfig;
 use fastdllm_sampler::{ProposerConfig, Unmask};
@@ -43,26 +45,17 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Records allocations made inside each forward.
-struct Probe<'a> {
-    inner: &'a dyn DiffusionLm,
+/// Records the allocations made inside each forward: (full canvas?, bytes, count).
+struct Probe {
     seq_len: usize,
     log: Mutex<Vec<(bool, usize, usize)>>,
 }
 
-impl DiffusionLm for Probe<'_> {
-    fn spec(&self) -> &ModelSpec {
-        self.inner.spec()
-    }
-    fn device(&self) -> &Device {
-        self.inner.device()
-    }
-    fn dtype(&self) -> DType {
-        self.inner.dtype()
-    }
-    fn forward(&self, input: &ForwardInput, kv: &mut dyn KvView) -> fastdllm_core::Result<Tensor> {
+impl ForwardObserver for Probe {
+    fn forward(&self, call: ForwardCall<'_>) -> fastdllm_core::Result<Tensor> {
+        let input = call.input();
         let (b0, c0) = (BYTES.load(Ordering::Relaxed), COUNT.load(Ordering::Relaxed));
-        let out = self.inner.forward(input, kv)?;
+        let out = call.run()?;
         let (b1, c1) = (BYTES.load(Ordering::Relaxed), COUNT.load(Ordering::Relaxed));
         let full = input.window_start == 0 && input.tokens.dim(1)? == self.seq_len;
         if let Ok(mut l) = self.log.lock() {
@@ -106,11 +99,13 @@ fn window_allocs(
     prompt_len: usize,
 ) -> anyhow::Result<(f64, f64)> {
     let gen = 32;
-    let probe = Probe {
-        inner: model,
-        seq_len: prompt_len + gen,
-        log: Mutex::new(Vec::new()),
-    };
+    let probe = Observed::new(
+        model,
+        Probe {
+            seq_len: prompt_len + gen,
+            log: Mutex::new(Vec::new()),
+        },
+    );
     let prompt: Vec<u32> = (0..prompt_len).map(|i| (i % 200) as u32 + 1).collect();
     let settings = GenerationSettings {
         decode: DecodeConfig {
@@ -134,6 +129,7 @@ fn window_allocs(
         &GenerateOptions::default(),
     )?;
     let log = probe
+        .into_observer()
         .log
         .into_inner()
         .map_err(|_| anyhow::anyhow!("poisoned"))?;
