@@ -11,7 +11,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/chat_templates")
+    fastdllm_conformance::paths::test_data_dir().join("chat_templates")
 }
 
 #[derive(Deserialize)]
