@@ -5,7 +5,8 @@
 //! attention scores need (`num_heads * window * 4` bytes per key per layer, scores + probs).
 //!
 //! One test in this file: the counters are process-wide. Run with `--nocapture` to see the table
-//! recorded in docs/BENCHMARKS.md.
+//! recorded in docs/BENCHMARKS.md (`cargo test --release -p fastdllm-core --test hot_path --
+//! --nocapture`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +14,7 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_core::ModelFamily;
+use fastdllm_conformance::tiny;
 use fastdllm_core::{
     DecodeConfig, DiffusionLm, ForwardCall, ForwardObserver, GenerateOptions, Observed,
 };
@@ -71,9 +72,10 @@ const HEAD_DIM: usize = 64;
 const LAYERS: usize = 2;
 const BLOCK: usize = 8;
 
+/// A 2-layer LLaDA shape with wider heads than the tiny models' (2 heads of 64, vocabulary 256)
+/// and room for the long canvas.
 fn config() -> ModelConfig {
     ModelConfig {
-        family: ModelFamily::Llada,
         hidden_size: HIDDEN,
         num_layers: LAYERS,
         num_heads: HEADS,
@@ -81,14 +83,12 @@ fn config() -> ModelConfig {
         head_dim: HEAD_DIM,
         intermediate_size: 256,
         vocab_size: 256,
-        rms_norm_eps: 1e-5,
         rope_theta: 10_000.0,
         max_seq_len: 2048,
         mask_token_id: 255,
         eos_token_ids: vec![254],
         pad_token_id: 254,
-        bos_token_id: None,
-        tie_word_embeddings: false,
+        ..tiny::llada_config()
     }
 }
 
