@@ -8,6 +8,7 @@
 //!   `Observed` wrapper;
 //! * [`system`]: device name, peak memory, memory bandwidth, parameter count, git commit;
 //! * [`report`]: the HTML report of a set of records, with inline SVG charts;
+//! * [`svg`]: the SVG and HTML pieces the reports and the trace picture draw with;
 //! * [`eval`]: task files (plain and GSM8K JSON Lines) run under several settings and scored by
 //!   exact match, with NFE, tokens per forward and output tokens/s;
 //! * [`trace_view`]: one generation drawn as an HTML/SVG picture (`fastdllm trace`);
@@ -27,6 +28,7 @@
 pub mod eval;
 pub mod matrix;
 pub mod report;
+pub mod svg;
 pub mod system;
 pub mod timed;
 pub mod trace_view;
