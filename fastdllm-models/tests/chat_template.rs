@@ -1,6 +1,7 @@
 //! Chat templates rendered with minijinja equal transformers' `apply_chat_template`
-//! (tests/data/chat_templates/expected.json, written by scripts/chat_template_expected.py), and a
-//! model directory's template is found where transformers finds it.
+//! (conformance/tests/data/chat_templates/expected.json, written by
+//! scripts/chat_template_expected.py), and a model directory's template is found where
+//! transformers finds it.
 
 mod common;
 
