@@ -6,7 +6,7 @@ conversations with `PreTrainedTokenizerFast.apply_chat_template(..., tokenize=Fa
 tokenizer is the bundled fixtures/llada-tiny/tokenizer.json; the template and the special tokens
 are set on it) and writes the results to conformance/tests/data/chat_templates/expected.json.
 A rendering that raises (a template's `raise_exception`) is recorded as the error message.
-conformance/tests/chat_template.rs renders the same cases with minijinja and compares.
+fastdllm-models/tests/chat_template.rs renders the same cases with minijinja and compares.
 
 Usage (from the repository root):
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install transformers jinja2

@@ -759,11 +759,10 @@ pub struct XySeries {
     pub points: Vec<(f64, f64, String)>,
 }
 
-/// An XY line chart (points joined per series) as an `<svg>` element, in the style of the bench
-/// report's bar charts (same palette, escaping and number format).
+/// An XY line chart (points joined per series) as an `<svg>` element, drawn with [`crate::svg`]
+/// as the bench report's bar charts are (same palette, escaping and number format).
 pub fn line_chart(title: &str, x_unit: &str, y_unit: &str, series: &[XySeries]) -> String {
-    use crate::report::{escape, fmt_num, PALETTE};
-    use std::fmt::Write as _;
+    use crate::svg::{fmt_num, px1, Svg, PALETTE};
     let (left, top, plot_w, plot_h, right) = (60.0, 48.0, 620.0, 360.0, 170.0);
     let (width, height) = (left + plot_w + right, top + plot_h + 50.0);
     let pts = || series.iter().flat_map(|s| s.points.iter());
@@ -775,97 +774,63 @@ pub fn line_chart(title: &str, x_unit: &str, y_unit: &str, series: &[XySeries]) 
     let x = |v: f64| left + plot_w * (v / x_max).clamp(0.0, 1.0);
     // Accuracy axis: 0 to 1.
     let y = |v: f64| top + plot_h * (1.0 - v.clamp(0.0, 1.0));
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">"#
-    );
-    let _ = write!(
-        s,
-        r#"<text x="4" y="16" font-size="14" font-weight="bold">{}</text>"#,
-        escape(title)
-    );
+    let mut s = Svg::new(width, height, "sans-serif");
+    s.title(title);
     for i in 0..=5 {
         let v = i as f64 / 5.0;
         let gy = y(v);
-        let _ = write!(
-            s,
-            r##"<line x1="{left}" y1="{gy}" x2="{}" y2="{gy}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end" fill="#555">{}</text>"##,
-            left + plot_w,
-            left - 4.0,
-            gy + 3.0,
-            fmt_num(v)
-        );
+        s.line((left, gy), (left + plot_w, gy), r##" stroke="#ddd""##, None);
+        let label = r##" text-anchor="end" fill="#555""##;
+        s.text(left - 4.0, gy + 3.0, label, &fmt_num(v));
         let xv = x_max * i as f64 / 5.0;
         let gx = x(xv);
-        let _ = write!(
-            s,
-            r##"<line x1="{gx}" y1="{top}" x2="{gx}" y2="{}" stroke="#eee"/><text x="{gx}" y="{}" text-anchor="middle" fill="#555">{}</text>"##,
-            top + plot_h,
-            top + plot_h + 14.0,
-            fmt_num(xv)
-        );
+        s.line((gx, top), (gx, top + plot_h), r##" stroke="#eee""##, None);
+        let label = r##" text-anchor="middle" fill="#555""##;
+        s.text(gx, top + plot_h + 14.0, label, &fmt_num(xv));
     }
-    let _ = write!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text><text x="12" y="{}" text-anchor="middle" transform="rotate(-90 12 {})">{}</text>"#,
-        left + plot_w / 2.0,
-        top + plot_h + 34.0,
-        escape(x_unit),
-        top + plot_h / 2.0,
-        top + plot_h / 2.0,
-        escape(y_unit)
-    );
+    let middle = r#" text-anchor="middle""#;
+    s.text(left + plot_w / 2.0, top + plot_h + 34.0, middle, x_unit);
+    let mid_y = top + plot_h / 2.0;
+    let rotated = format!(r#" text-anchor="middle" transform="rotate(-90 12 {mid_y})""#);
+    s.text(12, mid_y, &rotated, y_unit);
     for (si, ser) in series.iter().enumerate() {
         let color = PALETTE[si % PALETTE.len()];
-        let path: Vec<String> = ser
-            .points
-            .iter()
-            .filter(|p| p.0.is_finite() && p.1.is_finite())
+        let finite = || {
+            ser.points
+                .iter()
+                .filter(|p| p.0.is_finite() && p.1.is_finite())
+        };
+        let path: Vec<String> = finite()
             .map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1)))
             .collect();
-        let _ = write!(
-            s,
-            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="1.5"/>"#,
-            path.join(" ")
-        );
-        for p in ser
-            .points
-            .iter()
-            .filter(|p| p.0.is_finite() && p.1.is_finite())
-        {
-            let _ = write!(
-                s,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{color}"><title>{} {}: {} tokens/forward, accuracy {}</title></circle>"#,
-                x(p.0),
-                y(p.1),
-                escape(&ser.name),
-                escape(&p.2),
+        let stroke = format!(r#" fill="none" stroke="{color}" stroke-width="1.5""#);
+        s.polyline(&path.join(" "), &stroke);
+        let fill = format!(r#" fill="{color}""#);
+        for p in finite() {
+            let tip = format!(
+                "{} {}: {} tokens/forward, accuracy {}",
+                ser.name,
+                p.2,
                 fmt_num(p.0),
                 fmt_num(p.1)
             );
+            s.circle((px1(x(p.0)), px1(y(p.1))), 3.5, &fill, Some(&tip));
         }
         let ly = top + 14.0 * si as f64;
         let lx = left + plot_w + 12.0;
-        let _ = write!(
-            s,
-            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/><circle cx="{}" cy="{ly}" r="3" fill="{color}"/><text x="{}" y="{}">{}</text>"#,
-            lx + 18.0,
-            lx + 9.0,
-            lx + 24.0,
-            ly + 4.0,
-            escape(&ser.name)
-        );
+        let stroke = format!(r#" stroke="{color}" stroke-width="2""#);
+        s.line((lx, ly), (lx + 18.0, ly), &stroke, None);
+        s.circle((lx + 9.0, ly), 3, &fill, None);
+        s.text(lx + 24.0, ly + 4.0, "", &ser.name);
     }
-    s.push_str("</svg>");
-    s
+    s.finish()
 }
 
 /// The HTML report of an evaluation: the paper's Figure 5 analog (accuracy against tokens per
 /// forward, one point per unmasking rule, one line per cache policy, points ordered by tokens per
 /// forward), the table of [`format_table`] and the per-kind accuracies.
 pub fn html(reports: &[SettingReport], caption: &str) -> String {
-    use crate::report::escape;
+    use crate::svg::{escape, html_page, TABLE_CSS};
     let mut series: Vec<XySeries> = Vec::new();
     for r in reports {
         let name = r.settings.cache.label();
@@ -881,12 +846,8 @@ pub fn html(reports: &[SettingReport], caption: &str) -> String {
     for s in &mut series {
         s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
-    let mut out = String::from(
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>fastdllm eval</title><style>\
-         body{font-family:sans-serif;margin:16px;color:#222}table{border-collapse:collapse;font-size:11px}\
-         td,th{border:1px solid #ccc;padding:2px 5px;text-align:right}th{background:#f0f0f0}td.l{text-align:left}\
-         </style></head><body><h1>fastdllm eval</h1>",
-    );
+    let mut out = html_page("fastdllm eval", TABLE_CSS);
+    out.push_str("<h1>fastdllm eval</h1>");
     out.push_str(&format!("<p>{}</p>", escape(caption)));
     out.push_str(&line_chart(
         "Accuracy vs tokens per forward (Fast-dLLM Figure 5 analog): one point per rule, one line per cache policy",

@@ -4,9 +4,11 @@
 //! * [`matrix`]: a matrix of generation settings ([`Matrix`]) run on one model ([`BenchModel`]),
 //!   timed end to end and per forward, one [`BenchRecord`] per setting (JSON, versioned by
 //!   [`SCHEMA_VERSION`]; field meanings in docs/BENCH_SCHEMA.md);
-//! * [`timed`]: the forward-timing model wrapper (device-synchronised);
+//! * [`timed`]: the forward timer (device-synchronised), a forward observer of fastdllm-core's
+//!   `Observed` wrapper;
 //! * [`system`]: device name, peak memory, memory bandwidth, parameter count, git commit;
 //! * [`report`]: the HTML report of a set of records, with inline SVG charts;
+//! * [`svg`]: the SVG and HTML pieces the reports and the trace picture draw with;
 //! * [`eval`]: task files (plain and GSM8K JSON Lines) run under several settings and scored by
 //!   exact match, with NFE, tokens per forward and output tokens/s;
 //! * [`trace_view`]: one generation drawn as an HTML/SVG picture (`fastdllm trace`);
@@ -26,6 +28,7 @@
 pub mod eval;
 pub mod matrix;
 pub mod report;
+pub mod svg;
 pub mod system;
 pub mod timed;
 pub mod trace_view;

@@ -24,7 +24,7 @@ use fastdllm_models::{LoadOptions, ModelConfig};
 use fastdllm_sampler::{ProposerConfig, Unmask};
 
 use crate::system;
-use crate::timed::{ForwardTiming, TimedModel};
+use crate::timed::{ForwardTimer, ForwardTiming};
 use fastdllm_engine::{self as engine, trim_at_eos, GenerationSettings};
 
 /// Version of the record layout, written in every record's `schema_version` (docs/BENCH_SCHEMA.md
@@ -419,12 +419,8 @@ fn run_once(
 ) -> Result<RunResult> {
     let spec = bm.model.spec();
     let prompt_len = prompts.first().map(Vec::len).unwrap_or(0);
-    let timed = TimedModel::new(
-        bm.model.as_ref(),
-        prompt_len,
-        s.block_length,
-        opts.max_blocks,
-    );
+    let timed =
+        ForwardTimer::new(prompt_len, s.block_length, opts.max_blocks).wrap(bm.model.as_ref());
     let seeds = engine::row_seeds(settings.seed, 0, prompts.len());
     let num_blocks = s.gen_length / s.block_length;
     let cpu0 = system::process_cpu_secs();
@@ -438,7 +434,7 @@ fn run_once(
     );
     let wall = start.elapsed().as_secs_f64();
     let cpu = cpu0.zip(system::process_cpu_secs()).map(|(a, b)| b - a);
-    let timings = timed.timings();
+    let timings = timed.observer().timings();
     match res {
         Ok(gen) => {
             let mut generated = 0;
@@ -461,7 +457,7 @@ fn run_once(
                 measured_blocks: num_blocks,
             })
         }
-        Err(_) if timed.stopped() => {
+        Err(_) if timed.observer().stopped() => {
             let measured = opts.max_blocks.unwrap_or(num_blocks).min(num_blocks);
             let tokens = measured * s.block_length * prompts.len();
             Ok(RunResult {

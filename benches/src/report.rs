@@ -1,59 +1,10 @@
-//! The HTML report of `fastdllm bench` and the small SVG code it draws with (no JS, no chart
-//! library): horizontal grouped bar charts with an optional per-row reference tick (the roofline
-//! floor), a colour-scale legend, and HTML escaping. `fastdllm trace` reuses [`escape`] and
-//! [`color_scale`].
+//! The HTML report of `fastdllm bench`: horizontal grouped bar charts with an optional per-row
+//! reference tick (the roofline floor), drawn with [`crate::svg`], and a table of all records.
 
 use std::fmt::Write as _;
 
 use crate::matrix::{speedups, BenchRecord};
-
-/// Series colours (colour-blind-safe Okabe-Ito palette).
-pub const PALETTE: [&str; 6] = [
-    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00",
-];
-
-/// Escapes text for HTML / SVG content and attributes.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A sequential colour for `t` in [0, 1] (viridis-like, interpolated between five stops).
-pub fn color_scale(t: f64) -> String {
-    const STOPS: [(f64, f64, f64); 5] = [
-        (68., 1., 84.),
-        (59., 82., 139.),
-        (33., 145., 140.),
-        (94., 201., 98.),
-        (253., 231., 37.),
-    ];
-    let t = if t.is_finite() {
-        t.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    let x = t * (STOPS.len() - 1) as f64;
-    let i = (x.floor() as usize).min(STOPS.len() - 2);
-    let f = x - i as f64;
-    let (a, b) = (STOPS[i], STOPS[i + 1]);
-    let mix = |p: f64, q: f64| (p + (q - p) * f).round() as u8;
-    format!(
-        "#{:02x}{:02x}{:02x}",
-        mix(a.0, b.0),
-        mix(a.1, b.1),
-        mix(a.2, b.2)
-    )
-}
+use crate::svg::{escape, fmt_num, html_page, px1, Svg, PALETTE, TABLE_CSS};
 
 /// One row of a bar chart: a label, one value per series (`None` = no bar), an optional
 /// reference tick.
@@ -88,124 +39,82 @@ pub fn bar_chart(
         .fold(0.0f64, f64::max);
     let max = if max > 0.0 { max * 1.08 } else { 1.0 };
     let x = |v: f64| label_w + plot_w * (v / max).max(0.0);
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">"#
-    );
-    let _ = write!(
-        s,
-        r#"<text x="4" y="16" font-size="14" font-weight="bold">{}</text>"#,
-        escape(title)
-    );
+    let mut s = Svg::new(width, height, "sans-serif");
+    s.title(title);
     // Legend.
     let mut lx = label_w;
     for (i, name) in series.iter().enumerate() {
-        let _ = write!(
-            s,
-            r#"<rect x="{lx}" y="26" width="10" height="10" fill="{}"/><text x="{}" y="35">{}</text>"#,
-            PALETTE[i % PALETTE.len()],
-            lx + 14.0,
-            escape(name)
-        );
+        let fill = format!(r#" fill="{}""#, PALETTE[i % PALETTE.len()]);
+        s.rect((lx, 26), (10, 10), &fill, None);
+        s.text(lx + 14.0, 35, "", name);
         lx += 24.0 + 7.0 * name.len() as f64;
     }
     if let Some(m) = marker_name {
-        let _ = write!(
-            s,
-            r##"<line x1="{lx}" y1="31" x2="{}" y2="31" stroke="#d00" stroke-width="2" stroke-dasharray="4,2"/><text x="{}" y="35">{}</text>"##,
-            lx + 16.0,
-            lx + 20.0,
-            escape(m)
-        );
+        s.line((lx, 31), (lx + 16.0, 31), MARKER, None);
+        s.text(lx + 20.0, 35, "", m);
     }
     // Grid and axis.
     for i in 0..=5 {
         let v = max * i as f64 / 5.0;
         let gx = x(v);
-        let _ = write!(
-            s,
-            r##"<line x1="{gx}" y1="{top}" x2="{gx}" y2="{}" stroke="#ddd"/><text x="{gx}" y="{}" text-anchor="middle" fill="#555">{}</text>"##,
-            height - 30.0,
-            height - 16.0,
-            fmt_num(v)
-        );
+        s.line((gx, top), (gx, height - 30.0), r##" stroke="#ddd""##, None);
+        s.text(gx, height - 16.0, AXIS_LABEL, &fmt_num(v));
     }
-    let _ = write!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+    s.text(
         label_w + plot_w / 2.0,
         height - 3.0,
-        escape(unit)
+        r#" text-anchor="middle""#,
+        unit,
     );
     for (ri, row) in rows.iter().enumerate() {
         let y0 = top + row_h * ri as f64;
-        let _ = write!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+        s.text(
             label_w - 6.0,
             y0 + row_h / 2.0 + 3.0,
-            escape(&row.label)
+            r#" text-anchor="end""#,
+            &row.label,
         );
         for (si, v) in row.values.iter().enumerate() {
             let Some(v) = v.filter(|v| v.is_finite()) else {
                 continue;
             };
             let y = y0 + 4.0 + bar_h * si as f64;
-            let _ = write!(
-                s,
-                r##"<rect x="{label_w}" y="{y}" width="{:.1}" height="{}" fill="{}"><title>{}: {}</title></rect><text x="{:.1}" y="{}" fill="#333">{}</text>"##,
-                (x(v) - label_w).max(0.5),
-                bar_h - 2.0,
-                PALETTE[si % PALETTE.len()],
-                escape(series.get(si).copied().unwrap_or("")),
-                fmt_num(v),
-                x(v) + 3.0,
+            let name = series.get(si).copied().unwrap_or("");
+            s.rect(
+                (label_w, y),
+                (px1((x(v) - label_w).max(0.5)), bar_h - 2.0),
+                &format!(r#" fill="{}""#, PALETTE[si % PALETTE.len()]),
+                Some(&format!("{name}: {}", fmt_num(v))),
+            );
+            s.text(
+                px1(x(v) + 3.0),
                 y + bar_h - 4.0,
-                fmt_num(v)
+                r##" fill="#333""##,
+                &fmt_num(v),
             );
         }
         if let Some(m) = row.marker.filter(|m| m.is_finite()) {
-            let _ = write!(
-                s,
-                r##"<line x1="{0:.1}" y1="{1}" x2="{0:.1}" y2="{2}" stroke="#d00" stroke-width="2" stroke-dasharray="4,2"><title>{3}</title></line>"##,
-                x(m),
-                y0 + 1.0,
-                y0 + row_h - 3.0,
-                fmt_num(m)
-            );
+            let (mx, y1, y2) = (px1(x(m)), y0 + 1.0, y0 + row_h - 3.0);
+            s.line((&mx, y1), (&mx, y2), MARKER, Some(&fmt_num(m)));
         }
     }
-    s.push_str("</svg>");
-    s
+    s.finish()
 }
 
-/// A number with about three significant digits.
-pub fn fmt_num(v: f64) -> String {
-    let a = v.abs();
-    if a == 0.0 {
-        "0".into()
-    } else if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else if a >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.3}")
-    }
-}
+/// The dashed red reference tick of a bar chart.
+const MARKER: &str = r##" stroke="#d00" stroke-width="2" stroke-dasharray="4,2""##;
+/// An axis number under a grid line.
+const AXIS_LABEL: &str = r##" text-anchor="middle" fill="#555""##;
 
 const STEP_KINDS: [&str; 3] = ["full", "prefix_window", "dual_window"];
 
 /// The whole report: header, throughput, speed-up and per-step latency charts, and a table.
 pub fn html(records: &[BenchRecord]) -> String {
-    let mut s = String::new();
-    s.push_str(
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>fastdllm bench</title><style>",
+    let mut s = html_page(
+        "fastdllm bench",
+        &format!("{TABLE_CSS}section{{margin-bottom:18px}}"),
     );
-    s.push_str("body{font-family:sans-serif;margin:16px;color:#222}table{border-collapse:collapse;font-size:11px}td,th{border:1px solid #ccc;padding:2px 5px;text-align:right}th{background:#f0f0f0}td.l{text-align:left}section{margin-bottom:18px}");
-    s.push_str("</style></head><body><h1>fastdllm bench</h1>");
+    s.push_str("<h1>fastdllm bench</h1>");
     if let Some(r) = records.first() {
         let _ = write!(
             s,
@@ -340,18 +249,6 @@ pub fn html(records: &[BenchRecord]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn escapes_markup() {
-        assert_eq!(escape("<a&\"b'>"), "&lt;a&amp;&quot;b&#39;&gt;");
-    }
-
-    #[test]
-    fn colour_scale_ends() {
-        assert_eq!(color_scale(0.0), "#440154");
-        assert_eq!(color_scale(1.0), "#fde725");
-        assert_eq!(color_scale(f64::NAN), "#440154");
-    }
 
     #[test]
     fn chart_has_one_rect_per_value() {

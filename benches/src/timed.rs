@@ -1,17 +1,18 @@
-//! A [`DiffusionLm`] wrapper that times every forward (device synchronised before and after, so
-//! GPU kernels are inside the measurement) and can stop a generation after a number of blocks.
+//! A forward observer that times every forward (device synchronised before and after, so GPU
+//! kernels are inside the measurement) and can stop a generation after a number of blocks; it
+//! watches the model through fastdllm-core's [`Observed`] wrapper.
 //!
-//! Modelled on conformance/src/recorder.rs. The block of a forward is read from its input (the
-//! logits rows are the active block, or its first position for Dream's forced step), so the
-//! wrapper needs no help from the loop. Stopping is done by failing the forward of the first block
-//! past the cap; the caller checks [`TimedModel::stopped`] to tell that apart from a real error.
+//! The block of a forward is read from its input (the logits rows are the active block, or its
+//! first position for Dream's forced step), so the timer needs no help from the loop. Stopping is
+//! done by failing the forward of the first block past the cap; the caller checks
+//! [`ForwardTimer::stopped`] to tell that apart from a real error.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
-use fastdllm_core::{DiffusionLm, ForwardInput, KvView, ModelSpec, Result};
+use candle_core::Tensor;
+use fastdllm_core::{ForwardCall, ForwardObserver, Observed, Result};
 
 /// One timed forward.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,9 +30,8 @@ pub struct ForwardTiming {
     pub device_used_bytes: Option<u64>,
 }
 
-/// Times the forwards of the wrapped model.
-pub struct TimedModel<'a> {
-    inner: &'a dyn DiffusionLm,
+/// Times the forwards of an [`Observed`] model.
+pub struct ForwardTimer {
     prompt_len: usize,
     block_length: usize,
     max_blocks: Option<usize>,
@@ -39,23 +39,23 @@ pub struct TimedModel<'a> {
     stopped: AtomicBool,
 }
 
-impl<'a> TimedModel<'a> {
-    /// Wraps `inner` for a generation with unpadded prompts of `prompt_len` tokens and blocks of
+impl ForwardTimer {
+    /// A timer for a generation with unpadded prompts of `prompt_len` tokens and blocks of
     /// `block_length`; with `max_blocks`, the first forward of block `max_blocks` fails.
-    pub fn new(
-        inner: &'a dyn DiffusionLm,
-        prompt_len: usize,
-        block_length: usize,
-        max_blocks: Option<usize>,
-    ) -> Self {
-        TimedModel {
-            inner,
+    pub fn new(prompt_len: usize, block_length: usize, max_blocks: Option<usize>) -> Self {
+        ForwardTimer {
             prompt_len,
             block_length: block_length.max(1),
             max_blocks,
             log: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
         }
+    }
+
+    /// `model` (a `&dyn DiffusionLm`, an `Arc<dyn DiffusionLm>`, ...) timed by `self`; read the
+    /// timings with `.observer().timings()`.
+    pub fn wrap<M>(self, model: M) -> Observed<M, ForwardTimer> {
+        Observed::new(model, self)
     }
 
     /// The forwards timed so far, in call order.
@@ -69,20 +69,9 @@ impl<'a> TimedModel<'a> {
     }
 }
 
-impl DiffusionLm for TimedModel<'_> {
-    fn spec(&self) -> &ModelSpec {
-        self.inner.spec()
-    }
-    fn device(&self) -> &Device {
-        self.inner.device()
-    }
-    fn dtype(&self) -> DType {
-        self.inner.dtype()
-    }
-    fn weight_bytes(&self) -> Option<u64> {
-        self.inner.weight_bytes()
-    }
-    fn forward(&self, input: &ForwardInput, kv: &mut dyn KvView) -> Result<Tensor> {
+impl ForwardObserver for ForwardTimer {
+    fn forward(&self, call: ForwardCall<'_>) -> Result<Tensor> {
+        let input = call.input();
         let first_row = input.window_start + input.logits_rows.span().start;
         let block_idx = first_row.saturating_sub(self.prompt_len) / self.block_length;
         if self.max_blocks.is_some_and(|m| block_idx >= m) {
@@ -91,18 +80,18 @@ impl DiffusionLm for TimedModel<'_> {
                 "bench: stopped at block {block_idx} (--max-blocks)"
             )));
         }
-        let device = self.inner.device();
+        let device = call.model().device();
+        let (window_start, window_len) = (input.window_start, input.tokens.dim(1)?);
         device.synchronize()?;
         let start = Instant::now();
-        let logits = self.inner.forward(input, kv)?;
+        let logits = call.run()?;
         device.synchronize()?;
         let secs = start.elapsed().as_secs_f64();
         let device_used_bytes = crate::system::device_memory_used(device);
-        let window_len = input.tokens.dim(1)?;
         if let Ok(mut l) = self.log.lock() {
             l.push(ForwardTiming {
                 block_idx,
-                window_start: input.window_start,
+                window_start,
                 window_len,
                 secs,
                 device_used_bytes,

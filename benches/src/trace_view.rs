@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{color_scale, escape};
+use crate::svg::{color_scale, escape, html_page, Svg};
 
 /// One answer position.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,48 +76,38 @@ pub fn render(p: &TracePicture) -> String {
     let width = (left + per_line as f64 * CELL_W + 30.0).max(left + legend_w + 130.0);
     let height = top + blocks as f64 * block_h + 20.0;
     let last = p.nfe.saturating_sub(1).max(1) as f64;
-    let mut svg = String::new();
-    let _ = write!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="monospace" font-size="11">"#
-    );
+    let mut svg = Svg::new(width, height, "monospace");
     // Legend: the colour scale over forwards.
-    let _ = write!(svg, "<defs><linearGradient id=\"scale\" x1=\"0\" x2=\"1\">");
+    let mut stops = String::from("<defs><linearGradient id=\"scale\" x1=\"0\" x2=\"1\">");
     for i in 0..=10 {
         let t = i as f64 / 10.0;
         let _ = write!(
-            svg,
+            stops,
             r#"<stop offset="{t}" stop-color="{}"/>"#,
             color_scale(t)
         );
     }
-    let _ = write!(svg, "</linearGradient></defs>");
-    let _ = write!(
-        svg,
-        r##"<text x="{left}" y="16" font-family="sans-serif">committed at forward</text><rect x="{left}" y="22" width="{legend_w}" height="14" fill="url(#scale)" stroke="#888"/>"##
-    );
+    stops.push_str("</linearGradient></defs>");
+    svg.raw(&stops);
+    let sans = r#" font-family="sans-serif""#;
+    svg.text(left, 16, sans, "committed at forward");
+    let scale = r##" fill="url(#scale)" stroke="#888""##;
+    svg.rect((left, 22), (legend_w, 14), scale, None);
     for i in 0..=4 {
         let v = (last * i as f64 / 4.0).round();
-        let _ = write!(
-            svg,
-            r#"<text x="{}" y="50" text-anchor="middle">{}</text>"#,
-            left + legend_w * v / last,
-            v
-        );
+        let at = left + legend_w * v / last;
+        svg.text(at, 50, r#" text-anchor="middle""#, &v.to_string());
     }
-    let _ = write!(
-        svg,
-        r##"<rect x="{}" y="22" width="14" height="14" fill="#bbb"/><text x="{}" y="34" font-family="sans-serif">still [MASK]</text>"##,
-        left + legend_w + 12.0,
-        left + legend_w + 30.0
+    svg.rect(
+        (left + legend_w + 12.0, 22),
+        (14, 14),
+        r##" fill="#bbb""##,
+        None,
     );
+    svg.text(left + legend_w + 30.0, 34, sans, "still [MASK]");
     for b in 0..blocks {
         let y0 = top + b as f64 * block_h;
-        let _ = write!(
-            svg,
-            r#"<text x="6" y="{}" font-family="sans-serif">block {b}</text>"#,
-            y0 + CELL_H / 2.0 + 4.0
-        );
+        svg.text(6, y0 + CELL_H / 2.0 + 4.0, sans, &format!("block {b}"));
         for (i, cell) in p.cells.iter().enumerate().skip(b * block).take(block) {
             let k = i - b * block;
             let x = left + (k % per_line) as f64 * CELL_W;
@@ -141,38 +131,33 @@ pub fn render(p: &TracePicture) -> String {
                     .map(|s| format!(", forward {s}"))
                     .unwrap_or_default()
             );
-            let _ = write!(
-                svg,
-                r##"<g><title>{}</title><rect x="{x}" y="{y}" width="{}" height="{}" fill="{fill}" stroke="#fff"/><text x="{}" y="{}" text-anchor="middle" fill="{ink}" font-size="12">{}</text><text x="{}" y="{}" text-anchor="middle" fill="{ink}" font-size="9">{}</text></g>"##,
-                escape(&tip),
-                CELL_W - 1.0,
-                CELL_H - 1.0,
-                x + CELL_W / 2.0,
-                y + 16.0,
-                escape(&text),
-                x + CELL_W / 2.0,
-                y + 31.0,
-                cell.step.map(|s| s.to_string()).unwrap_or_default()
-            );
+            svg.group(&tip);
+            let cell_fill = format!(r##" fill="{fill}" stroke="#fff""##);
+            svg.rect((x, y), (CELL_W - 1.0, CELL_H - 1.0), &cell_fill, None);
+            let ink_at =
+                |size: u32| format!(r#" text-anchor="middle" fill="{ink}" font-size="{size}""#);
+            svg.text(x + CELL_W / 2.0, y + 16.0, &ink_at(12), &text);
+            let step = cell.step.map(|s| s.to_string()).unwrap_or_default();
+            svg.text(x + CELL_W / 2.0, y + 31.0, &ink_at(9), &step);
+            svg.end_group();
         }
         // Block boundary.
-        let _ = write!(
-            svg,
-            r##"<rect x="{}" y="{}" width="{}" height="{}" fill="none" stroke="#111" stroke-width="2"/>"##,
-            left - 2.0,
-            y0 - 2.0,
-            per_line as f64 * CELL_W + 3.0,
-            lines_per_block as f64 * CELL_H + 3.0
+        svg.rect(
+            (left - 2.0, y0 - 2.0),
+            (
+                per_line as f64 * CELL_W + 3.0,
+                lines_per_block as f64 * CELL_H + 3.0,
+            ),
+            r##" fill="none" stroke="#111" stroke-width="2""##,
+            None,
         );
     }
-    svg.push_str("</svg>");
-    let mut html = String::new();
-    let _ = write!(
-        html,
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{}</title><style>body{{font-family:sans-serif;margin:16px;color:#222}}p{{margin:4px 0}}pre{{background:#f4f4f4;padding:6px;white-space:pre-wrap}}</style></head><body><h2>{}</h2>",
-        escape(&p.title),
-        escape(&p.title)
+    let svg = svg.finish();
+    let mut html = html_page(
+        &p.title,
+        "p{margin:4px 0}pre{background:#f4f4f4;padding:6px;white-space:pre-wrap}",
     );
+    let _ = write!(html, "<h2>{}</h2>", escape(&p.title));
     for c in &p.caption {
         let _ = write!(html, "<p>{}</p>", escape(c));
     }

@@ -9,10 +9,12 @@
 //!   ([`fastdllm_engine::GenerationSettings`], with the reference's full canvas,
 //!   [`fastdllm_engine::Finish::Canvas`]);
 //! * [`paths`]: where the bundled tiny models and golden files live in the repository;
-//! * test support: tolerance comparison ([`tol`]), tiny random-weight models ([`tiny`]) and a
-//!   model wrapper that records every forward call ([`recorder`]).
+//! * test support: tolerance comparison ([`tol`]), tiny random-weight models ([`tiny`]), a
+//!   forward observer that records every forward call ([`recorder`]) and one-row inputs and
+//!   K/V views for forward tests ([`forward`]).
 #![deny(missing_docs)]
 
+pub mod forward;
 pub mod golden;
 pub mod paths;
 pub mod recorder;

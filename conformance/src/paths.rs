@@ -1,5 +1,6 @@
-//! Where the bundled tiny models and golden cases live (`fixtures/` and `conformance/goldens/`
-//! at the repository root).
+//! Where the repository's test data lives: the bundled tiny models (`fixtures/`), the golden
+//! cases (`conformance/goldens/`) and the other test data (`conformance/tests/data/`), for the
+//! tests of every crate.
 //!
 //! Resolution order: `$FASTDLLM_HOME` (a repository root), the repository this binary was built
 //! from, then the current directory and its ancestors, so a binary copied to another machine
@@ -45,4 +46,10 @@ pub fn default_model() -> PathBuf {
 /// The repository's golden cases folder.
 pub fn goldens_dir() -> PathBuf {
     repo_root().join("conformance").join("goldens")
+}
+
+/// The repository's other test data (`conformance/tests/data`: chat templates and what
+/// transformers renders of them).
+pub fn test_data_dir() -> PathBuf {
+    repo_root().join("conformance").join("tests").join("data")
 }

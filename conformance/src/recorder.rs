@@ -1,11 +1,11 @@
-//! A [`DiffusionLm`] wrapper that records every forward call: the window's tokens, where it
-//! starts and the logits it returned. Lets tests count NFE independently of the loop and check
-//! what changed on the canvas between two forwards.
+//! A forward observer that records every forward call of the model it watches: the window's
+//! tokens, where it starts and the logits it returned. Lets tests count NFE independently of the
+//! loop and check what changed on the canvas between two forwards.
 
 use std::sync::Mutex;
 
-use candle_core::{DType, Device, Tensor};
-use fastdllm_core::{DiffusionLm, ForwardInput, KvView, ModelSpec, Result};
+use candle_core::Tensor;
+use fastdllm_core::{ForwardCall, ForwardObserver, Observed, Result};
 
 /// One recorded forward.
 #[derive(Debug, Clone)]
@@ -18,19 +18,17 @@ pub struct Call {
     pub logits: Tensor,
 }
 
-/// Records the calls made to the wrapped model.
-pub struct Recorder<'a> {
-    inner: &'a dyn DiffusionLm,
+/// Records the forwards of an [`Observed`] model.
+#[derive(Default)]
+pub struct Recorder {
     calls: Mutex<Vec<Call>>,
 }
 
-impl<'a> Recorder<'a> {
-    /// Wraps `inner`.
-    pub fn new(inner: &'a dyn DiffusionLm) -> Self {
-        Recorder {
-            inner,
-            calls: Mutex::new(Vec::new()),
-        }
+impl Recorder {
+    /// `model` (a `&dyn DiffusionLm`, an `Arc<dyn DiffusionLm>`, ...) with its forwards
+    /// recorded; read them with `.observer().calls()`.
+    pub fn wrap<M>(model: M) -> Observed<M, Recorder> {
+        Observed::new(model, Recorder::default())
     }
 
     /// The calls so far.
@@ -39,25 +37,15 @@ impl<'a> Recorder<'a> {
     }
 }
 
-impl DiffusionLm for Recorder<'_> {
-    fn spec(&self) -> &ModelSpec {
-        self.inner.spec()
-    }
-    fn device(&self) -> &Device {
-        self.inner.device()
-    }
-    fn dtype(&self) -> DType {
-        self.inner.dtype()
-    }
-    fn weight_bytes(&self) -> Option<u64> {
-        self.inner.weight_bytes()
-    }
-    fn forward(&self, input: &ForwardInput, kv: &mut dyn KvView) -> Result<Tensor> {
-        let logits = self.inner.forward(input, kv)?;
+impl ForwardObserver for Recorder {
+    fn forward(&self, call: ForwardCall<'_>) -> Result<Tensor> {
+        let input = call.input();
         let tokens = input.tokens.to_vec2::<u32>()?;
+        let window_start = input.window_start;
+        let logits = call.run()?;
         if let Ok(mut c) = self.calls.lock() {
             c.push(Call {
-                window_start: input.window_start,
+                window_start,
                 tokens,
                 logits: logits.clone(),
             });

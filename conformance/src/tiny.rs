@@ -44,21 +44,10 @@ pub fn llada_config() -> ModelConfig {
 pub fn dream_config() -> ModelConfig {
     ModelConfig {
         family: ModelFamily::Dream,
-        hidden_size: 32,
-        num_layers: 2,
-        num_heads: 4,
         num_kv_heads: 2,
-        head_dim: 8,
-        intermediate_size: 48,
-        vocab_size: VOCAB,
         rms_norm_eps: 1e-6,
         rope_theta: 1_000_000.0,
-        max_seq_len: 256,
-        mask_token_id: MASK,
-        eos_token_ids: vec![EOS],
-        pad_token_id: PAD,
-        bos_token_id: None,
-        tie_word_embeddings: false,
+        ..llada_config()
     }
 }
 

@@ -28,6 +28,33 @@ impl Tol {
         atol: 2e-2,
         rtol: 2e-2,
     };
+    /// Equal values (the same computation, or one that must be bit-exact).
+    pub const EXACT: Tol = Tol {
+        atol: 0.0,
+        rtol: 0.0,
+    };
+
+    /// An absolute tolerance of `rel` times the largest `|expected|` (at least 1): for logits
+    /// whose error scales with their range (half precision, quantized weights, another device).
+    pub fn of_range(rel: f64, expected: &Tensor) -> Tol {
+        let range = flat(expected)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .fold(1.0f64, |m, v| m.max(v.abs()));
+        Tol {
+            atol: rel * range,
+            rtol: 0.0,
+        }
+    }
+}
+
+/// Largest `|actual - expected|` over all elements, for reporting. Errors on shape mismatch.
+pub fn max_abs_err(actual: &Tensor, expected: &Tensor) -> Result<f64, String> {
+    let (a, e) = flat_pair(actual, expected)?;
+    Ok(a.iter()
+        .zip(&e)
+        .map(|(a, e)| (a - e).abs())
+        .fold(0.0, f64::max))
 }
 
 /// Largest `|actual - expected| / max(1, |expected|)` over all elements (the conformance goldens'
@@ -156,6 +183,19 @@ mod tests {
             }
         )
         .is_err());
+    }
+
+    #[test]
+    fn range_scaled_tolerance_and_max_abs_err() {
+        let expected = Tensor::new(&[10.0f32, -40.0, 0.5], &Device::Cpu).unwrap();
+        let actual = Tensor::new(&[10.3f32, -40.0, 0.5], &Device::Cpu).unwrap();
+        let tol = Tol::of_range(1e-2, &expected);
+        assert!((tol.atol - 0.4).abs() < 1e-9 && tol.rtol == 0.0, "{tol:?}");
+        assert_close(&actual, &expected, tol);
+        assert!(compare(&actual, &expected, Tol::of_range(5e-3, &expected)).is_err());
+        assert!(compare(&actual, &expected, Tol::EXACT).is_err());
+        let err = max_abs_err(&actual, &expected).unwrap();
+        assert!((err - 0.3).abs() < 1e-5, "{err}");
     }
 
     #[test]

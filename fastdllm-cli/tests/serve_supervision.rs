@@ -12,7 +12,7 @@ use std::time::Duration;
 use candle_core::{DType, Device, Tensor};
 use fastdllm_cli::serve::openai::Knobs;
 use fastdllm_cli::serve::{self, Defaults, ServeConfig, ServerHandle};
-use fastdllm_core::{DiffusionLm, ForwardInput, KvView, ModelFamily, ModelSpec};
+use fastdllm_core::{ForwardCall, ForwardObserver, ModelFamily, Observed};
 use fastdllm_models::LoadedModel;
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -21,29 +21,17 @@ fn defaults() -> Defaults {
     common::tiny_defaults(8)
 }
 
-/// A test-only model: the bundled tiny LLaDA, except that a forward whose window holds
-/// `marker` panics (a stand-in for any bug inside the engine).
-struct PanicsOnMarker {
-    inner: Arc<dyn DiffusionLm>,
-    marker: u32,
-}
+/// Turns the bundled tiny LLaDA into a test-only model: a forward whose window holds the marker
+/// token panics (a stand-in for any bug inside the engine).
+struct PanicsOnMarker(u32);
 
-impl DiffusionLm for PanicsOnMarker {
-    fn spec(&self) -> &ModelSpec {
-        self.inner.spec()
-    }
-    fn device(&self) -> &Device {
-        self.inner.device()
-    }
-    fn dtype(&self) -> DType {
-        self.inner.dtype()
-    }
-    fn forward(&self, input: &ForwardInput, kv: &mut dyn KvView) -> fastdllm_core::Result<Tensor> {
-        let ids = input.tokens.flatten_all()?.to_vec1::<u32>()?;
-        if ids.contains(&self.marker) {
-            panic!("test model: marker token {} in the window", self.marker);
+impl ForwardObserver for PanicsOnMarker {
+    fn forward(&self, call: ForwardCall<'_>) -> fastdllm_core::Result<Tensor> {
+        let ids = call.input().tokens.flatten_all()?.to_vec1::<u32>()?;
+        if ids.contains(&self.0) {
+            panic!("test model: marker token {} in the window", self.0);
         }
-        self.inner.forward(input, kv)
+        call.run()
     }
 }
 
@@ -55,10 +43,7 @@ fn start() -> ServerHandle {
     )
     .unwrap();
     let marker = loaded.tokenizer.encode("!", false).unwrap()[0];
-    loaded.model = Arc::new(PanicsOnMarker {
-        inner: loaded.model.clone(),
-        marker,
-    });
+    loaded.model = Arc::new(Observed::new(loaded.model.clone(), PanicsOnMarker(marker)));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     serve::spawn(
         listener,

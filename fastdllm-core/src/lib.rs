@@ -9,7 +9,9 @@
 //! * the validated decode settings ([`DecodeConfig`]: gen_length, block_length, steps);
 //! * [`generate()`], the single loop every cache mode and unmasking rule runs through, with NFE
 //!   counting, an optional per-step [`Trace`] and optional drift measurement against the exact
-//!   (no-cache) forward.
+//!   (no-cache) forward;
+//! * [`Observed`], a model wrapper that hands each forward to a [`ForwardObserver`] (recording,
+//!   timing, fault injection).
 //!
 //! It has no model, cache or sampler of its own, so another dLLM project can take `core + cache +
 //! sampler` and bring its own model.
@@ -21,6 +23,7 @@ mod drift;
 pub mod error;
 pub mod generate;
 pub mod model;
+pub mod observe;
 pub mod policy;
 pub mod rng;
 pub mod trace;
@@ -34,6 +37,7 @@ pub use generate::{
 pub use model::{
     DiffusionLm, ForwardInput, KvView, LogitRows, ModelFamily, ModelSpec, PassthroughKv, Positions,
 };
+pub use observe::{ForwardCall, ForwardObserver, Observed};
 pub use policy::{
     CachePolicy, Candidate, ForwardPlan, KvAccess, KvShape, Proposal, Proposer, Selection, StepAt,
     StepInfo, StepObservation, UnmaskPolicy,

@@ -158,6 +158,32 @@ pub trait DiffusionLm: Send + Sync {
     }
 }
 
+/// Delegates every method to the model behind the pointer.
+macro_rules! delegate_diffusion_lm {
+    ($($ptr:ty),*) => {$(
+        impl<T: DiffusionLm + ?Sized> DiffusionLm for $ptr {
+            fn spec(&self) -> &ModelSpec {
+                (**self).spec()
+            }
+            fn device(&self) -> &Device {
+                (**self).device()
+            }
+            fn dtype(&self) -> DType {
+                (**self).dtype()
+            }
+            fn forward(&self, input: &ForwardInput, kv: &mut dyn KvView) -> Result<Tensor> {
+                (**self).forward(input, kv)
+            }
+            fn weight_bytes(&self) -> Option<u64> {
+                (**self).weight_bytes()
+            }
+        }
+    )*};
+}
+
+// A borrowed or shared model is a model, so wrappers such as [`crate::Observed`] take either.
+delegate_diffusion_lm!(&T, std::sync::Arc<T>, Box<T>);
+
 /// The one hook attention calls: given the window's fresh K/V of a layer (post-RoPE, shape
 /// `(batch, num_kv_heads, window_len, head_dim)`), return the K/V to attend over.
 pub trait KvView {

@@ -1,19 +1,12 @@
-//! Helpers shared by the model tests that read the bundled fixtures (moved here from
-//! fastdllm-models so that library crate's tests need no repository data): fixture paths and
-//! throw-away model directories.
+//! Helpers shared by the model tests that read the bundled fixtures (paths through
+//! `fastdllm_conformance::paths`): throw-away model directories and the sample prompt.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use candle_core::{DType, Device, Tensor};
-use fastdllm_core::{ForwardInput, Positions};
-
-/// `fixtures/{name}` of the repository ([`fastdllm_conformance::paths::bundled_model`]).
-pub fn fixture(name: &str) -> PathBuf {
-    fastdllm_conformance::paths::bundled_model(name)
-}
+use fastdllm_conformance::paths::bundled_model;
 
 /// A fresh empty directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -31,10 +24,10 @@ impl TempDir {
         TempDir(path)
     }
 
-    /// A copy of fixture `name` (every file).
+    /// A copy of the bundled model `name` (every file).
     pub fn copy_of(name: &str, tag: &str) -> Self {
         let dir = Self::new(tag);
-        for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        for entry in std::fs::read_dir(bundled_model(name)).unwrap() {
             let entry = entry.unwrap();
             std::fs::copy(entry.path(), dir.0.join(entry.file_name())).unwrap();
         }
@@ -65,43 +58,9 @@ impl Drop for TempDir {
     }
 }
 
-/// A forward over `ids` (one row) at positions `start..`, every row's logits.
-pub fn input(ids: &[u32], start: usize) -> ForwardInput {
-    ForwardInput {
-        tokens: Tensor::new(ids, &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap(),
-        positions: Positions::Contiguous { start },
-        window_start: start,
-        key_bias: None,
-        logits_rows: (0..ids.len()).into(),
-    }
-}
-
 /// The prompt "copy abc=" of the fixture tokenizer followed by masks.
 pub fn sample_ids() -> Vec<u32> {
     let mut ids = vec![51, 12, 24, 25, 34, 36, 10, 11, 12, 40];
     ids.extend([52; 8]);
     ids
-}
-
-/// The f32 values of a tensor, flattened.
-pub fn values(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-/// Largest absolute difference.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    values(a)
-        .iter()
-        .zip(values(b))
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }

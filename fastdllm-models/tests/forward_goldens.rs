@@ -8,16 +8,13 @@
 //! (aligned row j = raw row j-1, row 0 keeps its own): that checks the network and the shift.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use fastdllm_conformance::forward::{row_input, DualKv, PrefixKv, RecordKv};
+use fastdllm_conformance::paths::{bundled_model, goldens_dir};
 use fastdllm_conformance::tol::{assert_close, max_rel_err, Tol};
-use fastdllm_core::{ForwardInput, KvView, LogitRows, ModelFamily, PassthroughKv, Positions};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use fastdllm_core::{LogitRows, ModelFamily, PassthroughKv};
 
 struct Golden {
     tensors: HashMap<String, Tensor>,
@@ -26,14 +23,14 @@ struct Golden {
 }
 
 fn read_golden(model: &str) -> Result<Golden> {
-    let path = root()
-        .join("conformance/goldens/forward")
+    let path = goldens_dir()
+        .join("forward")
         .join(format!("{model}.safetensors"));
     let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
         .with_context(|| path.display().to_string())?;
     // The cache block is described in forward/README.json (and in the file's metadata).
     let readme: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-        root().join("conformance/goldens/forward/README.json"),
+        goldens_dir().join("forward").join("README.json"),
     )?)?;
     let cache = &readme["files"][format!("{model}.safetensors")]["cache"];
     let block_start = cache["block_start"]
@@ -56,9 +53,13 @@ impl Golden {
             .ok_or_else(|| anyhow!("golden tensor {name} missing"))
     }
 
-    /// `(1, L)` i64 ids as u32.
-    fn ids(&self, name: &str) -> Result<Tensor> {
-        Ok(self.get(name)?.to_dtype(DType::U32)?)
+    /// The `(1, L)` i64 ids as u32.
+    fn ids(&self, name: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .get(name)?
+            .to_dtype(DType::U32)?
+            .squeeze(0)?
+            .to_vec1()?)
     }
 }
 
@@ -78,90 +79,6 @@ fn expected(family: ModelFamily, raw: &Tensor) -> Result<Tensor> {
     }
 }
 
-fn input(tokens: Tensor, start: usize) -> Result<ForwardInput> {
-    let len = tokens.dim(1)?;
-    Ok(ForwardInput {
-        tokens,
-        positions: Positions::Contiguous { start },
-        window_start: start,
-        key_bias: None,
-        logits_rows: (0..len).into(),
-    })
-}
-
-/// Records the full-length K/V of every layer (and returns them unchanged).
-#[derive(Default)]
-struct RecordKv {
-    layers: Vec<(Tensor, Tensor)>,
-}
-
-impl KvView for RecordKv {
-    fn attend_kv(
-        &mut self,
-        layer: usize,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> fastdllm_core::Result<(Tensor, Tensor)> {
-        assert_eq!(layer, self.layers.len(), "layers are visited in order");
-        self.layers.push((k.clone(), v.clone()));
-        Ok((k.clone(), v.clone()))
-    }
-}
-
-/// Prefix cache: attends over `concat(stored K/V of [0, start), fresh window K/V)`.
-struct PrefixKv<'a> {
-    stored: &'a [(Tensor, Tensor)],
-    start: usize,
-}
-
-impl KvView for PrefixKv<'_> {
-    fn attend_kv(
-        &mut self,
-        layer: usize,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> fastdllm_core::Result<(Tensor, Tensor)> {
-        let (sk, sv) = &self.stored[layer];
-        let k = Tensor::cat(&[&sk.narrow(2, 0, self.start)?, k], 2)?;
-        let v = Tensor::cat(&[&sv.narrow(2, 0, self.start)?, v], 2)?;
-        Ok((k, v))
-    }
-}
-
-/// Dual cache: writes the fresh block K/V into the stored full-length K/V at `[start, end)` and
-/// attends over all of it.
-struct DualKv {
-    stored: Vec<(Tensor, Tensor)>,
-    start: usize,
-}
-
-impl KvView for DualKv {
-    fn attend_kv(
-        &mut self,
-        layer: usize,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> fastdllm_core::Result<(Tensor, Tensor)> {
-        let len = k.dim(2)?;
-        let splice = |stored: &Tensor, fresh: &Tensor| -> candle_core::Result<Tensor> {
-            let total = stored.dim(2)?;
-            let tail = total - self.start - len;
-            Tensor::cat(
-                &[
-                    &stored.narrow(2, 0, self.start)?,
-                    fresh,
-                    &stored.narrow(2, self.start + len, tail)?,
-                ],
-                2,
-            )
-        };
-        let (sk, sv) = &self.stored[layer];
-        let (k, v) = (splice(sk, k)?, splice(sv, v)?);
-        self.stored[layer] = (k.clone(), v.clone());
-        Ok((k, v))
-    }
-}
-
 fn check(label: &str, actual: &Tensor, expected: &Tensor) -> Result<()> {
     let rel = max_rel_err(actual, expected).map_err(|e| anyhow!("{label}: {e}"))?;
     eprintln!("{label}: max |diff| / max(1, |golden|) = {rel:.3e}");
@@ -170,15 +87,14 @@ fn check(label: &str, actual: &Tensor, expected: &Tensor) -> Result<()> {
 }
 
 fn run_fixture(model_name: &str) -> Result<()> {
-    let dir = root().join("fixtures").join(model_name);
-    let loaded = fastdllm_models::load_model(&dir, &Device::Cpu, DType::F32)?;
+    let loaded = fastdllm_models::load_model(&bundled_model(model_name), &Device::Cpu, DType::F32)?;
     let model = loaded.model.as_ref();
     let family = model.spec().family;
     let golden = read_golden(model_name)?;
 
     for i in 0..3 {
         let ids = golden.ids(&format!("input_ids.{i}"))?;
-        let logits = model.forward(&input(ids, 0)?, &mut PassthroughKv)?;
+        let logits = model.forward(&row_input(&ids, 0), &mut PassthroughKv)?;
         let want = expected(family, golden.get(&format!("logits.{i}"))?)?;
         check(&format!("{model_name} logits.{i}"), &logits, &want)?;
     }
@@ -187,9 +103,8 @@ fn run_fixture(model_name: &str) -> Result<()> {
     let (start, end) = (golden.block_start, golden.block_end);
     let x_blockstart = golden.ids("cache.x_blockstart")?;
     let x_step = golden.ids("cache.x_step")?;
-    let seq_len = x_step.dim(1)?;
     let mut record = RecordKv::default();
-    let full = model.forward(&input(x_blockstart, 0)?, &mut record)?;
+    let full = model.forward(&row_input(&x_blockstart, 0), &mut record)?;
     check(
         &format!("{model_name} cache.full_logits_blockstart"),
         &full,
@@ -198,12 +113,11 @@ fn run_fixture(model_name: &str) -> Result<()> {
     assert_eq!(record.layers.len(), model.spec().num_layers);
 
     // Prefix: window x_step[start:], K/V of [0, start) from the block start.
-    let window = x_step.narrow(1, start, seq_len - start)?;
     let mut prefix = PrefixKv {
         stored: &record.layers,
         start,
     };
-    let logits = model.forward(&input(window, start)?, &mut prefix)?;
+    let logits = model.forward(&row_input(&x_step[start..], start), &mut prefix)?;
     check(
         &format!("{model_name} cache.prefix_logits"),
         &logits,
@@ -211,12 +125,8 @@ fn run_fixture(model_name: &str) -> Result<()> {
     )?;
 
     // Dual: block x_step[start:end] over the full-length K/V with the block rows replaced.
-    let block = x_step.narrow(1, start, end - start)?;
-    let mut dual = DualKv {
-        stored: record.layers.clone(),
-        start,
-    };
-    let logits = model.forward(&input(block, start)?, &mut dual)?;
+    let mut dual = DualKv::new(&record.layers, start)?;
+    let logits = model.forward(&row_input(&x_step[start..end], start), &mut dual)?;
     check(
         &format!("{model_name} cache.dual_logits"),
         &logits,
@@ -241,19 +151,16 @@ fn dream_tiny_matches_the_reference_forward() -> Result<()> {
 #[test]
 fn logits_rows_select_the_same_rows() -> Result<()> {
     for model_name in ["llada-tiny", "dream-tiny"] {
-        let loaded = fastdllm_models::load_model(
-            &root().join("fixtures").join(model_name),
-            &Device::Cpu,
-            DType::F32,
-        )?;
+        let loaded =
+            fastdllm_models::load_model(&bundled_model(model_name), &Device::Cpu, DType::F32)?;
         let golden = read_golden(model_name)?;
         let ids = golden.ids("input_ids.1")?;
-        let len = ids.dim(1)?;
+        let len = ids.len();
         let all = loaded
             .model
-            .forward(&input(ids.clone(), 0)?, &mut PassthroughKv)?;
+            .forward(&row_input(&ids, 0), &mut PassthroughKv)?;
         for rows in [0..1, 0..5, 1..2, 3..9, len - 1..len] {
-            let mut inp = input(ids.clone(), 0)?;
+            let mut inp = row_input(&ids, 0);
             inp.logits_rows = rows.clone().into();
             let part = loaded.model.forward(&inp, &mut PassthroughKv)?;
             let want = all.narrow(1, rows.start, rows.len())?;
@@ -262,7 +169,7 @@ fn logits_rows_select_the_same_rows() -> Result<()> {
         // Any increasing subset (the masked positions of a block), including Dream's rows 0
         // and 1, which share a raw row.
         for rows in [vec![0, 1, 4], vec![1, 3, 8], vec![2], vec![0, len - 1]] {
-            let mut inp = input(ids.clone(), 0)?;
+            let mut inp = row_input(&ids, 0);
             inp.logits_rows = LogitRows::new(rows.clone())?;
             let part = loaded.model.forward(&inp, &mut PassthroughKv)?;
             let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();

@@ -1,17 +1,18 @@
 //! Property tests of the generation loop and the caches against the exact (no-cache) path, on
-//! random tiny models (structure) and on the bundled trained models (batch invariance).
-//! Case counts follow PROPTEST_CASES (CI sets 32).
+//! random tiny models (structure) and on the bundled trained tiny models (batch invariance,
+//! continuous batching). Case counts follow PROPTEST_CASES (CI sets 32).
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use fastdllm_cache::{BlockCache, CacheMode, CacheSettings};
+use fastdllm_conformance::forward::{row_input, RecordKv};
 use fastdllm_conformance::recorder::Recorder;
 use fastdllm_conformance::tiny;
 use fastdllm_conformance::tol::{assert_close, Tol};
 use fastdllm_core::{
     CachePolicy, DecodeConfig, DiffusionLm, ForwardInput, ForwardPlan, GenerateOptions, KvAccess,
-    KvView, PassthroughKv, Positions,
+    PassthroughKv,
 };
 use fastdllm_engine::{self as engine, GenerationSettings};
 use fastdllm_sampler::{ProposerConfig, Remasking, Unmask};
@@ -113,9 +114,9 @@ proptest! {
         let model = pick_model(model_seed, dream);
         let spb = spb_frac.min(b);
         let s = settings(blocks * b, b, blocks * spb, CacheMode::Off, unmask_rule(kind, tau, dream));
-        let rec = Recorder::new(model.as_ref());
+        let rec = Recorder::wrap(model.as_ref());
         let out = run(&rec, std::slice::from_ref(&prompt), &s, true);
-        let calls = rec.calls();
+        let calls = rec.observer().calls();
         let trace = out.trace.as_ref().expect("trace");
         prop_assert_eq!(out.nfe, calls.len());
         prop_assert_eq!(out.rows[0].nfe, calls.len());
@@ -169,56 +170,27 @@ proptest! {
         let model = pick_model(model_seed, dream);
         let mut s = settings(blocks * b, b, blocks * b, if dual { CacheMode::Dual } else { CacheMode::Prefix }, Unmask::Threshold { threshold: 0.5 });
         s.seed = 1;
-        let rec = Recorder::new(model.as_ref());
+        let rec = Recorder::wrap(model.as_ref());
         let out = run(&rec, std::slice::from_ref(&prompt), &s, true);
         let trace = out.trace.expect("trace");
-        for (call, step) in rec.calls().iter().zip(&trace.steps) {
+        for (call, step) in rec.observer().calls().iter().zip(&trace.steps) {
             if step.step != 0 { continue; }
             prop_assert_eq!(step.kv, KvAccess::Refresh);
             let len = call.tokens[0].len();
             let blk = prompt.len() + step.block_idx * b;
             let rows = if dream { blk..blk + 1 } else { blk..blk + b };
-            let input = ForwardInput {
-                tokens: Tensor::new(call.tokens.clone(), &Device::Cpu).unwrap(),
-                positions: Positions::Contiguous { start: 0 },
-                window_start: 0,
-                key_bias: None,
-                logits_rows: rows.into(),
-            };
             prop_assert_eq!(len, prompt.len() + blocks * b);
-            let exact = model.forward(&input, &mut PassthroughKv).unwrap();
-            assert_close(&call.logits, &exact, Tol { atol: 0.0, rtol: 0.0 });
+            let exact = model.forward(&window(&call.tokens[0], rows, 0), &mut PassthroughKv).unwrap();
+            assert_close(&call.logits, &exact, Tol::EXACT);
         }
     }
 }
 
-/// Records the K/V a forward computes.
-#[derive(Default)]
-struct Capture(Vec<(Tensor, Tensor)>);
-
-impl KvView for Capture {
-    fn attend_kv(
-        &mut self,
-        _layer: usize,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> fastdllm_core::Result<(Tensor, Tensor)> {
-        self.0.push((k.clone(), v.clone()));
-        Ok((k.clone(), v.clone()))
-    }
-}
-
-fn full_input(tokens: &[u32], rows: std::ops::Range<usize>, start: usize) -> ForwardInput {
-    ForwardInput {
-        tokens: Tensor::new(&tokens[start..], &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap(),
-        positions: Positions::Contiguous { start },
-        window_start: start,
-        key_bias: None,
-        logits_rows: rows.into(),
-    }
+/// A one-row forward of `tokens[start..]` scoring the window rows `rows`.
+fn window(tokens: &[u32], rows: std::ops::Range<usize>, start: usize) -> ForwardInput {
+    let mut input = row_input(&tokens[start..], start);
+    input.logits_rows = rows.into();
+    input
 }
 
 /// The cache's stored K/V after a refresh equal the K/V of a plain full pass, and prefix/dual
@@ -238,9 +210,9 @@ fn refresh_kv_equals_full_pass_and_cached_windows_agree() {
             })
             .collect();
         let (s, e) = (14, 18);
-        let mut capture = Capture::default();
+        let mut record = RecordKv::default();
         let full = model
-            .forward(&full_input(&tokens, s..e, 0), &mut capture)
+            .forward(&window(&tokens, s..e, 0), &mut record)
             .unwrap();
         for mode in [CacheMode::Prefix, CacheMode::Dual] {
             let mut cache = BlockCache::new(CacheSettings::new(mode)).unwrap();
@@ -261,34 +233,13 @@ fn refresh_kv_equals_full_pass_and_cached_windows_agree() {
                 kv: KvAccess::Refresh,
             };
             let r = model
-                .forward(&full_input(&tokens, s..e, 0), cache.view(&refresh).unwrap())
+                .forward(&window(&tokens, s..e, 0), cache.view(&refresh).unwrap())
                 .unwrap();
-            assert_close(
-                &r,
-                &full,
-                Tol {
-                    atol: 0.0,
-                    rtol: 0.0,
-                },
-            );
-            for (layer, (k, v)) in capture.0.iter().enumerate() {
+            assert_close(&r, &full, Tol::EXACT);
+            for (layer, (k, v)) in record.layers.iter().enumerate() {
                 let (sk, sv) = cache.store().layer(layer).unwrap();
-                assert_close(
-                    sk,
-                    k,
-                    Tol {
-                        atol: 0.0,
-                        rtol: 0.0,
-                    },
-                );
-                assert_close(
-                    sv,
-                    v,
-                    Tol {
-                        atol: 0.0,
-                        rtol: 0.0,
-                    },
-                );
+                assert_close(sk, k, Tol::EXACT);
+                assert_close(sv, v, Tol::EXACT);
             }
             let end = if mode == CacheMode::Dual {
                 e
@@ -299,11 +250,7 @@ fn refresh_kv_equals_full_pass_and_cached_windows_agree() {
                 window: s..end,
                 kv: KvAccess::Reuse,
             };
-            let mut input = full_input(&tokens[..end], 0..e - s, s);
-            input.tokens = Tensor::new(&tokens[s..end], &Device::Cpu)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap();
+            let input = window(&tokens[..end], 0..e - s, s);
             let cached = model.forward(&input, cache.view(&plan).unwrap()).unwrap();
             if dream {
                 // Window row 0 has no left neighbour in the window (Dream's shift): compare rows 1.. .

@@ -1,6 +1,7 @@
 //! Chat templates rendered with minijinja equal transformers' `apply_chat_template`
-//! (tests/data/chat_templates/expected.json, written by scripts/chat_template_expected.py), and a
-//! model directory's template is found where transformers finds it.
+//! (conformance/tests/data/chat_templates/expected.json, written by
+//! scripts/chat_template_expected.py), and a model directory's template is found where
+//! transformers finds it.
 
 mod common;
 
@@ -11,7 +12,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/chat_templates")
+    fastdllm_conformance::paths::test_data_dir().join("chat_templates")
 }
 
 #[derive(Deserialize)]

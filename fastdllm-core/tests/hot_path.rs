@@ -5,7 +5,8 @@
 //! attention scores need (`num_heads * window * 4` bytes per key per layer, scores + probs).
 //!
 //! One test in this file: the counters are process-wide. Run with `--nocapture` to see the table
-//! recorded in docs/BENCHMARKS.md.
+//! recorded in docs/BENCHMARKS.md (`cargo test --release -p fastdllm-core --test hot_path --
+//! --nocapture`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,8 +14,10 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_core::ModelFamily;
-use fastdllm_core::{DecodeConfig, DiffusionLm, ForwardInput, GenerateOptions, KvView, ModelSpec};
+use fastdllm_conformance::tiny;
+use fastdllm_core::{
+    DecodeConfig, DiffusionLm, ForwardCall, ForwardObserver, GenerateOptions, Observed,
+};
 use fastdllm_engine::{self as engine, GenerationSettings};
 use fastdllm_models::ModelConfig;
 use fastdllm_sampler::{ProposerConfig, Unmask};
@@ -43,26 +46,17 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Records allocations made inside each forward.
-struct Probe<'a> {
-    inner: &'a dyn DiffusionLm,
+/// Records the allocations made inside each forward: (full canvas?, bytes, count).
+struct Probe {
     seq_len: usize,
     log: Mutex<Vec<(bool, usize, usize)>>,
 }
 
-impl DiffusionLm for Probe<'_> {
-    fn spec(&self) -> &ModelSpec {
-        self.inner.spec()
-    }
-    fn device(&self) -> &Device {
-        self.inner.device()
-    }
-    fn dtype(&self) -> DType {
-        self.inner.dtype()
-    }
-    fn forward(&self, input: &ForwardInput, kv: &mut dyn KvView) -> fastdllm_core::Result<Tensor> {
+impl ForwardObserver for Probe {
+    fn forward(&self, call: ForwardCall<'_>) -> fastdllm_core::Result<Tensor> {
+        let input = call.input();
         let (b0, c0) = (BYTES.load(Ordering::Relaxed), COUNT.load(Ordering::Relaxed));
-        let out = self.inner.forward(input, kv)?;
+        let out = call.run()?;
         let (b1, c1) = (BYTES.load(Ordering::Relaxed), COUNT.load(Ordering::Relaxed));
         let full = input.window_start == 0 && input.tokens.dim(1)? == self.seq_len;
         if let Ok(mut l) = self.log.lock() {
@@ -78,9 +72,10 @@ const HEAD_DIM: usize = 64;
 const LAYERS: usize = 2;
 const BLOCK: usize = 8;
 
+/// A 2-layer LLaDA shape with wider heads than the tiny models' (2 heads of 64, vocabulary 256)
+/// and room for the long canvas.
 fn config() -> ModelConfig {
     ModelConfig {
-        family: ModelFamily::Llada,
         hidden_size: HIDDEN,
         num_layers: LAYERS,
         num_heads: HEADS,
@@ -88,14 +83,12 @@ fn config() -> ModelConfig {
         head_dim: HEAD_DIM,
         intermediate_size: 256,
         vocab_size: 256,
-        rms_norm_eps: 1e-5,
         rope_theta: 10_000.0,
         max_seq_len: 2048,
         mask_token_id: 255,
         eos_token_ids: vec![254],
         pad_token_id: 254,
-        bos_token_id: None,
-        tie_word_embeddings: false,
+        ..tiny::llada_config()
     }
 }
 
@@ -106,11 +99,13 @@ fn window_allocs(
     prompt_len: usize,
 ) -> anyhow::Result<(f64, f64)> {
     let gen = 32;
-    let probe = Probe {
-        inner: model,
-        seq_len: prompt_len + gen,
-        log: Mutex::new(Vec::new()),
-    };
+    let probe = Observed::new(
+        model,
+        Probe {
+            seq_len: prompt_len + gen,
+            log: Mutex::new(Vec::new()),
+        },
+    );
     let prompt: Vec<u32> = (0..prompt_len).map(|i| (i % 200) as u32 + 1).collect();
     let settings = GenerationSettings {
         decode: DecodeConfig {
@@ -134,6 +129,7 @@ fn window_allocs(
         &GenerateOptions::default(),
     )?;
     let log = probe
+        .into_observer()
         .log
         .into_inner()
         .map_err(|_| anyhow::anyhow!("poisoned"))?;

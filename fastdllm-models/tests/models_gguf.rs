@@ -5,19 +5,22 @@
 mod common;
 
 use candle_core::{DType, Device, IndexOp};
-use common::{fixture, input, max_abs_diff, sample_ids, values, TempDir};
+use common::{sample_ids, TempDir};
+use fastdllm_conformance::forward::row_input;
+use fastdllm_conformance::paths::bundled_model;
+use fastdllm_conformance::tol::{assert_close, max_abs_err, Tol};
 use fastdllm_core::{ModelFamily, PassthroughKv};
 use fastdllm_models::{load_model, load_model_with, LoadOptions, QuantType};
 
 fn gguf(name: &str) -> std::path::PathBuf {
-    fixture("gguf").join(name)
+    bundled_model("gguf").join(name)
 }
 
 /// Logits of every row of the sample prompt.
 fn logits(model: &fastdllm_models::LoadedModel) -> candle_core::Tensor {
     model
         .model
-        .forward(&input(&sample_ids(), 0), &mut PassthroughKv)
+        .forward(&row_input(&sample_ids(), 0), &mut PassthroughKv)
         .unwrap()
 }
 
@@ -30,7 +33,7 @@ fn argmax_rows(t: &candle_core::Tensor) -> Vec<u32> {
 #[test]
 fn f32_gguf_equals_safetensors() {
     for name in ["llada-tiny", "dream-tiny"] {
-        let hf = load_model(&fixture(name), &Device::Cpu, DType::F32).unwrap();
+        let hf = load_model(&bundled_model(name), &Device::Cpu, DType::F32).unwrap();
         let gg = load_model(&gguf(&format!("{name}-f32.gguf")), &Device::Cpu, DType::F32).unwrap();
         let (a, mut b) = (&hf.info.config, gg.info.config.clone());
         if a.family == ModelFamily::Llada {
@@ -55,7 +58,7 @@ fn f32_gguf_equals_safetensors() {
         assert_eq!(gg.info.linear_weights, "f32 x 17", "{name}");
         assert!(gg.info.tokenizer_source.starts_with("GGUF metadata"));
         let (a, b) = (logits(&hf), logits(&gg));
-        assert_eq!(values(&a), values(&b), "{name}: logits differ");
+        assert_close(&b, &a, Tol::EXACT);
     }
 }
 
@@ -74,8 +77,16 @@ fn q8_0_gguf_is_close_to_f32() {
         .unwrap();
         assert_eq!(q8.info.linear_weights, "q8_0 x 17", "{name}");
         let (a, b) = (logits(&f32m), logits(&q8));
-        let diff = max_abs_diff(&a, &b);
-        assert!(diff > 0.0 && diff < 0.5, "{name}: max |dlogit| = {diff}");
+        let diff = max_abs_err(&b, &a).unwrap();
+        assert!(diff > 0.0, "{name}: quantized logits equal f32");
+        assert_close(
+            &b,
+            &a,
+            Tol {
+                atol: 0.5,
+                rtol: 0.0,
+            },
+        );
         assert_eq!(argmax_rows(&a), argmax_rows(&b), "{name}");
     }
 }
@@ -85,13 +96,27 @@ fn q8_0_gguf_is_close_to_f32() {
 #[test]
 fn in_situ_q8_0_matches_llama_quantize_weights() {
     let opts = LoadOptions::new(DType::F32).quantized(Some(QuantType::Q8_0));
-    let isq = load_model_with(&fixture("llada-tiny"), &Device::Cpu, &opts).unwrap();
+    let isq = load_model_with(&bundled_model("llada-tiny"), &Device::Cpu, &opts).unwrap();
     assert_eq!(isq.info.linear_weights, "q8_0 x 17");
     let q8 = load_model(&gguf("llada-tiny-q8_0.gguf"), &Device::Cpu, DType::F32).unwrap();
-    let f32m = load_model(&fixture("llada-tiny"), &Device::Cpu, DType::F32).unwrap();
+    let f32m = load_model(&bundled_model("llada-tiny"), &Device::Cpu, DType::F32).unwrap();
     let (a, b, c) = (logits(&isq), logits(&q8), logits(&f32m));
-    assert!(max_abs_diff(&a, &c) < 0.5);
-    assert!(max_abs_diff(&a, &b) < 0.5);
+    assert_close(
+        &a,
+        &c,
+        Tol {
+            atol: 0.5,
+            rtol: 0.0,
+        },
+    );
+    assert_close(
+        &a,
+        &b,
+        Tol {
+            atol: 0.5,
+            rtol: 0.0,
+        },
+    );
     assert_eq!(argmax_rows(&a), argmax_rows(&c));
 }
 
@@ -100,7 +125,7 @@ fn in_situ_q8_0_matches_llama_quantize_weights() {
 /// embedding and the norms stay f32). The tiny LLaDA's sizes come from its config.
 #[test]
 fn weight_bytes_count_stored_blocks() {
-    let f32m = load_model(&fixture("llada-tiny"), &Device::Cpu, DType::F32).unwrap();
+    let f32m = load_model(&bundled_model("llada-tiny"), &Device::Cpu, DType::F32).unwrap();
     let c = &f32m.info.config;
     assert!(!c.tie_word_embeddings && c.num_heads == c.num_kv_heads);
     let (h, i, v, l) = (
@@ -113,7 +138,7 @@ fn weight_bytes_count_stored_blocks() {
     let dense = v * h + (2 * l + 1) * h;
     assert_eq!(f32m.model.weight_bytes(), Some(4 * (linear + dense)));
     let opts = LoadOptions::new(DType::F32).quantized(Some(QuantType::Q8_0));
-    let q8 = load_model_with(&fixture("llada-tiny"), &Device::Cpu, &opts).unwrap();
+    let q8 = load_model_with(&bundled_model("llada-tiny"), &Device::Cpu, &opts).unwrap();
     assert_eq!(q8.model.weight_bytes(), Some(linear / 32 * 34 + 4 * dense));
 }
 
@@ -122,10 +147,10 @@ fn weight_bytes_count_stored_blocks() {
 #[test]
 fn in_situ_k_quants_fall_back_like_llama_cpp() {
     let opts = LoadOptions::new(DType::F32).quantized(Some(QuantType::Q4K));
-    let m = load_model_with(&fixture("dream-tiny"), &Device::Cpu, &opts).unwrap();
+    let m = load_model_with(&bundled_model("dream-tiny"), &Device::Cpu, &opts).unwrap();
     assert_eq!(m.info.linear_weights, "q5_0 x 17");
     let opts = LoadOptions::new(DType::F32).quantized(Some(QuantType::Q6K));
-    let m = load_model_with(&fixture("dream-tiny"), &Device::Cpu, &opts).unwrap();
+    let m = load_model_with(&bundled_model("dream-tiny"), &Device::Cpu, &opts).unwrap();
     assert_eq!(m.info.linear_weights, "q8_0 x 17");
 }
 
@@ -157,7 +182,7 @@ fn directory_with_one_gguf() {
 /// gives the prompt ids llama.cpp's llama-tokenize printed (results.jsonl).
 #[test]
 fn tokenizer_from_metadata_matches_tokenizer_json() {
-    let root = fixture("..");
+    let root = bundled_model("..");
     let mut texts: Vec<String> = Vec::new();
     for task in ["tasks/tiny-arith.jsonl"] {
         for line in std::fs::read_to_string(root.join(task)).unwrap().lines() {
@@ -169,8 +194,8 @@ fn tokenizer_from_metadata_matches_tokenizer_json() {
     assert!(texts.len() >= 300);
     texts.push("a  b Z\n<|mask|><|mask|>".into());
     for name in ["llada-tiny", "dream-tiny"] {
-        let hf =
-            fastdllm_models::Tokenizer::from_file(&fixture(name).join("tokenizer.json")).unwrap();
+        let hf = fastdllm_models::Tokenizer::from_file(&bundled_model(name).join("tokenizer.json"))
+            .unwrap();
         let file = fastdllm_models::GgufFile::open(&gguf(&format!("{name}-q8_0.gguf"))).unwrap();
         let gg = file.tokenizer().unwrap();
         assert_eq!(gg.vocab_size(), hf.vocab_size());
@@ -332,7 +357,7 @@ fn no_tokenizer_is_named() {
     );
     // A tokenizer.json beside the file is used instead.
     std::fs::copy(
-        fixture("dream-tiny").join("tokenizer.json"),
+        bundled_model("dream-tiny").join("tokenizer.json"),
         dir.file("tokenizer.json"),
     )
     .unwrap();
@@ -347,7 +372,7 @@ fn no_tokenizer_is_named() {
 #[test]
 #[ignore]
 fn measure_forward_agreement() {
-    let root = fixture("..");
+    let root = bundled_model("..");
     let prompts: Vec<String> = std::fs::read_to_string(root.join("tasks/tiny-arith.jsonl"))
         .unwrap()
         .lines()
@@ -359,7 +384,7 @@ fn measure_forward_agreement() {
         })
         .collect();
     for name in ["llada-tiny", "dream-tiny"] {
-        let f32m = load_model(&fixture(name), &Device::Cpu, DType::F32).unwrap();
+        let f32m = load_model(&bundled_model(name), &Device::Cpu, DType::F32).unwrap();
         let variants = [
             (
                 "llama-quantize Q8_0 GGUF",
@@ -373,7 +398,7 @@ fn measure_forward_agreement() {
             (
                 "--quantize q8_0",
                 load_model_with(
-                    &fixture(name),
+                    &bundled_model(name),
                     &Device::Cpu,
                     &LoadOptions::new(DType::F32).quantized(Some(QuantType::Q8_0)),
                 )
@@ -382,7 +407,7 @@ fn measure_forward_agreement() {
             (
                 "--quantize q4_k (q5_0 fallback)",
                 load_model_with(
-                    &fixture(name),
+                    &bundled_model(name),
                     &Device::Cpu,
                     &LoadOptions::new(DType::F32).quantized(Some(QuantType::Q4K)),
                 )
@@ -390,17 +415,17 @@ fn measure_forward_agreement() {
             ),
         ];
         for (label, m) in &variants {
-            let (mut same, mut rows, mut worst) = (0usize, 0usize, 0f32);
+            let (mut same, mut rows, mut worst) = (0usize, 0usize, 0f64);
             for p in &prompts {
                 let mut ids = f32m.tokenizer.encode(p, true).unwrap();
                 ids.extend([f32m.model.spec().mask_token_id; 16]);
-                let inp = input(&ids, 0);
+                let inp = row_input(&ids, 0);
                 let a = f32m.model.forward(&inp, &mut PassthroughKv).unwrap();
                 let b = m.model.forward(&inp, &mut PassthroughKv).unwrap();
                 let (x, y) = (argmax_rows(&a), argmax_rows(&b));
                 same += x.iter().zip(&y).filter(|(p, q)| p == q).count();
                 rows += x.len();
-                worst = worst.max(max_abs_diff(&a, &b));
+                worst = worst.max(max_abs_err(&b, &a).unwrap());
             }
             println!("{name} {label} [{}]: argmax rows equal {same}/{rows} = {:.2}%, max |dlogit| {worst:.4}", m.info.linear_weights, 100.0 * same as f64 / rows as f64);
         }

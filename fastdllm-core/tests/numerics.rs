@@ -2,35 +2,18 @@
 //! naming the row and the answer position; a temperature too small for float32 is rejected with the
 //! allowed range.
 
-use std::sync::Arc;
-
 use candle_core::{DType, Device, Tensor};
 use fastdllm_cache::{CacheMode, CacheSettings};
-use fastdllm_core::{
-    DecodeConfig, DiffusionLm, ForwardInput, GenerateOptions, KvView, ModelFamily, ModelSpec,
-};
+use fastdllm_core::{DecodeConfig, ForwardCall, GenerateOptions, ModelFamily, Observed};
 use fastdllm_engine::{self as engine, GenerationSettings};
 use fastdllm_sampler::{ProposerConfig, Unmask};
 
-/// The tiny LLaDA with the last logits row of every forward replaced by NaN.
-struct LastRowNan(Arc<dyn DiffusionLm>);
-
-impl DiffusionLm for LastRowNan {
-    fn spec(&self) -> &ModelSpec {
-        self.0.spec()
-    }
-    fn device(&self) -> &Device {
-        self.0.device()
-    }
-    fn dtype(&self) -> DType {
-        self.0.dtype()
-    }
-    fn forward(&self, input: &ForwardInput, kv: &mut dyn KvView) -> fastdllm_core::Result<Tensor> {
-        let logits = self.0.forward(input, kv)?;
-        let r = logits.dim(1)?;
-        let nan = logits.narrow(1, r - 1, 1)?.affine(0.0, f64::NAN)?;
-        Ok(Tensor::cat(&[&logits.narrow(1, 0, r - 1)?, &nan], 1)?)
-    }
+/// Replaces the last logits row of every forward by NaN.
+fn last_row_nan(call: ForwardCall<'_>) -> fastdllm_core::Result<Tensor> {
+    let logits = call.run()?;
+    let r = logits.dim(1)?;
+    let nan = logits.narrow(1, r - 1, 1)?.affine(0.0, f64::NAN)?;
+    Ok(Tensor::cat(&[&logits.narrow(1, 0, r - 1)?, &nan], 1)?)
 }
 
 fn settings(temperature: f64) -> GenerationSettings {
@@ -61,7 +44,8 @@ fn non_finite_logits_name_the_row_and_position() {
         DType::F32,
     )
     .unwrap();
-    let model = LastRowNan(loaded.model.clone());
+    // The tiny LLaDA with the last logits row of every forward replaced by NaN.
+    let model = Observed::new(loaded.model.clone(), last_row_nan);
     let prompt = loaded.tokenizer.encode("copy ab", true).unwrap();
     // Two rows: the error names the first one whose read logits are NaN (row 0, the block's
     // last answer position 7, the first step).

@@ -3,11 +3,12 @@
 
 mod common;
 
-use common::{fixture, TempDir};
+use common::TempDir;
+use fastdllm_conformance::paths::bundled_model;
 use fastdllm_models::{ChatTemplate, Tokenizer};
 
 fn tokenizer() -> Tokenizer {
-    Tokenizer::from_file(&fixture("llada-tiny").join("tokenizer.json")).unwrap()
+    Tokenizer::from_file(&bundled_model("llada-tiny").join("tokenizer.json")).unwrap()
 }
 
 #[test]

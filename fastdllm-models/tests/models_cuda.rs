@@ -8,8 +8,11 @@ mod common;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture, max_abs_diff, sample_ids, values};
-use fastdllm_core::{DiffusionLm, ForwardInput, KvView, PassthroughKv, Positions};
+use common::sample_ids;
+use fastdllm_conformance::forward::{DualKv, RecordKv};
+use fastdllm_conformance::paths::bundled_model;
+use fastdllm_conformance::tol::{assert_close, max_abs_err, Tol};
+use fastdllm_core::{DiffusionLm, ForwardInput, PassthroughKv, Positions};
 use fastdllm_models::{load_model, random_model, ModelConfig};
 
 fn cuda() -> Option<Device> {
@@ -62,51 +65,25 @@ fn to_cpu(input: &ForwardInput) -> ForwardInput {
 fn cuda_matches_cpu_on_the_fixtures() {
     let Some(device) = cuda() else { return };
     for name in ["llada-tiny", "dream-tiny"] {
-        let cpu = load_model(&fixture(name), &Device::Cpu, DType::F32).unwrap();
+        let cpu = load_model(&bundled_model(name), &Device::Cpu, DType::F32).unwrap();
         let input = batch_input(&device);
         let want = cpu
             .model
             .forward(&to_cpu(&input), &mut PassthroughKv)
             .unwrap();
-        let scale = values(&want).iter().fold(0f32, |m, v| m.max(v.abs()));
         for (dtype, allowed) in [(DType::F32, 1e-4), (DType::F16, 1e-2), (DType::BF16, 0.1)] {
-            let gpu = load_model(&fixture(name), &device, dtype).unwrap();
+            let gpu = load_model(&bundled_model(name), &device, dtype).unwrap();
             let got = gpu
                 .model
                 .forward(&input, &mut PassthroughKv)
                 .unwrap()
                 .to_device(&Device::Cpu)
                 .unwrap();
-            let rel = max_abs_diff(&got, &want) / scale.max(1.0);
-            eprintln!("{name} cuda {dtype:?} vs cpu f32: max abs diff / max |logit| = {rel:.3e}");
-            assert!(rel < allowed, "{name} {dtype:?}: {rel}");
+            let diff = max_abs_err(&got, &want).unwrap();
+            eprintln!("{name} cuda {dtype:?} vs cpu f32: max abs diff {diff:.3e}");
+            // Relative to the logits' range.
+            assert_close(&got, &want, Tol::of_range(allowed, &want));
         }
-    }
-}
-
-/// Keeps the K/V of a full forward (dual-cache style) so a block forward can attend over them.
-struct Dual {
-    stored: Vec<(Tensor, Tensor)>,
-    start: usize,
-    record: bool,
-}
-
-impl KvView for Dual {
-    fn attend_kv(
-        &mut self,
-        layer: usize,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> fastdllm_core::Result<(Tensor, Tensor)> {
-        if self.record {
-            self.stored.push((k.clone(), v.clone()));
-            return Ok((k.clone(), v.clone()));
-        }
-        // In place, as a real dual cache does (slice_assign would rebuild the whole tensor).
-        let (sk, sv) = &self.stored[layer];
-        sk.slice_set(k, 2, self.start)?;
-        sv.slice_set(v, 2, self.start)?;
-        Ok((sk.clone(), sv.clone()))
     }
 }
 
@@ -124,12 +101,8 @@ fn time_model(label: &str, model: &dyn DiffusionLm, device: &Device) {
         key_bias: None,
         logits_rows: (512..512 + block).into(),
     };
-    let mut kv = Dual {
-        stored: Vec::new(),
-        start: 512,
-        record: true,
-    };
-    model.forward(&full, &mut kv).unwrap();
+    let mut record = RecordKv::default();
+    model.forward(&full, &mut record).unwrap();
     device.synchronize().unwrap();
     let reps = 5;
     let t = Instant::now();
@@ -139,7 +112,8 @@ fn time_model(label: &str, model: &dyn DiffusionLm, device: &Device) {
     device.synchronize().unwrap();
     let full_ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
 
-    kv.record = false;
+    // The dual-cache block over the full-length K/V, written in place as a real dual cache does.
+    let mut kv = DualKv::new(&record.layers, 512).unwrap();
     let dual = ForwardInput {
         tokens: tokens.narrow(1, 512, block).unwrap(),
         positions: Positions::Contiguous { start: 512 },
