@@ -4,7 +4,9 @@
 //! * `hub`: `--model` as a Hugging Face Hub model id, through the standard cache (feature
 //!   `hub`);
 //! * [`serve`]: the OpenAI-compatible HTTP server of `fastdllm serve`;
-//! * [`malloc`]: glibc allocator tuning of the binary (large buffers stay in the heap).
+//! * [`malloc`]: glibc allocator tuning of the binary (large buffers stay in the heap);
+//! * [`output`]: fallible writes to stdout / stderr (`outln!`, `errln!`) and the server's
+//!   best-effort log lines (`logln!`).
 //!
 //! The work of the other commands lives in libraries: golden cases, their judge and the
 //! settings → policies wiring in `conformance`; the benchmark matrix, its records and report,
@@ -13,4 +15,5 @@
 #[cfg(feature = "hub")]
 pub mod hub;
 pub mod malloc;
+pub mod output;
 pub mod serve;

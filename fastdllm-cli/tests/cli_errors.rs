@@ -293,3 +293,45 @@ fn conform_fails_on_a_wrong_golden() {
         "{stdout}"
     );
 }
+
+/// `generate > /dev/full` and `generate 2> /dev/full`: the failed write is exit 2 with one
+/// `error:` line naming the stream (on stderr when only stdout is full), never a panic.
+#[test]
+fn a_full_stdout_or_stderr_is_exit_2_not_a_panic() {
+    let args = [
+        "generate",
+        "--prompt",
+        "hi",
+        "--gen-length",
+        "8",
+        "--block-length",
+        "8",
+    ];
+    let full = || std::fs::File::create("/dev/full").expect("/dev/full");
+    let out = Command::new(env!("CARGO_BIN_EXE_fastdllm"))
+        .args(args)
+        .stdout(full())
+        .output()
+        .expect("binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error"))
+        .unwrap_or("");
+    assert!(line.contains("cannot write to standard output"), "{stderr}");
+    for json in [false, true] {
+        let out = Command::new(env!("CARGO_BIN_EXE_fastdllm"))
+            .args(args)
+            .args(json.then_some("--json"))
+            .stderr(full())
+            .output()
+            .expect("binary runs");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "--json {json}: {:?}",
+            out.status
+        );
+    }
+}

@@ -29,11 +29,19 @@ struct Outcome {
     stderr: String,
 }
 
-/// Runs the binary with a hang guard; `code` is `None` when it had to be killed.
+/// Runs the binary with a hang guard; `code` is `None` when it had to be killed. Leading
+/// `NAME=VALUE` arguments are environment variables (as in a shell), set after the default
+/// `RAYON_NUM_THREADS=1`.
 fn run(args: &[String]) -> Outcome {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fastdllm"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fastdllm"));
+    cmd.env("RAYON_NUM_THREADS", "1");
+    let mut args = args;
+    while let Some((name, value)) = args.first().and_then(|a| env_assignment(a)) {
+        cmd.env(name, value);
+        args = &args[1..];
+    }
+    let mut child = cmd
         .args(args)
-        .env("RAYON_NUM_THREADS", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -69,6 +77,16 @@ fn run(args: &[String]) -> Outcome {
         stdout: t_out.join().unwrap_or_default(),
         stderr: t_err.join().unwrap_or_default(),
     }
+}
+
+/// `NAME=VALUE` with an upper-case name: (name, value).
+fn env_assignment(arg: &str) -> Option<(&str, &str)> {
+    let (name, value) = arg.split_once('=')?;
+    let is_name = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    is_name.then_some((name, value))
 }
 
 #[derive(Default)]

@@ -312,3 +312,25 @@ fn drain_has_a_deadline_and_a_second_signal_exits_at_once() {
     let status = wait_exit(&mut child);
     assert_eq!(status.code(), Some(130), "{status}");
 }
+
+/// `fastdllm serve 2>&1 | grep -m1 serving`: the reader of stderr goes away after the first
+/// line. The server keeps answering, and the log lines it writes afterwards (the shutdown
+/// messages) neither kill it (SIGPIPE, which it ignores) nor panic it: it drains and exits 0.
+#[test]
+fn a_closed_stderr_pipe_never_kills_the_server() {
+    let (mut child, addr, lines) = serve_bin(&[]);
+    drop(lines);
+    let body = r#"{"prompt":"copy ab","max_tokens":8}"#;
+    let (status, _, answer) = exchange(
+        addr,
+        "POST",
+        "/v1/completions",
+        &[("content-type", "application/json")],
+        body,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(health(addr)["status"], "ok");
+    signal(&child);
+    let status = wait_exit(&mut child);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}

@@ -117,10 +117,10 @@ impl ModelArgs {
             let uniform = format!("{q} x ");
             let w = &loaded.info.linear_weights;
             if !w.starts_with(&uniform) || w.contains(',') {
-                eprintln!(
+                fastdllm_cli::errln!(
                     "note: --quantize {q}: linear layers stored as {w} (rows that are not whole \
                      {q} blocks use llama.cpp's fallback type)"
-                );
+                )?;
             }
         }
         if let Some(file) = &self.chat_template {
@@ -132,11 +132,11 @@ impl ModelArgs {
             loaded.info.chat_template,
             ChatTemplate::Llama3 | ChatTemplate::ChatMl
         ) {
-            eprintln!(
+            fastdllm_cli::errln!(
                 "note: {} has no chat template (no chat_template.jinja, no tokenizer_config.json); using the {} (give one with --chat-template FILE)",
                 dir.display(),
                 loaded.info.chat_template.describe()
-            );
+            )?;
         }
         Ok((dir, loaded))
     }
@@ -452,7 +452,7 @@ pub fn print_settings(
     loaded: &LoadedModel,
     settings: &GenerationSettings,
     defaults: &DecodeDefaults,
-) {
+) -> Result<()> {
     let d = &settings.decode;
     let p = &settings.proposer;
     let mut knobs = format!(
@@ -472,13 +472,13 @@ pub fn print_settings(
     }
     knobs.push_str(&format!(", seed {}", settings.seed));
     let dtype = format!("{:?}", loaded.info.dtype).to_lowercase();
-    eprintln!(
+    fastdllm_cli::errln!(
         "model {} ({}, {dtype}); chat template: {}\nsettings: {knobs} (flags, else {})",
         dir.display(),
         loaded.info.architecture,
         loaded.info.chat_template.describe(),
         defaults.describe()
-    );
+    )
 }
 
 #[cfg(test)]

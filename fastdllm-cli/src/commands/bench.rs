@@ -97,6 +97,9 @@ where
 }
 
 fn random_config(path: &Path, layers: Option<usize>) -> Result<ModelConfig> {
+    // A config file under another name is read from a copy named config.json in a private
+    // temporary directory (random name, removed when `private_copy` drops, on every path).
+    let mut private_copy = None;
     let dir = if path.is_dir() {
         path.to_path_buf()
     } else if path.file_name().is_some_and(|n| n == "config.json") {
@@ -104,12 +107,13 @@ fn random_config(path: &Path, layers: Option<usize>) -> Result<ModelConfig> {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."))
     } else {
-        let dir =
-            std::env::temp_dir().join(format!("fastdllm-bench-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        std::fs::copy(path, dir.join("config.json"))
+        let tmp = tempfile::Builder::new()
+            .prefix("fastdllm-bench-config-")
+            .tempdir()
+            .context("cannot create a temporary directory for --random-weights")?;
+        std::fs::copy(path, tmp.path().join("config.json"))
             .with_context(|| format!("reading {}", path.display()))?;
-        dir
+        private_copy.insert(tmp).path().to_path_buf()
     };
     let mut cfg = fastdllm_models::load_config(&dir)?;
     if let Some(n) = layers {
@@ -208,15 +212,15 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     if settings.is_empty() {
         bail!("the matrix is empty (every block length must divide a gen length)");
     }
-    eprintln!("measuring memory bandwidth ...");
+    fastdllm_cli::errln!("measuring memory bandwidth ...")?;
     let machine = Machine::measure(&device)?;
-    eprintln!(
+    fastdllm_cli::errln!(
         "{} on {}: {:.1} GB/s; {} settings",
         bm.name,
         machine.device_name,
         machine.bandwidth / 1e9,
         settings.len()
-    );
+    )?;
     let bar = ProgressBar::with_draw_target(
         Some(settings.len() as u64),
         if std::io::stderr().is_terminal() {
@@ -250,7 +254,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         out.write_all(line.as_bytes())?;
         out.flush()?;
         bar.suspend(|| {
-            eprintln!(
+            fastdllm_cli::errln!(
                 "{:<40} nfe {:>5}  {:>9.1} ms  {:>8.2} ms/step  {:>8.1} out tok/s{}",
                 r.label(),
                 r.nfe,
@@ -262,17 +266,17 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
                     .map(|(k, st)| format!("  {k} p50 {:.2} ms", st.p50_ms))
                     .collect::<String>()
             )
-        });
+        })?;
         records.push(r);
         bar.inc(1);
     }
     bar.finish_and_clear();
     std::fs::write(&a.out_html, benches::report::html(&records))
         .with_context(|| format!("writing {}", a.out_html.display()))?;
-    eprintln!(
+    fastdllm_cli::errln!(
         "wrote {} and {}",
         a.out_json.display(),
         a.out_html.display()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

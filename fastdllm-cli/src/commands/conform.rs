@@ -53,13 +53,13 @@ pub fn run(a: ConformArgs) -> Result<ExitCode> {
         let v = runner.run(case);
         tally.add(&v);
         if a.json {
-            println!(
+            fastdllm_cli::outln!(
                 "{}",
                 serde_json::json!({
                     "id": v.id, "status": v.status, "generated_ids": v.generated_ids, "nfe": v.nfe,
                     "unmask_step": v.unmask_step, "agreement": v.agreement, "problems": v.problems, "notes": v.notes, "drift": v.drift,
                 })
-            );
+            )?;
         } else if v.status != Status::Pass {
             let tag = if v.status == Status::Fragile {
                 "FRAGILE"
@@ -71,17 +71,21 @@ pub fn run(a: ConformArgs) -> Result<ExitCode> {
             } else {
                 format!(" [{}]", v.notes.join("; "))
             };
-            println!("{tag} {}: {}{notes}", v.id, v.problems.join("; "));
+            fastdllm_cli::outln!("{tag} {}: {}{notes}", v.id, v.problems.join("; "))?;
         } else if a.drift {
             if let Some(d) = v.drift {
-                println!(
+                fastdllm_cli::outln!(
                     "pass {}: drift cos_min {:.6} max_abs {:.3e} argmax_agree {:.3} kl {:.3e}",
-                    v.id, d.cosine_min, d.max_abs_diff, d.argmax_agreement, d.kl_mean
-                );
+                    v.id,
+                    d.cosine_min,
+                    d.max_abs_diff,
+                    d.argmax_agreement,
+                    d.kl_mean
+                )?;
             }
         }
     }
-    println!("{}", tally.line());
+    fastdllm_cli::outln!("{}", tally.line())?;
     Ok(if tally.failed > 0 {
         ExitCode::FAILURE
     } else {

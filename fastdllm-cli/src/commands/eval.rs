@@ -105,10 +105,10 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         }
         report.setting = text.clone();
         if a.json {
-            println!(
+            fastdllm_cli::outln!(
                 "{}",
                 serde_json::to_string(&report_json(&report, &dir, a.outcomes))?
-            );
+            )?;
         }
         reports.push(report);
     }
@@ -127,10 +127,10 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         );
         std::fs::write(path, html(&reports, &caption))
             .with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+        fastdllm_cli::errln!("wrote {}", path.display())?;
     }
     if !a.json {
-        println!(
+        fastdllm_cli::outln!(
             "{} tasks from {}, model {}, gen {} block {}, batch {}\n",
             tasks.len(),
             a.tasks.display(),
@@ -138,8 +138,8 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             d.gen_length,
             d.block_length,
             a.batch
-        );
-        print!("{}", format_table(&reports));
+        )?;
+        fastdllm_cli::output::out(&format_table(&reports))?;
     }
     Ok(ExitCode::SUCCESS)
 }

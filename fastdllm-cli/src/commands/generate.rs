@@ -73,7 +73,7 @@ pub fn run(a: GenerateArgs) -> Result<ExitCode> {
         ..a.decode.knobs()
     };
     let settings = resolve_flags(&knobs, spec.family, &defaults)?;
-    print_settings(&dir, &loaded, &settings, &defaults);
+    print_settings(&dir, &loaded, &settings, &defaults)?;
     let prompts: Vec<Vec<u32>> = if a.prompt_ids.is_empty() {
         a.prompt
             .iter()
@@ -153,19 +153,19 @@ pub fn run(a: GenerateArgs) -> Result<ExitCode> {
                 obj["trace"] = serde_json::to_value(t)?;
             }
         }
-        println!("{}", serde_json::to_string_pretty(&obj)?);
+        fastdllm_cli::outln!("{}", serde_json::to_string_pretty(&obj)?)?;
     } else {
         for r in &rows {
-            println!("{}", r["text"].as_str().unwrap_or_default());
+            fastdllm_cli::outln!("{}", r["text"].as_str().unwrap_or_default())?;
         }
-        eprintln!(
+        fastdllm_cli::errln!(
             "[{}] nfe {}, {} output tokens in {:.1} ms ({:.1} tokens/s)",
             settings.label(),
             gen.nfe,
             out_tokens,
             wall * 1e3,
             tokens_per_s
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

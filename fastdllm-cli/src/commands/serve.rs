@@ -124,7 +124,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     let (dir, loaded) = a.model.load()?;
     let defaults = DecodeDefaults::from_dir(&dir)?;
     let settings = a.decode.settings(loaded.model.spec().family, &defaults)?;
-    print_settings(&dir, &loaded, &settings, &defaults);
+    print_settings(&dir, &loaded, &settings, &defaults)?;
     let model_id = a.model_id.clone().unwrap_or_else(|| {
         dir.canonicalize()
             .ok()
@@ -172,7 +172,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         // Listening starts before the address is printed, so that no signal sent after the
         // server is reachable can be missed or kill the process with the default action.
         let mut signals = ShutdownSignals::listen().context("cannot listen for shutdown signals")?;
-        eprintln!(
+        fastdllm_cli::logln!(
             "serving '{}' on http://{local} (POST /v1/completions, /v1/chat/completions; GET /v1/models, /health){}",
             cfg.model_id,
             if cfg.api_key.is_some() { "; API key required" } else { "" }
@@ -184,20 +184,20 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
                 () = stopped => false,
             };
             if signalled {
-                eprintln!("shutdown signal: finishing in-flight requests (a second signal exits at once)");
+                fastdllm_cli::logln!("shutdown signal: finishing in-flight requests (a second signal exits at once)");
             } else {
-                eprintln!("the engine stopped: draining, then exiting with an error (a signal exits at once)");
+                fastdllm_cli::logln!("the engine stopped: draining, then exiting with an error (a signal exits at once)");
             }
             // The same listeners: a signal that arrives before this task first runs is kept by
             // them, not lost.
             tokio::spawn(async move {
                 signals.recv().await;
-                eprintln!("shutdown signal while draining: exiting now");
+                fastdllm_cli::logln!("shutdown signal while draining: exiting now");
                 std::process::exit(130);
             });
         };
         serve::serve(listener, state, shutdown).await.context("server failed")?;
-        eprintln!("shutting down: finishing queued requests");
+        fastdllm_cli::logln!("shutting down: finishing queued requests");
         // Joined inside the runtime so that a second signal still exits at once.
         tokio::task::spawn_blocking(move || worker.join())
             .await

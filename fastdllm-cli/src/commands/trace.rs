@@ -110,11 +110,11 @@ pub fn run(a: TraceArgs) -> Result<ExitCode> {
     };
     std::fs::write(&a.out, render(&picture))
         .with_context(|| format!("writing {}", a.out.display()))?;
-    eprintln!(
+    fastdllm_cli::errln!(
         "wrote {} (nfe {}, {:.2} tokens/step)",
         a.out.display(),
         row.nfe,
         tps
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

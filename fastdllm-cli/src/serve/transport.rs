@@ -61,7 +61,7 @@ pub async fn serve(
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning
                     // (axum's `serve` does the same).
-                    eprintln!("warning: accept failed: {e}");
+                    crate::logln!("warning: accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -86,7 +86,7 @@ pub async fn serve(
     {
         // Finished connections stay in the set until joined: count only the open ones.
         while conns.try_join_next().is_some() {}
-        eprintln!(
+        crate::logln!(
             "drain deadline of {} s passed: closing {} connections",
             cfg.drain_timeout.as_secs_f64(),
             conns.len()
