@@ -86,6 +86,19 @@ impl GgufFile {
         let file_len = file.metadata().map_err(io)?.len();
         let content = {
             let mut reader = std::io::BufReader::new(&mut file);
+            // candle divides by `general.alignment` unchecked (0 is a division by zero).
+            if let Some(alignment) = header_alignment(&mut reader, file_len).map_err(io)? {
+                if alignment == 0 || !alignment.is_power_of_two() {
+                    return Err(Error::gguf(
+                        path,
+                        format!(
+                            "metadata key `general.alignment` = {alignment}: must be a \
+                             non-zero power of two"
+                        ),
+                    ));
+                }
+            }
+            reader.seek(SeekFrom::Start(0)).map_err(io)?;
             Content::read(&mut reader).map_err(|e| header_error(path, &e))?
         };
         // Every tensor must lie inside the file (a truncated download fails here, at once).
@@ -325,7 +338,15 @@ impl GgufFile {
                 )));
             }
         }
-        let head_dim = hidden_size.checked_div(num_heads).unwrap_or(0);
+        let heads_key = k("attention.head_count");
+        if num_heads == 0 || hidden_size % num_heads != 0 {
+            return Err(self.err(format!(
+                "metadata key `{heads_key}` = {num_heads}: must be a non-zero divisor of \
+                 `{}` = {hidden_size}",
+                k("embedding_length")
+            )));
+        }
+        let head_dim = hidden_size / num_heads;
         if let Some(rot) = self.usize_key(&k("rope.dimension_count"))? {
             if rot != head_dim {
                 return Err(self.err(format!(
@@ -513,6 +534,95 @@ pub(crate) fn unpermute_rope_rows(bytes: &[u8], rows: usize, heads: usize) -> Ve
         }
     }
     out
+}
+
+/// The integer value of `general.alignment` in the metadata of the GGUF header at the start of
+/// `r` (a file of `len` bytes), read without candle (which divides by it unchecked): `None` when
+/// the key is absent, not an integer, or the header is not one this walk understands (candle's
+/// reader then names the fault). Only I/O errors are errors.
+fn header_alignment<R: Read + Seek>(r: &mut R, len: u64) -> std::io::Result<Option<u64>> {
+    fn u32_of<R: Read>(r: &mut R) -> std::io::Result<u32> {
+        let mut b = [0; 4];
+        r.read_exact(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    fn u64_of<R: Read>(r: &mut R) -> std::io::Result<u64> {
+        let mut b = [0; 8];
+        r.read_exact(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    // Version 1 stores counts and lengths as u32, later versions as u64.
+    let length = |r: &mut R, v1: bool| {
+        if v1 {
+            u32_of(r).map(u64::from)
+        } else {
+            u64_of(r)
+        }
+    };
+    let fixed = |ty: u32| match ty {
+        0 | 1 | 7 => Some(1),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        10..=12 => Some(8),
+        _ => None,
+    };
+    let mut head = [0; 8];
+    if r.read_exact(&mut head).is_err() || &head[..4] != b"GGUF" {
+        return Ok(None);
+    }
+    let v1 = u32::from_le_bytes(head[4..].try_into().unwrap_or_default()) == 1;
+    let (Ok(_tensors), Ok(kvs)) = (length(r, v1), length(r, v1)) else {
+        return Ok(None);
+    };
+    for _ in 0..kvs.min(len) {
+        let Ok(key_len) = length(r, v1) else {
+            return Ok(None);
+        };
+        if key_len > len {
+            return Ok(None);
+        }
+        let mut key = vec![0; key_len as usize];
+        let (Ok(()), Ok(ty)) = (r.read_exact(&mut key), u32_of(r)) else {
+            return Ok(None);
+        };
+        if key == b"general.alignment" {
+            let mut b = [0; 8];
+            return Ok(match fixed(ty) {
+                Some(n) if ty != 6 && ty != 7 && ty != 12 && r.read_exact(&mut b[..n]).is_ok() => {
+                    let v = u64::from_le_bytes(b);
+                    // The signed types (1, 3, 5, 11): a negative value is not an alignment.
+                    let negative = matches!(ty, 1 | 3 | 5 | 11) && b[n - 1] & 0x80 != 0;
+                    (!negative).then_some(v)
+                }
+                _ => None,
+            });
+        }
+        // Skip the value: a scalar, a string, or an array of scalars or strings.
+        let (count, ty) = if ty == 9 {
+            let (Ok(elem), Ok(count)) = (u32_of(r), length(r, v1)) else {
+                return Ok(None);
+            };
+            (count, elem)
+        } else {
+            (1, ty)
+        };
+        if let Some(n) = fixed(ty) {
+            let Some(bytes) = count.checked_mul(n as u64).filter(|&b| b <= len) else {
+                return Ok(None);
+            };
+            r.seek(SeekFrom::Current(bytes as i64))?;
+        } else if ty == 8 {
+            for _ in 0..count.min(len) {
+                let Some(n) = length(r, v1).ok().filter(|&n| n <= len) else {
+                    return Ok(None);
+                };
+                r.seek(SeekFrom::Current(n as i64))?;
+            }
+        } else {
+            return Ok(None);
+        }
+    }
+    Ok(None)
 }
 
 /// Maps candle's header errors to one line naming the file.

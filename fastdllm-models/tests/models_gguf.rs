@@ -302,6 +302,60 @@ fn truncated_file_is_named() {
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 
+/// `general.alignment` of 0 (candle divided by it: a panic) or not a power of two is refused
+/// before candle reads the header, naming the file and the key. The fixture has no alignment
+/// key: its `llada.block_count` (u32 = 4, a key of the same length) is renamed to it.
+#[test]
+fn bad_alignment_is_named() {
+    let dir = TempDir::new("gguf-align");
+    let bytes = std::fs::read(gguf("llada-tiny-q8_0.gguf")).unwrap();
+    let renamed = patch(&bytes, b"GGUF", b"llada.block_count", b"general.alignment");
+    for value in [0u32, 3, 48] {
+        let path = dir.file(&format!("align{value}.gguf"));
+        let mut from = 4u32.to_le_bytes().to_vec();
+        from.extend(4u32.to_le_bytes());
+        let mut to = 4u32.to_le_bytes().to_vec();
+        to.extend(value.to_le_bytes());
+        std::fs::write(&path, patch(&renamed, b"general.alignment", &from, &to)).unwrap();
+        let err = load_err(&path, &LoadOptions::new(DType::F32));
+        assert!(
+            err.contains(&format!("align{value}.gguf"))
+                && err.contains(&format!("`general.alignment` = {value}"))
+                && err.contains("power of two"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+/// `head_count` 0 or not dividing `embedding_length` (128) is named as such (it was blamed on
+/// the RoPE dimension).
+#[test]
+fn bad_head_count_is_named() {
+    let dir = TempDir::new("gguf-heads");
+    let bytes = std::fs::read(gguf("llada-tiny-q8_0.gguf")).unwrap();
+    for heads in [0u32, 3] {
+        let path = dir.file(&format!("heads{heads}.gguf"));
+        let mut from = 4u32.to_le_bytes().to_vec();
+        from.extend(4u32.to_le_bytes());
+        let mut to = 4u32.to_le_bytes().to_vec();
+        to.extend(heads.to_le_bytes());
+        std::fs::write(
+            &path,
+            patch(&bytes, b"llada.attention.head_count", &from, &to),
+        )
+        .unwrap();
+        let err = load_err(&path, &LoadOptions::new(DType::F32));
+        assert!(
+            err.contains(&format!("heads{heads}.gguf"))
+                && err.contains(&format!("`llada.attention.head_count` = {heads}"))
+                && err.contains("`llada.embedding_length` = 128")
+                && !err.contains("rope"),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn unknown_tensor_type_is_named() {
     let dir = TempDir::new("gguf-type");
