@@ -473,6 +473,50 @@ fn unsupported_fields_are_400s_unless_neutral_and_unknown_fields_are_rejected() 
     assert!(v["choices"][0]["logprobs"].is_null(), "{v}");
 }
 
+/// Every optional field typed `T | null` by OpenAI (SDK wrappers send the nulls) reads `null`
+/// as "not given": the same answer as without the field.
+#[test]
+fn optional_fields_accept_null_as_not_given() {
+    let srv = start("llada-tiny");
+    let c = format!("{}/v1/completions", srv.url());
+    let chat = format!("{}/v1/chat/completions", srv.url());
+    let nulls = json!({"model": null, "stream": null, "stream_options": null, "provisional": null,
+        "n": null, "stop": null, "max_tokens": null, "max_completion_tokens": null, "seed": null,
+        "temperature": null, "top_p": null, "user": null, "gen_length": null,
+        "block_length": null, "steps": null, "cache": null, "threshold": null, "factor": null,
+        "top_k": null, "logprobs": null, "echo": null});
+    let with_nulls = |mut body: Value| {
+        for (k, v) in nulls.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let (s, v) = post_json(&c, &with_nulls(json!({"prompt": "4+9="})));
+    assert_eq!((s, texts(&v)), (200, vec!["13".to_string()]), "{v}");
+    let msg = json!([{"role": "user", "content": "4+9="}]);
+    let (s, plain) = post_json(&chat, &json!({"messages": msg}));
+    assert_eq!(s, 200, "{plain}");
+    let (s, v) = post_json(&chat, &with_nulls(json!({"messages": msg})));
+    assert_eq!((s, texts(&v)), (200, texts(&plain)), "{v}");
+    // Streamed, with the options' own fields null: no usage chunk.
+    for body in [
+        json!({"prompt": "4+9=", "stream": true, "provisional": null,
+               "stream_options": {"include_usage": null}}),
+        json!({"prompt": "4+9=", "stream": true, "stream_options": null}),
+    ] {
+        let (s, t) = post(&c, &body);
+        assert_eq!(s, 200, "{t}");
+        let (chunks, done) = sse_chunks(&t);
+        assert!(done, "{t}");
+        assert!(chunks.iter().all(|c| c.get("usage").is_none()), "{t}");
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["text"].as_str())
+            .collect();
+        assert_eq!(text, "13", "{t}");
+    }
+}
+
 #[test]
 fn stream_options_include_usage_ends_with_a_usage_chunk() {
     let srv = start("llada-tiny");
