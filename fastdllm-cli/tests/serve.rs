@@ -165,6 +165,19 @@ fn completion_and_chat_round_trips() {
     assert_eq!(v["object"], "list");
     assert_eq!(v["data"][0]["id"], "llada-tiny");
     assert_eq!(v["data"][0]["object"], "model");
+    // Retrieve (OpenAI's `client.models.retrieve`): the same object; another id is a 404
+    // naming it.
+    let (s, m) = get(&format!("{url}/v1/models/llada-tiny"));
+    assert_eq!((s, &m), (200, &v["data"][0]), "{m}");
+    let (s, e) = get(&format!("{url}/v1/models/org/other-model"));
+    assert_eq!(s, 404, "{e}");
+    assert_eq!(e["error"]["code"], "model_not_found", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("'org/other-model'")),
+        "{e}"
+    );
     let (s, v) = get(&format!("{url}/health"));
     assert_eq!(s, 200);
     assert_eq!(v["status"], "ok");
