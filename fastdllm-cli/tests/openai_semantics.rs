@@ -517,6 +517,51 @@ fn optional_fields_accept_null_as_not_given() {
     }
 }
 
+/// Several refused fields: one error naming every one of them (the unsupported OpenAI fields
+/// first, then the unknown ones, each by name). `stream_options.include_obfuscation`: its
+/// neutral `false` is accepted, `true` refused.
+#[test]
+fn refusals_name_every_field_and_include_obfuscation_false_is_neutral() {
+    let srv = start("llada-tiny");
+    let c = format!("{}/v1/completions", srv.url());
+    let (s, v) = post_json(
+        &c,
+        &json!({"prompt": "4+9=", "zeta": 1, "logprobs": 2, "echo": true, "alpha": 0}),
+    );
+    assert_400(s, &v, "echo");
+    assert_eq!(v["error"]["code"], "unsupported_parameter", "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    let at = |f: &str| m.find(f).unwrap_or_else(|| panic!("{f} not named: {m}"));
+    assert!(
+        at("echo") < at("logprobs") && at("logprobs") < at("alpha") && at("alpha") < at("zeta"),
+        "{m}"
+    );
+    let (s, v) = post_json(&c, &json!({"prompt": "4+9=", "zeta": 1, "alpha": 0}));
+    assert_400(s, &v, "alpha");
+    assert_eq!(v["error"]["code"], "unknown_parameter", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("zeta"),
+        "{v}"
+    );
+    for opts in [
+        json!({"include_obfuscation": false}),
+        json!({"include_obfuscation": null, "include_usage": false}),
+    ] {
+        let (s, t) = post(
+            &c,
+            &json!({"prompt": "4+9=", "stream": true, "stream_options": opts}),
+        );
+        assert_eq!(s, 200, "{t}");
+        assert!(sse_chunks(&t).1, "{t}");
+    }
+    let (s, v) = post_json(
+        &c,
+        &json!({"prompt": "4+9=", "stream": true, "stream_options": {"include_obfuscation": true}}),
+    );
+    assert_400(s, &v, "stream_options.include_obfuscation");
+    assert_eq!(v["error"]["code"], "unsupported_parameter", "{v}");
+}
+
 #[test]
 fn stream_options_include_usage_ends_with_a_usage_chunk() {
     let srv = start("llada-tiny");

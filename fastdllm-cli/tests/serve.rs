@@ -522,9 +522,15 @@ fn overload_is_429() {
     let mut body = String::new();
     let mut rejected = rejected;
     let _ = rejected.read_to_string(&mut body);
-    let json_body = body.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let (head, json_body) = body.split_once("\r\n\r\n").unwrap_or(("", ""));
     let v: Value = serde_json::from_str(json_body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(v["error"]["type"], "server_overloaded", "{v}");
+    // The client is told when to retry (seconds).
+    assert!(
+        head.lines()
+            .any(|l| l.eq_ignore_ascii_case("retry-after: 1")),
+        "{head}"
+    );
     // Hang up the long one; the queued ones are then answered.
     long.shutdown(std::net::Shutdown::Both).unwrap();
     drop((long, long_reader));

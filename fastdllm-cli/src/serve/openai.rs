@@ -48,6 +48,10 @@ pub struct StreamOptions {
     /// Send a last chunk with empty `choices` and the request's `usage`.
     #[serde(default, deserialize_with = "null_as_default")]
     pub include_usage: bool,
+    /// OpenAI's random padding of streamed chunks: not done here, so only `false` / `null` /
+    /// absent is accepted ([`super::validate::check_stream_options`]).
+    #[serde(default)]
+    pub include_obfuscation: Option<bool>,
 }
 
 /// `POST /v1/completions` (the knobs are read from the same object,

@@ -472,35 +472,59 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 
 /// Checks every field name of a `route` request: an OpenAI field this server cannot honour is a
 /// 400 `unsupported_parameter` unless it holds its neutral value; an unknown field is a 400
-/// naming it (OpenAI: "Unrecognized request argument supplied").
+/// `unknown_parameter` (OpenAI: "Unrecognized request argument supplied"). When several fields
+/// are refused, the one error names them all, the unsupported OpenAI fields first, then the
+/// unknown ones, each sorted by name; `param` is the first of them.
 pub fn check_fields(obj: &Map<String, Value>, route: Route) -> Result<(), ApiError> {
     let own: &[&str] = match route {
         Route::Completions => &["prompt"],
         Route::Chat => &["messages"],
     };
+    let mut unsupported: Vec<(&str, &Value)> = Vec::new();
+    let mut unknown: Vec<&str> = Vec::new();
     for (key, value) in obj {
         if COMMON_FIELDS.contains(&key.as_str()) || own.contains(&key.as_str()) {
             continue;
         }
         match UNSUPPORTED.iter().find(|(name, _)| name == key) {
             Some((_, neutral)) if neutral(value) => {}
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    Some(key.as_str()),
-                    format!("{key} = {value} is not supported by this server (omit it or send its neutral value)"),
-                )
-                .with_code("unsupported_parameter"))
-            }
-            None => {
-                return Err(ApiError::invalid(
-                    Some(key.as_str()),
-                    format!("Unrecognized request argument supplied: {key}"),
-                )
-                .with_code("unknown_parameter"))
-            }
+            Some(_) => unsupported.push((key, value)),
+            None => unknown.push(key),
         }
     }
-    Ok(())
+    unsupported.sort_by_key(|(k, _)| *k);
+    unknown.sort_unstable();
+    let mut parts = Vec::new();
+    if !unsupported.is_empty() {
+        let list: Vec<String> = unsupported
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect();
+        parts.push(if list.len() == 1 {
+            format!(
+                "{} is not supported by this server (omit it or send its neutral value)",
+                list[0]
+            )
+        } else {
+            format!(
+                "{} are not supported by this server (omit them or send their neutral values)",
+                list.join(", ")
+            )
+        });
+    }
+    if !unknown.is_empty() {
+        let s = if unknown.len() == 1 { "" } else { "s" };
+        parts.push(format!(
+            "Unrecognized request argument{s} supplied: {}",
+            unknown.join(", ")
+        ));
+    }
+    let (param, code) = match (unsupported.first(), unknown.first()) {
+        (Some((k, _)), _) => (*k, "unsupported_parameter"),
+        (None, Some(k)) => (*k, "unknown_parameter"),
+        (None, None) => return Ok(()),
+    };
+    Err(ApiError::invalid(Some(param), parts.join("; ")).with_code(code))
 }
 
 /// Deserialises a field set of `obj` into `T`; a wrong type is a 400 naming the field.
@@ -621,12 +645,19 @@ pub fn check_n(n: Option<usize>) -> Result<usize, ApiError> {
 }
 
 /// Checks `stream_options` (only with `stream`, as OpenAI) and returns `include_usage`.
+/// `include_obfuscation` (OpenAI's random padding of chunks) is not done: `false` or `null` is
+/// accepted, `true` is a 400 `unsupported_parameter`.
 pub fn check_stream_options(stream: bool, o: Option<StreamOptions>) -> Result<bool, ApiError> {
     match o {
         Some(_) if !stream => Err(ApiError::invalid(
             Some("stream_options"),
             "stream_options is only allowed when stream is true",
         )),
+        Some(o) if o.include_obfuscation == Some(true) => Err(ApiError::invalid(
+            Some("stream_options.include_obfuscation"),
+            "stream_options.include_obfuscation = true is not supported by this server (omit it or send false)",
+        )
+        .with_code("unsupported_parameter")),
         Some(o) => Ok(o.include_usage),
         None => Ok(false),
     }
