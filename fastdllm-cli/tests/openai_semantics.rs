@@ -233,11 +233,25 @@ fn stop_cuts_at_the_first_match_and_streams_never_overshoot() {
         &json!({"prompt": prompt, "stop": "dbk", "block_length": 2}),
     );
     assert_eq!(texts(&v), vec!["3".to_string()]);
-    let (s, v) = post_json(
-        &c,
-        &json!({"prompt": prompt, "stop": ["a", "b", "c", "d", "e"]}),
-    );
+    // lm-eval's local-completions sends 5 (its `until` plus the tokenizer's EOS): honoured, as
+    // every count up to MAX_STOP = 16; 17 is a 400 naming `stop` and the cap.
+    let five = json!(["\n\n", "Question:", "<|endoftext|>", "b", "zz"]);
+    let (s, v) = post_json(&c, &json!({"prompt": prompt, "stop": five}));
+    assert_eq!((s, texts(&v)), (200, vec!["3d".to_string()]), "{v}");
+    let mut many: Vec<String> = (0..15).map(|i| format!("zz{i}")).collect();
+    many.push("k".into());
+    let (s, v) = post_json(&c, &json!({"prompt": prompt, "stop": many}));
+    assert_eq!((s, texts(&v)), (200, vec!["3db".to_string()]), "{v}");
+    many.push("zz".into());
+    let (s, v) = post_json(&c, &json!({"prompt": prompt, "stop": many}));
     assert_400(s, &v, "stop");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 16"),
+        "{v}"
+    );
     let (s, v) = post_json(&c, &json!({"prompt": prompt, "stop": [""]}));
     assert_400(s, &v, "stop");
     let (s, v) = post_json(&c, &json!({"prompt": prompt, "stop": 5}));

@@ -8,7 +8,7 @@
 //! system / user / assistant, `content` a string or text parts, rendered with the model's chat
 //! template), `n`, `max_tokens`
 //! / `max_completion_tokens` (any positive count: the canvas is rounded up to whole blocks and
-//! the answer cut), `stop` (a string or up to 4), `seed` (without one every choice draws a fresh
+//! the answer cut), `stop` (a string or up to 16), `seed` (without one every choice draws a fresh
 //! seed), `temperature`, `top_p` (Dream; LLaDA only with the neutral 1), `stream`,
 //! `stream_options.include_usage`, `user`; every optional field may be `null`, read as not given
 //! (OpenAI types them `T | null`). Fields OpenAI has that change the answer's form or

@@ -30,8 +30,10 @@ use fastdllm_engine::GenerationSettings;
 
 /// Most choices (`n`) per prompt, as OpenAI allows.
 pub const MAX_N: usize = 128;
-/// Most stop strings, as OpenAI allows.
-pub const MAX_STOP: usize = 4;
+/// Most stop strings. OpenAI allows 4, but lm-evaluation-harness's `local-completions` sends 5
+/// (its `until` plus the tokenizer's end-of-sequence text) and other clients more; the bound
+/// keeps the matching after every step cheap (each string is searched in the committed text).
+pub const MAX_STOP: usize = 16;
 
 /// The server-side defaults of every knob (the `serve` flags).
 #[derive(Debug, Clone, PartialEq)]
@@ -679,7 +681,7 @@ pub fn resolve_knobs(
     family: ModelFamily,
 ) -> Result<GenerationSettings, ApiError> {
     use fastdllm_engine::Source;
-    // OpenAI's cap on stop strings is the API's, not the engine's.
+    // The cap on stop strings is the API's, not the engine's.
     if let Some(n) = knobs
         .stop
         .as_ref()
@@ -688,7 +690,7 @@ pub fn resolve_knobs(
     {
         return Err(bad(
             "stop",
-            format!("stop holds {n} strings: at most {MAX_STOP}"),
+            format!("stop holds {n} strings: at most {MAX_STOP} are accepted"),
         ));
     }
     // Without --steps, steps follow the canvas.
