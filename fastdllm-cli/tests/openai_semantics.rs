@@ -576,6 +576,55 @@ fn refusals_name_every_field_and_include_obfuscation_false_is_neutral() {
     assert_eq!(v["error"]["code"], "unsupported_parameter", "{v}");
 }
 
+/// An empty completion prompt is accepted, as OpenAI and vLLM take it: the tokenizer's BOS
+/// starts it (the answer is the engine's for the prompt of BOS alone). A tokenizer that adds
+/// no special token gives no id at all: a 400 naming `prompt`.
+#[test]
+fn empty_completion_prompt_starts_from_bos() {
+    let loaded = common::load_bundled("llada-tiny");
+    let bos = loaded.tokenizer.encode("", true).unwrap();
+    assert_eq!(bos.len(), 1, "{bos:?}");
+    let want = loaded
+        .tokenizer
+        .decode(&solo_ids(&loaded, &bos, &defaults()))
+        .unwrap();
+    let srv = start("llada-tiny");
+    let c = format!("{}/v1/completions", srv.url());
+    let (s, v) = post_json(&c, &json!({"prompt": "", "seed": 0}));
+    assert_eq!((s, texts(&v)), (200, vec![want]), "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], 1, "{v}");
+    let (s, v) = post_json(&c, &json!({"prompt": ["", "4+9="], "seed": 0}));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(texts(&v)[1], "13", "{v}");
+    // The same model with its tokenizer's post-processor (the BOS) removed.
+    let mut loaded = common::load_bundled("llada-tiny");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/llada-tiny/tokenizer.json");
+    let mut json: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    json["post_processor"] = Value::Null;
+    let dir = std::env::temp_dir().join(format!("fastdllm-no-bos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tokenizer.json");
+    std::fs::write(&file, json.to_string()).unwrap();
+    loaded.tokenizer = fastdllm_models::Tokenizer::from_file(&file).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(loaded.tokenizer.encode("", true).unwrap().is_empty());
+    let cfg = ServeConfig::new(
+        "llada-tiny",
+        Defaults {
+            settings: defaults(),
+            explicit_steps: false,
+        },
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let srv = serve::spawn(listener, loaded, cfg, 2).unwrap();
+    let (s, v) = post_json(
+        &format!("{}/v1/completions", srv.url()),
+        &json!({"prompt": ""}),
+    );
+    assert_400(s, &v, "prompt");
+}
+
 #[test]
 fn stream_options_include_usage_ends_with_a_usage_chunk() {
     let srv = start("llada-tiny");

@@ -401,7 +401,7 @@ fn bad_requests_are_openai_errors() {
     assert_error(s, &v, 400, Some("steps"));
     let (s, v) = post_json(&c, &json!({"prompt": "4+9=", "cache": "huge"}));
     assert_error(s, &v, 400, Some("cache"));
-    let (s, v) = post_json(&c, &json!({"prompt": "   "}));
+    let (s, v) = post_json(&c, &json!({"prompt": [[]]}));
     assert_error(s, &v, 400, Some("prompt"));
     let (s, v) = post_json(&c, &json!({"prompt": []}));
     assert_error(s, &v, 400, Some("prompt"));

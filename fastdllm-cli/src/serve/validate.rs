@@ -197,10 +197,13 @@ impl Validator {
         })
     }
 
-    /// The cheap checks of one prompt text, before any tokenization: not empty, and not longer
-    /// in bytes than the model's maximum length allows ([`prompt_byte_cap`]).
+    /// The cheap checks of one prompt text, before any tokenization: a rendered chat not blank,
+    /// and no text longer in bytes than the model's maximum length allows
+    /// ([`prompt_byte_cap`]). A completion prompt may be empty or blank, as OpenAI and vLLM
+    /// take it: the tokenizer's special tokens (BOS) still start it, and a text that tokenizes
+    /// to no id at all is refused after tokenization ([`Validator::tokenize`]).
     fn check_text(&self, text: &str, field: &str, param: &str) -> Result<(), ApiError> {
-        if text.trim().is_empty() {
+        if field == "messages" && text.trim().is_empty() {
             return Err(ApiError::invalid(
                 Some(field),
                 format!("{param}: the prompt is empty"),
@@ -244,6 +247,11 @@ impl Validator {
             }
             PromptInput::Ids(ids) => ids.clone(),
         };
+        if ids.is_empty() {
+            return Err(bad(format!(
+                "{param}: the prompt is empty: it has no token (this tokenizer adds no BOS to an empty text)"
+            )));
+        }
         let max = self.spec.max_seq_len;
         // Saturating: a sum past usize::MAX exceeds any model's maximum just the same.
         let total = ids.len().saturating_add(gen);
