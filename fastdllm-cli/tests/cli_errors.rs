@@ -183,6 +183,28 @@ fn bad_prompts() {
     expect_error(&["generate", "--prompt-ids", "51,x"], &["'x'", "token id"]);
 }
 
+/// `--prompt-file`: an unreadable file and one over the size cap (the tiny model's max_seq_len
+/// 512 x 16 bytes) are errors naming the path.
+#[test]
+fn bad_prompt_files() {
+    let missing =
+        std::env::temp_dir().join(format!("fastdllm-no-such-dir-{}/p.txt", std::process::id()));
+    let missing = missing.display().to_string();
+    expect_error(
+        &["generate", "--prompt-file", &missing],
+        &[&missing, "cannot read"],
+    );
+    let dir = broken_copy("prompt-file");
+    let big = dir.join("big.txt");
+    std::fs::write(&big, "a".repeat(512 * 16 + 1)).unwrap();
+    let big = big.display().to_string();
+    expect_error(
+        &["generate", "--prompt-file", &big],
+        &[&big, "larger than 8192 bytes"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn bad_knobs() {
     expect_error(

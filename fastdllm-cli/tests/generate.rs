@@ -62,3 +62,44 @@ fn an_empty_stop_string_is_an_error_naming_the_flag() {
         "{stderr}"
     );
 }
+
+/// `--prompt -` reads the prompt from stdin, `--prompt-file` from a file (one trailing newline
+/// dropped): the same answer as the text given with `--prompt`.
+#[test]
+fn prompt_from_stdin_and_from_a_file() {
+    use std::io::Write;
+    let run = |args: &[&str], stdin: &str| -> Value {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fastdllm"))
+            .args(["generate", "--json"])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("binary runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("one JSON object")
+    };
+    let given = generate(&[]);
+    let piped = run(&["--prompt", "-"], "copy 3dbk......=\n");
+    assert_eq!(piped["prompt_ids"], given["prompt_ids"], "{piped}");
+    assert_eq!(piped["text"], "3dbk", "{piped}");
+    let file = std::env::temp_dir().join(format!("fastdllm-prompt-{}.txt", std::process::id()));
+    std::fs::write(&file, "copy 3dbk......=\n").unwrap();
+    let path = file.display().to_string();
+    let read = run(&["--prompt-file", &path], "");
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(read["prompt_ids"], given["prompt_ids"], "{read}");
+    assert_eq!(read["text"], "3dbk", "{read}");
+}

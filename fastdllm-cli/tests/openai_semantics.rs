@@ -233,11 +233,25 @@ fn stop_cuts_at_the_first_match_and_streams_never_overshoot() {
         &json!({"prompt": prompt, "stop": "dbk", "block_length": 2}),
     );
     assert_eq!(texts(&v), vec!["3".to_string()]);
-    let (s, v) = post_json(
-        &c,
-        &json!({"prompt": prompt, "stop": ["a", "b", "c", "d", "e"]}),
-    );
+    // lm-eval's local-completions sends 5 (its `until` plus the tokenizer's EOS): honoured, as
+    // every count up to MAX_STOP = 16; 17 is a 400 naming `stop` and the cap.
+    let five = json!(["\n\n", "Question:", "<|endoftext|>", "b", "zz"]);
+    let (s, v) = post_json(&c, &json!({"prompt": prompt, "stop": five}));
+    assert_eq!((s, texts(&v)), (200, vec!["3d".to_string()]), "{v}");
+    let mut many: Vec<String> = (0..15).map(|i| format!("zz{i}")).collect();
+    many.push("k".into());
+    let (s, v) = post_json(&c, &json!({"prompt": prompt, "stop": many}));
+    assert_eq!((s, texts(&v)), (200, vec!["3db".to_string()]), "{v}");
+    many.push("zz".into());
+    let (s, v) = post_json(&c, &json!({"prompt": prompt, "stop": many}));
     assert_400(s, &v, "stop");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 16"),
+        "{v}"
+    );
     let (s, v) = post_json(&c, &json!({"prompt": prompt, "stop": [""]}));
     assert_400(s, &v, "stop");
     let (s, v) = post_json(&c, &json!({"prompt": prompt, "stop": 5}));
@@ -471,6 +485,144 @@ fn unsupported_fields_are_400s_unless_neutral_and_unknown_fields_are_rejected() 
     );
     assert_eq!(s, 200, "{v}");
     assert!(v["choices"][0]["logprobs"].is_null(), "{v}");
+}
+
+/// Every optional field typed `T | null` by OpenAI (SDK wrappers send the nulls) reads `null`
+/// as "not given": the same answer as without the field.
+#[test]
+fn optional_fields_accept_null_as_not_given() {
+    let srv = start("llada-tiny");
+    let c = format!("{}/v1/completions", srv.url());
+    let chat = format!("{}/v1/chat/completions", srv.url());
+    let nulls = json!({"model": null, "stream": null, "stream_options": null, "provisional": null,
+        "n": null, "stop": null, "max_tokens": null, "max_completion_tokens": null, "seed": null,
+        "temperature": null, "top_p": null, "user": null, "gen_length": null,
+        "block_length": null, "steps": null, "cache": null, "threshold": null, "factor": null,
+        "top_k": null, "logprobs": null, "echo": null});
+    let with_nulls = |mut body: Value| {
+        for (k, v) in nulls.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let (s, v) = post_json(&c, &with_nulls(json!({"prompt": "4+9="})));
+    assert_eq!((s, texts(&v)), (200, vec!["13".to_string()]), "{v}");
+    let msg = json!([{"role": "user", "content": "4+9="}]);
+    let (s, plain) = post_json(&chat, &json!({"messages": msg}));
+    assert_eq!(s, 200, "{plain}");
+    let (s, v) = post_json(&chat, &with_nulls(json!({"messages": msg})));
+    assert_eq!((s, texts(&v)), (200, texts(&plain)), "{v}");
+    // Streamed, with the options' own fields null: no usage chunk.
+    for body in [
+        json!({"prompt": "4+9=", "stream": true, "provisional": null,
+               "stream_options": {"include_usage": null}}),
+        json!({"prompt": "4+9=", "stream": true, "stream_options": null}),
+    ] {
+        let (s, t) = post(&c, &body);
+        assert_eq!(s, 200, "{t}");
+        let (chunks, done) = sse_chunks(&t);
+        assert!(done, "{t}");
+        assert!(chunks.iter().all(|c| c.get("usage").is_none()), "{t}");
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["text"].as_str())
+            .collect();
+        assert_eq!(text, "13", "{t}");
+    }
+}
+
+/// Several refused fields: one error naming every one of them (the unsupported OpenAI fields
+/// first, then the unknown ones, each by name). `stream_options.include_obfuscation`: its
+/// neutral `false` is accepted, `true` refused.
+#[test]
+fn refusals_name_every_field_and_include_obfuscation_false_is_neutral() {
+    let srv = start("llada-tiny");
+    let c = format!("{}/v1/completions", srv.url());
+    let (s, v) = post_json(
+        &c,
+        &json!({"prompt": "4+9=", "zeta": 1, "logprobs": 2, "echo": true, "alpha": 0}),
+    );
+    assert_400(s, &v, "echo");
+    assert_eq!(v["error"]["code"], "unsupported_parameter", "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    let at = |f: &str| m.find(f).unwrap_or_else(|| panic!("{f} not named: {m}"));
+    assert!(
+        at("echo") < at("logprobs") && at("logprobs") < at("alpha") && at("alpha") < at("zeta"),
+        "{m}"
+    );
+    let (s, v) = post_json(&c, &json!({"prompt": "4+9=", "zeta": 1, "alpha": 0}));
+    assert_400(s, &v, "alpha");
+    assert_eq!(v["error"]["code"], "unknown_parameter", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("zeta"),
+        "{v}"
+    );
+    for opts in [
+        json!({"include_obfuscation": false}),
+        json!({"include_obfuscation": null, "include_usage": false}),
+    ] {
+        let (s, t) = post(
+            &c,
+            &json!({"prompt": "4+9=", "stream": true, "stream_options": opts}),
+        );
+        assert_eq!(s, 200, "{t}");
+        assert!(sse_chunks(&t).1, "{t}");
+    }
+    let (s, v) = post_json(
+        &c,
+        &json!({"prompt": "4+9=", "stream": true, "stream_options": {"include_obfuscation": true}}),
+    );
+    assert_400(s, &v, "stream_options.include_obfuscation");
+    assert_eq!(v["error"]["code"], "unsupported_parameter", "{v}");
+}
+
+/// An empty completion prompt is accepted, as OpenAI and vLLM take it: the tokenizer's BOS
+/// starts it (the answer is the engine's for the prompt of BOS alone). A tokenizer that adds
+/// no special token gives no id at all: a 400 naming `prompt`.
+#[test]
+fn empty_completion_prompt_starts_from_bos() {
+    let loaded = common::load_bundled("llada-tiny");
+    let bos = loaded.tokenizer.encode("", true).unwrap();
+    assert_eq!(bos.len(), 1, "{bos:?}");
+    let want = loaded
+        .tokenizer
+        .decode(&solo_ids(&loaded, &bos, &defaults()))
+        .unwrap();
+    let srv = start("llada-tiny");
+    let c = format!("{}/v1/completions", srv.url());
+    let (s, v) = post_json(&c, &json!({"prompt": "", "seed": 0}));
+    assert_eq!((s, texts(&v)), (200, vec![want]), "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], 1, "{v}");
+    let (s, v) = post_json(&c, &json!({"prompt": ["", "4+9="], "seed": 0}));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(texts(&v)[1], "13", "{v}");
+    // The same model with its tokenizer's post-processor (the BOS) removed.
+    let mut loaded = common::load_bundled("llada-tiny");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/llada-tiny/tokenizer.json");
+    let mut json: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    json["post_processor"] = Value::Null;
+    let dir = std::env::temp_dir().join(format!("fastdllm-no-bos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tokenizer.json");
+    std::fs::write(&file, json.to_string()).unwrap();
+    loaded.tokenizer = fastdllm_models::Tokenizer::from_file(&file).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(loaded.tokenizer.encode("", true).unwrap().is_empty());
+    let cfg = ServeConfig::new(
+        "llada-tiny",
+        Defaults {
+            settings: defaults(),
+            explicit_steps: false,
+        },
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let srv = serve::spawn(listener, loaded, cfg, 2).unwrap();
+    let (s, v) = post_json(
+        &format!("{}/v1/completions", srv.url()),
+        &json!({"prompt": ""}),
+    );
+    assert_400(s, &v, "prompt");
 }
 
 #[test]

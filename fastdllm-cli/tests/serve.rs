@@ -165,6 +165,19 @@ fn completion_and_chat_round_trips() {
     assert_eq!(v["object"], "list");
     assert_eq!(v["data"][0]["id"], "llada-tiny");
     assert_eq!(v["data"][0]["object"], "model");
+    // Retrieve (OpenAI's `client.models.retrieve`): the same object; another id is a 404
+    // naming it.
+    let (s, m) = get(&format!("{url}/v1/models/llada-tiny"));
+    assert_eq!((s, &m), (200, &v["data"][0]), "{m}");
+    let (s, e) = get(&format!("{url}/v1/models/org/other-model"));
+    assert_eq!(s, 404, "{e}");
+    assert_eq!(e["error"]["code"], "model_not_found", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("'org/other-model'")),
+        "{e}"
+    );
     let (s, v) = get(&format!("{url}/health"));
     assert_eq!(s, 200);
     assert_eq!(v["status"], "ok");
@@ -388,7 +401,7 @@ fn bad_requests_are_openai_errors() {
     assert_error(s, &v, 400, Some("steps"));
     let (s, v) = post_json(&c, &json!({"prompt": "4+9=", "cache": "huge"}));
     assert_error(s, &v, 400, Some("cache"));
-    let (s, v) = post_json(&c, &json!({"prompt": "   "}));
+    let (s, v) = post_json(&c, &json!({"prompt": [[]]}));
     assert_error(s, &v, 400, Some("prompt"));
     let (s, v) = post_json(&c, &json!({"prompt": []}));
     assert_error(s, &v, 400, Some("prompt"));
@@ -509,9 +522,15 @@ fn overload_is_429() {
     let mut body = String::new();
     let mut rejected = rejected;
     let _ = rejected.read_to_string(&mut body);
-    let json_body = body.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let (head, json_body) = body.split_once("\r\n\r\n").unwrap_or(("", ""));
     let v: Value = serde_json::from_str(json_body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(v["error"]["type"], "server_overloaded", "{v}");
+    // The client is told when to retry (seconds).
+    assert!(
+        head.lines()
+            .any(|l| l.eq_ignore_ascii_case("retry-after: 1")),
+        "{head}"
+    );
     // Hang up the long one; the queued ones are then answered.
     long.shutdown(std::net::Shutdown::Both).unwrap();
     drop((long, long_reader));

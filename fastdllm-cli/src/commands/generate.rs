@@ -1,5 +1,7 @@
 //! `fastdllm generate`: one prompt (or several, batched) through the engine.
 
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -18,9 +20,14 @@ pub struct GenerateArgs {
     model: ModelArgs,
     #[command(flatten)]
     decode: DecodeArgs,
-    /// Prompt text (repeat for a batch). The model's chat template is applied unless --raw.
-    #[arg(long, required_unless_present = "prompt_ids")]
+    /// Prompt text (repeat for a batch); `-` reads it from stdin. The model's chat template is
+    /// applied unless --raw.
+    #[arg(long, required_unless_present_any = ["prompt_ids", "prompt_file"])]
     prompt: Vec<String>,
+    /// Read a prompt from a file (repeatable; after the --prompt ones in the batch). At most
+    /// the model's max_seq_len * 16 bytes; one trailing newline is dropped.
+    #[arg(long, value_name = "PATH", conflicts_with = "prompt_ids")]
+    prompt_file: Vec<PathBuf>,
     /// Prompt as comma-separated token ids, used as is (repeat for a batch).
     #[arg(long, conflicts_with = "prompt")]
     prompt_ids: Vec<String>,
@@ -61,6 +68,54 @@ pub fn parse_ids(text: &str) -> Result<Vec<u32>> {
         .collect()
 }
 
+/// Bytes of prompt text per token of the model's maximum length that `--prompt -` and
+/// `--prompt-file` read at most (no token's text is longer in the supported vocabularies).
+pub const PROMPT_BYTES_PER_TOKEN: usize = 16;
+
+/// Reads one prompt of at most `cap` bytes from `r` (`what` names the source in errors: the
+/// path, or stdin): UTF-8, one trailing newline (`\n` or `\r\n`) dropped.
+fn read_prompt(r: impl Read, what: &str, cap: usize) -> Result<String> {
+    let mut bytes = Vec::new();
+    r.take(cap as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read the prompt from {what}"))?;
+    if bytes.len() > cap {
+        bail!("the prompt in {what} is larger than {cap} bytes (the model's maximum sequence length x {PROMPT_BYTES_PER_TOKEN})");
+    }
+    let mut text = String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("the prompt in {what} is not UTF-8 text: {e}"))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
+}
+
+/// The prompt texts of `--prompt` (`-` = stdin, read once) then `--prompt-file`, each at most
+/// `cap` bytes.
+fn prompt_texts(prompt: &[String], files: &[PathBuf], cap: usize) -> Result<Vec<String>> {
+    if prompt.iter().filter(|p| p.as_str() == "-").count() > 1 {
+        bail!("--prompt - is given more than once: stdin holds one prompt");
+    }
+    let mut out = Vec::with_capacity(prompt.len() + files.len());
+    for p in prompt {
+        out.push(if p == "-" {
+            read_prompt(std::io::stdin().lock(), "stdin (--prompt -)", cap)?
+        } else {
+            p.clone()
+        });
+    }
+    for path in files {
+        let what = format!("--prompt-file {}", path.display());
+        let f = std::fs::File::open(Path::new(path))
+            .with_context(|| format!("cannot read the prompt from {what}"))?;
+        out.push(read_prompt(f, &what, cap)?);
+    }
+    Ok(out)
+}
+
 pub fn run(a: GenerateArgs) -> Result<ExitCode> {
     let (dir, loaded) = a.model.load()?;
     let spec = loaded.model.spec().clone();
@@ -75,7 +130,8 @@ pub fn run(a: GenerateArgs) -> Result<ExitCode> {
     let settings = resolve_flags(&knobs, spec.family, &defaults)?;
     print_settings(&dir, &loaded, &settings, &defaults)?;
     let prompts: Vec<Vec<u32>> = if a.prompt_ids.is_empty() {
-        a.prompt
+        let cap = spec.max_seq_len.saturating_mul(PROMPT_BYTES_PER_TOKEN);
+        prompt_texts(&a.prompt, &a.prompt_file, cap)?
             .iter()
             .map(|p| {
                 if p.trim().is_empty() {

@@ -2,13 +2,18 @@
 //! status that goes with them.
 //!
 //! Reference: the OpenAI API error object (`invalid_request_error`, `model_not_found`, ...).
-//! Deviation: overload is a `429` with type `server_overloaded` (the queue is full), shutdown a
-//! `503`.
+//! Deviation: overload is a `429` with type `server_overloaded` (the queue is full) and a
+//! `Retry-After` of [`RETRY_AFTER_SECS`], shutdown a `503`.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+
+/// The `Retry-After` of a 429, in seconds: a queue place frees as soon as any queued or running
+/// choice finishes or its client hangs up, so a short wait is the honest hint (the OpenAI SDKs
+/// wait this long before their retry, then back off on their own).
+pub const RETRY_AFTER_SECS: u64 = 1;
 
 /// An error answered to the client.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +118,11 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut r = (self.status, Json(self.body())).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        r
     }
 }

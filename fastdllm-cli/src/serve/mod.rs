@@ -3,7 +3,7 @@
 //!
 //! Routes ([`routes`]): `POST /v1/completions`, `POST /v1/chat/completions` (JSON or, with
 //! `"stream": true`, server-sent events ending with `data: [DONE]`), `GET /v1/models`,
-//! `GET /health`, `GET /metrics`. Shutdown is graceful up to a deadline: in-flight and queued
+//! `GET /v1/models/{id}`, `GET /health`, `GET /metrics`. Shutdown is graceful up to a deadline: in-flight and queued
 //! requests finish.
 //!
 //! One chat request, file by file:
@@ -197,6 +197,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(routes::completions::create))
         .route("/v1/chat/completions", post(routes::chat::create))
         .route("/v1/models", get(routes::models::list))
+        .route("/v1/models/{*id}", get(routes::models::retrieve))
         .route("/health", get(routes::health::health))
         .route("/metrics", get(routes::health::metrics))
         .fallback(routes::not_found)

@@ -8,9 +8,10 @@
 //! system / user / assistant, `content` a string or text parts, rendered with the model's chat
 //! template), `n`, `max_tokens`
 //! / `max_completion_tokens` (any positive count: the canvas is rounded up to whole blocks and
-//! the answer cut), `stop` (a string or up to 4), `seed` (without one every choice draws a fresh
+//! the answer cut), `stop` (a string or up to 16), `seed` (without one every choice draws a fresh
 //! seed), `temperature`, `top_p` (Dream; LLaDA only with the neutral 1), `stream`,
-//! `stream_options.include_usage`, `user`. Fields OpenAI has that change the answer's form or
+//! `stream_options.include_usage`, `user`; every optional field may be `null`, read as not given
+//! (OpenAI types them `T | null`). Fields OpenAI has that change the answer's form or
 //! distribution and that this server cannot honour (`logprobs`, `top_logprobs`, `echo`,
 //! `best_of`, `suffix`, `tools`, `response_format`, penalties, `logit_bias`, ...) are a 400
 //! naming the field unless they hold their neutral value; unknown fields are a 400 naming the
@@ -30,13 +31,27 @@ pub enum Route {
     Chat,
 }
 
-/// Stream options (OpenAI `stream_options`).
+/// Deserializes an optional field whose `null` means "not given", as OpenAI types its optional
+/// fields (`T | null`, which SDK wrappers send): `null` and absence both give `T::default()`.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Stream options (OpenAI `stream_options`; every field may be `null`, "not given").
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamOptions {
     /// Send a last chunk with empty `choices` and the request's `usage`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub include_usage: bool,
+    /// OpenAI's random padding of streamed chunks: not done here, so only `false` / `null` /
+    /// absent is accepted ([`super::validate::check_stream_options`]).
+    #[serde(default)]
+    pub include_obfuscation: Option<bool>,
 }
 
 /// `POST /v1/completions` (the knobs are read from the same object,
@@ -48,13 +63,14 @@ pub struct CompletionRequest {
     /// `prompt` as sent; see [`super::validate::parse_prompts`].
     #[serde(default)]
     pub prompt: Value,
-    /// Stream server-sent events.
-    #[serde(default)]
+    /// Stream server-sent events (`null` = not given).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub stream: bool,
     /// Stream options (only with `stream`).
     pub stream_options: Option<StreamOptions>,
-    /// With `stream`: also send the current block's provisional tokens after every step.
-    #[serde(default)]
+    /// With `stream`: also send the current block's provisional tokens after every step
+    /// (`null` = not given).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub provisional: bool,
     /// Choices per prompt (1..=128).
     pub n: Option<usize>,
@@ -93,13 +109,14 @@ pub struct ChatRequest {
     /// The conversation (system / user / assistant turns), rendered with the model's chat
     /// template.
     pub messages: Vec<RequestMessage>,
-    /// Stream server-sent events.
-    #[serde(default)]
+    /// Stream server-sent events (`null` = not given).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub stream: bool,
     /// Stream options (only with `stream`).
     pub stream_options: Option<StreamOptions>,
-    /// With `stream`: also send the current block's provisional tokens after every step.
-    #[serde(default)]
+    /// With `stream`: also send the current block's provisional tokens after every step
+    /// (`null` = not given).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub provisional: bool,
     /// Choices (1..=128).
     pub n: Option<usize>,

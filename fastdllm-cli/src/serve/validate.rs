@@ -30,8 +30,10 @@ use fastdllm_engine::GenerationSettings;
 
 /// Most choices (`n`) per prompt, as OpenAI allows.
 pub const MAX_N: usize = 128;
-/// Most stop strings, as OpenAI allows.
-pub const MAX_STOP: usize = 4;
+/// Most stop strings. OpenAI allows 4, but lm-evaluation-harness's `local-completions` sends 5
+/// (its `until` plus the tokenizer's end-of-sequence text) and other clients more; the bound
+/// keeps the matching after every step cheap (each string is searched in the committed text).
+pub const MAX_STOP: usize = 16;
 
 /// The server-side defaults of every knob (the `serve` flags).
 #[derive(Debug, Clone, PartialEq)]
@@ -195,10 +197,13 @@ impl Validator {
         })
     }
 
-    /// The cheap checks of one prompt text, before any tokenization: not empty, and not longer
-    /// in bytes than the model's maximum length allows ([`prompt_byte_cap`]).
+    /// The cheap checks of one prompt text, before any tokenization: a rendered chat not blank,
+    /// and no text longer in bytes than the model's maximum length allows
+    /// ([`prompt_byte_cap`]). A completion prompt may be empty or blank, as OpenAI and vLLM
+    /// take it: the tokenizer's special tokens (BOS) still start it, and a text that tokenizes
+    /// to no id at all is refused after tokenization ([`Validator::tokenize`]).
     fn check_text(&self, text: &str, field: &str, param: &str) -> Result<(), ApiError> {
-        if text.trim().is_empty() {
+        if field == "messages" && text.trim().is_empty() {
             return Err(ApiError::invalid(
                 Some(field),
                 format!("{param}: the prompt is empty"),
@@ -242,6 +247,11 @@ impl Validator {
             }
             PromptInput::Ids(ids) => ids.clone(),
         };
+        if ids.is_empty() {
+            return Err(bad(format!(
+                "{param}: the prompt is empty: it has no token (this tokenizer adds no BOS to an empty text)"
+            )));
+        }
         let max = self.spec.max_seq_len;
         // Saturating: a sum past usize::MAX exceeds any model's maximum just the same.
         let total = ids.len().saturating_add(gen);
@@ -472,35 +482,59 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 
 /// Checks every field name of a `route` request: an OpenAI field this server cannot honour is a
 /// 400 `unsupported_parameter` unless it holds its neutral value; an unknown field is a 400
-/// naming it (OpenAI: "Unrecognized request argument supplied").
+/// `unknown_parameter` (OpenAI: "Unrecognized request argument supplied"). When several fields
+/// are refused, the one error names them all, the unsupported OpenAI fields first, then the
+/// unknown ones, each sorted by name; `param` is the first of them.
 pub fn check_fields(obj: &Map<String, Value>, route: Route) -> Result<(), ApiError> {
     let own: &[&str] = match route {
         Route::Completions => &["prompt"],
         Route::Chat => &["messages"],
     };
+    let mut unsupported: Vec<(&str, &Value)> = Vec::new();
+    let mut unknown: Vec<&str> = Vec::new();
     for (key, value) in obj {
         if COMMON_FIELDS.contains(&key.as_str()) || own.contains(&key.as_str()) {
             continue;
         }
         match UNSUPPORTED.iter().find(|(name, _)| name == key) {
             Some((_, neutral)) if neutral(value) => {}
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    Some(key.as_str()),
-                    format!("{key} = {value} is not supported by this server (omit it or send its neutral value)"),
-                )
-                .with_code("unsupported_parameter"))
-            }
-            None => {
-                return Err(ApiError::invalid(
-                    Some(key.as_str()),
-                    format!("Unrecognized request argument supplied: {key}"),
-                )
-                .with_code("unknown_parameter"))
-            }
+            Some(_) => unsupported.push((key, value)),
+            None => unknown.push(key),
         }
     }
-    Ok(())
+    unsupported.sort_by_key(|(k, _)| *k);
+    unknown.sort_unstable();
+    let mut parts = Vec::new();
+    if !unsupported.is_empty() {
+        let list: Vec<String> = unsupported
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect();
+        parts.push(if list.len() == 1 {
+            format!(
+                "{} is not supported by this server (omit it or send its neutral value)",
+                list[0]
+            )
+        } else {
+            format!(
+                "{} are not supported by this server (omit them or send their neutral values)",
+                list.join(", ")
+            )
+        });
+    }
+    if !unknown.is_empty() {
+        let s = if unknown.len() == 1 { "" } else { "s" };
+        parts.push(format!(
+            "Unrecognized request argument{s} supplied: {}",
+            unknown.join(", ")
+        ));
+    }
+    let (param, code) = match (unsupported.first(), unknown.first()) {
+        (Some((k, _)), _) => (*k, "unsupported_parameter"),
+        (None, Some(k)) => (*k, "unknown_parameter"),
+        (None, None) => return Ok(()),
+    };
+    Err(ApiError::invalid(Some(param), parts.join("; ")).with_code(code))
 }
 
 /// Deserialises a field set of `obj` into `T`; a wrong type is a 400 naming the field.
@@ -621,12 +655,19 @@ pub fn check_n(n: Option<usize>) -> Result<usize, ApiError> {
 }
 
 /// Checks `stream_options` (only with `stream`, as OpenAI) and returns `include_usage`.
+/// `include_obfuscation` (OpenAI's random padding of chunks) is not done: `false` or `null` is
+/// accepted, `true` is a 400 `unsupported_parameter`.
 pub fn check_stream_options(stream: bool, o: Option<StreamOptions>) -> Result<bool, ApiError> {
     match o {
         Some(_) if !stream => Err(ApiError::invalid(
             Some("stream_options"),
             "stream_options is only allowed when stream is true",
         )),
+        Some(o) if o.include_obfuscation == Some(true) => Err(ApiError::invalid(
+            Some("stream_options.include_obfuscation"),
+            "stream_options.include_obfuscation = true is not supported by this server (omit it or send false)",
+        )
+        .with_code("unsupported_parameter")),
         Some(o) => Ok(o.include_usage),
         None => Ok(false),
     }
@@ -648,7 +689,7 @@ pub fn resolve_knobs(
     family: ModelFamily,
 ) -> Result<GenerationSettings, ApiError> {
     use fastdllm_engine::Source;
-    // OpenAI's cap on stop strings is the API's, not the engine's.
+    // The cap on stop strings is the API's, not the engine's.
     if let Some(n) = knobs
         .stop
         .as_ref()
@@ -657,7 +698,7 @@ pub fn resolve_knobs(
     {
         return Err(bad(
             "stop",
-            format!("stop holds {n} strings: at most {MAX_STOP}"),
+            format!("stop holds {n} strings: at most {MAX_STOP} are accepted"),
         ));
     }
     // Without --steps, steps follow the canvas.

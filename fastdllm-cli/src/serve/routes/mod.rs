@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `POST /v1/completions` | [`completions`] | Completions (`text_completion`) |
 //! | `POST /v1/chat/completions` | [`chat`] | Chat Completions (`chat.completion`, `chat.completion.chunk`) |
-//! | `GET /v1/models` | [`models`] | Models (`list` of `model`) |
+//! | `GET /v1/models`, `GET /v1/models/{id}` | [`models`] | Models (`list` of `model`; `model`) |
 //! | `GET /health`, `GET /metrics` | [`health`] | none (llama.cpp's and vLLM's `/health`; Prometheus) |
 //! | anything else | [`not_found`] (404), [`method_not_allowed`] (405) | OpenAI's error object |
 //!
@@ -62,7 +62,7 @@ pub async fn answer<T: Serialize>(
 
 /// Any other path: 404 `not_found`, listing the routes.
 pub async fn not_found() -> ApiError {
-    ApiError::invalid(None, "unknown route; see POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics")
+    ApiError::invalid(None, "unknown route; see POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /health, GET /metrics")
         .with_status(StatusCode::NOT_FOUND)
         .with_code("not_found")
 }
