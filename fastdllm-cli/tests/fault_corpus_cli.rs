@@ -183,6 +183,7 @@ fn flag_sets() -> Vec<(Vec<String>, Vec<String>)> {
         .collect();
     files.sort();
     let fixtures = fastdllm_conformance::paths::fixtures_dir();
+    let templates = fastdllm_conformance::paths::repo_root().join("faults/cli/templates");
     let mut sets = Vec::new();
     for f in files {
         for line in std::fs::read_to_string(&f).unwrap().lines() {
@@ -204,6 +205,7 @@ fn flag_sets() -> Vec<(Vec<String>, Vec<String>)> {
                         "{dream}",
                         &fixtures.join("dream-tiny").display().to_string(),
                     )
+                    .replace("{templates}", &templates.display().to_string())
                 })
                 .collect();
             let needles = needles.split(',').map(|n| n.trim().to_string()).collect();

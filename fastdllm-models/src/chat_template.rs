@@ -97,6 +97,18 @@ impl PartialEq for JinjaTemplate {
 
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// Instructions one rendering may execute (minijinja's fuel). A chat template is a program: a
+/// nested `range(100000)` would otherwise pin a thread for hours. Real templates over long
+/// conversations take far less (tens of instructions per message).
+pub const RENDER_FUEL: u64 = 20_000_000;
+
+/// Largest rendered prompt, in bytes: rendering stops with an error past it (no model's
+/// context holds more text).
+pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+
+/// Largest template file, in bytes (the largest checkpoint templates are tens of KiB).
+pub const MAX_TEMPLATE_FILE_BYTES: u64 = 1 << 20;
+
 impl JinjaTemplate {
     /// Compiles `source`; `origin` names where it came from in errors (a file path, or
     /// `<dir>/tokenizer_config.json`). Errors: [`Error::ChatTemplate`] with minijinja's syntax
@@ -108,6 +120,7 @@ impl JinjaTemplate {
         // lstrip_blocks=True, extensions=[loopcontrols]).
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(RENDER_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
@@ -124,12 +137,31 @@ impl JinjaTemplate {
         })
     }
 
-    /// Reads and compiles the template file `path` (e.g. a `chat_template.jinja`).
+    /// Reads and compiles the template file `path` (e.g. a `chat_template.jinja`). Errors: a
+    /// path that is not a regular file (a FIFO would block forever), a file over
+    /// [`MAX_TEMPLATE_FILE_BYTES`], a read error, or the template's syntax error.
     pub fn from_file(path: &Path, tokens: TemplateTokens) -> Result<Self> {
-        let source = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let io = |source| Error::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        let refuse = |message: String| Error::ChatTemplate {
+            origin: path.display().to_string(),
+            message,
+        };
+        if !meta.is_file() {
+            return Err(refuse(
+                "not a regular file (give the path of a Jinja template file)".into(),
+            ));
+        }
+        if meta.len() > MAX_TEMPLATE_FILE_BYTES {
+            return Err(refuse(format!(
+                "the file is {} bytes: more than the {MAX_TEMPLATE_FILE_BYTES} bytes a chat template may have",
+                meta.len()
+            )));
+        }
+        let source = std::fs::read_to_string(path).map_err(io)?;
         Self::new(&source, path.display().to_string(), tokens)
     }
 
@@ -145,7 +177,8 @@ impl JinjaTemplate {
 
     /// Renders `messages` as transformers' `apply_chat_template(messages, tokenize=False,
     /// add_generation_prompt=...)` does. Errors: [`Error::ChatTemplate`] with the template's
-    /// `raise_exception` message or minijinja's error.
+    /// `raise_exception` message or minijinja's error, or when the rendering runs more than
+    /// [`RENDER_FUEL`] instructions or writes more than [`MAX_RENDERED_BYTES`].
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let template = self
             .env
@@ -159,7 +192,26 @@ impl JinjaTemplate {
             bos_token => self.tokens.bos_token.as_deref().unwrap_or_default(),
             eos_token => self.tokens.eos_token.as_deref().unwrap_or_default(),
         };
-        template.render(ctx).map_err(|e| self.error(&e))
+        let mut out = CappedWriter::default();
+        match template.render_captured_to(ctx, &mut out) {
+            Ok(_) => String::from_utf8(out.buf).map_err(|e| Error::ChatTemplate {
+                origin: self.origin.clone(),
+                message: format!("the rendered prompt is not UTF-8: {e}"),
+            }),
+            Err(_) if out.exceeded => Err(Error::ChatTemplate {
+                origin: self.origin.clone(),
+                message: format!(
+                    "the rendered prompt exceeds {MAX_RENDERED_BYTES} bytes (a template that writes without end?)"
+                ),
+            }),
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => Err(Error::ChatTemplate {
+                origin: self.origin.clone(),
+                message: format!(
+                    "rendering ran more than {RENDER_FUEL} instructions (a template that loops without end?)"
+                ),
+            }),
+            Err(e) => Err(self.error(&e)),
+        }
     }
 
     fn error(&self, e: &minijinja::Error) -> Error {
@@ -167,6 +219,28 @@ impl JinjaTemplate {
             origin: self.origin.clone(),
             message: describe(e),
         }
+    }
+}
+
+/// The rendering's output, refused past [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct CappedWriter {
+    buf: Vec<u8>,
+    exceeded: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + bytes.len() > MAX_RENDERED_BYTES {
+            self.exceeded = true;
+            return Err(std::io::Error::other("the rendered prompt is too large"));
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

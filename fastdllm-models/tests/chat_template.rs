@@ -136,6 +136,63 @@ fn bad_template_is_an_error_naming_the_file() {
     assert!(!text.contains('\n'), "one line: {text}");
 }
 
+/// A chat template is a program: a loop without end stops at the instruction budget, a text
+/// without end at the output cap, each with one line naming the template; a template path
+/// that is not a regular file (a FIFO would block the reader forever) is refused before it is
+/// opened.
+#[test]
+fn templates_are_bounded_and_must_be_files() {
+    use fastdllm_models::chat_template::{MAX_RENDERED_BYTES, RENDER_FUEL};
+    let render = |source: &str| {
+        JinjaTemplate::new(source, "t.jinja", TemplateTokens::default())
+            .unwrap()
+            .render(&[Message::user("hi")], true)
+    };
+    let loops =
+        render("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}")
+            .unwrap_err()
+            .to_string();
+    assert!(
+        loops.contains("t.jinja") && loops.contains(&RENDER_FUEL.to_string()),
+        "{loops}"
+    );
+    let huge = render(r#"{% for i in range(100) %}{{ "x" * 1000000 }}{% endfor %}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(huge.contains(&MAX_RENDERED_BYTES.to_string()), "{huge}");
+    // A long but legitimate conversation renders.
+    let history: Vec<Message> = (0..2000)
+        .map(|i| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, "some words"))
+        .collect();
+    let t = JinjaTemplate::new(
+        "{% for m in messages %}<{{ m.role }}>{{ m.content | trim }}</s>{% endfor %}",
+        "t.jinja",
+        TemplateTokens::default(),
+    )
+    .unwrap();
+    assert!(t.render(&history, true).unwrap().len() > 2000 * 10);
+
+    let dir = TempDir::new("template-kinds");
+    let err = JinjaTemplate::from_file(dir.path(), TemplateTokens::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    #[cfg(unix)]
+    {
+        let fifo = dir.file("fifo.jinja");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let err = JinjaTemplate::from_file(&fifo, TemplateTokens::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("fifo.jinja") && err.contains("not a regular file"),
+                "{err}"
+            );
+        }
+    }
+}
+
 /// A copy of the tiny LLaDA fixture with `files` written into it.
 fn model_dir(tag: &str, files: &[(&str, &str)]) -> TempDir {
     let dir = TempDir::copy_of("llada-tiny", tag);
