@@ -63,6 +63,36 @@ pub struct Validated {
     pub include_usage: bool,
 }
 
+/// What both routes check alike ([`Validator::shared`]), before their prompts are tokenized.
+struct Shared {
+    n: usize,
+    include_usage: bool,
+    settings: GenerationSettings,
+}
+
+impl Shared {
+    /// The validated request of the tokenized `prompts`.
+    fn validated(
+        self,
+        prompts: Vec<Vec<TokenId>>,
+        knobs: &Knobs,
+        stream: bool,
+        provisional: bool,
+    ) -> Validated {
+        Validated {
+            generation: Generation {
+                prompts,
+                n: self.n,
+                settings: self.settings,
+                seed: knobs.seed,
+                stream,
+                provisional,
+            },
+            include_usage: self.include_usage,
+        }
+    }
+}
+
 impl Validated {
     /// The prompts' tokens (after templating; each prompt counted once, whatever `n`).
     pub fn prompt_tokens(&self) -> usize {
@@ -115,12 +145,15 @@ impl Validator {
     ) -> Result<Validated, ApiError> {
         let r: CompletionRequest = parse_request(&body, Route::Completions)?;
         drop(body);
-        check_model(r.model.as_deref(), &self.model_id)?;
-        let n = check_n(r.n)?;
-        let include_usage = check_stream_options(r.stream, r.stream_options)?;
+        let shared = self.shared(
+            r.model.as_deref(),
+            r.n,
+            r.stream,
+            r.stream_options,
+            &r.knobs,
+        )?;
         let inputs = parse_prompts(&r.prompt)?;
-        let settings = resolve_knobs(&r.knobs, &self.defaults, self.spec.family)?;
-        let gen = settings.decode.gen_length;
+        let gen = shared.settings.decode.gen_length;
         let many = inputs.len() > 1;
         let named = inputs
             .into_iter()
@@ -135,16 +168,24 @@ impl Validator {
             })
             .collect();
         let prompts = self.tokenize_all(named, false, gen).await?;
-        Ok(Validated {
-            generation: Generation {
-                prompts,
-                n,
-                settings,
-                seed: r.knobs.seed,
-                stream: r.stream,
-                provisional: r.provisional,
-            },
-            include_usage,
+        Ok(shared.validated(prompts, &r.knobs, r.stream, r.provisional))
+    }
+
+    /// The checks both routes share: `model`, `n`, `stream_options`, and the knobs resolved
+    /// into the request's settings ([`resolve_knobs`]).
+    fn shared(
+        &self,
+        model: Option<&str>,
+        n: Option<usize>,
+        stream: bool,
+        stream_options: Option<StreamOptions>,
+        knobs: &Knobs,
+    ) -> Result<Shared, ApiError> {
+        check_model(model, &self.model_id)?;
+        Ok(Shared {
+            n: check_n(n)?,
+            include_usage: check_stream_options(stream, stream_options)?,
+            settings: resolve_knobs(knobs, &self.defaults, self.spec.family)?,
         })
     }
 
@@ -153,9 +194,13 @@ impl Validator {
     pub async fn chat(self: &Arc<Self>, body: axum::body::Bytes) -> Result<Validated, ApiError> {
         let r: ChatRequest = parse_request(&body, Route::Chat)?;
         drop(body);
-        check_model(r.model.as_deref(), &self.model_id)?;
-        let n = check_n(r.n)?;
-        let include_usage = check_stream_options(r.stream, r.stream_options)?;
+        let shared = self.shared(
+            r.model.as_deref(),
+            r.n,
+            r.stream,
+            r.stream_options,
+            &r.knobs,
+        )?;
         let messages = chat_messages(&r.messages)?;
         // The byte cap before rendering: the contents alone must fit.
         let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
@@ -169,7 +214,6 @@ impl Validator {
             )
             .with_code("context_length_exceeded"));
         }
-        let settings = resolve_knobs(&r.knobs, &self.defaults, self.spec.family)?;
         // Rendered on a blocking thread (a template is a program; its cost grows with the
         // history).
         let v = self.clone();
@@ -181,20 +225,10 @@ impl Validator {
             .tokenize_all(
                 vec![(PromptInput::Text(text), "messages".to_string())],
                 true,
-                settings.decode.gen_length,
+                shared.settings.decode.gen_length,
             )
             .await?;
-        Ok(Validated {
-            generation: Generation {
-                prompts,
-                n,
-                settings,
-                seed: r.knobs.seed,
-                stream: r.stream,
-                provisional: r.provisional,
-            },
-            include_usage,
-        })
+        Ok(shared.validated(prompts, &r.knobs, r.stream, r.provisional))
     }
 
     /// The cheap checks of one prompt text, before any tokenization: a rendered chat not blank,
