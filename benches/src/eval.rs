@@ -549,8 +549,10 @@ pub fn evaluate(
     let mut inblock_refreshes = 0usize;
     let mut drifts: Vec<f64> = Vec::new();
     for (chunk_tasks, chunk_prompts) in tasks.chunks(batch).zip(prompts.chunks(batch)) {
-        // Row seeds follow the task's index, so the answers do not depend on --batch.
-        let seeds = engine::row_seeds(settings.seed, outcomes.len(), chunk_prompts.len());
+        // Every task draws from the seed itself: each task is its own request to a server, whose
+        // first choice keeps the request's seed, so a seeded run of a client harness against
+        // `fastdllm serve` equals this one. Rows draw independently: --batch changes nothing.
+        let seeds = vec![settings.seed; chunk_prompts.len()];
         let gen = engine::run(model, chunk_prompts, &seeds, settings, &opts)?;
         for st in gen.trace.iter().flat_map(|t| &t.steps) {
             positions += st.window.len() * chunk_prompts.len();

@@ -468,3 +468,44 @@ fn choice_figure5_subset_matches_results_md() {
         }
     }
 }
+
+/// `fastdllm eval --seed S` seeds every task with S, as a server seeds a request's first choice
+/// with the request's seed: at a temperature > 0 each task's answer equals a solo run of its
+/// prompt with seed S (what a client harness sending `seed: S` per task gets), whatever the
+/// batch.
+#[test]
+fn eval_seeds_every_task_as_a_request() {
+    let tasks = parse_tasks(EIGHT, "eight").unwrap();
+    let mut base = base_settings(32, 8);
+    base.proposer.temperature = 3.0;
+    base.seed = 7;
+    let model = bundled_model("llada-tiny");
+    let loaded =
+        fastdllm_models::load_model(&model, &candle_core::Device::Cpu, candle_core::DType::F32)
+            .unwrap();
+    let prompts = fastdllm_benches::eval::encode_prompts(&loaded, &tasks, true).unwrap();
+    for batch in [1, 3] {
+        let report = run_eval(&model, &tasks, "none/fixed", &base, true, batch).unwrap();
+        let s = SettingSpec::resolve(
+            &parse_settings("none/fixed").unwrap()[0],
+            &base,
+            ModelFamily::Llada,
+        )
+        .unwrap();
+        for (i, (o, p)) in report[0].outcomes.iter().zip(&prompts).enumerate() {
+            let solo = fastdllm_engine::run_rows(
+                loaded.model.as_ref(),
+                Some(&loaded.tokenizer),
+                std::slice::from_ref(p),
+                &[s.unmask],
+                &[7],
+                &s,
+                &Default::default(),
+                &mut |_, _| {},
+            )
+            .unwrap();
+            let text = solo.answers[0].text.clone().unwrap_or_default();
+            assert_eq!(o.output.trim(), text.trim(), "task {i}, batch {batch}");
+        }
+    }
+}
