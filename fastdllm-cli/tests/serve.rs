@@ -933,3 +933,68 @@ fn template_exception_is_a_400_with_its_message() {
     );
     srv.shutdown().unwrap();
 }
+
+/// A message's `name` reaches the chat template as transformers passes it (present only when
+/// given); an assistant turn with tool calls is one 400 naming `tool_calls`, never a turn whose
+/// call is silently dropped.
+#[test]
+fn message_names_reach_the_template_and_tool_calls_are_refused() {
+    let mut loaded = load();
+    let template = fastdllm_models::ChatTemplate::Jinja(
+        fastdllm_models::JinjaTemplate::new(
+            "{{ bos_token }}{% for m in messages %}{% if m.name is defined %}{{ m.name }}:{% endif %}{{ m.content }} {% endfor %}",
+            "test template",
+            loaded.info.template_tokens.clone(),
+        )
+        .unwrap(),
+    );
+    loaded.info.chat_template = template.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let srv = serve::spawn(
+        listener,
+        loaded.clone(),
+        ServeConfig::new("llada-tiny", defaults()),
+        2,
+    )
+    .unwrap();
+    let url = format!("{}/v1/chat/completions", srv.url());
+    let prompt_tokens = |messages: &[fastdllm_models::Message]| {
+        let text = template.render(messages).unwrap();
+        loaded.tokenizer.encode(&text, false).unwrap().len()
+    };
+    let named = [fastdllm_models::Message::user("copy ab=").with_name("bob")];
+    let plain = [fastdllm_models::Message::user("copy ab=")];
+    assert!(prompt_tokens(&named) > prompt_tokens(&plain));
+    let (s, v) = post_json(
+        &url,
+        &json!({"messages": [{"role": "user", "content": "copy ab=", "name": "bob"}], "max_tokens": 8}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], prompt_tokens(&named), "{v}");
+    let (s, v) = post_json(
+        &url,
+        &json!({"messages": [{"role": "user", "content": "copy ab=", "name": null}], "max_tokens": 8}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], prompt_tokens(&plain), "{v}");
+
+    let call =
+        json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]);
+    for content in [json!(""), json!(null), json!("calling f")] {
+        let (s, v) = post_json(
+            &url,
+            &json!({"messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": content, "tool_calls": call},
+                {"role": "user", "content": "and?"}
+            ]}),
+        );
+        assert_error(s, &v, 400, Some("messages[1].tool_calls"));
+    }
+    // An empty list of calls is no call.
+    let (s, v) = post_json(
+        &url,
+        &json!({"messages": [{"role": "assistant", "content": "ab", "tool_calls": []}, {"role": "user", "content": "copy ab="}], "max_tokens": 8}),
+    );
+    assert_eq!(s, 200, "{v}");
+}

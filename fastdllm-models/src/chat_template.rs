@@ -43,6 +43,10 @@ pub struct Message {
     pub role: String,
     /// The text.
     pub content: String,
+    /// The participant's name (OpenAI's `name`), passed to the template as transformers passes
+    /// the message dict: present only when given (`message.name` is undefined otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl Message {
@@ -51,6 +55,15 @@ impl Message {
         Self {
             role: role.into(),
             content: content.into(),
+            name: None,
+        }
+    }
+
+    /// The message with the participant's `name`.
+    pub fn with_name(self, name: impl Into<String>) -> Self {
+        Self {
+            name: Some(name.into()),
+            ..self
         }
     }
 

@@ -98,6 +98,15 @@ pub struct RequestMessage {
     /// A string or a list of content parts (`null` / absent is refused).
     #[serde(default)]
     pub content: serde_json::Value,
+    /// The participant's name, passed to the chat template (`null` = none).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// An assistant turn's tool calls: refused (this server has no tools), never dropped.
+    #[serde(default)]
+    pub tool_calls: Option<serde_json::Value>,
+    /// The deprecated single function call: refused as `tool_calls` is.
+    #[serde(default)]
+    pub function_call: Option<serde_json::Value>,
 }
 
 /// `POST /v1/chat/completions` (the knobs are read from the same object,

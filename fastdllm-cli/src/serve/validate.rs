@@ -372,6 +372,23 @@ pub fn chat_messages(messages: &[RequestMessage]) -> Result<Vec<Message>, ApiErr
     }
     let mut out = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
+        // Tool calls before content: an assistant turn that calls a tool may have no content.
+        for (key, value) in [
+            ("tool_calls", &m.tool_calls),
+            ("function_call", &m.function_call),
+        ] {
+            let given = match value {
+                None | Some(serde_json::Value::Null) => false,
+                Some(serde_json::Value::Array(calls)) => !calls.is_empty(),
+                Some(_) => true,
+            };
+            if given {
+                return Err(bad(
+                    &format!("messages[{i}].{key}"),
+                    format!("messages[{i}].{key}: tool and function calls are not supported by this server (it has no tools); send the turn's text as content"),
+                ));
+            }
+        }
         let role = match m.role.as_str() {
             "system" | "developer" => "system",
             "user" => "user",
@@ -427,7 +444,11 @@ pub fn chat_messages(messages: &[RequestMessage]) -> Result<Vec<Message>, ApiErr
                 ))
             }
         };
-        out.push(Message::new(role, content));
+        let message = Message::new(role, content);
+        out.push(match &m.name {
+            Some(name) => message.with_name(name.clone()),
+            None => message,
+        });
     }
     if out.iter().all(|m| m.content.trim().is_empty()) {
         return Err(bad(
