@@ -198,6 +198,7 @@ pub fn parse_tasks(text: &str, source: &str) -> Result<Vec<Task>> {
 
 /// Reads a task file (JSON Lines).
 pub fn read_tasks(path: &Path) -> Result<Vec<Task>> {
+    fastdllm_models::regular_file(path, "task file")?;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read task file {}", path.display()))?;
     parse_tasks(&text, &path.display().to_string())

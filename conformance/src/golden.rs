@@ -267,6 +267,7 @@ fn need(v: Option<f64>, name: &str) -> Result<f64> {
 pub fn read_cases(files: &[PathBuf]) -> Result<Vec<Case>> {
     let mut cases = Vec::new();
     for f in files {
+        fastdllm_models::regular_file(f, "golden cases file")?;
         let text = std::fs::read_to_string(f)
             .with_context(|| format!("cannot read cases file {}", f.display()))?;
         for (i, line) in text.lines().enumerate() {

@@ -357,3 +357,28 @@ fn a_full_stdout_or_stderr_is_exit_2_not_a_panic() {
         );
     }
 }
+
+/// Every file a user names by path is refused before it is opened when it is a FIFO (opening
+/// one blocks until a writer comes) or another non-regular file: the prompt, task, chat
+/// template and API-key files. One line naming the path, exit 2, no hang.
+#[cfg(unix)]
+#[test]
+fn fifos_are_refused_wherever_a_file_is_read() {
+    let dir = broken_copy("fifos");
+    let fifo = dir.join("input.fifo");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let fifo = fifo.display().to_string();
+    for args in [
+        vec!["generate", "--prompt-file", &fifo],
+        vec!["generate", "--prompt", "hi", "--chat-template", &fifo],
+        vec!["eval", "--tasks", &fifo],
+        vec!["serve", "--port", "0", "--api-key-file", &fifo],
+    ] {
+        expect_error(&args, &[&fifo, "not a regular file", "FIFO"]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -42,14 +42,7 @@ pub(crate) fn measure(
 fn drift_stats(cached: &Tensor, exact: &Tensor, rows: &[Vec<usize>]) -> Result<DriftStats> {
     let cached = cached.to_dtype(DType::F64)?.to_vec3::<f64>()?;
     let exact = exact.to_dtype(DType::F64)?.to_vec3::<f64>()?;
-    let mut s = DriftStats {
-        cosine_min: f64::INFINITY,
-        cosine_mean: 0.0,
-        max_abs_diff: 0.0,
-        argmax_agreement: 0.0,
-        kl_mean: 0.0,
-        rows: 0,
-    };
+    let mut s = DriftStats::empty();
     for (b, rs) in rows.iter().enumerate() {
         for &i in rs {
             let (c, e) = (&cached[b][i], &exact[b][i]);

@@ -35,6 +35,20 @@ pub struct DriftStats {
     pub rows: usize,
 }
 
+impl DriftStats {
+    /// The identity of aggregation: no row compared yet (`cosine_min` is +inf until a row is).
+    pub(crate) fn empty() -> Self {
+        DriftStats {
+            cosine_min: f64::INFINITY,
+            cosine_mean: 0.0,
+            max_abs_diff: 0.0,
+            argmax_agreement: 0.0,
+            kl_mean: 0.0,
+            rows: 0,
+        }
+    }
+}
+
 /// One forward and its outcome.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StepRecord {
@@ -79,14 +93,7 @@ impl Trace {
     /// `None` if no cached step was measured.
     pub fn drift_summary(&self) -> Option<DriftStats> {
         let mut n = 0usize;
-        let mut acc = DriftStats {
-            cosine_min: f64::INFINITY,
-            cosine_mean: 0.0,
-            max_abs_diff: 0.0,
-            argmax_agreement: 0.0,
-            kl_mean: 0.0,
-            rows: 0,
-        };
+        let mut acc = DriftStats::empty();
         for d in self.drift() {
             n += 1;
             acc.cosine_min = acc.cosine_min.min(d.cosine_min);

@@ -95,7 +95,6 @@ pub struct FinishedRow {
 struct Row {
     settings: GenerationSettings,
     events: RowEvents,
-    gen_length: usize,
     /// Contiguous committed answer positions.
     prefix: usize,
     /// Of those, examined for the answer's end.
@@ -199,7 +198,6 @@ impl<'m> Batch<'m> {
             Row {
                 settings: settings.clone(),
                 events,
-                gen_length: settings.decode.gen_length,
                 prefix: 0,
                 checked: 0,
                 blocks_seen: 0,
@@ -358,7 +356,7 @@ impl Row {
         if self.answer.is_none() && self.prefix > self.checked {
             self.checked = self.prefix;
             let ids = &answer[..self.prefix];
-            let complete = self.prefix == self.gen_length;
+            let complete = self.prefix == self.settings.decode.gen_length;
             let limits = &self.settings.limits;
             let cut = match tokenizer {
                 Some(t) if !limits.stop.is_empty() => {

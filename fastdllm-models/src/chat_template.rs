@@ -158,21 +158,17 @@ impl JinjaTemplate {
             path: path.to_path_buf(),
             source,
         };
-        let meta = std::fs::metadata(path).map_err(io)?;
-        let refuse = |message: String| Error::ChatTemplate {
-            origin: path.display().to_string(),
-            message,
-        };
-        if !meta.is_file() {
-            return Err(refuse(
-                "not a regular file (give the path of a Jinja template file)".into(),
-            ));
-        }
-        if meta.len() > MAX_TEMPLATE_FILE_BYTES {
-            return Err(refuse(format!(
-                "the file is {} bytes: more than the {MAX_TEMPLATE_FILE_BYTES} bytes a chat template may have",
-                meta.len()
-            )));
+        // A FIFO, device or directory is refused before it is opened (a FIFO would block).
+        if crate::config::regular_file(path, "chat template")? {
+            let len = std::fs::metadata(path).map_err(io)?.len();
+            if len > MAX_TEMPLATE_FILE_BYTES {
+                return Err(Error::ChatTemplate {
+                    origin: path.display().to_string(),
+                    message: format!(
+                        "the file is {len} bytes: more than the {MAX_TEMPLATE_FILE_BYTES} bytes a chat template may have"
+                    ),
+                });
+            }
         }
         let source = std::fs::read_to_string(path).map_err(io)?;
         Self::new(&source, path.display().to_string(), tokens)
@@ -407,15 +403,16 @@ pub enum TemplateSource {
 /// `chat_template` of another type (each naming the file).
 pub fn read_dir_template(dir: &Path) -> Result<(TemplateSource, TemplateTokens)> {
     let config_path = dir.join("tokenizer_config.json");
-    let config: Option<serde_json::Value> = if config_path.is_file() {
-        let text = std::fs::read_to_string(&config_path).map_err(|source| Error::Io {
-            path: config_path.clone(),
-            source,
-        })?;
-        Some(serde_json::from_str(&text).map_err(|e| Error::json(&config_path, &text, &e))?)
-    } else {
-        None
-    };
+    let config: Option<serde_json::Value> =
+        if crate::config::regular_file(&config_path, "tokenizer config (tokenizer_config.json)")? {
+            let text = std::fs::read_to_string(&config_path).map_err(|source| Error::Io {
+                path: config_path.clone(),
+                source,
+            })?;
+            Some(serde_json::from_str(&text).map_err(|e| Error::json(&config_path, &text, &e))?)
+        } else {
+            None
+        };
     let tokens = TemplateTokens {
         bos_token: config
             .as_ref()
@@ -425,7 +422,7 @@ pub fn read_dir_template(dir: &Path) -> Result<(TemplateSource, TemplateTokens)>
             .and_then(|c| token_string(c.get("eos_token"))),
     };
     let jinja_path = dir.join("chat_template.jinja");
-    if jinja_path.is_file() {
+    if crate::config::regular_file(&jinja_path, "chat template (chat_template.jinja)")? {
         let source = std::fs::read_to_string(&jinja_path).map_err(|source| Error::Io {
             path: jinja_path.clone(),
             source,

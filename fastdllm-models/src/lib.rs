@@ -52,8 +52,8 @@ pub mod weights;
 
 pub use chat_template::{ChatTemplate, JinjaTemplate, Message, TemplateTokens};
 pub use config::{
-    load_config, read_generation_config, DirDecodeDefaults, ModelConfig, RawDreamConfig,
-    RawGenerationConfig, RawLladaConfig, TokenIds,
+    load_config, read_generation_config, regular_file, DirDecodeDefaults, ModelConfig,
+    RawDreamConfig, RawGenerationConfig, RawLladaConfig, TokenIds,
 };
 pub use dream::DreamModel;
 pub use error::{Error, Result};

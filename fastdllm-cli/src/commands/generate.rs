@@ -109,6 +109,8 @@ fn prompt_texts(prompt: &[String], files: &[PathBuf], cap: usize) -> Result<Vec<
     }
     for path in files {
         let what = format!("--prompt-file {}", path.display());
+        // A FIFO or device is refused before it is opened (opening a FIFO blocks).
+        fastdllm_models::regular_file(path, &what)?;
         let f = std::fs::File::open(Path::new(path))
             .with_context(|| format!("cannot read the prompt from {what}"))?;
         out.push(read_prompt(f, &what, cap)?);

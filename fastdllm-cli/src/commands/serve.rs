@@ -89,6 +89,7 @@ fn api_key(a: &ServeArgs) -> Result<Option<String>> {
     let key = match (&a.api_key, &a.api_key_file) {
         (Some(k), _) => k.clone(),
         (None, Some(path)) => {
+            fastdllm_models::regular_file(path, "--api-key-file")?;
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read --api-key-file {}", path.display()))?;
             text.lines().next().unwrap_or_default().to_string()

@@ -372,7 +372,7 @@ pub(crate) fn check_dir(dir: &Path) -> Result<()> {
 /// Whether `path` exists as a regular file (symlinks followed): `Ok(false)` when nothing is
 /// there, [`Error::NotRegularFile`] for a FIFO, device, socket or directory (opening a FIFO
 /// would block; a device could be endless).
-pub(crate) fn regular_file(path: &Path, what: &str) -> Result<bool> {
+pub fn regular_file(path: &Path, what: &str) -> Result<bool> {
     let Ok(meta) = std::fs::metadata(path) else {
         return Ok(false);
     };
