@@ -1,6 +1,8 @@
-//! Access checks in front of the handlers, cheapest first: request-line and header limits (414,
-//! 431), the API key (401), the content type of POST bodies (415); then the body read with its
-//! size limit (413) and its timeout (408), and CORS when configured.
+//! The router's layers, in the order a request meets them: [`track`] counts and times every
+//! request; [`check`] refuses, cheapest first, request-line and header limits (414, 431), the API
+//! key (401), the content type of POST bodies (415), then reads a POST body whole with its size
+//! limit (413) and its timeout (408), so that the handlers receive bytes; CORS when configured
+//! ([`cors_layer`]).
 //!
 //! Every refusal is an OpenAI error object ([`ApiError`]) and closes the connection where the
 //! client may still be sending (`connection: close`). References: OpenAI's `invalid_api_key`
@@ -9,11 +11,11 @@
 //! page may POST `text/plain` cross-origin without a CORS preflight; `application/json` needs
 //! one, which [`cors_layer`] only grants to the configured origins).
 
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -21,6 +23,7 @@ use subtle::ConstantTimeEq;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::errors::ApiError;
+use super::metrics::Telemetry;
 use super::AppState;
 
 /// Longest request target (path and query) answered; longer ones are 414. hyper's own hard limit
@@ -40,20 +43,45 @@ pub const HYPER_MAX_BUF: usize = 256 << 10;
 /// to the kernel ([`LargeBodies`]).
 pub const LARGE_BODY_BYTES: usize = 64 << 10;
 
-/// The middleware of every route: limits, API key, content type.
+/// The outermost layer of every route: counts each answered request by route and status in
+/// [`Telemetry`] (refusals by [`check`] included), and times it to its response head.
+pub async fn track(State(t): State<Arc<Telemetry>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let start = std::time::Instant::now();
+    let resp = next.run(req).await;
+    t.http_answered(&route, resp.status().as_str(), start.elapsed());
+    resp
+}
+
+/// The access layer of every route: limits, API key, content type; then a POST body is read
+/// whole ([`read_body`]) and handed on as bytes, a large one counting toward a burst
+/// ([`LargeBodies`]) until the handler has answered (and freed its copies of it).
 pub async fn check(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    match refuse(&s, &req) {
-        Some(e) => {
-            let unauthorized = e.status == StatusCode::UNAUTHORIZED;
-            let mut r = close(e.into_response());
-            if unauthorized {
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            r
+    if let Some(e) = refuse(&s, &req) {
+        let unauthorized = e.status == StatusCode::UNAUTHORIZED;
+        let mut r = close(e.into_response());
+        if unauthorized {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        None => next.run(req).await,
+        return r;
     }
+    if req.method() != Method::POST {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let body = match read_body(&s, &parts.headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let large = s.0.large.track(body.len());
+    let r = next.run(Request::from_parts(parts, Body::from(body))).await;
+    drop(large);
+    r
 }
 
 /// Why `req` is refused, if it is.
@@ -151,7 +179,11 @@ pub fn close(mut r: Response) -> Response {
 
 /// Reads the body up to the server's limit: 413 above it, 408 when the client stops sending for
 /// longer than the body timeout (tower-http's `RequestBodyTimeoutLayer`, see `router`).
-pub async fn read_body(s: &AppState, req: Request) -> Result<axum::body::Bytes, Response> {
+async fn read_body(
+    s: &AppState,
+    headers: &axum::http::HeaderMap,
+    body: Body,
+) -> Result<Bytes, Response> {
     let limit = s.0.cfg.body_limit;
     let too_large = || {
         close(
@@ -164,15 +196,14 @@ pub async fn read_body(s: &AppState, req: Request) -> Result<axum::body::Bytes, 
             .into_response(),
         )
     };
-    let declared = req
-        .headers()
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match axum::body::to_bytes(req.into_body(), limit).await {
+    match axum::body::to_bytes(body, limit).await {
         Ok(b) => Ok(b),
         Err(e) if source_is::<http_body_util::LengthLimitError>(&e) => Err(too_large()),
         Err(e) if source_is::<tower_http::timeout::TimeoutError>(&e) => Err(close(
@@ -191,26 +222,6 @@ pub async fn read_body(s: &AppState, req: Request) -> Result<axum::body::Bytes, 
             ApiError::invalid(None, format!("cannot read the request body: {e}")).into_response(),
         )),
     }
-}
-
-/// Reads the body ([`read_body`]) and runs `handle` on it; a large body counts toward a burst
-/// ([`LargeBodies`]) until the handler has returned (and freed its copies of it). A refusal or
-/// an error of the handler is answered as its OpenAI error object.
-pub async fn with_body<F, Fut>(s: AppState, req: Request, handle: F) -> Response
-where
-    F: FnOnce(AppState, axum::body::Bytes) -> Fut,
-    Fut: Future<Output = Result<Response, ApiError>>,
-{
-    let body = match read_body(&s, req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let large = s.0.large.track(body.len());
-    let r = handle(s, body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
-    drop(large);
-    r
 }
 
 /// Whether `T` is somewhere in the source chain of `e`.

@@ -1,7 +1,7 @@
 //! The server's telemetry: one [`Telemetry`] counts every event once, and both `GET /health`
 //! (its `stats` object, [`StatsSnapshot`]) and `GET /metrics` (the Prometheus text exposition
 //! format, the `prometheus` crate's registry and `TextEncoder`) read it. The engine worker
-//! reports what happens to rows and batches, the router's `track` middleware (`super::router`)
+//! reports what happens to rows and batches, the router's `track` layer (`super::access::track`)
 //! every answered request.
 //!
 //! `/health`'s `stats`: `batches` (batches started), `rows` (= `fastdllm_rows_total`),

@@ -9,10 +9,10 @@
 //! One chat request, file by file:
 //!
 //! 1. [`transport`]: the accept loop hands the connection to hyper (limits on connections,
-//!    head size and time), which calls the [`router`] built here; its `track` layer counts and
-//!    times the request ([`metrics::Telemetry`]);
-//! 2. [`access`]: [`access::check`] refuses oversized heads, missing API keys and non-JSON
-//!    bodies before anything is read, [`access::with_body`] reads the body for
+//!    head size and time), which calls the [`router`] built here at start-up;
+//! 2. [`access`], the router's layers: [`access::track`] counts and times the request
+//!    ([`metrics::Telemetry`]), [`access::check`] refuses oversized heads, missing API keys and
+//!    non-JSON bodies before anything is read, then reads the body whole (413, 408) for
 //! 3. [`routes::chat`], the handler, which
 //! 4. validates the body in one call ([`validate::Validator::chat`]: parse, field checks,
 //!    knobs, chat template, byte cap, tokenization on a blocking thread), giving the engine's
@@ -51,12 +51,9 @@ pub use worker::{EngineLoop, Worker};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use fastdllm_models::LoadedModel;
@@ -189,8 +186,9 @@ pub fn start_with(
     Ok((AppState(Arc::new(inner)), worker))
 }
 
-/// The routes, behind (outermost first) CORS when configured, the request counter (`track`),
-/// the body timeout and the access checks ([`access::check`]).
+/// The routes, behind (outermost first) CORS when configured, the request counter
+/// ([`access::track`]), the body timeout and the access checks with the body read
+/// ([`access::check`]).
 pub fn router(state: AppState) -> Router {
     let cfg = state.0.cfg.clone();
     let r = Router::new()
@@ -202,6 +200,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(routes::health::metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        // The access layer has read the body within `body_limit` already.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::check,
@@ -212,27 +212,13 @@ pub fn router(state: AppState) -> Router {
         // Outermost of the router's layers: refusals by the access checks are counted too.
         .layer(axum::middleware::from_fn_with_state(
             state.0.telemetry.clone(),
-            track,
+            access::track,
         ))
         .with_state(state);
     match access::cors_layer(&cfg.cors_allow_origins) {
         Some(cors) => r.layer(cors),
         None => r,
     }
-}
-
-/// The layer around every route: counts each answered request by route and status, and times
-/// it to its response head.
-async fn track(State(t): State<Arc<Telemetry>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let start = Instant::now();
-    let resp = next.run(req).await;
-    t.http_answered(&route, resp.status().as_str(), start.elapsed());
-    resp
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then drains (see

@@ -5,24 +5,19 @@
 //! Reference: OpenAI's Chat Completions API; the supported fields are listed in
 //! [`crate::serve::openai`].
 
-use axum::extract::{Request, State};
+use axum::body::Bytes;
+use axum::extract::State;
 use axum::response::Response;
 
 use super::{answer, now};
-use crate::serve::access::with_body;
 use crate::serve::errors::ApiError;
 use crate::serve::openai::{ChatChoice, ChatMessage, Route, Usage};
 use crate::serve::worker::Finished;
 use crate::serve::{openai, AppState};
 
-/// The handler: reads the body ([`with_body`]), validates it, queues its choices and answers
-/// them.
-pub async fn create(State(s): State<AppState>, req: Request) -> Response {
-    with_body(s, req, complete).await
-}
-
-/// Validates the request, queues its choices, answers them ([`super::answer`]).
-async fn complete(s: AppState, body: axum::body::Bytes) -> Result<Response, ApiError> {
+/// The handler: validates the body (read whole by the access layer,
+/// [`crate::serve::access::check`]), queues its choices, answers them ([`super::answer`]).
+pub async fn create(State(s): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let r = s.0.validator.chat(body).await?;
     answer(&s, Route::Chat, r, response).await
 }
