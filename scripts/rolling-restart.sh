@@ -8,11 +8,16 @@
 #   --model DIR         model directory (default fixtures/llada-tiny, the bundled tiny LLaDA)
 #   --replicas N        replicas on loopback (default 3)
 #   --rounds N          full rolling restarts, one replica after the other (default 1)
-#   --clients N         concurrent clients of the load generator (default 8)
+#   --clients N         concurrent clients sending generations (default 8)
+#   --light-clients N   concurrent clients sending GET /v1/models back to back (default 2)
 #   --max-tokens N      max_tokens of every request (default 32)
 #   --shutdown-delay S  the replicas' --shutdown-delay (default 2): longer than HAProxy's
 #                       inter x fall below (500 ms x 2), so HAProxy marks a replica down from
 #                       its /ready 503 before it stops accepting
+#   --retries N         HAProxy's retries (default 3; 0 with --shutdown-delay 0 shows what the
+#                       delay and the retries prevent: failed requests)
+#   --balance ALGO      HAProxy's balance algorithm (default roundrobin: it sends a
+#                       replica its share of requests whatever it has in flight; leastconn)
 #   --warmup S          seconds of load before the first restart and after the last (default 2)
 #   --out DIR           logs, HAProxy config and summary.json (default a fresh temporary folder)
 #
@@ -27,7 +32,7 @@ cd "$(dirname "$0")/.."
 
 die() { echo "rolling-restart.sh: $1" >&2; exit "${2:-2}"; }
 
-bin="" model=fixtures/llada-tiny replicas=3 rounds=1 clients=8 max_tokens=32 delay=2 warmup=2 out=""
+bin="" model=fixtures/llada-tiny replicas=3 rounds=1 clients=8 light=2 max_tokens=32 delay=2 retries=3 balance=roundrobin warmup=2 out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) bin=$2; shift 2 ;;
@@ -35,11 +40,14 @@ while [ $# -gt 0 ]; do
     --replicas) replicas=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --clients) clients=$2; shift 2 ;;
+    --light-clients) light=$2; shift 2 ;;
     --max-tokens) max_tokens=$2; shift 2 ;;
     --shutdown-delay) delay=$2; shift 2 ;;
     --warmup) warmup=$2; shift 2 ;;
+    --retries) retries=$2; shift 2 ;;
+    --balance) balance=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -121,7 +129,7 @@ defaults
   # A request that reaches a replica after it stopped accepting, or whose connection it closed
   # unanswered, is sent again, to another replica (redispatch). No 'on-marked-down
   # shutdown-sessions': that would cut the streams a draining replica is finishing.
-  retries 3
+  retries $retries
   option redispatch 1
   retry-on conn-failure empty-response
 
@@ -130,7 +138,7 @@ frontend api
   default_backend fastdllm
 
 backend fastdllm
-  balance leastconn
+  balance $balance
   option httpchk GET /ready
   http-check expect status 200
   default-server inter 500ms fastinter 250ms downinter 500ms fall 2 rise 2
@@ -157,7 +165,7 @@ echo "replicas on ports ${ports[*]:0:$replicas}, HAProxy on $lb_port; logs in $o
 : >"$out/windows.txt"
 rm -f "$out/stop"
 python3 scripts/rolling_restart_load.py --url "http://127.0.0.1:$lb_port" --clients "$clients" \
-  --max-tokens "$max_tokens" --stop-file "$out/stop" --windows "$out/windows.txt" \
+  --light-clients "$light" --max-tokens "$max_tokens" --stop-file "$out/stop" --windows "$out/windows.txt" \
   --out "$out/summary.json" --min-requests 1 >"$out/load.log" 2>&1 &
 load_pid=$!
 sleep "$warmup"

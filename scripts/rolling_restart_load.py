@@ -3,9 +3,11 @@
 
 `--clients` threads send requests through the load balancer at `--url` until the file
 `--stop-file` exists: completions and chat completions, half of them streamed
-(`"stream": true`), one new connection per request. Every request is judged:
+(`"stream": true`), one new connection per request; `--light-clients` threads send
+`GET /v1/models` back to back (many requests per second: they find any moment at which the
+balancer routes to a replica that no longer accepts). Every request is judged:
 
-- ok: status 200 and a JSON body with `choices`, or, streamed, server-sent events whose last
+- ok: status 200 and a JSON body with `choices` (`data` for the model list), or, streamed, server-sent events whose last
   `data:` line is `data: [DONE]` and none of which carries an `error`;
 - failed: any other status, a connection error or a timeout (`--timeout` seconds, a hang guard);
 - broken stream: a 200 stream that ended without `data: [DONE]` or carried an `error` event
@@ -13,7 +15,7 @@
 
 Each request's start, end and verdict are kept; requests that overlap a restart window (lines
 `START END` of seconds since the epoch in `--windows`, written by the script) are "during a
-restart". Prints a summary and writes it as JSON to `--out`; exits 1 if any request failed or
+restart"; the latency figures are those of the generations. Prints a summary and writes it as JSON to `--out`; exits 1 if any request failed or
 any stream broke, or if fewer than `--min-requests` requests were sent.
 
 Standard library only (Python 3.8+).
@@ -31,8 +33,25 @@ import urllib.parse
 PROMPTS = ["copy 3dbk......=", "4+9=", "inc 370230....=", "copy xq7......=", "7+5=", "inc 19....="]
 
 
+def light_request(host, port, timeout):
+    """`GET /v1/models`: answered at once, so these clients send many requests per second and
+    find any moment at which the balancer routes to a replica that no longer accepts."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/v1/models")
+        resp = conn.getresponse()
+        data = resp.read().decode("utf-8", "replace")
+        if resp.status != 200 or '"data"' not in data:
+            return "models", "failed", f"status {resp.status}: {data[:200]}"
+        return "models", "ok", ""
+    except (OSError, http.client.HTTPException) as e:
+        return "models", "failed", f"{type(e).__name__}: {e}"
+    finally:
+        conn.close()
+
+
 def one_request(host, port, i, max_tokens, timeout):
-    """Sends request `i` (its kind rotates); returns (kind, verdict, detail)."""
+    """Sends generation request `i` (its kind rotates); returns (kind, verdict, detail)."""
     chat = i % 4 >= 2
     stream = i % 2 == 1
     prompt = PROMPTS[i % len(PROMPTS)]
@@ -78,7 +97,8 @@ def percentile(xs, p):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", required=True)
-    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--clients", type=int, default=8, help="clients sending generations")
+    ap.add_argument("--light-clients", type=int, default=2, help="clients sending GET /v1/models")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--timeout", type=float, default=300.0, help="hang guard per request (s)")
     ap.add_argument("--stop-file", required=True)
@@ -94,17 +114,20 @@ def main():
     lock = threading.Lock()
     counter = iter(range(10**12))
 
-    def client():
-
+    def client(light):
         while not os.path.exists(a.stop_file):
             with lock:
                 i = next(counter)
             t0 = time.time()
-            kind, verdict, detail = one_request(u.hostname, u.port, i, a.max_tokens, a.timeout)
+            if light:
+                kind, verdict, detail = light_request(u.hostname, u.port, a.timeout)
+            else:
+                kind, verdict, detail = one_request(u.hostname, u.port, i, a.max_tokens, a.timeout)
             with lock:
                 records.append((t0, time.time(), kind, verdict, detail))
 
-    threads = [threading.Thread(target=client) for _ in range(a.clients)]
+    threads = [threading.Thread(target=client, args=(False,)) for _ in range(a.clients)]
+    threads += [threading.Thread(target=client, args=(True,)) for _ in range(a.light_clients)]
     for t in threads:
         t.start()
     for t in threads:
@@ -121,6 +144,7 @@ def main():
         return any(r[0] < e and r[1] > s for s, e in windows)
 
     def lat(rs):
+        rs = [r for r in rs if r[2] != "models"]
         xs = [r[1] - r[0] for r in rs if r[3] == "ok"]
         return {
             "n": len(xs),
