@@ -15,7 +15,7 @@ balancer routes to a replica that no longer accepts). Every request is judged:
 
 Each request's start, end and verdict are kept; requests that overlap a restart window (lines
 `START END` of seconds since the epoch in `--windows`, written by the script) are "during a
-restart"; the latency figures are those of the generations. Prints a summary and writes it as JSON to `--out`; exits 1 if any request failed or
+restart"; latency is given for the generations and, apart, for the light requests. Prints a summary and writes it as JSON to `--out`; exits 1 if any request failed or
 any stream broke, or if fewer than `--min-requests` requests were sent.
 
 Standard library only (Python 3.8+).
@@ -143,8 +143,8 @@ def main():
     def during(r):
         return any(r[0] < e and r[1] > s for s, e in windows)
 
-    def lat(rs):
-        rs = [r for r in rs if r[2] != "models"]
+    def lat(rs, light=False):
+        rs = [r for r in rs if (r[2] == "models") == light]
         xs = [r[1] - r[0] for r in rs if r[3] == "ok"]
         return {
             "n": len(xs),
@@ -168,6 +168,8 @@ def main():
         "during_restart": sum(during(r) for r in records),
         "latency_during_restart": lat([r for r in records if during(r)]),
         "latency_outside_restart": lat([r for r in records if not during(r)]),
+        "light_latency_during_restart": lat([r for r in records if during(r)], light=True),
+        "light_latency_outside_restart": lat([r for r in records if not during(r)], light=True),
         "by_kind": by_kind,
         "problems": [f"{r[2]} {r[3]}: {r[4]}" for r in records if r[3] != "ok"][:20],
     }
