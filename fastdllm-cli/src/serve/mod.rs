@@ -88,7 +88,8 @@ pub struct ServeConfig {
     /// After a shutdown signal, how long in-flight requests may take before their connections
     /// are closed.
     pub drain_timeout: Duration,
-    /// Bearer key required on every route but `/health` and `/ready` (401 without it); `None` = open.
+    /// Bearer key required on every route but `/health` and `/ready` (401 without it);
+    /// `None` = open.
     pub api_key: Option<String>,
     /// Origins allowed cross-origin (CORS; `*` = any); empty = CORS off.
     pub cors_allow_origins: Vec<String>,
