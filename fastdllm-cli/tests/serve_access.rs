@@ -1,5 +1,6 @@
 //! `fastdllm serve` access and connection behaviour (docs/RELIABILITY.md): queue places freed by
-//! hung-up clients, the API key, CORS, `--host` names, the drain deadline and the second signal.
+//! hung-up clients, the API key, CORS, `--host` names, readiness during a shutdown, the drain
+//! deadline and the second signal.
 //! Every wait is on an event (an answer, a close, a log line, a process exit) under a generous
 //! guard; no test depends on a short wall-clock limit.
 
@@ -311,6 +312,86 @@ fn drain_has_a_deadline_and_a_second_signal_exits_at_once() {
     signal(&child);
     let status = wait_exit(&mut child);
     assert_eq!(status.code(), Some(130), "{status}");
+}
+
+/// Opens a streamed completion (with `headers`, each ending in CRLF; `connection: close`, so the
+/// server ends the connection with the stream) and returns once its first event has come.
+fn open_stream(addr: SocketAddr, headers: &str) -> BufReader<TcpStream> {
+    let body = r#"{"prompt":"copy 3dbk......=","max_tokens":256,"stream":true}"#;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(GUARD)).unwrap();
+    let req = format!("POST /v1/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    while !line.starts_with("data: ") {
+        line.clear();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "the stream ended before its first event"
+        );
+    }
+    r
+}
+
+/// The rest of a stream opened by [`open_stream`] ends with `data: [DONE]` (before the
+/// chunked encoding's last chunk) and carries no error.
+fn assert_ends_with_done(mut r: BufReader<TcpStream>) {
+    let mut rest = String::new();
+    r.read_to_string(&mut rest).unwrap();
+    let events: Vec<&str> = rest.lines().filter(|l| l.starts_with("data: ")).collect();
+    assert_eq!(events.last(), Some(&"data: [DONE]"), "{rest}");
+    assert!(!rest.contains("\"error\""), "{rest}");
+}
+
+/// Waits for a stderr line containing `what`.
+fn until_log(lines: &mut impl Iterator<Item = std::io::Result<String>>, what: &str) {
+    for line in lines.by_ref() {
+        if line.unwrap().contains(what) {
+            return;
+        }
+    }
+    panic!("the server exited before logging {what:?}");
+}
+
+#[test]
+fn ready_turns_503_at_the_signal_while_in_flight_streams_end_with_done() {
+    // Under a shutdown delay: `/ready` is 503 from the signal on, `/health` (liveness) stays
+    // 200, new requests are still served, the stream in flight ends with [DONE]. Both probes
+    // are open without the API key.
+    let (mut child, addr, mut lines) = serve_bin(&["--shutdown-delay", "3600", "--api-key", "k"]);
+    let (status, _, body) = exchange(addr, "GET", "/ready", &[], "");
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ready"}"#));
+    let stream = open_stream(addr, "authorization: Bearer k\r\n");
+    signal(&child);
+    // The flag is set before this line is written.
+    until_log(&mut lines, "not ready: /ready answers 503");
+    let (status, _, body) = exchange(addr, "GET", "/ready", &[], "");
+    assert_eq!((status, body.as_str()), (503, r#"{"status":"draining"}"#));
+    assert_eq!(health(addr)["status"], "ok");
+    let (status, _, answer) = exchange(
+        addr,
+        "POST",
+        "/v1/completions",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", "Bearer k"),
+        ],
+        r#"{"prompt":"copy ab","max_tokens":8}"#,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_ends_with_done(stream);
+    signal(&child);
+    assert_eq!(wait_exit(&mut child).code(), Some(130));
+
+    // Without a delay (the default) the server stops accepting at the signal; the stream in
+    // flight still ends with [DONE] and the process exits 0.
+    let (mut child, addr, mut lines) = serve_bin(&[]);
+    let stream = open_stream(addr, "");
+    signal(&child);
+    until_log(&mut lines, "shutdown signal");
+    assert_ends_with_done(stream);
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
 }
 
 /// `fastdllm serve 2>&1 | grep -m1 serving`: the reader of stderr goes away after the first

@@ -53,7 +53,13 @@ pub struct ServeArgs {
     /// signal exits at once.
     #[arg(long, default_value_t = 30.0, value_parser = seconds)]
     drain_timeout: f64,
-    /// Require `Authorization: Bearer <KEY>` on every route but /health (401 otherwise).
+    /// Seconds the server keeps accepting and serving new requests after a shutdown signal,
+    /// with GET /ready answering 503, before it stops accepting and drains: set it above a load
+    /// balancer's health-check interval times its fall count (0 = stop accepting at once).
+    #[arg(long, default_value_t = 0.0, value_parser = seconds_or_zero)]
+    shutdown_delay: f64,
+    /// Require `Authorization: Bearer <KEY>` on every route but /health and /ready (401
+    /// otherwise).
     /// Also read from FASTDLLM_API_KEY. Prefer --api-key-file: arguments are visible to other
     /// local users.
     #[arg(
@@ -82,6 +88,14 @@ fn seconds(v: &str) -> Result<f64, String> {
     } else {
         Err(format!("{v} seconds: must be > 0 and at most 86400"))
     }
+}
+
+/// A delay flag in seconds: 0, or a [`seconds`] value.
+fn seconds_or_zero(v: &str) -> Result<f64, String> {
+    if v.trim().parse::<f64>() == Ok(0.0) {
+        return Ok(0.0);
+    }
+    seconds(v).map_err(|e| e.replace("must be > 0", "must be >= 0"))
 }
 
 /// The API key from `--api-key` / `FASTDLLM_API_KEY` or `--api-key-file`.
@@ -151,6 +165,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     cfg.body_timeout = Duration::from_secs_f64(a.body_timeout);
     cfg.max_connections = a.max_connections as usize;
     cfg.drain_timeout = Duration::from_secs_f64(a.drain_timeout);
+    cfg.shutdown_delay = Duration::from_secs_f64(a.shutdown_delay);
     cfg.api_key = api_key(&a)?;
     cfg.cors_allow_origins = a.cors_allow_origin.clone();
     let addrs = listen_addrs(&a.host, a.port)?;
@@ -174,7 +189,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         // server is reachable can be missed or kill the process with the default action.
         let mut signals = ShutdownSignals::listen().context("cannot listen for shutdown signals")?;
         fastdllm_cli::logln!(
-            "serving '{}' on http://{local} (POST /v1/completions, /v1/chat/completions; GET /v1/models, /health){}",
+            "serving '{}' on http://{local} (POST /v1/completions, /v1/chat/completions; GET /v1/models, /health, /ready, /metrics){}",
             cfg.model_id,
             if cfg.api_key.is_some() { "; API key required" } else { "" }
         );

@@ -116,7 +116,7 @@ fn refuse(s: &AppState, req: &Request) -> Option<ApiError> {
         );
     }
     if let Some(key) = &s.0.cfg.api_key {
-        if req.uri().path() != "/health" && !bearer_matches(headers, key) {
+        if !matches!(req.uri().path(), "/health" | "/ready") && !bearer_matches(headers, key) {
             return Some(ApiError {
                 status: StatusCode::UNAUTHORIZED,
                 message: "missing or invalid API key: send 'Authorization: Bearer <key>'".into(),

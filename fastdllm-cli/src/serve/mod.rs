@@ -3,8 +3,10 @@
 //!
 //! Routes ([`routes`]): `POST /v1/completions`, `POST /v1/chat/completions` (JSON or, with
 //! `"stream": true`, server-sent events ending with `data: [DONE]`), `GET /v1/models`,
-//! `GET /v1/models/{id}`, `GET /health`, `GET /metrics`. Shutdown is graceful up to a deadline: in-flight and queued
-//! requests finish.
+//! `GET /v1/models/{id}`, `GET /health` (liveness), `GET /ready` (readiness), `GET /metrics`.
+//! Shutdown is graceful up to a deadline: `/ready` turns 503 at once, the server keeps accepting
+//! for `shutdown_delay` (a load balancer's health check sees the 503 and stops sending), then
+//! stops accepting while in-flight and queued requests finish (see [`serve`]).
 //!
 //! One chat request, file by file:
 //!
@@ -86,12 +88,17 @@ pub struct ServeConfig {
     /// After a shutdown signal, how long in-flight requests may take before their connections
     /// are closed.
     pub drain_timeout: Duration,
-    /// Bearer key required on every route but `/health` (401 without it); `None` = open.
+    /// Bearer key required on every route but `/health` and `/ready` (401 without it);
+    /// `None` = open.
     pub api_key: Option<String>,
     /// Origins allowed cross-origin (CORS; `*` = any); empty = CORS off.
     pub cors_allow_origins: Vec<String>,
     /// Prompts tokenized (and chat templates rendered) at once, on blocking threads.
     pub tokenize_concurrency: usize,
+    /// After a shutdown signal, how long the server keeps accepting and serving new requests
+    /// while `/ready` answers 503, before it stops accepting and drains (zero: stop at once).
+    /// Reference: kube-apiserver's `--shutdown-delay-duration`.
+    pub shutdown_delay: Duration,
 }
 
 impl ServeConfig {
@@ -112,6 +119,7 @@ impl ServeConfig {
             api_key: None,
             cors_allow_origins: Vec::new(),
             tokenize_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -127,6 +135,8 @@ struct Inner {
     telemetry: Arc<Telemetry>,
     /// Large bodies in flight ([`access::LargeBodies`]).
     large: Arc<access::LargeBodies>,
+    /// Whether a shutdown has begun (`GET /ready`).
+    readiness: Arc<routes::health::Readiness>,
     /// Unix seconds at start (`GET /v1/models`' `created`).
     started: u64,
 }
@@ -181,6 +191,7 @@ pub fn start_with(
         engine,
         telemetry,
         large: Arc::default(),
+        readiness: Arc::default(),
         started: routes::now(),
     };
     Ok((AppState(Arc::new(inner)), worker))
@@ -197,6 +208,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{*id}", get(routes::models::retrieve))
         .route("/health", get(routes::health::health))
+        .route("/ready", get(routes::health::ready))
         .route("/metrics", get(routes::health::metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
@@ -221,13 +233,32 @@ pub fn router(state: AppState) -> Router {
     }
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves, then drains (see
-/// [`transport::serve`]).
+/// Serves `state` on `listener` until `shutdown` resolves, then shuts down in three steps:
+///
+/// 1. at once, `GET /ready` answers 503 (`GET /health`, the liveness probe, stays 200);
+/// 2. for `shutdown_delay` the server keeps accepting and serving everything, so that a load
+///    balancer polling `/ready` sees the 503 (not a refused connection) and stops sending;
+/// 3. it stops accepting and drains ([`transport::serve`]): idle keep-alive connections close,
+///    in-flight and queued requests finish (responses carry `connection: close`) for up to
+///    `drain_timeout`, then the remaining connections are closed.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let readiness = state.0.readiness.clone();
+    let delay = state.0.cfg.shutdown_delay;
+    let shutdown = async move {
+        shutdown.await;
+        readiness.shutdown_begins();
+        if !delay.is_zero() {
+            crate::logln!(
+                "not ready: /ready answers 503; still serving for {} s (--shutdown-delay), then draining",
+                delay.as_secs_f64()
+            );
+            tokio::time::sleep(delay).await;
+        }
+    };
     transport::serve(listener, state, shutdown).await
 }
 

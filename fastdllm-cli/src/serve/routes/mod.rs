@@ -5,7 +5,7 @@
 //! | `POST /v1/completions` | [`completions`] | Completions (`text_completion`) |
 //! | `POST /v1/chat/completions` | [`chat`] | Chat Completions (`chat.completion`, `chat.completion.chunk`) |
 //! | `GET /v1/models`, `GET /v1/models/{id}` | [`models`] | Models (`list` of `model`; `model`) |
-//! | `GET /health`, `GET /metrics` | [`health`] | none (llama.cpp's and vLLM's `/health`; Prometheus) |
+//! | `GET /health`, `GET /ready`, `GET /metrics` | [`health`] | none (llama.cpp's and vLLM's `/health`; Kubernetes' readiness probe; Prometheus) |
 //! | anything else | [`not_found`] (404), [`method_not_allowed`] (405) | OpenAI's error object |
 //!
 //! Both generation handlers read the same way: validate the body in one call
@@ -62,7 +62,7 @@ pub async fn answer<T: Serialize>(
 
 /// Any other path: 404 `not_found`, listing the routes.
 pub async fn not_found() -> ApiError {
-    ApiError::invalid(None, "unknown route; see POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /health, GET /metrics")
+    ApiError::invalid(None, "unknown route; see POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /health, GET /ready, GET /metrics")
         .with_status(StatusCode::NOT_FOUND)
         .with_code("not_found")
 }
@@ -72,7 +72,7 @@ pub async fn method_not_allowed(req: Request) -> ApiError {
     ApiError::invalid(
         None,
         format!(
-            "method {} is not allowed on {}: the completion routes take POST, /v1/models and /health GET",
+            "method {} is not allowed on {}: the completion routes take POST, /v1/models, /health, /ready and /metrics GET",
             req.method(),
             req.uri().path()
         ),
