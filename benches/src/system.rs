@@ -211,6 +211,15 @@ pub fn device_memory_used(device: &Device) -> Option<u64> {
     None
 }
 
+/// Memory the kernel can give a new allocation now without swapping (`MemAvailable` of
+/// `/proc/meminfo`), in bytes; `None` where it cannot be read (not Linux).
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,13 +240,4 @@ mod tests {
     fn bandwidth_is_positive() {
         assert!(cpu_read_bandwidth(1 << 20, 2) > 0.0);
     }
-}
-
-/// Memory the kernel can give a new allocation now without swapping (`MemAvailable` of
-/// `/proc/meminfo`), in bytes; `None` where it cannot be read (not Linux).
-pub fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
 }

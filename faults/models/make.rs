@@ -5,7 +5,8 @@
 //! Each fault names the directory it made and what `fastdllm generate --model DIR` must do:
 //! fail with exit 2 and an `error:` line holding every needle (the file, field, tensor or value
 //! at fault), or succeed with exactly the pristine fixture's output (faults that used to crash
-//! the process but describe a usable model). Add a fault here whenever a new one is found.
+//! the process but describe a usable model). Add a fault here whenever a new one is found (bad
+//! GGUF files: `gguf.rs`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
