@@ -190,17 +190,7 @@ impl GgufFile {
             None => return Ok(None),
             Some(v) => v,
         };
-        let n: Option<u64> = match v {
-            Value::U8(x) => Some(u64::from(*x)),
-            Value::U16(x) => Some(u64::from(*x)),
-            Value::U32(x) => Some(u64::from(*x)),
-            Value::U64(x) => Some(*x),
-            Value::I8(x) => u64::try_from(*x).ok(),
-            Value::I16(x) => u64::try_from(*x).ok(),
-            Value::I32(x) => u64::try_from(*x).ok(),
-            Value::I64(x) => u64::try_from(*x).ok(),
-            _ => None,
-        };
+        let n = crate::gguf_check::non_negative(v);
         n.map(Some).ok_or_else(|| {
             self.err(format!(
                 "metadata key `{key}` = {v:?}: expected a non-negative integer"

@@ -66,14 +66,9 @@ fn tensor_size(info: &TensorInfo) -> Option<u64> {
 /// `general.alignment`, or the default (its value was checked to be a power of two before the
 /// header was parsed).
 fn alignment(content: &Content) -> u64 {
-    match content.metadata.get("general.alignment") {
-        Some(Value::U32(a)) => u64::from(*a),
-        Some(Value::U64(a)) => *a,
-        Some(Value::I32(a)) => u64::try_from(*a).unwrap_or(DEFAULT_ALIGNMENT),
-        Some(Value::I64(a)) => u64::try_from(*a).unwrap_or(DEFAULT_ALIGNMENT),
-        _ => DEFAULT_ALIGNMENT,
-    }
-    .max(1)
+    uint(content, "general.alignment")
+        .unwrap_or(DEFAULT_ALIGNMENT)
+        .max(1)
 }
 
 /// GGML's name of a type (`F32`, `Q8_0`, ...).
@@ -181,9 +176,9 @@ pub fn check_layout(path: &Path, content: &Content, file_len: u64) -> Result<()>
     Ok(())
 }
 
-/// An unsigned integer key.
-fn uint(content: &Content, key: &str) -> Option<u64> {
-    match content.metadata.get(key)? {
+/// The value of an integer of any GGUF integer type, `None` for a negative one or another type.
+pub(crate) fn non_negative(v: &Value) -> Option<u64> {
+    match v {
         Value::U8(x) => Some(u64::from(*x)),
         Value::U16(x) => Some(u64::from(*x)),
         Value::U32(x) => Some(u64::from(*x)),
@@ -194,6 +189,11 @@ fn uint(content: &Content, key: &str) -> Option<u64> {
         Value::I64(x) => u64::try_from(*x).ok(),
         _ => None,
     }
+}
+
+/// An unsigned integer key.
+fn uint(content: &Content, key: &str) -> Option<u64> {
+    content.metadata.get(key).and_then(non_negative)
 }
 
 /// The length of an array key.

@@ -168,3 +168,28 @@ impl IntoResponse for ApiError {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_are_clipped_and_messages_capped() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(300);
+        let c = clip(&long);
+        assert!(c.starts_with(&"é".repeat(MAX_QUOTE_CHARS)), "{c}");
+        assert!(c.ends_with("… (600 bytes)"), "{c}");
+        let serde = format!(
+            "invalid type: string \"{}\", expected u64",
+            "k".repeat(5000)
+        );
+        let q = clip_quoted(&serde);
+        assert!(q.ends_with("… (5000 bytes)\", expected u64"), "{q}");
+        assert!(q.len() < 200, "{q}");
+        let e = ApiError::invalid(Some(&"p".repeat(500)), "m".repeat(5000));
+        let b = e.body();
+        assert!(b["error"]["message"].as_str().unwrap().len() <= MAX_MESSAGE_BYTES + 3);
+        assert!(b["error"]["param"].as_str().unwrap().len() < 130);
+    }
+}
