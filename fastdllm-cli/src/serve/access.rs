@@ -58,7 +58,7 @@ pub async fn track(State(t): State<Arc<Telemetry>>, req: Request, next: Next) ->
 }
 
 /// The access layer of every route: limits, API key, content type; then a POST body is read
-/// whole ([`read_body`]) and handed on as bytes, a large one counting toward a burst
+/// whole (`read_body`) and handed on as bytes, a large one counting toward a burst
 /// ([`LargeBodies`]) until the handler has answered (and freed its copies of it).
 pub async fn check(State(s): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(e) = refuse(&s, &req) {
