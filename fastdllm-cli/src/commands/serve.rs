@@ -53,7 +53,7 @@ pub struct ServeArgs {
     max_connections: u32,
     /// Most open connections from one client address; more are closed at once. Behind a
     /// reverse proxy every client shares its address: raise it to --max-connections there.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_connections_per_ip: u32,
     /// Seconds a response may wait for its client to take any of its bytes; after it the
     /// connection is closed and its generation cancelled.

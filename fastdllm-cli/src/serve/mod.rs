@@ -103,7 +103,7 @@ pub struct ServeConfig {
 
 impl ServeConfig {
     /// Defaults: queue 64, batches of up to 32 rows, 1 MiB bodies, 10 s to send a head (and
-    /// idle keep-alive), 30 s to send a body, 256 connections (64 per client address), 30 s for
+    /// idle keep-alive), 30 s to send a body, 256 connections (128 per client address), 30 s for
     /// a client to read, 30 s drain, no API key, no CORS, tokenization on as many threads as
     /// there are CPUs.
     pub fn new(model_id: impl Into<String>, defaults: Defaults) -> Self {
@@ -116,7 +116,7 @@ impl ServeConfig {
             header_read_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_connections: 256,
-            max_connections_per_ip: 64,
+            max_connections_per_ip: 128,
             stream_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             api_key: None,
