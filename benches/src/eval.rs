@@ -397,9 +397,20 @@ pub fn encode_prompts(
     tasks: &[Task],
     raw: bool,
 ) -> Result<Vec<Vec<TokenId>>> {
+    let cap = loaded
+        .tokenizer
+        .prompt_byte_cap(loaded.model.spec().max_seq_len);
     tasks
         .iter()
         .map(|t| {
+            if t.prompt.len() > cap {
+                bail!(
+                    "the prompt of line {} is {} bytes, more than the {cap} that fit the model's maximum sequence length ({} tokens)",
+                    t.line,
+                    t.prompt.len(),
+                    loaded.model.spec().max_seq_len
+                );
+            }
             let ids = if raw {
                 loaded.tokenizer.encode(&t.prompt, true)
             } else {

@@ -132,10 +132,11 @@ fn cpu_read_bandwidth(bytes: usize, threads: usize) -> f64 {
 }
 
 /// Parameters of a model config: embedding, per layer q/k/v/o (+ Dream's q/k/v biases), the
-/// SwiGLU MLP and two norms, the final norm and the LM head (unless Dream ties it).
+/// SwiGLU MLP and two norms, the final norm and the LM head (unless Dream ties it). Saturates at
+/// `u64::MAX` (a config of absurd sizes is refused by its caller, not overflowed).
 pub fn param_count(cfg: &ModelConfig) -> u64 {
     let c = cfg;
-    let (h, layers, nh, nkv, d, inter, vocab) = (
+    let [h, layers, nh, nkv, d, inter, vocab] = [
         c.hidden_size,
         c.num_layers,
         c.num_heads,
@@ -143,21 +144,15 @@ pub fn param_count(cfg: &ModelConfig) -> u64 {
         c.head_dim,
         c.intermediate_size,
         c.vocab_size,
-    );
+    ]
+    .map(|x| x as u128);
     // Dream has q/k/v biases; either family may tie the head to the embedding.
     let (bias, tied) = (c.family == ModelFamily::Dream, c.tie_word_embeddings);
-    let (h, nh, nkv, d, inter, vocab) = (
-        h as u64,
-        nh as u64,
-        nkv as u64,
-        d as u64,
-        inter as u64,
-        vocab as u64,
-    );
     let attn =
         h * nh * d + 2 * h * nkv * d + nh * d * h + if bias { nh * d + 2 * nkv * d } else { 0 };
     let layer = attn + 3 * h * inter + 2 * h;
-    vocab * h + layers as u64 * layer + h + if tied { 0 } else { vocab * h }
+    let total = vocab * h + layers * layer + h + if tied { 0 } else { vocab * h };
+    u64::try_from(total).unwrap_or(u64::MAX)
 }
 
 /// `git rev-parse --short HEAD` in the current directory, else `$FASTDLLM_GIT_COMMIT`.
@@ -214,6 +209,15 @@ pub fn device_memory_used(device: &Device) -> Option<u64> {
     }
     let _ = device;
     None
+}
+
+/// Memory the kernel can give a new allocation now without swapping (`MemAvailable` of
+/// `/proc/meminfo`), in bytes; `None` where it cannot be read (not Linux).
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 #[cfg(test)]

@@ -184,7 +184,7 @@ fn bad_prompts() {
 }
 
 /// `--prompt-file`: an unreadable file and one over the size cap (the tiny model's max_seq_len
-/// 512 x 16 bytes) are errors naming the path.
+/// 512 x its longest token's 15 bytes = 7680, as the server's cap) are errors naming the path.
 #[test]
 fn bad_prompt_files() {
     let missing =
@@ -200,7 +200,7 @@ fn bad_prompt_files() {
     let big = big.display().to_string();
     expect_error(
         &["generate", "--prompt-file", &big],
-        &[&big, "larger than 8192 bytes"],
+        &[&big, "larger than 7680 bytes"],
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,5 +1,6 @@
 //! The fault corpus (docs/RELIABILITY.md), CLI and model-file half: every bad model directory that
-//! `faults/models/make.rs` builds from the bundled fixtures and every bad flag set of
+//! `faults/models/make.rs` builds from the bundled fixtures, every bad GGUF file
+//! `faults/models/gguf.rs` makes from the bundled GGUF fixture, and every bad flag set of
 //! `faults/cli/*.txt` runs through the built binary. Each must end with exit 2 and an `error:`
 //! line naming the file, field or value (or, for faults that used to crash on a usable model,
 //! exit 0 with the pristine fixture's output); a panic (exit 101, "panicked"), a hang (no exit
@@ -8,6 +9,9 @@
 
 #[path = "../../faults/models/make.rs"]
 mod make;
+
+#[path = "../../faults/models/gguf.rs"]
+mod gguf_faults;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -173,8 +177,9 @@ fn generate_args(model: &Path) -> Vec<String> {
     .collect()
 }
 
-/// The flag sets of `faults/cli/*.txt`: (needles, args).
-fn flag_sets() -> Vec<(Vec<String>, Vec<String>)> {
+/// The flag sets of `faults/cli/*.txt`: (needles, args). `{scratch}` is a directory of large
+/// inputs the test writes ([`write_scratch`]).
+fn flag_sets(scratch: &Path) -> Vec<(Vec<String>, Vec<String>)> {
     let dir = repo().join("faults").join("cli");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -206,6 +211,7 @@ fn flag_sets() -> Vec<(Vec<String>, Vec<String>)> {
                         &fixtures.join("dream-tiny").display().to_string(),
                     )
                     .replace("{templates}", &templates.display().to_string())
+                    .replace("{scratch}", &scratch.display().to_string())
                 })
                 .collect();
             let needles = needles.split(',').map(|n| n.trim().to_string()).collect();
@@ -215,11 +221,31 @@ fn flag_sets() -> Vec<(Vec<String>, Vec<String>)> {
     sets
 }
 
+/// Large inputs for the flag sets (too big to commit): an eval task file whose second prompt is
+/// 12 MB, a 12 MB prompt file, a model config of terabytes.
+fn write_scratch(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let huge = "x".repeat(12 << 20);
+    let tasks = format!(
+        "{{\"prompt\": \"copy ab\", \"answer\": \"ab\"}}\n{}\n",
+        serde_json::json!({"prompt": huge, "answer": "x"})
+    );
+    std::fs::write(dir.join("huge-prompt-tasks.jsonl"), tasks).unwrap();
+    std::fs::write(dir.join("huge-prompt.txt"), &huge).unwrap();
+    // The tiny LLaDA's config with d_model 2^20: terabytes of random weights.
+    let tiny = fastdllm_conformance::paths::fixtures_dir().join("llada-tiny/config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny).unwrap()).unwrap();
+    cfg["d_model"] = serde_json::json!(1 << 20);
+    std::fs::write(dir.join("huge-d-model.json"), cfg.to_string()).unwrap();
+}
+
 #[test]
 fn every_fault_gets_a_clear_error() {
     let out_dir = std::env::temp_dir().join(format!("fastdllm-faults-{}", std::process::id()));
     let fixtures = fastdllm_conformance::paths::fixtures_dir();
-    let models = make::make_all(&fixtures, &out_dir);
+    let mut models = make::make_all(&fixtures, &out_dir);
+    models.extend(gguf_faults::make_all(&fixtures, &out_dir));
     let mut tally = Tally::default();
 
     let mut pristine = std::collections::HashMap::new();
@@ -236,7 +262,9 @@ fn every_fault_gets_a_clear_error() {
         };
         tally.check(&format!("models/{}", f.name), &out, &f.expect, base);
     }
-    for (needles, args) in flag_sets() {
+    let scratch = out_dir.join("scratch");
+    write_scratch(&scratch);
+    for (needles, args) in flag_sets(&scratch) {
         let out = run(&args);
         tally.check(
             &format!("cli: {}", args.join(" ")),

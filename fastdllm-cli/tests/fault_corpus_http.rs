@@ -212,6 +212,55 @@ fn every_http_fault_gets_a_clear_error() {
         tally.record(&name, panics.load(Ordering::SeqCst) - before, outcome, hang);
     }
 
+    // Generated: long names and values, which the error must not echo whole (a 60 KB field
+    // name came back as a 120 KB error body before): at most a 100-character prefix of each.
+    let long = "k".repeat(60_000);
+    for (name, body, param) in [
+        (
+            "unknown 60 KB field name",
+            format!(r#"{{"prompt": "x", "{long}": 1}}"#),
+            None,
+        ),
+        (
+            "60 KB string for an integer field",
+            format!(r#"{{"prompt": "x", "max_tokens": "{long}"}}"#),
+            Some("max_tokens"),
+        ),
+        (
+            "unsupported field with a 60 KB value",
+            format!(r#"{{"prompt": "x", "tools": ["{long}"]}}"#),
+            Some("tools"),
+        ),
+    ] {
+        let c = serde_json::json!({"name": name, "expect": 400, "method": "POST",
+            "path": "/v1/completions", "content_type": "application/json", "body": body});
+        let before = panics.load(Ordering::SeqCst);
+        let mut s = send(addr, &request(&c));
+        let answer = read_all(&mut s);
+        let outcome = check_response(&c, &answer).and_then(|()| match &answer {
+            Answer::Response(_, b) if b.len() > 2_000 => {
+                Err(format!("a {} byte error body", b.len()))
+            }
+            Answer::Response(_, b) if b.contains(&"k".repeat(101)) => {
+                Err(format!("quotes more than 100 characters: {b:.300}"))
+            }
+            Answer::Response(_, b) => {
+                let v: Value = serde_json::from_str(b).unwrap();
+                match param {
+                    Some(p) if v["error"]["param"] != p => Err(format!("param: {b:.300}")),
+                    _ => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        });
+        tally.record(
+            name,
+            panics.load(Ordering::SeqCst) - before,
+            outcome,
+            matches!(answer, Answer::Hang),
+        );
+    }
+
     // Slow sockets: the server must close them by its own timeouts.
     let before = panics.load(Ordering::SeqCst);
     let mut s = send(addr, b"");
@@ -248,6 +297,32 @@ fn every_http_fault_gets_a_clear_error() {
         "half-sent body",
         panics.load(Ordering::SeqCst) - before,
         outcome,
+        matches!(a, Answer::Hang),
+    );
+
+    // Trickled: one byte every 200 ms never pauses as long as the timeouts, so only a deadline
+    // for the whole head (hyper's) and for the whole body (the access layer's) cuts them; the
+    // trickle would last 200 s, past the guard.
+    let before = panics.load(Ordering::SeqCst);
+    let head = format!("POST /v1/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n");
+    let a = trickle(addr, head.as_bytes(), &[b' '; 1000]);
+    let outcome = match &a {
+        Answer::Response(408, body) => error_object(body, Some("request_timeout"), None),
+        other => Err(format!("want a 408 and a close, got {other:?}")),
+    };
+    tally.record(
+        "body trickled one byte every 200 ms",
+        panics.load(Ordering::SeqCst) - before,
+        outcome,
+        matches!(a, Answer::Hang),
+    );
+
+    let before = panics.load(Ordering::SeqCst);
+    let a = trickle(addr, b"", &[b'x'; 1000]);
+    tally.record(
+        "head trickled one byte every 200 ms",
+        panics.load(Ordering::SeqCst) - before,
+        closed(&a),
         matches!(a, Answer::Hang),
     );
 
@@ -332,6 +407,102 @@ fn every_http_fault_gets_a_clear_error() {
     }
     assert!(tally.wrong.is_empty(), "{:#?}", tally.wrong);
     assert!(tally.tried > 100);
+}
+
+/// Sends `head` at once, then `rest` one byte every 200 ms until the server answers or closes
+/// (or the bytes run out), and returns what the server said.
+fn trickle(addr: SocketAddr, head: &[u8], rest: &[u8]) -> Answer {
+    let mut s = send(addr, head);
+    let mut w = s.try_clone().unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let rest = rest.to_vec();
+    let writer = std::thread::spawn(move || {
+        for b in rest {
+            if stopped.load(Ordering::SeqCst) || w.write_all(&[b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let a = read_all(&mut s);
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    a
+}
+
+/// Connects to `addr` from the local address `from` (a loopback address of its own, e.g.
+/// `127.0.0.2`, stands for another client).
+fn connect_from(from: &str, addr: SocketAddr) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let s = sock.connect(addr).await.unwrap().into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s
+    })
+}
+
+/// 256 connections trickling bodies from one address (127.0.0.1) against a cap of 4 per
+/// address: the four first are held (they would be until the body deadline, set far beyond the
+/// guard here), every further one from that address is closed at once without an answer, and
+/// `/health` from another address (127.0.0.2) is answered before, during and after.
+#[test]
+fn one_address_cannot_take_every_connection() {
+    let mut cfg = ServeConfig::new("llada-tiny", common::tiny_defaults(32));
+    cfg.max_connections = 16;
+    cfg.max_connections_per_ip = 4;
+    cfg.header_read_timeout = Duration::from_secs(600);
+    cfg.body_timeout = Duration::from_secs(600);
+    let srv = serve::spawn(
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        common::load_tiny(),
+        cfg,
+        2,
+    )
+    .unwrap();
+    let addr = srv.addr;
+    let head = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{";
+    let health = |from: &str| {
+        let mut s = connect_from(from, addr);
+        s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        read_all(&mut s)
+    };
+    let held: Vec<TcpStream> = (0..4).map(|_| send(addr, head)).collect();
+    // Answered only once the server has accepted (and counted) the four before it: the listen
+    // backlog is first in, first out.
+    let a = health("127.0.0.2");
+    assert!(
+        matches!(a, Answer::Response(200, ref b) if b.contains("\"ok\"")),
+        "/health from another address beside 4 held connections: {a:?}"
+    );
+    let mut refused = 0;
+    for i in 4..256 {
+        let mut s = send(addr, head);
+        match read_all(&mut s) {
+            Answer::Closed => refused += 1,
+            other => {
+                panic!("connection {i} from the same address: want a close at once, got {other:?}")
+            }
+        }
+    }
+    assert_eq!(refused, 252);
+    let a = health("127.0.0.2");
+    assert!(
+        matches!(a, Answer::Response(200, ref b) if b.contains("\"ok\"")),
+        "/health from another address after 256 trickling connections from one: {a:?}"
+    );
+    // The same address is still at its cap.
+    assert!(matches!(health("127.0.0.1"), Answer::Closed));
+    drop(held);
+    println!(
+        "one address: 4 connections held, 252 closed at once, /health answered to another address"
+    );
 }
 
 /// A slow socket's outcome: the server closed it (with or without a 408) within the guard.

@@ -489,11 +489,12 @@ fn wait_health(url: &str, done: impl Fn(&Value) -> bool) -> Value {
 /// Synchronised on events, not on time: a long streaming request is running (its first event
 /// arrived, and it still has hundreds of steps to go), then short requests are queued one at a
 /// time until the queue is full and the next is answered 429 at once. The long request keeps
-/// the engine busy however slow the machine is, since every queued request waits behind it.
+/// the engine busy however slow the machine is, since every queued request waits behind it; it
+/// holds one of the two places itself (a place counts until its client has the last byte).
 #[test]
 fn overload_is_429() {
     let srv = start_with(|c| {
-        c.queue_capacity = 1;
+        c.queue_capacity = 2;
         c.max_batch = 1;
     });
     let url = srv.url();
@@ -506,9 +507,9 @@ fn overload_is_429() {
         json!({"prompt": "copy 3dbk......=", "gen_length": 8, "block_length": 8, "stream": true});
     let mut accepted = Vec::new();
     let rejected = loop {
-        // At most 1 in the worker's hands + `queue_capacity` in the queue can be accepted.
+        // The long request holds one place: one more request fits.
         assert!(
-            accepted.len() <= 2,
+            accepted.len() <= 1,
             "no 429 after {} queued requests",
             accepted.len()
         );

@@ -72,11 +72,12 @@ fn tensor_bytes(dtype: GgmlDType, elems: usize) -> usize {
 }
 
 impl GgufFile {
-    /// Reads the header of `path` and checks that every tensor lies inside the file.
+    /// Reads the header of `path` and checks it as llama.cpp does ([`crate::gguf_check`]).
     ///
-    /// Errors ([`Error::Gguf`], naming the file): not a GGUF file, a truncated or corrupt header,
-    /// a tensor type candle cannot run (named with GGML's type name), a tensor past the end of
-    /// the file.
+    /// Errors ([`Error::Gguf`], naming the file): not a GGUF file, GGUF version 1, a truncated or
+    /// corrupt header, a tensor type candle cannot run (named with GGML's type name), a tensor
+    /// whose type, shape or offset disagrees with the layout, a tensor past the end of the file,
+    /// metadata that disagrees with the tensors (naming the key and the tensor).
     pub fn open(path: &Path) -> Result<Self> {
         let io = |source| Error::Io {
             path: path.to_path_buf(),
@@ -86,6 +87,8 @@ impl GgufFile {
         let file_len = file.metadata().map_err(io)?.len();
         let content = {
             let mut reader = std::io::BufReader::new(&mut file);
+            crate::gguf_check::check_version(path, &mut reader)?;
+            reader.seek(SeekFrom::Start(0)).map_err(io)?;
             // candle divides by `general.alignment` unchecked (0 is a division by zero).
             if let Some(alignment) = header_alignment(&mut reader, file_len).map_err(io)? {
                 if alignment == 0 || !alignment.is_power_of_two() {
@@ -101,27 +104,11 @@ impl GgufFile {
             reader.seek(SeekFrom::Start(0)).map_err(io)?;
             Content::read(&mut reader).map_err(|e| header_error(path, &e))?
         };
-        // Every tensor must lie inside the file (a truncated download fails here, at once).
-        let mut needed: Option<(u64, &str)> = None;
-        for (name, info) in &content.tensor_infos {
-            let bytes = tensor_bytes(info.ggml_dtype, info.shape.elem_count()) as u64;
-            let end = content
-                .tensor_data_offset
-                .saturating_add(info.offset)
-                .saturating_add(bytes);
-            if end > file_len && needed.is_none_or(|(e, _)| end > e) {
-                needed = Some((end, name));
-            }
-        }
-        if let Some((end, name)) = needed {
-            return Err(Error::gguf(
-                path,
-                format!(
-                    "truncated: the file has {file_len} bytes but its tensors need {end} \
-                     (tensor `{name}` ends at byte {end})"
-                ),
-            ));
-        }
+        // As llama.cpp: every tensor where the one before it ends, of the size its type and
+        // shape give, inside the file (a truncated download fails here, at once); the metadata
+        // against the tensors.
+        crate::gguf_check::check_layout(path, &content, file_len)?;
+        crate::gguf_check::check_metadata(path, &content)?;
         Ok(Self {
             path: path.to_path_buf(),
             content,
@@ -203,17 +190,7 @@ impl GgufFile {
             None => return Ok(None),
             Some(v) => v,
         };
-        let n: Option<u64> = match v {
-            Value::U8(x) => Some(u64::from(*x)),
-            Value::U16(x) => Some(u64::from(*x)),
-            Value::U32(x) => Some(u64::from(*x)),
-            Value::U64(x) => Some(*x),
-            Value::I8(x) => u64::try_from(*x).ok(),
-            Value::I16(x) => u64::try_from(*x).ok(),
-            Value::I32(x) => u64::try_from(*x).ok(),
-            Value::I64(x) => u64::try_from(*x).ok(),
-            _ => None,
-        };
+        let n = crate::gguf_check::non_negative(v);
         n.map(Some).ok_or_else(|| {
             self.err(format!(
                 "metadata key `{key}` = {v:?}: expected a non-negative integer"

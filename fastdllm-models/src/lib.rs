@@ -42,6 +42,7 @@ pub mod config;
 pub mod dream;
 pub mod error;
 pub mod gguf;
+pub mod gguf_check;
 pub(crate) mod layers;
 pub mod llada;
 mod load;

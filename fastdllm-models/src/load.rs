@@ -201,9 +201,12 @@ fn build(config: &ModelConfig, weights: &Weights) -> Result<Arc<dyn DiffusionLm>
 
 /// The GGUF file `path` names: the path itself when it is a file, the only `.gguf` of a
 /// directory without `config.json`; `None` for a Hugging Face directory (or a missing path,
-/// which the directory loader reports).
+/// which the directory loader reports). A FIFO, device or socket in either place is an
+/// [`Error::NotRegularFile`] naming it.
 fn gguf_path(path: &Path) -> Result<Option<PathBuf>> {
-    if path.is_file() {
+    // A FIFO or device named as the model is refused as such (opening a FIFO would block).
+    if path.exists() && !path.is_dir() {
+        crate::config::regular_file(path, "GGUF model file")?;
         return Ok(Some(path.to_path_buf()));
     }
     if !path.is_dir() || path.join("config.json").exists() {
@@ -216,11 +219,13 @@ fn gguf_path(path: &Path) -> Result<Option<PathBuf>> {
     let mut ggufs: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+            p.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
         })
         .collect();
+    for p in &ggufs {
+        crate::config::regular_file(p, "GGUF model file")?;
+    }
     ggufs.sort();
     match ggufs.len() {
         0 => Ok(None),

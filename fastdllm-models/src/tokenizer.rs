@@ -52,6 +52,25 @@ impl Tokenizer {
         Self { inner, path: None }
     }
 
+    /// The largest prompt text (bytes) that can fit in `max_seq_len` tokens: `max_seq_len` times
+    /// the longest vocabulary entry in UTF-8 bytes (at least 4, one character). Every input byte
+    /// of a byte-level BPE or character-level vocabulary is covered by a token of at most that
+    /// many bytes, so a longer text has more than `max_seq_len` tokens and is refused before it
+    /// is tokenized (the tokenizer's cost and memory grow with the text). Saturates instead of
+    /// overflowing. Assumption: the normalizer does not delete input (none of the supported
+    /// models' tokenizers does). Used by every front end (serve, generate, eval).
+    pub fn prompt_byte_cap(&self, max_seq_len: usize) -> usize {
+        let longest = self
+            .inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(0)
+            .max(4);
+        max_seq_len.saturating_mul(longest)
+    }
+
     /// The wrapped `tokenizers` tokenizer.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner

@@ -249,13 +249,17 @@ impl ProposerConfig {
         {
             return Err(Error::setting(
                 "temperature",
-                self.temperature,
+                crate::error::compact(self.temperature),
                 format!("0 (greedy) or finite and >= {MIN_TEMPERATURE:e} (smaller temperatures overflow float32 logits / T in Dream's sampler; use 0 for greedy)"),
             ));
         }
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
-                return Err(Error::setting("top_p", p, "in (0, 1]"));
+                return Err(Error::setting(
+                    "top_p",
+                    crate::error::compact(p),
+                    "in (0, 1]",
+                ));
             }
         }
         if self.top_k == Some(0) {

@@ -37,6 +37,17 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
 }
 
+/// `x` as an error message prints it: Rust's shortest decimal unless that is long (`5e-324`
+/// prints 324 digits in decimal), then scientific notation (`5e-324`).
+pub fn compact(x: f64) -> String {
+    let plain = x.to_string();
+    if plain.len() <= 24 {
+        plain
+    } else {
+        format!("{x:e}")
+    }
+}
+
 /// Result alias of fastdllm-sampler.
 pub type Result<T> = std::result::Result<T, Error>;
 

@@ -5,7 +5,8 @@
 //! Each fault names the directory it made and what `fastdllm generate --model DIR` must do:
 //! fail with exit 2 and an `error:` line holding every needle (the file, field, tensor or value
 //! at fault), or succeed with exactly the pristine fixture's output (faults that used to crash
-//! the process but describe a usable model). Add a fault here whenever a new one is found.
+//! the process but describe a usable model). Add a fault here whenever a new one is found (bad
+//! GGUF files: `gguf.rs`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -206,6 +207,34 @@ pub fn make_all(fixtures: &Path, out: &Path) -> Vec<ModelFault> {
         fs::write(&p, bytes).unwrap();
     });
     // Config values.
+    // Attribution: the file that set the value is the one named.
+    add(
+        "eos-out-of-range-in-generation-config",
+        L,
+        err(&["generation_config.json", "eos_token_id", "1000000"]),
+        &|d| {
+            edit_json(&d.join("generation_config.json"), |g| {
+                g.insert("eos_token_id".into(), json!(1_000_000));
+            })
+        },
+    );
+    add(
+        "mask-id-missing-from-both-files",
+        L,
+        err(&[
+            "mask_token_id",
+            "(missing)",
+            "neither config.json nor generation_config.json",
+        ]),
+        &|d| {
+            edit_json(&d.join("config.json"), |c| {
+                c.remove("mask_token_id");
+            });
+            edit_json(&d.join("generation_config.json"), |g| {
+                g.remove("mask_token_id");
+            });
+        },
+    );
     add("mask-equals-eos", L, err(&["mask_token_id", "50"]), &|d| {
         set_config(d, "mask_token_id", json!(50))
     });

@@ -125,6 +125,52 @@ fn random_config(path: &Path, layers: Option<usize>) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
+/// Refuses random weights larger than the memory available now (`MemAvailable`), before any
+/// allocation: [`benches::system::param_count`] parameters of the dtype's size (f32 when quantizing, as
+/// they are drawn in f32 first). The error names the config's shape fields, as the file names
+/// them (e.g. LLaDA's `d_model`).
+fn check_random_weights_fit(
+    path: &Path,
+    cfg: &ModelConfig,
+    options: &fastdllm_models::LoadOptions,
+) -> Result<()> {
+    let Some(available) = benches::system::available_memory() else {
+        return Ok(());
+    };
+    let bytes_per = if options.quantize.is_some() {
+        4
+    } else {
+        options.dtype.size_in_bytes() as u64
+    };
+    let params = benches::system::param_count(cfg);
+    let need = params.saturating_mul(bytes_per);
+    if need <= available {
+        return Ok(());
+    }
+    let [hidden, inter, vocab, layers] = match cfg.family {
+        fastdllm_core::ModelFamily::Llada => {
+            ["d_model", "mlp_hidden_size", "embedding_size", "n_layers"]
+        }
+        fastdllm_core::ModelFamily::Dream => [
+            "hidden_size",
+            "intermediate_size",
+            "vocab_size",
+            "num_hidden_layers",
+        ],
+    };
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    bail!(
+        "--random-weights {}: {hidden} = {}, {inter} = {}, {vocab} = {}, {layers} = {} make {params} parameters ({:.1} GiB), more than the {:.1} GiB of memory available (MemAvailable); lower them or --layers",
+        path.display(),
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.vocab_size,
+        cfg.num_layers,
+        gib(need),
+        gib(available)
+    )
+}
+
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let device = a.model.device.device()?;
     let options = a.model.load_options();
@@ -157,6 +203,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let bm = match (&a.random_weights, &a.model.model, a.preset) {
         (Some(path), _, _) => {
             let cfg = random_config(path, a.layers)?;
+            check_random_weights_fit(path, &cfg, &options)?;
             let name = format!(
                 "random:{}{}",
                 path.display(),

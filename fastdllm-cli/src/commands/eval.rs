@@ -77,7 +77,8 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             .collect::<Result<Vec<_>>>()?,
         None => vec![(base.label(), base.clone())],
     };
-    let prompts = encode_prompts(&loaded, &tasks, a.raw)?;
+    let prompts = encode_prompts(&loaded, &tasks, a.raw)
+        .with_context(|| format!("task file {}", a.tasks.display()))?;
     let show_progress = std::io::stderr().is_terminal();
     let mut reports = Vec::new();
     for (text, settings) in &resolved {

@@ -68,10 +68,6 @@ pub fn parse_ids(text: &str) -> Result<Vec<u32>> {
         .collect()
 }
 
-/// Bytes of prompt text per token of the model's maximum length that `--prompt -` and
-/// `--prompt-file` read at most (no token's text is longer in the supported vocabularies).
-pub const PROMPT_BYTES_PER_TOKEN: usize = 16;
-
 /// Reads one prompt of at most `cap` bytes from `r` (`what` names the source in errors: the
 /// path, or stdin): UTF-8, one trailing newline (`\n` or `\r\n`) dropped.
 fn read_prompt(r: impl Read, what: &str, cap: usize) -> Result<String> {
@@ -80,7 +76,7 @@ fn read_prompt(r: impl Read, what: &str, cap: usize) -> Result<String> {
         .read_to_end(&mut bytes)
         .with_context(|| format!("cannot read the prompt from {what}"))?;
     if bytes.len() > cap {
-        bail!("the prompt in {what} is larger than {cap} bytes (the model's maximum sequence length x {PROMPT_BYTES_PER_TOKEN})");
+        bail!("the prompt in {what} is larger than {cap} bytes (the most that fit the model's maximum sequence length)");
     }
     let mut text = String::from_utf8(bytes)
         .map_err(|e| anyhow::anyhow!("the prompt in {what} is not UTF-8 text: {e}"))?;
@@ -104,6 +100,9 @@ fn prompt_texts(prompt: &[String], files: &[PathBuf], cap: usize) -> Result<Vec<
         out.push(if p == "-" {
             read_prompt(std::io::stdin().lock(), "stdin (--prompt -)", cap)?
         } else {
+            if p.len() > cap {
+                bail!("the prompt in --prompt is larger than {cap} bytes (the most that fit the model's maximum sequence length)");
+            }
             p.clone()
         });
     }
@@ -132,7 +131,7 @@ pub fn run(a: GenerateArgs) -> Result<ExitCode> {
     let settings = resolve_flags(&knobs, spec.family, &defaults)?;
     print_settings(&dir, &loaded, &settings, &defaults)?;
     let prompts: Vec<Vec<u32>> = if a.prompt_ids.is_empty() {
-        let cap = spec.max_seq_len.saturating_mul(PROMPT_BYTES_PER_TOKEN);
+        let cap = loaded.tokenizer.prompt_byte_cap(spec.max_seq_len);
         prompt_texts(&a.prompt, &a.prompt_file, cap)?
             .iter()
             .map(|p| {

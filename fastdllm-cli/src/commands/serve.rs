@@ -27,7 +27,8 @@ pub struct ServeArgs {
     /// Port to listen on (0 = any free port).
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// Requests that may wait for the engine; more are answered 429.
+    /// Choices the server holds at once: queued, decoding, or not yet read by their clients;
+    /// more are answered 429.
     #[arg(long, default_value_t = 64, value_parser = bounds::queue())]
     queue_capacity: usize,
     /// Most requests decoded together in one batch.
@@ -43,12 +44,21 @@ pub struct ServeArgs {
     /// connection stays open.
     #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     header_read_timeout: f64,
-    /// Longest pause in seconds while a client sends a request body (408 after it).
+    /// Seconds a client has to send a whole request body, from the end of its head (408 after
+    /// it).
     #[arg(long, default_value_t = 30.0, value_parser = seconds)]
     body_timeout: f64,
     /// Most open connections; more wait until one closes.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_connections: u32,
+    /// Most open connections from one client address; more are closed at once. Behind a
+    /// reverse proxy every client shares its address: raise it to --max-connections there.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections_per_ip: u32,
+    /// Seconds a response may wait for its client to take any of its bytes; after it the
+    /// connection is closed and its generation cancelled.
+    #[arg(long, default_value_t = 30.0, value_parser = seconds)]
+    stream_timeout: f64,
     /// Seconds in-flight requests may take after a shutdown signal (SIGTERM, ctrl-c); a second
     /// signal exits at once.
     #[arg(long, default_value_t = 30.0, value_parser = seconds)]
@@ -164,6 +174,8 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     cfg.header_read_timeout = Duration::from_secs_f64(a.header_read_timeout);
     cfg.body_timeout = Duration::from_secs_f64(a.body_timeout);
     cfg.max_connections = a.max_connections as usize;
+    cfg.max_connections_per_ip = a.max_connections_per_ip as usize;
+    cfg.stream_timeout = Duration::from_secs_f64(a.stream_timeout);
     cfg.drain_timeout = Duration::from_secs_f64(a.drain_timeout);
     cfg.shutdown_delay = Duration::from_secs_f64(a.shutdown_delay);
     cfg.api_key = api_key(&a)?;

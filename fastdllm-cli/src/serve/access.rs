@@ -1,7 +1,7 @@
 //! The router's layers, in the order a request meets them: [`track`] counts and times every
 //! request; [`check`] refuses, cheapest first, request-line and header limits (414, 431), the API
 //! key (401), the content type of POST bodies (415), then reads a POST body whole with its size
-//! limit (413) and its timeout (408), so that the handlers receive bytes; CORS when configured
+//! limit (413) and its deadline (408), so that the handlers receive bytes; CORS when configured
 //! ([`cors_layer`]).
 //!
 //! Every refusal is an OpenAI error object ([`ApiError`]) and closes the connection where the
@@ -58,7 +58,7 @@ pub async fn track(State(t): State<Arc<Telemetry>>, req: Request, next: Next) ->
 }
 
 /// The access layer of every route: limits, API key, content type; then a POST body is read
-/// whole (its size limit and timeout) and handed on as bytes, a large one counting toward a burst
+/// whole (`read_body`) and handed on as bytes, a large one counting toward a burst
 /// ([`LargeBodies`]) until the handler has answered (and freed its copies of it).
 pub async fn check(State(s): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(e) = refuse(&s, &req) {
@@ -177,8 +177,9 @@ pub fn close(mut r: Response) -> Response {
     r
 }
 
-/// Reads the body up to the server's limit: 413 above it, 408 when the client stops sending for
-/// longer than the body timeout (tower-http's `RequestBodyTimeoutLayer`, see `router`).
+/// Reads the body up to the server's limit: 413 above it, 408 when the whole body has not
+/// arrived within the body timeout (a deadline from the end of the head to the body's last
+/// byte, so a client trickling one byte at a time cannot hold the request open).
 async fn read_body(
     s: &AppState,
     headers: &axum::http::HeaderMap,
@@ -203,22 +204,23 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(b) => Ok(b),
-        Err(e) if source_is::<http_body_util::LengthLimitError>(&e) => Err(too_large()),
-        Err(e) if source_is::<tower_http::timeout::TimeoutError>(&e) => Err(close(
+    let deadline = s.0.cfg.body_timeout;
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) if source_is::<http_body_util::LengthLimitError>(&e) => Err(too_large()),
+        Err(_) => Err(close(
             ApiError::invalid(
                 None,
                 format!(
-                    "the request body was not received: no data for {} ms (the body timeout)",
-                    s.0.cfg.body_timeout.as_millis()
+                    "the request body did not arrive within {} ms (the body timeout)",
+                    deadline.as_millis()
                 ),
             )
             .with_status(StatusCode::REQUEST_TIMEOUT)
             .with_code("request_timeout")
             .into_response(),
         )),
-        Err(e) => Err(close(
+        Ok(Err(e)) => Err(close(
             ApiError::invalid(None, format!("cannot read the request body: {e}")).into_response(),
         )),
     }

@@ -15,6 +15,47 @@ use serde_json::json;
 /// wait this long before their retry, then back off on their own).
 pub const RETRY_AFTER_SECS: u64 = 1;
 
+/// Longest piece of a request an error message quotes (a field name, a value), in characters;
+/// longer ones are cut with [`clip`]. An unknown field name of 500 KB is quoted by its first
+/// 100 characters and its length.
+pub const MAX_QUOTE_CHARS: usize = 100;
+
+/// Longest error message sent, in bytes: the last guard, after [`clip`] at each quote, so that no
+/// error body grows with the request (serde's own messages quote whole strings).
+pub const MAX_MESSAGE_BYTES: usize = 1 << 10;
+
+/// `s` when at most [`MAX_QUOTE_CHARS`] characters, else its first ones followed by
+/// `… (N bytes)`.
+pub fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(MAX_QUOTE_CHARS) {
+        None => s.into(),
+        Some((end, _)) => format!("{}… ({} bytes)", &s[..end], s.len()).into(),
+    }
+}
+
+/// `msg` (a parser's message) with the text between its first and last double quote (the
+/// value it quotes) cut by [`clip`]: serde's `invalid type: string "…", expected u64`.
+pub fn clip_quoted(msg: &str) -> std::borrow::Cow<'_, str> {
+    match (msg.find('"'), msg.rfind('"')) {
+        (Some(a), Some(b)) if b > a + 1 + MAX_QUOTE_CHARS => {
+            format!("{}{}{}", &msg[..=a], clip(&msg[a + 1..b]), &msg[b..]).into()
+        }
+        _ => msg.into(),
+    }
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, with `…` when cut.
+fn cut(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end]).into()
+}
+
 /// An error answered to the client.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
@@ -97,13 +138,14 @@ impl ApiError {
         }
     }
 
-    /// The JSON error object.
+    /// The JSON error object; the message is cut at [`MAX_MESSAGE_BYTES`] and the param at
+    /// [`MAX_QUOTE_CHARS`] ([`clip`]), whatever the request sent.
     pub fn body(&self) -> serde_json::Value {
         json!({
             "error": {
-                "message": self.message,
+                "message": cut(&self.message, MAX_MESSAGE_BYTES),
                 "type": self.kind,
-                "param": self.param,
+                "param": self.param.as_deref().map(clip),
                 "code": self.code,
             }
         })
@@ -124,5 +166,30 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_are_clipped_and_messages_capped() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(300);
+        let c = clip(&long);
+        assert!(c.starts_with(&"é".repeat(MAX_QUOTE_CHARS)), "{c}");
+        assert!(c.ends_with("… (600 bytes)"), "{c}");
+        let serde = format!(
+            "invalid type: string \"{}\", expected u64",
+            "k".repeat(5000)
+        );
+        let q = clip_quoted(&serde);
+        assert!(q.ends_with("… (5000 bytes)\", expected u64"), "{q}");
+        assert!(q.len() < 200, "{q}");
+        let e = ApiError::invalid(Some(&"p".repeat(500)), "m".repeat(5000));
+        let b = e.body();
+        assert!(b["error"]["message"].as_str().unwrap().len() <= MAX_MESSAGE_BYTES + 3);
+        assert!(b["error"]["param"].as_str().unwrap().len() < 130);
     }
 }

@@ -72,7 +72,8 @@ pub struct ServeConfig {
     pub model_id: String,
     /// Knob defaults.
     pub defaults: Defaults,
-    /// Requests that may wait for the engine; more are answered 429.
+    /// Choices (rows) the server holds at once: queued, decoding, or not yet read by their
+    /// clients (a place counts until the client has the answer's last byte); more are 429.
     pub queue_capacity: usize,
     /// Most rows in one batch.
     pub max_batch: usize,
@@ -81,10 +82,16 @@ pub struct ServeConfig {
     /// Time allowed to send a request head; also how long an idle keep-alive connection stays
     /// open (hyper's `header_read_timeout` runs while a connection waits for a request head).
     pub header_read_timeout: Duration,
-    /// Longest pause while sending a request body (tower-http's `RequestBodyTimeoutLayer`; 408).
+    /// Time allowed to send the whole request body, from the end of its head (408 after it).
     pub body_timeout: Duration,
     /// Most open connections; further ones wait in the listen backlog until one closes.
     pub max_connections: usize,
+    /// Most open connections from one client address (IP); more are closed as soon as they are
+    /// accepted, so that one address cannot take every place of [`Self::max_connections`].
+    pub max_connections_per_ip: usize,
+    /// Longest time a response may wait for its client to take any of its bytes (a client that
+    /// does not read its stream): the connection is then closed and its rows cancelled.
+    pub stream_timeout: Duration,
     /// After a shutdown signal, how long in-flight requests may take before their connections
     /// are closed.
     pub drain_timeout: Duration,
@@ -103,8 +110,9 @@ pub struct ServeConfig {
 
 impl ServeConfig {
     /// Defaults: queue 64, batches of up to 32 rows, 1 MiB bodies, 10 s to send a head (and
-    /// idle keep-alive), 30 s body pauses, 256 connections, 30 s drain, no API key, no CORS,
-    /// tokenization on as many threads as there are CPUs.
+    /// idle keep-alive), 30 s to send a body, 256 connections (128 per client address), 30 s for
+    /// a client to read, 30 s drain, no API key, no CORS, tokenization on as many threads as
+    /// there are CPUs.
     pub fn new(model_id: impl Into<String>, defaults: Defaults) -> Self {
         ServeConfig {
             model_id: model_id.into(),
@@ -115,6 +123,8 @@ impl ServeConfig {
             header_read_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_connections: 256,
+            max_connections_per_ip: 128,
+            stream_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             api_key: None,
             cors_allow_origins: Vec::new(),
@@ -198,7 +208,7 @@ pub fn start_with(
 }
 
 /// The routes, behind (outermost first) CORS when configured, the request counter
-/// ([`access::track`]), the body timeout and the access checks with the body read
+/// ([`access::track`]) and the access checks with the body read under its deadline
 /// ([`access::check`]).
 pub fn router(state: AppState) -> Router {
     let cfg = state.0.cfg.clone();
@@ -217,9 +227,6 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::check,
-        ))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            cfg.body_timeout,
         ))
         // Outermost of the router's layers: refusals by the access checks are counted too.
         .layer(axum::middleware::from_fn_with_state(

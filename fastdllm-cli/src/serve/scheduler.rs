@@ -56,6 +56,9 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// Runs the worker loop until every sender of `rx` is dropped, the queue is drained and the
 /// running batch has finished. The queue's bound is the handlers' semaphore of
 /// [`super::worker::QueueSlot`]s, not the channel: jobs whose client went away are skipped here.
+/// When a batch ends with nothing queued, free heap memory goes back to the kernel
+/// ([`crate::malloc::release_free_memory`]): a large batch's activations and caches would
+/// otherwise stay resident.
 pub fn run_worker(ctx: EngineContext) {
     let EngineContext {
         loaded,
@@ -109,6 +112,9 @@ pub fn run_worker(ctx: EngineContext) {
         if !keep || l.batch.is_empty() {
             served = None;
             telemetry.running(0);
+            if pending.is_empty() && rx.is_empty() {
+                crate::malloc::release_free_memory();
+            }
         }
     }
 }
@@ -202,7 +208,6 @@ impl<'m> ServedBatch<'m> {
     /// Admits `job` (under a panic guard: a panic fails this request only). Returns whether it
     /// joined a batch that had already run a round.
     fn admit(&mut self, job: Job, telemetry: &Telemetry) -> bool {
-        job.slot.release();
         let batch = &mut self.batch;
         let events = RowEvents {
             text: job.stream,
@@ -242,7 +247,7 @@ impl<'m> ServedBatch<'m> {
             let _ = c
                 .job
                 .events
-                .send(RowEvent::Error(format!("request {}: {msg}", c.job.id)));
+                .try_send(RowEvent::Error(format!("request {}: {msg}", c.job.id)));
         }
         self.clients.clear();
     }
@@ -343,7 +348,15 @@ impl RowSink for Clients<'_> {
                 RowEvent::Done(answer)
             }
         };
-        let _ = job.events.send(out);
+        // The engine never waits for a client: a full channel means the client has stopped
+        // reading (`ROW_EVENTS`), and its row is cancelled (the closed-without-an-answer channel
+        // tells the handler).
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = job.events.try_send(out) {
+            if !c.cancelled {
+                c.cancelled = true;
+                self.telemetry.rows_cancelled(1);
+            }
+        }
     }
 }
 
@@ -352,7 +365,7 @@ fn reject(job: &Job, msg: String, telemetry: &Telemetry) {
     telemetry.rows_failed(1);
     let _ = job
         .events
-        .send(RowEvent::Error(format!("request {}: {msg}", job.id)));
+        .try_send(RowEvent::Error(format!("request {}: {msg}", job.id)));
 }
 
 fn admission_panic(payload: &(dyn Any + Send)) -> String {

@@ -14,12 +14,12 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{StreamExt, StreamMap};
 
 use super::errors::ApiError;
 use super::openai::{Chunk, ChunkChoice, Provisional, Route, Usage};
-use super::worker::{Choices, Queued, RowEvent};
+use super::worker::{Choices, Queued, RowEvent, ROW_EVENTS};
 
 /// Builds the chunks of one streaming response.
 #[derive(Debug, Clone)]
@@ -97,25 +97,33 @@ pub fn event(c: &Chunk) -> Event {
         .unwrap_or_else(|_| Event::default().data("{}"))
 }
 
+/// Events built ahead of what hyper has written: the stream's own bound (with [`ROW_EVENTS`] per
+/// row before it and the socket's buffers after it); a client that does not read stops the
+/// task here, and the transport's stream timeout then closes its connection.
+pub const STREAM_EVENTS: usize = 16;
+
 /// The SSE response of a streaming request: the choices' chunks as they come (built by `c`),
 /// then (with `include_usage`) a chunk with empty `choices` and the usage of `prompt_tokens`
 /// and the choices' answers, then `[DONE]`. An engine error of a choice is sent as an OpenAI
-/// error object. A task drives the choices and holds their queue places; when the client goes
-/// away it drops their channels and places, which cancels their rows.
+/// error object, and so is a choice the engine cancelled because its client fell
+/// [`ROW_EVENTS`] events behind. A task turns the choices' events into chunks; the response
+/// body holds the queue places until its last byte is written or the client goes away, and
+/// when the body is dropped the task drops the channels, which cancels the rows.
 pub fn sse(c: Chunker, choices: Choices, prompt_tokens: usize) -> Response {
-    let (out, out_rx) = mpsc::unbounded_channel::<Event>();
+    let (out, out_rx) = mpsc::channel::<Event>(STREAM_EVENTS);
     let n = choices.len();
+    let mut slots = Vec::with_capacity(n);
+    let mut map = StreamMap::new();
+    for (i, Queued { events, slot }) in choices.into_iter().enumerate() {
+        map.insert(i, ReceiverStream::new(events));
+        slots.push(slot);
+    }
     tokio::spawn(async move {
-        let mut map = StreamMap::new();
-        let mut _slots = Vec::with_capacity(n);
-        for (i, Queued { events, slot }) in choices.into_iter().enumerate() {
-            map.insert(i, UnboundedReceiverStream::new(events));
-            _slots.push(slot);
-        }
         if c.route == Route::Chat {
             for i in 0..n {
                 if out
                     .send(event(&c.chunk(i, None, true, None, None)))
+                    .await
                     .is_err()
                 {
                     return;
@@ -123,6 +131,7 @@ pub fn sse(c: Chunker, choices: Choices, prompt_tokens: usize) -> Response {
             }
         }
         let mut completion_tokens = 0;
+        let mut ended = vec![false; n];
         loop {
             let next = tokio::select! {
                 next = map.next() => next,
@@ -133,25 +142,47 @@ pub fn sse(c: Chunker, choices: Choices, prompt_tokens: usize) -> Response {
                 RowEvent::Text(t) => event(&c.chunk(i, Some(t), false, None, None)),
                 RowEvent::Provisional(p) => event(&c.chunk(i, None, false, None, Some(p))),
                 RowEvent::Done(a) => {
+                    ended[i] = true;
                     completion_tokens += a.completion_tokens;
                     event(&c.chunk(i, None, false, Some(a.finish_reason.as_str()), None))
                 }
-                RowEvent::Error(m) => Event::default()
-                    .json_data(ApiError::internal(m).body())
-                    .unwrap_or_else(|_| Event::default().data("{}")),
+                RowEvent::Error(m) => {
+                    ended[i] = true;
+                    error_event(&ApiError::internal(m))
+                }
             };
-            if out.send(e).is_err() {
+            if out.send(e).await.is_err() {
+                return;
+            }
+        }
+        for i in (0..n).filter(|&i| !ended[i]) {
+            let e = ApiError::internal(format!(
+                "request {}: choice {i} ended without an answer: the engine cancelled it (its client fell {ROW_EVENTS} events behind) or dropped it",
+                c.id
+            ));
+            if out.send(error_event(&e)).await.is_err() {
                 return;
             }
         }
         if c.include_usage {
             let usage = Usage::new(prompt_tokens, completion_tokens);
-            let _ = out.send(event(&c.with(Vec::new(), Some(usage))));
+            let _ = out.send(event(&c.with(Vec::new(), Some(usage)))).await;
         }
-        let _ = out.send(Event::default().data("[DONE]"));
+        let _ = out.send(Event::default().data("[DONE]")).await;
     });
-    let stream = UnboundedReceiverStream::new(out_rx).map(Ok::<Event, Infallible>);
+    // The places go back when hyper drops the body: after its last byte, or with the connection.
+    let stream = ReceiverStream::new(out_rx).map(move |e| {
+        let _held = &slots;
+        Ok::<Event, Infallible>(e)
+    });
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// An error object as an event.
+fn error_event(e: &ApiError) -> Event {
+    Event::default()
+        .json_data(e.body())
+        .unwrap_or_else(|_| Event::default().data("{}"))
 }

@@ -21,7 +21,7 @@ use fastdllm_models::{ChatTemplate, LoadedModel, Message, Tokenizer};
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
-use super::errors::ApiError;
+use super::errors::{clip, clip_quoted, ApiError};
 use super::openai::{
     ChatRequest, CompletionRequest, Knobs, RequestMessage, Route, StopInput, StreamOptions,
 };
@@ -338,23 +338,10 @@ impl Validator {
     }
 }
 
-/// The largest prompt text (bytes) that can fit in `max_seq_len` tokens: `max_seq_len` times
-/// the longest vocabulary entry in UTF-8 bytes (at least 4, one character). Every input byte
-/// of a byte-level BPE or character-level vocabulary is covered by a token of at most that many
-/// bytes, so a longer text has more than `max_seq_len` tokens and is refused before it is
-/// tokenized (the tokenizer's cost grows with the text, the engine's cap does not). Saturates
-/// instead of overflowing. Assumption: the normalizer does not delete input (none of the
-/// supported models' tokenizers does).
+/// The largest prompt text (bytes) that can fit in `max_seq_len` tokens
+/// ([`Tokenizer::prompt_byte_cap`]).
 pub fn prompt_byte_cap(tokenizer: &Tokenizer, max_seq_len: usize) -> usize {
-    let longest = tokenizer
-        .inner()
-        .get_vocab(true)
-        .keys()
-        .map(String::len)
-        .max()
-        .unwrap_or(0)
-        .max(4);
-    max_seq_len.saturating_mul(longest)
+    tokenizer.prompt_byte_cap(max_seq_len)
 }
 
 /// The conversation of `messages` for the chat template: roles checked (`developer` read as
@@ -563,7 +550,7 @@ pub fn check_fields(obj: &Map<String, Value>, route: Route) -> Result<(), ApiErr
     if !unsupported.is_empty() {
         let list: Vec<String> = unsupported
             .iter()
-            .map(|(k, v)| format!("{k} = {v}"))
+            .map(|(k, v)| format!("{} = {}", clip(k), clip(&v.to_string())))
             .collect();
         parts.push(if list.len() == 1 {
             format!(
@@ -581,7 +568,11 @@ pub fn check_fields(obj: &Map<String, Value>, route: Route) -> Result<(), ApiErr
         let s = if unknown.len() == 1 { "" } else { "s" };
         parts.push(format!(
             "Unrecognized request argument{s} supplied: {}",
-            unknown.join(", ")
+            unknown
+                .iter()
+                .map(|k| clip(k))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     let (param, code) = match (unsupported.first(), unknown.first()) {
@@ -597,11 +588,15 @@ fn typed<T: serde::de::DeserializeOwned>(obj: &Map<String, Value>) -> Result<T, 
     serde_path_to_error::deserialize(Value::Object(obj.clone())).map_err(|e| {
         let path = e.path().to_string();
         let field = path.split(['.', '[']).next().unwrap_or("").to_string();
-        let inner = e.into_inner();
+        let inner = e.into_inner().to_string();
+        let inner = clip_quoted(&inner);
         if field.is_empty() || field == "?" {
             ApiError::invalid(None, format!("invalid request: {inner}"))
         } else {
-            ApiError::invalid(Some(field.as_str()), format!("invalid {path}: {inner}"))
+            ApiError::invalid(
+                Some(field.as_str()),
+                format!("invalid {}: {inner}", clip(&path)),
+            )
         }
     })
 }

@@ -4,12 +4,15 @@
 //! final answer) to that row's own channel.
 //!
 //! The handlers' side ([`EngineHandle::submit`]): every choice (each prompt × `n`) is one row
-//! ([`Job`]) with its own seed ([`choice_seed`]) and its own event channel ([`RowEvent`]), and
-//! holds one place of the queue (a semaphore of `queue_capacity` places, [`QueueSlot`]); a
-//! request takes all its places or none (429). A non-streaming handler waits for every
-//! choice's answer ([`wait_done`]); a streaming one turns the channels into server-sent events
-//! (`super::sse`). A client that goes away drops its channels and places: the places are free
-//! at once, and the engine loop notices the closed channels after the next step.
+//! ([`Job`]) with its own seed ([`choice_seed`]) and its own bounded event channel
+//! ([`RowEvent`], [`ROW_EVENTS`] deep), and holds one place of the queue (a semaphore of
+//! `queue_capacity` places, [`QueueSlot`]) from its submission until its client has the last
+//! byte of the answer (the place is held by the response body); a request takes all its places
+//! or none (429). A non-streaming handler waits for every choice's answer ([`wait_done`]); a
+//! streaming one turns the channels into server-sent events (`super::sse`). A client that goes
+//! away drops its channels and places: the places are free at once, and the engine loop notices
+//! the closed channels after the next step. The engine never waits for a client: a row whose
+//! client has fallen [`ROW_EVENTS`] events behind is cancelled (see `super::scheduler`).
 //!
 //! The engine loop ([`EngineLoop`]) runs on the worker thread; [`super::scheduler::run_worker`]
 //! is the server's, and a test can give its own (a faulty one) to `serve::start_with` /
@@ -21,7 +24,7 @@
 
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -33,6 +36,13 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use super::errors::ApiError;
 use super::metrics::Telemetry;
 use super::scheduler::panic_message;
+
+/// Events a row's channel holds before its client counts as not reading: the engine then
+/// cancels the row rather than wait or buffer more (a row sends at most one text and one
+/// provisional event per step; a client reading its stream keeps its channel near empty).
+/// Reference: Redis' `client-output-buffer-limit` (a client whose output buffer passes a hard
+/// limit is disconnected).
+pub const ROW_EVENTS: usize = 256;
 
 /// What an engine loop runs with.
 pub struct EngineContext {
@@ -181,8 +191,8 @@ impl EngineHandle {
             let Some(one) = one else {
                 return Err(ApiError::internal("the queue places were miscounted"));
             };
-            let (job_slot, slot) = QueueSlot::pair(one);
-            let (tx, rx) = mpsc::unbounded_channel();
+            let slot = QueueSlot(one);
+            let (tx, rx) = mpsc::channel(ROW_EVENTS);
             let mut row = g.settings.clone();
             row.seed = choice_seed(g.seed, index);
             let job = Job {
@@ -193,7 +203,6 @@ impl EngineHandle {
                 provisional: g.provisional,
                 queued_at,
                 events: tx,
-                slot: job_slot,
             };
             if self.jobs.send(job).is_err() {
                 return Err(match self.health.stopped() {
@@ -250,11 +259,12 @@ impl Worker {
 }
 
 /// One queued choice: its events and the handler's hold on its queue place (dropping it, as
-/// when the client disconnects, frees the place at once).
+/// when the client disconnects or has read the whole answer, frees the place).
 #[derive(Debug)]
 pub struct Queued {
-    /// The row's events, in order; [`RowEvent::Done`] or [`RowEvent::Error`] is the last.
-    pub events: mpsc::UnboundedReceiver<RowEvent>,
+    /// The row's events, in order; [`RowEvent::Done`] or [`RowEvent::Error`] is the last (a
+    /// channel that closes without either: the engine cancelled the row).
+    pub events: mpsc::Receiver<RowEvent>,
     /// The handler's hold on the row's queue place.
     pub slot: QueueSlot,
 }
@@ -341,42 +351,14 @@ pub struct Job {
     pub provisional: bool,
     /// When the request was queued (metrics).
     pub queued_at: Instant,
-    /// The client's channel; closed = the client went away.
-    pub events: mpsc::UnboundedSender<RowEvent>,
-    /// The request's place in the queue: released when the row is admitted into a session (or
-    /// the job is dropped), or at once when the client goes away ([`QueueSlot`]).
-    pub slot: QueueSlot,
+    /// The client's channel ([`ROW_EVENTS`] deep); closed = the client went away.
+    pub events: mpsc::Sender<RowEvent>,
 }
 
-/// A queue place shared by the handler and the worker: whichever side lets go first (the worker
-/// admitting or dropping the job, the handler's future dropped when its client disconnects)
-/// returns the permit, so a disconnected client frees its place at once instead of when the
-/// worker reaches its job.
+/// A request's place in the queue, held by its handler (the response body of a stream) until
+/// the client has the answer's last byte or goes away; dropping it returns the place.
 #[derive(Debug)]
-pub struct QueueSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
-
-impl QueueSlot {
-    /// Two handles on `permit`: one for the job, one for the handler.
-    pub fn pair(permit: OwnedSemaphorePermit) -> (QueueSlot, QueueSlot) {
-        let shared = Arc::new(Mutex::new(Some(permit)));
-        (QueueSlot(shared.clone()), QueueSlot(shared))
-    }
-
-    /// Returns the place to the queue (idempotent).
-    pub fn release(&self) {
-        let permit = match self.0.lock() {
-            Ok(mut g) => g.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        drop(permit);
-    }
-}
-
-impl Drop for QueueSlot {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
+pub struct QueueSlot(#[allow(dead_code)] OwnedSemaphorePermit);
 
 /// What the worker tells one client.
 #[derive(Debug, Clone)]

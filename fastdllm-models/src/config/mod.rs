@@ -196,23 +196,116 @@ pub fn load_config(dir: &Path) -> Result<ModelConfig> {
     let probe: ArchitectureProbe = parse_json(&path, &text)?;
     let family = probe.family().map_err(|e| e.in_config_file(&path))?;
     let generation = read_generation_config(dir)?;
+    let gen_path = dir.join("generation_config.json");
     let config = match family {
         ModelFamily::Llada => {
             let mut raw: RawLladaConfig = parse_json(&path, &text)?;
+            let own = OwnIds::of(
+                &raw.mask_token_id,
+                &raw.pad_token_id,
+                &raw.bos_token_id,
+                &raw.eos_token_id,
+            );
             if let Some(generation) = &generation {
                 raw.fill_from_generation(generation);
             }
-            ModelConfig::try_from(raw).map_err(|e| e.in_config_file(&path))?
+            ModelConfig::try_from(raw)
+                .map_err(|e| own.blame(e, &path, &gen_path, generation.as_ref()))?
         }
         ModelFamily::Dream => {
             let mut raw: RawDreamConfig = parse_json(&path, &text)?;
+            let own = OwnIds::of(
+                &raw.mask_token_id,
+                &raw.pad_token_id,
+                &raw.bos_token_id,
+                &raw.eos_token_id,
+            );
             if let Some(generation) = &generation {
                 raw.fill_from_generation(generation);
             }
-            ModelConfig::try_from(raw).map_err(|e| e.in_config_file(&path))?
+            ModelConfig::try_from(raw)
+                .map_err(|e| own.blame(e, &path, &gen_path, generation.as_ref()))?
         }
     };
     Ok(config)
+}
+
+/// The special ids `config.json` itself sets (before `generation_config.json` fills the rest).
+#[derive(Debug)]
+struct OwnIds {
+    mask: Option<u32>,
+    pad: Option<u32>,
+    bos: Option<u32>,
+    eos: Vec<u32>,
+}
+
+impl OwnIds {
+    /// What `config.json` sets of the special ids.
+    fn of(
+        mask: &Option<u32>,
+        pad: &Option<u32>,
+        bos: &Option<u32>,
+        eos: &Option<TokenIds>,
+    ) -> OwnIds {
+        OwnIds {
+            mask: *mask,
+            pad: *pad,
+            bos: *bos,
+            eos: eos.as_ref().map(TokenIds::to_vec).unwrap_or_default(),
+        }
+    }
+}
+
+impl OwnIds {
+    /// Attaches the file a config error belongs to: `generation_config.json` (`gen_path`) when
+    /// the rejected special id came from it, else `config.json` (`path`). A mask id neither file
+    /// sets is reported as missing (the family's default was tried), not as the file's value.
+    fn blame(
+        &self,
+        e: Error,
+        path: &Path,
+        gen_path: &Path,
+        generation: Option<&RawGenerationConfig>,
+    ) -> Error {
+        let Error::InvalidConfig {
+            file: None,
+            field,
+            value,
+            allowed,
+        } = e
+        else {
+            return e.in_config_file(path);
+        };
+        let id: Option<u32> = value.parse().ok();
+        let g = generation;
+        let from_generation = match field {
+            "mask_token_id" => self.mask.is_none() && g.is_some_and(|g| g.mask_token_id.is_some()),
+            "pad_token_id" => self.pad.is_none() && g.is_some_and(|g| g.pad_token_id.is_some()),
+            "bos_token_id" => self.bos.is_none() && g.is_some_and(|g| g.bos_token_id.is_some()),
+            "eos_token_id" => id.is_some_and(|id| {
+                !self.eos.contains(&id)
+                    && g.and_then(|g| g.eos_token_id.as_ref())
+                        .is_some_and(|ids| ids.to_vec().contains(&id))
+            }),
+            _ => false,
+        };
+        if field == "mask_token_id" && self.mask.is_none() && !from_generation {
+            return Error::InvalidConfig {
+                file: Some(path.to_path_buf()),
+                field,
+                value: "(missing)".into(),
+                allowed: format!(
+                    "neither config.json nor generation_config.json sets it, and the family's default {value} does not fit: it {allowed}; set `mask_token_id`"
+                ),
+            };
+        }
+        Error::InvalidConfig {
+            file: Some(if from_generation { gen_path } else { path }.to_path_buf()),
+            field,
+            value,
+            allowed,
+        }
+    }
 }
 
 /// The fields of `config.json` that decide the architecture.
