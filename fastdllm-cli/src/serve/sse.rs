@@ -18,7 +18,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{StreamExt, StreamMap};
 
 use super::errors::ApiError;
-use super::openai::{Chunk, ChunkChoice, Provisional, Route, Usage};
+use super::openai::{logprobs_json, Chunk, ChunkChoice, Provisional, Route, Usage};
 use super::worker::{Choices, Queued, RowEvent};
 
 /// Builds the chunks of one streaming response.
@@ -134,7 +134,10 @@ pub fn sse(c: Chunker, choices: Choices, prompt_tokens: usize) -> Response {
                 RowEvent::Provisional(p) => event(&c.chunk(i, None, false, None, Some(p))),
                 RowEvent::Done(a) => {
                     completion_tokens += a.completion_tokens;
-                    event(&c.chunk(i, None, false, Some(a.finish_reason.as_str()), None))
+                    let mut last = c.chunk(i, None, false, Some(a.finish_reason.as_str()), None);
+                    last.choices[0].logprobs =
+                        a.logprobs.as_deref().map(|lp| logprobs_json(c.route, lp));
+                    event(&last)
                 }
                 RowEvent::Error(m) => Event::default()
                     .json_data(ApiError::internal(m).body())
