@@ -337,3 +337,124 @@ fn generate_from_a_gguf_file() {
     );
     assert!(stdout.contains("dnecryvxb"), "{stdout}");
 }
+
+// ---- prompts as llama.cpp builds them -------------------------------------------------------
+
+/// The recorded llama.cpp runs (results.jsonl): file, prompt, llama.cpp's prompt ids, answer.
+fn llama_cpp_runs() -> Vec<(String, String, Vec<u32>, String)> {
+    std::fs::read_to_string(gguf("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                v["gguf"].as_str().unwrap().to_string(),
+                v["prompt"].as_str().unwrap().to_string(),
+                serde_json::from_value(v["prompt_ids"].clone()).unwrap(),
+                v["text"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A GGUF file that says `tokenizer.ggml.add_bos_token = true` gets BOS in front of its
+/// templated prompt, as llama.cpp tokenizes it (the recorded prompt ids start with BOS 51), and
+/// only once when the rendered text already starts with it.
+#[test]
+fn templated_gguf_prompts_start_with_bos_as_llama_cpp_builds_them() {
+    let runs = llama_cpp_runs();
+    assert_eq!(runs.len(), 20);
+    for (file, prompt, want, _) in &runs {
+        let m = load_model(&gguf(file), &Device::Cpu, DType::F32).unwrap();
+        let template = &m.info.chat_template;
+        assert!(
+            matches!(template, fastdllm_models::ChatTemplate::Jinja(_)),
+            "{file}: {}",
+            template.describe()
+        );
+        let ids = m.tokenizer.encode_prompt(prompt, template).unwrap();
+        assert_eq!(&ids, want, "{file} {prompt:?}");
+        // A rendered text that already starts with BOS keeps one.
+        let bos = m.info.template_tokens.bos_token.clone().unwrap();
+        let text = template
+            .render(&[fastdllm_models::Message::user(format!("{bos}{prompt}"))])
+            .unwrap();
+        assert_eq!(m.tokenizer.encode(&text, false).unwrap(), *want, "{file}");
+    }
+}
+
+/// `fastdllm generate` with the file's chat template (no `--raw`) answers what llama.cpp
+/// answered on the same file (it answered `3` without the BOS).
+#[test]
+fn generate_with_the_gguf_chat_template_answers_as_llama_cpp() {
+    let f32 = gguf("llada-tiny-f32.gguf").display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_fastdllm"))
+        .args([
+            "generate",
+            "--model",
+            &f32,
+            "--prompt",
+            "copy 3dbk......=",
+            "--gen-length",
+            "16",
+            "--block-length",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "3dbk", "{stdout}");
+}
+
+/// `fastdllm serve` on a GGUF file: chat (templated, BOS added) and completion (raw text, BOS
+/// added by the tokenizer) both answer llama.cpp's recorded text.
+#[test]
+fn serve_chat_and_completion_on_a_gguf_file_answer_as_llama_cpp() {
+    use fastdllm_cli::serve::{self, Defaults, ServeConfig};
+    let file = "llada-tiny-f32.gguf";
+    let loaded = load_model(&gguf(file), &Device::Cpu, DType::F32).unwrap();
+    let mut defaults = settings(16, 1, 16, CacheMode::Off, Unmask::Fixed);
+    defaults.limits = Default::default();
+    let cfg = ServeConfig::new(
+        "llada-tiny-gguf",
+        Defaults {
+            settings: defaults,
+            explicit_steps: false,
+        },
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let srv = serve::spawn(listener, loaded, cfg, 1).unwrap();
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(600)))
+            .build(),
+    );
+    let post = |path: &str, body: serde_json::Value| -> serde_json::Value {
+        let mut r = agent
+            .post(format!("{}{path}", srv.url()))
+            .header("content-type", "application/json")
+            .send(body.to_string())
+            .unwrap();
+        let text = r.body_mut().read_to_string().unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{text}");
+        serde_json::from_str(&text).unwrap()
+    };
+    for (f, prompt, _, want) in llama_cpp_runs() {
+        if f != file {
+            continue;
+        }
+        let v = post(
+            "/v1/chat/completions",
+            serde_json::json!({"messages": [{"role": "user", "content": prompt}]}),
+        );
+        assert_eq!(v["choices"][0]["message"]["content"], want.as_str(), "{v}");
+        let v = post("/v1/completions", serde_json::json!({ "prompt": prompt }));
+        assert_eq!(v["choices"][0]["text"], want.as_str(), "{v}");
+    }
+}

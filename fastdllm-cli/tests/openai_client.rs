@@ -320,6 +320,7 @@ fn multi_turn_chat_through_async_openai() {
         TemplateTokens {
             bos_token: Some("<|startoftext|>".into()),
             eos_token: Some("<|endoftext|>".into()),
+            prepend_bos: false,
         },
     )
     .unwrap();
@@ -499,15 +500,10 @@ fn errors_come_back_as_openai_api_errors() {
         let req = CreateCompletionRequestArgs::default()
             .model(MODEL)
             .prompt("4+9=")
-            .logprobs(2u8)
+            .echo(true)
             .build()
             .unwrap();
-        let e = api_error(
-            client.completions().create(req).await,
-            400,
-            Some("logprobs"),
-        )
-        .api_error;
+        let e = api_error(client.completions().create(req).await, 400, Some("echo")).api_error;
         assert_eq!(e.r#type.as_deref(), Some("invalid_request_error"));
         assert_eq!(e.code.as_deref(), Some("unsupported_parameter"));
         // A value out of range.
@@ -558,5 +554,68 @@ fn errors_come_back_as_openai_api_errors() {
             shown.contains("(param: model)") && shown.contains("(code: model_not_found)"),
             "{shown}"
         );
+    });
+}
+
+/// What guidance and eval harnesses read through a typed client: chat `logprobs` /
+/// `top_logprobs` parsed into async-openai's `ChatChoiceLogprobs`, completions `logprobs: N`
+/// into its `Logprobs`, and 5 stop strings (lm-eval's `until` plus EOS) accepted.
+#[test]
+fn logprobs_and_many_stops_through_async_openai() {
+    let server = start(common::load_tiny());
+    let client = client(&server);
+    let four = tasks(4);
+    block_on(async {
+        let (prompt, answer) = &four[0];
+        let req = CreateChatCompletionRequestArgs::default()
+            .model(MODEL)
+            .messages(vec![ChatCompletionRequestUserMessageArgs::default()
+                .content(prompt.as_str())
+                .build()
+                .unwrap()
+                .into()])
+            .logprobs(true)
+            .top_logprobs(3u8)
+            .build()
+            .unwrap();
+        let r = client.chat().create(req).await.unwrap();
+        let c = &r.choices[0];
+        assert_eq!(c.message.content.as_deref(), Some(answer.as_str()), "{r:?}");
+        let content = c
+            .logprobs
+            .clone()
+            .and_then(|l| l.content)
+            .expect("logprobs.content");
+        assert_eq!(content.len() as u32, r.usage.unwrap().completion_tokens);
+        let joined: String = content.iter().map(|t| t.token.as_str()).collect();
+        assert_eq!(&joined, answer);
+        for t in &content {
+            assert_eq!(t.bytes.as_deref(), Some(t.token.as_bytes()));
+            assert_eq!(t.top_logprobs.len(), 3, "{t:?}");
+            assert_eq!(t.top_logprobs[0].token, t.token, "greedy: {t:?}");
+            assert!(t.logprob <= 0.0);
+        }
+        let req = CreateCompletionRequestArgs::default()
+            .model(MODEL)
+            .prompt(prompt.as_str())
+            .logprobs(2u8)
+            .stop(StopConfiguration::StringArray(
+                ["\n\n", "Question:", "</s>", "<|im_end|>", "<|endoftext|>"]
+                    .map(String::from)
+                    .to_vec(),
+            ))
+            .build()
+            .unwrap();
+        let r = client.completions().create(req).await.unwrap();
+        let c = &r.choices[0];
+        assert_eq!(&c.text, answer, "{r:?}");
+        let lp = c.logprobs.clone().expect("logprobs");
+        assert_eq!(lp.tokens.concat(), *answer);
+        assert_eq!(lp.token_logprobs.len(), lp.tokens.len());
+        assert_eq!(lp.text_offset.len(), lp.tokens.len());
+        assert!(lp
+            .top_logprobs
+            .iter()
+            .all(|t| t.as_object().is_some_and(|o| o.len() <= 2)));
     });
 }

@@ -177,6 +177,67 @@ fn max_tokens_takes_any_count_and_cuts_the_answer() {
 }
 
 #[test]
+fn without_max_tokens_the_canvas_is_the_room_left_and_errors_name_what_was_sent() {
+    let loaded = common::load_bundled("llada-tiny");
+    let srv = start("llada-tiny");
+    let c = format!("{}/v1/completions", srv.url());
+    let max = loaded.model.spec().max_seq_len;
+    // A prompt that fits the context (512) but not with the default canvas of 32: 12 tokens are
+    // left, one block of 8 fits.
+    let prompt = format!("copy 3dbk{}=", ".".repeat(max - 12 - 11));
+    let ids = loaded.tokenizer.encode(&prompt, true).unwrap();
+    assert_eq!(ids.len(), max - 12);
+    let fit = GenerationSettings {
+        decode: DecodeConfig {
+            gen_length: 8,
+            steps: 8,
+            ..defaults().decode
+        },
+        ..defaults()
+    };
+    let want = loaded
+        .tokenizer
+        .decode(&solo_ids(&loaded, &ids, &fit))
+        .unwrap();
+    let (s, v) = post_json(&c, &json!({"prompt": prompt}));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(texts(&v), vec![want.clone()], "{v}");
+    // Chat: the same rule (the rendered conversation is the prompt).
+    let (s, v) = post_json(
+        &format!("{}/v1/chat/completions", srv.url()),
+        &json!({"messages": [{"role": "user", "content": prompt}]}),
+    );
+    assert_eq!(s, 200, "{v}");
+    // No room for one block: a 400 naming the prompt, never gen_length the client did not send.
+    let tight = format!("copy 3dbk{}=", ".".repeat(max - 4 - 11));
+    let (s, v) = post_json(&c, &json!({"prompt": tight}));
+    assert_400(s, &v, "prompt");
+    assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(!m.contains("gen_length"), "{m}");
+    // A canvas the client sent is kept, and its error names the field as sent.
+    let (s, v) = post_json(&c, &json!({"prompt": prompt, "max_tokens": 30}));
+    assert_400(s, &v, "prompt");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("max_tokens = 30") && !m.contains("gen_length"),
+        "{m}"
+    );
+    let (s, v) = post_json(&c, &json!({"prompt": prompt, "gen_length": 16}));
+    assert_400(s, &v, "prompt");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gen_length = 16"),
+        "{v}"
+    );
+    // max_tokens within the room: answered as before.
+    let (s, v) = post_json(&c, &json!({"prompt": prompt, "max_tokens": 8}));
+    assert_eq!((s, texts(&v)), (200, vec![want]), "{v}");
+}
+
+#[test]
 fn stop_cuts_at_the_first_match_and_streams_never_overshoot() {
     let srv = start("llada-tiny");
     let url = srv.url();
@@ -443,14 +504,14 @@ fn unsupported_fields_are_400s_unless_neutral_and_unknown_fields_are_rejected() 
     let chat = format!("{}/v1/chat/completions", srv.url());
     let msg = json!([{"role": "user", "content": "4+9="}]);
     for (url, field, value) in [
-        (&c, "logprobs", json!(2)),
+        (&c, "logprobs", json!(6)),
         (&c, "echo", json!(true)),
         (&c, "best_of", json!(3)),
         (&c, "suffix", json!("x")),
         (&c, "frequency_penalty", json!(0.5)),
         (&c, "presence_penalty", json!(-1)),
         (&c, "logit_bias", json!({"5": 10})),
-        (&chat, "logprobs", json!(true)),
+        (&chat, "top_logprobs", json!(21)),
         (&chat, "top_logprobs", json!(3)),
         (
             &chat,
@@ -540,14 +601,14 @@ fn refusals_name_every_field_and_include_obfuscation_false_is_neutral() {
     let c = format!("{}/v1/completions", srv.url());
     let (s, v) = post_json(
         &c,
-        &json!({"prompt": "4+9=", "zeta": 1, "logprobs": 2, "echo": true, "alpha": 0}),
+        &json!({"prompt": "4+9=", "zeta": 1, "suffix": "x", "echo": true, "alpha": 0}),
     );
     assert_400(s, &v, "echo");
     assert_eq!(v["error"]["code"], "unsupported_parameter", "{v}");
     let m = v["error"]["message"].as_str().unwrap();
     let at = |f: &str| m.find(f).unwrap_or_else(|| panic!("{f} not named: {m}"));
     assert!(
-        at("echo") < at("logprobs") && at("logprobs") < at("alpha") && at("alpha") < at("zeta"),
+        at("echo") < at("suffix") && at("suffix") < at("alpha") && at("alpha") < at("zeta"),
         "{m}"
     );
     let (s, v) = post_json(&c, &json!({"prompt": "4+9=", "zeta": 1, "alpha": 0}));
@@ -703,9 +764,10 @@ fn client_requests_answer_as_openai_would() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
     assert_eq!(v["usage"]["completion_tokens"], 2, "{v}");
-    // logprobs, top_logprobs, echo, top_p (LLaDA): never silently dropped.
+    // logprobs out of range, top_logprobs without logprobs, echo, top_p (LLaDA): never
+    // silently dropped.
     for (url, field, value) in [
-        (&c, "logprobs", json!(1)),
+        (&c, "logprobs", json!(9)),
         (&chat, "top_logprobs", json!(2)),
         (&c, "echo", json!(true)),
         (&c, "top_p", json!(0.95)),
@@ -930,4 +992,123 @@ fn streamed_text_never_splits_a_character() {
     }
     assert_eq!(pieces.concat(), text, "{pieces:?}");
     server.shutdown().unwrap();
+}
+
+/// `logprobs` in OpenAI's wire shapes, streamed and not: chat `logprobs.content[]` (token,
+/// logprob, bytes, top_logprobs sorted, the committed token first at temperature 0, mass <= 1,
+/// tokens joining to the answer); completions `tokens`, `token_logprobs`, `top_logprobs`
+/// (dicts), `text_offset`; the streamed last chunk carries the same entries; `echo` stays a 400.
+#[test]
+fn logprobs_come_in_openai_shapes_streamed_and_not() {
+    let srv = start("llada-tiny");
+    let c = format!("{}/v1/completions", srv.url());
+    let chat = format!("{}/v1/chat/completions", srv.url());
+    let msg = json!([{"role": "user", "content": "copy 3dbk......="}]);
+    let (s, v) = post_json(
+        &chat,
+        &json!({"messages": msg, "logprobs": true, "top_logprobs": 5}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let ch = &v["choices"][0];
+    let content = ch["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), v["usage"]["completion_tokens"], "{v}");
+    assert!(ch["logprobs"]["refusal"].is_null(), "{v}");
+    let mut joined = String::new();
+    for e in content {
+        let token = e["token"].as_str().unwrap();
+        joined.push_str(token);
+        let lp = e["logprob"].as_f64().unwrap();
+        assert!(lp <= 0.0, "{e}");
+        let bytes: Vec<u8> = serde_json::from_value(e["bytes"].clone()).unwrap();
+        assert_eq!(bytes, token.as_bytes());
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 5, "{e}");
+        let tl: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+        assert!(tl.windows(2).all(|w| w[0] >= w[1]), "{e}");
+        assert!(
+            tl.iter().map(|l| l.exp()).sum::<f64>() <= 1.0 + 1e-12,
+            "{e}"
+        );
+        assert_eq!(
+            top[0]["token"], token,
+            "greedy: the committed token is the likeliest: {e}"
+        );
+        assert_eq!(top[0]["logprob"].as_f64(), Some(lp), "{e}");
+    }
+    assert_eq!(ch["message"]["content"], joined.as_str(), "{v}");
+    // Without top_logprobs: the entries with empty alternatives; without logprobs: null.
+    let (_, v0) = post_json(&chat, &json!({"messages": msg, "logprobs": true}));
+    let c0 = v0["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(c0.len(), content.len());
+    assert!(c0.iter().all(|e| e["top_logprobs"] == json!([])), "{v0}");
+    let (_, off) = post_json(&chat, &json!({"messages": msg, "top_logprobs": 0}));
+    assert!(off["choices"][0]["logprobs"].is_null(), "{off}");
+    // Streamed: the choice's last chunk carries the same entries.
+    let (s, text) = post(
+        &chat,
+        &json!({"messages": msg, "logprobs": true, "top_logprobs": 5, "stream": true}),
+    );
+    assert_eq!(s, 200, "{text}");
+    let (chunks, done) = sse_chunks(&text);
+    assert!(done);
+    let last = chunks
+        .iter()
+        .find(|k| !k["choices"][0]["finish_reason"].is_null())
+        .unwrap();
+    assert_eq!(
+        last["choices"][0]["logprobs"]["content"],
+        json!(content),
+        "{last}"
+    );
+
+    // Completions: logprobs = 3.
+    let (s, v) = post_json(&c, &json!({"prompt": "copy 3dbk......=", "logprobs": 3}));
+    assert_eq!(s, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    let tokens: Vec<String> = serde_json::from_value(lp["tokens"].clone()).unwrap();
+    assert_eq!(
+        tokens.concat(),
+        v["choices"][0]["text"].as_str().unwrap(),
+        "{v}"
+    );
+    assert_eq!(tokens.len(), v["usage"]["completion_tokens"], "{v}");
+    let token_lps: Vec<f64> = serde_json::from_value(lp["token_logprobs"].clone()).unwrap();
+    let offsets: Vec<usize> = serde_json::from_value(lp["text_offset"].clone()).unwrap();
+    let tops = lp["top_logprobs"].as_array().unwrap();
+    assert_eq!(
+        (token_lps.len(), offsets.len(), tops.len()),
+        (tokens.len(), tokens.len(), tokens.len())
+    );
+    let mut at = 0;
+    for (i, t) in tokens.iter().enumerate() {
+        assert_eq!(offsets[i], at);
+        at += t.len();
+        let top = tops[i].as_object().unwrap();
+        assert!(!top.is_empty() && top.len() <= 3, "{v}");
+        assert_eq!(
+            top.get(t).and_then(Value::as_f64),
+            Some(token_lps[i]),
+            "{v}"
+        );
+    }
+    // The chat's values are the same distribution's (same prompt text, same settings).
+    let chat_lps: Vec<f64> = content
+        .iter()
+        .map(|e| e["logprob"].as_f64().unwrap())
+        .collect();
+    assert_eq!(token_lps, chat_lps);
+    // Streamed completions: the last chunk's logprobs.
+    let (_, text) = post(
+        &c,
+        &json!({"prompt": "copy 3dbk......=", "logprobs": 3, "stream": true}),
+    );
+    let (chunks, _) = sse_chunks(&text);
+    let last = chunks
+        .iter()
+        .find(|k| !k["choices"][0]["finish_reason"].is_null())
+        .unwrap();
+    assert_eq!(last["choices"][0]["logprobs"], *lp, "{last}");
+    // echo stays refused (no likelihood scoring of the prompt).
+    let (s, v) = post_json(&c, &json!({"prompt": "4+9=", "logprobs": 1, "echo": true}));
+    assert_400(s, &v, "echo");
 }

@@ -202,6 +202,34 @@ fn cors_is_off_unless_an_origin_is_allowed() {
     );
     let (_, head, _) = exchange(srv.addr, "OPTIONS", "/v1/completions", &preflight, "");
     assert!(!head.contains("access-control-allow-origin"), "{head}");
+    // The official SDKs' own headers (openai-node sends x-stainless-*): the preflight grants
+    // the headers the browser asks for.
+    let asked = "authorization, content-type, x-stainless-arch, x-stainless-lang, x-stainless-os, x-stainless-package-version, x-stainless-retry-count, x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout";
+    let sdk = [
+        ("origin", "http://app.example"),
+        ("access-control-request-method", "POST"),
+        ("access-control-request-headers", asked),
+    ];
+    let (s, head, _) = exchange(srv.addr, "OPTIONS", "/v1/chat/completions", &sdk, "");
+    let allowed = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("access-control-allow-headers:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    assert!(s < 300, "{s} {head}");
+    for h in asked.split(", ") {
+        assert!(
+            allowed.split(',').any(|a| a.trim() == h),
+            "{h} not in {allowed:?}: {head}"
+        );
+    }
+    assert!(
+        head.contains("access-control-allow-origin: http://app.example"),
+        "{head}"
+    );
 }
 
 /// `fastdllm serve` on the bundled model with `args`; returns the child, its address and the
@@ -415,4 +443,107 @@ fn a_closed_stderr_pipe_never_kills_the_server() {
     signal(&child);
     let status = wait_exit(&mut child);
     assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// The official JS SDK (`openai` 6.49, bundled in fixtures/browser/) in a real headless
+/// browser: a page served from one origin calls `fastdllm serve` on another (with an API key
+/// and `--cors-allow-origin` that origin); the SDK's `x-stainless-*` headers pass the
+/// preflight and the page reads the answer. The page posts what it got back to its own origin.
+/// Needs Debian's chromium (`apt-get install chromium`): run with `-- --ignored browser`
+/// (`.ci/run` does where chromium is installed).
+#[test]
+#[ignore = "needs /usr/bin/chromium: cargo test -p fastdllm-cli --test serve_access -- --ignored browser"]
+fn browser_sdk_calls_the_server_cross_origin() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let sdk = std::fs::read(
+        fastdllm_conformance::paths::fixtures_dir().join("browser/openai-6.49.0.browser.min.mjs"),
+    )
+    .unwrap();
+    // The page's origin: a static server on another port.
+    let pages = TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", pages.local_addr().unwrap());
+    let srv = start_with(|c| {
+        c.cors_allow_origins = vec![origin.clone()];
+        c.api_key = Some("sk-browser".into());
+    });
+    let page = format!(
+        r#"<!doctype html><script type="module">
+import {{ OpenAI }} from "/openai.mjs";
+const report = (r) => fetch("/result", {{ method: "POST", body: JSON.stringify(r) }});
+try {{
+  const client = new OpenAI({{ baseURL: "{}/v1", apiKey: "sk-browser", dangerouslyAllowBrowser: true, maxRetries: 0 }});
+  const r = await client.chat.completions.create({{ model: "llada-tiny", messages: [{{ role: "user", content: "copy 3dbk......=" }}] }});
+  const m = await client.models.retrieve("llada-tiny");
+  await report({{ ok: true, content: r.choices[0].message.content, model: m.id }});
+}} catch (e) {{
+  await report({{ ok: false, error: String(e) }});
+}}
+</script>"#,
+        srv.url()
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for s in pages.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let (kind, body): (&str, Vec<u8>) = if line.starts_with("GET / ") {
+                ("text/html", page.clone().into_bytes())
+            } else if line.starts_with("GET /openai.mjs ") {
+                ("text/javascript", sdk.clone())
+            } else if line.starts_with("POST /result ") {
+                let mut b = vec![0; len];
+                let _ = r.read_exact(&mut b);
+                let _ = tx.send(String::from_utf8_lossy(&b).into_owned());
+                ("text/plain", b"ok".to_vec())
+            } else {
+                ("text/plain", Vec::new())
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(&body);
+        }
+    });
+    let profile = std::env::temp_dir().join(format!("fastdllm-chromium-{}", std::process::id()));
+    let mut browser = Command::new(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            &format!("--user-data-dir={}", profile.display()),
+            &format!("{origin}/"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{chromium}: {e}"));
+    let got = rx.recv_timeout(GUARD * 5);
+    let _ = browser.kill();
+    let _ = browser.wait();
+    let _ = std::fs::remove_dir_all(&profile);
+    let got: Value = serde_json::from_str(&got.expect("the page reported nothing")).unwrap();
+    assert_eq!(got["ok"], true, "{got}");
+    assert_eq!(got["content"], "3dbk", "{got}");
+    assert_eq!(got["model"], "llada-tiny", "{got}");
 }

@@ -30,7 +30,7 @@ use crate::drift;
 use crate::model::{DiffusionLm, ModelSpec};
 use crate::policy::{
     CachePolicy, Candidate, ForwardPlan, KvAccess, KvShape, Proposal, Proposer, Selection, StepAt,
-    StepInfo, StepObservation, UnmaskPolicy,
+    StepInfo, StepObservation, TokenLogprobs, UnmaskPolicy,
 };
 use crate::rng::Rng;
 use crate::trace::{Commit, DriftStats, StepRecord, Trace};
@@ -69,6 +69,10 @@ pub struct RowOutput {
     pub tokens_per_step: Vec<usize>,
     /// Forwards this row took part in (= its NFE when generated alone).
     pub nfe: usize,
+    /// Per answer position, the committed token's log-probability and the top alternatives at
+    /// its commit ([`BlockBatch::record_logprobs`]); empty unless the row asked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<Option<TokenLogprobs>>,
 }
 
 /// Result of a generation.
@@ -149,6 +153,14 @@ impl StepEvent<'_> {
         self.canvas.answer(r)
     }
 
+    /// Row `r`'s commit-time log-probabilities per answer position so far (empty unless the
+    /// row asked, [`BlockBatch::record_logprobs`]).
+    pub fn logprobs(&self, r: usize) -> &[Option<TokenLogprobs>] {
+        self.rows
+            .get(r)
+            .map_or(&[], |row| row.out.logprobs.as_slice())
+    }
+
     /// Forwards row `r` has taken part in so far (its NFE).
     pub fn row_nfe(&self, r: usize) -> usize {
         self.rows.get(r).map_or(0, |row| row.out.nfe)
@@ -198,6 +210,9 @@ struct LiveRow {
     num_blocks: usize,
     rng: Rng,
     out: RowOutput,
+    /// Record each commit's log-probability and this many alternatives
+    /// ([`BlockBatch::record_logprobs`]).
+    top_logprobs: Option<usize>,
 }
 
 /// A batch that rows join and leave between blocks (step-level continuous batching).
@@ -290,9 +305,28 @@ impl BlockBatch {
                 unmask_step: vec![None; cfg.gen_length],
                 tokens_per_step: Vec::new(),
                 nfe: 0,
+                logprobs: Vec::new(),
             },
+            top_logprobs: None,
         });
         Ok(id)
+    }
+
+    /// Row `id` records, for every token it commits from now on, the token's log-probability
+    /// under the proposer's distribution at that step ([`Proposer::log_probs`] of the logits
+    /// row) and the `top` most likely tokens there ([`RowOutput::logprobs`]). Rows that do not
+    /// ask cost nothing; a row that asks costs one logits-row copy to the host per commit.
+    /// `false` if `id` is not in the batch.
+    pub fn record_logprobs(&mut self, id: RowId, top: usize) -> bool {
+        match self.rows.iter_mut().find(|r| r.id == id) {
+            Some(row) => {
+                row.top_logprobs = Some(top);
+                let gen = row.out.unmask_step.len();
+                row.out.logprobs.resize(gen, None);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Removes row `id` (a cancelled request); `false` if it is not in the batch.
@@ -655,6 +689,29 @@ impl BlockBatch {
                 }
             };
             let answer_start = canvas.answer_start(r);
+            if let Some(top) = self.rows[r].top_logprobs {
+                for c in &chosen {
+                    let j = rows.iter().position(|&p| p == c.position).ok_or_else(|| {
+                        Error::Policy("a committed position has no logits row".into())
+                    })?;
+                    let logits = fwd
+                        .logits
+                        .get(r)?
+                        .get(j)?
+                        .to_dtype(DType::F32)?
+                        .to_vec1::<f32>()?;
+                    let lp = TokenLogprobs::of(
+                        c.token,
+                        &dec.proposer.log_probs(&logits),
+                        top,
+                        Some(self.spec.mask_token_id),
+                    );
+                    if let Some(slot) = self.rows[r].out.logprobs.get_mut(c.position - answer_start)
+                    {
+                        *slot = Some(lp);
+                    }
+                }
+            }
             let out = &mut self.rows[r].out;
             for c in &chosen {
                 canvas.rows[r][c.position] = c.token;

@@ -39,8 +39,8 @@ pub use model::{
 };
 pub use observe::{ForwardCall, ForwardObserver, Observed};
 pub use policy::{
-    CachePolicy, Candidate, ForwardPlan, KvAccess, KvShape, Proposal, Proposer, Selection, StepAt,
-    StepInfo, StepObservation, UnmaskPolicy,
+    log_softmax, CachePolicy, Candidate, ForwardPlan, KvAccess, KvShape, Proposal, Proposer,
+    Selection, StepAt, StepInfo, StepObservation, TokenLogprobs, UnmaskPolicy,
 };
 pub use rng::Rng;
 pub use trace::{Commit, DriftStats, StepRecord, Trace};

@@ -164,6 +164,70 @@ pub trait Proposer {
         let _ = needed;
         self.propose(logits, rngs)
     }
+
+    /// The natural-log probabilities (f64, one per vocabulary entry) of the distribution this
+    /// proposer draws a proposal from, given one logits row: what a commit-time log-probability
+    /// reports ([`TokenLogprobs`]). The default is `log_softmax(logits)` in f64; a sampler that
+    /// divides by a temperature or filters says so by overriding it.
+    fn log_probs(&self, logits: &[f32]) -> Vec<f64> {
+        log_softmax(logits, 1.0)
+    }
+}
+
+/// `log_softmax(logits / temperature)` in f64 (max-subtracted, `ln Σ exp`): the log-probabilities
+/// of a softmax distribution, `-inf` for `-inf` logits. `temperature` must be > 0.
+pub fn log_softmax(logits: &[f32], temperature: f64) -> Vec<f64> {
+    let scaled: Vec<f64> = logits.iter().map(|&x| f64::from(x) / temperature).collect();
+    let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !max.is_finite() {
+        return vec![f64::NEG_INFINITY; scaled.len()];
+    }
+    let lse = max + scaled.iter().map(|&x| (x - max).exp()).sum::<f64>().ln();
+    scaled.into_iter().map(|x| x - lse).collect()
+}
+
+/// A committed token's log-probability under the distribution it was committed from, and the
+/// most likely tokens there (OpenAI's `logprobs`; for a diffusion model these are commit-time
+/// probabilities: the proposal's distribution at the step the position was unmasked).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TokenLogprobs {
+    /// The committed token.
+    pub token: TokenId,
+    /// Its natural-log probability.
+    pub logprob: f64,
+    /// The most likely tokens and their log-probabilities, most likely first (ties: lower id
+    /// first); the mask token, which is never proposed, is left out.
+    pub top: Vec<(TokenId, f64)>,
+}
+
+impl TokenLogprobs {
+    /// `token`'s entry in `log_probs` (a [`Proposer::log_probs`] row) and the `top` most likely
+    /// tokens but `exclude`.
+    pub fn of(token: TokenId, log_probs: &[f64], top: usize, exclude: Option<TokenId>) -> Self {
+        let mut ids: Vec<usize> = (0..log_probs.len())
+            .filter(|&i| Some(i as TokenId) != exclude)
+            .collect();
+        let k = top.min(ids.len());
+        if k > 0 {
+            let by = |a: &usize, b: &usize| log_probs[*b].total_cmp(&log_probs[*a]).then(a.cmp(b));
+            ids.select_nth_unstable_by(k - 1, by);
+            ids.truncate(k);
+            ids.sort_unstable_by(by);
+        } else {
+            ids.clear();
+        }
+        TokenLogprobs {
+            token,
+            logprob: log_probs
+                .get(token as usize)
+                .copied()
+                .unwrap_or(f64::NEG_INFINITY),
+            top: ids
+                .into_iter()
+                .map(|i| (i as TokenId, log_probs[i]))
+                .collect(),
+        }
+    }
 }
 
 /// A masked position of the active block with its proposal.

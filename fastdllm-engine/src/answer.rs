@@ -12,7 +12,7 @@
 //! Reference: NVlabs/Fast-dLLM decodes every block of the canvas and trims the text at the
 //! end-of-sequence token afterwards; OpenAI `max_tokens`, `stop`, `finish_reason`.
 
-use fastdllm_core::TokenId;
+use fastdllm_core::{TokenId, TokenLogprobs};
 use fastdllm_models::Tokenizer;
 
 use crate::error::{Error, Result};
@@ -80,6 +80,49 @@ pub struct Answer {
     pub finish_reason: FinishReason,
     /// Forwards the row took part in.
     pub nfe: usize,
+    /// With [`crate::RowEvents::logprobs`]: one entry per answer token (`completion_tokens` of
+    /// them), its commit-time log-probability and alternatives (for a diffusion model, the
+    /// distribution the position was unmasked from, not a left-to-right likelihood).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<AnswerLogprob>>,
+}
+
+/// A token with its text and natural-log probability (an entry of [`AnswerLogprob`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LogprobToken {
+    /// The id.
+    pub id: TokenId,
+    /// The token decoded alone (special tokens skipped: empty); empty without a tokenizer.
+    pub text: String,
+    /// Its natural-log probability.
+    pub logprob: f64,
+}
+
+/// One answer token's commit-time log-probability and the most likely tokens at its commit
+/// ([`TokenLogprobs`] with text), as OpenAI's `logprobs` report them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AnswerLogprob {
+    /// The committed token.
+    pub token: LogprobToken,
+    /// The most likely tokens at its commit, most likely first.
+    pub top: Vec<LogprobToken>,
+}
+
+impl AnswerLogprob {
+    /// `lp` with each token decoded alone by `tokenizer` (text left empty without one).
+    pub fn new(lp: &TokenLogprobs, tokenizer: Option<&Tokenizer>) -> Self {
+        let token = |id: TokenId, logprob: f64| LogprobToken {
+            id,
+            text: tokenizer
+                .and_then(|t| t.decode(&[id]).ok())
+                .unwrap_or_default(),
+            logprob,
+        };
+        AnswerLogprob {
+            token: token(lp.token, lp.logprob),
+            top: lp.top.iter().map(|&(id, l)| token(id, l)).collect(),
+        }
+    }
 }
 
 impl AnswerLimits {

@@ -13,12 +13,12 @@ use std::collections::HashMap;
 use fastdllm_cache::BlockCache;
 use fastdllm_core::{
     BlockBatch, Control, DiffusionLm, GenerateOptions, ModelFamily, Policies, Proposer, Rng, RowId,
-    RowOutput, StepEvent, TokenId, Trace,
+    RowOutput, StepEvent, TokenId, TokenLogprobs, Trace,
 };
 use fastdllm_models::{IncrementalDecoder, Tokenizer};
 use fastdllm_sampler::PerRow;
 
-use crate::answer::{Answer, Cut, Finish, FinishReason};
+use crate::answer::{Answer, AnswerLogprob, Cut, Finish, FinishReason};
 use crate::error::{Error, Result};
 use crate::settings::{batch_compatible, GenerationSettings};
 
@@ -29,6 +29,10 @@ pub struct RowEvents {
     pub text: bool,
     /// [`RowEvent::Provisional`]: the current block's tentative tokens after every step.
     pub provisional: bool,
+    /// [`Answer::logprobs`] with this many alternatives per token: each answer token's
+    /// commit-time log-probability ([`BlockBatch::record_logprobs`]); `None` = not recorded
+    /// (no cost).
+    pub logprobs: Option<usize>,
 }
 
 /// The current block's tentative state (a [`RowEvent::Provisional`]).
@@ -192,6 +196,9 @@ impl<'m> Batch<'m> {
         let id = self
             .inner
             .admit_with(prompt, &settings.decode, Rng::new(settings.seed))?;
+        if let Some(top) = events.logprobs {
+            self.inner.record_logprobs(id, top);
+        }
         self.unmask.insert(id, policy);
         self.rows.insert(
             id,
@@ -308,6 +315,7 @@ impl<'m> Batch<'m> {
                 None => {
                     let a = st.finish_answer(
                         &row.output.generated,
+                        &row.output.logprobs,
                         true,
                         row.output.nfe,
                         tokenizer,
@@ -366,8 +374,16 @@ impl Row {
             };
             let leave = limits.finish == Finish::Answer;
             if cut.is_some() || limits.token_end(ids, eos, complete).is_some() {
-                let a =
-                    self.finish_answer(ids, complete, ev.row_nfe(r), tokenizer, eos, sink, id)?;
+                let a = self.finish_answer(
+                    ids,
+                    ev.logprobs(r),
+                    complete,
+                    ev.row_nfe(r),
+                    tokenizer,
+                    eos,
+                    sink,
+                    id,
+                )?;
                 if leave {
                     sink.event(id, RowEvent::Done(a.clone()));
                     ev.finish_row(r);
@@ -440,11 +456,13 @@ impl Row {
     }
 
     /// The final answer from `ids` (the committed prefix, or the whole canvas when
-    /// `complete`): sends the last text (the caller sends [`RowEvent::Done`]).
+    /// `complete`) and the answer positions' `logprobs` (recorded when the row asked): sends
+    /// the last text (the caller sends [`RowEvent::Done`]).
     #[allow(clippy::too_many_arguments)]
     fn finish_answer(
         &mut self,
         ids: &[TokenId],
+        logprobs: &[Option<TokenLogprobs>],
         complete: bool,
         nfe: usize,
         tokenizer: Option<&Tokenizer>,
@@ -465,6 +483,7 @@ impl Row {
                     completion_tokens: cut.completion_tokens,
                     finish_reason: cut.finish_reason.unwrap_or(FinishReason::Length),
                     nfe,
+                    logprobs: None,
                 }
             }
             None => {
@@ -478,9 +497,29 @@ impl Row {
                     completion_tokens: end,
                     finish_reason: why,
                     nfe,
+                    logprobs: None,
                 }
             }
         };
+        let mut answer = answer;
+        if self.events.logprobs.is_some() {
+            // Every answer token was committed (the answer is a committed prefix).
+            answer.logprobs = Some(
+                logprobs
+                    .iter()
+                    .take(answer.completion_tokens)
+                    .map(|lp| {
+                        lp.as_ref()
+                            .map(|lp| AnswerLogprob::new(lp, tokenizer))
+                            .ok_or_else(|| {
+                                Error::Core(fastdllm_core::Error::Policy(
+                                    "an answer token has no recorded logprob".into(),
+                                ))
+                            })
+                    })
+                    .collect::<Result<_>>()?,
+            );
+        }
         if self.events.text {
             if let Some(text) = &answer.text {
                 let d = delta(&self.sent, text);

@@ -53,9 +53,12 @@ pub mod resolve;
 pub mod run;
 pub mod settings;
 
-pub use answer::{trim_at_eos, Answer, AnswerLimits, Cut, Finish, FinishReason};
+pub use answer::{
+    trim_at_eos, Answer, AnswerLimits, AnswerLogprob, Cut, Finish, FinishReason, LogprobToken,
+};
 pub use batch::{Batch, FinishedRow, Provisional, RowEvent, RowEvents, RowSink};
 pub use error::{Error, Result};
+pub use fastdllm_core::TokenLogprobs;
 pub use resolve::{resolve, Knobs, Resolved, Source, Stop};
 pub use run::{run, run_rows, Generated};
 pub use settings::{batch_compatible, row_seeds, GenerationSettings, Param};

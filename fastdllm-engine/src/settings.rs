@@ -140,6 +140,39 @@ impl GenerationSettings {
         Ok(())
     }
 
+    /// These settings with the canvas shrunk to at most `room` answer positions, as OpenAI
+    /// servers answer a request without `max_tokens` "in the room left in the context": whole
+    /// blocks of `block_length` (Dream's original sampler, one block of `gen_length`, shrinks
+    /// that block to `room`), count-schedule steps at the same rate per block (`steps / blocks`
+    /// steps in every remaining block). A canvas that already fits is returned unchanged.
+    ///
+    /// `None` when not even one block fits (`room < block_length`, or `room == 0`).
+    pub fn fit_canvas(&self, room: usize) -> Option<GenerationSettings> {
+        let d = &self.decode;
+        if d.gen_length <= room {
+            return Some(self.clone());
+        }
+        let mut out = self.clone();
+        if d.force_block_start == Some(false) {
+            // One block: the whole answer.
+            if room == 0 {
+                return None;
+            }
+            out.decode.gen_length = room;
+            out.decode.block_length = room;
+            out.decode.steps = d.steps.min(room);
+            return Some(out);
+        }
+        let blocks = room / d.block_length.max(1);
+        if blocks == 0 {
+            return None;
+        }
+        let per_block = d.steps / d.num_blocks().max(1);
+        out.decode.gen_length = blocks * d.block_length;
+        out.decode.steps = per_block.max(1) * blocks;
+        Some(out)
+    }
+
     /// Label for reports: `cache/rule`.
     pub fn label(&self) -> String {
         format!("{}/{}", self.cache.label(), self.unmask.label())
@@ -167,4 +200,57 @@ pub fn batch_compatible(
         && a.cache == b.cache
         && a.proposer == b.proposer
         && (family != ModelFamily::Dream || a.unmask.dream_score() == b.unmask.dream_score())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(gen_length: usize, block_length: usize, steps: usize) -> GenerationSettings {
+        GenerationSettings {
+            decode: DecodeConfig {
+                gen_length,
+                block_length,
+                steps,
+                force_block_start: None,
+                max_steps_per_block: None,
+            },
+            cache: CacheSettings::new(CacheMode::Off),
+            unmask: Unmask::Fixed,
+            proposer: ProposerConfig::default(),
+            seed: 0,
+            limits: AnswerLimits::default(),
+        }
+    }
+
+    #[test]
+    fn fit_canvas_keeps_whole_blocks_and_the_step_rate() {
+        let s = settings(256, 32, 128);
+        assert_eq!(s.fit_canvas(256), Some(s.clone()));
+        let fit = s.fit_canvas(100).unwrap();
+        assert_eq!(
+            (
+                fit.decode.gen_length,
+                fit.decode.block_length,
+                fit.decode.steps
+            ),
+            (96, 32, 48)
+        );
+        fit.validate(ModelFamily::Llada).unwrap();
+        assert_eq!(s.fit_canvas(31), None);
+        assert_eq!(s.fit_canvas(0), None);
+        // Dream's original sampler: one block, shrunk to the room.
+        let mut one = settings(64, 64, 64);
+        one.decode.force_block_start = Some(false);
+        let fit = one.fit_canvas(10).unwrap();
+        assert_eq!(
+            (
+                fit.decode.gen_length,
+                fit.decode.block_length,
+                fit.decode.steps
+            ),
+            (10, 10, 10)
+        );
+        assert_eq!(one.fit_canvas(0), None);
+    }
 }

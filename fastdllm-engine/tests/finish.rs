@@ -151,6 +151,7 @@ fn stop_strings_and_max_tokens_end_the_answer_and_the_row() {
                 RowEvents {
                     text: events,
                     provisional: false,
+                    logprobs: None,
                 },
             )
             .unwrap();
@@ -216,4 +217,89 @@ fn stop_strings_and_max_tokens_end_the_answer_and_the_row() {
     let mut b = Batch::new(m.model.as_ref(), None, &s, GenerateOptions::default()).unwrap();
     let e = b.admit(&prompt, &s, RowEvents::default()).unwrap_err();
     assert!(e.to_string().contains("needs a tokenizer"), "{e}");
+}
+
+/// A row that asks for logprobs gets, per answer token, the log of the probability it was
+/// committed with: for greedy LLaDA the `low_confidence` score is that probability, so each
+/// logprob is `ln(confidence)` of the trace's commit; the alternatives are sorted, hold the
+/// committed token first (greedy) and sum to at most 1. Every cache mode and a batch of two
+/// (one row asking, one not); the answer equals the run without logprobs.
+#[test]
+fn logprobs_are_the_log_of_the_commit_confidence() {
+    let m = load("llada-tiny");
+    for (cache, unmask) in [
+        (CacheMode::Off, Unmask::Fixed),
+        (CacheMode::Dual, Unmask::Threshold { threshold: 0.9 }),
+    ] {
+        let s = settings(cache, unmask, 16, finish(Finish::Answer));
+        let opts = GenerateOptions {
+            trace: true,
+            ..GenerateOptions::default()
+        };
+        let mut batch = Batch::new(m.model.as_ref(), Some(&m.tokenizer), &s, opts).unwrap();
+        let prompts: Vec<Vec<u32>> = PROMPTS[..2]
+            .iter()
+            .map(|p| m.tokenizer.encode(p, true).unwrap())
+            .collect();
+        for (i, p) in prompts.iter().enumerate() {
+            let events = RowEvents {
+                logprobs: (i == 0).then_some(4),
+                ..RowEvents::default()
+            };
+            batch.admit(p, &s, events).unwrap();
+        }
+        let mut out = Vec::new();
+        while !batch.is_empty() {
+            out.extend(batch.run_block(&mut |_, _| {}).unwrap());
+        }
+        out.sort_by_key(|r| r.id);
+        let trace = batch.take_trace().unwrap();
+        assert!(out[1].answer.logprobs.is_none());
+        let a = &out[0].answer;
+        let lps = a.logprobs.as_ref().expect("asked");
+        assert_eq!(lps.len(), a.completion_tokens, "{a:?}");
+        assert!(!lps.is_empty());
+        // Row 0's commits: the trace's commits of batch row 0 (both rows start together).
+        let mut conf = vec![None; 16];
+        for step in &trace.steps {
+            if let Some(c) = step.commits.first() {
+                for c in c {
+                    conf[c.answer_idx] = Some((c.token, c.confidence));
+                }
+            }
+        }
+        for (i, lp) in lps.iter().enumerate() {
+            let (token, c) = conf[i].unwrap();
+            assert_eq!(lp.token.id, token);
+            assert_eq!(lp.token.id, a.token_ids[i]);
+            assert!(
+                (lp.token.logprob - c.ln()).abs() < 1e-12,
+                "{i}: {} vs ln {c}",
+                lp.token.logprob
+            );
+            assert_eq!(lp.top.len(), 4);
+            assert_eq!(
+                lp.top[0].id, lp.token.id,
+                "greedy: the committed token is the likeliest"
+            );
+            assert!(lp.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+            let mass: f64 = lp.top.iter().map(|t| t.logprob.exp()).sum();
+            assert!(mass <= 1.0 + 1e-12, "{mass}");
+            assert_eq!(lp.token.text, m.tokenizer.decode(&[token]).unwrap());
+        }
+        let joined: String = lps.iter().map(|lp| lp.token.text.as_str()).collect();
+        assert_eq!(Some(joined), a.text, "{cache:?}");
+        // The same answer as a row that does not ask.
+        let plain = fastdllm_engine::run(
+            m.model.as_ref(),
+            &prompts[..1],
+            &[0],
+            &s,
+            &GenerateOptions::default(),
+        )
+        .unwrap();
+        let eos = &m.model.spec().eos_token_ids;
+        let ids = fastdllm_engine::trim_at_eos(&plain.rows[0].generated, eos);
+        assert_eq!(a.token_ids, ids, "{cache:?}");
+    }
 }

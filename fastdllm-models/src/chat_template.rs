@@ -80,6 +80,11 @@ pub struct TemplateTokens {
     pub bos_token: Option<String>,
     /// `eos_token`.
     pub eos_token: Option<String>,
+    /// Start the rendered text with `bos_token` unless it already does: a GGUF file that says
+    /// `tokenizer.ggml.add_bos_token = true` (llama.cpp tokenizes a templated prompt with its
+    /// special tokens, so BOS starts it once). `false` for model directories: transformers
+    /// encodes the rendered text without special tokens (the template writes its own BOS).
+    pub prepend_bos: bool,
 }
 
 /// A compiled Jinja chat template.
@@ -184,6 +189,17 @@ impl JinjaTemplate {
         &self.source
     }
 
+    /// `text` started with `bos_token` when [`TemplateTokens::prepend_bos`] asks and it does not
+    /// already start with it.
+    fn with_bos(&self, text: String) -> String {
+        match self.tokens.bos_token.as_deref() {
+            Some(bos) if self.tokens.prepend_bos && !bos.is_empty() && !text.starts_with(bos) => {
+                format!("{bos}{text}")
+            }
+            _ => text,
+        }
+    }
+
     /// Renders `messages` as transformers' `apply_chat_template(messages, tokenize=False,
     /// add_generation_prompt=...)` does. Errors: [`Error::ChatTemplate`] with the template's
     /// `raise_exception` message or minijinja's error, or when the rendering runs more than
@@ -203,10 +219,12 @@ impl JinjaTemplate {
         };
         let mut out = CappedWriter::default();
         match template.render_captured_to(ctx, &mut out) {
-            Ok(_) => String::from_utf8(out.buf).map_err(|e| Error::ChatTemplate {
-                origin: self.origin.clone(),
-                message: format!("the rendered prompt is not UTF-8: {e}"),
-            }),
+            Ok(_) => String::from_utf8(out.buf)
+                .map_err(|e| Error::ChatTemplate {
+                    origin: self.origin.clone(),
+                    message: format!("the rendered prompt is not UTF-8: {e}"),
+                })
+                .map(|text| self.with_bos(text)),
             Err(_) if out.exceeded => Err(Error::ChatTemplate {
                 origin: self.origin.clone(),
                 message: format!(
@@ -420,6 +438,7 @@ pub fn read_dir_template(dir: &Path) -> Result<(TemplateSource, TemplateTokens)>
         eos_token: config
             .as_ref()
             .and_then(|c| token_string(c.get("eos_token"))),
+        prepend_bos: false,
     };
     let jinja_path = dir.join("chat_template.jinja");
     if crate::config::regular_file(&jinja_path, "chat template (chat_template.jinja)")? {

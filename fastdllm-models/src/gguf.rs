@@ -153,6 +153,17 @@ impl GgufFile {
             .cloned()
     }
 
+    /// The BOS id every tokenization starts with when the file asks for it
+    /// (`tokenizer.ggml.add_bos_token = true` and `tokenizer.ggml.bos_token_id`), as llama.cpp's
+    /// `llama_tokenize(..., add_special = true)` adds it, templated prompts included; `None`
+    /// when the file does not ask. Errors: a key of the wrong type.
+    pub fn add_bos_token_id(&self) -> Result<Option<u32>> {
+        if self.boolean("tokenizer.ggml.add_bos_token")? != Some(true) {
+            return Ok(None);
+        }
+        self.id_key("tokenizer.ggml.bos_token_id")
+    }
+
     /// Whether the file carries a chat template (`tokenizer.chat_template`).
     pub fn has_chat_template(&self) -> bool {
         self.content

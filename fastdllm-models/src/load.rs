@@ -300,7 +300,14 @@ fn load_gguf(path: &Path, device: &Device, options: &LoadOptions) -> Result<Load
     let weights = Weights::gguf(&file, options.dtype, device);
     let model = build(&config, &weights)?;
     let bos = bos_token_id(&config, &tokenizer);
-    let template_tokens = complete_tokens(TemplateTokens::default(), &config, &tokenizer, bos);
+    // A file that asks for BOS gets it in front of a templated prompt, as llama.cpp adds it.
+    let file_bos = file.add_bos_token_id()?;
+    let template_tokens = TemplateTokens {
+        bos_token: file_bos.and_then(|id| tokenizer.inner().id_to_token(id)),
+        prepend_bos: file_bos.is_some(),
+        ..TemplateTokens::default()
+    };
+    let template_tokens = complete_tokens(template_tokens, &config, &tokenizer, bos);
     // The file's own template (convert_hf_to_gguf.py copies the checkpoint's), else none.
     let chat_template = match file.chat_template_source() {
         Some(source) => ChatTemplate::Jinja(JinjaTemplate::new(

@@ -38,6 +38,7 @@ fn template(name: &str, bos: &str, eos: &str) -> JinjaTemplate {
         TemplateTokens {
             bos_token: Some(bos.to_string()),
             eos_token: Some(eos.to_string()),
+            prepend_bos: false,
         },
     )
     .unwrap()

@@ -53,8 +53,15 @@ fn f32_gguf_equals_safetensors() {
             ),
             "{name}"
         );
+        // The file says `tokenizer.ggml.add_bos_token = true`: its BOS (id 51, where llama.cpp's
+        // recorded prompt ids start, fixtures/gguf/results.jsonl) goes before the rendered text.
         let turn = [fastdllm_models::Message::user("copy 3dbk")];
-        assert_eq!(gg.info.chat_template.render(&turn).unwrap(), "copy 3dbk");
+        let bos = gg.tokenizer.inner().id_to_token(51).unwrap();
+        assert_eq!(
+            gg.info.chat_template.render(&turn).unwrap(),
+            format!("{bos}copy 3dbk"),
+            "{name}"
+        );
         assert_eq!(gg.info.linear_weights, "f32 x 17", "{name}");
         assert!(gg.info.tokenizer_source.starts_with("GGUF metadata"));
         let (a, b) = (logits(&hf), logits(&gg));

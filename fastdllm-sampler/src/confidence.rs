@@ -320,6 +320,18 @@ impl Proposer for LladaProposer {
         Ok(assemble(tokens.to_vec2::<u32>()?, conf, v))
     }
 
+    /// The distribution a proposal is drawn from: `softmax(logits / T)` (the Gumbel-max sample
+    /// of `argmax l + T g`), or at T = 0 the model's `softmax(logits)` whose argmax is taken
+    /// (the `low_confidence` score), in f64 as the confidence is computed.
+    fn log_probs(&self, logits: &[f32]) -> Vec<f64> {
+        let t = if self.temperature > 0.0 {
+            self.temperature
+        } else {
+            1.0
+        };
+        fastdllm_core::log_softmax(logits, t)
+    }
+
     /// Greedy low-confidence proposals are row-independent and draw no random numbers; Gumbel
     /// noise and random confidences are drawn for every row.
     fn reads_all_rows(&self) -> bool {
@@ -491,6 +503,25 @@ impl DreamProposer {
 }
 
 impl Proposer for DreamProposer {
+    /// The distribution a proposal is drawn from, as [`DreamProposer`] builds it: logits / T
+    /// (T > 0), then top-p and top-k (filtered tokens get `-inf`), then the softmax, in f64.
+    fn log_probs(&self, logits: &[f32]) -> Vec<f64> {
+        let mut l = logits.to_vec();
+        if self.temperature > 0.0 {
+            let t = self.temperature as f32;
+            for x in &mut l {
+                *x /= t;
+            }
+        }
+        if let Some(p) = self.top_p.filter(|&p| p < 1.0) {
+            top_p_filter(&mut l, p as f32);
+        }
+        if let Some(k) = self.top_k {
+            top_k_filter(&mut l, k);
+        }
+        fastdllm_core::log_softmax(&l, 1.0)
+    }
+
     /// At T = 0 a row's proposal depends on its own logits only and no random number is drawn;
     /// sampling draws one uniform per row.
     fn reads_all_rows(&self) -> bool {

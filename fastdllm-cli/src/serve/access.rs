@@ -20,7 +20,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use super::errors::ApiError;
 use super::metrics::Telemetry;
@@ -239,7 +239,10 @@ fn source_is<T: std::error::Error + 'static>(e: &axum::Error) -> bool {
 }
 
 /// The CORS layer for `origins` (`*` = any origin); `None` (CORS off: browsers refuse
-/// cross-origin reads and JSON posts) when empty.
+/// cross-origin reads and JSON posts) when empty. An allowed origin's preflight is granted the
+/// request headers it names (`Access-Control-Request-Headers`, mirrored): the official SDKs
+/// send their own (`x-stainless-os`, `x-stainless-retry-count`, ...) besides `authorization`
+/// and `content-type`, and the origin check is what guards the server (with `--api-key`).
 pub fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
         return None;
@@ -258,7 +261,7 @@ pub fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+            .allow_headers(AllowHeaders::mirror_request()),
     )
 }
 

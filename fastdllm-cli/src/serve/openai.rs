@@ -10,10 +10,12 @@
 //! / `max_completion_tokens` (any positive count: the canvas is rounded up to whole blocks and
 //! the answer cut), `stop` (a string or up to 16), `seed` (without one every choice draws a fresh
 //! seed), `temperature`, `top_p` (Dream; LLaDA only with the neutral 1), `stream`,
-//! `stream_options.include_usage`, `user`; every optional field may be `null`, read as not given
+//! `stream_options.include_usage`, `user`, `logprobs` (chat: `logprobs` / `top_logprobs` up to
+//! 20; completions: `logprobs` up to 5; commit-time log-probabilities, [`logprobs_json`]);
+//! every optional field may be `null`, read as not given
 //! (OpenAI types them `T | null`). Fields OpenAI has that change the answer's form or
-//! distribution and that this server cannot honour (`logprobs`, `top_logprobs`, `echo`,
-//! `best_of`, `suffix`, `tools`, `response_format`, penalties, `logit_bias`, ...) are a 400
+//! distribution and that this server cannot honour (`echo`, `best_of`, `suffix`, `tools`,
+//! `response_format`, penalties, `logit_bias`, ...) are a 400
 //! naming the field unless they hold their neutral value; unknown fields are a 400 naming the
 //! field, as OpenAI answers them ("Unrecognized request argument supplied"). Extension fields
 //! carry the Fast-dLLM knobs (`gen_length`, `block_length`, `steps`, `cache`, `threshold`,
@@ -74,9 +76,69 @@ pub struct CompletionRequest {
     pub provisional: bool,
     /// Choices per prompt (1..=128).
     pub n: Option<usize>,
+    /// Report each answer token's log-probability and this many alternatives
+    /// (0..=[`MAX_COMPLETION_LOGPROBS`]; `null` = not asked).
+    pub logprobs: Option<usize>,
     /// Fast-dLLM knobs and OpenAI sampling fields.
     #[serde(skip)]
     pub knobs: Knobs,
+}
+
+/// Most `top_logprobs` of a chat request (OpenAI's bound).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+/// Most `logprobs` of a completions request (OpenAI's bound).
+pub const MAX_COMPLETION_LOGPROBS: usize = 5;
+
+/// The `logprobs` object of one choice of `route`, in OpenAI's shapes:
+///
+/// * chat: `{"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob",
+///   "bytes"}]}], "refusal": null}`;
+/// * completions: `{"tokens": [..], "token_logprobs": [..], "top_logprobs": [{token: logprob}],
+///   "text_offset": [..]}` (offsets into the answer text, from 0 as vLLM counts them without
+///   `echo`; a token text shared by two alternatives keeps the likelier).
+///
+/// Each token is one answer token (the text it decodes to alone, `bytes` its UTF-8 bytes); the
+/// values are commit-time log-probabilities (docs/CLIENTS.md, "Logprobs").
+pub fn logprobs_json(route: Route, lps: &[fastdllm_engine::AnswerLogprob]) -> Value {
+    use serde_json::json;
+    match route {
+        Route::Chat => {
+            let entry = |t: &fastdllm_engine::LogprobToken| json!({"token": t.text, "logprob": t.logprob, "bytes": t.text.as_bytes()});
+            let content: Vec<Value> = lps
+                .iter()
+                .map(|lp| {
+                    let mut e = entry(&lp.token);
+                    e["top_logprobs"] = Value::Array(lp.top.iter().map(entry).collect());
+                    e
+                })
+                .collect();
+            json!({"content": content, "refusal": null})
+        }
+        Route::Completions => {
+            let mut offset = 0;
+            let mut text_offset = Vec::with_capacity(lps.len());
+            for lp in lps {
+                text_offset.push(offset);
+                offset += lp.token.text.len();
+            }
+            let top: Vec<Value> = lps
+                .iter()
+                .map(|lp| {
+                    let mut m = serde_json::Map::new();
+                    for t in &lp.top {
+                        m.entry(t.text.clone()).or_insert(json!(t.logprob));
+                    }
+                    Value::Object(m)
+                })
+                .collect();
+            json!({
+                "tokens": lps.iter().map(|lp| lp.token.text.clone()).collect::<Vec<_>>(),
+                "token_logprobs": lps.iter().map(|lp| lp.token.logprob).collect::<Vec<_>>(),
+                "top_logprobs": top,
+                "text_offset": text_offset,
+            })
+        }
+    }
 }
 
 /// The assistant's message of a response.
@@ -129,6 +191,11 @@ pub struct ChatRequest {
     pub provisional: bool,
     /// Choices (1..=128).
     pub n: Option<usize>,
+    /// Report each answer token's log-probability (`null` = `false`).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub logprobs: bool,
+    /// With `logprobs`: this many alternatives per token (0..=[`MAX_TOP_LOGPROBS`]).
+    pub top_logprobs: Option<usize>,
     /// Fast-dLLM knobs and OpenAI sampling fields.
     #[serde(skip)]
     pub knobs: Knobs,
@@ -163,8 +230,9 @@ pub struct CompletionChoice {
     pub index: usize,
     /// The answer.
     pub text: String,
-    /// Always `null` (`logprobs` is not supported).
-    pub logprobs: Option<()>,
+    /// With `logprobs: N`: `tokens`, `token_logprobs`, `top_logprobs`, `text_offset`
+    /// ([`logprobs_json`]); else `null`.
+    pub logprobs: Option<Value>,
     /// `stop` (an end-of-sequence token or a stop string) or `length`.
     pub finish_reason: Option<&'static str>,
 }
@@ -176,8 +244,9 @@ pub struct ChatChoice {
     pub index: usize,
     /// The assistant's message.
     pub message: ChatMessage,
-    /// Always `null` (`logprobs` is not supported).
-    pub logprobs: Option<()>,
+    /// With `logprobs: true`: `{"content": [...], "refusal": null}` ([`logprobs_json`]); else
+    /// `null`.
+    pub logprobs: Option<Value>,
     /// `stop` or `length`.
     pub finish_reason: Option<&'static str>,
 }
@@ -215,8 +284,9 @@ pub struct ChunkChoice {
     /// Chat: `{"role"?, "content"?}` since the previous chunk.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta: Option<serde_json::Value>,
-    /// Always `null`.
-    pub logprobs: Option<()>,
+    /// `null` but on a choice's last chunk when logprobs were asked: then every answer
+    /// token's ([`logprobs_json`]; a diffusion model's answer is final only at its end).
+    pub logprobs: Option<Value>,
     /// Set on the choice's last chunk.
     pub finish_reason: Option<&'static str>,
     /// Present only on provisional chunks (their `text` / `delta` is empty).

@@ -212,6 +212,7 @@ impl<'m> ServedBatch<'m> {
         let events = RowEvents {
             text: job.stream,
             provisional: job.stream && job.provisional,
+            logprobs: job.logprobs,
         };
         let admitted = catch_unwind(AssertUnwindSafe(|| {
             batch.admit(&job.prompt, &job.settings, events)

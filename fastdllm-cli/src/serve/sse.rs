@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{StreamExt, StreamMap};
 
 use super::errors::ApiError;
-use super::openai::{Chunk, ChunkChoice, Provisional, Route, Usage};
+use super::openai::{logprobs_json, Chunk, ChunkChoice, Provisional, Route, Usage};
 use super::worker::{Choices, Queued, RowEvent, ROW_EVENTS};
 
 /// Builds the chunks of one streaming response.
@@ -144,7 +144,10 @@ pub fn sse(c: Chunker, choices: Choices, prompt_tokens: usize) -> Response {
                 RowEvent::Done(a) => {
                     ended[i] = true;
                     completion_tokens += a.completion_tokens;
-                    event(&c.chunk(i, None, false, Some(a.finish_reason.as_str()), None))
+                    let mut last = c.chunk(i, None, false, Some(a.finish_reason.as_str()), None);
+                    last.choices[0].logprobs =
+                        a.logprobs.as_deref().map(|lp| logprobs_json(c.route, lp));
+                    event(&last)
                 }
                 RowEvent::Error(m) => {
                     ended[i] = true;

@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use super::errors::{clip, clip_quoted, ApiError};
 use super::openai::{
     ChatRequest, CompletionRequest, Knobs, RequestMessage, Route, StopInput, StreamOptions,
+    MAX_COMPLETION_LOGPROBS, MAX_TOP_LOGPROBS,
 };
 use super::worker::Generation;
 use fastdllm_engine::GenerationSettings;
@@ -68,29 +69,62 @@ struct Shared {
     n: usize,
     include_usage: bool,
     settings: GenerationSettings,
+    /// The field the client sized the canvas with (`gen_length = 64`, `max_tokens = 30`);
+    /// `None`: the canvas is the default, shrunk to the room a prompt leaves ([`Canvas`]).
+    canvas_sent: Option<String>,
 }
 
 impl Shared {
-    /// The validated request of the tokenized `prompts`.
+    /// The canvas rule of this request's prompts.
+    fn canvas(&self) -> Canvas {
+        Canvas {
+            settings: self.settings.clone(),
+            sent: self.canvas_sent.clone(),
+        }
+    }
+
+    /// The validated request of the tokenized `prompts`, each with the settings its room
+    /// allows: the request runs with the smallest canvas of them (one request, one setting).
     fn validated(
         self,
-        prompts: Vec<Vec<TokenId>>,
+        prompts: Vec<(Vec<TokenId>, GenerationSettings)>,
         knobs: &Knobs,
         stream: bool,
         provisional: bool,
+        logprobs: Option<usize>,
     ) -> Validated {
+        let settings = prompts
+            .iter()
+            .map(|(_, s)| s)
+            .min_by_key(|s| s.decode.gen_length)
+            .cloned()
+            .unwrap_or(self.settings);
         Validated {
             generation: Generation {
-                prompts,
+                prompts: prompts.into_iter().map(|(ids, _)| ids).collect(),
                 n: self.n,
-                settings: self.settings,
+                settings,
                 seed: knobs.seed,
                 stream,
                 provisional,
+                logprobs,
             },
             include_usage: self.include_usage,
         }
     }
+}
+
+/// How a prompt's answer canvas is sized: as the client sent it (`sent`: a prompt that leaves
+/// less room is a 400 naming that field), or, when the client sent neither `gen_length` nor an
+/// answer limit, the default canvas or the room the prompt leaves in the model's maximum
+/// length, whichever is smaller, in whole blocks ([`GenerationSettings::fit_canvas`]), as OpenAI
+/// servers answer in the room left.
+#[derive(Debug, Clone)]
+pub struct Canvas {
+    /// The resolved settings (their `decode` is the canvas when it fits).
+    pub settings: GenerationSettings,
+    /// `gen_length = 64`, `max_tokens = 30`, ...: what the client sent; `None`: fit the room.
+    pub sent: Option<String>,
 }
 
 impl Validated {
@@ -152,8 +186,17 @@ impl Validator {
             r.stream_options,
             &r.knobs,
         )?;
+        let logprobs = match r.logprobs {
+            Some(n) if n > MAX_COMPLETION_LOGPROBS => {
+                return Err(bad(
+                    "logprobs",
+                    format!("logprobs = {n} must be in 0..={MAX_COMPLETION_LOGPROBS}"),
+                ))
+            }
+            n => n,
+        };
         let inputs = parse_prompts(&r.prompt)?;
-        let gen = shared.settings.decode.gen_length;
+        let canvas = shared.canvas();
         let many = inputs.len() > 1;
         let named = inputs
             .into_iter()
@@ -167,8 +210,8 @@ impl Validator {
                 (p, param)
             })
             .collect();
-        let prompts = self.tokenize_all(named, false, gen).await?;
-        Ok(shared.validated(prompts, &r.knobs, r.stream, r.provisional))
+        let prompts = self.tokenize_all(named, false, canvas).await?;
+        Ok(shared.validated(prompts, &r.knobs, r.stream, r.provisional, logprobs))
     }
 
     /// The checks both routes share: `model`, `n`, `stream_options`, and the knobs resolved
@@ -182,10 +225,21 @@ impl Validator {
         knobs: &Knobs,
     ) -> Result<Shared, ApiError> {
         check_model(model, &self.model_id)?;
+        let canvas_sent = match (
+            knobs.gen_length,
+            knobs.max_tokens,
+            knobs.max_completion_tokens,
+        ) {
+            (Some(g), _, _) => Some(format!("gen_length = {g}")),
+            (None, Some(m), _) => Some(format!("max_tokens = {m}")),
+            (None, None, Some(m)) => Some(format!("max_completion_tokens = {m}")),
+            (None, None, None) => None,
+        };
         Ok(Shared {
             n: check_n(n)?,
             include_usage: check_stream_options(stream, stream_options)?,
             settings: resolve_knobs(knobs, &self.defaults, self.spec.family)?,
+            canvas_sent,
         })
     }
 
@@ -201,6 +255,7 @@ impl Validator {
             r.stream_options,
             &r.knobs,
         )?;
+        let logprobs = chat_logprobs(r.logprobs, r.top_logprobs)?;
         let messages = chat_messages(&r.messages)?;
         // The byte cap before rendering: the contents alone must fit.
         let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
@@ -225,10 +280,10 @@ impl Validator {
             .tokenize_all(
                 vec![(PromptInput::Text(text), "messages".to_string())],
                 true,
-                shared.settings.decode.gen_length,
+                shared.canvas(),
             )
             .await?;
-        Ok(shared.validated(prompts, &r.knobs, r.stream, r.provisional))
+        Ok(shared.validated(prompts, &r.knobs, r.stream, r.provisional, logprobs))
     }
 
     /// The cheap checks of one prompt text, before any tokenization: a rendered chat not blank,
@@ -259,15 +314,19 @@ impl Validator {
     }
 
     /// Tokenizes and checks one prompt (`param` names it in errors: `prompt`, `prompt[1]`,
-    /// `messages`) for a canvas of `gen` answer positions. Blocking: called through
-    /// [`Validator::tokenize_all`].
+    /// `messages`) and sizes its answer canvas ([`Canvas`]); returns the ids and the settings
+    /// with that canvas. Blocking: called through [`Validator::tokenize_all`].
+    ///
+    /// Errors (400 `context_length_exceeded`, naming the prompt): a prompt and the canvas the
+    /// client sent (named as sent) longer than the model's maximum length; without one, a
+    /// prompt that leaves no room for one block.
     pub fn tokenize(
         &self,
         prompt: &PromptInput,
         templated: bool,
         param: &str,
-        gen: usize,
-    ) -> Result<Vec<TokenId>, ApiError> {
+        canvas: &Canvas,
+    ) -> Result<(Vec<TokenId>, GenerationSettings), ApiError> {
         let field = if templated { "messages" } else { "prompt" };
         let bad = |m: String| ApiError::invalid(Some(field), m);
         let ids = match prompt {
@@ -287,21 +346,33 @@ impl Validator {
             )));
         }
         let max = self.spec.max_seq_len;
+        let gen = canvas.settings.decode.gen_length;
         // Saturating: a sum past usize::MAX exceeds any model's maximum just the same.
         let total = ids.len().saturating_add(gen);
-        if total > max {
-            return Err(bad(format!(
-                "{param}: the prompt has {} tokens and the answer canvas gen_length = {gen}: {total} tokens exceed the model's maximum sequence length {max}",
-                ids.len(),
-            ))
-            .with_code("context_length_exceeded"));
-        }
-        let mut decode = self.defaults.settings.decode.clone();
-        decode.gen_length = gen;
-        decode
+        let room = max.saturating_sub(ids.len());
+        let settings = match &canvas.sent {
+            Some(sent) if total > max => {
+                return Err(bad(format!(
+                    "{param}: the prompt has {} tokens and {sent} asks for an answer canvas of {gen}: {total} tokens exceed the model's maximum sequence length {max} (at most {room} answer tokens fit)",
+                    ids.len(),
+                ))
+                .with_code("context_length_exceeded"));
+            }
+            Some(_) => canvas.settings.clone(),
+            None => canvas.settings.fit_canvas(room).ok_or_else(|| {
+                bad(format!(
+                    "{param}: the prompt has {} tokens: the model's maximum sequence length {max} leaves {room}, less than one answer block of {} tokens",
+                    ids.len(),
+                    canvas.settings.decode.block_length,
+                ))
+                .with_code("context_length_exceeded")
+            })?,
+        };
+        settings
+            .decode
             .validate_prompt(&self.spec, &ids)
             .map_err(|e| bad(format!("{param}: {e}")))?;
-        Ok(ids)
+        Ok((ids, settings))
     }
 
     /// Tokenizes a request's prompts (each with the name errors give it) on a blocking thread,
@@ -311,8 +382,8 @@ impl Validator {
         self: &Arc<Self>,
         inputs: Vec<(PromptInput, String)>,
         templated: bool,
-        gen: usize,
-    ) -> Result<Vec<Vec<TokenId>>, ApiError> {
+        canvas: Canvas,
+    ) -> Result<Vec<(Vec<TokenId>, GenerationSettings)>, ApiError> {
         let field = if templated { "messages" } else { "prompt" };
         for (p, param) in &inputs {
             if let PromptInput::Text(text) = p {
@@ -330,7 +401,7 @@ impl Validator {
             let _permit = permit;
             inputs
                 .iter()
-                .map(|(p, param)| v.tokenize(p, templated, param, gen))
+                .map(|(p, param)| v.tokenize(p, templated, param, &canvas))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
@@ -446,6 +517,25 @@ pub fn chat_messages(messages: &[RequestMessage]) -> Result<Vec<Message>, ApiErr
     Ok(out)
 }
 
+/// A chat request's `logprobs` / `top_logprobs` as the engine's option: `None` unless
+/// `logprobs` is true, else the number of alternatives (`top_logprobs`, default 0).
+///
+/// Errors (400 naming the field): `top_logprobs` above [`MAX_TOP_LOGPROBS`], or above 0
+/// without `logprobs: true` (as OpenAI refuses it).
+pub fn chat_logprobs(logprobs: bool, top: Option<usize>) -> Result<Option<usize>, ApiError> {
+    match top {
+        Some(n) if n > MAX_TOP_LOGPROBS => Err(bad(
+            "top_logprobs",
+            format!("top_logprobs = {n} must be in 0..={MAX_TOP_LOGPROBS}"),
+        )),
+        Some(n) if n > 0 && !logprobs => Err(bad(
+            "top_logprobs",
+            format!("top_logprobs = {n} needs logprobs = true"),
+        )),
+        _ => Ok(logprobs.then(|| top.unwrap_or(0))),
+    }
+}
+
 /// Fields every generation route reads (OpenAI's and the extensions).
 const COMMON_FIELDS: &[&str] = &[
     "model",
@@ -476,7 +566,6 @@ type IsNeutral = fn(&Value) -> bool;
 
 /// OpenAI fields this server cannot honour, with the test of their neutral value (accepted).
 const UNSUPPORTED: &[(&str, IsNeutral)] = &[
-    ("logprobs", |v| v.is_null() || *v == Value::Bool(false)),
     ("top_logprobs", |v| v.is_null() || v.as_u64() == Some(0)),
     ("echo", |v| v.is_null() || *v == Value::Bool(false)),
     ("best_of", |v| v.is_null() || v.as_u64() == Some(1)),
@@ -529,8 +618,8 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 /// unknown ones, each sorted by name; `param` is the first of them.
 pub fn check_fields(obj: &Map<String, Value>, route: Route) -> Result<(), ApiError> {
     let own: &[&str] = match route {
-        Route::Completions => &["prompt"],
-        Route::Chat => &["messages"],
+        Route::Completions => &["prompt", "logprobs"],
+        Route::Chat => &["messages", "logprobs", "top_logprobs"],
     };
     let mut unsupported: Vec<(&str, &Value)> = Vec::new();
     let mut unknown: Vec<&str> = Vec::new();
@@ -731,8 +820,9 @@ fn bad(param: &str, message: String) -> ApiError {
 /// server's flags ([`Defaults`], already resolved over `generation_config.json` and the paper's
 /// setting) through the engine's one resolver ([`fastdllm_engine::resolve()`]). The canvas
 /// `gen_length` is `gen_length` when given (a multiple of `block_length`), else `max_tokens`
-/// rounded up to whole blocks, else the default; the answer is cut to `max_tokens` (default:
-/// the canvas) and at `stop`. Errors name the request field at fault (`param`).
+/// rounded up to whole blocks, else the default (shrunk later to the room a prompt leaves,
+/// [`Canvas`]); the answer is cut to `max_tokens` (default: the canvas) and at `stop`. Errors
+/// name the request field at fault (`param`).
 pub fn resolve_knobs(
     knobs: &Knobs,
     defaults: &Defaults,

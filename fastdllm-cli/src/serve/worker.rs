@@ -88,6 +88,9 @@ pub struct Generation {
     pub stream: bool,
     /// With `stream`: also the current block's provisional tokens after every step.
     pub provisional: bool,
+    /// Record each answer token's commit-time log-probability and this many alternatives
+    /// ([`fastdllm_engine::RowEvents::logprobs`]); `None`: not asked.
+    pub logprobs: Option<usize>,
 }
 
 /// The handlers' side of the engine (cheap to clone): queues requests, reports the queue and
@@ -201,6 +204,7 @@ impl EngineHandle {
                 settings: row,
                 stream: g.stream,
                 provisional: g.provisional,
+                logprobs: g.logprobs,
                 queued_at,
                 events: tx,
             };
@@ -281,6 +285,8 @@ pub struct Finished {
     pub completion_tokens: usize,
     /// `stop` or `length`.
     pub finish_reason: &'static str,
+    /// Each answer token's commit-time log-probability, when the request asked.
+    pub logprobs: Option<Vec<fastdllm_engine::AnswerLogprob>>,
 }
 
 /// Waits for the final event of every choice of a non-streaming request (the choices' queue
@@ -298,6 +304,7 @@ pub async fn wait_done(choices: Choices) -> Result<Vec<Finished>, ApiError> {
                         text: a.text.unwrap_or_default(),
                         completion_tokens: a.completion_tokens,
                         finish_reason: a.finish_reason.as_str(),
+                        logprobs: a.logprobs,
                     });
                     continue 'choices;
                 }
@@ -349,6 +356,8 @@ pub struct Job {
     pub stream: bool,
     /// Send [`RowEvent::Provisional`] after every step.
     pub provisional: bool,
+    /// [`Generation::logprobs`].
+    pub logprobs: Option<usize>,
     /// When the request was queued (metrics).
     pub queued_at: Instant,
     /// The client's channel ([`ROW_EVENTS`] deep); closed = the client went away.

@@ -47,7 +47,10 @@ fn response(
                     role: "assistant".into(),
                     content: d.text,
                 },
-                logprobs: None,
+                logprobs: d
+                    .logprobs
+                    .as_deref()
+                    .map(|lp| openai::logprobs_json(Route::Chat, lp)),
                 finish_reason: Some(d.finish_reason),
             })
             .collect(),

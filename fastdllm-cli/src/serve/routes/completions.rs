@@ -44,7 +44,10 @@ fn response(
             .map(|(index, d)| CompletionChoice {
                 index,
                 text: d.text,
-                logprobs: None,
+                logprobs: d
+                    .logprobs
+                    .as_deref()
+                    .map(|lp| openai::logprobs_json(Route::Completions, lp)),
                 finish_reason: Some(d.finish_reason),
             })
             .collect(),
