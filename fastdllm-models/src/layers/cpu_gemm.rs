@@ -29,6 +29,12 @@
 //! or gemm built with `x86-v4` on an AVX-512 CPU, would break it; the tests in this file compare
 //! bits and would catch that.
 //!
+//! Kernels ([`Isa`], chosen once at run time; `FASTDLLM_CPU_GEMM=avx2|avx512` forces one): the
+//! AVX2 tile above, and on AVX-512F CPUs a tile of up to [`NR_512`] = 12 rows by two panels (24
+//! 16-lane accumulators) when the rows exceed L2's share, one panel otherwise (two panels would
+//! not stay in L1 while every row tile re-reads them). The kernels differ in tiling only, never
+//! in arithmetic, so both give candle's bits; the tests run every path the CPU has.
+//!
 //! Reference: `gemm-common` 0.19.0 (`gemm.rs`, `cache.rs`, `microkernel.rs`, `gemv.rs`) and
 //! `gemm-f32` 0.19.0 (`microkernel.rs`: the `fma` module, `MR = 16`, `NR = 6`). Only x86-64
 //! CPUs with AVX2 and FMA use the packed form; [`PackedWeight::new`] declines everything else
@@ -202,8 +208,9 @@ impl PackedWeight {
     }
 
     /// The product on a contiguous `x` (`rows * in_features` values), split into `tasks`
-    /// contiguous shares of the panels (1 runs on the calling thread).
-    fn product(&self, x: &[f32], rows: usize, tasks: usize) -> Vec<f32> {
+    /// contiguous shares of the panels (1 runs on the calling thread), with the micro-kernels of
+    /// `isa` (which the CPU must have: see [`Isa::available`]).
+    fn product(&self, x: &[f32], rows: usize, tasks: usize, isa: Isa) -> Vec<f32> {
         let n = self.out_features;
         let kc = depth_block(rows, n, self.in_features);
         let len = rows * n;
@@ -214,12 +221,12 @@ impl PackedWeight {
         let job = |task: usize| {
             let panels = task * n_panels / tasks..(task + 1) * n_panels / tasks;
             // SAFETY: tasks own disjoint column ranges of `dst`, which has room for `len`;
-            // `PackedWeight::new` checked the CPU.
+            // `PackedWeight::new` checked the CPU for AVX2, the caller for `isa`.
             unsafe {
                 if rows == 1 {
                     self.gemv(x, panels, out);
                 } else {
-                    self.compute(x, rows, kc, panels, out);
+                    self.compute(isa, x, rows, kc, panels, out);
                 }
             }
         };
@@ -249,16 +256,17 @@ impl PackedWeight {
 
     /// Columns `panels` of the output, all rows, all depth blocks ([`Route::Tiles`]).
     ///
-    /// Loop order, per depth block: blocks of panels (one panel when the rows fit in L2, else
-    /// as many as fit in L2), then row tiles (`x` stays in L1), then the panels of the block.
-    /// The last row tiles of a block prefetch the next block's weights, which in a forward pass
-    /// come from DRAM.
+    /// Loop order, per depth block: blocks of panels (one call's panels when the rows fit in L2,
+    /// else as many as fit in L2), then row tiles (`x` stays in L1), then the panels of the block,
+    /// [`Isa::panels_per_call`] at a time. The last row tiles of a block prefetch the next block's
+    /// weights, which in a forward pass come from DRAM.
     ///
     /// # Safety
     /// `out` must point to `rows * out_features` writable values that no one else touches in
-    /// the columns of `panels`, and the CPU must have AVX2 and FMA.
+    /// the columns of `panels`, and the CPU must have the features of `isa`.
     unsafe fn compute(
         &self,
+        isa: Isa,
         x: &[f32],
         rows: usize,
         kc: usize,
@@ -267,25 +275,31 @@ impl PackedWeight {
     ) {
         let (n, k) = (self.out_features, self.in_features);
         let value_bytes = std::mem::size_of::<f32>();
-        // Row tiles of at most NR rows, as even as possible (32 rows: 5, 5, 6, 5, 5, 6), so that
-        // no tile computes padding.
-        let tiles = rows.div_ceil(NR);
+        let rows_in_l2 = rows * kc * value_bytes <= ROWS_IN_L2_BYTES;
+        // When the rows stay in L2 every row tile re-reads the call's panels, which must then
+        // stay in L1: one panel a call (AVX-512's two would not fit at gemm's `kc`).
+        let per_call = if rows_in_l2 { 1 } else { isa.panels_per_call() };
+        // Row tiles of at most `isa.tile_rows()` rows, as even as possible (32 rows on AVX2: 5,
+        // 5, 6, 5, 5, 6), so that no tile computes padding.
+        let tiles = rows.div_ceil(isa.tile_rows());
         let tile_rows = |tile: usize| tile * rows / tiles..(tile + 1) * rows / tiles;
-        let panels_per_block = if rows * kc * value_bytes <= ROWS_IN_L2_BYTES {
-            1
+        let panels_per_block = if rows_in_l2 {
+            per_call
         } else {
-            (PANEL_BLOCK_BYTES / (MR * kc * value_bytes)).max(1)
+            (PANEL_BLOCK_BYTES / (MR * kc * value_bytes))
+                .max(1)
+                .next_multiple_of(per_call)
         };
         let panel_ptr =
             |panel: usize, depth: usize| self.panels.as_ptr().add(panel * k + depth) as *const f32;
-        let prefetching_tiles = kernel::PREFETCH_EVERY.min(tiles);
+        let prefetching_tiles = PREFETCH_EVERY.min(tiles);
         let mut depth = 0;
         while depth < k {
             let depth_len = kc.min(k - depth);
             let accumulate = depth > 0;
             let next_depth = depth + depth_len;
             // Each of the last `prefetching_tiles` tiles prefetches this share of a panel.
-            let share = depth_len * MR / kernel::PREFETCH_EVERY;
+            let share = depth_len * MR / PREFETCH_EVERY;
             let mut block_start = panels.start;
             while block_start < panels.end {
                 let block_end = (block_start + panels_per_block).min(panels.end);
@@ -293,9 +307,11 @@ impl PackedWeight {
                     let r = tile_rows(tile);
                     let xt = x.as_ptr().add(r.start * k + depth);
                     let prefetcher = (tile + prefetching_tiles).checked_sub(tiles);
-                    for panel in block_start..block_end {
+                    for panel in (block_start..block_end).step_by(per_call) {
+                        let in_call = per_call.min(block_end - panel);
                         let w = panel_ptr(panel, depth);
-                        let cols = MR.min(n - panel * MR);
+                        // Features of the call's last panel.
+                        let cols = MR.min(n - (panel + in_call - 1) * MR);
                         let dst = out.0.add(r.start * n + panel * MR);
                         // The same panel of the next block, or of the first block at the next depth.
                         let next_panel = panel + (block_end - block_start);
@@ -312,18 +328,21 @@ impl PackedWeight {
                             }
                             _ => std::ptr::null(),
                         };
-                        run_tile(
-                            r.len(),
-                            depth_len,
+                        let tile = Tile {
+                            rows: r.len(),
+                            panels: in_call,
+                            depth: depth_len,
                             w,
-                            xt,
-                            k,
+                            panel_stride: k * MR,
+                            x: xt,
+                            ldx: k,
                             dst,
-                            n,
+                            ldd: n,
                             cols,
                             accumulate,
                             prefetch,
-                        );
+                        };
+                        tile.run(isa);
                     }
                 }
                 block_start = block_end;
@@ -333,30 +352,144 @@ impl PackedWeight {
     }
 }
 
-/// [`kernel::tile`] for a tile of `rows` (1 to [`NR`]) rows.
-///
-/// # Safety
-/// As [`kernel::tile`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_tile(
+/// Depth steps per software prefetch of one cache line (`MR` floats) of upcoming weights.
+const PREFETCH_EVERY: usize = 4;
+
+/// The f32 micro-kernels a CPU can run, chosen once at run time ([`Isa::detect`]). Every one does
+/// the same arithmetic (one accumulator per output, products in increasing k, one FMA each, the
+/// same depth blocks), so the choice changes speed, never bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// 256-bit AVX2 + FMA: tiles of up to [`NR`] rows by one panel (two 8-lane registers).
+    Avx2,
+    /// 512-bit AVX-512F: tiles of up to [`NR_512`] rows by two panels (two 16-lane registers).
+    Avx512,
+}
+
+/// Rows of `x` per AVX-512 tile: 12 rows x 2 panels = 24 of the 32 vector registers hold
+/// accumulators, 2 the weights and 1 the broadcast input.
+pub(crate) const NR_512: usize = 12;
+
+/// Environment variable that forces the f32 micro-kernels (`avx2` or `avx512`), for measuring
+/// and testing one path on a CPU that has both. A path the CPU lacks, or another value, is an
+/// error at the first product.
+pub const KERNEL_VAR: &str = "FASTDLLM_CPU_GEMM";
+
+impl Isa {
+    /// Every path, widest first.
+    pub(crate) const ALL: [Isa; 2] = [Isa::Avx512, Isa::Avx2];
+
+    /// The name [`KERNEL_VAR`] takes.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU runs the path.
+    pub(crate) fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Isa::Avx2 => cpu_supported(),
+                Isa::Avx512 => cpu_supported() && std::arch::is_x86_feature_detected!("avx512f"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = self;
+            false
+        }
+    }
+
+    /// The path every product takes: [`KERNEL_VAR`] when set, else the widest this CPU has
+    /// (AVX2 when it has none: then nothing is packed). Read once per process.
+    pub(crate) fn detect() -> std::result::Result<Isa, String> {
+        static CHOICE: std::sync::OnceLock<std::result::Result<Isa, String>> =
+            std::sync::OnceLock::new();
+        CHOICE
+            .get_or_init(|| match std::env::var(KERNEL_VAR) {
+                Ok(value) if !value.is_empty() => {
+                    let isa = Isa::ALL
+                        .into_iter()
+                        .find(|isa| isa.name() == value)
+                        .ok_or_else(|| format!("{KERNEL_VAR}={value}: must be avx2 or avx512"))?;
+                    if isa.available() {
+                        Ok(isa)
+                    } else {
+                        Err(format!("{KERNEL_VAR}={value}: this CPU lacks {value}"))
+                    }
+                }
+                _ => Ok(Isa::ALL
+                    .into_iter()
+                    .find(|isa| isa.available())
+                    .unwrap_or(Isa::Avx2)),
+            })
+            .clone()
+    }
+
+    /// Most rows of one tile.
+    fn tile_rows(self) -> usize {
+        match self {
+            Isa::Avx2 => NR,
+            Isa::Avx512 => NR_512,
+        }
+    }
+
+    /// Panels one tile covers.
+    fn panels_per_call(self) -> usize {
+        match self {
+            Isa::Avx2 => 1,
+            Isa::Avx512 => 2,
+        }
+    }
+}
+
+/// One micro-kernel call: `rows x (panels - 1) * MR + cols` outputs over `depth` steps.
+struct Tile {
+    /// 1 to [`Isa::tile_rows`].
     rows: usize,
+    /// 1 to [`Isa::panels_per_call`]; the panels are `panel_stride` floats apart.
+    panels: usize,
     depth: usize,
+    /// The first panel at the block's depth (64-byte aligned).
     w: *const f32,
+    panel_stride: usize,
+    /// The tile's first row at the block's depth; rows `ldx` apart.
     x: *const f32,
     ldx: usize,
+    /// The tile's first output; rows `ldd` apart.
     dst: *mut f32,
     ldd: usize,
+    /// Features of the last panel (1 to [`MR`]); the others are whole.
     cols: usize,
+    /// Add to `dst` (a later depth block) instead of storing.
     accumulate: bool,
+    /// Weights to prefetch (one line every [`PREFETCH_EVERY`] steps per panel), or null.
     prefetch: *const f32,
-) {
-    match rows {
-        6 => kernel::tile::<6>(depth, w, x, ldx, dst, ldd, cols, accumulate, prefetch),
-        5 => kernel::tile::<5>(depth, w, x, ldx, dst, ldd, cols, accumulate, prefetch),
-        4 => kernel::tile::<4>(depth, w, x, ldx, dst, ldd, cols, accumulate, prefetch),
-        3 => kernel::tile::<3>(depth, w, x, ldx, dst, ldd, cols, accumulate, prefetch),
-        2 => kernel::tile::<2>(depth, w, x, ldx, dst, ldd, cols, accumulate, prefetch),
-        _ => kernel::tile::<1>(depth, w, x, ldx, dst, ldd, cols, accumulate, prefetch),
+}
+
+impl Tile {
+    /// Runs the tile with `isa`'s kernel for its row and panel counts.
+    ///
+    /// # Safety
+    /// The pointers as the fields say, the outputs writable and touched by no one else, and the
+    /// CPU has `isa`'s features.
+    unsafe fn run(&self, isa: Isa) {
+        macro_rules! by_rows {
+            ($module:ident::$kernel:ident, $($r:literal)+) => {
+                match self.rows {
+                    $($r => $module::$kernel::<$r>(self),)+
+                    rows => unreachable!("{rows} rows in one tile"),
+                }
+            };
+        }
+        match (isa, self.panels) {
+            (Isa::Avx2, _) => by_rows!(kernel::tile, 1 2 3 4 5 6),
+            (Isa::Avx512, 1) => by_rows!(kernel512::tile1, 1 2 3 4 5 6 7 8 9 10 11 12),
+            (Isa::Avx512, _) => by_rows!(kernel512::tile2, 1 2 3 4 5 6 7 8 9 10 11 12),
+        }
     }
 }
 
@@ -380,12 +513,13 @@ impl CustomOp1 for PackedWeight {
         if k != self.in_features || route(rows, self.out_features, k) == Route::Candle {
             candle_core::bail!("packed-linear: unsupported shape ({rows}, {k})");
         }
+        let isa = Isa::detect().map_err(candle_core::Error::Msg)?;
         let tasks = if rows * self.out_features * k < PARALLEL_MIN_WORK {
             1
         } else {
             rayon::current_num_threads()
         };
-        let y = self.product(&x[start..end], rows, tasks);
+        let y = self.product(&x[start..end], rows, tasks, isa);
         Ok((CpuStorage::F32(y), Shape::from((rows, self.out_features))))
     }
 }
@@ -402,33 +536,31 @@ unsafe impl Sync for OutPtr {}
 mod kernel {
     use std::arch::x86_64::*;
 
-    use super::MR;
+    use super::{Tile, MR, PREFETCH_EVERY};
 
-    /// Depth steps per software prefetch of one cache line (`MR` floats) of upcoming weights.
-    pub(super) const PREFETCH_EVERY: usize = 4;
-
-    /// One `R x cols` tile (`R <= NR`, `cols <= MR`) of the output over `depth` steps:
+    /// One `R x cols` tile (`R <= NR`, `cols <= MR`, one panel) of the output over `depth` steps:
     /// `acc[r][c] = fma(w[d][c], x[r][d], acc[r][c])` for `d` in order, from zero; then
     /// `dst[r][c] = acc` (first depth block) or `dst[r][c] + acc` (`accumulate`). When
     /// `prefetch` is not null, one line from it is prefetched every [`PREFETCH_EVERY`] steps.
     ///
     /// # Safety
-    /// `w` points to `depth * MR` values, 32-byte aligned; `x` to `R` rows of `depth` values,
-    /// `ldx` apart; `dst` to a tile with row stride `ldd` whose `R x cols` corner is writable;
-    /// the CPU has AVX2 and FMA.
-    #[allow(clippy::too_many_arguments)]
+    /// `t.w` points to `depth * MR` values, 32-byte aligned; `t.x` to `R` rows of `depth`
+    /// values, `ldx` apart; `t.dst` to a tile with row stride `ldd` whose `R x cols` corner is
+    /// writable; the CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile<const R: usize>(
-        depth: usize,
-        w: *const f32,
-        x: *const f32,
-        ldx: usize,
-        dst: *mut f32,
-        ldd: usize,
-        cols: usize,
-        accumulate: bool,
-        prefetch: *const f32,
-    ) {
+    pub(super) unsafe fn tile<const R: usize>(t: &Tile) {
+        let Tile {
+            depth,
+            w,
+            x,
+            ldx,
+            dst,
+            ldd,
+            cols,
+            accumulate,
+            prefetch,
+            ..
+        } = *t;
         let x_rows: [*const f32; R] = std::array::from_fn(|r| x.add(r * ldx));
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let step = |acc: &mut [[__m256; 2]; R], d: usize| {
@@ -554,21 +686,8 @@ mod kernel {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod kernel {
-    pub(super) const PREFETCH_EVERY: usize = 4;
-
     /// Never called: [`super::PackedWeight::new`] packs only on x86-64.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tile<const R: usize>(
-        _depth: usize,
-        _w: *const f32,
-        _x: *const f32,
-        _ldx: usize,
-        _dst: *mut f32,
-        _ldd: usize,
-        _cols: usize,
-        _accumulate: bool,
-        _prefetch: *const f32,
-    ) {
+    pub(super) unsafe fn tile<const R: usize>(_t: &super::Tile) {
         unreachable!("packed weights exist only on x86-64")
     }
 
@@ -580,6 +699,121 @@ mod kernel {
         _dst: *mut f32,
         _cols: usize,
     ) {
+        unreachable!("packed weights exist only on x86-64")
+    }
+}
+
+// The workspace's `rust-version` is older than these intrinsics (stable since 1.89), but
+// candle-core 0.11 uses the same AVX-512 intrinsics, so every build of this crate needs 1.89.
+#[allow(clippy::incompatible_msrv)]
+#[cfg(target_arch = "x86_64")]
+mod kernel512 {
+    use std::arch::x86_64::*;
+
+    use super::{Tile, MR, PREFETCH_EVERY};
+
+    /// [`tile`] over one panel.
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile1<const R: usize>(t: &Tile) {
+        tile::<R, 1>(t)
+    }
+
+    /// [`tile`] over two panels.
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile2<const R: usize>(t: &Tile) {
+        tile::<R, 2>(t)
+    }
+
+    /// One `R x ((P - 1) * MR + cols)` tile (`R <= NR_512`, `P` panels of [`MR`] features, one
+    /// 16-lane register each) over `depth` steps, with exactly the arithmetic of the AVX2
+    /// [`super::kernel::tile`]: `acc[r][c] = fma(w[d][c], x[r][d], acc[r][c])` for `d` in
+    /// order, from zero; then `dst = acc` or `dst + acc` (`accumulate`), the last panel's
+    /// stores masked to `cols` lanes. When `prefetch` is not null, one line of each panel from
+    /// it is prefetched every [`PREFETCH_EVERY`] steps.
+    ///
+    /// # Safety
+    /// `t.w` points to `P` panels of `depth * MR` values, 64-byte aligned, `panel_stride` apart;
+    /// `t.x` to `R` rows of `depth` values, `ldx` apart; `t.dst` to a tile with row stride `ldd`
+    /// whose `R x ((P - 1) * MR + cols)` corner is writable; the CPU has AVX-512F.
+    // The feature on this function (not only on its callers) reaches the `step` closure: a
+    // closure outside an `avx512f` function would call each intrinsic instead of inlining it.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<const R: usize, const P: usize>(t: &Tile) {
+        let Tile {
+            depth,
+            w,
+            panel_stride,
+            x,
+            ldx,
+            dst,
+            ldd,
+            cols,
+            accumulate,
+            prefetch,
+            ..
+        } = *t;
+        let x_rows: [*const f32; R] = std::array::from_fn(|r| x.add(r * ldx));
+        let w_panels: [*const f32; P] = std::array::from_fn(|p| w.add(p * panel_stride));
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        let step = |acc: &mut [[__m512; P]; R], d: usize| {
+            let wv: [__m512; P] = std::array::from_fn(|p| _mm512_load_ps(w_panels[p].add(d * MR)));
+            for (acc, x_row) in acc.iter_mut().zip(x_rows) {
+                let b = _mm512_set1_ps(*x_row.add(d));
+                for (acc, wv) in acc.iter_mut().zip(wv) {
+                    *acc = _mm512_fmadd_ps(wv, b, *acc);
+                }
+            }
+        };
+        let mut d = 0;
+        if !prefetch.is_null() {
+            while d + PREFETCH_EVERY <= depth {
+                // `wrapping_add`: the last shares may point past the weights (prefetching
+                // any address is harmless).
+                let line = prefetch.wrapping_add(d / PREFETCH_EVERY * MR);
+                for p in 0..P {
+                    _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(p * panel_stride) as *const i8);
+                }
+                for i in 0..PREFETCH_EVERY {
+                    step(&mut acc, d + i);
+                }
+                d += PREFETCH_EVERY;
+            }
+        }
+        while d < depth {
+            step(&mut acc, d);
+            d += 1;
+        }
+        let last: __mmask16 = if cols >= MR { !0 } else { (1 << cols) - 1 };
+        for (r, acc) in acc.iter().enumerate() {
+            for (p, acc) in acc.iter().enumerate() {
+                let mask = if p + 1 == P { last } else { !0 };
+                let d = dst.add(r * ldd + p * MR);
+                let value = if accumulate {
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(mask, d), *acc)
+                } else {
+                    *acc
+                };
+                _mm512_mask_storeu_ps(d, mask, value);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod kernel512 {
+    /// Never called: [`super::PackedWeight::new`] packs only on x86-64.
+    pub(super) unsafe fn tile1<const R: usize>(_t: &super::Tile) {
+        unreachable!("packed weights exist only on x86-64")
+    }
+
+    /// Never called: [`super::PackedWeight::new`] packs only on x86-64.
+    pub(super) unsafe fn tile2<const R: usize>(_t: &super::Tile) {
         unreachable!("packed weights exist only on x86-64")
     }
 }
@@ -646,12 +880,16 @@ mod tests {
         let packed = PackedWeight::new(&w).unwrap().expect("AVX2+FMA CPU");
         let what = format!("rows {rows}, k {k}, n {n}");
         assert_bitwise(&packed.matmul_t(&x).unwrap(), &want, &what);
-        if splits && route(rows, n, k) != Route::Candle {
-            let data = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            for tasks in [1, 2, 3, 5] {
-                let y = packed.product(&data, rows, tasks);
+        if route(rows, n, k) == Route::Candle {
+            return;
+        }
+        let data = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let splits: &[usize] = if splits { &[1, 2, 3, 5] } else { &[2] };
+        for isa in Isa::ALL.into_iter().filter(|isa| isa.available()) {
+            for &tasks in splits {
+                let y = packed.product(&data, rows, tasks, isa);
                 let y = Tensor::from_vec(y, (rows, n), &Device::Cpu).unwrap();
-                assert_bitwise(&y, &want, &format!("{what}, {tasks} tasks"));
+                assert_bitwise(&y, &want, &format!("{what}, {isa:?}, {tasks} tasks"));
             }
         }
     }
@@ -691,6 +929,41 @@ mod tests {
             (33, 1536, 3072),
         ] {
             check(rows, k, n, true);
+        }
+    }
+
+    /// Every kernel path this CPU has, on the odd shapes of the issue: rows 1, 7, 32 and 513
+    /// (partial row tiles of every size), depths that are not a multiple of any tile or
+    /// prefetch step nor of gemm's depth block, and feature counts with an odd number of panels
+    /// and a partial last panel (the AVX-512 kernel's one-panel and masked tails).
+    #[test]
+    fn every_kernel_path_is_bitwise_candle_matmul_on_odd_shapes() {
+        if !cpu_supported() {
+            return;
+        }
+        let paths: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.available()).collect();
+        eprintln!("kernel paths on this CPU: {paths:?}");
+        for rows in [1, 7, 32, 513] {
+            for k in [37, 601, 1031] {
+                for n in [40, 328, 1544] {
+                    check(rows, k, n, rows <= 32);
+                }
+            }
+        }
+    }
+
+    /// The selector's names round-trip, and the default is the widest path the CPU has.
+    #[test]
+    fn kernel_selector_names_and_default() {
+        for isa in Isa::ALL {
+            assert_eq!(
+                Isa::ALL.into_iter().find(|i| i.name() == isa.name()),
+                Some(isa)
+            );
+        }
+        if std::env::var(KERNEL_VAR).is_err() && cpu_supported() {
+            let widest = Isa::ALL.into_iter().find(|i| i.available());
+            assert_eq!(Isa::detect().ok(), widest);
         }
     }
 
