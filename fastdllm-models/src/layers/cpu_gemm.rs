@@ -29,6 +29,13 @@
 //! or gemm built with `x86-v4` on an AVX-512 CPU, would break it; the tests in this file compare
 //! bits and would catch that.
 //!
+//! Half-precision weights (bf16, f16) are packed in the same layout at 2 bytes a value and
+//! widened to f32 in the micro-kernel (bf16: a 16-bit shift; f16: `vcvtph2ps`), then multiplied
+//! with the same f32 arithmetic: the product of a half weight with an f32 `x` equals, bit for
+//! bit, the f32 path on the widened weight (`w.to_dtype(F32)`), i.e. candle's f32 matmul of the
+//! widened weight. The weight stays in half precision in memory (half the bytes of f32; a
+//! memory-bound window reads half as much) and accumulation is f32.
+//!
 //! Kernels ([`Isa`], chosen once at run time; `FASTDLLM_CPU_GEMM=avx2|avx512` forces one): the
 //! AVX2 tile above, and on AVX-512F CPUs a tile of up to [`NR_512`] = 12 rows by two panels (24
 //! 16-lane accumulators) when the rows exceed L2's share, one panel otherwise (two panels would
@@ -63,12 +70,36 @@ const PANEL_BLOCK_BYTES: usize = 128 * 1024;
 #[repr(C, align(64))]
 struct PanelStep([f32; MR]);
 
+/// [`PanelStep`] of a half-precision weight (bf16 or f16 bits), 32 bytes, two to a cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct HalfStep([u16; MR]);
+
+/// The panels in the weight's stored precision.
+enum Panels {
+    F32(Vec<PanelStep>),
+    Bf16(Vec<HalfStep>),
+    F16(Vec<HalfStep>),
+}
+
+impl Panels {
+    /// The stored dtype.
+    fn dtype(&self) -> DType {
+        match self {
+            Panels::F32(_) => DType::F32,
+            Panels::Bf16(_) => DType::BF16,
+            Panels::F16(_) => DType::F16,
+        }
+    }
+}
+
 /// `W` of shape `(out_features, in_features)`, stored as `out_features / MR` (rounded up)
-/// panels of `in_features` [`PanelStep`]s; features past `out_features` are zero.
+/// panels of `in_features` steps ([`PanelStep`], or [`HalfStep`] for bf16 / f16); features past
+/// `out_features` are zero.
 pub(crate) struct PackedWeight {
     out_features: usize,
     in_features: usize,
-    panels: Vec<PanelStep>,
+    panels: Panels,
 }
 
 impl std::fmt::Debug for PackedWeight {
@@ -76,15 +107,19 @@ impl std::fmt::Debug for PackedWeight {
         f.debug_struct("PackedWeight")
             .field("out_features", &self.out_features)
             .field("in_features", &self.in_features)
+            .field("dtype", &self.panels.dtype())
             .finish_non_exhaustive()
     }
 }
 
-/// Whether this CPU runs the packed path (x86-64 with AVX2 and FMA).
+/// Whether this CPU runs the packed path (x86-64 with AVX2, FMA and F16C, which every AVX2 CPU
+/// has: the f16 weights' widening).
 pub(crate) fn cpu_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -130,40 +165,44 @@ pub(crate) fn depth_block(rows: usize, n: usize, k: usize) -> usize {
 }
 
 impl PackedWeight {
-    /// Packs `weight` (shape `(out_features, in_features)`) when it is a CPU f32 matrix and the
-    /// CPU has AVX2 and FMA; `None` otherwise (the caller keeps candle's matmul).
+    /// Packs `weight` (shape `(out_features, in_features)`) when it is a CPU f32, bf16 or f16
+    /// matrix and the CPU has AVX2, FMA and F16C; `None` otherwise (the caller keeps candle's
+    /// matmul). The panels keep the weight's precision.
     pub(crate) fn new(weight: &Tensor) -> Result<Option<Self>> {
-        if !matches!(weight.device(), Device::Cpu) || weight.dtype() != DType::F32 {
-            return Ok(None);
-        }
-        if !cpu_supported() {
+        if !matches!(weight.device(), Device::Cpu) || !cpu_supported() {
             return Ok(None);
         }
         let (out_features, in_features) = weight.dims2()?;
         let weight = weight.contiguous()?;
         let (storage, layout) = weight.storage_and_layout();
-        // Read in place: a copy of a multi-GB weight would double the peak memory of a load.
-        let (Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) =
-            (&*storage, layout.contiguous_offsets())
-        else {
+        let Some((start, end)) = layout.contiguous_offsets() else {
             return Ok(None);
         };
-        let data = &values[start..end];
-        let n_panels = out_features.div_ceil(MR);
-        let mut panels = vec![PanelStep([0.0; MR]); n_panels * in_features];
-        if in_features > 0 {
-            use rayon::prelude::*;
-            panels
-                .par_chunks_mut(in_features)
-                .zip(data.par_chunks(MR * in_features))
-                .for_each(|(steps, rows)| {
-                    for (lane, row) in rows.chunks_exact(in_features).enumerate() {
-                        for (step, &value) in steps.iter_mut().zip(row) {
-                            step.0[lane] = value;
-                        }
-                    }
-                });
-        }
+        // Read in place: a copy of a multi-GB weight would double the peak memory of a load.
+        let Storage::Cpu(storage) = &*storage else {
+            return Ok(None);
+        };
+        let panels = match storage {
+            CpuStorage::F32(values) => Panels::F32(pack(
+                &values[start..end],
+                in_features,
+                PanelStep([0.0; MR]),
+                |step, lane, &value| step.0[lane] = value,
+            )),
+            CpuStorage::BF16(values) => Panels::Bf16(pack(
+                &values[start..end],
+                in_features,
+                HalfStep([0; MR]),
+                |step, lane, value| step.0[lane] = value.to_bits(),
+            )),
+            CpuStorage::F16(values) => Panels::F16(pack(
+                &values[start..end],
+                in_features,
+                HalfStep([0; MR]),
+                |step, lane, value| step.0[lane] = value.to_bits(),
+            )),
+            _ => return Ok(None),
+        };
         Ok(Some(Self {
             out_features,
             in_features,
@@ -176,33 +215,66 @@ impl PackedWeight {
         self.out_features
     }
 
-    /// Bytes of the packed f32 weight (`out_features * in_features * 4`).
+    /// The stored dtype of the weight (f32, bf16 or f16).
+    pub(crate) fn dtype(&self) -> DType {
+        self.panels.dtype()
+    }
+
+    /// Bytes of the packed weight at its stored precision (`out_features * in_features * 4`, or
+    /// `* 2` for bf16 / f16).
     pub(crate) fn weight_bytes(&self) -> u64 {
-        (self.out_features * self.in_features * std::mem::size_of::<f32>()) as u64
+        (self.out_features * self.in_features * self.dtype().size_in_bytes()) as u64
     }
 
-    /// `W` back in its `(out_features, in_features)` layout (an exact copy).
+    /// `W` back in its `(out_features, in_features)` layout and stored dtype (an exact copy).
     pub(crate) fn unpack(&self) -> Result<Tensor> {
-        let (n, k) = (self.out_features, self.in_features);
-        let mut data = Vec::with_capacity(n * k);
-        for feature in 0..n {
-            let (panel, lane) = (feature / MR, feature % MR);
-            let steps = &self.panels[panel * k..(panel + 1) * k];
-            data.extend(steps.iter().map(|step| step.0[lane]));
+        fn gather<S, T>(steps: &[S], n: usize, k: usize, lane: impl Fn(&S, usize) -> T) -> Vec<T> {
+            let mut data = Vec::with_capacity(n * k);
+            for feature in 0..n {
+                let (panel, l) = (feature / MR, feature % MR);
+                data.extend(steps[panel * k..(panel + 1) * k].iter().map(|s| lane(s, l)));
+            }
+            data
         }
-        Ok(Tensor::from_vec(data, (n, k), &Device::Cpu)?)
+        let (n, k) = (self.out_features, self.in_features);
+        let cpu = &Device::Cpu;
+        Ok(match &self.panels {
+            Panels::F32(steps) => {
+                Tensor::from_vec(gather(steps, n, k, |s, l| s.0[l]), (n, k), cpu)?
+            }
+            Panels::Bf16(steps) => Tensor::from_vec(
+                gather(steps, n, k, |s, l| half::bf16::from_bits(s.0[l])),
+                (n, k),
+                cpu,
+            )?,
+            Panels::F16(steps) => Tensor::from_vec(
+                gather(steps, n, k, |s, l| half::f16::from_bits(s.0[l])),
+                (n, k),
+                cpu,
+            )?,
+        })
     }
 
-    /// `x W^T`, bitwise equal to `x.matmul(&w.t())`. Shape: `(rows, in_features)` ->
-    /// `(rows, out_features)`.
+    /// `x W^T`. Shape: `(rows, in_features)` -> `(rows, out_features)`. An f32 weight gives
+    /// `x.matmul(&w.t())` bit for bit, in `x`'s dtype; a bf16 / f16 weight gives, in f32, the f32
+    /// product of `x` and the widened weight (`x.to_dtype(F32).matmul(&w.to_dtype(F32).t())`,
+    /// bit for bit).
     pub(crate) fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, k) = x.dims2()?;
+        let half = self.dtype() != DType::F32;
+        let x = if half {
+            x.to_dtype(DType::F32)?
+        } else {
+            x.clone()
+        };
         let handled = matches!(x.device(), Device::Cpu)
             && x.dtype() == DType::F32
             && k == self.in_features
             && route(rows, self.out_features, k) != Route::Candle;
         if !handled {
-            return Ok(x.matmul(&self.unpack()?.t()?)?);
+            let w = self.unpack()?;
+            let w = if half { w.to_dtype(DType::F32)? } else { w };
+            return Ok(x.matmul(&w.t()?)?);
         }
         Ok(x.contiguous()?.apply_op1_no_bwd(self)?)
     }
@@ -211,6 +283,29 @@ impl PackedWeight {
     /// contiguous shares of the panels (1 runs on the calling thread), with the micro-kernels of
     /// `isa` (which the CPU must have: see [`Isa::available`]).
     fn product(&self, x: &[f32], rows: usize, tasks: usize, isa: Isa) -> Vec<f32> {
+        match &self.panels {
+            Panels::F32(steps) => {
+                self.product_of(steps.as_ptr() as *const f32, x, rows, tasks, isa)
+            }
+            Panels::Bf16(steps) => {
+                self.product_of(steps.as_ptr() as *const Bf16, x, rows, tasks, isa)
+            }
+            Panels::F16(steps) => {
+                self.product_of(steps.as_ptr() as *const F16, x, rows, tasks, isa)
+            }
+        }
+    }
+
+    /// [`Self::product`] on the panels at `w` (the start of [`Self::panels`], read as `E`).
+    fn product_of<E: Element>(
+        &self,
+        w: *const E,
+        x: &[f32],
+        rows: usize,
+        tasks: usize,
+        isa: Isa,
+    ) -> Vec<f32> {
+        let w = WeightPtr(w);
         let n = self.out_features;
         let kc = depth_block(rows, n, self.in_features);
         let len = rows * n;
@@ -224,9 +319,9 @@ impl PackedWeight {
             // `PackedWeight::new` checked the CPU for AVX2, the caller for `isa`.
             unsafe {
                 if rows == 1 {
-                    self.gemv(x, panels, out);
+                    self.gemv(w, x, panels, out);
                 } else {
-                    self.compute(isa, x, rows, kc, panels, out);
+                    self.compute(isa, w, x, rows, kc, panels, out);
                 }
             }
         };
@@ -245,10 +340,16 @@ impl PackedWeight {
     ///
     /// # Safety
     /// As [`Self::compute`] with one row.
-    unsafe fn gemv(&self, x: &[f32], panels: std::ops::Range<usize>, out: OutPtr) {
+    unsafe fn gemv<E: Element>(
+        &self,
+        w: WeightPtr<E>,
+        x: &[f32],
+        panels: std::ops::Range<usize>,
+        out: OutPtr,
+    ) {
         let (n, k) = (self.out_features, self.in_features);
         for panel in panels {
-            let w = self.panels.as_ptr().add(panel * k) as *const f32;
+            let w = w.0.add(panel * k * MR);
             let cols = MR.min(n - panel * MR);
             kernel::gemv_panel(k, w, x.as_ptr(), out.0.add(panel * MR), cols);
         }
@@ -264,9 +365,11 @@ impl PackedWeight {
     /// # Safety
     /// `out` must point to `rows * out_features` writable values that no one else touches in
     /// the columns of `panels`, and the CPU must have the features of `isa`.
-    unsafe fn compute(
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn compute<E: Element>(
         &self,
         isa: Isa,
+        w: WeightPtr<E>,
         x: &[f32],
         rows: usize,
         kc: usize,
@@ -290,8 +393,7 @@ impl PackedWeight {
                 .max(1)
                 .next_multiple_of(per_call)
         };
-        let panel_ptr =
-            |panel: usize, depth: usize| self.panels.as_ptr().add(panel * k + depth) as *const f32;
+        let panel_ptr = |panel: usize, depth: usize| w.0.add((panel * k + depth) * MR);
         let prefetching_tiles = PREFETCH_EVERY.min(tiles);
         let mut depth = 0;
         while depth < k {
@@ -446,15 +548,16 @@ impl Isa {
     }
 }
 
-/// One micro-kernel call: `rows x (panels - 1) * MR + cols` outputs over `depth` steps.
-struct Tile {
+/// One micro-kernel call: `rows x (panels - 1) * MR + cols` outputs over `depth` steps, the
+/// weights stored as `E`.
+struct Tile<E> {
     /// 1 to [`Isa::tile_rows`].
     rows: usize,
     /// 1 to [`Isa::panels_per_call`]; the panels are `panel_stride` floats apart.
     panels: usize,
     depth: usize,
-    /// The first panel at the block's depth (64-byte aligned).
-    w: *const f32,
+    /// The first panel at the block's depth (aligned to its step).
+    w: *const E,
     panel_stride: usize,
     /// The tile's first row at the block's depth; rows `ldx` apart.
     x: *const f32,
@@ -466,11 +569,11 @@ struct Tile {
     cols: usize,
     /// Add to `dst` (a later depth block) instead of storing.
     accumulate: bool,
-    /// Weights to prefetch (one line every [`PREFETCH_EVERY`] steps per panel), or null.
-    prefetch: *const f32,
+    /// Weights to prefetch (one line every [`Element::PREFETCH_EVERY`] steps per panel), or null.
+    prefetch: *const E,
 }
 
-impl Tile {
+impl<E: Element> Tile<E> {
     /// Runs the tile with `isa`'s kernel for its row and panel counts.
     ///
     /// # Safety
@@ -480,7 +583,7 @@ impl Tile {
         macro_rules! by_rows {
             ($module:ident::$kernel:ident, $($r:literal)+) => {
                 match self.rows {
-                    $($r => $module::$kernel::<$r>(self),)+
+                    $($r => $module::$kernel::<E, $r>(self),)+
                     rows => unreachable!("{rows} rows in one tile"),
                 }
             };
@@ -524,6 +627,139 @@ impl CustomOp1 for PackedWeight {
     }
 }
 
+/// The panels' start, shared by tasks that read them.
+#[derive(Clone, Copy)]
+struct WeightPtr<E>(*const E);
+// SAFETY: the panels are only read while the product runs.
+unsafe impl<E> Send for WeightPtr<E> {}
+// SAFETY: as above.
+unsafe impl<E> Sync for WeightPtr<E> {}
+
+/// Packs rows of `in_features` values into panels of [`MR`] features (`put` writes one value
+/// into a step's lane), one panel per rayon task; lanes past the last row keep `zero`.
+fn pack<T: Sync, S: Copy + Send>(
+    data: &[T],
+    in_features: usize,
+    zero: S,
+    put: impl Fn(&mut S, usize, &T) + Sync,
+) -> Vec<S> {
+    let n_panels = (data.len() / in_features.max(1)).div_ceil(MR);
+    let mut steps = vec![zero; n_panels * in_features];
+    if in_features > 0 {
+        use rayon::prelude::*;
+        steps
+            .par_chunks_mut(in_features)
+            .zip(data.par_chunks(MR * in_features))
+            .for_each(|(steps, rows)| {
+                for (lane, row) in rows.chunks_exact(in_features).enumerate() {
+                    for (step, value) in steps.iter_mut().zip(row) {
+                        put(step, lane, value);
+                    }
+                }
+            });
+    }
+    steps
+}
+
+/// bf16 weight bits as a kernel element.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub(crate) struct Bf16(#[allow(dead_code)] u16);
+
+/// f16 weight bits as a kernel element.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub(crate) struct F16(#[allow(dead_code)] u16);
+
+/// A stored weight value the micro-kernels widen to f32 lanes (exactly: bf16 and f16 are
+/// subsets of f32).
+pub(crate) trait Element: Copy + 'static {
+    /// Depth steps per prefetched cache line of one panel (a line holds `64 / (MR * size)`
+    /// steps), so that [`PREFETCH_EVERY`] prefetching tiles cover a whole panel.
+    const PREFETCH_EVERY: usize;
+
+    /// 8 consecutive values at `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// `p` points to 8 readable values; the CPU has AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+
+    /// 16 consecutive values at `p` (aligned to its step) as f32 lanes.
+    ///
+    /// # Safety
+    /// `p` points to 16 readable values, aligned to [`MR`] values; the CPU has AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+// AVX-512 intrinsics: see `kernel512`.
+#[allow(clippy::incompatible_msrv)]
+#[cfg(target_arch = "x86_64")]
+mod widen {
+    use std::arch::x86_64::*;
+
+    use super::{Bf16, Element, F16, PREFETCH_EVERY};
+
+    impl Element for f32 {
+        const PREFETCH_EVERY: usize = PREFETCH_EVERY;
+
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+
+        #[inline(always)]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            _mm512_load_ps(p)
+        }
+    }
+
+    impl Element for Bf16 {
+        const PREFETCH_EVERY: usize = 2 * PREFETCH_EVERY;
+
+        /// bf16 is the top half of an f32: zero-extend to 32 bits, shift left 16.
+        #[inline(always)]
+        unsafe fn load8(p: *const Bf16) -> __m256 {
+            let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits))
+        }
+
+        #[inline(always)]
+        unsafe fn load16(p: *const Bf16) -> __m512 {
+            let bits = _mm512_cvtepu16_epi32(_mm256_load_si256(p as *const __m256i));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits))
+        }
+    }
+
+    impl Element for F16 {
+        const PREFETCH_EVERY: usize = 2 * PREFETCH_EVERY;
+
+        #[inline(always)]
+        unsafe fn load8(p: *const F16) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        }
+
+        #[inline(always)]
+        unsafe fn load16(p: *const F16) -> __m512 {
+            _mm512_cvtph_ps(_mm256_load_si256(p as *const __m256i))
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl Element for f32 {
+    const PREFETCH_EVERY: usize = PREFETCH_EVERY;
+}
+#[cfg(not(target_arch = "x86_64"))]
+impl Element for Bf16 {
+    const PREFETCH_EVERY: usize = 2 * PREFETCH_EVERY;
+}
+#[cfg(not(target_arch = "x86_64"))]
+impl Element for F16 {
+    const PREFETCH_EVERY: usize = 2 * PREFETCH_EVERY;
+}
+
 /// The output pointer, shared by tasks that write disjoint columns.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -536,19 +772,20 @@ unsafe impl Sync for OutPtr {}
 mod kernel {
     use std::arch::x86_64::*;
 
-    use super::{Tile, MR, PREFETCH_EVERY};
+    use super::{Element, Tile, MR};
 
     /// One `R x cols` tile (`R <= NR`, `cols <= MR`, one panel) of the output over `depth` steps:
     /// `acc[r][c] = fma(w[d][c], x[r][d], acc[r][c])` for `d` in order, from zero; then
     /// `dst[r][c] = acc` (first depth block) or `dst[r][c] + acc` (`accumulate`). When
-    /// `prefetch` is not null, one line from it is prefetched every [`PREFETCH_EVERY`] steps.
+    /// `prefetch` is not null, one line from it is prefetched every [`Element::PREFETCH_EVERY`]
+    /// steps. The weights are widened from `E` as they are loaded.
     ///
     /// # Safety
-    /// `t.w` points to `depth * MR` values, 32-byte aligned; `t.x` to `R` rows of `depth`
+    /// `t.w` points to `depth * MR` values; `t.x` to `R` rows of `depth`
     /// values, `ldx` apart; `t.dst` to a tile with row stride `ldd` whose `R x cols` corner is
     /// writable; the CPU has AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile<const R: usize>(t: &Tile) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tile<E: Element, const R: usize>(t: &Tile<E>) {
         let Tile {
             depth,
             w,
@@ -564,8 +801,8 @@ mod kernel {
         let x_rows: [*const f32; R] = std::array::from_fn(|r| x.add(r * ldx));
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let step = |acc: &mut [[__m256; 2]; R], d: usize| {
-            let w0 = _mm256_load_ps(w.add(d * MR));
-            let w1 = _mm256_load_ps(w.add(d * MR + 8));
+            let w0 = E::load8(w.add(d * MR));
+            let w1 = E::load8(w.add(d * MR + 8));
             for (acc, x_row) in acc.iter_mut().zip(x_rows) {
                 let b = _mm256_broadcast_ss(&*x_row.add(d));
                 acc[0] = _mm256_fmadd_ps(w0, b, acc[0]);
@@ -574,15 +811,17 @@ mod kernel {
         };
         let mut d = 0;
         if !prefetch.is_null() {
-            while d + PREFETCH_EVERY <= depth {
+            let every = E::PREFETCH_EVERY;
+            let line_values = 64 / std::mem::size_of::<E>();
+            while d + every <= depth {
                 // `wrapping_add`: the last shares may point past the weights (prefetching
                 // any address is harmless).
-                let line = prefetch.wrapping_add(d / PREFETCH_EVERY * MR);
+                let line = prefetch.wrapping_add(d / every * line_values);
                 _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
-                for i in 0..PREFETCH_EVERY {
+                for i in 0..every {
                     step(&mut acc, d + i);
                 }
-                d += PREFETCH_EVERY;
+                d += every;
             }
         }
         while d < depth {
@@ -630,18 +869,18 @@ mod kernel {
     /// # Safety
     /// `w` points to `depth * MR` values, 32-byte aligned; `x` to `depth` values; `dst` to
     /// `cols` writable values; the CPU has AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn gemv_panel(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn gemv_panel<E: Element>(
         depth: usize,
-        w: *const f32,
+        w: *const E,
         x: *const f32,
         dst: *mut f32,
         cols: usize,
     ) {
         let fma_step = |acc: &mut [__m256; 2], d: usize| {
             let b = _mm256_broadcast_ss(&*x.add(d));
-            acc[0] = _mm256_fmadd_ps(_mm256_load_ps(w.add(d * MR)), b, acc[0]);
-            acc[1] = _mm256_fmadd_ps(_mm256_load_ps(w.add(d * MR + 8)), b, acc[1]);
+            acc[0] = _mm256_fmadd_ps(E::load8(w.add(d * MR)), b, acc[0]);
+            acc[1] = _mm256_fmadd_ps(E::load8(w.add(d * MR + 8)), b, acc[1]);
         };
         let add =
             |a: [__m256; 2], b: [__m256; 2]| [_mm256_add_ps(a[0], b[0]), _mm256_add_ps(a[1], b[1])];
@@ -687,14 +926,14 @@ mod kernel {
 #[cfg(not(target_arch = "x86_64"))]
 mod kernel {
     /// Never called: [`super::PackedWeight::new`] packs only on x86-64.
-    pub(super) unsafe fn tile<const R: usize>(_t: &super::Tile) {
+    pub(super) unsafe fn tile<E, const R: usize>(_t: &super::Tile<E>) {
         unreachable!("packed weights exist only on x86-64")
     }
 
     /// Never called: [`super::PackedWeight::new`] packs only on x86-64.
-    pub(super) unsafe fn gemv_panel(
+    pub(super) unsafe fn gemv_panel<E>(
         _depth: usize,
-        _w: *const f32,
+        _w: *const E,
         _x: *const f32,
         _dst: *mut f32,
         _cols: usize,
@@ -710,15 +949,15 @@ mod kernel {
 mod kernel512 {
     use std::arch::x86_64::*;
 
-    use super::{Tile, MR, PREFETCH_EVERY};
+    use super::{Element, Tile, MR};
 
     /// [`tile`] over one panel.
     ///
     /// # Safety
     /// As [`tile`].
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile1<const R: usize>(t: &Tile) {
-        tile::<R, 1>(t)
+    pub(super) unsafe fn tile1<E: Element, const R: usize>(t: &Tile<E>) {
+        tile::<E, R, 1>(t)
     }
 
     /// [`tile`] over two panels.
@@ -726,8 +965,8 @@ mod kernel512 {
     /// # Safety
     /// As [`tile`].
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile2<const R: usize>(t: &Tile) {
-        tile::<R, 2>(t)
+    pub(super) unsafe fn tile2<E: Element, const R: usize>(t: &Tile<E>) {
+        tile::<E, R, 2>(t)
     }
 
     /// One `R x ((P - 1) * MR + cols)` tile (`R <= NR_512`, `P` panels of [`MR`] features, one
@@ -735,16 +974,17 @@ mod kernel512 {
     /// [`super::kernel::tile`]: `acc[r][c] = fma(w[d][c], x[r][d], acc[r][c])` for `d` in
     /// order, from zero; then `dst = acc` or `dst + acc` (`accumulate`), the last panel's
     /// stores masked to `cols` lanes. When `prefetch` is not null, one line of each panel from
-    /// it is prefetched every [`PREFETCH_EVERY`] steps.
+    /// it is prefetched every [`Element::PREFETCH_EVERY`] steps. The weights are widened from
+    /// `E` as they are loaded.
     ///
     /// # Safety
-    /// `t.w` points to `P` panels of `depth * MR` values, 64-byte aligned, `panel_stride` apart;
+    /// `t.w` points to `P` panels of `depth * MR` values, aligned to a step, `panel_stride` apart;
     /// `t.x` to `R` rows of `depth` values, `ldx` apart; `t.dst` to a tile with row stride `ldd`
     /// whose `R x ((P - 1) * MR + cols)` corner is writable; the CPU has AVX-512F.
     // The feature on this function (not only on its callers) reaches the `step` closure: a
     // closure outside an `avx512f` function would call each intrinsic instead of inlining it.
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile<const R: usize, const P: usize>(t: &Tile) {
+    unsafe fn tile<E: Element, const R: usize, const P: usize>(t: &Tile<E>) {
         let Tile {
             depth,
             w,
@@ -759,10 +999,10 @@ mod kernel512 {
             ..
         } = *t;
         let x_rows: [*const f32; R] = std::array::from_fn(|r| x.add(r * ldx));
-        let w_panels: [*const f32; P] = std::array::from_fn(|p| w.add(p * panel_stride));
+        let w_panels: [*const E; P] = std::array::from_fn(|p| w.add(p * panel_stride));
         let mut acc = [[_mm512_setzero_ps(); P]; R];
         let step = |acc: &mut [[__m512; P]; R], d: usize| {
-            let wv: [__m512; P] = std::array::from_fn(|p| _mm512_load_ps(w_panels[p].add(d * MR)));
+            let wv: [__m512; P] = std::array::from_fn(|p| E::load16(w_panels[p].add(d * MR)));
             for (acc, x_row) in acc.iter_mut().zip(x_rows) {
                 let b = _mm512_set1_ps(*x_row.add(d));
                 for (acc, wv) in acc.iter_mut().zip(wv) {
@@ -772,17 +1012,19 @@ mod kernel512 {
         };
         let mut d = 0;
         if !prefetch.is_null() {
-            while d + PREFETCH_EVERY <= depth {
+            let every = E::PREFETCH_EVERY;
+            let line_values = 64 / std::mem::size_of::<E>();
+            while d + every <= depth {
                 // `wrapping_add`: the last shares may point past the weights (prefetching
                 // any address is harmless).
-                let line = prefetch.wrapping_add(d / PREFETCH_EVERY * MR);
+                let line = prefetch.wrapping_add(d / every * line_values);
                 for p in 0..P {
                     _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(p * panel_stride) as *const i8);
                 }
-                for i in 0..PREFETCH_EVERY {
+                for i in 0..every {
                     step(&mut acc, d + i);
                 }
-                d += PREFETCH_EVERY;
+                d += every;
             }
         }
         while d < depth {
@@ -808,12 +1050,12 @@ mod kernel512 {
 #[cfg(not(target_arch = "x86_64"))]
 mod kernel512 {
     /// Never called: [`super::PackedWeight::new`] packs only on x86-64.
-    pub(super) unsafe fn tile1<const R: usize>(_t: &super::Tile) {
+    pub(super) unsafe fn tile1<E, const R: usize>(_t: &super::Tile<E>) {
         unreachable!("packed weights exist only on x86-64")
     }
 
     /// Never called: [`super::PackedWeight::new`] packs only on x86-64.
-    pub(super) unsafe fn tile2<const R: usize>(_t: &super::Tile) {
+    pub(super) unsafe fn tile2<E, const R: usize>(_t: &super::Tile<E>) {
         unreachable!("packed weights exist only on x86-64")
     }
 }
@@ -1015,23 +1257,78 @@ mod tests {
         }
     }
 
-    /// Half-precision weights keep candle's matmul.
+    /// bf16 / f16 weights stay packed in half precision, and every kernel path gives, bit for
+    /// bit, the f32 product of the widened weight (which is candle's f32 matmul, tested above),
+    /// on the odd shapes: rows 1, 7, 32, 513; depths off every tile; partial last panels.
     #[test]
-    fn half_precision_weights_are_not_packed() {
+    fn half_precision_weights_are_bitwise_the_widened_f32_product() {
+        if !cpu_supported() {
+            return;
+        }
+        for dtype in [DType::BF16, DType::F16] {
+            for (rows, k, n) in [
+                (1, 601, 328),
+                (7, 37, 40),
+                (32, 601, 1544),
+                (513, 1031, 328),
+                (2, 64, 24),
+            ] {
+                let w = matrix(n, k, 21).to_dtype(dtype).unwrap();
+                let x = matrix(rows, k, 22);
+                let wide = w.to_dtype(DType::F32).unwrap();
+                let want = x.matmul(&wide.t().unwrap()).unwrap();
+                let packed = PackedWeight::new(&w).unwrap().expect("AVX2+FMA+F16C CPU");
+                assert_eq!(packed.dtype(), dtype);
+                assert_eq!(packed.weight_bytes(), (n * k * 2) as u64);
+                assert_bitwise(
+                    &packed.unpack().unwrap().to_dtype(DType::F32).unwrap(),
+                    &wide,
+                    "unpack",
+                );
+                let what = format!("{dtype:?} rows {rows}, k {k}, n {n}");
+                assert_bitwise(&packed.matmul_t(&x).unwrap(), &want, &what);
+                if route(rows, n, k) == Route::Candle {
+                    continue;
+                }
+                let data = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for isa in Isa::ALL.into_iter().filter(|isa| isa.available()) {
+                    for tasks in [1, 3] {
+                        let y = packed.product(&data, rows, tasks, isa);
+                        let y = Tensor::from_vec(y, (rows, n), &Device::Cpu).unwrap();
+                        assert_bitwise(&y, &want, &format!("{what}, {isa:?}, {tasks} tasks"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A half-precision layer in a half-precision model: the f32 product of the widened operands,
+    /// rounded once to the activation dtype.
+    #[test]
+    fn half_precision_linear_rounds_the_f32_product_once() {
+        if !cpu_supported() {
+            return;
+        }
         let w = matrix(96, 64, 3);
         let x = matrix(40, 64, 4);
         for dtype in [DType::BF16, DType::F16] {
             let (w, x) = (w.to_dtype(dtype).unwrap(), x.to_dtype(dtype).unwrap());
-            assert!(PackedWeight::new(&w).unwrap().is_none());
             let linear = Linear::new(w.clone(), None).unwrap();
-            assert!(!linear.is_packed());
+            assert!(linear.is_packed());
             let want = x
-                .matmul(&w.t().unwrap())
-                .unwrap()
                 .to_dtype(DType::F32)
+                .unwrap()
+                .matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
+                .unwrap()
+                .to_dtype(dtype)
                 .unwrap();
-            let got = linear.forward(&x).unwrap().to_dtype(DType::F32).unwrap();
-            assert_bitwise(&got, &want, &format!("{dtype:?}"));
+            let got = linear.forward(&x).unwrap();
+            assert_eq!(got.dtype(), dtype);
+            assert_bitwise(
+                &got.to_dtype(DType::F32).unwrap(),
+                &want.to_dtype(DType::F32).unwrap(),
+                &format!("{dtype:?}"),
+            );
         }
     }
 

@@ -3,9 +3,10 @@
 //! Reference: `torch.nn.Linear` as used by LLaDA (`modeling_llada.py`, no bias anywhere) and Dream
 //! (`modeling_dream.py`, bias on q/k/v only). Deviations from `candle_nn::Linear`: the input is
 //! flattened to 2-D before the matmul, so a batched window is one GEMM against the (out, in)
-//! weight instead of a broadcast batched GEMM; and a CPU f32 weight is packed once at
-//! construction for [`super::cpu_gemm`], which gives candle's `x.matmul(&w.t())` bit for bit
-//! without re-packing the weight on every call.
+//! weight instead of a broadcast batched GEMM; and a CPU f32, bf16 or f16 weight is packed once
+//! at construction for [`super::cpu_gemm`], which gives candle's `x.matmul(&w.t())` bit for bit
+//! (a half-precision weight: the f32 product of the widened weight, rounded once to the input's
+//! dtype) without re-packing the weight on every call.
 //!
 //! Quantized weights (GGUF files, `--quantize`) are `candle_core::quantized::QMatMul`s: the input
 //! is cast to f32 (what candle's quantized kernels take; on the CPU they quantize each input row to
@@ -58,8 +59,10 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
-    /// Shape: `weight` `(out_features, in_features)`, `bias` `(out_features,)`. A CPU f32 weight
-    /// on an AVX2+FMA CPU is packed (and the tensor dropped); anything else stays as it is.
+    /// Shape: `weight` `(out_features, in_features)`, `bias` `(out_features,)`. A CPU f32, bf16
+    /// or f16 weight on an AVX2+FMA CPU is packed in its precision (and the tensor dropped);
+    /// anything else stays as it is. A packed half-precision weight multiplies in f32 (the input
+    /// widened, f32 accumulation) and the output is rounded once to the input's dtype.
     pub(crate) fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let weight = match PackedWeight::new(&weight)? {
             Some(packed) => Weight::Packed(Arc::new(packed)),
@@ -138,7 +141,7 @@ impl Linear {
         let flat = x.reshape((rows, in_features))?;
         let y = match &self.weight {
             Weight::Dense(weight) => flat.matmul(&weight.t()?)?,
-            Weight::Packed(packed) => packed.matmul_t(&flat)?,
+            Weight::Packed(packed) => packed.matmul_t(&flat)?.to_dtype(x.dtype())?,
             Weight::Quantized(parts) => {
                 let x32 = flat.to_dtype(DType::F32)?.contiguous()?;
                 let mut outs = if parts.len() == 1 {
