@@ -7,6 +7,7 @@
 //! * [`timed`]: the forward timer (device-synchronised), a forward observer of fastdllm-core's
 //!   `Observed` wrapper;
 //! * [`system`]: device name, peak memory, memory bandwidth, parameter count, git commit;
+//! * [`peak`]: the register-only FMA peak of one core (GFLOP per CPU-second);
 //! * [`report`]: the HTML report of a set of records, with inline SVG charts;
 //! * [`svg`]: the SVG and HTML pieces the reports and the trace picture draw with;
 //! * [`eval`]: task files (plain and GSM8K JSON Lines) run under several settings and scored by
@@ -27,6 +28,7 @@
 
 pub mod eval;
 pub mod matrix;
+pub mod peak;
 pub mod report;
 pub mod svg;
 pub mod system;

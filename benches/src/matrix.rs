@@ -312,6 +312,15 @@ pub struct BenchRecord {
     pub roofline_floor_ms: f64,
     /// Peak RSS (CPU) or peak device memory in use (CUDA), bytes.
     pub peak_memory_bytes: Option<u64>,
+    /// CPU: the register-only FMA peak of one core per vector width (`avx2`, `avx512`), GFLOP
+    /// per CPU-second, measured once per bench run ([`crate::peak`]); empty on GPU.
+    #[serde(default)]
+    pub fma_peak_gflop_s: BTreeMap<String, f64>,
+    /// `cache = none` on CPU: FLOP of all the run's full forwards ([`system::full_forward_flops`]
+    /// with `block_length` logits rows) per CPU-second of the process (`cpu_ms`), GFLOP/s; set
+    /// beside `fma_peak_gflop_s` x `threads` it is the share of the cores' peak the step reaches.
+    #[serde(default)]
+    pub full_step_gflop_per_cpu_s: Option<f64>,
     /// Git commit of the build, if known.
     pub git_commit: Option<String>,
     /// UTC RFC 3339 time the record was made.
@@ -365,15 +374,31 @@ pub struct Machine {
     pub bandwidth: f64,
     /// Git commit of the build.
     pub git_commit: Option<String>,
+    /// CPU: register-only FMA peak of one core per vector width, GFLOP per CPU-second.
+    pub fma_peak_gflop_s: BTreeMap<String, f64>,
 }
+
+/// CPU time each width of the FMA probe runs for.
+const FMA_PROBE_TIME: std::time::Duration = std::time::Duration::from_millis(300);
 
 impl Machine {
     /// Measures the device.
     pub fn measure(device: &Device) -> Result<Self> {
+        let fma_peak_gflop_s = if device.is_cpu() {
+            crate::peak::FmaWidth::ALL
+                .into_iter()
+                .filter_map(|w| {
+                    crate::peak::fma_peak_gflops(w, FMA_PROBE_TIME).map(|g| (w.name().into(), g))
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         Ok(Machine {
             device_name: system::device_name(device),
             bandwidth: system::measure_bandwidth(device)?,
             git_commit: system::git_commit(),
+            fma_peak_gflop_s,
         })
     }
 }
@@ -643,6 +668,18 @@ pub fn run_setting(
             0.0
         },
         peak_memory_bytes: peak,
+        fma_peak_gflop_s: machine.fma_peak_gflop_s.clone(),
+        full_step_gflop_per_cpu_s: match (s.cache.mode, cpu_ms) {
+            (CacheMode::Off, Some(cpu_ms)) if cpu_ms > 0.0 => {
+                let flops = system::full_forward_flops(
+                    &bm.config,
+                    prompt_len + s.gen_length,
+                    s.block_length,
+                );
+                Some(flops * first.nfe as f64 * rows as f64 / (cpu_ms / 1e3) / 1e9)
+            }
+            _ => None,
+        },
         git_commit: machine.git_commit.clone(),
         timestamp: system::timestamp_utc(),
     })

@@ -155,6 +155,27 @@ pub fn param_count(cfg: &ModelConfig) -> u64 {
     u64::try_from(total).unwrap_or(u64::MAX)
 }
 
+/// FLOP of one full forward of one row over `positions` positions with the LM head on
+/// `logits_rows` rows (a multiply-add counts 2): every linear layer (q, k, v, o, gate, up, down)
+/// over all positions, the attention scores `q k^T` and context `p v` (`positions^2 * heads *
+/// head_dim` multiply-adds each per layer), and the LM head. Norms, RoPE, softmax and SiLU are
+/// not counted (O(positions * hidden) each).
+pub fn full_forward_flops(cfg: &ModelConfig, positions: usize, logits_rows: usize) -> f64 {
+    let c = cfg;
+    let (h, nh, nkv, d, inter) = (
+        c.hidden_size as f64,
+        c.num_heads as f64,
+        c.num_kv_heads as f64,
+        c.head_dim as f64,
+        c.intermediate_size as f64,
+    );
+    let p = positions as f64;
+    let linear = h * nh * d + 2.0 * h * nkv * d + nh * d * h + 3.0 * h * inter;
+    let attention = 2.0 * p * p * nh * d;
+    let per_layer = 2.0 * (p * linear + attention);
+    c.num_layers as f64 * per_layer + 2.0 * logits_rows as f64 * h * c.vocab_size as f64
+}
+
 /// `git rev-parse --short HEAD` in the current directory, else `$FASTDLLM_GIT_COMMIT`.
 pub fn git_commit() -> Option<String> {
     command_line("git", &["rev-parse", "--short", "HEAD"])

@@ -49,6 +49,7 @@ fn compute_threads() -> anyhow::Result<()> {
             _ => anyhow::bail!("{VAR}={value}: must be {allowed}"),
         }
     }
+    fastdllm_models::use_one_thread_pool();
     rayon::ThreadPoolBuilder::new()
         .build_global()
         .map_err(|e| anyhow::anyhow!("cannot start the compute threads ({VAR}): {e}"))

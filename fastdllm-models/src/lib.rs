@@ -65,4 +65,24 @@ pub use load::{
     LoadedModel, ModelInfo, DREAM_BOS_TOKEN,
 };
 pub use quant::{LoadOptions, QuantType};
+
+/// Environment variable that sizes candle's own CPU worker pool (candle-core 0.11 `utils.rs`: its
+/// spinning "barrier pool" for element-wise maps and quantized matmuls).
+const CANDLE_THREADS_VAR: &str = "CANDLE_NUM_THREADS";
+
+/// Runs every CPU op of a step on one thread pool, rayon's global one (sized by
+/// `RAYON_NUM_THREADS`): sets `CANDLE_NUM_THREADS=1`, so that candle starts no worker threads of
+/// its own and runs its element-wise maps and quantized kernels on the calling thread. The
+/// parallel work is then rayon's: our GEMM (`layers/cpu_gemm.rs`), candle's dense matmul (gemm
+/// with `Parallelism::Rayon`), its softmax, and the quantized layers' shards
+/// (`layers/linear.rs`). Without it candle's workers spin at a barrier after every op while
+/// rayon's threads hold the same cores, which under a CPU hog turns a short window forward into
+/// a wait for a descheduled thread.
+///
+/// Call it at the start of `main`, before any thread is started and before the first tensor op
+/// (candle reads the variable once, when its pool is first used); later calls change nothing.
+pub fn use_one_thread_pool() {
+    // `set_var` is not thread-safe: documented to be called before other threads exist.
+    std::env::set_var(CANDLE_THREADS_VAR, "1");
+}
 pub use tokenizer::{IncrementalDecoder, Tokenizer};

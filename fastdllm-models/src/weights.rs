@@ -23,6 +23,7 @@ use rayon::prelude::*;
 
 use crate::config::regular_file;
 use crate::gguf::{dense_from_bytes, qtensor_from_bytes, unpermute_rope_rows, GgufFile};
+use crate::layers::cpu_gemm;
 use crate::layers::linear::Linear;
 use crate::quant::QuantType;
 use crate::{Error, Result};
@@ -466,16 +467,27 @@ impl<'a> Weights<'a> {
                 let is_float =
                     |t: GgmlDType| matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
                 if stored.iter().all(|(t, _, _)| is_float(*t)) {
+                    // f16 / bf16 tensors stay in half precision where the CPU GEMM packs them
+                    // (it widens them in the kernel); elsewhere they take the activation dtype.
+                    let half = match stored[0].0 {
+                        GgmlDType::F16 => Some(DType::F16),
+                        GgmlDType::BF16 => Some(DType::BF16),
+                        _ => None,
+                    };
+                    let dtype = half
+                        .filter(|_| stored.iter().all(|(t, _, _)| *t == stored[0].0))
+                        .filter(|_| self.device.is_cpu() && cpu_gemm::cpu_supported())
+                        .unwrap_or(self.dtype);
                     let dense = stored
                         .iter()
-                        .map(|(t, b, s)| dense_from_bytes(*t, b, s, self.dtype, &self.device))
+                        .map(|(t, b, s)| dense_from_bytes(*t, b, s, dtype, &self.device))
                         .collect::<Result<Vec<_>>>()?;
                     let fused = if dense.len() == 1 {
                         dense[0].clone()
                     } else {
                         Tensor::cat(&dense, 0)?
                     };
-                    self.count(format!("{:?}", self.dtype).to_lowercase());
+                    self.count(format!("{dtype:?}").to_lowercase());
                     return Linear::new(fused, bias);
                 }
                 let first = stored[0].0;

@@ -259,13 +259,18 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     if settings.is_empty() {
         bail!("the matrix is empty (every block length must divide a gen length)");
     }
-    fastdllm_cli::errln!("measuring memory bandwidth ...")?;
+    fastdllm_cli::errln!("measuring memory bandwidth and the FMA peak ...")?;
     let machine = Machine::measure(&device)?;
     fastdllm_cli::errln!(
-        "{} on {}: {:.1} GB/s; {} settings",
+        "{} on {}: {:.1} GB/s{}; {} settings",
         bm.name,
         machine.device_name,
         machine.bandwidth / 1e9,
+        machine
+            .fma_peak_gflop_s
+            .iter()
+            .map(|(w, g)| format!(", {w} FMA peak {g:.1} GFLOP/s per core"))
+            .collect::<String>(),
         settings.len()
     )?;
     let bar = ProgressBar::with_draw_target(
@@ -312,6 +317,9 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
                     .iter()
                     .map(|(k, st)| format!("  {k} p50 {:.2} ms", st.p50_ms))
                     .collect::<String>()
+                    + &r.full_step_gflop_per_cpu_s
+                        .map(|g| format!("  {g:.1} GFLOP per CPU-s"))
+                        .unwrap_or_default()
             )
         })?;
         records.push(r);

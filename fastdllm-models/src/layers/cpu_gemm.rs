@@ -29,6 +29,19 @@
 //! or gemm built with `x86-v4` on an AVX-512 CPU, would break it; the tests in this file compare
 //! bits and would catch that.
 //!
+//! Half-precision weights (bf16, f16) are packed in the same layout at 2 bytes a value and
+//! widened to f32 in the micro-kernel (bf16: a 16-bit shift; f16: `vcvtph2ps`), then multiplied
+//! with the same f32 arithmetic: the product of a half weight with an f32 `x` equals, bit for
+//! bit, the f32 path on the widened weight (`w.to_dtype(F32)`), i.e. candle's f32 matmul of the
+//! widened weight. The weight stays in half precision in memory (half the bytes of f32; a
+//! memory-bound window reads half as much) and accumulation is f32.
+//!
+//! Kernels ([`Isa`], chosen once at run time; `FASTDLLM_CPU_GEMM=avx2|avx512` forces one): the
+//! AVX2 tile above, and on AVX-512F CPUs a tile of up to [`NR_512`] = 12 rows by two panels (24
+//! 16-lane accumulators) when the rows exceed L2's share, one panel otherwise (two panels would
+//! not stay in L1 while every row tile re-reads them). The kernels differ in tiling only, never
+//! in arithmetic, so both give candle's bits; the tests run every path the CPU has.
+//!
 //! Reference: `gemm-common` 0.19.0 (`gemm.rs`, `cache.rs`, `microkernel.rs`, `gemv.rs`) and
 //! `gemm-f32` 0.19.0 (`microkernel.rs`: the `fma` module, `MR = 16`, `NR = 6`). Only x86-64
 //! CPUs with AVX2 and FMA use the packed form; [`PackedWeight::new`] declines everything else
@@ -57,12 +70,36 @@ const PANEL_BLOCK_BYTES: usize = 128 * 1024;
 #[repr(C, align(64))]
 struct PanelStep([f32; MR]);
 
+/// [`PanelStep`] of a half-precision weight (bf16 or f16 bits), 32 bytes, two to a cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct HalfStep([u16; MR]);
+
+/// The panels in the weight's stored precision.
+enum Panels {
+    F32(Vec<PanelStep>),
+    Bf16(Vec<HalfStep>),
+    F16(Vec<HalfStep>),
+}
+
+impl Panels {
+    /// The stored dtype.
+    fn dtype(&self) -> DType {
+        match self {
+            Panels::F32(_) => DType::F32,
+            Panels::Bf16(_) => DType::BF16,
+            Panels::F16(_) => DType::F16,
+        }
+    }
+}
+
 /// `W` of shape `(out_features, in_features)`, stored as `out_features / MR` (rounded up)
-/// panels of `in_features` [`PanelStep`]s; features past `out_features` are zero.
+/// panels of `in_features` steps ([`PanelStep`], or [`HalfStep`] for bf16 / f16); features past
+/// `out_features` are zero.
 pub(crate) struct PackedWeight {
     out_features: usize,
     in_features: usize,
-    panels: Vec<PanelStep>,
+    panels: Panels,
 }
 
 impl std::fmt::Debug for PackedWeight {
@@ -70,15 +107,19 @@ impl std::fmt::Debug for PackedWeight {
         f.debug_struct("PackedWeight")
             .field("out_features", &self.out_features)
             .field("in_features", &self.in_features)
+            .field("dtype", &self.panels.dtype())
             .finish_non_exhaustive()
     }
 }
 
-/// Whether this CPU runs the packed path (x86-64 with AVX2 and FMA).
+/// Whether this CPU runs the packed path (x86-64 with AVX2, FMA and F16C, which every AVX2 CPU
+/// has: the f16 weights' widening).
 pub(crate) fn cpu_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -124,40 +165,44 @@ pub(crate) fn depth_block(rows: usize, n: usize, k: usize) -> usize {
 }
 
 impl PackedWeight {
-    /// Packs `weight` (shape `(out_features, in_features)`) when it is a CPU f32 matrix and the
-    /// CPU has AVX2 and FMA; `None` otherwise (the caller keeps candle's matmul).
+    /// Packs `weight` (shape `(out_features, in_features)`) when it is a CPU f32, bf16 or f16
+    /// matrix and the CPU has AVX2, FMA and F16C; `None` otherwise (the caller keeps candle's
+    /// matmul). The panels keep the weight's precision.
     pub(crate) fn new(weight: &Tensor) -> Result<Option<Self>> {
-        if !matches!(weight.device(), Device::Cpu) || weight.dtype() != DType::F32 {
-            return Ok(None);
-        }
-        if !cpu_supported() {
+        if !matches!(weight.device(), Device::Cpu) || !cpu_supported() {
             return Ok(None);
         }
         let (out_features, in_features) = weight.dims2()?;
         let weight = weight.contiguous()?;
         let (storage, layout) = weight.storage_and_layout();
-        // Read in place: a copy of a multi-GB weight would double the peak memory of a load.
-        let (Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) =
-            (&*storage, layout.contiguous_offsets())
-        else {
+        let Some((start, end)) = layout.contiguous_offsets() else {
             return Ok(None);
         };
-        let data = &values[start..end];
-        let n_panels = out_features.div_ceil(MR);
-        let mut panels = vec![PanelStep([0.0; MR]); n_panels * in_features];
-        if in_features > 0 {
-            use rayon::prelude::*;
-            panels
-                .par_chunks_mut(in_features)
-                .zip(data.par_chunks(MR * in_features))
-                .for_each(|(steps, rows)| {
-                    for (lane, row) in rows.chunks_exact(in_features).enumerate() {
-                        for (step, &value) in steps.iter_mut().zip(row) {
-                            step.0[lane] = value;
-                        }
-                    }
-                });
-        }
+        // Read in place: a copy of a multi-GB weight would double the peak memory of a load.
+        let Storage::Cpu(storage) = &*storage else {
+            return Ok(None);
+        };
+        let panels = match storage {
+            CpuStorage::F32(values) => Panels::F32(pack(
+                &values[start..end],
+                in_features,
+                PanelStep([0.0; MR]),
+                |step, lane, &value| step.0[lane] = value,
+            )),
+            CpuStorage::BF16(values) => Panels::Bf16(pack(
+                &values[start..end],
+                in_features,
+                HalfStep([0; MR]),
+                |step, lane, value| step.0[lane] = value.to_bits(),
+            )),
+            CpuStorage::F16(values) => Panels::F16(pack(
+                &values[start..end],
+                in_features,
+                HalfStep([0; MR]),
+                |step, lane, value| step.0[lane] = value.to_bits(),
+            )),
+            _ => return Ok(None),
+        };
         Ok(Some(Self {
             out_features,
             in_features,
@@ -170,40 +215,97 @@ impl PackedWeight {
         self.out_features
     }
 
-    /// Bytes of the packed f32 weight (`out_features * in_features * 4`).
+    /// The stored dtype of the weight (f32, bf16 or f16).
+    pub(crate) fn dtype(&self) -> DType {
+        self.panels.dtype()
+    }
+
+    /// Bytes of the packed weight at its stored precision (`out_features * in_features * 4`, or
+    /// `* 2` for bf16 / f16).
     pub(crate) fn weight_bytes(&self) -> u64 {
-        (self.out_features * self.in_features * std::mem::size_of::<f32>()) as u64
+        (self.out_features * self.in_features * self.dtype().size_in_bytes()) as u64
     }
 
-    /// `W` back in its `(out_features, in_features)` layout (an exact copy).
+    /// `W` back in its `(out_features, in_features)` layout and stored dtype (an exact copy).
     pub(crate) fn unpack(&self) -> Result<Tensor> {
-        let (n, k) = (self.out_features, self.in_features);
-        let mut data = Vec::with_capacity(n * k);
-        for feature in 0..n {
-            let (panel, lane) = (feature / MR, feature % MR);
-            let steps = &self.panels[panel * k..(panel + 1) * k];
-            data.extend(steps.iter().map(|step| step.0[lane]));
+        fn gather<S, T>(steps: &[S], n: usize, k: usize, lane: impl Fn(&S, usize) -> T) -> Vec<T> {
+            let mut data = Vec::with_capacity(n * k);
+            for feature in 0..n {
+                let (panel, l) = (feature / MR, feature % MR);
+                data.extend(steps[panel * k..(panel + 1) * k].iter().map(|s| lane(s, l)));
+            }
+            data
         }
-        Ok(Tensor::from_vec(data, (n, k), &Device::Cpu)?)
+        let (n, k) = (self.out_features, self.in_features);
+        let cpu = &Device::Cpu;
+        Ok(match &self.panels {
+            Panels::F32(steps) => {
+                Tensor::from_vec(gather(steps, n, k, |s, l| s.0[l]), (n, k), cpu)?
+            }
+            Panels::Bf16(steps) => Tensor::from_vec(
+                gather(steps, n, k, |s, l| half::bf16::from_bits(s.0[l])),
+                (n, k),
+                cpu,
+            )?,
+            Panels::F16(steps) => Tensor::from_vec(
+                gather(steps, n, k, |s, l| half::f16::from_bits(s.0[l])),
+                (n, k),
+                cpu,
+            )?,
+        })
     }
 
-    /// `x W^T`, bitwise equal to `x.matmul(&w.t())`. Shape: `(rows, in_features)` ->
-    /// `(rows, out_features)`.
+    /// `x W^T`. Shape: `(rows, in_features)` -> `(rows, out_features)`. An f32 weight gives
+    /// `x.matmul(&w.t())` bit for bit, in `x`'s dtype; a bf16 / f16 weight gives, in f32, the f32
+    /// product of `x` and the widened weight (`x.to_dtype(F32).matmul(&w.to_dtype(F32).t())`,
+    /// bit for bit).
     pub(crate) fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, k) = x.dims2()?;
+        let half = self.dtype() != DType::F32;
+        let x = if half {
+            x.to_dtype(DType::F32)?
+        } else {
+            x.clone()
+        };
         let handled = matches!(x.device(), Device::Cpu)
             && x.dtype() == DType::F32
             && k == self.in_features
             && route(rows, self.out_features, k) != Route::Candle;
         if !handled {
-            return Ok(x.matmul(&self.unpack()?.t()?)?);
+            let w = self.unpack()?;
+            let w = if half { w.to_dtype(DType::F32)? } else { w };
+            return Ok(x.matmul(&w.t()?)?);
         }
         Ok(x.contiguous()?.apply_op1_no_bwd(self)?)
     }
 
     /// The product on a contiguous `x` (`rows * in_features` values), split into `tasks`
-    /// contiguous shares of the panels (1 runs on the calling thread).
-    fn product(&self, x: &[f32], rows: usize, tasks: usize) -> Vec<f32> {
+    /// contiguous shares of the panels (1 runs on the calling thread), with the micro-kernels of
+    /// `isa` (which the CPU must have: see [`Isa::available`]).
+    fn product(&self, x: &[f32], rows: usize, tasks: usize, isa: Isa) -> Vec<f32> {
+        match &self.panels {
+            Panels::F32(steps) => {
+                self.product_of(steps.as_ptr() as *const f32, x, rows, tasks, isa)
+            }
+            Panels::Bf16(steps) => {
+                self.product_of(steps.as_ptr() as *const Bf16, x, rows, tasks, isa)
+            }
+            Panels::F16(steps) => {
+                self.product_of(steps.as_ptr() as *const F16, x, rows, tasks, isa)
+            }
+        }
+    }
+
+    /// [`Self::product`] on the panels at `w` (the start of [`Self::panels`], read as `E`).
+    fn product_of<E: Element>(
+        &self,
+        w: *const E,
+        x: &[f32],
+        rows: usize,
+        tasks: usize,
+        isa: Isa,
+    ) -> Vec<f32> {
+        let w = WeightPtr(w);
         let n = self.out_features;
         let kc = depth_block(rows, n, self.in_features);
         let len = rows * n;
@@ -214,12 +316,12 @@ impl PackedWeight {
         let job = |task: usize| {
             let panels = task * n_panels / tasks..(task + 1) * n_panels / tasks;
             // SAFETY: tasks own disjoint column ranges of `dst`, which has room for `len`;
-            // `PackedWeight::new` checked the CPU.
+            // `PackedWeight::new` checked the CPU for AVX2, the caller for `isa`.
             unsafe {
                 if rows == 1 {
-                    self.gemv(x, panels, out);
+                    self.gemv(w, x, panels, out);
                 } else {
-                    self.compute(x, rows, kc, panels, out);
+                    self.compute(isa, w, x, rows, kc, panels, out);
                 }
             }
         };
@@ -238,10 +340,16 @@ impl PackedWeight {
     ///
     /// # Safety
     /// As [`Self::compute`] with one row.
-    unsafe fn gemv(&self, x: &[f32], panels: std::ops::Range<usize>, out: OutPtr) {
+    unsafe fn gemv<E: Element>(
+        &self,
+        w: WeightPtr<E>,
+        x: &[f32],
+        panels: std::ops::Range<usize>,
+        out: OutPtr,
+    ) {
         let (n, k) = (self.out_features, self.in_features);
         for panel in panels {
-            let w = self.panels.as_ptr().add(panel * k) as *const f32;
+            let w = w.0.add(panel * k * MR);
             let cols = MR.min(n - panel * MR);
             kernel::gemv_panel(k, w, x.as_ptr(), out.0.add(panel * MR), cols);
         }
@@ -249,16 +357,19 @@ impl PackedWeight {
 
     /// Columns `panels` of the output, all rows, all depth blocks ([`Route::Tiles`]).
     ///
-    /// Loop order, per depth block: blocks of panels (one panel when the rows fit in L2, else
-    /// as many as fit in L2), then row tiles (`x` stays in L1), then the panels of the block.
-    /// The last row tiles of a block prefetch the next block's weights, which in a forward pass
-    /// come from DRAM.
+    /// Loop order, per depth block: blocks of panels (one call's panels when the rows fit in L2,
+    /// else as many as fit in L2), then row tiles (`x` stays in L1), then the panels of the block,
+    /// [`Isa::panels_per_call`] at a time. The last row tiles of a block prefetch the next block's
+    /// weights, which in a forward pass come from DRAM.
     ///
     /// # Safety
     /// `out` must point to `rows * out_features` writable values that no one else touches in
-    /// the columns of `panels`, and the CPU must have AVX2 and FMA.
-    unsafe fn compute(
+    /// the columns of `panels`, and the CPU must have the features of `isa`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn compute<E: Element>(
         &self,
+        isa: Isa,
+        w: WeightPtr<E>,
         x: &[f32],
         rows: usize,
         kc: usize,
@@ -267,25 +378,30 @@ impl PackedWeight {
     ) {
         let (n, k) = (self.out_features, self.in_features);
         let value_bytes = std::mem::size_of::<f32>();
-        // Row tiles of at most NR rows, as even as possible (32 rows: 5, 5, 6, 5, 5, 6), so that
-        // no tile computes padding.
-        let tiles = rows.div_ceil(NR);
+        let rows_in_l2 = rows * kc * value_bytes <= ROWS_IN_L2_BYTES;
+        // When the rows stay in L2 every row tile re-reads the call's panels, which must then
+        // stay in L1: one panel a call (AVX-512's two would not fit at gemm's `kc`).
+        let per_call = if rows_in_l2 { 1 } else { isa.panels_per_call() };
+        // Row tiles of at most `isa.tile_rows()` rows, as even as possible (32 rows on AVX2: 5,
+        // 5, 6, 5, 5, 6), so that no tile computes padding.
+        let tiles = rows.div_ceil(isa.tile_rows());
         let tile_rows = |tile: usize| tile * rows / tiles..(tile + 1) * rows / tiles;
-        let panels_per_block = if rows * kc * value_bytes <= ROWS_IN_L2_BYTES {
-            1
+        let panels_per_block = if rows_in_l2 {
+            per_call
         } else {
-            (PANEL_BLOCK_BYTES / (MR * kc * value_bytes)).max(1)
+            (PANEL_BLOCK_BYTES / (MR * kc * value_bytes))
+                .max(1)
+                .next_multiple_of(per_call)
         };
-        let panel_ptr =
-            |panel: usize, depth: usize| self.panels.as_ptr().add(panel * k + depth) as *const f32;
-        let prefetching_tiles = kernel::PREFETCH_EVERY.min(tiles);
+        let panel_ptr = |panel: usize, depth: usize| w.0.add((panel * k + depth) * MR);
+        let prefetching_tiles = PREFETCH_EVERY.min(tiles);
         let mut depth = 0;
         while depth < k {
             let depth_len = kc.min(k - depth);
             let accumulate = depth > 0;
             let next_depth = depth + depth_len;
             // Each of the last `prefetching_tiles` tiles prefetches this share of a panel.
-            let share = depth_len * MR / kernel::PREFETCH_EVERY;
+            let share = depth_len * MR / PREFETCH_EVERY;
             let mut block_start = panels.start;
             while block_start < panels.end {
                 let block_end = (block_start + panels_per_block).min(panels.end);
@@ -293,9 +409,11 @@ impl PackedWeight {
                     let r = tile_rows(tile);
                     let xt = x.as_ptr().add(r.start * k + depth);
                     let prefetcher = (tile + prefetching_tiles).checked_sub(tiles);
-                    for panel in block_start..block_end {
+                    for panel in (block_start..block_end).step_by(per_call) {
+                        let in_call = per_call.min(block_end - panel);
                         let w = panel_ptr(panel, depth);
-                        let cols = MR.min(n - panel * MR);
+                        // Features of the call's last panel.
+                        let cols = MR.min(n - (panel + in_call - 1) * MR);
                         let dst = out.0.add(r.start * n + panel * MR);
                         // The same panel of the next block, or of the first block at the next depth.
                         let next_panel = panel + (block_end - block_start);
@@ -312,18 +430,21 @@ impl PackedWeight {
                             }
                             _ => std::ptr::null(),
                         };
-                        run_tile(
-                            r.len(),
-                            depth_len,
+                        let tile = Tile {
+                            rows: r.len(),
+                            panels: in_call,
+                            depth: depth_len,
                             w,
-                            xt,
-                            k,
+                            panel_stride: k * MR,
+                            x: xt,
+                            ldx: k,
                             dst,
-                            n,
+                            ldd: n,
                             cols,
                             accumulate,
                             prefetch,
-                        );
+                        };
+                        tile.run(isa);
                     }
                 }
                 block_start = block_end;
@@ -333,30 +454,145 @@ impl PackedWeight {
     }
 }
 
-/// [`kernel::tile`] for a tile of `rows` (1 to [`NR`]) rows.
-///
-/// # Safety
-/// As [`kernel::tile`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_tile(
+/// Depth steps per software prefetch of one cache line (`MR` floats) of upcoming weights.
+const PREFETCH_EVERY: usize = 4;
+
+/// The f32 micro-kernels a CPU can run, chosen once at run time ([`Isa::detect`]). Every one does
+/// the same arithmetic (one accumulator per output, products in increasing k, one FMA each, the
+/// same depth blocks), so the choice changes speed, never bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// 256-bit AVX2 + FMA: tiles of up to [`NR`] rows by one panel (two 8-lane registers).
+    Avx2,
+    /// 512-bit AVX-512F: tiles of up to [`NR_512`] rows by two panels (two 16-lane registers).
+    Avx512,
+}
+
+/// Rows of `x` per AVX-512 tile: 12 rows x 2 panels = 24 of the 32 vector registers hold
+/// accumulators, 2 the weights and 1 the broadcast input.
+pub(crate) const NR_512: usize = 12;
+
+/// Environment variable that forces the f32 micro-kernels (`avx2` or `avx512`), for measuring
+/// and testing one path on a CPU that has both. A path the CPU lacks, or another value, is an
+/// error at the first product.
+pub const KERNEL_VAR: &str = "FASTDLLM_CPU_GEMM";
+
+impl Isa {
+    /// Every path, widest first.
+    pub(crate) const ALL: [Isa; 2] = [Isa::Avx512, Isa::Avx2];
+
+    /// The name [`KERNEL_VAR`] takes.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU runs the path.
+    pub(crate) fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Isa::Avx2 => cpu_supported(),
+                Isa::Avx512 => cpu_supported() && std::arch::is_x86_feature_detected!("avx512f"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = self;
+            false
+        }
+    }
+
+    /// The path every product takes: [`KERNEL_VAR`] when set, else the widest this CPU has
+    /// (AVX2 when it has none: then nothing is packed). Read once per process.
+    pub(crate) fn detect() -> std::result::Result<Isa, String> {
+        static CHOICE: std::sync::OnceLock<std::result::Result<Isa, String>> =
+            std::sync::OnceLock::new();
+        CHOICE
+            .get_or_init(|| match std::env::var(KERNEL_VAR) {
+                Ok(value) if !value.is_empty() => {
+                    let isa = Isa::ALL
+                        .into_iter()
+                        .find(|isa| isa.name() == value)
+                        .ok_or_else(|| format!("{KERNEL_VAR}={value}: must be avx2 or avx512"))?;
+                    if isa.available() {
+                        Ok(isa)
+                    } else {
+                        Err(format!("{KERNEL_VAR}={value}: this CPU lacks {value}"))
+                    }
+                }
+                _ => Ok(Isa::ALL
+                    .into_iter()
+                    .find(|isa| isa.available())
+                    .unwrap_or(Isa::Avx2)),
+            })
+            .clone()
+    }
+
+    /// Most rows of one tile.
+    fn tile_rows(self) -> usize {
+        match self {
+            Isa::Avx2 => NR,
+            Isa::Avx512 => NR_512,
+        }
+    }
+
+    /// Panels one tile covers.
+    fn panels_per_call(self) -> usize {
+        match self {
+            Isa::Avx2 => 1,
+            Isa::Avx512 => 2,
+        }
+    }
+}
+
+/// One micro-kernel call: `rows x (panels - 1) * MR + cols` outputs over `depth` steps, the
+/// weights stored as `E`.
+struct Tile<E> {
+    /// 1 to [`Isa::tile_rows`].
     rows: usize,
+    /// 1 to [`Isa::panels_per_call`]; the panels are `panel_stride` floats apart.
+    panels: usize,
     depth: usize,
-    w: *const f32,
+    /// The first panel at the block's depth (aligned to its step).
+    w: *const E,
+    panel_stride: usize,
+    /// The tile's first row at the block's depth; rows `ldx` apart.
     x: *const f32,
     ldx: usize,
+    /// The tile's first output; rows `ldd` apart.
     dst: *mut f32,
     ldd: usize,
+    /// Features of the last panel (1 to [`MR`]); the others are whole.
     cols: usize,
+    /// Add to `dst` (a later depth block) instead of storing.
     accumulate: bool,
-    prefetch: *const f32,
-) {
-    match rows {
-        6 => kernel::tile::<6>(depth, w, x, ldx, dst, ldd, cols, accumulate, prefetch),
-        5 => kernel::tile::<5>(depth, w, x, ldx, dst, ldd, cols, accumulate, prefetch),
-        4 => kernel::tile::<4>(depth, w, x, ldx, dst, ldd, cols, accumulate, prefetch),
-        3 => kernel::tile::<3>(depth, w, x, ldx, dst, ldd, cols, accumulate, prefetch),
-        2 => kernel::tile::<2>(depth, w, x, ldx, dst, ldd, cols, accumulate, prefetch),
-        _ => kernel::tile::<1>(depth, w, x, ldx, dst, ldd, cols, accumulate, prefetch),
+    /// Weights to prefetch (one line every [`Element::PREFETCH_EVERY`] steps per panel), or null.
+    prefetch: *const E,
+}
+
+impl<E: Element> Tile<E> {
+    /// Runs the tile with `isa`'s kernel for its row and panel counts.
+    ///
+    /// # Safety
+    /// The pointers as the fields say, the outputs writable and touched by no one else, and the
+    /// CPU has `isa`'s features.
+    unsafe fn run(&self, isa: Isa) {
+        macro_rules! by_rows {
+            ($module:ident::$kernel:ident, $($r:literal)+) => {
+                match self.rows {
+                    $($r => $module::$kernel::<E, $r>(self),)+
+                    rows => unreachable!("{rows} rows in one tile"),
+                }
+            };
+        }
+        match (isa, self.panels) {
+            (Isa::Avx2, _) => by_rows!(kernel::tile, 1 2 3 4 5 6),
+            (Isa::Avx512, 1) => by_rows!(kernel512::tile1, 1 2 3 4 5 6 7 8 9 10 11 12),
+            (Isa::Avx512, _) => by_rows!(kernel512::tile2, 1 2 3 4 5 6 7 8 9 10 11 12),
+        }
     }
 }
 
@@ -380,14 +616,148 @@ impl CustomOp1 for PackedWeight {
         if k != self.in_features || route(rows, self.out_features, k) == Route::Candle {
             candle_core::bail!("packed-linear: unsupported shape ({rows}, {k})");
         }
+        let isa = Isa::detect().map_err(candle_core::Error::Msg)?;
         let tasks = if rows * self.out_features * k < PARALLEL_MIN_WORK {
             1
         } else {
             rayon::current_num_threads()
         };
-        let y = self.product(&x[start..end], rows, tasks);
+        let y = self.product(&x[start..end], rows, tasks, isa);
         Ok((CpuStorage::F32(y), Shape::from((rows, self.out_features))))
     }
+}
+
+/// The panels' start, shared by tasks that read them.
+#[derive(Clone, Copy)]
+struct WeightPtr<E>(*const E);
+// SAFETY: the panels are only read while the product runs.
+unsafe impl<E> Send for WeightPtr<E> {}
+// SAFETY: as above.
+unsafe impl<E> Sync for WeightPtr<E> {}
+
+/// Packs rows of `in_features` values into panels of [`MR`] features (`put` writes one value
+/// into a step's lane), one panel per rayon task; lanes past the last row keep `zero`.
+fn pack<T: Sync, S: Copy + Send>(
+    data: &[T],
+    in_features: usize,
+    zero: S,
+    put: impl Fn(&mut S, usize, &T) + Sync,
+) -> Vec<S> {
+    let n_panels = (data.len() / in_features.max(1)).div_ceil(MR);
+    let mut steps = vec![zero; n_panels * in_features];
+    if in_features > 0 {
+        use rayon::prelude::*;
+        steps
+            .par_chunks_mut(in_features)
+            .zip(data.par_chunks(MR * in_features))
+            .for_each(|(steps, rows)| {
+                for (lane, row) in rows.chunks_exact(in_features).enumerate() {
+                    for (step, value) in steps.iter_mut().zip(row) {
+                        put(step, lane, value);
+                    }
+                }
+            });
+    }
+    steps
+}
+
+/// bf16 weight bits as a kernel element.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub(crate) struct Bf16(#[allow(dead_code)] u16);
+
+/// f16 weight bits as a kernel element.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub(crate) struct F16(#[allow(dead_code)] u16);
+
+/// A stored weight value the micro-kernels widen to f32 lanes (exactly: bf16 and f16 are
+/// subsets of f32).
+pub(crate) trait Element: Copy + 'static {
+    /// Depth steps per prefetched cache line of one panel (a line holds `64 / (MR * size)`
+    /// steps), so that [`PREFETCH_EVERY`] prefetching tiles cover a whole panel.
+    const PREFETCH_EVERY: usize;
+
+    /// 8 consecutive values at `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// `p` points to 8 readable values; the CPU has AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+
+    /// 16 consecutive values at `p` (aligned to its step) as f32 lanes.
+    ///
+    /// # Safety
+    /// `p` points to 16 readable values, aligned to [`MR`] values; the CPU has AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+// AVX-512 intrinsics: see `kernel512`.
+#[allow(clippy::incompatible_msrv)]
+#[cfg(target_arch = "x86_64")]
+mod widen {
+    use std::arch::x86_64::*;
+
+    use super::{Bf16, Element, F16, PREFETCH_EVERY};
+
+    impl Element for f32 {
+        const PREFETCH_EVERY: usize = PREFETCH_EVERY;
+
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+
+        #[inline(always)]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            _mm512_load_ps(p)
+        }
+    }
+
+    impl Element for Bf16 {
+        const PREFETCH_EVERY: usize = 2 * PREFETCH_EVERY;
+
+        /// bf16 is the top half of an f32: zero-extend to 32 bits, shift left 16.
+        #[inline(always)]
+        unsafe fn load8(p: *const Bf16) -> __m256 {
+            let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits))
+        }
+
+        #[inline(always)]
+        unsafe fn load16(p: *const Bf16) -> __m512 {
+            let bits = _mm512_cvtepu16_epi32(_mm256_load_si256(p as *const __m256i));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits))
+        }
+    }
+
+    impl Element for F16 {
+        const PREFETCH_EVERY: usize = 2 * PREFETCH_EVERY;
+
+        #[inline(always)]
+        unsafe fn load8(p: *const F16) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        }
+
+        #[inline(always)]
+        unsafe fn load16(p: *const F16) -> __m512 {
+            _mm512_cvtph_ps(_mm256_load_si256(p as *const __m256i))
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl Element for f32 {
+    const PREFETCH_EVERY: usize = PREFETCH_EVERY;
+}
+#[cfg(not(target_arch = "x86_64"))]
+impl Element for Bf16 {
+    const PREFETCH_EVERY: usize = 2 * PREFETCH_EVERY;
+}
+#[cfg(not(target_arch = "x86_64"))]
+impl Element for F16 {
+    const PREFETCH_EVERY: usize = 2 * PREFETCH_EVERY;
 }
 
 /// The output pointer, shared by tasks that write disjoint columns.
@@ -402,38 +772,37 @@ unsafe impl Sync for OutPtr {}
 mod kernel {
     use std::arch::x86_64::*;
 
-    use super::MR;
+    use super::{Element, Tile, MR};
 
-    /// Depth steps per software prefetch of one cache line (`MR` floats) of upcoming weights.
-    pub(super) const PREFETCH_EVERY: usize = 4;
-
-    /// One `R x cols` tile (`R <= NR`, `cols <= MR`) of the output over `depth` steps:
+    /// One `R x cols` tile (`R <= NR`, `cols <= MR`, one panel) of the output over `depth` steps:
     /// `acc[r][c] = fma(w[d][c], x[r][d], acc[r][c])` for `d` in order, from zero; then
     /// `dst[r][c] = acc` (first depth block) or `dst[r][c] + acc` (`accumulate`). When
-    /// `prefetch` is not null, one line from it is prefetched every [`PREFETCH_EVERY`] steps.
+    /// `prefetch` is not null, one line from it is prefetched every [`Element::PREFETCH_EVERY`]
+    /// steps. The weights are widened from `E` as they are loaded.
     ///
     /// # Safety
-    /// `w` points to `depth * MR` values, 32-byte aligned; `x` to `R` rows of `depth` values,
-    /// `ldx` apart; `dst` to a tile with row stride `ldd` whose `R x cols` corner is writable;
-    /// the CPU has AVX2 and FMA.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile<const R: usize>(
-        depth: usize,
-        w: *const f32,
-        x: *const f32,
-        ldx: usize,
-        dst: *mut f32,
-        ldd: usize,
-        cols: usize,
-        accumulate: bool,
-        prefetch: *const f32,
-    ) {
+    /// `t.w` points to `depth * MR` values; `t.x` to `R` rows of `depth`
+    /// values, `ldx` apart; `t.dst` to a tile with row stride `ldd` whose `R x cols` corner is
+    /// writable; the CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tile<E: Element, const R: usize>(t: &Tile<E>) {
+        let Tile {
+            depth,
+            w,
+            x,
+            ldx,
+            dst,
+            ldd,
+            cols,
+            accumulate,
+            prefetch,
+            ..
+        } = *t;
         let x_rows: [*const f32; R] = std::array::from_fn(|r| x.add(r * ldx));
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let step = |acc: &mut [[__m256; 2]; R], d: usize| {
-            let w0 = _mm256_load_ps(w.add(d * MR));
-            let w1 = _mm256_load_ps(w.add(d * MR + 8));
+            let w0 = E::load8(w.add(d * MR));
+            let w1 = E::load8(w.add(d * MR + 8));
             for (acc, x_row) in acc.iter_mut().zip(x_rows) {
                 let b = _mm256_broadcast_ss(&*x_row.add(d));
                 acc[0] = _mm256_fmadd_ps(w0, b, acc[0]);
@@ -442,15 +811,17 @@ mod kernel {
         };
         let mut d = 0;
         if !prefetch.is_null() {
-            while d + PREFETCH_EVERY <= depth {
+            let every = E::PREFETCH_EVERY;
+            let line_values = 64 / std::mem::size_of::<E>();
+            while d + every <= depth {
                 // `wrapping_add`: the last shares may point past the weights (prefetching
                 // any address is harmless).
-                let line = prefetch.wrapping_add(d / PREFETCH_EVERY * MR);
+                let line = prefetch.wrapping_add(d / every * line_values);
                 _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
-                for i in 0..PREFETCH_EVERY {
+                for i in 0..every {
                     step(&mut acc, d + i);
                 }
-                d += PREFETCH_EVERY;
+                d += every;
             }
         }
         while d < depth {
@@ -498,18 +869,18 @@ mod kernel {
     /// # Safety
     /// `w` points to `depth * MR` values, 32-byte aligned; `x` to `depth` values; `dst` to
     /// `cols` writable values; the CPU has AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn gemv_panel(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn gemv_panel<E: Element>(
         depth: usize,
-        w: *const f32,
+        w: *const E,
         x: *const f32,
         dst: *mut f32,
         cols: usize,
     ) {
         let fma_step = |acc: &mut [__m256; 2], d: usize| {
             let b = _mm256_broadcast_ss(&*x.add(d));
-            acc[0] = _mm256_fmadd_ps(_mm256_load_ps(w.add(d * MR)), b, acc[0]);
-            acc[1] = _mm256_fmadd_ps(_mm256_load_ps(w.add(d * MR + 8)), b, acc[1]);
+            acc[0] = _mm256_fmadd_ps(E::load8(w.add(d * MR)), b, acc[0]);
+            acc[1] = _mm256_fmadd_ps(E::load8(w.add(d * MR + 8)), b, acc[1]);
         };
         let add =
             |a: [__m256; 2], b: [__m256; 2]| [_mm256_add_ps(a[0], b[0]), _mm256_add_ps(a[1], b[1])];
@@ -554,32 +925,137 @@ mod kernel {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod kernel {
-    pub(super) const PREFETCH_EVERY: usize = 4;
-
     /// Never called: [`super::PackedWeight::new`] packs only on x86-64.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tile<const R: usize>(
-        _depth: usize,
-        _w: *const f32,
-        _x: *const f32,
-        _ldx: usize,
-        _dst: *mut f32,
-        _ldd: usize,
-        _cols: usize,
-        _accumulate: bool,
-        _prefetch: *const f32,
-    ) {
+    pub(super) unsafe fn tile<E, const R: usize>(_t: &super::Tile<E>) {
         unreachable!("packed weights exist only on x86-64")
     }
 
     /// Never called: [`super::PackedWeight::new`] packs only on x86-64.
-    pub(super) unsafe fn gemv_panel(
+    pub(super) unsafe fn gemv_panel<E>(
         _depth: usize,
-        _w: *const f32,
+        _w: *const E,
         _x: *const f32,
         _dst: *mut f32,
         _cols: usize,
     ) {
+        unreachable!("packed weights exist only on x86-64")
+    }
+}
+
+// The workspace's `rust-version` is older than these intrinsics (stable since 1.89), but
+// candle-core 0.11 uses the same AVX-512 intrinsics, so every build of this crate needs 1.89.
+#[allow(clippy::incompatible_msrv)]
+#[cfg(target_arch = "x86_64")]
+mod kernel512 {
+    use std::arch::x86_64::*;
+
+    use super::{Element, Tile, MR};
+
+    /// [`tile`] over one panel.
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile1<E: Element, const R: usize>(t: &Tile<E>) {
+        tile::<E, R, 1>(t)
+    }
+
+    /// [`tile`] over two panels.
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile2<E: Element, const R: usize>(t: &Tile<E>) {
+        tile::<E, R, 2>(t)
+    }
+
+    /// One `R x ((P - 1) * MR + cols)` tile (`R <= NR_512`, `P` panels of [`MR`] features, one
+    /// 16-lane register each) over `depth` steps, with exactly the arithmetic of the AVX2
+    /// [`super::kernel::tile`]: `acc[r][c] = fma(w[d][c], x[r][d], acc[r][c])` for `d` in
+    /// order, from zero; then `dst = acc` or `dst + acc` (`accumulate`), the last panel's
+    /// stores masked to `cols` lanes. When `prefetch` is not null, one line of each panel from
+    /// it is prefetched every [`Element::PREFETCH_EVERY`] steps. The weights are widened from
+    /// `E` as they are loaded.
+    ///
+    /// # Safety
+    /// `t.w` points to `P` panels of `depth * MR` values, aligned to a step, `panel_stride` apart;
+    /// `t.x` to `R` rows of `depth` values, `ldx` apart; `t.dst` to a tile with row stride `ldd`
+    /// whose `R x ((P - 1) * MR + cols)` corner is writable; the CPU has AVX-512F.
+    // The feature on this function (not only on its callers) reaches the `step` closure: a
+    // closure outside an `avx512f` function would call each intrinsic instead of inlining it.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<E: Element, const R: usize, const P: usize>(t: &Tile<E>) {
+        let Tile {
+            depth,
+            w,
+            panel_stride,
+            x,
+            ldx,
+            dst,
+            ldd,
+            cols,
+            accumulate,
+            prefetch,
+            ..
+        } = *t;
+        let x_rows: [*const f32; R] = std::array::from_fn(|r| x.add(r * ldx));
+        let w_panels: [*const E; P] = std::array::from_fn(|p| w.add(p * panel_stride));
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        let step = |acc: &mut [[__m512; P]; R], d: usize| {
+            let wv: [__m512; P] = std::array::from_fn(|p| E::load16(w_panels[p].add(d * MR)));
+            for (acc, x_row) in acc.iter_mut().zip(x_rows) {
+                let b = _mm512_set1_ps(*x_row.add(d));
+                for (acc, wv) in acc.iter_mut().zip(wv) {
+                    *acc = _mm512_fmadd_ps(wv, b, *acc);
+                }
+            }
+        };
+        let mut d = 0;
+        if !prefetch.is_null() {
+            let every = E::PREFETCH_EVERY;
+            let line_values = 64 / std::mem::size_of::<E>();
+            while d + every <= depth {
+                // `wrapping_add`: the last shares may point past the weights (prefetching
+                // any address is harmless).
+                let line = prefetch.wrapping_add(d / every * line_values);
+                for p in 0..P {
+                    _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(p * panel_stride) as *const i8);
+                }
+                for i in 0..every {
+                    step(&mut acc, d + i);
+                }
+                d += every;
+            }
+        }
+        while d < depth {
+            step(&mut acc, d);
+            d += 1;
+        }
+        let last: __mmask16 = if cols >= MR { !0 } else { (1 << cols) - 1 };
+        for (r, acc) in acc.iter().enumerate() {
+            for (p, acc) in acc.iter().enumerate() {
+                let mask = if p + 1 == P { last } else { !0 };
+                let d = dst.add(r * ldd + p * MR);
+                let value = if accumulate {
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(mask, d), *acc)
+                } else {
+                    *acc
+                };
+                _mm512_mask_storeu_ps(d, mask, value);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod kernel512 {
+    /// Never called: [`super::PackedWeight::new`] packs only on x86-64.
+    pub(super) unsafe fn tile1<E, const R: usize>(_t: &super::Tile<E>) {
+        unreachable!("packed weights exist only on x86-64")
+    }
+
+    /// Never called: [`super::PackedWeight::new`] packs only on x86-64.
+    pub(super) unsafe fn tile2<E, const R: usize>(_t: &super::Tile<E>) {
         unreachable!("packed weights exist only on x86-64")
     }
 }
@@ -646,12 +1122,16 @@ mod tests {
         let packed = PackedWeight::new(&w).unwrap().expect("AVX2+FMA CPU");
         let what = format!("rows {rows}, k {k}, n {n}");
         assert_bitwise(&packed.matmul_t(&x).unwrap(), &want, &what);
-        if splits && route(rows, n, k) != Route::Candle {
-            let data = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            for tasks in [1, 2, 3, 5] {
-                let y = packed.product(&data, rows, tasks);
+        if route(rows, n, k) == Route::Candle {
+            return;
+        }
+        let data = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let splits: &[usize] = if splits { &[1, 2, 3, 5] } else { &[2] };
+        for isa in Isa::ALL.into_iter().filter(|isa| isa.available()) {
+            for &tasks in splits {
+                let y = packed.product(&data, rows, tasks, isa);
                 let y = Tensor::from_vec(y, (rows, n), &Device::Cpu).unwrap();
-                assert_bitwise(&y, &want, &format!("{what}, {tasks} tasks"));
+                assert_bitwise(&y, &want, &format!("{what}, {isa:?}, {tasks} tasks"));
             }
         }
     }
@@ -691,6 +1171,41 @@ mod tests {
             (33, 1536, 3072),
         ] {
             check(rows, k, n, true);
+        }
+    }
+
+    /// Every kernel path this CPU has, on the odd shapes of the issue: rows 1, 7, 32 and 513
+    /// (partial row tiles of every size), depths that are not a multiple of any tile or
+    /// prefetch step nor of gemm's depth block, and feature counts with an odd number of panels
+    /// and a partial last panel (the AVX-512 kernel's one-panel and masked tails).
+    #[test]
+    fn every_kernel_path_is_bitwise_candle_matmul_on_odd_shapes() {
+        if !cpu_supported() {
+            return;
+        }
+        let paths: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.available()).collect();
+        eprintln!("kernel paths on this CPU: {paths:?}");
+        for rows in [1, 7, 32, 513] {
+            for k in [37, 601, 1031] {
+                for n in [40, 328, 1544] {
+                    check(rows, k, n, rows <= 32);
+                }
+            }
+        }
+    }
+
+    /// The selector's names round-trip, and the default is the widest path the CPU has.
+    #[test]
+    fn kernel_selector_names_and_default() {
+        for isa in Isa::ALL {
+            assert_eq!(
+                Isa::ALL.into_iter().find(|i| i.name() == isa.name()),
+                Some(isa)
+            );
+        }
+        if std::env::var(KERNEL_VAR).is_err() && cpu_supported() {
+            let widest = Isa::ALL.into_iter().find(|i| i.available());
+            assert_eq!(Isa::detect().ok(), widest);
         }
     }
 
@@ -742,23 +1257,78 @@ mod tests {
         }
     }
 
-    /// Half-precision weights keep candle's matmul.
+    /// bf16 / f16 weights stay packed in half precision, and every kernel path gives, bit for
+    /// bit, the f32 product of the widened weight (which is candle's f32 matmul, tested above),
+    /// on the odd shapes: rows 1, 7, 32, 513; depths off every tile; partial last panels.
     #[test]
-    fn half_precision_weights_are_not_packed() {
+    fn half_precision_weights_are_bitwise_the_widened_f32_product() {
+        if !cpu_supported() {
+            return;
+        }
+        for dtype in [DType::BF16, DType::F16] {
+            for (rows, k, n) in [
+                (1, 601, 328),
+                (7, 37, 40),
+                (32, 601, 1544),
+                (513, 1031, 328),
+                (2, 64, 24),
+            ] {
+                let w = matrix(n, k, 21).to_dtype(dtype).unwrap();
+                let x = matrix(rows, k, 22);
+                let wide = w.to_dtype(DType::F32).unwrap();
+                let want = x.matmul(&wide.t().unwrap()).unwrap();
+                let packed = PackedWeight::new(&w).unwrap().expect("AVX2+FMA+F16C CPU");
+                assert_eq!(packed.dtype(), dtype);
+                assert_eq!(packed.weight_bytes(), (n * k * 2) as u64);
+                assert_bitwise(
+                    &packed.unpack().unwrap().to_dtype(DType::F32).unwrap(),
+                    &wide,
+                    "unpack",
+                );
+                let what = format!("{dtype:?} rows {rows}, k {k}, n {n}");
+                assert_bitwise(&packed.matmul_t(&x).unwrap(), &want, &what);
+                if route(rows, n, k) == Route::Candle {
+                    continue;
+                }
+                let data = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for isa in Isa::ALL.into_iter().filter(|isa| isa.available()) {
+                    for tasks in [1, 3] {
+                        let y = packed.product(&data, rows, tasks, isa);
+                        let y = Tensor::from_vec(y, (rows, n), &Device::Cpu).unwrap();
+                        assert_bitwise(&y, &want, &format!("{what}, {isa:?}, {tasks} tasks"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A half-precision layer in a half-precision model: the f32 product of the widened operands,
+    /// rounded once to the activation dtype.
+    #[test]
+    fn half_precision_linear_rounds_the_f32_product_once() {
+        if !cpu_supported() {
+            return;
+        }
         let w = matrix(96, 64, 3);
         let x = matrix(40, 64, 4);
         for dtype in [DType::BF16, DType::F16] {
             let (w, x) = (w.to_dtype(dtype).unwrap(), x.to_dtype(dtype).unwrap());
-            assert!(PackedWeight::new(&w).unwrap().is_none());
             let linear = Linear::new(w.clone(), None).unwrap();
-            assert!(!linear.is_packed());
+            assert!(linear.is_packed());
             let want = x
-                .matmul(&w.t().unwrap())
-                .unwrap()
                 .to_dtype(DType::F32)
+                .unwrap()
+                .matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
+                .unwrap()
+                .to_dtype(dtype)
                 .unwrap();
-            let got = linear.forward(&x).unwrap().to_dtype(DType::F32).unwrap();
-            assert_bitwise(&got, &want, &format!("{dtype:?}"));
+            let got = linear.forward(&x).unwrap();
+            assert_eq!(got.dtype(), dtype);
+            assert_bitwise(
+                &got.to_dtype(DType::F32).unwrap(),
+                &want.to_dtype(DType::F32).unwrap(),
+                &format!("{dtype:?}"),
+            );
         }
     }
 
