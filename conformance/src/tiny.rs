@@ -37,6 +37,8 @@ pub fn llada_config() -> ModelConfig {
         pad_token_id: PAD,
         bos_token_id: None,
         tie_word_embeddings: false,
+        qk_norm: false,
+        moe: None,
     }
 }
 

@@ -417,6 +417,8 @@ impl GgufFile {
             bos_token_id,
             // llama.cpp leaves `output.weight` out when the head is the embedding.
             tie_word_embeddings: !self.has_tensor("output.weight"),
+            qk_norm: false,
+            moe: None,
         };
         config
             .validate()
