@@ -282,3 +282,59 @@ fn quantized_experts_stay_close() -> Result<()> {
     }
     Ok(())
 }
+
+fn gguf(name: &str) -> std::path::PathBuf {
+    fastdllm_conformance::paths::fixtures_dir()
+        .join("gguf")
+        .join(name)
+}
+
+/// The GGUF file written with llama.cpp's gguf-py as its converter writes `llada-moe`
+/// (`scripts/llada-moe-gguf.py`: stacked `ffn_*_exps`, `ffn_gate_inp`, `attn_{q,k}_norm`) gives the
+/// safetensors model's logits bit for bit (f32), and its config is the directory's.
+#[test]
+fn f32_gguf_equals_the_safetensors_model() -> Result<()> {
+    let hf = load_model(&bundled_model(MODEL), &Device::Cpu, DType::F32)?;
+    let gg = load_model(&gguf("llada-moe-tiny-f32.gguf"), &Device::Cpu, DType::F32)?;
+    assert_eq!(gg.info.architecture, "LLaDAMoEModelLM");
+    assert_eq!(gg.info.config.moe, hf.info.config.moe);
+    assert!(gg.info.config.qk_norm);
+    assert_eq!(
+        (gg.info.config.intermediate_size, gg.info.config.rope_theta),
+        (96, 50_000.0)
+    );
+    let golden = golden()?;
+    for i in 0..3 {
+        let ids = ids(&golden, i)?;
+        let a = hf.model.forward(&row_input(&ids, 0), &mut PassthroughKv)?;
+        let b = gg.model.forward(&row_input(&ids, 0), &mut PassthroughKv)?;
+        assert_close(&b, &a, Tol::EXACT);
+    }
+    Ok(())
+}
+
+/// `llama-quantize ... Q8_0` of that file: the stacked expert tensors stay Q8_0 (each expert its
+/// own block tensor, split from the stack), the logits stay close to f32 with the same argmax.
+#[test]
+fn q8_0_gguf_experts_stay_quantized_and_close() -> Result<()> {
+    let gg = load_model(&gguf("llada-moe-tiny-q8_0.gguf"), &Device::Cpu, DType::F32)?;
+    // 4 layers x (qkv, o, router, 8 experts x (gate_up, down)) + head.
+    assert_eq!(gg.info.linear_weights, "q8_0 x 77");
+    let golden = golden()?;
+    for i in 0..3 {
+        let ids = ids(&golden, i)?;
+        let logits = gg.model.forward(&row_input(&ids, 0), &mut PassthroughKv)?;
+        let want = &golden[&format!("logits.{i}")];
+        let argmax = |t: &Tensor| -> Result<Vec<u32>> { Ok(t.squeeze(0)?.argmax(1)?.to_vec1()?) };
+        assert_eq!(argmax(&logits)?, argmax(want)?, "input {i}");
+        assert_close(
+            &logits,
+            want,
+            Tol {
+                atol: 1.0,
+                rtol: 0.0,
+            },
+        );
+    }
+    Ok(())
+}
