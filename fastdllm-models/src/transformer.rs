@@ -316,9 +316,8 @@ impl Transformer {
         let last = self.blocks.len().saturating_sub(1);
         for (idx, block) in self.blocks.iter().enumerate() {
             let query_rows = if idx == last { rows.clone() } else { 0..w };
-            let trace = router_logits.as_deref_mut();
-            match block.forward(&h, &rope, idx, kv, key_bias.as_ref(), query_rows, trace)? {
-                Some(next) => h = next,
+            match block.attention(&h, &rope, idx, kv, key_bias.as_ref(), query_rows)? {
+                Some(next) => h = block.feed_forward(&next, router_logits.as_deref_mut())?,
                 None => return Ok(None),
             }
         }
@@ -368,8 +367,11 @@ pub(crate) fn check_rows(rows: &Range<usize>, window_len: usize) -> Result<()> {
 }
 
 impl Block {
+    /// The attention half with its residual; `None` when `query_rows` is empty (K/V still
+    /// handed to `kv`).
+    ///
     /// Shape: `x` `(batch, window_len, hidden)` -> `(batch, query_rows.len(), hidden)`.
-    fn forward(
+    fn attention(
         &self,
         x: &Tensor,
         rope: &RopeAt,
@@ -377,7 +379,6 @@ impl Block {
         kv: &mut dyn KvView,
         key_bias: Option<&Tensor>,
         query_rows: Range<usize>,
-        router_logits: Option<&mut Vec<Tensor>>,
     ) -> Result<Option<Tensor>> {
         let w = x.dim(1)?;
         let projected = self
@@ -394,11 +395,14 @@ impl Block {
         } else {
             x.narrow(1, query_rows.start, query_rows.len())?
         };
-        let h = (residual + attn)?;
-        let mlp = self
-            .ffn
-            .forward(&self.ff_norm.forward(&h)?, router_logits)?;
-        Ok(Some((h + mlp)?))
+        Ok(Some((residual + attn)?))
+    }
+
+    /// The feed-forward half with its residual (pushing a MoE layer's router logits to
+    /// `router_logits` when given). Shape: `(batch, rows, hidden)` -> same.
+    fn feed_forward(&self, h: &Tensor, router_logits: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
+        let mlp = self.ffn.forward(&self.ff_norm.forward(h)?, router_logits)?;
+        Ok((h + mlp)?)
     }
 }
 
