@@ -9,25 +9,9 @@
 
 use crate::transformer::{ExpertNames, MoeLayout, TensorLayout};
 
-/// Checkpoint names (the class's `state_dict`).
-pub(crate) const LAYOUT: TensorLayout = TensorLayout {
-    embed: "model.embed_tokens.weight",
-    block_prefix: "model.layers",
-    attn_norm: "input_layernorm",
-    q_proj: "self_attn.q_proj",
-    k_proj: "self_attn.k_proj",
-    v_proj: "self_attn.v_proj",
-    o_proj: "self_attn.o_proj",
-    ff_norm: "post_attention_layernorm",
-    // No dense MLP: every layer is a MoE layer (the config rejects `moe_layer_freq` zeros).
-    gate_proj: "mlp.gate_proj",
-    up_proj: "mlp.up_proj",
-    down_proj: "mlp.down_proj",
-    final_norm: "model.norm.weight",
-    lm_head: "lm_head.weight",
-    qkv_bias: false,
-    rope_permuted_qk: false,
-};
+/// Checkpoint names (the class's `state_dict`): Qwen2's, without biases. The dense MLP names are
+/// never read: every layer is a MoE layer (the config refuses `moe_layer_freq` zeros).
+pub(crate) const LAYOUT: TensorLayout = TensorLayout::qwen2(false);
 
 /// The checkpoint's QK-norm, router and expert names.
 pub(crate) const MOE_LAYOUT: MoeLayout = MoeLayout {

@@ -55,6 +55,28 @@ pub(crate) struct TensorLayout {
 }
 
 impl TensorLayout {
+    /// Qwen2's Hugging Face names (`model.layers.{i}.self_attn.q_proj`, ...), which Dream and
+    /// LLaDA-MoE checkpoints use.
+    pub(crate) const fn qwen2(qkv_bias: bool) -> Self {
+        Self {
+            embed: "model.embed_tokens.weight",
+            block_prefix: "model.layers",
+            attn_norm: "input_layernorm",
+            q_proj: "self_attn.q_proj",
+            k_proj: "self_attn.k_proj",
+            v_proj: "self_attn.v_proj",
+            o_proj: "self_attn.o_proj",
+            ff_norm: "post_attention_layernorm",
+            gate_proj: "mlp.gate_proj",
+            up_proj: "mlp.up_proj",
+            down_proj: "mlp.down_proj",
+            final_norm: "model.norm.weight",
+            lm_head: "lm_head.weight",
+            qkv_bias,
+            rope_permuted_qk: false,
+        }
+    }
+
     /// llama.cpp's tensor names (gguf-py `MODEL_TENSORS`), the same for LLaDA and Dream.
     pub(crate) const fn gguf(qkv_bias: bool, rope_permuted_qk: bool) -> Self {
         Self {

@@ -247,8 +247,7 @@ fn missing_expert_tensor_is_named() -> Result<()> {
 }
 
 /// Experts quantized at load (`--quantize q8_0`): every expert, the router and the attention
-/// are Q8_0 and the logits stay close to the f32 reference's (same argmax on every row; the
-/// quantized router may pick other experts for a few tokens).
+/// are Q8_0 and the logits stay close to the f32 reference's ([`assert_quantized_close`]).
 #[test]
 fn quantized_experts_stay_close() -> Result<()> {
     let options = LoadOptions {
@@ -258,29 +257,7 @@ fn quantized_experts_stay_close() -> Result<()> {
     let loaded = load_model_with(&bundled_model(MODEL), &Device::Cpu, &options)?;
     // 4 layers x (qkv, o, router, 8 experts x (gate_up, down)) + head.
     assert_eq!(loaded.info.linear_weights, "q8_0 x 77");
-    let golden = golden()?;
-    for i in 0..3 {
-        let ids = ids(&golden, i)?;
-        let logits = loaded
-            .model
-            .forward(&row_input(&ids, 0), &mut PassthroughKv)?;
-        let want = &golden[&format!("logits.{i}")];
-        let argmax = |t: &Tensor| -> Result<Vec<u32>> { Ok(t.squeeze(0)?.argmax(1)?.to_vec1()?) };
-        assert_eq!(argmax(&logits)?, argmax(want)?, "input {i}");
-        let diff = max_abs_err(&logits, want).map_err(|e| anyhow!(e))?;
-        assert!(diff > 0.0, "input {i}: quantized logits equal f32");
-        // Twice the dense models' Q8_0 bound (models_gguf.rs): a token whose two best experts
-        // are nearly tied may swap one for the next under the quantized router.
-        assert_close(
-            &logits,
-            want,
-            Tol {
-                atol: 1.0,
-                rtol: 0.0,
-            },
-        );
-    }
-    Ok(())
+    assert_quantized_close(loaded.model.as_ref())
 }
 
 fn gguf(name: &str) -> std::path::PathBuf {
@@ -315,20 +292,29 @@ fn f32_gguf_equals_the_safetensors_model() -> Result<()> {
 
 /// `llama-quantize ... Q8_0` of that file: the stacked expert tensors stay Q8_0 (each expert its
 /// own block tensor, split from the stack), the router stays F32 as llama-quantize left it, the
-/// logits stay close to f32 with the same argmax.
+/// logits stay close to f32 ([`assert_quantized_close`]).
 #[test]
 fn q8_0_gguf_experts_stay_quantized_and_close() -> Result<()> {
     let gg = load_model(&gguf("llada-moe-tiny-q8_0.gguf"), &Device::Cpu, DType::F32)?;
     // 4 layers x (qkv, o, 8 experts x (gate_up, down)) + head in Q8_0; llama-quantize keeps the
     // 4 routers (`ffn_gate_inp`) in F32.
     assert_eq!(gg.info.linear_weights, "f32 x 4, q8_0 x 73");
+    assert_quantized_close(gg.model.as_ref())
+}
+
+/// A quantized model's logits on the three golden inputs: not equal to the f32 reference's, the
+/// same argmax on every row, and within twice the dense models' Q8_0 bound (models_gguf.rs): a
+/// token whose two best experts are nearly tied may swap one for the next under quantized weights.
+fn assert_quantized_close(model: &dyn DiffusionLm) -> Result<()> {
     let golden = golden()?;
     for i in 0..3 {
         let ids = ids(&golden, i)?;
-        let logits = gg.model.forward(&row_input(&ids, 0), &mut PassthroughKv)?;
+        let logits = model.forward(&row_input(&ids, 0), &mut PassthroughKv)?;
         let want = &golden[&format!("logits.{i}")];
         let argmax = |t: &Tensor| -> Result<Vec<u32>> { Ok(t.squeeze(0)?.argmax(1)?.to_vec1()?) };
         assert_eq!(argmax(&logits)?, argmax(want)?, "input {i}");
+        let diff = max_abs_err(&logits, want).map_err(|e| anyhow!(e))?;
+        assert!(diff > 0.0, "input {i}: quantized logits equal f32");
         assert_close(
             &logits,
             want,
