@@ -195,7 +195,8 @@ impl ModelConfig {
 
     /// Checks the invariants: positive sizes, heads divisible by KV heads, hidden divisible by
     /// heads, an even head size (RoPE rotates halves), positive finite epsilon and theta, ids
-    /// inside the vocabulary, a mask id distinct from EOS and pad.
+    /// inside the vocabulary, a mask id distinct from EOS and pad; with `moe`, a LLaDA family,
+    /// at least one expert and `1 <= num_experts_per_tok <= num_experts`.
     ///
     /// Errors: [`Error::InvalidConfig`] naming the field (canonical name) and its value.
     pub fn validate(&self) -> Result<()> {
