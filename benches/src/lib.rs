@@ -129,6 +129,8 @@ pub fn small_config(hidden: usize, layers: usize) -> ModelConfig {
         pad_token_id: 510,
         bos_token_id: None,
         tie_word_embeddings: false,
+        qk_norm: false,
+        moe: None,
     }
 }
 

@@ -725,5 +725,7 @@ pub fn cache_cpu_config() -> ModelConfig {
         pad_token_id: 31_998,
         bos_token_id: None,
         tie_word_embeddings: false,
+        qk_norm: false,
+        moe: None,
     }
 }

@@ -1,4 +1,4 @@
-//! Tiny random-weight LLaDA / Dream models in the real tensor layout, built in memory with a
+//! Tiny random-weight LLaDA / LLaDA-MoE / Dream models in the real tensor layout, built in memory with a
 //! seed (no files), for property tests of the loop and the caches; and a tiny byte-level BPE
 //! tokenizer for tests of streaming text.
 
@@ -37,6 +37,22 @@ pub fn llada_config() -> ModelConfig {
         pad_token_id: PAD,
         bos_token_id: None,
         tie_word_embeddings: false,
+        qk_norm: false,
+        moe: None,
+    }
+}
+
+/// A 2-layer LLaDA-MoE-shaped config: [`llada_config`] with QK-norm and 4 experts of 16, 2 per
+/// token, in every layer.
+pub fn llada_moe_config() -> ModelConfig {
+    ModelConfig {
+        intermediate_size: 16,
+        qk_norm: true,
+        moe: Some(fastdllm_models::MoeConfig {
+            num_experts: 4,
+            num_experts_per_tok: 2,
+        }),
+        ..llada_config()
     }
 }
 

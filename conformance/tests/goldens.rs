@@ -96,6 +96,20 @@ fn threshold_and_factor_cases() {
     run_group("parallel", |c| c.rule == "threshold" || c.rule == "factor");
 }
 
+/// LLaDA-MoE (llada-moe-tiny, trained with the official `LLaDAMoEModelLM` class), every case of its
+/// golden file: the official Fast-dLLM `generate` without cache (the class refuses any KV cache),
+/// fixed 1 and 2 tokens per step and one step per block, thresholds 0.9 / 0.7 / 0.9999 / 0.99999,
+/// factors 1 / 2 / 0.001 / 0.0001, G 16 / 32, B 4 / 8 / 16 (1782 cases).
+#[test]
+fn llada_moe_cases() {
+    run_files(
+        "llada-moe",
+        &["llada-moe-tiny.jsonl"],
+        &["llada-moe-tiny"],
+        |_| true,
+    );
+}
+
 /// The choice fixture (llada-tiny-choice: answers with coupled tokens, FORMAT.md
 /// section 11), every case of its golden file: fixed 1/2/4 tokens per step, thresholds
 /// 0.5/0.7/0.9 and factors 1/2, each with none/prefix/dual, blocks 8 and 16.

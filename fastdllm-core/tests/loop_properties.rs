@@ -1,6 +1,6 @@
 //! Property tests of the generation loop and the caches against the exact (no-cache) path, on
-//! random tiny models (structure) and on the bundled trained tiny models (batch invariance,
-//! continuous batching). Case counts follow PROPTEST_CASES (CI sets 32).
+//! random tiny models (structure; LLaDA, LLaDA-MoE and Dream) and on the bundled trained tiny
+//! models (batch invariance, continuous batching; llada-tiny, dream-tiny, llada-moe-tiny). Case counts follow PROPTEST_CASES (CI sets 32).
 
 use std::sync::{Arc, OnceLock};
 
@@ -67,7 +67,8 @@ fn run(
     .expect("generation runs")
 }
 
-/// (LLaDA, Dream) pairs of random tiny models.
+/// (LLaDA, Dream) pairs of random tiny models; the LLaDA of the last pair is a LLaDA-MoE (QK-norm,
+/// routed experts), so every property below also holds for the mixture of experts.
 type ModelPair = (Arc<dyn DiffusionLm>, Arc<dyn DiffusionLm>);
 
 fn random_models() -> &'static [ModelPair] {
@@ -75,8 +76,13 @@ fn random_models() -> &'static [ModelPair] {
     M.get_or_init(|| {
         (0..3)
             .map(|s| {
+                let llada = if s == 2 {
+                    tiny::llada_moe_config()
+                } else {
+                    tiny::llada_config()
+                };
                 (
-                    tiny::model(&tiny::llada_config(), s),
+                    tiny::model(&llada, s),
                     tiny::model(&tiny::dream_config(), 100 + s),
                 )
             })
@@ -113,7 +119,10 @@ proptest! {
                        kind in 0usize..3, tau in 0.05f64..1.0) {
         let model = pick_model(model_seed, dream);
         let spb = spb_frac.min(b);
-        let s = settings(blocks * b, b, blocks * spb, CacheMode::Off, unmask_rule(kind, tau, dream));
+        let mut s = settings(blocks * b, b, blocks * spb, CacheMode::Off, unmask_rule(kind, tau, dream));
+        // The whole canvas, as the reference decodes it: a row whose answer ends early (an EOS
+        // committed first) still runs its fixed schedule in every block.
+        s.limits.finish = engine::Finish::Canvas;
         let rec = Recorder::wrap(model.as_ref());
         let out = run(&rec, std::slice::from_ref(&prompt), &s, true);
         let calls = rec.observer().calls();
@@ -198,8 +207,9 @@ fn window(tokens: &[u32], rows: std::ops::Range<usize>, start: usize) -> Forward
 /// consistency).
 #[test]
 fn refresh_kv_equals_full_pass_and_cached_windows_agree() {
-    for dream in [false, true] {
-        let model = pick_model(1, dream);
+    // Model seed 2's LLaDA is the mixture of experts.
+    for (seed, dream) in [(1, false), (1, true), (2, false)] {
+        let model = pick_model(seed, dream);
         let tokens: Vec<u32> = (0..24)
             .map(|i| {
                 if i < 10 {
@@ -266,10 +276,17 @@ fn refresh_kv_equals_full_pass_and_cached_windows_agree() {
     }
 }
 
+/// The bundled trained tiny models, by `arch`: 0 LLaDA, 1 Dream, 2 LLaDA-MoE.
+const FIXTURES: [&str; 3] = ["llada-tiny", "dream-tiny", "llada-moe-tiny"];
+
 fn fixture(name: &str) -> &'static fastdllm_models::LoadedModel {
-    static L: OnceLock<fastdllm_models::LoadedModel> = OnceLock::new();
-    static D: OnceLock<fastdllm_models::LoadedModel> = OnceLock::new();
-    let cell = if name == "llada-tiny" { &L } else { &D };
+    static CELLS: [OnceLock<fastdllm_models::LoadedModel>; 3] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let idx = FIXTURES
+        .iter()
+        .position(|f| *f == name)
+        .expect("a bundled fixture");
+    let cell = &CELLS[idx];
     cell.get_or_init(|| {
         fastdllm_models::load_model(
             &fastdllm_conformance::paths::bundled_model(name),
@@ -308,9 +325,10 @@ proptest! {
     /// A row's output in a batch of prompts of different lengths equals the same prompt generated
     /// alone: ids, NFE, unmask order and tokens per step, for every cache mode and rule.
     #[test]
-    fn batch_invariance(dream in any::<bool>(), kinds in proptest::collection::vec((0usize..4, 0u64..1000), 2..5),
+    fn batch_invariance(arch in 0usize..3, kinds in proptest::collection::vec((0usize..4, 0u64..1000), 2..5),
                         mode in 0usize..3, rule in 0usize..3, g32 in any::<bool>(), b8 in any::<bool>()) {
-        let m = fixture(if dream { "dream-tiny" } else { "llada-tiny" });
+        let dream = arch == 1;
+        let m = fixture(FIXTURES[arch]);
         let prompts: Vec<Vec<u32>> = kinds.iter().map(|&(k, salt)| task_prompt(k, salt, m)).collect();
         let g = if g32 { 32 } else { 16 };
         let b = if b8 { 8 } else { 4 };
@@ -337,10 +355,11 @@ proptest! {
     /// their own answer length, rule and seed) and leave when done produce exactly their solo
     /// outputs: ids, NFE, unmask order and tokens per step, for every cache mode.
     #[test]
-    fn rows_joining_between_blocks_equal_solo(dream in any::<bool>(),
+    fn rows_joining_between_blocks_equal_solo(arch in 0usize..3,
                         rows in proptest::collection::vec((0usize..4, 0u64..1000, 0usize..4, 0usize..3, any::<bool>()), 2..5),
                         mode in 0usize..3, b8 in any::<bool>()) {
-        let m = fixture(if dream { "dream-tiny" } else { "llada-tiny" });
+        let dream = arch == 1;
+        let m = fixture(FIXTURES[arch]);
         let b = if b8 { 8 } else { 4 };
         // Dream rows share a batch only with rules of the same score (probability here).
         let rule = |k: usize| match k {

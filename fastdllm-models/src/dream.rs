@@ -26,23 +26,7 @@ use crate::weights::Weights;
 use crate::Result;
 
 /// Checkpoint names of Dream (docs/ALGORITHM.md §1.2.2).
-const LAYOUT: TensorLayout = TensorLayout {
-    embed: "model.embed_tokens.weight",
-    block_prefix: "model.layers",
-    attn_norm: "input_layernorm",
-    q_proj: "self_attn.q_proj",
-    k_proj: "self_attn.k_proj",
-    v_proj: "self_attn.v_proj",
-    o_proj: "self_attn.o_proj",
-    ff_norm: "post_attention_layernorm",
-    gate_proj: "mlp.gate_proj",
-    up_proj: "mlp.up_proj",
-    down_proj: "mlp.down_proj",
-    final_norm: "model.norm.weight",
-    lm_head: "lm_head.weight",
-    qkv_bias: true,
-    rope_permuted_qk: false,
-};
+const LAYOUT: TensorLayout = TensorLayout::qwen2(true);
 
 /// llama.cpp's names (`convert_hf_to_gguf.py` DreamModel), q/k rows as in the checkpoint (NEOX RoPE).
 const GGUF_LAYOUT: TensorLayout = TensorLayout::gguf(true, false);

@@ -63,7 +63,7 @@ pub enum Error {
     /// `architectures[0]` / `model_type` names no supported architecture.
     #[error(
         "{}unsupported architecture {value:?} (from `{field}`); supported: architectures \
-         \"LLaDAModelLM\" | \"DreamModel\", model_type \"llada\" | \"Dream\"",
+         \"LLaDAModelLM\" | \"LLaDAMoEModelLM\" | \"DreamModel\", model_type \"llada\" | \"lladamoe\" | \"Dream\"",
         in_file(.file)
     )]
     UnknownArchitecture {

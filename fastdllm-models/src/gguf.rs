@@ -9,6 +9,11 @@
 //! output}`, `blk.{i}.ffn_{norm,gate,up,down}`, `output_norm`, `output`. The file is read with
 //! `candle_core::quantized::gguf_file`.
 //!
+//! LLaDA-MoE (`LLaDAMoEModel` of the converter, architecture `llada-moe`) adds
+//! `{arch}.expert_count`, `{arch}.expert_used_count`, `{arch}.expert_feed_forward_length` and the
+//! tensors `blk.{i}.attn_{q,k}_norm`, `blk.{i}.ffn_gate_inp` (router) and the experts stacked as
+//! `blk.{i}.ffn_{gate,up,down}_exps` (`(experts, out, in)`); its q/k rows are not permuted (NEOX).
+//!
 //! What a loader must undo or tolerate:
 //! * LLaDA's `attn_q` / `attn_k` rows are permuted for GGML's interleaved ("normal") RoPE (the
 //!   converter's `LlamaModel.permute`: within each head, row `2i + half` holds the rotate-half row
@@ -42,13 +47,16 @@ use candle_core::quantized::{ggml_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use fastdllm_core::ModelFamily;
 
-use crate::config::{ModelConfig, DREAM_DEFAULT_ROPE_THETA, LLADA_DEFAULT_ROPE_THETA};
+use crate::config::{
+    ModelConfig, MoeConfig, DREAM_DEFAULT_ROPE_THETA, LLADA_DEFAULT_ROPE_THETA,
+    LLADA_MOE_DEFAULT_ROPE_THETA,
+};
 use crate::quant::{ggml_type_name, CANDLE_GGML_TYPES};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
 /// The architectures (`general.architecture`) this crate loads.
-pub const GGUF_ARCHITECTURES: [&str; 2] = ["llada", "dream"];
+pub const GGUF_ARCHITECTURES: [&str; 3] = ["llada", "llada-moe", "dream"];
 
 /// An open GGUF file: its header (metadata and tensor index) and a handle to read tensors.
 pub struct GgufFile {
@@ -133,7 +141,7 @@ impl GgufFile {
                 &self.path,
                 format!(
                     "general.architecture = {arch:?}: unsupported; fastdllm loads \"llada\" \
-                     (LLaDA) and \"dream\" (Dream) GGUF files"
+                     (LLaDA), \"llada-moe\" (LLaDA-MoE) and \"dream\" (Dream) GGUF files"
                 ),
             ))
         }
@@ -290,13 +298,54 @@ impl GgufFile {
         })
     }
 
+    /// The routing of a `llada-moe` file: `expert_count`, `expert_used_count`; llama.cpp's routing
+    /// options other than LLaDA-MoE's (softmax gating, weights neither renormalised nor scaled)
+    /// are refused by key.
+    fn moe_config(&self) -> Result<MoeConfig> {
+        let k = |name: &str| format!("llada-moe.{name}");
+        if self.boolean(&k("expert_weights_norm"))? == Some(true) {
+            return Err(self.err(format!(
+                "{} = true: renormalised top-k weights are not LLaDA-MoE's routing",
+                k("expert_weights_norm")
+            )));
+        }
+        if let Some(scale) = self.float(&k("expert_weights_scale"))? {
+            if scale != 0.0 && scale != 1.0 {
+                return Err(self.err(format!(
+                    "{} = {scale}: scaled expert weights are not implemented",
+                    k("expert_weights_scale")
+                )));
+            }
+        }
+        // llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX.
+        const SOFTMAX: u64 = 1;
+        if let Some(func) = self.integer(&k("expert_gating_func"))? {
+            if func != SOFTMAX {
+                return Err(self.err(format!(
+                    "{} = {func}: only softmax gating ({SOFTMAX}) is implemented",
+                    k("expert_gating_func")
+                )));
+            }
+        }
+        Ok(MoeConfig {
+            num_experts: self.required(&k("expert_count"))?,
+            num_experts_per_tok: self.required(&k("expert_used_count"))?,
+        })
+    }
+
     /// The model config from the metadata (and the vocabulary size from `token_embd`).
     pub fn config(&self) -> Result<ModelConfig> {
         let arch = self.architecture()?;
         let k = |name: &str| format!("{arch}.{name}");
         let hidden_size = self.required(&k("embedding_length"))?;
         let num_layers = self.required(&k("block_count"))?;
-        let intermediate_size = self.required(&k("feed_forward_length"))?;
+        let moe = arch == "llada-moe";
+        // LLaDA-MoE: the experts' size (its `feed_forward_length` is the unused dense size).
+        let intermediate_size = if moe {
+            self.required(&k("expert_feed_forward_length"))?
+        } else {
+            self.required(&k("feed_forward_length"))?
+        };
         let num_heads = self.required(&k("attention.head_count"))?;
         let num_kv_heads = self
             .usize_key(&k("attention.head_count_kv"))?
@@ -308,6 +357,8 @@ impl GgufFile {
             .ok_or_else(|| self.err(format!("metadata key `{eps_key}` is missing")))?;
         let default_theta = if arch == "llada" {
             LLADA_DEFAULT_ROPE_THETA
+        } else if moe {
+            LLADA_MOE_DEFAULT_ROPE_THETA
         } else {
             DREAM_DEFAULT_ROPE_THETA
         };
@@ -384,7 +435,7 @@ impl GgufFile {
         };
         let bos_token_id = self.id_key("tokenizer.ggml.bos_token_id")?;
         let config = ModelConfig {
-            family: if arch == "llada" {
+            family: if arch == "llada" || moe {
                 ModelFamily::Llada
             } else {
                 ModelFamily::Dream
@@ -405,6 +456,8 @@ impl GgufFile {
             bos_token_id,
             // llama.cpp leaves `output.weight` out when the head is the embedding.
             tie_word_embeddings: !self.has_tensor("output.weight"),
+            qk_norm: moe && self.has_tensor("blk.0.attn_q_norm.weight"),
+            moe: if moe { Some(self.moe_config()?) } else { None },
         };
         config
             .validate()

@@ -5,7 +5,8 @@
 //! canvas; Fast-dLLM (arXiv 2505.22618, NVlabs/Fast-dLLM) accelerates them with an approximate
 //! block-wise KV cache. This crate implements [`fastdllm_core::DiffusionLm`] for both:
 //!
-//! * [`LladaModel`] — GSAI-ML/LLaDA-8B (`LLaDAModelLM`, docs/ALGORITHM.md §1.1);
+//! * [`LladaModel`] — GSAI-ML/LLaDA-8B (`LLaDAModelLM`, docs/ALGORITHM.md §1.1) and the
+//!   mixture-of-experts inclusionAI/LLaDA-MoE-7B-A1B (`LLaDAMoEModelLM`, §1.4);
 //! * [`DreamModel`] — Dream-org/Dream-v0-7B (`DreamModel`, docs/ALGORITHM.md §1.2), which applies
 //!   Dream's logits shift itself so that every model returns aligned logits.
 //!
@@ -45,6 +46,7 @@ pub mod gguf;
 pub mod gguf_check;
 pub(crate) mod layers;
 pub mod llada;
+mod llada_moe;
 mod load;
 pub mod quant;
 pub mod tokenizer;
@@ -53,8 +55,8 @@ pub mod weights;
 
 pub use chat_template::{ChatTemplate, JinjaTemplate, Message, TemplateTokens};
 pub use config::{
-    load_config, read_generation_config, regular_file, DirDecodeDefaults, ModelConfig,
-    RawDreamConfig, RawGenerationConfig, RawLladaConfig, TokenIds,
+    load_config, read_generation_config, regular_file, DirDecodeDefaults, ModelConfig, MoeConfig,
+    RawDreamConfig, RawGenerationConfig, RawLladaConfig, RawLladaMoeConfig, TokenIds,
 };
 pub use dream::DreamModel;
 pub use error::{Error, Result};

@@ -1,9 +1,12 @@
-//! LLaDA (`LLaDAModelLM`): the model (its `config.json` is read by [`crate::config`]).
+//! LLaDA (`LLaDAModelLM`) and LLaDA-MoE (`LLaDAMoEModelLM`): the model (its `config.json` is
+//! read by [`crate::config`]).
 //!
 //! Reference: GSAI-ML/LLaDA-8B `modeling_llada.py` / `configuration_llada.py` (OLMo-derived,
 //! `block_type = "llama"`), as vendored by NVlabs/Fast-dLLM `llada/model/`; docs/ALGORITHM.md §1.1.
 //! The forward pass is the shared transformer stack (`transformer.rs`) with LLaDA's tensor names, no biases, RoPE
-//! rotated in f32 (`rope_full_precision`), eps 1e-5 and no logits shift.
+//! rotated in f32 (`rope_full_precision`), eps 1e-5 and no logits shift. A config with
+//! [`crate::config::MoeConfig`] is LLaDA-MoE (docs/ALGORITHM.md §1.4): the same stack with
+//! QK-norm and routed experts, under its own tensor names (`llada_moe.rs`).
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -11,6 +14,7 @@ use fastdllm_core::{DiffusionLm, ForwardInput, KvView, ModelFamily, ModelSpec};
 
 use crate::config::ModelConfig;
 use crate::layers::rope::RopePrecision;
+use crate::llada_moe;
 use crate::transformer::{check_dtype, gather_rows, TensorLayout, Transformer};
 use crate::weights::Weights;
 use crate::Result;
@@ -60,13 +64,16 @@ impl LladaModel {
         cfg.expect_family(ModelFamily::Llada)?;
         cfg.validate()?;
         check_dtype(weights.dtype())?;
-        let layout = if weights.is_gguf() {
-            &GGUF_LAYOUT
-        } else {
-            &LAYOUT
+        let (layout, moe_layout) = match (cfg.moe.is_some(), weights.is_gguf()) {
+            (false, false) => (&LAYOUT, None),
+            (false, true) => (&GGUF_LAYOUT, None),
+            (true, false) => (&llada_moe::LAYOUT, Some(&llada_moe::MOE_LAYOUT)),
+            (true, true) => (&llada_moe::GGUF_LAYOUT, Some(&llada_moe::GGUF_MOE_LAYOUT)),
         };
-        // LLaDA rotates in f32 whatever the activation dtype (`rope_full_precision`).
-        let transformer = Transformer::load(cfg, RopePrecision::F32, layout, weights)?;
+        // LLaDA rotates in f32 whatever the activation dtype (`rope_full_precision`); LLaDA-MoE's
+        // RoPE is computed in f32 and applied in the activation dtype, the same in f32.
+        let transformer =
+            Transformer::load_with(cfg, RopePrecision::F32, layout, moe_layout, weights)?;
         let spec = cfg.spec();
         Ok(Self {
             transformer,
@@ -80,10 +87,33 @@ impl LladaModel {
         &self.config
     }
 
-    fn forward_impl(&self, input: &ForwardInput, kv: &mut dyn KvView) -> Result<Tensor> {
+    /// The forward of [`DiffusionLm::forward`] that also returns, for a LLaDA-MoE model, each
+    /// layer's router logits (`mlp.gate`'s output before the softmax, f32,
+    /// `(batch * rows, num_experts)`; every window row except in the last layer, which covers the
+    /// span of `input.logits_rows` only); empty for a dense model. For checking the routing
+    /// against the reference.
+    pub fn forward_with_router_logits(
+        &self,
+        input: &ForwardInput,
+        kv: &mut dyn KvView,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut router_logits = Vec::new();
+        let logits = self.forward_impl(input, kv, Some(&mut router_logits))?;
+        Ok((logits, router_logits))
+    }
+
+    fn forward_impl(
+        &self,
+        input: &ForwardInput,
+        kv: &mut dyn KvView,
+        router_logits: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
         let batch = input.tokens.dim(0)?;
         let span = input.logits_rows.span();
-        match self.transformer.hidden_states(input, kv, span.clone())? {
+        match self
+            .transformer
+            .hidden_states_traced(input, kv, span.clone(), router_logits)?
+        {
             Some(hidden) => {
                 let source: Vec<usize> = input
                     .logits_rows
@@ -117,6 +147,6 @@ impl DiffusionLm for LladaModel {
 
     /// LLaDA has no shift: window row `j` of the output scores window token `j`.
     fn forward(&self, input: &ForwardInput, kv: &mut dyn KvView) -> fastdllm_core::Result<Tensor> {
-        Ok(self.forward_impl(input, kv)?)
+        Ok(self.forward_impl(input, kv, None)?)
     }
 }

@@ -167,9 +167,12 @@ pub fn load_model_with(path: &Path, device: &Device, options: &LoadOptions) -> R
             location: weights.location().to_string(),
             count: unused.len(),
             names: list,
-            hint: match config.family {
-                ModelFamily::Llada => "n_layers / weight_tying",
-                ModelFamily::Dream => "num_hidden_layers / tie_word_embeddings",
+            hint: match (config.family, config.moe.is_some()) {
+                (ModelFamily::Llada, false) => "n_layers / weight_tying",
+                (ModelFamily::Llada, true) => {
+                    "num_hidden_layers / num_experts / qk_layernorm / tie_word_embeddings"
+                }
+                (ModelFamily::Dream, _) => "num_hidden_layers / tie_word_embeddings",
             },
         });
     }

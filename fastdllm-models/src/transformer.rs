@@ -10,6 +10,10 @@
 //! head run only for the rows whose logits are asked for, and the last layer computes its queries,
 //! output projection and MLP only for those rows (keys and values still cover the whole window),
 //! which is exact because nothing after the last layer mixes positions (docs/ALGORITHM.md §1.3).
+//!
+//! LLaDA-MoE (docs/ALGORITHM.md §1.4) is the same stack with QK-norm in the attention and a
+//! sparse mixture of experts ([`SparseMoe`]) in place of the dense MLP; [`MoeLayout`] names its
+//! extra tensors.
 
 use std::ops::Range;
 
@@ -20,6 +24,7 @@ use crate::config::ModelConfig;
 use crate::layers::attention::{check_key_bias, Attention};
 use crate::layers::linear::{tensor_bytes, Linear};
 use crate::layers::mlp::Mlp;
+use crate::layers::moe::SparseMoe;
 use crate::layers::rms_norm::RmsNorm;
 use crate::layers::rope::{Rope, RopeAt, RopePrecision};
 use crate::weights::{InitKind, LinearPart, Weights};
@@ -50,6 +55,28 @@ pub(crate) struct TensorLayout {
 }
 
 impl TensorLayout {
+    /// Qwen2's Hugging Face names (`model.layers.{i}.self_attn.q_proj`, ...), which Dream and
+    /// LLaDA-MoE checkpoints use.
+    pub(crate) const fn qwen2(qkv_bias: bool) -> Self {
+        Self {
+            embed: "model.embed_tokens.weight",
+            block_prefix: "model.layers",
+            attn_norm: "input_layernorm",
+            q_proj: "self_attn.q_proj",
+            k_proj: "self_attn.k_proj",
+            v_proj: "self_attn.v_proj",
+            o_proj: "self_attn.o_proj",
+            ff_norm: "post_attention_layernorm",
+            gate_proj: "mlp.gate_proj",
+            up_proj: "mlp.up_proj",
+            down_proj: "mlp.down_proj",
+            final_norm: "model.norm.weight",
+            lm_head: "lm_head.weight",
+            qkv_bias,
+            rope_permuted_qk: false,
+        }
+    }
+
     /// llama.cpp's tensor names (gguf-py `MODEL_TENSORS`), the same for LLaDA and Dream.
     pub(crate) const fn gguf(qkv_bias: bool, rope_permuted_qk: bool) -> Self {
         Self {
@@ -72,9 +99,63 @@ impl TensorLayout {
     }
 }
 
+/// Where an expert's projections are stored.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ExpertNames {
+    /// One tensor per expert, `{block}{prefix}.{e}.{gate,up,down}` (Hugging Face).
+    PerExpert {
+        prefix: &'static str,
+        gate: &'static str,
+        up: &'static str,
+        down: &'static str,
+    },
+    /// The experts stacked along a leading axis, `{block}{gate,up,down}.weight` of shape
+    /// `(num_experts, out, in)` (llama.cpp's `ffn_{gate,up,down}_exps`).
+    Stacked {
+        gate: &'static str,
+        up: &'static str,
+        down: &'static str,
+    },
+}
+
+/// The tensors a mixture-of-experts model adds to a [`TensorLayout`] (relative to the block
+/// prefix, without `.weight`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MoeLayout {
+    /// Per-head q / k RMSNorm weights, `(head_dim,)` (read when the config has `qk_norm`).
+    pub(crate) q_norm: &'static str,
+    pub(crate) k_norm: &'static str,
+    /// The router, `(num_experts, hidden)`.
+    pub(crate) router: &'static str,
+    pub(crate) experts: ExpertNames,
+}
+
 /// `name` without its `.weight` suffix.
 fn base(name: &str) -> &str {
     name.strip_suffix(".weight").unwrap_or(name)
+}
+
+/// A block's feed-forward part.
+#[derive(Debug, Clone)]
+enum FeedForward {
+    Dense(Mlp),
+    Moe(SparseMoe),
+}
+
+impl FeedForward {
+    fn weight_bytes(&self) -> u64 {
+        match self {
+            FeedForward::Dense(mlp) => mlp.weight_bytes(),
+            FeedForward::Moe(moe) => moe.weight_bytes(),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, router_logits: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
+        match self {
+            FeedForward::Dense(mlp) => mlp.forward(x),
+            FeedForward::Moe(moe) => moe.forward(x, router_logits),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -82,7 +163,7 @@ struct Block {
     attn_norm: RmsNorm,
     attn: Attention,
     ff_norm: RmsNorm,
-    mlp: Mlp,
+    ffn: FeedForward,
 }
 
 /// Embedding, layers, final norm and LM head.
@@ -110,6 +191,30 @@ impl Transformer {
         layout: &TensorLayout,
         weights: &Weights,
     ) -> Result<Self> {
+        Self::load_with(dims, rope_precision, layout, None, weights)
+    }
+
+    /// [`Transformer::load`] of a model that may have QK-norm and mixture-of-experts layers
+    /// (`dims.qk_norm`, `dims.moe`), whose extra tensors `moe_layout` names.
+    ///
+    /// Errors: the config asks for QK-norm or experts and `moe_layout` is `None`.
+    pub(crate) fn load_with(
+        dims: &ModelConfig,
+        rope_precision: RopePrecision,
+        layout: &TensorLayout,
+        moe_layout: Option<&MoeLayout>,
+        weights: &Weights,
+    ) -> Result<Self> {
+        if (dims.qk_norm || dims.moe.is_some()) && moe_layout.is_none() {
+            return Err(Error::config(
+                "moe",
+                format!("{:?} (qk_norm {})", dims.moe, dims.qk_norm),
+                format!(
+                    "this architecture ({}) has no expert or QK-norm tensors",
+                    dims.architecture()
+                ),
+            ));
+        }
         let (hidden, vocab) = (dims.hidden_size, dims.vocab_size);
         let embed = weights.get(&[vocab, hidden], layout.embed, InitKind::Matrix)?;
         let blocks = (0..dims.num_layers)
@@ -117,6 +222,7 @@ impl Transformer {
                 load_block(
                     dims,
                     layout,
+                    moe_layout,
                     weights,
                     &format!("{}.{i}.", layout.block_prefix),
                 )
@@ -179,7 +285,7 @@ impl Transformer {
                 b.attn_norm.weight_bytes()
                     + b.attn.weight_bytes()
                     + b.ff_norm.weight_bytes()
-                    + b.mlp.weight_bytes()
+                    + b.ffn.weight_bytes()
             })
             .sum();
         tensor_bytes(&self.embed)
@@ -198,6 +304,19 @@ impl Transformer {
         input: &ForwardInput,
         kv: &mut dyn KvView,
         rows: Range<usize>,
+    ) -> Result<Option<Tensor>> {
+        self.hidden_states_traced(input, kv, rows, None)
+    }
+
+    /// [`Transformer::hidden_states`], pushing each MoE layer's router logits
+    /// (`(batch * rows, num_experts)`, f32; the last layer's cover `rows` only) to
+    /// `router_logits` when given.
+    pub(crate) fn hidden_states_traced(
+        &self,
+        input: &ForwardInput,
+        kv: &mut dyn KvView,
+        rows: Range<usize>,
+        mut router_logits: Option<&mut Vec<Tensor>>,
     ) -> Result<Option<Tensor>> {
         let (b, w) = input.tokens.dims2()?;
         check_rows(&rows, w)?;
@@ -219,8 +338,8 @@ impl Transformer {
         let last = self.blocks.len().saturating_sub(1);
         for (idx, block) in self.blocks.iter().enumerate() {
             let query_rows = if idx == last { rows.clone() } else { 0..w };
-            match block.forward(&h, &rope, idx, kv, key_bias.as_ref(), query_rows)? {
-                Some(next) => h = next,
+            match block.attention(&h, &rope, idx, kv, key_bias.as_ref(), query_rows)? {
+                Some(next) => h = block.feed_forward(&next, router_logits.as_deref_mut())?,
                 None => return Ok(None),
             }
         }
@@ -270,8 +389,11 @@ pub(crate) fn check_rows(rows: &Range<usize>, window_len: usize) -> Result<()> {
 }
 
 impl Block {
+    /// The attention half with its residual; `None` when `query_rows` is empty (K/V still
+    /// handed to `kv`).
+    ///
     /// Shape: `x` `(batch, window_len, hidden)` -> `(batch, query_rows.len(), hidden)`.
-    fn forward(
+    fn attention(
         &self,
         x: &Tensor,
         rope: &RopeAt,
@@ -295,13 +417,18 @@ impl Block {
         } else {
             x.narrow(1, query_rows.start, query_rows.len())?
         };
-        let h = (residual + attn)?;
-        let mlp = self.mlp.forward(&self.ff_norm.forward(&h)?)?;
-        Ok(Some((h + mlp)?))
+        Ok(Some((residual + attn)?))
+    }
+
+    /// The feed-forward half with its residual (pushing a MoE layer's router logits to
+    /// `router_logits` when given). Shape: `(batch, rows, hidden)` -> same.
+    fn feed_forward(&self, h: &Tensor, router_logits: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
+        let mlp = self.ffn.forward(&self.ff_norm.forward(h)?, router_logits)?;
+        Ok((h + mlp)?)
     }
 }
 
-fn plain(name: &str, out_features: usize) -> LinearPart<'_> {
+pub(crate) fn plain(name: &str, out_features: usize) -> LinearPart<'_> {
     LinearPart {
         name,
         out_features,
@@ -312,13 +439,13 @@ fn plain(name: &str, out_features: usize) -> LinearPart<'_> {
 fn load_block(
     dims: &ModelConfig,
     layout: &TensorLayout,
+    moe_layout: Option<&MoeLayout>,
     weights: &Weights,
     prefix: &str,
 ) -> Result<Block> {
     let hidden = dims.hidden_size;
     let q_out = dims.num_heads * dims.head_dim;
     let kv_out = dims.num_kv_heads * dims.head_dim;
-    let inter = dims.intermediate_size;
     let name = |part: &str, suffix: &str| format!("{prefix}{part}{suffix}");
     let (q_name, k_name, v_name) = (
         name(layout.q_proj, ""),
@@ -349,12 +476,58 @@ fn load_block(
     )?;
     let o_name = name(layout.o_proj, "");
     let out = weights.linear(&[plain(&o_name, hidden)], q_out, false)?;
-    let attn = Attention::new(qkv, out, dims.num_heads, dims.num_kv_heads, dims.head_dim);
+    let mut attn = Attention::new(qkv, out, dims.num_heads, dims.num_kv_heads, dims.head_dim);
+    let head_norm = |part: &str| -> Result<RmsNorm> {
+        RmsNorm::new(
+            weights.get(&[dims.head_dim], &name(part, ".weight"), InitKind::Norm)?,
+            dims.rms_norm_eps,
+        )
+    };
+    if let (true, Some(moe)) = (dims.qk_norm, moe_layout) {
+        attn = attn.with_qk_norm(head_norm(moe.q_norm)?, head_norm(moe.k_norm)?);
+    }
+    let norm = |part: &str| -> Result<RmsNorm> {
+        RmsNorm::new(
+            weights.get(&[hidden], &name(part, ".weight"), InitKind::Norm)?,
+            dims.rms_norm_eps,
+        )
+    };
+    let ffn = match (dims.moe, moe_layout) {
+        (Some(moe), Some(moe_layout)) => {
+            let router_name = name(moe_layout.router, "");
+            let router = weights.linear(&[plain(&router_name, moe.num_experts)], hidden, false)?;
+            let experts = weights.experts(
+                prefix,
+                &moe_layout.experts,
+                moe.num_experts,
+                hidden,
+                dims.intermediate_size,
+            )?;
+            FeedForward::Moe(SparseMoe::new(router, experts, moe.num_experts_per_tok))
+        }
+        _ => FeedForward::Dense(load_mlp(dims, layout, weights, prefix)?),
+    };
+    Ok(Block {
+        attn_norm: norm(layout.attn_norm)?,
+        attn,
+        ff_norm: norm(layout.ff_norm)?,
+        ffn,
+    })
+}
 
+/// The dense SwiGLU MLP of a block.
+fn load_mlp(
+    dims: &ModelConfig,
+    layout: &TensorLayout,
+    weights: &Weights,
+    prefix: &str,
+) -> Result<Mlp> {
+    let (hidden, inter) = (dims.hidden_size, dims.intermediate_size);
+    let name = |part: &str| format!("{prefix}{part}");
     let (gate_name, up_name, down_name) = (
-        name(layout.gate_proj, ""),
-        name(layout.up_proj, ""),
-        name(layout.down_proj, ""),
+        name(layout.gate_proj),
+        name(layout.up_proj),
+        name(layout.down_proj),
     );
     let gate_up = weights.linear(
         &[plain(&gate_name, inter), plain(&up_name, inter)],
@@ -362,20 +535,7 @@ fn load_block(
         false,
     )?;
     let down = weights.linear(&[plain(&down_name, hidden)], inter, false)?;
-    let mlp = Mlp::new(gate_up, down, inter);
-
-    let norm = |part: &str| -> Result<RmsNorm> {
-        RmsNorm::new(
-            weights.get(&[hidden], &name(part, ".weight"), InitKind::Norm)?,
-            dims.rms_norm_eps,
-        )
-    };
-    Ok(Block {
-        attn_norm: norm(layout.attn_norm)?,
-        attn,
-        ff_norm: norm(layout.ff_norm)?,
-        mlp,
-    })
+    Ok(Mlp::new(gate_up, down, inter))
 }
 
 /// Rejects activation dtypes the layers are not written for.

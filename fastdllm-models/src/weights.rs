@@ -25,7 +25,9 @@ use crate::config::regular_file;
 use crate::gguf::{dense_from_bytes, qtensor_from_bytes, unpermute_rope_rows, GgufFile};
 use crate::layers::cpu_gemm;
 use crate::layers::linear::Linear;
+use crate::layers::mlp::Mlp;
 use crate::quant::QuantType;
+use crate::transformer::{plain, ExpertNames};
 use crate::{Error, Result};
 
 /// Name of a single-file checkpoint.
@@ -464,57 +466,139 @@ impl<'a> Weights<'a> {
                     };
                     stored.push((ggml, bytes, shape));
                 }
-                let is_float =
-                    |t: GgmlDType| matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-                if stored.iter().all(|(t, _, _)| is_float(*t)) {
-                    // f16 / bf16 tensors stay in half precision where the CPU GEMM packs them
-                    // (it widens them in the kernel); elsewhere they take the activation dtype.
-                    let half = match stored[0].0 {
-                        GgmlDType::F16 => Some(DType::F16),
-                        GgmlDType::BF16 => Some(DType::BF16),
-                        _ => None,
-                    };
-                    let dtype = half
-                        .filter(|_| stored.iter().all(|(t, _, _)| *t == stored[0].0))
-                        .filter(|_| self.device.is_cpu() && cpu_gemm::cpu_supported())
-                        .unwrap_or(self.dtype);
-                    let dense = stored
-                        .iter()
-                        .map(|(t, b, s)| dense_from_bytes(*t, b, s, dtype, &self.device))
-                        .collect::<Result<Vec<_>>>()?;
-                    let fused = if dense.len() == 1 {
-                        dense[0].clone()
-                    } else {
-                        Tensor::cat(&dense, 0)?
-                    };
-                    self.count(format!("{dtype:?}").to_lowercase());
-                    return Linear::new(fused, bias);
-                }
-                let first = stored[0].0;
-                let qts = if stored.iter().all(|(t, _, _)| *t == first) {
-                    // One block type: the rows concatenate byte for byte.
-                    let out: usize = stored.iter().map(|(_, _, s)| s[0]).sum();
-                    let bytes: Vec<u8> = stored
-                        .iter()
-                        .flat_map(|(_, b, _)| b.iter().copied())
-                        .collect();
-                    vec![qtensor_from_bytes(
-                        first,
-                        &bytes,
-                        &[out, in_features],
-                        &self.device,
-                    )?]
-                } else {
-                    stored
-                        .iter()
-                        .map(|(t, b, s)| qtensor_from_bytes(*t, b, s, &self.device))
-                        .collect::<Result<Vec<_>>>()?
-                };
-                let kinds: Vec<String> = qts.iter().map(|q| ggml_name(q.dtype())).collect();
-                self.count(kinds.join("+"));
-                Linear::quantized(qts, bias)
+                self.stored_linear(stored, bias)
             }
         }
+    }
+
+    /// The SwiGLU experts of the MoE block `block` (a prefix ending in `.`): expert `e` has a
+    /// fused gate/up `(2 * inter, hidden)` and a down `(hidden, inter)` projection, named by
+    /// `names` (one tensor per expert in safetensors and random weights; stacked
+    /// `(num_experts, out, in)` tensors in GGUF files, read once and split by expert, each expert
+    /// keeping its stored block type). Quantized at load like [`Weights::linear`].
+    ///
+    /// Errors: a missing or mis-shaped tensor; per-expert names in a GGUF file or stacked names
+    /// elsewhere.
+    pub(crate) fn experts(
+        &self,
+        block: &str,
+        names: &ExpertNames,
+        num_experts: usize,
+        hidden: usize,
+        inter: usize,
+    ) -> Result<Vec<Mlp>> {
+        match (&self.source, names) {
+            (
+                Source::Vars(_),
+                ExpertNames::PerExpert {
+                    prefix,
+                    gate,
+                    up,
+                    down,
+                },
+            ) => (0..num_experts)
+                .map(|e| {
+                    let name = |part: &str| format!("{block}{prefix}.{e}.{part}");
+                    let (gate, up, down) = (name(gate), name(up), name(down));
+                    let gate_up =
+                        self.linear(&[plain(&gate, inter), plain(&up, inter)], hidden, false)?;
+                    let down = self.linear(&[plain(&down, hidden)], inter, false)?;
+                    Ok(Mlp::new(gate_up, down, inter))
+                })
+                .collect(),
+            (Source::Gguf(file), ExpertNames::Stacked { gate, up, down }) => {
+                let split = |part: &str, out: usize, input: usize| -> Result<Vec<_>> {
+                    let name = format!("{block}{part}.weight");
+                    let (ggml, bytes) = file.raw(&name, &[num_experts, out, input])?;
+                    let per = bytes.len() / num_experts;
+                    Ok(bytes
+                        .chunks_exact(per)
+                        .map(|b| (ggml, b.to_vec(), [out, input]))
+                        .collect())
+                };
+                let gates = split(gate, inter, hidden)?;
+                let ups = split(up, inter, hidden)?;
+                let downs = split(down, hidden, inter)?;
+                gates
+                    .into_iter()
+                    .zip(ups)
+                    .zip(downs)
+                    .map(|((g, u), d)| {
+                        let gate_up = self.stored_linear(vec![g, u], None)?;
+                        let down = self.stored_linear(vec![d], None)?;
+                        Ok(Mlp::new(gate_up, down, inter))
+                    })
+                    .collect()
+            }
+            _ => Err(Error::config(
+                "experts",
+                format!("{names:?}"),
+                format!(
+                    "not how {} stores the experts of `{block}`",
+                    self.location()
+                ),
+            )),
+        }
+    }
+
+    /// A linear layer from GGUF parts `(type, bytes, (out_i, in))` stacked along the output axis:
+    /// dense in the activation dtype when every part is a float type, else quantized (one block
+    /// tensor when the parts share a type).
+    fn stored_linear(
+        &self,
+        stored: Vec<(GgmlDType, Vec<u8>, [usize; 2])>,
+        bias: Option<Tensor>,
+    ) -> Result<Linear> {
+        let in_features = stored.first().map_or(0, |(_, _, s)| s[1]);
+        let is_float =
+            |t: GgmlDType| matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        if stored.iter().all(|(t, _, _)| is_float(*t)) {
+            // f16 / bf16 tensors stay in half precision where the CPU GEMM packs them (it
+            // widens them in the kernel); elsewhere they take the activation dtype.
+            let half = match stored[0].0 {
+                GgmlDType::F16 => Some(DType::F16),
+                GgmlDType::BF16 => Some(DType::BF16),
+                _ => None,
+            };
+            let dtype = half
+                .filter(|_| stored.iter().all(|(t, _, _)| *t == stored[0].0))
+                .filter(|_| self.device.is_cpu() && cpu_gemm::cpu_supported())
+                .unwrap_or(self.dtype);
+            let dense = stored
+                .iter()
+                .map(|(t, b, s)| dense_from_bytes(*t, b, s, dtype, &self.device))
+                .collect::<Result<Vec<_>>>()?;
+            let fused = if dense.len() == 1 {
+                dense[0].clone()
+            } else {
+                Tensor::cat(&dense, 0)?
+            };
+            self.count(format!("{dtype:?}").to_lowercase());
+            return Linear::new(fused, bias);
+        }
+        let first = stored[0].0;
+        let qts = if stored.iter().all(|(t, _, _)| *t == first) {
+            // One block type: the rows concatenate byte for byte.
+            let out: usize = stored.iter().map(|(_, _, s)| s[0]).sum();
+            let bytes: Vec<u8> = stored
+                .iter()
+                .flat_map(|(_, b, _)| b.iter().copied())
+                .collect();
+            vec![qtensor_from_bytes(
+                first,
+                &bytes,
+                &[out, in_features],
+                &self.device,
+            )?]
+        } else {
+            stored
+                .iter()
+                .map(|(t, b, s)| qtensor_from_bytes(*t, b, s, &self.device))
+                .collect::<Result<Vec<_>>>()?
+        };
+        let kinds: Vec<String> = qts.iter().map(|q| ggml_name(q.dtype())).collect();
+        self.count(kinds.join("+"));
+        Linear::quantized(qts, bias)
     }
 
     fn explain(&self, name: &str, shape: &[usize], err: candle_core::Error) -> Error {

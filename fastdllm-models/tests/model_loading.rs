@@ -226,7 +226,10 @@ fn unknown_architecture() {
         msg.contains("unsupported architecture \"GPT2LMHeadModel\" (from `architectures`)"),
         "{msg}"
     );
-    assert!(msg.contains("\"LLaDAModelLM\" | \"DreamModel\""), "{msg}");
+    assert!(
+        msg.contains("\"LLaDAModelLM\" | \"LLaDAMoEModelLM\" | \"DreamModel\""),
+        "{msg}"
+    );
 
     dir.edit_config(|c| {
         c.as_object_mut().unwrap().remove("architectures");

@@ -152,6 +152,8 @@ impl TryFrom<RawDreamConfig> for ModelConfig {
             pad_token_id,
             bos_token_id: raw.bos_token_id,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            qk_norm: false,
+            moe: None,
         };
         config.validate_named(&RAW_NAMES)?;
         Ok(config)

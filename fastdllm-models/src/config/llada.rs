@@ -200,6 +200,8 @@ impl TryFrom<RawLladaConfig> for ModelConfig {
             pad_token_id,
             bos_token_id: raw.bos_token_id,
             tie_word_embeddings: false,
+            qk_norm: false,
+            moe: None,
         };
         config.validate_named(&RAW_NAMES)?;
         Ok(config)

@@ -20,6 +20,7 @@ use crate::{Error, Result};
 
 mod dream;
 mod llada;
+mod llada_moe;
 
 pub use dream::{
     RawDreamConfig, DREAM_DEFAULT_MAX_POSITION_EMBEDDINGS, DREAM_DEFAULT_RMS_NORM_EPS,
@@ -29,13 +30,22 @@ pub use llada::{
     RawLladaConfig, LLADA_DEFAULT_MAX_SEQUENCE_LENGTH, LLADA_DEFAULT_MLP_RATIO,
     LLADA_DEFAULT_RMS_NORM_EPS, LLADA_DEFAULT_ROPE_THETA, LLADA_EOS_TOKEN_ID, LLADA_MASK_TOKEN_ID,
 };
+pub use llada_moe::{
+    RawLladaMoeConfig, LLADA_MOE_DEFAULT_MAX_POSITION_EMBEDDINGS, LLADA_MOE_DEFAULT_RMS_NORM_EPS,
+    LLADA_MOE_DEFAULT_ROPE_THETA, LLADA_MOE_MASK_TOKEN_ID,
+};
 
 /// `architectures[0]` of LLaDA checkpoints.
 pub const LLADA_ARCHITECTURE: &str = "LLaDAModelLM";
+/// `architectures[0]` of LLaDA-MoE checkpoints (inclusionAI/LLaDA-MoE-7B-A1B).
+pub const LLADA_MOE_ARCHITECTURE: &str = "LLaDAMoEModelLM";
 /// `architectures[0]` of Dream checkpoints.
 pub const DREAM_ARCHITECTURE: &str = "DreamModel";
 /// `model_type` of LLaDA checkpoints (used when `architectures` is absent).
 pub const LLADA_MODEL_TYPE: &str = "llada";
+/// `model_type` of LLaDA-MoE configs renamed by third-party trainers (the released checkpoints
+/// say `llada` and are told apart by `architectures`).
+pub const LLADA_MOE_MODEL_TYPE: &str = "lladamoe";
 /// `model_type` of Dream checkpoints (used when `architectures` is absent).
 pub const DREAM_MODEL_TYPE: &str = "Dream";
 
@@ -63,7 +73,8 @@ pub struct ModelConfig {
     pub num_kv_heads: usize,
     /// `hidden_size / num_heads`, even (RoPE rotates halves).
     pub head_dim: usize,
-    /// Gate/up output size of the MLP (LLaDA `mlp_hidden_size`).
+    /// Gate/up output size of the MLP (LLaDA `mlp_hidden_size`); with [`ModelConfig::moe`], of
+    /// each expert's MLP (LLaDA-MoE `expert_intermediate_size`).
     pub intermediate_size: usize,
     /// Rows of the embedding and LM head (LLaDA `embedding_size`, which may exceed the
     /// tokenizer's vocabulary).
@@ -86,6 +97,24 @@ pub struct ModelConfig {
     /// The LM head is the embedding matrix (Dream `tie_word_embeddings`; LLaDA's `weight_tying`
     /// must be false).
     pub tie_word_embeddings: bool,
+    /// q and k are RMS-normalised per head over `head_dim` before RoPE, one weight of size
+    /// `head_dim` shared by the heads (LLaDA-MoE `qk_layernorm`; false for LLaDA and Dream).
+    pub qk_norm: bool,
+    /// The sparse mixture-of-experts MLP that replaces the dense one in every layer (LLaDA-MoE,
+    /// docs/ALGORITHM.md §1.4); `None` for a dense model.
+    pub moe: Option<MoeConfig>,
+}
+
+/// The routed experts of a LLaDA-MoE layer (`LLaDAMoESparseMoeBlock`): a router picks, per
+/// token, the `num_experts_per_tok` experts of highest softmax probability (over all
+/// `num_experts`), whose SwiGLU outputs (each of size [`ModelConfig::intermediate_size`]) are
+/// summed weighted by those probabilities, not renormalised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeConfig {
+    /// Experts per layer (`num_experts`).
+    pub num_experts: usize,
+    /// Experts each token is routed to (`num_experts_per_tok`), `1..=num_experts`.
+    pub num_experts_per_tok: usize,
 }
 
 impl ModelConfig {
@@ -109,6 +138,8 @@ impl ModelConfig {
             pad_token_id: LLADA_EOS_TOKEN_ID,
             bos_token_id: Some(126_080),
             tie_word_embeddings: false,
+            qk_norm: false,
+            moe: None,
         }
     }
 
@@ -133,14 +164,17 @@ impl ModelConfig {
             pad_token_id: DREAM_EOS_TOKEN_ID,
             bos_token_id: Some(151_665),
             tie_word_embeddings: false,
+            qk_norm: false,
+            moe: None,
         }
     }
 
-    /// The `architectures[0]` name: `"LLaDAModelLM"` or `"DreamModel"`.
+    /// The `architectures[0]` name: `"LLaDAModelLM"`, `"LLaDAMoEModelLM"` or `"DreamModel"`.
     pub fn architecture(&self) -> &'static str {
-        match self.family {
-            ModelFamily::Llada => LLADA_ARCHITECTURE,
-            ModelFamily::Dream => DREAM_ARCHITECTURE,
+        match (self.family, self.moe.is_some()) {
+            (ModelFamily::Llada, false) => LLADA_ARCHITECTURE,
+            (ModelFamily::Llada, true) => LLADA_MOE_ARCHITECTURE,
+            (ModelFamily::Dream, _) => DREAM_ARCHITECTURE,
         }
     }
 
@@ -161,7 +195,8 @@ impl ModelConfig {
 
     /// Checks the invariants: positive sizes, heads divisible by KV heads, hidden divisible by
     /// heads, an even head size (RoPE rotates halves), positive finite epsilon and theta, ids
-    /// inside the vocabulary, a mask id distinct from EOS and pad.
+    /// inside the vocabulary, a mask id distinct from EOS and pad; with `moe`, a LLaDA family,
+    /// at least one expert and `1 <= num_experts_per_tok <= num_experts`.
     ///
     /// Errors: [`Error::InvalidConfig`] naming the field (canonical name) and its value.
     pub fn validate(&self) -> Result<()> {
@@ -194,11 +229,18 @@ pub fn load_config(dir: &Path) -> Result<ModelConfig> {
     let path = dir.join("config.json");
     let text = read_text(&path, "model config (config.json)")?;
     let probe: ArchitectureProbe = parse_json(&path, &text)?;
-    let family = probe.family().map_err(|e| e.in_config_file(&path))?;
+    let architecture = probe.architecture().map_err(|e| e.in_config_file(&path))?;
     let generation = read_generation_config(dir)?;
     let gen_path = dir.join("generation_config.json");
-    let config = match family {
-        ModelFamily::Llada => {
+    let config = match architecture {
+        Architecture::LladaMoe => {
+            let mut raw: RawLladaMoeConfig = parse_json(&path, &text)?;
+            if let Some(generation) = &generation {
+                raw.fill_from_generation(generation);
+            }
+            ModelConfig::try_from(raw).map_err(|e| e.in_config_file(&path))?
+        }
+        Architecture::Llada => {
             let mut raw: RawLladaConfig = parse_json(&path, &text)?;
             let own = OwnIds::of(
                 &raw.mask_token_id,
@@ -212,7 +254,7 @@ pub fn load_config(dir: &Path) -> Result<ModelConfig> {
             ModelConfig::try_from(raw)
                 .map_err(|e| own.blame(e, &path, &gen_path, generation.as_ref()))?
         }
-        ModelFamily::Dream => {
+        Architecture::Dream => {
             let mut raw: RawDreamConfig = parse_json(&path, &text)?;
             let own = OwnIds::of(
                 &raw.mask_token_id,
@@ -317,12 +359,21 @@ struct ArchitectureProbe {
     model_type: Option<String>,
 }
 
+/// The architectures whose `config.json` this crate reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Architecture {
+    Llada,
+    LladaMoe,
+    Dream,
+}
+
 impl ArchitectureProbe {
-    fn family(&self) -> Result<ModelFamily> {
+    fn architecture(&self) -> Result<Architecture> {
         if let Some(first) = self.architectures.as_ref().and_then(|a| a.first()) {
             return match first.as_str() {
-                LLADA_ARCHITECTURE => Ok(ModelFamily::Llada),
-                DREAM_ARCHITECTURE => Ok(ModelFamily::Dream),
+                LLADA_ARCHITECTURE => Ok(Architecture::Llada),
+                LLADA_MOE_ARCHITECTURE => Ok(Architecture::LladaMoe),
+                DREAM_ARCHITECTURE => Ok(Architecture::Dream),
                 other => Err(Error::UnknownArchitecture {
                     file: None,
                     field: "architectures",
@@ -331,8 +382,9 @@ impl ArchitectureProbe {
             };
         }
         match self.model_type.as_deref() {
-            Some(LLADA_MODEL_TYPE) => Ok(ModelFamily::Llada),
-            Some(DREAM_MODEL_TYPE) => Ok(ModelFamily::Dream),
+            Some(LLADA_MODEL_TYPE) => Ok(Architecture::Llada),
+            Some(LLADA_MOE_MODEL_TYPE) => Ok(Architecture::LladaMoe),
+            Some(DREAM_MODEL_TYPE) => Ok(Architecture::Dream),
             Some(other) => Err(Error::UnknownArchitecture {
                 file: None,
                 field: "model_type",
@@ -708,6 +760,23 @@ impl ModelConfig {
         }
         if let Some(id) = self.bos_token_id {
             in_vocab(n.bos_token_id, id)?;
+        }
+        if let Some(moe) = &self.moe {
+            if self.family != ModelFamily::Llada {
+                return Err(Error::config(
+                    "family",
+                    format!("{:?}", self.family),
+                    "mixture-of-experts layers are implemented for LLaDA-MoE (family Llada) only",
+                ));
+            }
+            positive("num_experts", moe.num_experts)?;
+            if !(1..=moe.num_experts).contains(&moe.num_experts_per_tok) {
+                return Err(Error::config(
+                    "num_experts_per_tok",
+                    moe.num_experts_per_tok,
+                    format!("must be in 1..={} (num_experts)", moe.num_experts),
+                ));
+            }
         }
         Ok(())
     }

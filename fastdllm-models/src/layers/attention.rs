@@ -13,6 +13,9 @@
 //!   (query head `h` uses KV head `h / groups`, as `repeat_kv` would);
 //! * only the query rows the caller needs may be computed (the last layer of a forward whose
 //!   logits are requested for some rows only); K/V always cover the whole window.
+//!
+//! LLaDA-MoE (`LLaDAMoEAttention`, docs/ALGORITHM.md §1.4) adds QK-norm: q and k are
+//! RMS-normalised per head over `head_dim` (one weight shared by the heads) before RoPE.
 
 use std::ops::Range;
 
@@ -20,6 +23,7 @@ use candle_core::Tensor;
 use fastdllm_core::KvView;
 
 use super::linear::Linear;
+use super::rms_norm::RmsNorm;
 use super::rope::RopeAt;
 use crate::Result;
 
@@ -34,6 +38,8 @@ pub(crate) struct Attention {
     num_kv_heads: usize,
     head_dim: usize,
     scale: f64,
+    /// Per-head RMSNorm of q and of k (weights `(head_dim,)`), before RoPE.
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
 }
 
 impl Attention {
@@ -52,12 +58,24 @@ impl Attention {
             num_kv_heads,
             head_dim,
             scale: 1.0 / (head_dim as f64).sqrt(),
+            qk_norm: None,
         }
+    }
+
+    /// The same attention with q and k RMS-normalised per head by `q_norm` and `k_norm`
+    /// (weights of shape `(head_dim,)`) before RoPE.
+    pub(crate) fn with_qk_norm(mut self, q_norm: RmsNorm, k_norm: RmsNorm) -> Self {
+        self.qk_norm = Some((q_norm, k_norm));
+        self
     }
 
     /// Bytes of the stored projection weights.
     pub(crate) fn weight_bytes(&self) -> u64 {
-        self.qkv.weight_bytes() + self.out.weight_bytes()
+        let norms = self
+            .qk_norm
+            .as_ref()
+            .map_or(0, |(q, k)| q.weight_bytes() + k.weight_bytes());
+        self.qkv.weight_bytes() + self.out.weight_bytes() + norms
     }
 
     /// Projects the window, rotates q and k, and hands the fresh K/V of `layer_idx` to `kv`.
@@ -73,6 +91,18 @@ impl Attention {
         let (b, w, _) = x.dims3()?;
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let qkv = self.qkv.forward(x)?.reshape((b, w, nh + 2 * nkv, d))?;
+        let qkv = match &self.qk_norm {
+            // Over the last axis (head_dim) of every head: the reference's `[L * heads, d]` view.
+            Some((q_norm, k_norm)) => Tensor::cat(
+                &[
+                    q_norm.forward(&qkv.narrow(2, 0, nh)?.contiguous()?)?,
+                    k_norm.forward(&qkv.narrow(2, nh, nkv)?.contiguous()?)?,
+                    qkv.narrow(2, nh + nkv, nkv)?,
+                ],
+                2,
+            )?,
+            None => qkv,
+        };
         let k = qkv.narrow(2, nh, nkv)?.transpose(1, 2)?.contiguous()?;
         let v = qkv
             .narrow(2, nh + nkv, nkv)?

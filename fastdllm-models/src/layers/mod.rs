@@ -10,5 +10,6 @@ pub(crate) mod attention;
 pub(crate) mod cpu_gemm;
 pub(crate) mod linear;
 pub(crate) mod mlp;
+pub(crate) mod moe;
 pub(crate) mod rms_norm;
 pub(crate) mod rope;
