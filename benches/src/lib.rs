@@ -9,6 +9,8 @@
 //! * [`system`]: device name, peak memory, memory bandwidth, parameter count, git commit;
 //! * [`report`]: the HTML report of a set of records, with inline SVG charts;
 //! * [`svg`]: the SVG and HTML pieces the reports and the trace picture draw with;
+//! * [`serve`]: the result of `fastdllm bench serve` (a streamed OpenAI-compatible server under
+//!   load) under vLLM `bench serve`'s keys, plus a `dllm` block;
 //! * [`eval`]: task files (plain and GSM8K JSON Lines) run under several settings and scored by
 //!   exact match, with NFE, tokens per forward and output tokens/s;
 //! * [`trace_view`]: one generation drawn as an HTML/SVG picture (`fastdllm trace`);
@@ -28,6 +30,7 @@
 pub mod eval;
 pub mod matrix;
 pub mod report;
+pub mod serve;
 pub mod svg;
 pub mod system;
 pub mod timed;
