@@ -152,7 +152,7 @@ fn requests(a: &ServeBenchArgs, tok: Option<&Tokenizer>) -> Result<Vec<Request>>
 /// Start offsets (s) of the requests: 0 for `inf`, else cumulative exponential gaps of mean
 /// `1 / rate` (a Poisson process, vLLM's `burstiness` 1).
 fn arrivals(n: usize, rate: f64, seed: u64) -> Vec<f64> {
-    let mut rng = Rng::new(seed ^ 0x5EED_A11);
+    let mut rng = Rng::new(seed ^ 0x05EE_DA11);
     let mut t = 0.0;
     (0..n)
         .map(|_| {
@@ -189,11 +189,14 @@ impl Slots {
 pub fn run(a: ServeBenchArgs) -> Result<ExitCode> {
     let tok = match tokenizer_path(&a) {
         Some(p) => {
-            Some(Tokenizer::from_file(&p).with_context(|| format!("--tokenizer {}", p.display()))?)
+            // Shared by the request threads (a real model's tokenizer is megabytes).
+            Some(Arc::new(
+                Tokenizer::from_file(&p).with_context(|| format!("--tokenizer {}", p.display()))?,
+            ))
         }
         None => None,
     };
-    let reqs = requests(&a, tok.as_ref())?;
+    let reqs = requests(&a, tok.as_deref())?;
     let chat = a
         .endpoint
         .trim_end_matches('/')
@@ -243,7 +246,7 @@ pub fn run(a: ServeBenchArgs) -> Result<ExitCode> {
         let tok = tok.clone();
         let started = start.elapsed().as_secs_f64();
         handles.push(std::thread::spawn(move || {
-            let mut out = send(&agent, &url, key.as_deref(), &body, chat, tok.as_ref());
+            let mut out = send(&agent, &url, key.as_deref(), &body, chat, tok.as_deref());
             out.start_time = started;
             if out.prompt_len == 0 {
                 out.prompt_len = r.prompt_len.unwrap_or(0);

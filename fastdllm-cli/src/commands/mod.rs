@@ -22,6 +22,9 @@ pub struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant (bench's matrix and serve flags)
+// costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Generate an answer for a prompt (the bundled tiny LLaDA when no --model is given).
