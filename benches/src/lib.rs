@@ -10,6 +10,8 @@
 //! * [`peak`]: the register-only FMA peak of one core (GFLOP per CPU-second);
 //! * [`report`]: the HTML report of a set of records, with inline SVG charts;
 //! * [`svg`]: the SVG and HTML pieces the reports and the trace picture draw with;
+//! * [`serve`]: the result of `fastdllm bench serve` (a streamed OpenAI-compatible server under
+//!   load) under vLLM `bench serve`'s keys, plus a `dllm` block;
 //! * [`eval`]: task files (plain and GSM8K JSON Lines) run under several settings and scored by
 //!   exact match, with NFE, tokens per forward and output tokens/s;
 //! * [`trace_view`]: one generation drawn as an HTML/SVG picture (`fastdllm trace`);
@@ -30,6 +32,7 @@ pub mod eval;
 pub mod matrix;
 pub mod peak;
 pub mod report;
+pub mod serve;
 pub mod svg;
 pub mod system;
 pub mod timed;

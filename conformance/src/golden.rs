@@ -310,11 +310,14 @@ pub struct Verdict {
     pub problems: Vec<String>,
     /// Notes on differences that do not fail the case.
     pub notes: Vec<String>,
-    /// Our generated ids (empty if the case could not run).
+    /// First answer position whose id differs from the case's (the shorter length when one is
+    /// a prefix of the other); `None` when the ids are equal or the case could not run.
+    pub first_difference: Option<usize>,
+    /// The generated ids judged (empty if the case could not run).
     pub generated_ids: Vec<TokenId>,
-    /// Our NFE.
+    /// The NFE judged.
     pub nfe: usize,
-    /// Our unmask steps.
+    /// Our unmask steps (empty when not reported).
     pub unmask_step: Vec<Option<usize>>,
     /// Share of the expected answer positions whose id we generated (1.0 when the ids match;
     /// 0.0 when the case could not run): how far a cache approximation's tokens stay on the
@@ -325,12 +328,47 @@ pub struct Verdict {
     pub drift: Option<fastdllm_core::DriftStats>,
 }
 
-/// Judges our output against the case (FORMAT.md section 10).
+/// Judges our output against the case (FORMAT.md section 10): [`judge_observed`] with every
+/// field of the row.
 pub fn judge(case: &Case, out: &RowOutput) -> Verdict {
+    judge_observed(
+        case,
+        &Observed {
+            generated: &out.generated,
+            nfe: out.nfe,
+            unmask_step: Some(&out.unmask_step),
+            tokens_per_step: Some(&out.tokens_per_step),
+        },
+    )
+}
+
+/// What an implementation produced for one case, as the judge reads it: ours
+/// ([`RowOutput`], through [`judge`]) or another implementation's ([`crate::judge::Output`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    /// The answer positions (`gen_length` ids, FORMAT.md section 6 `generated_ids`).
+    pub generated: &'a [TokenId],
+    /// Forward calls (NFE).
+    pub nfe: usize,
+    /// Forward index that committed each answer position; `None` when not reported (the order
+    /// is then not judged, and the verdict says so in a note).
+    pub unmask_step: Option<&'a [Option<usize>]>,
+    /// Tokens committed by each forward; `None` when not reported.
+    pub tokens_per_step: Option<&'a [usize]>,
+}
+
+/// Judges an output against the case by FORMAT.md section 10: ids and NFE must equal the
+/// case's; the unmasking order (`unmask_step`, `tokens_per_step`) too when it is reported, except
+/// where `min_rank_margin` < 1e-8 (a note) and for `tie` cases (compared with
+/// `tie_break_lowest_index`). A mismatch where `min_threshold_gap` < 1e-8 is
+/// [`Status::Fragile`], as is a Dream order-only mismatch within float32 rounding
+/// ([`F32_RANK_MARGIN_EPS`]); every other mismatch is [`Status::Fail`].
+pub fn judge_observed(case: &Case, out: &Observed<'_>) -> Verdict {
     let mut problems = Vec::new();
     let mut notes = Vec::new();
     let mut order_rounding = false;
-    if let Some(pos) = first_diff(&case.generated_ids, &out.generated) {
+    let first_difference = first_diff(&case.generated_ids, out.generated);
+    if let Some(pos) = first_difference {
         problems.push(format!(
             "generated ids differ at answer position {pos}: expected {:?}, got {:?}",
             case.generated_ids.get(pos),
@@ -344,17 +382,31 @@ pub fn judge(case: &Case, out: &RowOutput) -> Verdict {
         (Some(tb), true) => (&tb.unmask_step, &tb.tokens_per_step),
         _ => (&case.unmask_step, &case.tokens_per_step),
     };
-    let order_ok = want_steps == &out.unmask_step && want_tps == &out.tokens_per_step;
+    let order_ok = match (out.unmask_step, out.tokens_per_step) {
+        (Some(steps), Some(tps)) => want_steps.as_slice() == steps && want_tps.as_slice() == tps,
+        (steps, tps) => {
+            notes.push(format!(
+                "{} not reported: the unmasking order is not judged",
+                match (steps, tps) {
+                    (None, None) => "unmask_step and tokens_per_step",
+                    (None, _) => "unmask_step",
+                    _ => "tokens_per_step",
+                }
+            ));
+            true
+        }
+    };
     if !order_ok {
-        let msg = match first_diff(want_steps, &out.unmask_step) {
+        let steps = out.unmask_step.unwrap_or_default();
+        let msg = match first_diff(want_steps, steps) {
             Some(pos) => format!(
                 "unmask_step differs at answer position {pos}: expected {:?}, got {:?}",
                 want_steps.get(pos),
-                out.unmask_step.get(pos)
+                steps.get(pos)
             ),
             None => format!(
                 "tokens_per_step: expected {want_tps:?}, got {:?}",
-                out.tokens_per_step
+                out.tokens_per_step.unwrap_or_default()
             ),
         };
         if case.min_rank_margin.is_some_and(|m| m < RANK_MARGIN_EPS) {
@@ -373,7 +425,7 @@ pub fn judge(case: &Case, out: &RowOutput) -> Verdict {
             problems.push(msg);
         }
     }
-    let ids_and_nfe_exact = out.generated == case.generated_ids && out.nfe == case.nfe;
+    let ids_and_nfe_exact = out.generated == case.generated_ids.as_slice() && out.nfe == case.nfe;
     let status = if problems.is_empty() {
         Status::Pass
     } else if case
@@ -395,10 +447,11 @@ pub fn judge(case: &Case, out: &RowOutput) -> Verdict {
         status,
         problems,
         notes,
-        generated_ids: out.generated.clone(),
+        first_difference,
+        generated_ids: out.generated.to_vec(),
         nfe: out.nfe,
-        unmask_step: out.unmask_step.clone(),
-        agreement: agreement(&case.generated_ids, &out.generated),
+        unmask_step: out.unmask_step.map(<[_]>::to_vec).unwrap_or_default(),
+        agreement: agreement(&case.generated_ids, out.generated),
         drift: None,
     }
 }
@@ -479,6 +532,7 @@ fn failed(case: &Case, e: anyhow::Error) -> Verdict {
         status: Status::Fail,
         problems: vec![format!("could not run: {e:#}")],
         notes: Vec::new(),
+        first_difference: None,
         generated_ids: Vec::new(),
         nfe: 0,
         unmask_step: Vec::new(),

@@ -8,6 +8,8 @@
 //!   The golden cases are expressed in the engine's settings
 //!   ([`fastdllm_engine::GenerationSettings`], with the reference's full canvas,
 //!   [`fastdllm_engine::Finish::Canvas`]);
+//! * [`judge`]: another implementation's outputs (id, generated ids, NFE per case; docs/JUDGE.md)
+//!   judged by the same section-10 function as our own runs;
 //! * [`paths`]: where the bundled tiny models and golden files live in the repository;
 //! * test support: tolerance comparison ([`tol`]), tiny random-weight models ([`tiny`]), a
 //!   forward observer that records every forward call ([`recorder`]) and one-row inputs and
@@ -16,6 +18,7 @@
 
 pub mod forward;
 pub mod golden;
+pub mod judge;
 pub mod paths;
 pub mod recorder;
 pub mod tiny;

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use fastdllm_benches::{self as benches, BenchModel, Machine, Matrix, RunOptions};
 use fastdllm_cache::{CacheMode, CacheSettings};
 use fastdllm_models::ModelConfig;
@@ -32,7 +32,11 @@ pub enum Preset {
 
 /// Arguments of `fastdllm bench`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    /// `bench serve`: a serving benchmark of an OpenAI-compatible server instead of the matrix.
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
     #[command(flatten)]
     model: ModelArgs,
     /// Starting matrix; the list flags below override its entries.
@@ -84,6 +88,14 @@ pub struct BenchArgs {
     /// HTML report.
     #[arg(long, default_value = "bench.html")]
     out_html: PathBuf,
+}
+
+/// Subcommands of `fastdllm bench` (without one, the matrix runs).
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Load an OpenAI-compatible server (ours or any other) with streamed requests and write
+    /// vLLM `bench serve`'s result JSON plus a `dllm` block (docs/BENCH_SCHEMA.md).
+    Serve(super::bench_serve::ServeBenchArgs),
 }
 
 fn parse_list<T: FromStr>(items: &[String], what: &str) -> Result<Vec<T>>
@@ -172,6 +184,9 @@ fn check_random_weights_fit(
 }
 
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
+    if let Some(BenchCommand::Serve(s)) = a.command {
+        return super::bench_serve::run(s);
+    }
     let device = a.model.device.device()?;
     let options = a.model.load_options();
     let (mut matrix, warmup, repeats) = match a.preset {

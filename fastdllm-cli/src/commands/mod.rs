@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod bench_serve;
 mod conform;
 mod eval;
 mod generate;
@@ -21,17 +22,22 @@ pub struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant (bench's matrix and serve flags)
+// costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Generate an answer for a prompt (the bundled tiny LLaDA when no --model is given).
     Generate(generate::GenerateArgs),
-    /// Run golden cases of the reference implementation and judge them (FORMAT.md section 10).
+    /// Run golden cases of the reference implementation and judge them (FORMAT.md section 10),
+    /// or judge another implementation's outputs of them (--judge).
     Conform(conform::ConformArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (completions, chat, SSE streaming).
     Serve(serve::ServeArgs),
     /// Exact-match accuracy, NFE and tokens/s of a task file (JSON Lines) under several settings.
     Eval(eval::EvalArgs),
-    /// Benchmark a matrix of settings (JSON Lines + HTML report with SVG plots).
+    /// Benchmark a matrix of settings (JSON Lines + HTML report with SVG plots), or a server
+    /// under load (`bench serve`, vLLM's result keys).
     Bench(bench::BenchArgs),
     /// Draw one generation as a picture (HTML + SVG): tokens coloured by the step that committed them.
     Trace(trace::TraceArgs),
