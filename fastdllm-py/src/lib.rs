@@ -192,11 +192,12 @@ impl Stream {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<StreamChunk>> {
-        let rx = self
-            .rx
-            .lock()
-            .map_err(|_| PyRuntimeError::new_err("stream poisoned"))?;
-        match py.detach(|| rx.recv()) {
+        let rx = self.rx.clone();
+        let next = py.detach(move || match rx.lock() {
+            Ok(rx) => Ok(rx.recv()),
+            Err(_) => Err(()),
+        });
+        match next.map_err(|()| PyRuntimeError::new_err("stream poisoned"))? {
             Ok(StreamMsg::Chunk(c)) => Ok(Some(c)),
             Ok(StreamMsg::Error(e)) => Err(PyRuntimeError::new_err(e)),
             Err(_) => Ok(None),
@@ -556,6 +557,7 @@ impl Model {
             let events = RowEvents {
                 text: true,
                 provisional: false,
+                logprobs: None,
             };
             if let Err(e) = batch.admit(&prompt, &settings, events) {
                 let _ = ready_tx.send(Err(e));
@@ -593,7 +595,7 @@ impl Model {
                 }
             }
         });
-        match py.detach(|| ready_rx.recv()) {
+        match py.detach(move || ready_rx.recv()) {
             Ok(Ok(())) => Ok(Stream {
                 rx: Arc::new(Mutex::new(rx)),
             }),
