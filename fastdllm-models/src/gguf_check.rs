@@ -73,7 +73,7 @@ fn alignment(content: &Content) -> u64 {
 
 /// GGML's name of a type (`F32`, `Q8_0`, ...).
 fn ggml_type_name_of(t: candle_core::quantized::GgmlDType) -> String {
-    format!("{t:?}")
+    crate::weights::ggml_name(t).to_uppercase()
 }
 
 /// A tensor as an error names it: `` `name` (Q8_0, shape [64, 64], 4352 bytes) ``.

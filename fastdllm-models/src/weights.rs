@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use crate::config::regular_file;
 use crate::gguf::{dense_from_bytes, qtensor_from_bytes, unpermute_rope_rows, GgufFile};
 use crate::layers::cpu_gemm;
+use crate::layers::embedding::Embedding;
 use crate::layers::linear::Linear;
 use crate::layers::mlp::Mlp;
 use crate::quant::QuantType;
@@ -384,6 +385,30 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// The token embedding `name` of shape `(vocab, hidden)`: a GGUF file's block-quantized table
+    /// stays in its block type (rows dequantized per lookup, [`Embedding::Quantized`]), anything
+    /// else is the dense tensor of [`Weights::get`].
+    pub(crate) fn embedding(&self, shape: (usize, usize), name: &str) -> Result<Embedding> {
+        if let Source::Gguf(file) = &self.source {
+            let (ggml, bytes) = file.raw(name, &[shape.0, shape.1])?;
+            if !matches!(ggml, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+                return Embedding::quantized(name, ggml, bytes, shape, self.dtype, &self.device);
+            }
+            return Ok(Embedding::Dense(dense_from_bytes(
+                ggml,
+                &bytes,
+                &[shape.0, shape.1],
+                self.dtype,
+                &self.device,
+            )?));
+        }
+        Ok(Embedding::Dense(self.get(
+            &[shape.0, shape.1],
+            name,
+            InitKind::Matrix,
+        )?))
+    }
+
     fn get_vars(
         &self,
         vb: &VarBuilder,
@@ -408,6 +433,26 @@ impl<'a> Weights<'a> {
         parts: &[LinearPart],
         in_features: usize,
         bias: bool,
+    ) -> Result<Linear> {
+        self.linear_quantized_to(parts, in_features, bias, self.quantize)
+    }
+
+    /// The router of a mixture-of-experts layer, `name` `(num_experts, hidden)`: like
+    /// [`Weights::linear`] but never quantized at load, as `llama-quantize` never quantizes
+    /// `ffn_gate_inp` (`llama-quant.cpp`), so `--quantize` routes like a llama.cpp quantized file
+    /// (a GGUF router keeps its stored type, F32 in the converter's files).
+    pub(crate) fn router(&self, name: &str, num_experts: usize, hidden: usize) -> Result<Linear> {
+        self.linear_quantized_to(&[plain(name, num_experts)], hidden, false, None)
+    }
+
+    /// [`Weights::linear`] with the load-time quantization `quantize` (safetensors and random
+    /// weights only).
+    fn linear_quantized_to(
+        &self,
+        parts: &[LinearPart],
+        in_features: usize,
+        bias: bool,
+        quantize: Option<QuantType>,
     ) -> Result<Linear> {
         let bias = if bias {
             let biases = parts
@@ -443,7 +488,7 @@ impl<'a> Weights<'a> {
                     Tensor::cat(&weights, 0)?
                 };
                 drop(weights);
-                match self.quantize.and_then(|q| q.for_row(in_features)) {
+                match quantize.and_then(|q| q.for_row(in_features)) {
                     Some(ggml) => {
                         let qt = QTensor::quantize(&fused, ggml)?;
                         self.count(ggml_name(ggml));

@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{DType, Device, IndexOp};
-use common::{sample_ids, TempDir};
+use common::{patch, sample_ids, TempDir};
 use fastdllm_conformance::forward::row_input;
 use fastdllm_conformance::paths::bundled_model;
 use fastdllm_conformance::tol::{assert_close, max_abs_err, Tol};
@@ -240,23 +240,6 @@ fn load_err(path: &std::path::Path, opts: &LoadOptions) -> String {
         .map(|_| ())
         .unwrap_err()
         .to_string()
-}
-
-/// `bytes` with the first occurrence of `from` after `after` replaced by `to` (same length).
-fn patch(bytes: &[u8], after: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
-    assert_eq!(from.len(), to.len());
-    let find = |hay: &[u8], needle: &[u8], start: usize| {
-        hay[start..]
-            .windows(needle.len())
-            .position(|w| w == needle)
-            .map(|p| p + start)
-            .unwrap()
-    };
-    let a = find(bytes, after, 0) + after.len();
-    let at = find(bytes, from, a);
-    let mut out = bytes.to_vec();
-    out[at..at + to.len()].copy_from_slice(to);
-    out
 }
 
 #[test]

@@ -64,3 +64,20 @@ pub fn sample_ids() -> Vec<u32> {
     ids.extend([52; 8]);
     ids
 }
+
+/// `bytes` with the first occurrence of `from` after `after` replaced by `to` (same length).
+pub fn patch(bytes: &[u8], after: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let find = |hay: &[u8], needle: &[u8], start: usize| {
+        hay[start..]
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .map(|p| p + start)
+            .unwrap()
+    };
+    let a = find(bytes, after, 0) + after.len();
+    let at = find(bytes, from, a);
+    let mut out = bytes.to_vec();
+    out[at..at + to.len()].copy_from_slice(to);
+    out
+}
