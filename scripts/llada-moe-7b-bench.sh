@@ -94,32 +94,7 @@ AGREE_CTX=$(( ${#AGREE_PROMPT} + 1 + AGREE_GEN ))
 llama agree-llama "$AGREE_PROMPT" 1 "$AGREE_CTX" "$AGREE_CTX"
 fast agree-fast "$AGREE_PROMPT" none "$AGREE_GEN" 1 "$AGREE_GEN"
 A=$(tail -n 1 "$LOGS/agree-llama.err")
-B=$(PYTHONPATH=$GGUF_PY "$PY" - "$GGUF" "$LOGS/agree-fast.out" <<'PY'
-import json, sys
-from gguf import GGUFReader
-r = GGUFReader(sys.argv[1])
-f = r.fields["tokenizer.ggml.tokens"]
-tokens = [bytes(f.parts[i]).decode() for i in f.data]
-f = r.fields["tokenizer.ggml.token_type"]
-types = [int(f.parts[i][0]) for i in f.data]
-bs = [*range(33, 127), *range(161, 173), *range(174, 256)]
-cs = bs[:]
-n = 0
-for b in range(256):
-    if b not in bs:
-        bs.append(b)
-        cs.append(256 + n)
-        n += 1
-byte_of = {chr(c): b for b, c in zip(bs, cs)}
-out = b""
-for i in json.load(open(sys.argv[2]))["generated_ids"]:
-    if types[i] == 1:
-        out += bytes(byte_of[ch] for ch in tokens[i])
-    elif types[i] == 4:
-        out += tokens[i].encode()
-print(out.decode("utf-8", "replace"))
-PY
-)
+B=$(PYTHONPATH=$GGUF_PY "$PY" "$ROOT/scripts/gguf-render-ids.py" "$GGUF" "$LOGS/agree-fast.out")
 
 # 2. speed, alternating
 for r in $(seq 1 "$ROUNDS"); do

@@ -18,11 +18,15 @@ not have; this script does what that class does, step by step, with numpy:
 * tokenizer: the fixture's tokenizer.json is llada-tiny's byte for byte, so the `tokenizer.*` keys
   are copied from fixtures/gguf/llada-tiny-f32.gguf, which `convert_hf_to_gguf.py` wrote from it.
 
+The metadata and tokenizer keys are written by `write_metadata` of scripts/llada-moe-random-gguf.py
+(the same keys for the random-weight files).
+
 One deviation from the class: it hard-codes `tokenizer.ggml.mask_token_id = 156895` (the real
 model's MASK); the tiny model's MASK is 52, which is what the copied tokenizer keys say.
 
 Usage: /work/llama-cpp/venv/bin/python scripts/llada-moe-gguf.py [GGUF_PY_DIR]
 """
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -36,8 +40,12 @@ GGUF_PY = sys.argv[1] if len(sys.argv) > 1 else (
 sys.path.insert(0, GGUF_PY)
 import gguf  # noqa: E402
 
+_spec = importlib.util.spec_from_file_location(
+    "llada_moe_random_gguf", Path(__file__).resolve().parent / "llada-moe-random-gguf.py")
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
+
 FIXTURE = ROOT / "fixtures" / "llada-moe-tiny"
-TOKENIZER_SOURCE = ROOT / "fixtures" / "gguf" / "llada-tiny-f32.gguf"
 OUT = ROOT / "fixtures" / "gguf" / "llada-moe-tiny-f32.gguf"
 
 
@@ -48,38 +56,9 @@ def main():
     n_layer = cfg["num_hidden_layers"]
     w = gguf.GGUFWriter(str(OUT), name)
 
-    w.add_type(gguf.GGUFType.MODEL)
-    w.add_name("Llada Moe Tiny")
-    # TextModel.set_gguf_parameters
-    w.add_block_count(n_layer)
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_feed_forward_length(cfg["dense_intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
-    w.add_rope_freq_base(cfg["rope_theta"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_expert_count(cfg["num_experts"])
-    w.add_expert_used_count(cfg["num_experts_per_tok"])
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_vocab_size(cfg["vocab_size"])
-    w.add_rope_dimension_count(cfg["hidden_size"] // cfg["num_attention_heads"])
-    # LLaDAMoEModel.set_gguf_parameters
-    w.add_expert_feed_forward_length(cfg["expert_intermediate_size"])
-    w.add_causal_attention(False)
-    w.add_diffusion_shift_logits(False)
-
-    # Tokenizer keys of the same tokenizer.json, as convert_hf_to_gguf.py wrote them.
-    src = gguf.GGUFReader(str(TOKENIZER_SOURCE))
-    for key, field in src.fields.items():
-        if not key.startswith("tokenizer."):
-            continue
-        vtype = field.types[0]
-        value = field.contents()
-        if vtype == gguf.GGUFValueType.ARRAY:
-            w.add_key_value(key, value, vtype, sub_type=field.types[-1])
-        else:
-            w.add_key_value(key, value, vtype)
+    # TextModel / LLaDAMoEModel.set_gguf_parameters and the tokenizer keys, shared with the
+    # random-weight files.
+    common.write_metadata(gguf, w, cfg, "Llada Moe Tiny", gguf.LlamaFileType.ALL_F32)
 
     tensors = load_file(str(FIXTURE / "model.safetensors"))
     tmap = gguf.get_tensor_name_map(arch, n_layer)

@@ -148,9 +148,10 @@ def add_tokenizer(gguf, w, vocab_size):
             w.add_key_value(key, value, vtype)
 
 
-def write_float(gguf, path, cfg, name):
-    arch = gguf.MODEL_ARCH.LLADA_MOE
-    w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
+def write_metadata(gguf, w, cfg, name, file_type):
+    """The keys `convert_hf_to_gguf.py` writes for `LLaDAMoEModel` from a config.json `cfg` (Hugging
+    Face names), in its order, then the tokenizer keys of fixtures/llada-tiny padded to
+    `cfg["vocab_size"]` (also used by scripts/llada-moe-gguf.py)."""
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name)
     # TextModel.set_gguf_parameters
@@ -164,8 +165,7 @@ def write_float(gguf, path, cfg, name):
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_expert_count(cfg["num_experts"])
     w.add_expert_used_count(cfg["num_experts_per_tok"])
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if cfg["outtype"] == "f16"
-                    else gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(file_type)
     w.add_vocab_size(cfg["vocab_size"])
     w.add_rope_dimension_count(cfg["hidden_size"] // cfg["num_attention_heads"])
     # LLaDAMoEModel.set_gguf_parameters (its mask_token_id 156895 is replaced by the tokenizer
@@ -174,6 +174,13 @@ def write_float(gguf, path, cfg, name):
     w.add_causal_attention(False)
     w.add_diffusion_shift_logits(False)
     add_tokenizer(gguf, w, cfg["vocab_size"])
+
+
+def write_float(gguf, path, cfg, name):
+    arch = gguf.MODEL_ARCH.LLADA_MOE
+    w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
+    write_metadata(gguf, w, cfg, name, gguf.LlamaFileType.MOSTLY_F16 if cfg["outtype"] == "f16"
+                   else gguf.LlamaFileType.ALL_F32)
 
     specs = tensors(cfg)
     for name, shape, dtype, _ in specs:

@@ -105,35 +105,11 @@ ms_per_step_fast() {
 }
 # fastdllm's answer stops at the first EOS; llama-diffusion-cli prints every generated token
 # (control tokens such as EOS as nothing). For the agreement, render all of fastdllm's generated
-# ids the way llama.cpp does, with the GGUF's own vocabulary (gguf-py from the same llama.cpp
-# tree; byte-level BPE pieces, control tokens skipped).
+# ids the way llama.cpp does, with the GGUF's own vocabulary (scripts/gguf-render-ids.py, gguf-py
+# from the same llama.cpp tree).
 text_fast_all() {
-  PYTHONPATH=$WORK/llama_cpp_python-$VERSION/vendor/llama.cpp/gguf-py "$WORK/venv/bin/python" - "$GGUF" "$LOGS/$1.json" <<'PY'
-import json, sys
-from gguf import GGUFReader
-r = GGUFReader(sys.argv[1])
-f = r.fields["tokenizer.ggml.tokens"]
-tokens = [bytes(f.parts[i]).decode() for i in f.data]
-f = r.fields["tokenizer.ggml.token_type"]
-types = [int(f.parts[i][0]) for i in f.data]
-# GPT-2's bytes_to_unicode: printable bytes stand for themselves, the others for 256 + n.
-bs = [*range(33, 127), *range(161, 173), *range(174, 256)]
-cs = bs[:]
-n = 0
-for b in range(256):
-    if b not in bs:
-        bs.append(b)
-        cs.append(256 + n)
-        n += 1
-byte_of = {chr(c): b for b, c in zip(bs, cs)}
-out = b""
-for i in json.load(open(sys.argv[2]))["generated_ids"]:
-    if types[i] == 1:  # NORMAL: a byte-level BPE piece
-        out += bytes(byte_of[ch] for ch in tokens[i])
-    elif types[i] == 4:  # USER_DEFINED: its text
-        out += tokens[i].encode()
-print(out.decode("utf-8", "replace"))
-PY
+  PYTHONPATH=$WORK/llama_cpp_python-$VERSION/vendor/llama.cpp/gguf-py "$WORK/venv/bin/python" \
+    "$ROOT/scripts/gguf-render-ids.py" "$GGUF" "$LOGS/$1.json"
 }
 text_fast() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["text"])' "$LOGS/$1.json"; }
 
