@@ -116,3 +116,53 @@ impl Embedding {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::QTensor;
+
+    use super::*;
+
+    /// A quantized table's looked-up rows are bit for bit the rows of the whole table
+    /// dequantized (what the dense path stores), for each block type a GGUF embedding comes in,
+    /// repeated and unsorted ids included; an id past the table is an error, not a panic.
+    #[test]
+    fn quantized_rows_are_the_dequantized_table_rows() -> Result<()> {
+        let (vocab, hidden) = (40, 512);
+        let values: Vec<f32> = (0..vocab * hidden)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1.0 + (i % 13) as f32))
+            .collect();
+        let table = Tensor::from_vec(values, (vocab, hidden), &Device::Cpu)?;
+        let ids = Tensor::new(&[3u32, 0, 39, 3, 17], &Device::Cpu)?;
+        for ggml in [
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+            GgmlDType::Q8_0,
+            GgmlDType::Q5_0,
+        ] {
+            let qt = QTensor::quantize(&table, ggml)?;
+            let dense = Embedding::Dense(qt.dequantize(&Device::Cpu)?);
+            let quantized = Embedding::quantized(
+                "token_embd.weight",
+                ggml,
+                qt.data()?.to_vec(),
+                (vocab, hidden),
+                DType::F32,
+                &Device::Cpu,
+            )?;
+            let bits = |e: &Embedding| -> Result<Vec<u32>> {
+                let v: Vec<f32> = e.forward(&ids)?.flatten_all()?.to_vec1()?;
+                Ok(v.into_iter().map(f32::to_bits).collect())
+            };
+            assert_eq!(bits(&quantized)?, bits(&dense)?, "{ggml:?}");
+            assert_eq!(
+                quantized.weight_bytes() as usize,
+                vocab * hidden / ggml.block_size() * ggml.type_size()
+            );
+            let past = Tensor::new(&[40u32], &Device::Cpu)?;
+            let err = quantized.forward(&past).unwrap_err().to_string();
+            assert!(err.contains("40") && err.contains("40 rows"), "{err}");
+        }
+        Ok(())
+    }
+}
