@@ -7,7 +7,6 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::Command;
 
 use fastdllm_cli::serve::{self, Defaults, ServeConfig, ServerHandle};
 use serde_json::Value;
@@ -39,16 +38,14 @@ fn result_path(tag: &str) -> PathBuf {
 }
 
 fn bench(server: &ServerHandle, extra: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fastdllm"))
-        .args(["bench", "serve", "--url", &server.url(), "--model", MODEL])
-        .args(extra)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let url = server.url();
+    let args = ["bench", "serve", "--url", &url, "--model", MODEL];
+    let common::Run {
+        code,
+        stdout,
+        stderr,
+    } = common::fastdllm(args.iter().chain(extra));
+    (code, stdout, stderr)
 }
 
 #[test]

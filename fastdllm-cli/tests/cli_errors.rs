@@ -6,35 +6,16 @@ use std::process::Command;
 
 use candle_core::{safetensors, Device, Tensor};
 
+mod common;
+use common::{fastdllm, Run};
+
 fn fixture(name: &str) -> PathBuf {
     fastdllm_conformance::paths::bundled_model(name)
 }
 
-/// Runs the binary; returns (exit code, stderr).
-fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fastdllm"))
-        .args(args)
-        .output()
-        .expect("binary runs");
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    (out.status.code().unwrap_or(-1), stderr)
-}
-
 #[track_caller]
 fn expect_error(args: &[&str], needles: &[&str]) {
-    let (code, stderr) = run(args);
-    assert_ne!(code, 0, "{args:?} should fail; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("error"))
-        .unwrap_or_else(|| panic!("{args:?}: no error line in {stderr}"));
-    for n in needles {
-        assert!(
-            line.contains(n),
-            "{args:?}: error line does not name '{n}': {line}"
-        );
-    }
+    common::expect_error(args, None, needles)
 }
 
 /// A copy of the tiny LLaDA fixture in a fresh temp folder, for breaking.
@@ -259,16 +240,16 @@ fn bad_knobs() {
 
 #[test]
 fn unknown_flags_and_values() {
-    let (code, stderr) = run(&["generate", "--prompt", "4+9=", "--cache", "fancy"]);
+    let Run { code, stderr, .. } = fastdllm(["generate", "--prompt", "4+9=", "--cache", "fancy"]);
     assert_ne!(code, 0);
     assert!(
         stderr.contains("invalid value 'fancy'") && stderr.contains("none, prefix, dual"),
         "{stderr}"
     );
-    let (code, stderr) = run(&["generate", "--prompt", "4+9=", "--bogus"]);
+    let Run { code, stderr, .. } = fastdllm(["generate", "--prompt", "4+9=", "--bogus"]);
     assert_ne!(code, 0);
     assert!(stderr.contains("--bogus"), "{stderr}");
-    let (code, stderr) = run(&["generate", "--prompt", "4+9=", "--device", "tpu"]);
+    let Run { code, stderr, .. } = fastdllm(["generate", "--prompt", "4+9=", "--device", "tpu"]);
     assert_ne!(code, 0);
     assert!(stderr.contains("'tpu'"), "{stderr}");
 }

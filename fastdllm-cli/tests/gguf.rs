@@ -16,6 +16,8 @@ use fastdllm_engine::{self as engine, GenerationSettings};
 use fastdllm_models::{load_model, load_model_with, LoadOptions, QuantType};
 use fastdllm_sampler::{ProposerConfig, Unmask};
 
+mod common;
+
 fn gguf(name: &str) -> PathBuf {
     fixtures_dir().join("gguf").join(name)
 }
@@ -221,32 +223,9 @@ fn every_cache_mode_and_rule_batched_on_quantized_weights() {
 
 // ---- bad input through the binary -----------------------------------------------------------
 
-fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fastdllm"))
-        .args(args)
-        .output()
-        .expect("binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
 #[track_caller]
 fn expect_exit_2(args: &[&str], needles: &[&str]) {
-    let (code, stderr) = run(args);
-    assert_eq!(code, 2, "{args:?}: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("error"))
-        .unwrap_or_else(|| panic!("no error line: {stderr}"));
-    for n in needles {
-        assert!(
-            line.contains(n),
-            "{args:?}: error line does not name '{n}': {line}"
-        );
-    }
+    common::expect_error(args, Some(2), needles)
 }
 
 #[test]

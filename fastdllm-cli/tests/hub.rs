@@ -22,7 +22,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
-use fastdllm_cli::hub::{is_repo_id, resolve_model, resolve_repo, HubEnv};
+use fastdllm_models::hub::{is_repo_id, resolve_model, resolve_repo, HubEnv};
 
 const REPO: &str = "some-org/llada-tiny";
 const CACHE_FOLDER: &str = "models--some-org--llada-tiny";

@@ -2,10 +2,13 @@
 //! (docs/JUDGE.md). The outputs are written from the golden files themselves, so the expected
 //! verdict of each case is known without running a model.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::{json, Value};
+
+mod common;
+use common::Run;
 
 fn goldens(name: &str) -> PathBuf {
     fastdllm_conformance::paths::goldens_dir().join(name)
@@ -44,19 +47,15 @@ fn write_outputs(tag: &str, outs: &[Value]) -> PathBuf {
 }
 
 fn judge(cases: &Path, outputs: &Path, extra: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fastdllm"))
-        .args(["conform", "--cases"])
-        .arg(cases)
-        .arg("--judge")
-        .arg(outputs)
-        .args(extra)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut args = vec!["conform".as_ref(), "--cases".as_ref(), cases.as_os_str()];
+    args.extend(["--judge".as_ref(), outputs.as_os_str()]);
+    args.extend(extra.iter().map(OsStr::new));
+    let Run {
+        code,
+        stdout,
+        stderr,
+    } = common::fastdllm(args);
+    (code, stdout, stderr)
 }
 
 #[test]

@@ -5,10 +5,13 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+
+mod common;
+use common::fastdllm_ok as fastdllm;
 
 /// Hang guard of the server request (minutes; never a timing limit).
 const GUARD: Duration = Duration::from_secs(300);
@@ -25,19 +28,6 @@ fn tmp_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("llada-moe-cli");
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn fastdllm(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_fastdllm"))
-        .args(args)
-        .output()
-        .expect("binary runs");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 #[test]
@@ -60,7 +50,7 @@ fn generate_answers_with_every_cache_mode() {
             cache,
             "--json",
         ]);
-        let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        let v: Value = serde_json::from_str(&out.stdout).expect("one JSON object");
         assert_eq!(v["text"], "3dbk", "{cache}: {v}");
         assert_eq!(v["finish_reason"], "stop", "{cache}: {v}");
     }
@@ -84,7 +74,7 @@ fn eval_trace_bench_and_conform_run_on_it() {
         "none/fixed,dual/threshold=0.9",
         "--json",
     ]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = out.stdout.as_str();
     assert!(text.contains("\"accuracy\""), "{text}");
 
     let trace = dir.join("trace.html");
@@ -134,7 +124,7 @@ fn eval_trace_bench_and_conform_run_on_it() {
         .to_string();
     let out = fastdllm(&["conform", "--cases", &cases, "--filter", "/g32-b8/s0"]);
     // s01..s09 at G 32, B 8: 9 prompts x 11 rules.
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = out.stdout.as_str();
     assert!(text.contains("99 passed, 0 failed"), "{text}");
 }
 
@@ -201,7 +191,7 @@ fn llama_cpp_recorded_answers_on_the_gguf_files() {
             "16",
             "--json",
         ]);
-        let ours: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        let ours: Value = serde_json::from_str(&out.stdout).expect("one JSON object");
         assert_eq!(ours["text"], v["llama_cpp_text"], "{line}");
         checked += 1;
     }

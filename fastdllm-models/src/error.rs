@@ -106,6 +106,15 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A Hugging Face Hub model id could not be resolved to a complete local snapshot (offline
+    /// and not cached, a repository or file the hub does not have or refuses, a network failure).
+    #[error("model {repo_id}: {message}")]
+    Hub {
+        /// The model id as given (`owner/name`).
+        repo_id: String,
+        /// What failed, naming the URL or the cache folder and the variables that change it.
+        message: String,
+    },
     /// The tokenizer failed to load, encode or decode.
     #[error("tokenizer{}: {message}", tokenizer_path(.path))]
     Tokenizer {

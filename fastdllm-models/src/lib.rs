@@ -44,6 +44,8 @@ pub mod dream;
 pub mod error;
 pub mod gguf;
 pub mod gguf_check;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub(crate) mod layers;
 pub mod llada;
 mod llada_moe;

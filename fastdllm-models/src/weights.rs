@@ -3,7 +3,7 @@
 //!
 //! Reference: Hugging Face's checkpoint layout: `model.safetensors`, or shards listed by the
 //! `weight_map` of `model.safetensors.index.json`. Deviations: local directories only (hub
-//! downloads belong to the CLI's `hub` module, behind a feature); a missing or mis-shaped tensor is
+//! downloads are the `hub` module's, behind the `hub` feature); a missing or mis-shaped tensor is
 //! reported by its full checkpoint name with the expected and actual shape instead of candle's
 //! multi-line error; the random-weight backend draws on the target device (`Tensor::randn`) so an
 //! 8B-shaped bench model never exists on the host, and on the CPU (where candle's generator cannot
@@ -59,47 +59,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             ),
         });
     }
-    let text = std::fs::read_to_string(&index).map_err(|source| Error::Io {
-        path: index.clone(),
-        source,
-    })?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::json(&index, &text, &e))?;
-    let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) else {
-        return Err(Error::ShardIndex {
-            path: index,
-            message:
-                "no `weight_map` object (expected {\"weight_map\": {tensor name: shard file}})"
-                    .into(),
-        });
-    };
-    let mut shards = BTreeSet::new();
-    for (tensor, file) in map {
-        let Some(file) = file.as_str() else {
-            return Err(Error::ShardIndex {
-                path: index,
-                message: format!("weight_map[{tensor:?}] = {file} is not a file name"),
-            });
-        };
-        let relative = Path::new(file);
-        // Shards must live in the model directory: refuse absolute paths and `..`.
-        if !relative
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
-        {
-            return Err(Error::ShardIndex {
-                path: index,
-                message: format!("weight_map[{tensor:?}] = {file:?}: shard paths must be relative to the model directory"),
-            });
-        }
-        shards.insert(file.to_string());
-    }
-    if shards.is_empty() {
-        return Err(Error::ShardIndex {
-            path: index,
-            message: "`weight_map` is empty".into(),
-        });
-    }
+    let shards = shard_names(&index)?;
     let mut files = Vec::with_capacity(shards.len());
     for shard in shards {
         let path = dir.join(&shard);
@@ -116,6 +76,57 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         files.push(path);
     }
     Ok(files)
+}
+
+/// The distinct shard file names listed by the `weight_map` of a `model.safetensors.index.json`
+/// (sorted), each a relative path inside the model directory (no absolute path, no `..`).
+///
+/// Errors: [`Error::Io`] / [`Error::Json`] for an unreadable or malformed file,
+/// [`Error::ShardIndex`] for a missing or empty `weight_map`, a value that is not a string, or a
+/// path that leaves the directory.
+pub fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(|source| Error::Io {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::json(index, &text, &e))?;
+    let index = index.to_path_buf();
+    let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) else {
+        return Err(Error::ShardIndex {
+            path: index,
+            message:
+                "no `weight_map` object (expected {\"weight_map\": {tensor name: shard file}})"
+                    .into(),
+        });
+    };
+    let mut shards = BTreeSet::new();
+    for (tensor, file) in map {
+        let Some(file) = file.as_str() else {
+            return Err(Error::ShardIndex {
+                path: index,
+                message: format!("weight_map[{tensor:?}] = {file} is not a file name"),
+            });
+        };
+        // Shards must live in the model directory: refuse absolute paths and `..`.
+        if !Path::new(file)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(Error::ShardIndex {
+                path: index,
+                message: format!("weight_map[{tensor:?}] = {file:?}: shard paths must be relative to the model directory"),
+            });
+        }
+        shards.insert(file.to_string());
+    }
+    if shards.is_empty() {
+        return Err(Error::ShardIndex {
+            path: index,
+            message: "`weight_map` is empty".into(),
+        });
+    }
+    Ok(shards.into_iter().collect())
 }
 
 /// Checks that `path` resolves (symlinks followed) inside `dir`, or inside the `blobs/` folder

@@ -54,7 +54,10 @@ fn models_err(e: fastdllm_models::Error) -> PyErr {
         fastdllm_models::Error::MissingDir { .. } | fastdllm_models::Error::MissingFile { .. } => {
             PyFileNotFoundError::new_err(e.to_string())
         }
-        fastdllm_models::Error::Io { .. } => PyOSError::new_err(e.to_string()),
+        // OSError, as huggingface_hub's own download errors are.
+        fastdllm_models::Error::Io { .. } | fastdllm_models::Error::Hub { .. } => {
+            PyOSError::new_err(e.to_string())
+        }
         other => PyValueError::new_err(other.to_string()),
     }
 }
@@ -99,12 +102,16 @@ fn anyhow_value_err(e: anyhow::Error) -> PyErr {
 /// A loaded diffusion LLM (LLaDA or Dream) with its tokenizer and chat template.
 ///
 /// `Model(path, device="cpu", dtype=None, quantize=None)`: `path` is a Hugging Face model
-/// directory (config.json, safetensors, tokenizer.json) or a llama.cpp GGUF file (or a
-/// directory holding one); `device` is `"cpu"` or `"cuda"` (CUDA device 0, builds with the
+/// directory (config.json, safetensors, tokenizer.json), a llama.cpp GGUF file (or a
+/// directory holding one), or a Hugging Face Hub model id (`"GSAI-ML/LLaDA-8B-Instruct"`:
+/// resolved through the standard Hugging Face cache as the CLI's `--model` does, downloading
+/// what is missing unless `HF_HUB_OFFLINE=1`; `HF_HOME`, `HF_HUB_CACHE`, `HF_ENDPOINT`,
+/// `HF_TOKEN` apply; an existing local path wins); `device` is `"cpu"` or `"cuda"` (CUDA device 0, builds with the
 /// `cuda` feature); `dtype` is `"f32"` (default, the golden cases' precision), `"bf16"` or
 /// `"f16"`; `quantize` is `"q8_0"`, `"q4_k"`, `"q5_k"` or `"q6_k"` (linear layers quantized
 /// at load). Raises FileNotFoundError for a missing directory or file, ValueError for a bad
-/// config, dtype, device or quantization type.
+/// config, dtype, device or quantization type, OSError for a hub id that cannot be resolved
+/// (offline and not cached, unknown or refused repository, network failure).
 #[pyclass(module = "fastdllm._fastdllm", subclass, frozen)]
 struct Model {
     loaded: Arc<LoadedModel>,
@@ -399,8 +406,12 @@ impl Model {
             })
             .transpose()?;
         let options = LoadOptions::new(dtype).quantized(quantize);
-        let loaded = py
-            .detach(|| fastdllm_models::load_model_with(&path, &device, &options))
+        let (path, loaded) = py
+            .detach(|| {
+                let path = fastdllm_models::hub::resolve_model(&path)?;
+                let loaded = fastdllm_models::load_model_with(&path, &device, &options)?;
+                Ok((path, loaded))
+            })
             .map_err(models_err)?;
         let generation = fastdllm_models::read_generation_config(&path).map_err(models_err)?;
         Ok(Model {
@@ -410,7 +421,7 @@ impl Model {
         })
     }
 
-    /// The model directory or GGUF file.
+    /// The model directory or GGUF file (for a hub id, its snapshot folder in the cache).
     #[getter]
     fn path(&self) -> PathBuf {
         self.path.clone()

@@ -169,6 +169,39 @@ def test_bad_model_arguments_raise_file_and_value_errors(tmp_path):
         fastdllm.Model(tmp_path)
 
 
+def hub_cache(root, repo_id, source):
+    """A Hugging Face cache holding `repo_id` at revision main, laid out as huggingface_hub
+    writes it: files in blobs/, relative symlinks to them in snapshots/<commit>/, refs/main."""
+    folder = root / ("models--" + repo_id.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (folder / "blobs").mkdir()
+    for i, f in enumerate(sorted(p for p in source.iterdir() if p.is_file())):
+        blob = folder / "blobs" / f"blob{i:02d}"
+        blob.write_bytes(f.read_bytes())
+        (snapshot / f.name).symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    return snapshot
+
+
+def test_a_hub_id_loads_from_the_hugging_face_cache(tmp_path, monkeypatch, model):
+    snapshot = hub_cache(tmp_path / "hub", "some-org/llada-tiny", TINY)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_model = fastdllm.Model("some-org/llada-tiny")
+    assert Path(hub_model.path) == snapshot
+    prompt = "copy 3dbk......="
+    assert hub_model.generate(prompt, cache="dual").ids == model.generate(prompt, cache="dual").ids
+    # Offline, a model the cache lacks is an OSError naming the id, the cache folder and the switch.
+    with pytest.raises(OSError, match="some-org/other") as err:
+        fastdllm.Model("some-org/other")
+    message = str(err.value)
+    assert "HF_HUB_OFFLINE" in message and str(tmp_path / "hub") in message
+    assert "\n" not in message
+
+
 def read_safetensors(path):
     """The tensors of a safetensors file as numpy arrays (F32 and I64 only)."""
     data = Path(path).read_bytes()

@@ -1,5 +1,5 @@
 //! Makes the bad model directories of the fault corpus from the bundled fixtures
-//! (`fixtures/llada-tiny`, `fixtures/dream-tiny`) at test time, so no broken binary is committed.
+//! (`fixtures/llada-tiny`, `fixtures/dream-tiny`, `fixtures/llada-moe-tiny`) at test time, so no broken binary is committed.
 //! Included by `fastdllm-cli/tests/fault_corpus_cli.rs` (`#[path]`); std + serde_json only.
 //!
 //! Each fault names the directory it made and what `fastdllm generate --model DIR` must do:
@@ -142,6 +142,7 @@ pub fn make_all(fixtures: &Path, out: &Path) -> Vec<ModelFault> {
     let err = |needles: &[&str]| Expect::Error(needles.iter().map(|n| n.to_string()).collect());
     const L: &str = "llada-tiny";
     const D: &str = "dream-tiny";
+    const M: &str = "llada-moe-tiny";
 
     // Weights: values, dtypes, unused tensors, broken files.
     add(
@@ -211,6 +212,16 @@ pub fn make_all(fixtures: &Path, out: &Path) -> Vec<ModelFault> {
     add(
         "eos-out-of-range-in-generation-config",
         L,
+        err(&["generation_config.json", "eos_token_id", "1000000"]),
+        &|d| {
+            edit_json(&d.join("generation_config.json"), |g| {
+                g.insert("eos_token_id".into(), json!(1_000_000));
+            })
+        },
+    );
+    add(
+        "eos-out-of-range-in-generation-config-moe",
+        M,
         err(&["generation_config.json", "eos_token_id", "1000000"]),
         &|d| {
             edit_json(&d.join("generation_config.json"), |g| {

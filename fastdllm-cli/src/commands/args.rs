@@ -94,7 +94,7 @@ impl ModelArgs {
     pub fn dir(&self) -> Result<PathBuf> {
         match &self.model {
             #[cfg(feature = "hub")]
-            Some(spec) => fastdllm_cli::hub::resolve_model(spec),
+            Some(spec) => Ok(fastdllm_models::hub::resolve_model(spec)?),
             #[cfg(not(feature = "hub"))]
             Some(spec) => Ok(spec.clone()),
             None => Ok(fastdllm_conformance::paths::default_model()),

@@ -8,7 +8,7 @@
 use fastdllm_core::ModelFamily;
 use serde::Deserialize;
 
-use super::{required, FieldNames, ModelConfig, RawGenerationConfig, SpecialIds, TokenIds};
+use super::{required, FieldNames, ModelConfig, RawConfig, SpecialIds, TokenIds};
 use crate::{Error, Result};
 
 /// Dream's `<|mask|>` id, used when the config has no `mask_token_id`.
@@ -63,16 +63,14 @@ pub struct RawDreamConfig {
     pub rope_scaling: Option<serde_json::Value>,
 }
 
-impl RawDreamConfig {
-    /// Fills ids that `config.json` lacks from `generation_config.json`; EOS ids are merged.
-    pub fn fill_from_generation(&mut self, generation: &RawGenerationConfig) {
+impl RawConfig for RawDreamConfig {
+    fn special_ids(&mut self) -> SpecialIds<'_> {
         SpecialIds {
             mask: &mut self.mask_token_id,
             pad: &mut self.pad_token_id,
             bos: &mut self.bos_token_id,
             eos: &mut self.eos_token_id,
         }
-        .fill_from(generation);
     }
 }
 

@@ -10,8 +10,7 @@ use fastdllm_core::ModelFamily;
 use serde::Deserialize;
 
 use super::{
-    expect_flag, expect_str, required, FieldNames, ModelConfig, RawGenerationConfig, SpecialIds,
-    TokenIds,
+    expect_flag, expect_str, required, FieldNames, ModelConfig, RawConfig, SpecialIds, TokenIds,
 };
 use crate::{Error, Result};
 
@@ -92,16 +91,14 @@ pub struct RawLladaConfig {
     pub bias_for_layer_norm: Option<bool>,
 }
 
-impl RawLladaConfig {
-    /// Fills ids that `config.json` lacks from `generation_config.json`; EOS ids are merged.
-    pub fn fill_from_generation(&mut self, generation: &RawGenerationConfig) {
+impl RawConfig for RawLladaConfig {
+    fn special_ids(&mut self) -> SpecialIds<'_> {
         SpecialIds {
             mask: &mut self.mask_token_id,
             pad: &mut self.pad_token_id,
             bos: &mut self.bos_token_id,
             eos: &mut self.eos_token_id,
         }
-        .fill_from(generation);
     }
 }
 

@@ -21,8 +21,8 @@ use fastdllm_core::ModelFamily;
 use serde::Deserialize;
 
 use super::{
-    expect_flag, expect_str, required, FieldNames, ModelConfig, MoeConfig, RawGenerationConfig,
-    SpecialIds, TokenIds,
+    expect_flag, expect_str, required, FieldNames, ModelConfig, MoeConfig, RawConfig, SpecialIds,
+    TokenIds,
 };
 use crate::{Error, Result};
 
@@ -97,16 +97,14 @@ pub struct RawLladaMoeConfig {
     pub bos_token_id: Option<u32>,
 }
 
-impl RawLladaMoeConfig {
-    /// Fills ids that `config.json` lacks from `generation_config.json`; EOS ids are merged.
-    pub fn fill_from_generation(&mut self, generation: &RawGenerationConfig) {
+impl RawConfig for RawLladaMoeConfig {
+    fn special_ids(&mut self) -> SpecialIds<'_> {
         SpecialIds {
             mask: &mut self.mask_token_id,
             pad: &mut self.pad_token_id,
             bos: &mut self.bos_token_id,
             eos: &mut self.eos_token_id,
         }
-        .fill_from(generation);
     }
 }
 

@@ -232,44 +232,42 @@ pub fn load_config(dir: &Path) -> Result<ModelConfig> {
     let architecture = probe.architecture().map_err(|e| e.in_config_file(&path))?;
     let generation = read_generation_config(dir)?;
     let gen_path = dir.join("generation_config.json");
-    let config = match architecture {
+    let generation = generation.as_ref();
+    match architecture {
+        Architecture::Llada => load_raw::<RawLladaConfig>(&path, &text, &gen_path, generation),
+        Architecture::Dream => load_raw::<RawDreamConfig>(&path, &text, &gen_path, generation),
         Architecture::LladaMoe => {
-            let mut raw: RawLladaMoeConfig = parse_json(&path, &text)?;
-            if let Some(generation) = &generation {
-                raw.fill_from_generation(generation);
-            }
-            ModelConfig::try_from(raw).map_err(|e| e.in_config_file(&path))?
+            load_raw::<RawLladaMoeConfig>(&path, &text, &gen_path, generation)
         }
-        Architecture::Llada => {
-            let mut raw: RawLladaConfig = parse_json(&path, &text)?;
-            let own = OwnIds::of(
-                &raw.mask_token_id,
-                &raw.pad_token_id,
-                &raw.bos_token_id,
-                &raw.eos_token_id,
-            );
-            if let Some(generation) = &generation {
-                raw.fill_from_generation(generation);
-            }
-            ModelConfig::try_from(raw)
-                .map_err(|e| own.blame(e, &path, &gen_path, generation.as_ref()))?
-        }
-        Architecture::Dream => {
-            let mut raw: RawDreamConfig = parse_json(&path, &text)?;
-            let own = OwnIds::of(
-                &raw.mask_token_id,
-                &raw.pad_token_id,
-                &raw.bos_token_id,
-                &raw.eos_token_id,
-            );
-            if let Some(generation) = &generation {
-                raw.fill_from_generation(generation);
-            }
-            ModelConfig::try_from(raw)
-                .map_err(|e| own.blame(e, &path, &gen_path, generation.as_ref()))?
-        }
-    };
-    Ok(config)
+    }
+}
+
+/// A family's `config.json` as parsed (its own Hugging Face field names), validated into a
+/// [`ModelConfig`] by `TryFrom`.
+pub(crate) trait RawConfig:
+    serde::de::DeserializeOwned + TryInto<ModelConfig, Error = Error>
+{
+    /// The special ids of the file (mask, pad, BOS, EOS), to fill from `generation_config.json`.
+    fn special_ids(&mut self) -> SpecialIds<'_>;
+}
+
+/// Parses `text` (the contents of `path`, a `config.json`) as family `R`, fills the special ids
+/// it lacks from `generation` (`gen_path`), and validates it; an error names the file the
+/// rejected value came from.
+fn load_raw<R: RawConfig>(
+    path: &Path,
+    text: &str,
+    gen_path: &Path,
+    generation: Option<&RawGenerationConfig>,
+) -> Result<ModelConfig> {
+    let mut raw: R = parse_json(path, text)?;
+    let ids = raw.special_ids();
+    let own = OwnIds::of(&ids);
+    if let Some(generation) = generation {
+        ids.fill_from(generation);
+    }
+    raw.try_into()
+        .map_err(|e| own.blame(e, path, gen_path, generation))
 }
 
 /// The special ids `config.json` itself sets (before `generation_config.json` fills the rest).
@@ -283,17 +281,12 @@ struct OwnIds {
 
 impl OwnIds {
     /// What `config.json` sets of the special ids.
-    fn of(
-        mask: &Option<u32>,
-        pad: &Option<u32>,
-        bos: &Option<u32>,
-        eos: &Option<TokenIds>,
-    ) -> OwnIds {
+    fn of(ids: &SpecialIds<'_>) -> OwnIds {
         OwnIds {
-            mask: *mask,
-            pad: *pad,
-            bos: *bos,
-            eos: eos.as_ref().map(TokenIds::to_vec).unwrap_or_default(),
+            mask: *ids.mask,
+            pad: *ids.pad,
+            bos: *ids.bos,
+            eos: ids.eos.as_ref().map(TokenIds::to_vec).unwrap_or_default(),
         }
     }
 }

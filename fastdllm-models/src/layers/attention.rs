@@ -148,7 +148,7 @@ impl Attention {
             Some(bias) => scores.broadcast_add(bias)?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = super::cpu_ops::softmax_last_dim(&scores)?;
         let ctx = probs.matmul(&projected.values)?;
         let ctx = ctx
             .reshape((b, nh, q_len, d))?

@@ -38,7 +38,7 @@ impl Mlp {
         let gate_up = self.gate_up.forward(x)?;
         let gate = gate_up.narrow(D::Minus1, 0, self.intermediate)?;
         let up = gate_up.narrow(D::Minus1, self.intermediate, self.intermediate)?;
-        let hidden = (candle_nn::ops::silu(&gate)? * up)?;
+        let hidden = super::cpu_ops::silu_mul(&gate, &up)?;
         self.down.forward(&hidden)
     }
 }

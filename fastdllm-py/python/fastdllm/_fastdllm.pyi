@@ -48,7 +48,9 @@ class Stream(Iterator[StreamChunk]):
     def __next__(self) -> StreamChunk: ...
 
 class Model:
-    """A loaded LLaDA / Dream model."""
+    """A loaded LLaDA / Dream model: ``path`` is a model directory, a GGUF file, or a Hugging
+    Face Hub id (``"owner/name"``, resolved through the Hugging Face cache; ``HF_HUB_OFFLINE=1``
+    uses the cache only)."""
 
     def __init__(
         self,

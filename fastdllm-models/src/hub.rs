@@ -1,5 +1,6 @@
-//! `--model` as a Hugging Face Hub model id (`GSAI-ML/LLaDA-8B-Instruct`), resolved through the
-//! standard Hugging Face cache.
+//! A Hugging Face Hub model id (`GSAI-ML/LLaDA-8B-Instruct`) as the model to load, resolved
+//! through the standard Hugging Face cache (feature `hub`): the CLI's `--model` and the Python
+//! package's `Model(...)`.
 //!
 //! Reference: huggingface_hub's environment variables and cache layout
 //! (`{HF_HUB_CACHE}/models--{owner}--{name}/{blobs,refs,snapshots}`), read and written by the
@@ -13,15 +14,17 @@
 //! does with an ETag request), so a newer commit on the hub is not picked up once a snapshot is
 //! complete.
 //!
-//! A local path wins: `--model X` is a directory when `X` exists; only a name of the form
+//! A local path wins: `X` is a directory (or GGUF file) when `X` exists; only a name of the form
 //! `owner/name` (letters, digits, `-`, `_`, `.`) that is not an existing path is a hub id.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, CacheRepo, Repo};
+
+use crate::weights::{shard_names, SHARD_INDEX as WEIGHT_INDEX, SINGLE_FILE as SINGLE_WEIGHTS};
+use crate::{Error, Result};
 
 /// Files a model directory needs (config, tokenizer).
 pub const REQUIRED_FILES: [&str; 2] = ["config.json", "tokenizer.json"];
@@ -31,10 +34,6 @@ pub const OPTIONAL_FILES: [&str; 3] = [
     "generation_config.json",
     "chat_template.jinja",
 ];
-/// The sharded weights' index; without it, `model.safetensors`.
-pub const WEIGHT_INDEX: &str = "model.safetensors.index.json";
-/// Unsharded weights.
-pub const SINGLE_WEIGHTS: &str = "model.safetensors";
 
 /// Whether `spec` has the shape of a hub model id (`owner/name`).
 pub fn is_repo_id(spec: &str) -> bool {
@@ -108,8 +107,9 @@ impl HubEnv {
     }
 }
 
-/// The model directory for `--model ID`: `ID` itself when it exists (or is not a hub id),
-/// else the cache snapshot of the hub model `ID` (downloaded unless offline).
+/// The model path for `spec`: `spec` itself when it exists (or is not a hub id), else the cache
+/// snapshot of the hub model `spec` (downloaded unless offline). Errors: [`Error::Hub`], as
+/// [`resolve_repo`].
 pub fn resolve_model(spec: &Path) -> Result<PathBuf> {
     if spec.exists() {
         return Ok(spec.to_path_buf());
@@ -125,7 +125,7 @@ pub fn resolve_model(spec: &Path) -> Result<PathBuf> {
 /// A snapshot that already has the config, the tokenizer and all the weights is used without
 /// asking the hub (online or not); otherwise, online, the missing files are downloaded.
 ///
-/// Errors (one line each, naming the repo id): offline and not (fully) cached, naming the cache
+/// Errors ([`Error::Hub`], one line each, naming the repo id): offline and not (fully) cached, naming the cache
 /// folder it looked in; a repository or file the hub does not have, or refuses (naming the URL,
 /// and the token variables when access is denied); a network failure (naming the URL).
 pub fn resolve_repo(repo_id: &str, env: &HubEnv) -> Result<PathBuf> {
@@ -134,10 +134,15 @@ pub fn resolve_repo(repo_id: &str, env: &HubEnv) -> Result<PathBuf> {
     let folder = env.cache_dir.join(repo.folder_name());
     match cached_snapshot(&cache.repo(repo.clone())) {
         Ok(dir) => return Ok(dir),
-        Err(missing) if env.offline => bail!(
-            "--model {repo_id}: not a local directory, and HF_HUB_OFFLINE is set but the Hugging Face cache has no {missing} for it (looked in {}, revision main; HF_HUB_CACHE / HF_HOME choose the cache)",
-            folder.display()
-        ),
+        Err(missing) if env.offline => {
+            return Err(hub_error(
+                repo_id,
+                format!(
+                    "not a local directory, and HF_HUB_OFFLINE is set but the Hugging Face cache has no {missing} for it (looked in {}, revision main; HF_HUB_CACHE / HF_HOME choose the cache)",
+                    folder.display()
+                ),
+            ))
+        }
         Err(_) => {}
     }
     let api = ApiBuilder::from_cache(cache)
@@ -145,7 +150,12 @@ pub fn resolve_repo(repo_id: &str, env: &HubEnv) -> Result<PathBuf> {
         .with_token(env.token.clone())
         .with_progress(std::io::stderr().is_terminal())
         .build()
-        .with_context(|| format!("--model {repo_id}: cannot set up the Hugging Face Hub client"))?;
+        .map_err(|e| {
+            hub_error(
+                repo_id,
+                format!("cannot set up the Hugging Face Hub client: {e}"),
+            )
+        })?;
     let api = api.repo(repo);
     let failed = |file: &str, e: ApiError| download_error(repo_id, env, &api.url(file), &folder, e);
     let fetch = |file: &str| api.get(file).map_err(|e| failed(file, e));
@@ -169,13 +179,21 @@ pub fn resolve_repo(repo_id: &str, env: &HubEnv) -> Result<PathBuf> {
     }
     let dir = paths[0]
         .parent()
-        .context("downloaded config.json has no parent folder")?
+        .ok_or_else(|| {
+            hub_error(
+                repo_id,
+                "downloaded config.json has no parent folder".into(),
+            )
+        })?
         .to_path_buf();
     if paths.iter().any(|p| !p.starts_with(&dir)) {
-        bail!(
-            "--model {repo_id}: the files landed in different snapshots of {} (the repository changed during the download?); run again",
-            folder.display()
-        );
+        return Err(hub_error(
+            repo_id,
+            format!(
+                "the files landed in different snapshots of {} (the repository changed during the download?); run again",
+                folder.display()
+            ),
+        ));
     }
     Ok(dir)
 }
@@ -212,13 +230,7 @@ fn not_found(e: &ApiError) -> bool {
 }
 
 /// One line for a failed download of `url`.
-fn download_error(
-    repo_id: &str,
-    env: &HubEnv,
-    url: &str,
-    folder: &Path,
-    e: ApiError,
-) -> anyhow::Error {
+fn download_error(repo_id: &str, env: &HubEnv, url: &str, folder: &Path, e: ApiError) -> Error {
     let token = if env.token.is_some() {
         "the token sent (HF_TOKEN, else HF_TOKEN_PATH or $HF_HOME/token) has no access to it"
     } else {
@@ -227,9 +239,9 @@ fn download_error(
     let inner = match &e {
         ApiError::RequestError(inner) => inner.as_ref(),
         _ => {
-            return anyhow::anyhow!(
-                "--model {repo_id}: cannot download {url} into {}: {e}",
-                folder.display()
+            return hub_error(
+                repo_id,
+                format!("cannot download {url} into {}: {e}", folder.display()),
             )
         }
     };
@@ -255,7 +267,7 @@ fn download_error(
                 _ if code == 404 => format!("no repository {repo_id}, or no such file in it"),
                 _ => "the hub answered with an error".to_string(),
             };
-            anyhow::anyhow!("--model {repo_id}: {url}: HTTP {code}: {what}")
+            hub_error(repo_id, format!("{url}: HTTP {code}: {what}"))
         }
         hf_hub_ureq::Error::Transport(t) => {
             // Its Display repeats the URL; the kind, message and cause say what failed.
@@ -266,47 +278,21 @@ fn download_error(
             if let Some(source) = std::error::Error::source(t) {
                 why = format!("{why}: {source}");
             }
-            anyhow::anyhow!(
-                "--model {repo_id}: cannot download {url}: {why} (HF_ENDPOINT chooses the hub; HF_HUB_OFFLINE=1 uses only the cache in {})",
-                folder.display()
+            hub_error(
+                repo_id,
+                format!(
+                    "cannot download {url}: {why} (HF_ENDPOINT chooses the hub; HF_HUB_OFFLINE=1 uses only the cache in {})",
+                    folder.display()
+                ),
             )
         }
     }
 }
 
-/// The shard file names of a `model.safetensors.index.json` (`weight_map` values, deduplicated,
-/// in order).
-fn shard_names(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index)
-        .with_context(|| format!("cannot read {}", index.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", index.display()))?;
-    let map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .with_context(|| format!("{} has no `weight_map` object", index.display()))?;
-    let mut names: Vec<String> = Vec::new();
-    for v in map.values() {
-        let name = v.as_str().with_context(|| {
-            format!(
-                "{}: a `weight_map` value is not a file name",
-                index.display()
-            )
-        })?;
-        // The name becomes a path under the snapshot folder: nothing that climbs out of it.
-        let inside = !name.is_empty()
-            && Path::new(name)
-                .components()
-                .all(|c| matches!(c, std::path::Component::Normal(_)));
-        if !inside {
-            bail!(
-                "{}: `weight_map` names {name:?}, not a file inside the repository",
-                index.display()
-            );
-        }
-        if !names.iter().any(|n| n == name) {
-            names.push(name.to_string());
-        }
+/// [`Error::Hub`] for `repo_id`.
+fn hub_error(repo_id: &str, message: String) -> Error {
+    Error::Hub {
+        repo_id: repo_id.to_string(),
+        message,
     }
-    Ok(names)
 }
