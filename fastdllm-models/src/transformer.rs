@@ -22,7 +22,8 @@ use fastdllm_core::{ForwardInput, KvView};
 
 use crate::config::ModelConfig;
 use crate::layers::attention::{check_key_bias, Attention};
-use crate::layers::linear::{tensor_bytes, Linear};
+use crate::layers::embedding::Embedding;
+use crate::layers::linear::Linear;
 use crate::layers::mlp::Mlp;
 use crate::layers::moe::SparseMoe;
 use crate::layers::rms_norm::RmsNorm;
@@ -170,7 +171,7 @@ struct Block {
 #[derive(Debug, Clone)]
 pub(crate) struct Transformer {
     /// Shape: `(vocab, hidden)`.
-    embed: Tensor,
+    embed: Embedding,
     blocks: Vec<Block>,
     final_norm: RmsNorm,
     lm_head: Linear,
@@ -216,7 +217,7 @@ impl Transformer {
             ));
         }
         let (hidden, vocab) = (dims.hidden_size, dims.vocab_size);
-        let embed = weights.get(&[vocab, hidden], layout.embed, InitKind::Matrix)?;
+        let embed = weights.embedding([vocab, hidden], layout.embed)?;
         let blocks = (0..dims.num_layers)
             .map(|i| {
                 load_block(
@@ -288,7 +289,7 @@ impl Transformer {
                     + b.ffn.weight_bytes()
             })
             .sum();
-        tensor_bytes(&self.embed)
+        self.embed.weight_bytes()
             + blocks
             + self.final_norm.weight_bytes()
             + self.lm_head.weight_bytes()
@@ -333,7 +334,7 @@ impl Transformer {
             .at(&input.positions, b, w, input.window_start.saturating_add(w))?;
         let mut h = self
             .embed
-            .index_select(&input.tokens.flatten_all()?, 0)?
+            .rows(&input.tokens)?
             .reshape((b, w, self.hidden_size))?;
         let last = self.blocks.len().saturating_sub(1);
         for (idx, block) in self.blocks.iter().enumerate() {

@@ -8,6 +8,7 @@
 
 pub(crate) mod attention;
 pub(crate) mod cpu_gemm;
+pub(crate) mod embedding;
 pub(crate) mod linear;
 pub(crate) mod mlp;
 pub(crate) mod moe;
