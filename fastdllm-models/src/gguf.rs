@@ -538,6 +538,18 @@ pub(crate) fn dense_from_bytes(
     dtype: DType,
     device: &Device,
 ) -> Result<Tensor> {
+    // Float types need no dequantization: the stored values become a tensor as they are and are
+    // converted once (the same conversion `dequantize` makes), without an f32 detour or a copy
+    // on the side (lean loading: an f16 LM head no longer passes through a 4-byte table).
+    let stored = match ggml {
+        GgmlDType::F32 => Some(DType::F32),
+        GgmlDType::F16 => Some(DType::F16),
+        GgmlDType::BF16 => Some(DType::BF16),
+        _ => None,
+    };
+    if let Some(stored) = stored {
+        return Ok(Tensor::from_raw_buffer(bytes, stored, shape, device)?.to_dtype(dtype)?);
+    }
     let qt = ggml_file::qtensor_from_ggml(ggml, bytes, shape.to_vec(), &Device::Cpu)?;
     Ok(qt
         .dequantize(&Device::Cpu)?

@@ -167,7 +167,9 @@ fn confine(dir: &Path, path: &Path, source: &Path) -> Result<()> {
 ///
 /// Cost: one read of the checkpoint's bytes, memory-bandwidth bound and parallel; the load
 /// copies the same bytes right after, so the scan pays no extra disk read (measured by the
-/// ignored test `scan_cost` in `tests/weight_scan.rs`).
+/// ignored test `scan_cost` in `tests/weight_scan.rs`). Each tensor's mapped pages are released
+/// once it is scanned, so the scan holds at most one tensor's pages (lean loading, see
+/// [`mmap_var_builder`]).
 pub fn check_weights(files: &[PathBuf]) -> Result<BTreeSet<String>> {
     use safetensors::Dtype;
     let mut names = BTreeSet::new();
@@ -190,6 +192,7 @@ pub fn check_weights(files: &[PathBuf]) -> Result<BTreeSet<String>> {
                     })
                 }
             };
+            release_pages(data);
             if let Some((count, first)) = found {
                 return Err(Error::NonFiniteTensor {
                     name,
@@ -237,6 +240,13 @@ pub(crate) fn unused_tensors(names: &BTreeSet<String>, used: &BTreeSet<String>) 
 }
 
 /// Memory-maps `files` into a [`VarBuilder`] that converts to `dtype` and places on `device`.
+///
+/// Lean loading: each tensor is copied out of the mapping (and converted) when the model asks
+/// for it, and its mapped pages are released right after ([`release_pages`]), so the loading
+/// process never holds the file's pages and the weights at once: peak RSS is the built weights
+/// plus the largest tensor in flight (docs/BENCHMARKS.md, "Lean loading"), where candle's
+/// `from_mmaped_safetensors` keeps every page it has read mapped until the builder is dropped
+/// (2x the weights at the end of a load).
 pub fn mmap_var_builder(
     files: &[PathBuf],
     dtype: DType,
@@ -246,8 +256,78 @@ pub fn mmap_var_builder(
     // is truncated or rewritten while mapped. Nothing in this process writes checkpoint files,
     // and every tensor is copied out of the mapping (into a host or device buffer) while the
     // model is built, so the mapping is only read during `load_model`.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device)? };
-    Ok(vb)
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files)? };
+    Ok(VarBuilder::from_backend(
+        Box::new(ReleasingSafetensors(st)),
+        dtype,
+        device.clone(),
+    ))
+}
+
+/// Memory-mapped safetensors whose pages are handed back to the kernel as each tensor is read
+/// (see [`mmap_var_builder`]); otherwise candle's `SimpleBackend` for `MmapedSafetensors`,
+/// conversion and shape check included.
+struct ReleasingSafetensors(candle_core::safetensors::MmapedSafetensors);
+
+impl SimpleBackend for ReleasingSafetensors {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self.get_unchecked(name, dtype, dev)?;
+        if tensor.shape() != &s {
+            Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: s,
+                got: tensor.shape().clone(),
+            }
+            .bt())?
+        }
+        Ok(tensor)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        use candle_core::safetensors::Load;
+        let view = self.0.get(name)?;
+        // `load` copies the bytes into a buffer of its own (host or device), so the mapped pages
+        // are no longer needed once it returns.
+        let tensor = view.load(dev)?.to_dtype(dtype)?;
+        release_pages(view.data());
+        Ok(tensor)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.get(name).is_ok()
+    }
+}
+
+/// Hands the pages of `data`, a slice of a read-only file mapping, back to the kernel
+/// (`madvise(MADV_DONTNEED)`, widened to whole pages): they leave the process's RSS, and a later
+/// read faults them in again from the file (the page cache), unchanged. Other platforms: a no-op.
+fn release_pages(data: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        if data.is_empty() || !page.is_power_of_two() {
+            return;
+        }
+        let start = data.as_ptr() as usize & !(page - 1);
+        let end = (data.as_ptr() as usize + data.len()).div_ceil(page) * page;
+        // SAFETY: `data` lies in a read-only file mapping (`MmapedSafetensors`, memmap2's
+        // `Mmap`), which is page-aligned and covers whole pages, so `start..end` stays inside it. Dropping the
+        // pages of such a mapping changes no byte a reader sees: the next access reads the same
+        // file bytes back. A failure only leaves the pages resident, so the result is ignored.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = data;
 }
 
 /// How a weight is initialised when it is drawn at random (ignored when it is read from a file).
@@ -396,13 +476,16 @@ impl<'a> Weights<'a> {
         }
     }
 
-    /// The token embedding `name` of shape `(vocab, hidden)`: a GGUF file's block-quantized table
-    /// stays in its block type (rows dequantized per lookup, [`Embedding::Quantized`]), anything
-    /// else is the dense tensor of [`Weights::get`].
+    /// The token embedding `name` of shape `(vocab, hidden)`: a GGUF table stored in fewer bytes
+    /// than the dense one (a block type, or f16 / bf16 under f32 activations) keeps its bytes and
+    /// its looked-up rows are dequantized per lookup, as llama.cpp's `get_rows` reads them
+    /// ([`Embedding::Quantized`], same values as the dense table); anything else is the dense
+    /// tensor of [`Weights::get`].
     pub(crate) fn embedding(&self, shape: (usize, usize), name: &str) -> Result<Embedding> {
         if let Source::Gguf(file) = &self.source {
             let (ggml, bytes) = file.raw(name, &[shape.0, shape.1])?;
-            if !matches!(ggml, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+            let dense_bytes = shape.0 * shape.1 * self.dtype.size_in_bytes();
+            if ggml != GgmlDType::F32 && bytes.len() < dense_bytes {
                 return Embedding::quantized(name, ggml, bytes, shape, self.dtype, &self.device);
             }
             return Ok(Embedding::Dense(dense_from_bytes(
@@ -815,5 +898,61 @@ impl SplitMix64 {
         let phi = 2.0 * std::f64::consts::PI * self.uniform();
         self.spare = Some(r * phi.sin());
         r * phi.cos()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lean backend gives candle's tensors bit for bit (every float dtype a checkpoint
+    /// stores, converted to each activation dtype), also when a tensor is read again after its
+    /// pages were released, and refuses a wrong shape as candle does.
+    #[test]
+    fn releasing_backend_equals_candles_mmap_loader() -> Result<()> {
+        let path = std::env::temp_dir().join(format!(
+            "fastdllm-lean-{}-{:?}.safetensors",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let values: Vec<f32> = (0..3 * 4099).map(|i| (i as f32 * 0.37).sin()).collect();
+        let base = Tensor::from_vec(values, (3, 4099), &Device::Cpu)?;
+        let stored = [
+            ("a", base.clone()),
+            ("b", base.to_dtype(DType::BF16)?),
+            ("c", base.to_dtype(DType::F16)?),
+        ];
+        candle_core::safetensors::save(&stored.iter().cloned().collect(), &path)?;
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let lean = mmap_var_builder(std::slice::from_ref(&path), dtype, &Device::Cpu)?;
+            // SAFETY: the test's own file, not written while mapped.
+            let candle = unsafe {
+                VarBuilder::from_mmaped_safetensors(
+                    std::slice::from_ref(&path),
+                    dtype,
+                    &Device::Cpu,
+                )?
+            };
+            for (name, _) in &stored {
+                let want = candle
+                    .get((3, 4099), name)?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?;
+                for _ in 0..2 {
+                    let got = lean.get((3, 4099), name)?;
+                    assert_eq!(got.dtype(), dtype);
+                    let got = got.to_dtype(DType::F32)?.flatten_all()?;
+                    let (got, want) = (got.to_vec1::<f32>()?, want.to_vec1::<f32>()?);
+                    assert!(got
+                        .iter()
+                        .zip(&want)
+                        .all(|(g, w)| g.to_bits() == w.to_bits()));
+                }
+            }
+            let err = lean.get((4099, 3), "a").unwrap_err().to_string();
+            assert!(err.contains("shape mismatch for a"), "{err}");
+        }
+        std::fs::remove_file(&path).ok();
+        Ok(())
     }
 }

@@ -139,6 +139,8 @@ mod tests {
             GgmlDType::Q6K,
             GgmlDType::Q8_0,
             GgmlDType::Q5_0,
+            GgmlDType::F16,
+            GgmlDType::BF16,
         ] {
             let qt = QTensor::quantize(&table, ggml)?;
             let dense = Embedding::Dense(qt.dequantize(&Device::Cpu)?);
