@@ -242,7 +242,7 @@ pub(crate) fn unused_tensors(names: &BTreeSet<String>, used: &BTreeSet<String>) 
 /// Memory-maps `files` into a [`VarBuilder`] that converts to `dtype` and places on `device`.
 ///
 /// Lean loading: each tensor is copied out of the mapping (and converted) when the model asks
-/// for it, and its mapped pages are released right after ([`release_pages`]), so the loading
+/// for it, and its mapped pages are released right after (`release_pages`), so the loading
 /// process never holds the file's pages and the weights at once: peak RSS is the built weights
 /// plus the largest tensor in flight (docs/BENCHMARKS.md, "Lean loading"), where candle's
 /// `from_mmaped_safetensors` keeps every page it has read mapped until the builder is dropped
