@@ -1061,13 +1061,13 @@ mod kernel512 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::layers::linear::Linear;
 
     /// Deterministic values in about [-2, 2), with some exact zeros of both signs, so that
     /// failures reproduce and signed-zero handling is exercised.
-    fn values(len: usize, seed: u64) -> Vec<f32> {
+    pub(crate) fn values(len: usize, seed: u64) -> Vec<f32> {
         let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..len)
             .map(|_| {

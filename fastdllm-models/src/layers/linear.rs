@@ -15,6 +15,12 @@
 //! whose parts have different block types (llama.cpp's Q4_K_M keeps some `attn_v` in Q6_K) is one
 //! `QMatMul` per part, outputs concatenated.
 //!
+//! CPU weights in the block types [`super::cpu_qgemm`] has (Q8_0, Q4_K, Q6_K) are repacked once at load
+//! into that module's layout (the file's blocks dropped) and multiplied by its int8 kernels: the
+//! input is quantized once per call (Q8_0 or Q8_K blocks, as llama.cpp's `vec_dot` takes it) and
+//! the output tiles run as rayon tasks. `FASTDLLM_CPU_QGEMM=candle` keeps candle's kernels for
+//! every block type (see [`super::cpu_qgemm::QKERNEL_VAR`]). What follows is about candle's.
+//!
 //! Threads: candle's quantized CPU kernels split their work over candle's own spinning worker
 //! threads, a second pool beside rayon's. The binary turns that pool off
 //! ([`crate::use_one_thread_pool`]); instead each quantized weight is cut at load time into
@@ -27,9 +33,10 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::cpu_gemm::PackedWeight;
+use super::cpu_qgemm::{QInput, QInputKind, QPackedWeight, QPath};
 use crate::Result;
 
 /// The weight, as a tensor or packed for the CPU GEMM (then the tensor is not kept).
@@ -45,9 +52,88 @@ enum Weight {
 
 /// One quantized block of output rows.
 #[derive(Debug)]
-struct QuantizedPart {
-    matmul: QMatMul,
-    out_features: usize,
+enum QuantizedPart {
+    /// candle's kernels: block types, devices and shapes ours do not take, or all of them under
+    /// `FASTDLLM_CPU_QGEMM=candle`.
+    Candle {
+        matmul: QMatMul,
+        out_features: usize,
+    },
+    /// Our int8 kernels ([`super::cpu_qgemm`]) on the path chosen at load.
+    Packed { weight: QPackedWeight, path: QPath },
+}
+
+impl QuantizedPart {
+    fn out_features(&self) -> usize {
+        match self {
+            QuantizedPart::Candle { out_features, .. } => *out_features,
+            QuantizedPart::Packed { weight, .. } => weight.out_features(),
+        }
+    }
+
+    /// `x` (`(rows, in)` f32, contiguous) times the part: `(rows, out_i)` f32. `inputs` holds `x`
+    /// quantized for every kind a packed part of the layer takes.
+    fn forward(&self, x: &Tensor, inputs: &QuantizedInputs) -> candle_core::Result<Tensor> {
+        match self {
+            QuantizedPart::Candle { matmul, .. } => matmul.forward(x),
+            QuantizedPart::Packed { weight, path } => {
+                let input = inputs.get(weight.format().input_kind())?;
+                let y = weight.matmul_t(input, *path);
+                Tensor::from_vec(y, (input.rows(), weight.out_features()), &Device::Cpu)
+            }
+        }
+    }
+}
+
+/// An input quantized once per layer call for its packed parts, per input kind.
+#[derive(Default)]
+struct QuantizedInputs {
+    q8_0: Option<QInput>,
+    q8k: Option<QInput>,
+}
+
+impl QuantizedInputs {
+    /// `x` (`(rows, in)` f32, contiguous) quantized for every kind `parts` take.
+    fn new(parts: &[QuantizedPart], x: &Tensor) -> candle_core::Result<Self> {
+        let mut inputs = Self::default();
+        for part in parts {
+            let QuantizedPart::Packed { weight, path } = part else {
+                continue;
+            };
+            let kind = weight.format().input_kind();
+            let slot = match kind {
+                QInputKind::Q8_0 => &mut inputs.q8_0,
+                QInputKind::Q8K => &mut inputs.q8k,
+            };
+            if slot.is_some() {
+                continue;
+            }
+            let (rows, k) = x.dims2()?;
+            if k != weight.in_features() {
+                return Err(candle_core::Error::Msg(format!(
+                    "quantized linear layer: input has {k} features, the weight takes {}",
+                    weight.in_features()
+                )));
+            }
+            let (storage, layout) = x.storage_and_layout();
+            let candle_core::Storage::Cpu(cpu) = &*storage else {
+                return Err(candle_core::Error::Msg(
+                    "quantized linear layer: a CPU weight got an input on another device".into(),
+                ));
+            };
+            let values = &cpu.as_slice::<f32>()?[layout.start_offset()..][..rows * k];
+            *slot = Some(QInput::quantize(kind, values, rows, k, *path));
+        }
+        Ok(inputs)
+    }
+
+    fn get(&self, kind: QInputKind) -> candle_core::Result<&QInput> {
+        match kind {
+            QInputKind::Q8_0 => self.q8_0.as_ref(),
+            QInputKind::Q8K => self.q8k.as_ref(),
+        }
+        .ok_or_else(|| candle_core::Error::Msg(format!("{kind:?} input not quantized")))
+    }
 }
 
 /// `y = x W^T + b`.
@@ -71,32 +157,42 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
-    /// A quantized weight made of `parts` stacked along the output axis, each `(out_i, in)`,
-    /// each cut into up to [`shard_count`] shards of whole tiles (see the module docs).
+    /// A quantized weight made of `parts` stacked along the output axis, each `(out_i, in)`:
+    /// each repacked for [`super::cpu_qgemm`] where it takes it (on the path
+    /// [`QPath::detect`] chooses), else cut into up to [`shard_count`] shards of whole tiles for
+    /// candle's kernels (see the module docs).
+    ///
+    /// Errors: `FASTDLLM_CPU_QGEMM` names an unknown path or one this CPU lacks.
     pub(crate) fn quantized(parts: Vec<QTensor>, bias: Option<Tensor>) -> Result<Self> {
-        Self::quantized_in_shards(parts, bias, shard_count())
+        let path = QPath::detect().map_err(candle_core::Error::Msg)?;
+        Self::quantized_in_shards(parts, bias, shard_count(), path)
     }
 
-    /// [`Self::quantized`] with at most `shards` shards per part.
+    /// [`Self::quantized`] with at most `shards` shards per candle part, our kernels on `path`
+    /// (`None`: candle's for every part).
     fn quantized_in_shards(
         parts: Vec<QTensor>,
         bias: Option<Tensor>,
         shards: usize,
+        path: Option<QPath>,
     ) -> Result<Self> {
         let mut cut = Vec::with_capacity(parts.len() * shards);
         for qt in parts {
-            cut.extend(split_rows(qt, shards)?);
-        }
-        let parts = cut
-            .into_iter()
-            .map(|qt| {
+            if let Some(path) = path {
+                if let Some(weight) = QPackedWeight::new(&qt)? {
+                    cut.push(QuantizedPart::Packed { weight, path });
+                    continue;
+                }
+            }
+            for qt in split_rows(qt, shards)? {
                 let out_features = qt.shape().dims().first().copied().unwrap_or(0);
-                Ok(QuantizedPart {
+                cut.push(QuantizedPart::Candle {
                     matmul: QMatMul::from_qtensor(qt)?,
                     out_features,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+                });
+            }
+        }
+        let parts = cut;
         Ok(Self {
             weight: Weight::Quantized(parts.into()),
             bias,
@@ -114,7 +210,7 @@ impl Linear {
         match &self.weight {
             Weight::Dense(weight) => weight.dims().first().copied().unwrap_or(0),
             Weight::Packed(packed) => packed.out_features(),
-            Weight::Quantized(parts) => parts.iter().map(|p| p.out_features).sum(),
+            Weight::Quantized(parts) => parts.iter().map(QuantizedPart::out_features).sum(),
         }
     }
 
@@ -125,9 +221,12 @@ impl Linear {
             Weight::Packed(packed) => packed.weight_bytes(),
             Weight::Quantized(parts) => parts
                 .iter()
-                .map(|p| match &p.matmul {
-                    QMatMul::QTensor(qt) => qt.storage_size_in_bytes() as u64,
-                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => tensor_bytes(t),
+                .map(|p| match p {
+                    QuantizedPart::Candle { matmul, .. } => match matmul {
+                        QMatMul::QTensor(qt) => qt.storage_size_in_bytes() as u64,
+                        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => tensor_bytes(t),
+                    },
+                    QuantizedPart::Packed { weight, .. } => weight.weight_bytes(),
                 })
                 .sum(),
         };
@@ -144,13 +243,14 @@ impl Linear {
             Weight::Packed(packed) => packed.matmul_t(&flat)?.to_dtype(x.dtype())?,
             Weight::Quantized(parts) => {
                 let x32 = flat.to_dtype(DType::F32)?.contiguous()?;
+                let inputs = QuantizedInputs::new(parts, &x32)?;
                 let mut outs = if parts.len() == 1 {
-                    vec![parts[0].matmul.forward(&x32)?]
+                    vec![parts[0].forward(&x32, &inputs)?]
                 } else {
                     use rayon::prelude::*;
                     parts
                         .par_iter()
-                        .map(|p| p.matmul.forward(&x32))
+                        .map(|p| p.forward(&x32, &inputs))
                         .collect::<candle_core::Result<Vec<_>>>()?
                 };
                 let y = if outs.len() == 1 {
@@ -247,7 +347,8 @@ mod tests {
         v.into_iter().map(f32::to_bits).collect()
     }
 
-    /// Shards compute every output row with candle's own kernel: the sharded layer equals one
+    /// With candle's kernels (`FASTDLLM_CPU_QGEMM=candle`), shards compute every output row with
+    /// candle's own kernel: the sharded layer equals one
     /// `QMatMul` over the whole weight bit for bit, for every block type the loaders produce, on
     /// odd row counts (1, 7, 32, 513) and shard counts that do and do not divide the tiles.
     #[test]
@@ -264,7 +365,7 @@ mod tests {
             let whole = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
             for shards in [1, 2, 3, 7, 9] {
                 let qt = QTensor::quantize(&w, dtype).unwrap();
-                let layer = Linear::quantized_in_shards(vec![qt], None, shards).unwrap();
+                let layer = Linear::quantized_in_shards(vec![qt], None, shards, None).unwrap();
                 let Weight::Quantized(parts) = &layer.weight else {
                     panic!("quantized layer");
                 };
@@ -282,6 +383,66 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// A layer of parts in different block types (llama.cpp's Q4_K_M keeps some `attn_v` in
+    /// Q6_K; here Q5_K stands for a type our kernels lack): the parts our kernels take are packed (`weight_bytes` counts the packed bytes, not
+    /// the file's blocks), the others stay candle's (sharded), and the output is each part's own
+    /// product, concatenated, bit for bit.
+    #[test]
+    fn mixed_parts_take_our_kernels_where_they_can() {
+        let path = QPath::ALL.into_iter().find(|p| p.available()).unwrap();
+        let k = 512;
+        let specs = [
+            (GgmlDType::Q4K, 48),
+            (GgmlDType::Q5K, 32),
+            (GgmlDType::Q8_0, 21),
+        ];
+        let quantize = |i: usize| {
+            let (dtype, n) = specs[i];
+            QTensor::quantize(&matrix(n, k, 10 + i as u64), dtype).unwrap()
+        };
+        let layer =
+            Linear::quantized_in_shards((0..3).map(quantize).collect(), None, 2, Some(path))
+                .unwrap();
+        let Weight::Quantized(parts) = &layer.weight else {
+            panic!("quantized layer");
+        };
+        let packed: Vec<bool> = parts
+            .iter()
+            .map(|p| matches!(p, QuantizedPart::Packed { .. }))
+            .collect();
+        assert_eq!(packed, [true, false, false, true]);
+        assert_eq!(layer.out_features(), 48 + 32 + 21);
+        let q4k = QPackedWeight::new(&quantize(0)).unwrap().unwrap();
+        let q5k = QMatMul::from_qtensor(quantize(1)).unwrap();
+        let q8_0 = QPackedWeight::new(&quantize(2)).unwrap().unwrap();
+        let q5k_bytes = quantize(1).storage_size_in_bytes() as u64;
+        assert_eq!(
+            layer.weight_bytes(),
+            q4k.weight_bytes() + q5k_bytes + q8_0.weight_bytes()
+        );
+        for rows in [1, 7] {
+            let x = matrix(rows, k, 40 + rows as u64);
+            let values = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let ours = |w: &QPackedWeight| {
+                let kind = w.format().input_kind();
+                let input = QInput::quantize(kind, &values, rows, k, path);
+                Tensor::from_vec(
+                    w.matmul_t(&input, path),
+                    (rows, w.out_features()),
+                    &Device::Cpu,
+                )
+                .unwrap()
+            };
+            let want =
+                Tensor::cat(&[ours(&q4k), q5k.forward(&x).unwrap(), ours(&q8_0)], 1).unwrap();
+            assert_eq!(
+                bits(&layer.forward(&x).unwrap()),
+                bits(&want),
+                "{rows} rows"
+            );
         }
     }
 

@@ -9,6 +9,7 @@
 pub(crate) mod attention;
 pub(crate) mod cpu_gemm;
 pub(crate) mod cpu_ops;
+pub(crate) mod cpu_qgemm;
 pub(crate) mod embedding;
 pub(crate) mod linear;
 pub(crate) mod mlp;
