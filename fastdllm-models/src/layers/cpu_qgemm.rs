@@ -964,6 +964,8 @@ mod avx512 {
 
     /// Q8_0 tile x `R` input rows: the weights are stored as `w + 128`, so
     /// `vpdpbusd` sums `(w + 128) x` and `128 * sum(x)` (from the input's `bsums`) is subtracted.
+    /// Two blocks per pass (independent accumulators, so `vpdpbusd`'s latency does not serialise
+    /// the loop); their products are added to the output in block order, as the reference does.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn q8_0<const R: usize>(
         tile: *const u8,
@@ -972,23 +974,33 @@ mod avx512 {
         acc: &mut [[f32; TILE]; ROWS_PER_PASS],
     ) {
         let mut sum = [_mm512_setzero_ps(); R];
-        for b in 0..nb {
-            let g = tile.add(b * QFormat::Q8_0.group_bytes());
-            let wd = _mm512_cvtph_ps(_mm256_loadu_si256(g as *const __m256i));
-            let mut dot = [_mm512_setzero_si512(); R];
+        let mut b0 = 0;
+        while b0 < nb {
+            // The second block of a last, single block repeats it; its result is not used.
+            let blocks = [b0, (b0 + 1).min(nb - 1)];
+            let g = blocks.map(|b| tile.add(b * QFormat::Q8_0.group_bytes()));
+            let mut dot = [[_mm512_setzero_si512(); R]; 2];
             for c in 0..QK8_0 / 4 {
-                let w = _mm512_loadu_si512(g.add(Q8_0_QS + c * 64) as *const __m512i);
-                for r in 0..R {
-                    dot[r] = _mm512_dpbusd_epi32(dot[r], w, x4(x.qs[r].add(b * QK8_0 + 4 * c)));
+                for j in 0..2 {
+                    let w = _mm512_loadu_si512(g[j].add(Q8_0_QS + c * 64) as *const __m512i);
+                    for r in 0..R {
+                        let xv = x4(x.qs[r].add(blocks[j] * QK8_0 + 4 * c));
+                        dot[j][r] = _mm512_dpbusd_epi32(dot[j][r], w, xv);
+                    }
                 }
             }
-            for r in 0..R {
-                let s = x.sums[r].add(2 * b);
-                let offset = _mm512_set1_epi32(128 * (i32::from(*s) + i32::from(*s.add(1))));
-                let dot = _mm512_sub_epi32(dot[r], offset);
-                let scale = _mm512_mul_ps(wd, _mm512_set1_ps(*x.d[r].add(b)));
-                sum[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, sum[r]);
+            for j in 0..(nb - b0).min(2) {
+                let b = blocks[j];
+                let wd = _mm512_cvtph_ps(_mm256_loadu_si256(g[j] as *const __m256i));
+                for r in 0..R {
+                    let s = x.sums[r].add(2 * b);
+                    let offset = _mm512_set1_epi32(128 * (i32::from(*s) + i32::from(*s.add(1))));
+                    let dot = _mm512_sub_epi32(dot[j][r], offset);
+                    let scale = _mm512_mul_ps(wd, _mm512_set1_ps(*x.d[r].add(b)));
+                    sum[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, sum[r]);
+                }
             }
+            b0 += 2;
         }
         for r in 0..R {
             _mm512_storeu_ps(acc[r].as_mut_ptr(), sum[r]);
@@ -1183,12 +1195,17 @@ mod tests {
     }
 
     /// Every path gives the scalar reference's bits, on odd row counts (1, 7, 32, 513: passes of
-    /// 4 with every remainder), a depth of several blocks and an output count that is not a
+    /// 4 with every remainder), depths of several blocks (an even and an odd count of Q8_0
+    /// blocks) and an output count that is not a
     /// multiple of the 16-row tile (the padded tail).
     #[test]
     fn paths_are_bitwise_the_reference() {
-        let (n, k) = (16 * 2 + 5, 768);
-        for (dtype, format) in FORMATS {
+        let n = 16 * 2 + 5;
+        // 24 and 25 Q8_0 blocks (the AVX-512 kernel takes two per pass), 3 superblocks.
+        for ((dtype, format), k) in FORMATS.into_iter().flat_map(|f| [(f, 768), (f, 800)]) {
+            if k % format.block() != 0 {
+                continue;
+            }
             let packed = QPackedWeight::new(&quantized(n, k, dtype))
                 .unwrap()
                 .unwrap();
