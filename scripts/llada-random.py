@@ -108,6 +108,7 @@ def write_gguf(a):
     sys.path.insert(0, os.environ.get(
         "GGUF_PY", "/work/llama-cpp/llama_cpp_python-0.3.36/vendor/llama.cpp/gguf-py"))
     import gguf
+    from gguf_tokenizer import copy_tokenizer_keys
 
     arch = gguf.MODEL_ARCH.LLADA
     w = gguf.GGUFWriter(a.out, gguf.MODEL_ARCH_NAMES[arch])
@@ -126,20 +127,7 @@ def write_gguf(a):
     w.add_rope_dimension_count(a.hidden // a.heads)
     w.add_causal_attention(False)
     w.add_diffusion_shift_logits(False)
-    src = gguf.GGUFReader(str(TINY_GGUF))
-    for key, field in src.fields.items():
-        if not key.startswith("tokenizer."):
-            continue
-        vtype = field.types[0]
-        value = field.contents()
-        if key == "tokenizer.ggml.tokens":
-            value = value + [f"<unused_{i}>" for i in range(len(value), a.vocab)]
-        elif key == "tokenizer.ggml.token_type":
-            value = value + [int(gguf.TokenType.UNUSED)] * (a.vocab - len(value))
-        if vtype == gguf.GGUFValueType.ARRAY:
-            w.add_key_value(key, value, vtype, sub_type=field.types[-1])
-        else:
-            w.add_key_value(key, value, vtype)
+    copy_tokenizer_keys(gguf, w, TINY_GGUF, a.vocab, "<unused_{}>", gguf.TokenType.UNUSED)
     rng = np.random.default_rng(a.seed)
     for _, name, shape, is_norm in shapes(a):
         x = draw(rng, shape, is_norm)
