@@ -6,7 +6,7 @@ written with llama.cpp's own gguf-py, for load-memory and speed measurements
 Default shape: the 0.95B LLaDA shape (hidden 2048, 16 layers, 16 heads, MLP 5632, vocab 32000).
 Weights: matrices N(0, 0.02^2), norm weights one (what `fastdllm bench --random-weights` draws),
 one numpy generator seeded with --seed, tensor by tensor, so the writer never holds more than one
-tensor (safetensors) or the f16 model (GGUF).
+tensor (an 8B shape: `--hidden 4096 --layers 32 --heads 32 --mlp 12288 --vocab 126464`).
 
 * `hf DIR --dtype f32|bf16`: config.json, generation_config.json and tokenizer.json of
   fixtures/llada-tiny (its 64-token vocabulary; the embedding keeps `--vocab` rows) and one
@@ -128,13 +128,19 @@ def write_gguf(a):
     w.add_causal_attention(False)
     w.add_diffusion_shift_logits(False)
     copy_tokenizer_keys(gguf, w, TINY_GGUF, a.vocab, "<unused_{}>", gguf.TokenType.UNUSED)
+    # Header and tensor infos first, then each tensor drawn and written in turn: the writer never
+    # holds more than one tensor (an 8B shape is 16 GB in f16).
+    for _, name, shape, is_norm in shapes(a):
+        dtype = np.float32 if is_norm else np.float16
+        w.add_tensor_info(name, shape, np.dtype(dtype), int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
     rng = np.random.default_rng(a.seed)
     for _, name, shape, is_norm in shapes(a):
         x = draw(rng, shape, is_norm)
-        w.add_tensor(name, x if is_norm else x.astype(np.float16))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
+        w.write_tensor_data(x if is_norm else x.astype(np.float16))
+        del x
     w.close()
     print(f"wrote {a.out}")
 
