@@ -38,8 +38,8 @@ mod x86 {
     const MIN_X: f64 = -708.0;
     const LOG2E: f64 = std::f64::consts::LOG2_E;
     /// `ln 2` split so that `n * LN2_HI` is exact for `|n| <= 1024` (fdlibm's constants).
-    const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
 
     /// `exp` of 4 lanes with every `x <= 0`: `x = n ln2 + r`, `|r| <= ln2 / 2`, `exp(r)` by
     /// Horner's rule over the Taylor coefficients `1/k!` up to `k = 13` (truncation below
