@@ -981,7 +981,10 @@ mod tests {
                 assert_eq!(got[bi][ri].token, tokens[bi][ri]);
                 let (a, b) = (got[bi][ri].confidence, conf[bi][ri]);
                 // Sum order differs (4 lanes vs one chain): within v rounding errors.
-                assert!((a - b).abs() <= v as f64 * f64::EPSILON * b.abs(), "{a} vs {b}");
+                assert!(
+                    (a - b).abs() <= v as f64 * f64::EPSILON * b.abs(),
+                    "{a} vs {b}"
+                );
             }
         }
     }

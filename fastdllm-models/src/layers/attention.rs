@@ -141,7 +141,7 @@ impl Attention {
         chunk_bytes: usize,
     ) -> Result<Tensor> {
         let (b, w, _, _) = projected.qkv.dims4()?;
-        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let (nh, d) = (self.num_heads, self.head_dim);
         let q_len = query_rows.len();
         let (q, rope_q) = if query_rows == (0..w) {
             (projected.qkv.narrow(2, 0, nh)?, rope.clone())
