@@ -55,6 +55,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from gguf_tokenizer import copy_tokenizer_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER_SOURCE = ROOT / "fixtures" / "gguf" / "llada-tiny-f32.gguf"
@@ -131,23 +132,6 @@ def tensors(cfg):
     return out
 
 
-def add_tokenizer(gguf, w, vocab_size):
-    src = gguf.GGUFReader(str(TOKENIZER_SOURCE))
-    for key, field in src.fields.items():
-        if not key.startswith("tokenizer."):
-            continue
-        vtype = field.types[0]
-        value = field.contents()
-        if key == "tokenizer.ggml.tokens":
-            value = value + [f"[PAD{i}]" for i in range(len(value), vocab_size)]
-        elif key == "tokenizer.ggml.token_type":
-            value = value + [int(gguf.TokenType.NORMAL)] * (vocab_size - len(value))
-        if vtype == gguf.GGUFValueType.ARRAY:
-            w.add_key_value(key, value, vtype, sub_type=field.types[-1])
-        else:
-            w.add_key_value(key, value, vtype)
-
-
 def write_metadata(gguf, w, cfg, name, file_type):
     """The keys `convert_hf_to_gguf.py` writes for `LLaDAMoEModel` from a config.json `cfg` (Hugging
     Face names), in its order, then the tokenizer keys of fixtures/llada-tiny padded to
@@ -173,7 +157,8 @@ def write_metadata(gguf, w, cfg, name, file_type):
     w.add_expert_feed_forward_length(cfg["expert_intermediate_size"])
     w.add_causal_attention(False)
     w.add_diffusion_shift_logits(False)
-    add_tokenizer(gguf, w, cfg["vocab_size"])
+    copy_tokenizer_keys(gguf, w, TOKENIZER_SOURCE, cfg["vocab_size"], "[PAD{}]",
+                        gguf.TokenType.NORMAL)
 
 
 def write_float(gguf, path, cfg, name):

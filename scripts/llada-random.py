@@ -6,7 +6,7 @@ written with llama.cpp's own gguf-py, for load-memory and speed measurements
 Default shape: the 0.95B LLaDA shape (hidden 2048, 16 layers, 16 heads, MLP 5632, vocab 32000).
 Weights: matrices N(0, 0.02^2), norm weights one (what `fastdllm bench --random-weights` draws),
 one numpy generator seeded with --seed, tensor by tensor, so the writer never holds more than one
-tensor (safetensors) or the f16 model (GGUF).
+tensor (an 8B shape: `--hidden 4096 --layers 32 --heads 32 --mlp 12288 --vocab 126464`).
 
 * `hf DIR --dtype f32|bf16`: config.json, generation_config.json and tokenizer.json of
   fixtures/llada-tiny (its 64-token vocabulary; the embedding keeps `--vocab` rows) and one
@@ -108,6 +108,7 @@ def write_gguf(a):
     sys.path.insert(0, os.environ.get(
         "GGUF_PY", "/work/llama-cpp/llama_cpp_python-0.3.36/vendor/llama.cpp/gguf-py"))
     import gguf
+    from gguf_tokenizer import copy_tokenizer_keys
 
     arch = gguf.MODEL_ARCH.LLADA
     w = gguf.GGUFWriter(a.out, gguf.MODEL_ARCH_NAMES[arch])
@@ -126,27 +127,20 @@ def write_gguf(a):
     w.add_rope_dimension_count(a.hidden // a.heads)
     w.add_causal_attention(False)
     w.add_diffusion_shift_logits(False)
-    src = gguf.GGUFReader(str(TINY_GGUF))
-    for key, field in src.fields.items():
-        if not key.startswith("tokenizer."):
-            continue
-        vtype = field.types[0]
-        value = field.contents()
-        if key == "tokenizer.ggml.tokens":
-            value = value + [f"<unused_{i}>" for i in range(len(value), a.vocab)]
-        elif key == "tokenizer.ggml.token_type":
-            value = value + [int(gguf.TokenType.UNUSED)] * (a.vocab - len(value))
-        if vtype == gguf.GGUFValueType.ARRAY:
-            w.add_key_value(key, value, vtype, sub_type=field.types[-1])
-        else:
-            w.add_key_value(key, value, vtype)
+    copy_tokenizer_keys(gguf, w, TINY_GGUF, a.vocab, "<unused_{}>", gguf.TokenType.UNUSED)
+    # Header and tensor infos first, then each tensor drawn and written in turn: the writer never
+    # holds more than one tensor (an 8B shape is 16 GB in f16).
+    for _, name, shape, is_norm in shapes(a):
+        dtype = np.float32 if is_norm else np.float16
+        w.add_tensor_info(name, shape, np.dtype(dtype), int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
     rng = np.random.default_rng(a.seed)
     for _, name, shape, is_norm in shapes(a):
         x = draw(rng, shape, is_norm)
-        w.add_tensor(name, x if is_norm else x.astype(np.float16))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
+        w.write_tensor_data(x if is_norm else x.astype(np.float16))
+        del x
     w.close()
     print(f"wrote {a.out}")
 

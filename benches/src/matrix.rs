@@ -446,16 +446,16 @@ fn run_once(
     let prompt_len = prompts.first().map(Vec::len).unwrap_or(0);
     let timed =
         ForwardTimer::new(prompt_len, s.block_length, opts.max_blocks).wrap(bm.model.as_ref());
-    let seeds = engine::row_seeds(settings.seed, 0, prompts.len());
     let num_blocks = s.gen_length / s.block_length;
     let cpu0 = system::process_cpu_secs();
     let start = Instant::now();
-    let res = engine::run(
+    let res = engine::run_batch(
         &timed,
+        None,
         prompts,
-        &seeds,
         settings,
         &GenerateOptions::default(),
+        &mut |_, _| {},
     );
     let wall = start.elapsed().as_secs_f64();
     let cpu = cpu0.zip(system::process_cpu_secs()).map(|(a, b)| b - a);

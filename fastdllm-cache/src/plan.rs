@@ -214,7 +214,7 @@ impl CacheSettings {
         let end = self.keys_end(at);
         let refresh = refresh
             || match self.refresh_every {
-                Some(k) => at.step % k.max(1) == 0,
+                Some(k) => at.step.is_multiple_of(k.max(1)),
                 None => at.step == 0,
             };
         match self.mode {

@@ -46,7 +46,7 @@ impl DecodeConfig {
         if self.block_length == 0 {
             return Err(Error::setting("block_length", 0, "must be >= 1"));
         }
-        if self.gen_length % self.block_length != 0 {
+        if !self.gen_length.is_multiple_of(self.block_length) {
             return Err(Error::setting(
                 "gen_length",
                 self.gen_length,
@@ -54,7 +54,7 @@ impl DecodeConfig {
             ));
         }
         let blocks = self.num_blocks();
-        if self.steps == 0 || self.steps % blocks != 0 {
+        if self.steps == 0 || !self.steps.is_multiple_of(blocks) {
             return Err(Error::setting(
                 "steps",
                 self.steps,

@@ -16,7 +16,7 @@
 //!   it committed), their consumer is gone, or, with [`Finish::Canvas`], their whole canvas is
 //!   decoded as the reference does. Per-row [`RowEvent`]s (committed text, provisional blocks,
 //!   the final [`Answer`]) go to a [`RowSink`];
-//! * [`run()`] / [`run_rows`]: one batch of prompts to the end.
+//! * [`run()`] / [`run_batch`] / [`run_rows`]: one batch of prompts to the end.
 //!
 //! The CLI, the server, the benches and the golden runner all run generations through it;
 //! errors are typed ([`Error`]) and name the parameter the user sent ([`Param`]).
@@ -60,5 +60,5 @@ pub use batch::{Batch, FinishedRow, Provisional, RowEvent, RowEvents, RowSink};
 pub use error::{Error, Result};
 pub use fastdllm_core::TokenLogprobs;
 pub use resolve::{resolve, Knobs, Resolved, Source, Stop};
-pub use run::{run, run_rows, Generated};
+pub use run::{run, run_batch, run_rows, Generated};
 pub use settings::{batch_compatible, row_seeds, GenerationSettings, Param};

@@ -774,7 +774,9 @@ impl Blame<'_> {
         match e {
             Error::Core(fastdllm_core::Error::InvalidSetting { name, .. }) => {
                 let param = match name {
-                    "gen_length" if c.block_length > 0 && c.gen_length % c.block_length != 0 => {
+                    "gen_length"
+                        if c.block_length > 0 && !c.gen_length.is_multiple_of(c.block_length) =>
+                    {
                         let (g, b) = (c.gen_length, c.block_length);
                         let lo = g / b * b;
                         // The next multiple may not exist (g near usize::MAX).

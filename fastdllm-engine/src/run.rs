@@ -7,7 +7,7 @@ use fastdllm_sampler::Unmask;
 use crate::answer::Answer;
 use crate::batch::{Batch, RowEvents, RowSink};
 use crate::error::{Error, Result};
-use crate::settings::GenerationSettings;
+use crate::settings::{row_seeds, GenerationSettings};
 
 /// The result of [`run()`] / [`run_rows`].
 #[derive(Debug, Clone)]
@@ -45,6 +45,27 @@ pub fn run(
         settings,
         opts,
         &mut |_, _| {},
+    )
+}
+
+/// Runs one batch of `prompts` with one `settings` for every row, row `r` seeded
+/// [`row_seeds`]`(settings.seed, 0, n)[r]` (row 0 keeps the seed itself): what `fastdllm
+/// generate` and the Python package's `Model.generate` run. `tokenizer` decodes answers (and is
+/// needed for stop strings); events go to `sink`.
+///
+/// Errors: as [`run_rows`].
+pub fn run_batch(
+    model: &dyn DiffusionLm,
+    tokenizer: Option<&Tokenizer>,
+    prompts: &[Vec<TokenId>],
+    settings: &GenerationSettings,
+    opts: &GenerateOptions,
+    sink: &mut dyn RowSink,
+) -> Result<Generated> {
+    let seeds = row_seeds(settings.seed, 0, prompts.len());
+    let unmasks = vec![settings.unmask; prompts.len()];
+    run_rows(
+        model, tokenizer, prompts, &unmasks, &seeds, settings, opts, sink,
     )
 }
 

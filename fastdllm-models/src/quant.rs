@@ -61,7 +61,7 @@ impl QuantType {
     /// The block type a weight with rows of `in_features` values gets: this type when its block
     /// divides the row, else llama.cpp's fallback, else `None` (keep the layer dense).
     pub fn for_row(self, in_features: usize) -> Option<GgmlDType> {
-        let fits = |t: GgmlDType| in_features % t.block_size() == 0;
+        let fits = |t: GgmlDType| in_features.is_multiple_of(t.block_size());
         let first = self.ggml();
         if fits(first) {
             return Some(first);

@@ -217,6 +217,24 @@ impl Transformer {
             ));
         }
         let (hidden, vocab) = (dims.hidden_size, dims.vocab_size);
+        // The LM head first: it is the largest matrix (vocab x hidden), and while it is being
+        // packed its file copy and its packed copy are both resident. Built first, that pair
+        // sits on top of nothing else; built last it sat on top of every other weight and set
+        // the load's peak RSS.
+        let head_name = if dims.tie_word_embeddings {
+            layout.embed
+        } else {
+            layout.lm_head
+        };
+        let lm_head = weights.linear(
+            &[LinearPart {
+                name: base(head_name),
+                out_features: vocab,
+                rope_permuted_heads: None,
+            }],
+            hidden,
+            false,
+        )?;
         let embed = weights.embedding((vocab, hidden), layout.embed)?;
         let blocks = (0..dims.num_layers)
             .map(|i| {
@@ -232,20 +250,6 @@ impl Transformer {
         let final_norm = RmsNorm::new(
             weights.get(&[hidden], layout.final_norm, InitKind::Norm)?,
             dims.rms_norm_eps,
-        )?;
-        let head_name = if dims.tie_word_embeddings {
-            layout.embed
-        } else {
-            layout.lm_head
-        };
-        let lm_head = weights.linear(
-            &[LinearPart {
-                name: base(head_name),
-                out_features: vocab,
-                rope_permuted_heads: None,
-            }],
-            hidden,
-            false,
         )?;
         let rope = Rope::new(
             dims.head_dim,

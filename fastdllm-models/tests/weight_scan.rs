@@ -20,7 +20,7 @@ fn write_bf16(path: &Path, tensors: usize, elems: usize, poison: Option<(usize, 
         );
     }
     let mut h = serde_json::Value::Object(header).to_string();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(' ');
     }
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());

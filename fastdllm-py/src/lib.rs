@@ -495,14 +495,10 @@ impl Model {
         let start = Instant::now();
         let gen = py
             .detach(|| {
-                let seeds = engine::row_seeds(settings.seed, 0, prompts.len());
-                let unmasks = vec![settings.unmask; prompts.len()];
-                engine::run_rows(
+                engine::run_batch(
                     loaded.model.as_ref(),
                     Some(&loaded.tokenizer),
                     &prompts,
-                    &unmasks,
-                    &seeds,
                     &settings,
                     &GenerateOptions::default(),
                     &mut |_, _| {},

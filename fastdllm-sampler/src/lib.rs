@@ -37,6 +37,7 @@ pub mod confidence;
 pub mod config;
 pub mod dream;
 pub mod error;
+mod exp_f64;
 pub mod factor;
 pub mod fixed;
 pub mod per_row;

@@ -52,7 +52,7 @@ fn read_st(path: &Path) -> SafeTensors {
 
 fn write_st(path: &Path, st: &SafeTensors) {
     let mut header = serde_json::to_string(&st.header).unwrap();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(' ');
     }
     let mut out = (header.len() as u64).to_le_bytes().to_vec();

@@ -153,19 +153,15 @@ pub fn run(a: GenerateArgs) -> Result<ExitCode> {
             .map(|t| parse_ids(t))
             .collect::<Result<_>>()?
     };
-    let seeds = engine::row_seeds(settings.seed, 0, prompts.len());
     let opts = GenerateOptions {
         trace: a.trace,
         drift: a.drift,
     };
     let start = Instant::now();
-    let unmasks = vec![settings.unmask; prompts.len()];
-    let gen = engine::run_rows(
+    let gen = engine::run_batch(
         loaded.model.as_ref(),
         Some(&loaded.tokenizer),
         &prompts,
-        &unmasks,
-        &seeds,
         &settings,
         &opts,
         &mut |_, _| {},

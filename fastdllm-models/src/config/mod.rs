@@ -657,14 +657,14 @@ impl ModelConfig {
         positive(n.intermediate_size, self.intermediate_size)?;
         positive(n.vocab_size, self.vocab_size)?;
         positive(n.max_seq_len, self.max_seq_len)?;
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(Error::config(
                 n.num_kv_heads,
                 self.num_kv_heads,
                 format!("must divide {} = {}", n.num_heads, self.num_heads),
             ));
         }
-        if self.hidden_size % self.num_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
             return Err(Error::config(
                 n.num_heads,
                 self.num_heads,
@@ -682,7 +682,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(Error::config(
                 n.num_heads,
                 self.num_heads,

@@ -13,6 +13,9 @@
 //!   (query head `h` uses KV head `h / groups`, as `repeat_kv` would);
 //! * only the query rows the caller needs may be computed (the last layer of a forward whose
 //!   logits are requested for some rows only); K/V always cover the whole window.
+//! * long canvases attend in chunks of query rows whose score buffer stays within 8 MiB, so the
+//!   whole `(heads, rows, keys)` score matrix is never materialised (equal up to the GEMM's
+//!   rounding; test `chunked_query_rows_equal_one_pass`).
 //!
 //! LLaDA-MoE (`LLaDAMoEAttention`, docs/ALGORITHM.md §1.4) adds QK-norm: q and k are
 //! RMS-normalised per head over `head_dim` (one weight shared by the heads) before RoPE.
@@ -125,8 +128,20 @@ impl Attention {
         key_bias: Option<&Tensor>,
         query_rows: Range<usize>,
     ) -> Result<Tensor> {
+        self.attend_in_chunks(projected, rope, key_bias, query_rows, SCORE_CHUNK_BYTES)
+    }
+
+    /// [`Self::attend`] with score buffers of at most `chunk_bytes` (at least one query row).
+    fn attend_in_chunks(
+        &self,
+        projected: &Projected,
+        rope: &RopeAt,
+        key_bias: Option<&Tensor>,
+        query_rows: Range<usize>,
+        chunk_bytes: usize,
+    ) -> Result<Tensor> {
         let (b, w, _, _) = projected.qkv.dims4()?;
-        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let (nh, d) = (self.num_heads, self.head_dim);
         let q_len = query_rows.len();
         let (q, rope_q) = if query_rows == (0..w) {
             (projected.qkv.narrow(2, 0, nh)?, rope.clone())
@@ -139,24 +154,61 @@ impl Attention {
         };
         let q = q.transpose(1, 2)?.contiguous()?;
         let q = (rope_q.apply(&q)? * self.scale)?;
-        // (b, nh, q_len, d) -> (b, nkv, groups * q_len, d) is a free view in which query head h
+        // Query rows in chunks whose scores stay within `chunk_bytes`: each row's scores,
+        // softmax and context depend on that row only (up to the GEMM's rounding, which follows
+        // the matrix shape), so a long canvas never materialises its whole (heads, rows, keys)
+        // score matrix, and the buffers stay below glibc's mmap threshold instead of being
+        // mapped and unmapped per layer.
+        let keys_len = projected.keys.dim(2)?;
+        let row_bytes = b * nh * keys_len * q.dtype().size_in_bytes();
+        let chunk = (chunk_bytes / row_bytes.max(1)).clamp(1, q_len.max(1));
+        let ctx = if chunk >= q_len {
+            self.attend_rows(&q, projected, key_bias)?
+        } else {
+            let parts = (0..q_len)
+                .step_by(chunk)
+                .map(|start| {
+                    let rows = chunk.min(q_len - start);
+                    self.attend_rows(
+                        &q.narrow(2, start, rows)?.contiguous()?,
+                        projected,
+                        key_bias,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 2)?
+        };
+        let ctx = ctx.transpose(1, 2)?.reshape((b, q_len, nh * d))?;
+        self.out.forward(&ctx)
+    }
+
+    /// `softmax(q k^T + bias) v` for the (rotated, scaled, contiguous) query rows `q`.
+    ///
+    /// Shape: `q` `(batch, num_heads, rows, head_dim)` -> `(batch, num_heads, rows, head_dim)`.
+    fn attend_rows(
+        &self,
+        q: &Tensor,
+        projected: &Projected,
+        key_bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, nh, rows, d) = q.dims4()?;
+        // (b, nh, rows, d) -> (b, nkv, groups * rows, d) is a free view in which query head h
         // lands in the group of KV head h / groups: GQA without repeating K/V.
-        let groups = nh / nkv;
-        let q = q.reshape((b, nkv, groups * q_len, d))?;
+        let groups = nh / self.num_kv_heads;
+        let q = q.reshape((b, self.num_kv_heads, groups * rows, d))?;
         let scores = q.matmul(&projected.keys.t()?)?;
         let scores = match key_bias {
             Some(bias) => scores.broadcast_add(bias)?,
             None => scores,
         };
         let probs = super::cpu_ops::softmax_last_dim(&scores)?;
-        let ctx = probs.matmul(&projected.values)?;
-        let ctx = ctx
-            .reshape((b, nh, q_len, d))?
-            .transpose(1, 2)?
-            .reshape((b, q_len, nh * d))?;
-        self.out.forward(&ctx)
+        Ok(probs.matmul(&projected.values)?.reshape((b, nh, rows, d))?)
     }
 }
+
+/// Largest score buffer `(batch, heads, rows, keys)` one attention pass holds: 8 MiB, below
+/// glibc's largest mmap threshold (32 MiB) so each chunk's buffers come from the heap.
+const SCORE_CHUNK_BYTES: usize = 8 << 20;
 
 /// The window's fused q/k/v projection and the K/V to attend over.
 #[derive(Debug)]
@@ -283,5 +335,56 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(diff < 1e-5, "{diff}");
+    }
+
+    /// Query rows attended in chunks (the long-canvas path) give the one-pass result up to the
+    /// GEMM's rounding (candle's gemm chooses its kernels by shape, so a row's products may round
+    /// differently in a smaller matrix): every row's scores, softmax and context are its own.
+    /// Chunks of 1, 3 (a partial last chunk) and 7 rows of a 13-row window, GQA, a key bias, and
+    /// a subset of query rows.
+    #[test]
+    fn chunked_query_rows_equal_one_pass() {
+        let (b, w, hidden, nh, nkv, d) = (2usize, 13usize, 32usize, 4usize, 2usize, 8usize);
+        let qkv = Linear::new(randn(&[(nh + 2 * nkv) * d, hidden]), None).unwrap();
+        let out = Linear::new(randn(&[hidden, nh * d]), None).unwrap();
+        let attn = Attention::new(qkv, out, nh, nkv, d);
+        let rope = Rope::new(d, 1e4, 32, RopePrecision::F32, DType::F32, &Device::Cpu).unwrap();
+        let at = rope
+            .at(&Positions::Contiguous { start: 0 }, b, w, w)
+            .unwrap();
+        let x = randn(&[b, w, hidden]);
+        let projected = attn.project(&x, &at, 0, &mut PassthroughKv).unwrap();
+        let bias = randn(&[b, 1, 1, w]);
+        let row_bytes = b * nh * w * 4;
+        for rows in [0..w, 2..11] {
+            let whole = attn
+                .attend_in_chunks(&projected, &at, Some(&bias), rows.clone(), usize::MAX)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            for chunk_rows in [1, 3, 7] {
+                let chunked = attn
+                    .attend_in_chunks(
+                        &projected,
+                        &at,
+                        Some(&bias),
+                        rows.clone(),
+                        chunk_rows * row_bytes,
+                    )
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                for (a, b) in chunked.iter().zip(&whole) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                        "rows {rows:?}, chunks of {chunk_rows}: {a} vs {b}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -8,8 +8,10 @@
 //! Deviations from candle's results: `exp` within 2 ULP of libm's (the algorithm of ARM's
 //! optimized-routines `expf`, as llama.cpp's `ggml_v_expf`; test
 //! `exp8_is_within_two_ulp_of_libm`), the softmax sum in 8 lanes, then the lanes in order; the
-//! division and the SiLU formula `g / (1 + exp(-g))` are candle's. Used for contiguous f32
-//! tensors on x86-64 CPUs with AVX2 + FMA; anything else goes to candle's ops unchanged.
+//! division and the SiLU formula `g / (1 + exp(-g))` are candle's. Used for f32 tensors whose last
+//! dimension is contiguous (row views such as the MLP's gate / up halves are read in place, not
+//! copied) on x86-64 CPUs with AVX2 + FMA; anything else goes to candle's ops unchanged.
+//! [`OPS_VAR`] forces either path.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -17,26 +19,59 @@ use rayon::prelude::*;
 use super::cpu_gemm;
 use crate::Result;
 
-/// Whether the vectorised ops run for `t` (f32 on the CPU, AVX2 + FMA present).
-fn vectorised(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && cpu_gemm::cpu_supported()
+/// Environment variable that forces the element-wise path: `avx2` (ours; an error on a CPU
+/// without AVX2 + FMA) or `candle` (candle's ops). Unset or empty: ours where the CPU has it.
+/// Another value is an error at the first op. Read once per process.
+pub const OPS_VAR: &str = "FASTDLLM_CPU_OPS";
+
+/// Whether the vectorised path runs on this CPU ([`OPS_VAR`], else AVX2 + FMA present).
+fn ops_vectorised() -> Result<bool> {
+    static CHOICE: std::sync::OnceLock<std::result::Result<bool, String>> =
+        std::sync::OnceLock::new();
+    CHOICE
+        .get_or_init(|| {
+            let value = std::env::var_os(OPS_VAR);
+            ops_choice(value.as_ref().map(|v| v.to_string_lossy()).as_deref())
+        })
+        .clone()
+        .map_err(|msg| candle_core::Error::Msg(msg).into())
 }
 
-/// Softmax over the last dimension. Shape: any, unchanged; dtype: unchanged.
-pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if vectorised(x) && x.rank() >= 1 {
-        Ok(x.contiguous()?.apply_op1_no_bwd(&SoftmaxLastDim)?)
-    } else {
-        Ok(candle_nn::ops::softmax_last_dim(x)?)
+/// The path [`OPS_VAR`]'s `value` chooses: `Ok(true)` for ours, `Ok(false)` for candle's, or the
+/// one-line error for a value that is not `avx2` / `candle` / empty, or `avx2` on a CPU without it.
+fn ops_choice(value: Option<&str>) -> std::result::Result<bool, String> {
+    match value.unwrap_or("") {
+        "" => Ok(cpu_gemm::cpu_supported()),
+        "avx2" if cpu_gemm::cpu_supported() => Ok(true),
+        "avx2" => Err(format!("{OPS_VAR}=avx2: this CPU lacks AVX2 + FMA")),
+        "candle" => Ok(false),
+        other => Err(format!("{OPS_VAR}={other}: must be avx2 or candle")),
     }
 }
 
-/// `silu(gate) * up`, element-wise. Shapes: equal, unchanged; dtype: unchanged.
+/// Whether the vectorised ops run for `t`: f32 on the CPU, the last dimension contiguous, and
+/// the vectorised path chosen ([`ops_vectorised`]).
+fn vectorised(t: &Tensor) -> Result<bool> {
+    let rows_in_place =
+        t.rank() >= 1 && (t.stride()[t.rank() - 1] == 1 || t.dims()[t.rank() - 1] == 1);
+    Ok(t.device().is_cpu() && t.dtype() == DType::F32 && rows_in_place && ops_vectorised()?)
+}
+
+/// Softmax over the last dimension. Shape: any, unchanged; dtype: unchanged. Errors: an invalid
+/// [`OPS_VAR`].
+pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if vectorised(x)? {
+        Ok(x.apply_op1_no_bwd(&SoftmaxLastDim)?)
+    } else {
+        Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?)
+    }
+}
+
+/// `silu(gate) * up`, element-wise. Shapes: equal, unchanged (the output is contiguous); dtype:
+/// unchanged. Errors: an invalid [`OPS_VAR`].
 pub(crate) fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if vectorised(gate) && up.dtype() == DType::F32 && gate.dims() == up.dims() {
-        Ok(gate
-            .contiguous()?
-            .apply_op2_no_bwd(&up.contiguous()?, &SiluMul)?)
+    if vectorised(gate)? && vectorised(up)? && gate.dims() == up.dims() {
+        Ok(gate.apply_op2_no_bwd(up, &SiluMul)?)
     } else {
         Ok((candle_nn::ops::silu(gate)? * up)?)
     }
@@ -45,14 +80,41 @@ pub(crate) fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// Rows of at least this many elements per rayon task.
 const MIN_TASK_ELEMS: usize = 1 << 14;
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+/// The rows (last dimension) of an f32 tensor whose last dimension is contiguous, in
+/// row-major order, read in place: one `&[f32]` of the last dimension's length per row.
+fn f32_rows<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<Vec<&'a [f32]>> {
     let CpuStorage::F32(data) = storage else {
         candle_core::bail!("fastdllm cpu_ops: expected f32 storage")
     };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("fastdllm cpu_ops: input has to be contiguous"),
+    let (dims, stride) = (layout.dims(), layout.stride());
+    let Some((&dim, lead)) = dims.split_last() else {
+        candle_core::bail!("fastdllm cpu_ops: a scalar has no rows")
+    };
+    if dim > 1 && stride[dims.len() - 1] != 1 {
+        candle_core::bail!("fastdllm cpu_ops: the last dimension has to be contiguous")
     }
+    let count: usize = lead.iter().product();
+    let mut rows = Vec::with_capacity(count);
+    let mut index = vec![0usize; lead.len()];
+    for _ in 0..count {
+        let start =
+            layout.start_offset() + index.iter().zip(stride).map(|(i, s)| i * s).sum::<usize>();
+        rows.push(&data[start..start + dim]);
+        // The next multi-index of the leading dimensions, last one fastest.
+        for (i, &n) in index.iter_mut().zip(lead).rev() {
+            *i += 1;
+            if *i < n {
+                break;
+            }
+            *i = 0;
+        }
+    }
+    Ok(rows)
+}
+
+/// Rows per rayon task: at least [`MIN_TASK_ELEMS`] elements each.
+fn rows_per_task(dim: usize) -> usize {
+    MIN_TASK_ELEMS.checked_div(dim).unwrap_or(1).max(1)
 }
 
 struct SoftmaxLastDim;
@@ -67,16 +129,15 @@ impl CustomOp1 for SoftmaxLastDim {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let src = f32_slice(storage, layout)?;
-        let dims = layout.shape().dims();
-        let dim = dims[dims.len() - 1];
-        let mut dst = vec![0f32; src.len()];
-        if let Some(rows) = MIN_TASK_ELEMS.checked_div(dim) {
-            let rows_per_task = rows.max(1);
-            src.par_chunks(dim * rows_per_task)
-                .zip(dst.par_chunks_mut(dim * rows_per_task))
+        let rows = f32_rows(storage, layout)?;
+        let dim = layout.dims()[layout.dims().len() - 1];
+        let mut dst = vec![0f32; rows.len() * dim];
+        if dim > 0 {
+            let per_task = rows_per_task(dim);
+            rows.par_chunks(per_task)
+                .zip(dst.par_chunks_mut(dim * per_task))
                 .for_each(|(s, d)| {
-                    for (s, d) in s.chunks(dim).zip(d.chunks_mut(dim)) {
+                    for (s, d) in s.iter().zip(d.chunks_mut(dim)) {
                         // SAFETY: `vectorised` checked AVX2 + FMA before this op was applied.
                         unsafe { x86::softmax_row(s, d) }
                     }
@@ -100,17 +161,24 @@ impl CustomOp2 for SiluMul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let gate = f32_slice(s1, l1)?;
-        let up = f32_slice(s2, l2)?;
-        if gate.len() != up.len() {
+        if l1.dims() != l2.dims() {
             candle_core::bail!("fastdllm silu_mul: {:?} vs {:?}", l1.dims(), l2.dims())
         }
-        let mut dst = vec![0f32; gate.len()];
-        dst.par_chunks_mut(MIN_TASK_ELEMS)
-            .zip(gate.par_chunks(MIN_TASK_ELEMS))
-            .zip(up.par_chunks(MIN_TASK_ELEMS))
-            // SAFETY: `vectorised` checked AVX2 + FMA before this op was applied.
-            .for_each(|((d, g), u)| unsafe { x86::silu_mul(g, u, d) });
+        let (gate, up) = (f32_rows(s1, l1)?, f32_rows(s2, l2)?);
+        let dim = l1.dims()[l1.dims().len() - 1];
+        let mut dst = vec![0f32; gate.len() * dim];
+        if dim > 0 {
+            let per_task = rows_per_task(dim);
+            dst.par_chunks_mut(dim * per_task)
+                .zip(gate.par_chunks(per_task))
+                .zip(up.par_chunks(per_task))
+                .for_each(|((d, g), u)| {
+                    for ((d, g), u) in d.chunks_mut(dim).zip(g).zip(u) {
+                        // SAFETY: `vectorised` checked AVX2 + FMA before this op was applied.
+                        unsafe { x86::silu_mul(g, u, d) }
+                    }
+                });
+        }
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
 }
@@ -382,19 +450,55 @@ mod tests {
                 assert!((a - b).abs() <= 1e-6 * b.abs() + 1e-30, "{a} vs {b}");
             }
         }
-        // Non-contiguous inputs (a narrowed view, as the MLP's gate / up halves) too.
-        let gate_up = Tensor::randn(0f32, 2.0, (3, 2 * 19), &Device::Cpu).unwrap();
-        let (g, u) = (
-            gate_up.narrow(1, 0, 19).unwrap(),
-            gate_up.narrow(1, 19, 19).unwrap(),
-        );
-        let ours = silu_mul(&g, &u).unwrap().to_vec2::<f32>().unwrap();
-        let theirs = (candle_nn::ops::silu(&g).unwrap() * &u)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        for (a, b) in ours.iter().flatten().zip(theirs.iter().flatten()) {
-            assert!((a - b).abs() <= 1e-6 * b.abs() + 1e-30, "{a} vs {b}");
+        // Row views read in place (the MLP's gate / up halves of a batched window, a narrowed
+        // offset view), and a transposed view that takes candle's path.
+        let gate_up = Tensor::randn(0f32, 2.0, (2, 3, 2 * 19), &Device::Cpu).unwrap();
+        let views = [
+            (
+                gate_up.narrow(2, 0, 19).unwrap(),
+                gate_up.narrow(2, 19, 19).unwrap(),
+            ),
+            (
+                gate_up.narrow(1, 1, 2).unwrap().narrow(2, 3, 16).unwrap(),
+                gate_up.narrow(1, 0, 2).unwrap().narrow(2, 20, 16).unwrap(),
+            ),
+            (
+                gate_up.narrow(2, 0, 3).unwrap().transpose(1, 2).unwrap(),
+                gate_up.narrow(2, 5, 3).unwrap().transpose(1, 2).unwrap(),
+            ),
+        ];
+        for (g, u) in views {
+            let ours = silu_mul(&g, &u).unwrap();
+            assert!(ours.is_contiguous());
+            let theirs = (candle_nn::ops::silu(&g).unwrap() * &u).unwrap();
+            let (ours, theirs) = (
+                ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            for (a, b) in ours.iter().zip(&theirs) {
+                assert!((a - b).abs() <= 1e-6 * b.abs() + 1e-30, "{a} vs {b}");
+            }
+            let (ours, theirs) = (
+                softmax_last_dim(&g).unwrap(),
+                candle_nn::ops::softmax_last_dim(&g.contiguous().unwrap()).unwrap(),
+            );
+            let (ours, theirs) = (
+                ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            for (a, b) in ours.iter().zip(&theirs) {
+                assert!((a - b).abs() <= 1e-6 * b.abs() + 1e-12, "{a} vs {b}");
+            }
         }
+    }
+
+    #[test]
+    fn the_ops_switch_takes_avx2_candle_or_nothing() {
+        assert_eq!(ops_choice(None), Ok(cpu_gemm::cpu_supported()));
+        assert_eq!(ops_choice(Some("")), Ok(cpu_gemm::cpu_supported()));
+        assert_eq!(ops_choice(Some("candle")), Ok(false));
+        assert_eq!(ops_choice(Some("avx2")).is_ok(), cpu_gemm::cpu_supported());
+        let err = ops_choice(Some("avx512")).unwrap_err();
+        assert_eq!(err, "FASTDLLM_CPU_OPS=avx512: must be avx2 or candle");
     }
 }
