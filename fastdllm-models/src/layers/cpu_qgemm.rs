@@ -235,7 +235,7 @@ impl QPackedWeight {
         let Ok((n, k)) = qt.shape().dims2() else {
             return Ok(None);
         };
-        if !qt.device().is_cpu() || n == 0 || k == 0 || k % format.block() != 0 {
+        if !qt.device().is_cpu() || n == 0 || k == 0 || !k.is_multiple_of(format.block()) {
             return Ok(None);
         }
         let blocks = qt.data()?;
@@ -467,7 +467,10 @@ impl QInput {
     ) -> Self {
         assert_eq!(x.len(), rows * k, "input size");
         let block = kind.block();
-        assert_eq!(k % block, 0, "input width {k} is not a multiple of {block}");
+        assert!(
+            k.is_multiple_of(block),
+            "input width {k} is not a multiple of {block}"
+        );
         let mut qs = vec![0i8; rows * k];
         let mut d = vec![0f32; rows * k / block];
         let mut sums = vec![0i16; rows * k / 16];
@@ -941,9 +944,7 @@ mod avx2 {
 
 /// AVX-512 F/BW + VNNI: 16-row tiles in one register, `vpdpbusd` (unsigned weights times signed
 /// inputs, four byte pairs per 32-bit lane).
-// The workspace's `rust-version` is older than these intrinsics (stable since 1.89), but
-// candle-core 0.11 uses the same AVX-512 intrinsics, so every build of this crate needs 1.89.
-#[allow(clippy::incompatible_msrv, clippy::needless_range_loop)]
+#[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -1202,8 +1203,8 @@ mod tests {
     fn paths_are_bitwise_the_reference() {
         let n = 16 * 2 + 5;
         // 24 and 25 Q8_0 blocks (the AVX-512 kernel takes two per pass), 3 superblocks.
-        for ((dtype, format), k) in FORMATS.into_iter().flat_map(|f| [(f, 768), (f, 800)]) {
-            if k % format.block() != 0 {
+        for ((dtype, format), k) in FORMATS.into_iter().flat_map(|f| [(f, 768usize), (f, 800)]) {
+            if !k.is_multiple_of(format.block()) {
                 continue;
             }
             let packed = QPackedWeight::new(&quantized(n, k, dtype))
