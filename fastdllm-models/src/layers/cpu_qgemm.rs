@@ -457,7 +457,7 @@ pub(crate) struct QInput {
 
 impl QInput {
     /// `x` (row-major `(rows, k)` f32, `k` a multiple of the kind's block) quantized with `path`'s
-    /// quantizer (the SIMD paths share the AVX2 one; every path gives the same values).
+    /// quantizer (every path gives the same values).
     pub(crate) fn quantize(
         kind: QInputKind,
         x: &[f32],
@@ -480,11 +480,17 @@ impl QInput {
                 let sums = &mut sums[b * block / 16..][..block / 16];
                 d[b] = match path {
                     #[cfg(target_arch = "x86_64")]
-                    QPath::Avx2 | QPath::Avx512 => {
+                    QPath::Avx2 => {
                         assert!(path.available(), "{} quantizer on this CPU", path.name());
                         // SAFETY: AVX2 + FMA + F16C checked above; the slices are `block` (a
                         // multiple of 32) values and `block / 16` sums long.
                         unsafe { avx2::quantize_block(x, qs, sums) }
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    QPath::Avx512 => {
+                        assert!(path.available(), "{} quantizer on this CPU", path.name());
+                        // SAFETY: AVX-512 F/BW (+ AVX2) checked above; slices as above.
+                        unsafe { avx512::quantize_block(x, qs, sums) }
                     }
                     _ => scalar::quantize_block(x, qs, sums),
                 };
@@ -689,7 +695,7 @@ mod scalar {
     }
 }
 
-/// AVX2 (+ FMA, F16C): each tile as two 8-row halves; the quantizer (also the AVX-512 path's).
+/// AVX2 (+ FMA, F16C): each tile as two 8-row halves, and the AVX2 quantizer.
 #[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
@@ -950,6 +956,30 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::*;
+
+    /// [`scalar::quantize_block`] in 16-lane vectors: one vector is one 16-value sum;
+    /// `vpmovdb` narrows (the values are already clamped to `[-127, 127]`).
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    pub(super) unsafe fn quantize_block(x: &[f32], qs: &mut [i8], sums: &mut [i16]) -> f32 {
+        let mut m = _mm512_setzero_ps();
+        for v in x.chunks_exact(16) {
+            m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(v.as_ptr())));
+        }
+        let amax = _mm512_reduce_max_ps(m);
+        let id = _mm512_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+        let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
+        for ((x, qs), s) in x
+            .chunks_exact(16)
+            .zip(qs.chunks_exact_mut(16))
+            .zip(sums.iter_mut())
+        {
+            let v = _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr()), id);
+            let q = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(v), lo), hi);
+            *s = _mm512_reduce_add_epi32(q) as i16;
+            _mm_storeu_si128(qs.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(q));
+        }
+        amax / 127.0
+    }
 
     /// Four input bytes at `p` in every 32-bit lane.
     #[inline(always)]
