@@ -1,7 +1,8 @@
 //! Our int8 CPU kernels for GGUF block-quantized weights: `y = x W^T` with `W` in GGML's Q8_0,
-//! Q4_K or Q6_K blocks (Q8_0 files, and the two types of llama.cpp's Q4_K_M), the arithmetic of
-//! llama.cpp's `ggml_vec_dot_q8_0_q8_0`, `ggml_vec_dot_q4_K_q8_K` and `ggml_vec_dot_q6_K_q8_K`
-//! (ggml-cpu `quants.c`), many weight rows and several input rows per pass.
+//! Q4_0, Q4_K or Q6_K blocks (Q8_0 and Q4_0 files, and the two types of llama.cpp's Q4_K_M), the
+//! arithmetic of llama.cpp's `ggml_vec_dot_q8_0_q8_0`, `ggml_vec_dot_q4_0_q8_0`,
+//! `ggml_vec_dot_q4_K_q8_K` and `ggml_vec_dot_q6_K_q8_K` (ggml-cpu `quants.c`), many weight rows
+//! and several input rows per pass.
 //!
 //! Why our own: candle's quantized CPU kernels keep a repacked copy of every weight beside the
 //! original blocks (twice the memory), unpack the sub-block scales to f32, and on a CPU without
@@ -19,6 +20,9 @@
 //! - Q8_0 (34 file bytes per 32 values): 16 f16 `d`, then 8 vectors of `w + 128` (unsigned, for
 //!   `vpdpbusd`; the AVX2 path flips the top bit back and uses llama.cpp's sign trick). 544 bytes
 //!   per group = exactly the file's 16 x 34.
+//! - Q4_0 (18 file bytes per 32 values): 16 f16 `d`, then 4 vectors of the file's nibble bytes (low
+//!   nibbles values `4c..+4`, high nibbles `16 + 4c..+4`; `q - 8` through `8 * sum(x)` subtracted).
+//!   288 bytes per group = exactly the file's 16 x 18.
 //! - Q4_K (144 file bytes per 256 values): 16 f16 `d`, 16 f16 `dmin`, 8 x 16 `u8` scales, 8 x 16
 //!   `u8` mins, then 32 vectors of nibbles (vector `8t + c`: low nibbles are values `64t + 4c..+4`,
 //!   high nibbles values `64t + 32 + 4c..+4` of each row: GGML's own byte order, copied as is).
@@ -57,10 +61,11 @@ const ROWS_PER_PASS: usize = 4;
 /// quantized weight loads.
 pub const QKERNEL_VAR: &str = "FASTDLLM_CPU_QGEMM";
 
-/// The GGML block formats this module multiplies (Q5_K and Q4_0 are left to candle).
+/// The GGML block formats this module multiplies (Q5_K and the rest are left to candle).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum QFormat {
     Q8_0,
+    Q4_0,
     Q4K,
     Q6K,
 }
@@ -89,6 +94,7 @@ impl QFormat {
     pub(crate) fn from_ggml(dtype: GgmlDType) -> Option<Self> {
         match dtype {
             GgmlDType::Q8_0 => Some(QFormat::Q8_0),
+            GgmlDType::Q4_0 => Some(QFormat::Q4_0),
             GgmlDType::Q4K => Some(QFormat::Q4K),
             GgmlDType::Q6K => Some(QFormat::Q6K),
             _ => None,
@@ -98,7 +104,7 @@ impl QFormat {
     /// The input quantization its dot products take.
     pub(crate) fn input_kind(self) -> QInputKind {
         match self {
-            QFormat::Q8_0 => QInputKind::Q8_0,
+            QFormat::Q8_0 | QFormat::Q4_0 => QInputKind::Q8_0,
             QFormat::Q4K | QFormat::Q6K => QInputKind::Q8K,
         }
     }
@@ -112,6 +118,7 @@ impl QFormat {
     fn file_block_bytes(self) -> usize {
         match self {
             QFormat::Q8_0 => 34,
+            QFormat::Q4_0 => 18,
             QFormat::Q4K => 144,
             QFormat::Q6K => 210,
         }
@@ -121,6 +128,7 @@ impl QFormat {
     fn group_bytes(self) -> usize {
         match self {
             QFormat::Q8_0 => Q8_0_QS + 8 * 64,
+            QFormat::Q4_0 => Q8_0_QS + 4 * 64,
             QFormat::Q4K => Q4K_QS + 32 * 64,
             QFormat::Q6K => Q6K_QH + 16 * 64,
         }
@@ -265,6 +273,7 @@ impl QPackedWeight {
                         };
                         match format {
                             QFormat::Q8_0 => pack_q8_0(group, r, src),
+                            QFormat::Q4_0 => pack_q4_0(group, r, src),
                             QFormat::Q4K => pack_q4k(group, r, src),
                             QFormat::Q6K => pack_q6k(group, r, src),
                         }
@@ -370,16 +379,21 @@ impl QPackedWeight {
         }
         match (self.format, path) {
             (QFormat::Q8_0, QPath::Scalar) => by_pass!(scalar::q8_0),
+            (QFormat::Q4_0, QPath::Scalar) => by_pass!(scalar::q4_0),
             (QFormat::Q4K, QPath::Scalar) => by_pass!(scalar::q4k),
             (QFormat::Q6K, QPath::Scalar) => by_pass!(scalar::q6k),
             #[cfg(target_arch = "x86_64")]
             (QFormat::Q8_0, QPath::Avx2) => by_pass!(avx2::q8_0),
+            #[cfg(target_arch = "x86_64")]
+            (QFormat::Q4_0, QPath::Avx2) => by_pass!(avx2::q4_0),
             #[cfg(target_arch = "x86_64")]
             (QFormat::Q4K, QPath::Avx2) => by_pass!(avx2::q4k),
             #[cfg(target_arch = "x86_64")]
             (QFormat::Q6K, QPath::Avx2) => by_pass!(avx2::q6k),
             #[cfg(target_arch = "x86_64")]
             (QFormat::Q8_0, QPath::Avx512) => by_pass!(avx512::q8_0),
+            #[cfg(target_arch = "x86_64")]
+            (QFormat::Q4_0, QPath::Avx512) => by_pass!(avx512::q4_0),
             #[cfg(target_arch = "x86_64")]
             (QFormat::Q4K, QPath::Avx512) => by_pass!(avx512::q4k),
             #[cfg(target_arch = "x86_64")]
@@ -397,6 +411,15 @@ fn pack_q8_0(group: &mut [u8], r: usize, src: &[u8]) {
         for e in 0..4 {
             group[Q8_0_QS + c * 64 + r * 4 + e] = src[2 + 4 * c + e] ^ 0x80;
         }
+    }
+}
+
+/// Row `r` of a Q4_0 file block `src` (`d`, 16 bytes: low nibbles values 0..16, high nibbles
+/// 16..32, each `q - 8`) into `group`: `d` as Q8_0's, then 4 vectors of the file's bytes.
+fn pack_q4_0(group: &mut [u8], r: usize, src: &[u8]) {
+    group[2 * r..2 * r + 2].copy_from_slice(&src[..2]);
+    for c in 0..4 {
+        group[Q8_0_QS + c * 64 + r * 4..][..4].copy_from_slice(&src[2 + 4 * c..][..4]);
     }
 }
 
@@ -614,6 +637,36 @@ mod scalar {
         }
     }
 
+    /// Q4_0 tile x `R` input rows: `sum (q - 8) x = sum q x - 8 sum x`.
+    pub(super) unsafe fn q4_0<const R: usize>(
+        tile: *const u8,
+        nb: usize,
+        x: &RowPtrs,
+        acc: &mut [[f32; TILE]; ROWS_PER_PASS],
+    ) {
+        for b in 0..nb {
+            let g = tile.add(b * QFormat::Q4_0.group_bytes());
+            for i in 0..TILE {
+                let wd = f16_at(g.add(2 * i));
+                for r in 0..R {
+                    let mut dot = 0i32;
+                    for c in 0..4 {
+                        for e in 0..4 {
+                            let byte = *g.add(Q8_0_QS + c * 64 + i * 4 + e);
+                            let xp = x.qs[r].add(b * QK8_0 + 4 * c + e);
+                            dot += i32::from(byte & 0x0F) * i32::from(*xp);
+                            dot += i32::from(byte >> 4) * i32::from(*xp.add(16));
+                        }
+                    }
+                    let s = x.sums[r].add(2 * b);
+                    let dot = dot - 8 * (i32::from(*s) + i32::from(*s.add(1)));
+                    let scale = wd * *x.d[r].add(b);
+                    acc[r][i] = (dot as f32).mul_add(scale, acc[r][i]);
+                }
+            }
+        }
+    }
+
     /// Q4_K tile x `R` input rows.
     pub(super) unsafe fn q4k<const R: usize>(
         tile: *const u8,
@@ -780,6 +833,51 @@ mod avx2 {
                 for r in 0..R {
                     let scale = _mm256_mul_ps(wd, _mm256_set1_ps(*x.d[r].add(b)));
                     sum[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), scale, sum[r]);
+                }
+            }
+            for r in 0..R {
+                _mm256_storeu_ps(acc[r].as_mut_ptr().add(8 * h), sum[r]);
+            }
+        }
+    }
+
+    /// Q4_0 tile x `R` input rows: `pmaddubsw` of the nibbles (unsigned, <= 15) and the input,
+    /// `8 * sum(x)` subtracted per block.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q4_0<const R: usize>(
+        tile: *const u8,
+        nb: usize,
+        x: &RowPtrs,
+        acc: &mut [[f32; TILE]; ROWS_PER_PASS],
+    ) {
+        let nibble = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        for h in 0..2 {
+            let mut sum = [_mm256_setzero_ps(); R];
+            for b in 0..nb {
+                let g = tile.add(b * QFormat::Q4_0.group_bytes());
+                let wd = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16 * h) as *const __m128i));
+                let mut dot = [_mm256_setzero_si256(); R];
+                for c in 0..4 {
+                    let p = g.add(Q8_0_QS + c * 64 + 32 * h) as *const __m256i;
+                    let v = _mm256_loadu_si256(p);
+                    let lo = _mm256_and_si256(v, nibble);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+                    for r in 0..R {
+                        let xp = x.qs[r].add(b * QK8_0 + 4 * c);
+                        let p16 = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo, x4(xp)),
+                            _mm256_maddubs_epi16(hi, x4(xp.add(16))),
+                        );
+                        dot[r] = _mm256_add_epi32(dot[r], _mm256_madd_epi16(p16, ones));
+                    }
+                }
+                for r in 0..R {
+                    let s = x.sums[r].add(2 * b);
+                    let offset = _mm256_set1_epi32(8 * (i32::from(*s) + i32::from(*s.add(1))));
+                    let dot = _mm256_sub_epi32(dot[r], offset);
+                    let scale = _mm256_mul_ps(wd, _mm256_set1_ps(*x.d[r].add(b)));
+                    sum[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, sum[r]);
                 }
             }
             for r in 0..R {
@@ -1038,6 +1136,45 @@ mod avx512 {
         }
     }
 
+    /// Q4_0 tile x `R` input rows: `vpdpbusd` of the nibbles (unsigned) and the input,
+    /// `8 * sum(x)` subtracted per block.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn q4_0<const R: usize>(
+        tile: *const u8,
+        nb: usize,
+        x: &RowPtrs,
+        acc: &mut [[f32; TILE]; ROWS_PER_PASS],
+    ) {
+        let nibble = _mm512_set1_epi8(0x0F);
+        let mut sum = [_mm512_setzero_ps(); R];
+        for b in 0..nb {
+            let g = tile.add(b * QFormat::Q4_0.group_bytes());
+            let wd = _mm512_cvtph_ps(_mm256_loadu_si256(g as *const __m256i));
+            let mut lo_dot = [_mm512_setzero_si512(); R];
+            let mut hi_dot = [_mm512_setzero_si512(); R];
+            for c in 0..4 {
+                let v = _mm512_loadu_si512(g.add(Q8_0_QS + c * 64) as *const __m512i);
+                let lo = _mm512_and_si512(v, nibble);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+                for r in 0..R {
+                    let xp = x.qs[r].add(b * QK8_0 + 4 * c);
+                    lo_dot[r] = _mm512_dpbusd_epi32(lo_dot[r], lo, x4(xp));
+                    hi_dot[r] = _mm512_dpbusd_epi32(hi_dot[r], hi, x4(xp.add(16)));
+                }
+            }
+            for r in 0..R {
+                let s = x.sums[r].add(2 * b);
+                let offset = _mm512_set1_epi32(8 * (i32::from(*s) + i32::from(*s.add(1))));
+                let dot = _mm512_sub_epi32(_mm512_add_epi32(lo_dot[r], hi_dot[r]), offset);
+                let scale = _mm512_mul_ps(wd, _mm512_set1_ps(*x.d[r].add(b)));
+                sum[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, sum[r]);
+            }
+        }
+        for r in 0..R {
+            _mm512_storeu_ps(acc[r].as_mut_ptr(), sum[r]);
+        }
+    }
+
     /// Q4_K tile x `R` input rows: per sub-block pair, `vpdpbusd` sums of the low and the high
     /// nibbles, then times the sub-block scales (`vpmulld`), as integers.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
@@ -1200,8 +1337,9 @@ mod tests {
         QPath::ALL.into_iter().filter(|p| p.available())
     }
 
-    const FORMATS: [(GgmlDType, QFormat); 3] = [
+    const FORMATS: [(GgmlDType, QFormat); 4] = [
         (GgmlDType::Q8_0, QFormat::Q8_0),
+        (GgmlDType::Q4_0, QFormat::Q4_0),
         (GgmlDType::Q4K, QFormat::Q4K),
         (GgmlDType::Q6K, QFormat::Q6K),
     ];
@@ -1329,7 +1467,7 @@ mod tests {
     /// Formats, devices and shapes the kernels do not take are left to candle.
     #[test]
     fn other_formats_and_shapes_are_not_packed() {
-        for dtype in [GgmlDType::Q5K, GgmlDType::Q4_0, GgmlDType::F16] {
+        for dtype in [GgmlDType::Q5K, GgmlDType::F16] {
             assert!(
                 QPackedWeight::new(&quantized(32, 256, dtype))
                     .unwrap()

@@ -15,7 +15,7 @@
 //! whose parts have different block types (llama.cpp's Q4_K_M keeps some `attn_v` in Q6_K) is one
 //! `QMatMul` per part, outputs concatenated.
 //!
-//! CPU weights in the block types [`super::cpu_qgemm`] has (Q8_0, Q4_K, Q6_K) are repacked once at load
+//! CPU weights in the block types [`super::cpu_qgemm`] has (Q8_0, Q4_0, Q4_K, Q6_K) are repacked once at load
 //! into that module's layout (the file's blocks dropped) and multiplied by its int8 kernels: the
 //! input is quantized once per call (Q8_0 or Q8_K blocks, as llama.cpp's `vec_dot` takes it) and
 //! the output tiles run as rayon tasks. `FASTDLLM_CPU_QGEMM=candle` keeps candle's kernels for
