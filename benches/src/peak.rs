@@ -138,9 +138,6 @@ unsafe fn chains256(iterations: u64) -> f32 {
     lanes.iter().sum()
 }
 
-// The workspace's `rust-version` is older than the AVX-512 intrinsics (stable since 1.89), but
-// candle-core 0.11 uses them too, so every build needs 1.89.
-#[allow(clippy::incompatible_msrv)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn chains512(iterations: u64) -> f32 {

@@ -693,8 +693,6 @@ pub(crate) trait Element: Copy + 'static {
     unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
 }
 
-// AVX-512 intrinsics: see `kernel512`.
-#[allow(clippy::incompatible_msrv)]
 #[cfg(target_arch = "x86_64")]
 mod widen {
     use std::arch::x86_64::*;
@@ -942,9 +940,6 @@ mod kernel {
     }
 }
 
-// The workspace's `rust-version` is older than these intrinsics (stable since 1.89), but
-// candle-core 0.11 uses the same AVX-512 intrinsics, so every build of this crate needs 1.89.
-#[allow(clippy::incompatible_msrv)]
 #[cfg(target_arch = "x86_64")]
 mod kernel512 {
     use std::arch::x86_64::*;
