@@ -67,6 +67,7 @@ pub(crate) enum QFormat {
     Q8_0,
     Q4_0,
     Q4K,
+    Q5K,
     Q6K,
 }
 
@@ -96,6 +97,7 @@ impl QFormat {
             GgmlDType::Q8_0 => Some(QFormat::Q8_0),
             GgmlDType::Q4_0 => Some(QFormat::Q4_0),
             GgmlDType::Q4K => Some(QFormat::Q4K),
+            GgmlDType::Q5K => Some(QFormat::Q5K),
             GgmlDType::Q6K => Some(QFormat::Q6K),
             _ => None,
         }
@@ -105,7 +107,7 @@ impl QFormat {
     pub(crate) fn input_kind(self) -> QInputKind {
         match self {
             QFormat::Q8_0 | QFormat::Q4_0 => QInputKind::Q8_0,
-            QFormat::Q4K | QFormat::Q6K => QInputKind::Q8K,
+            QFormat::Q4K | QFormat::Q5K | QFormat::Q6K => QInputKind::Q8K,
         }
     }
 
@@ -120,6 +122,7 @@ impl QFormat {
             QFormat::Q8_0 => 34,
             QFormat::Q4_0 => 18,
             QFormat::Q4K => 144,
+            QFormat::Q5K => 176,
             QFormat::Q6K => 210,
         }
     }
@@ -130,6 +133,7 @@ impl QFormat {
             QFormat::Q8_0 => Q8_0_QS + 8 * 64,
             QFormat::Q4_0 => Q8_0_QS + 4 * 64,
             QFormat::Q4K => Q4K_QS + 32 * 64,
+            QFormat::Q5K => Q5K_QH + 8 * 64,
             QFormat::Q6K => Q6K_QH + 16 * 64,
         }
     }
@@ -142,6 +146,8 @@ const Q4K_DMIN: usize = 2 * TILE;
 const Q4K_SC: usize = 4 * TILE;
 const Q4K_M: usize = Q4K_SC + 8 * TILE;
 const Q4K_QS: usize = Q4K_M + 8 * TILE;
+/// A Q5_K group is a Q4_K group (the low four bits) and then the fifth bits.
+const Q5K_QH: usize = Q4K_QS + 32 * 64;
 /// Offsets inside a Q6_K group: `d`, the 16 signed scales, the low nibbles, the high bit pairs.
 const Q6K_SC: usize = 2 * TILE;
 const Q6K_QL: usize = Q6K_SC + 16 * TILE;
@@ -275,6 +281,7 @@ impl QPackedWeight {
                             QFormat::Q8_0 => pack_q8_0(group, r, src),
                             QFormat::Q4_0 => pack_q4_0(group, r, src),
                             QFormat::Q4K => pack_q4k(group, r, src),
+                            QFormat::Q5K => pack_q5k(group, r, src),
                             QFormat::Q6K => pack_q6k(group, r, src),
                         }
                     }
@@ -364,15 +371,15 @@ impl QPackedWeight {
         let nb = self.k / self.format.block();
         let rows = RowPtrs::new(x, r0, pass);
         macro_rules! by_pass {
-            ($module:ident::$kernel:ident) => {
+            ($module:ident::$kernel:ident $(, $five:expr)?) => {
                 // SAFETY: `tile` holds `nb` groups and `rows` points at `pass` input rows of `nb`
                 // blocks (`QInput` layout); the path's CPU features were checked in `matmul_t`.
                 unsafe {
                     match pass {
-                        1 => $module::$kernel::<1>(tile.as_ptr(), nb, &rows, acc),
-                        2 => $module::$kernel::<2>(tile.as_ptr(), nb, &rows, acc),
-                        3 => $module::$kernel::<3>(tile.as_ptr(), nb, &rows, acc),
-                        _ => $module::$kernel::<4>(tile.as_ptr(), nb, &rows, acc),
+                        1 => $module::$kernel::<1 $(, $five)?>(tile.as_ptr(), nb, &rows, acc),
+                        2 => $module::$kernel::<2 $(, $five)?>(tile.as_ptr(), nb, &rows, acc),
+                        3 => $module::$kernel::<3 $(, $five)?>(tile.as_ptr(), nb, &rows, acc),
+                        _ => $module::$kernel::<4 $(, $five)?>(tile.as_ptr(), nb, &rows, acc),
                     }
                 }
             };
@@ -380,14 +387,17 @@ impl QPackedWeight {
         match (self.format, path) {
             (QFormat::Q8_0, QPath::Scalar) => by_pass!(scalar::q8_0),
             (QFormat::Q4_0, QPath::Scalar) => by_pass!(scalar::q4_0),
-            (QFormat::Q4K, QPath::Scalar) => by_pass!(scalar::q4k),
+            (QFormat::Q4K, QPath::Scalar) => by_pass!(scalar::q45k, false),
+            (QFormat::Q5K, QPath::Scalar) => by_pass!(scalar::q45k, true),
             (QFormat::Q6K, QPath::Scalar) => by_pass!(scalar::q6k),
             #[cfg(target_arch = "x86_64")]
             (QFormat::Q8_0, QPath::Avx2) => by_pass!(avx2::q8_0),
             #[cfg(target_arch = "x86_64")]
             (QFormat::Q4_0, QPath::Avx2) => by_pass!(avx2::q4_0),
             #[cfg(target_arch = "x86_64")]
-            (QFormat::Q4K, QPath::Avx2) => by_pass!(avx2::q4k),
+            (QFormat::Q4K, QPath::Avx2) => by_pass!(avx2::q45k, false),
+            #[cfg(target_arch = "x86_64")]
+            (QFormat::Q5K, QPath::Avx2) => by_pass!(avx2::q45k, true),
             #[cfg(target_arch = "x86_64")]
             (QFormat::Q6K, QPath::Avx2) => by_pass!(avx2::q6k),
             #[cfg(target_arch = "x86_64")]
@@ -395,7 +405,9 @@ impl QPackedWeight {
             #[cfg(target_arch = "x86_64")]
             (QFormat::Q4_0, QPath::Avx512) => by_pass!(avx512::q4_0),
             #[cfg(target_arch = "x86_64")]
-            (QFormat::Q4K, QPath::Avx512) => by_pass!(avx512::q4k),
+            (QFormat::Q4K, QPath::Avx512) => by_pass!(avx512::q45k, false),
+            #[cfg(target_arch = "x86_64")]
+            (QFormat::Q5K, QPath::Avx512) => by_pass!(avx512::q45k, true),
             #[cfg(target_arch = "x86_64")]
             (QFormat::Q6K, QPath::Avx512) => by_pass!(avx512::q6k),
             #[cfg(not(target_arch = "x86_64"))]
@@ -425,9 +437,27 @@ fn pack_q4_0(group: &mut [u8], r: usize, src: &[u8]) {
 
 /// Row `r` of a Q4_K file block `src` (`d`, `dmin`, 12 scale bytes, 128 quant bytes) into `group`.
 fn pack_q4k(group: &mut [u8], r: usize, src: &[u8]) {
-    group[2 * r..2 * r + 2].copy_from_slice(&src[..2]);
-    group[Q4K_DMIN + 2 * r..Q4K_DMIN + 2 * r + 2].copy_from_slice(&src[2..4]);
-    let scales = &src[4..16];
+    pack_k4_bits(group, r, &src[..16], &src[16..144]);
+}
+
+/// Row `r` of a Q5_K file block `src` (`d`, `dmin`, 12 scale bytes, 32 fifth-bit bytes `qh`, 128
+/// low-nibble bytes) into `group`: the Q4_K layout of the scales and low nibbles, then `qh` in 8
+/// vectors (vector `c`: file bytes `4c..+4` of each row; bit `j` of `qh[l]` is the fifth bit of
+/// value `32j + l`, GGML's `dequantize_row_q5_K`).
+fn pack_q5k(group: &mut [u8], r: usize, src: &[u8]) {
+    pack_k4_bits(group, r, &src[..16], &src[48..176]);
+    for c in 0..8 {
+        group[Q5K_QH + c * 64 + r * 4..][..4].copy_from_slice(&src[16 + 4 * c..][..4]);
+    }
+}
+
+/// The part Q4_K and Q5_K share: `head` = `d`, `dmin`, 12 scale bytes; `qs` = 128 nibble bytes.
+/// Scales: `Q4K_SC + j * TILE + r`; mins in pairs, for `pmaddwd`: `Q4K_M + 32 q + 2 r + e` is
+/// sub-block `2q + e`'s.
+fn pack_k4_bits(group: &mut [u8], r: usize, head: &[u8], qs: &[u8]) {
+    group[2 * r..2 * r + 2].copy_from_slice(&head[..2]);
+    group[Q4K_DMIN + 2 * r..Q4K_DMIN + 2 * r + 2].copy_from_slice(&head[2..4]);
+    let scales = &head[4..16];
     for j in 0..8 {
         // GGML's `get_scale_min_k4`.
         let (sc, m) = if j < 4 {
@@ -439,11 +469,11 @@ fn pack_q4k(group: &mut [u8], r: usize, src: &[u8]) {
             )
         };
         group[Q4K_SC + j * TILE + r] = sc;
-        group[Q4K_M + j * TILE + r] = m;
+        group[Q4K_M + 32 * (j / 2) + 2 * r + j % 2] = m;
     }
     for v in 0..32 {
         // Vector 8t + c holds file bytes 32t + 4c..+4 (the file's 32-byte runs per 64 values).
-        group[Q4K_QS + v * 64 + r * 4..][..4].copy_from_slice(&src[16 + 4 * v..][..4]);
+        group[Q4K_QS + v * 64 + r * 4..][..4].copy_from_slice(&qs[4 * v..][..4]);
     }
 }
 
@@ -667,15 +697,18 @@ mod scalar {
         }
     }
 
-    /// Q4_K tile x `R` input rows.
-    pub(super) unsafe fn q4k<const R: usize>(
+    /// Q4_K (`FIVE` false) or Q5_K (`FIVE` true: the fifth bits added as 16) tile x `R` input
+    /// rows. Value `64t + 32h + l` (`h` 0 or 1, `l` 0..32) of a superblock is nibble `h` of byte
+    /// `32t + l`, in sub-block `j = 2t + h`; Q5_K adds bit `j` of `qh[l]`.
+    pub(super) unsafe fn q45k<const R: usize, const FIVE: bool>(
         tile: *const u8,
         nb: usize,
         x: &RowPtrs,
         acc: &mut [[f32; TILE]; ROWS_PER_PASS],
     ) {
+        let format = if FIVE { QFormat::Q5K } else { QFormat::Q4K };
         for b in 0..nb {
-            let g = tile.add(b * QFormat::Q4K.group_bytes());
+            let g = tile.add(b * format.group_bytes());
             for i in 0..TILE {
                 let d = f16_at(g.add(2 * i));
                 let dmin = f16_at(g.add(Q4K_DMIN + 2 * i));
@@ -689,14 +722,19 @@ mod scalar {
                             let xs = x4(x.qs[r].add(b * QK_K + 64 * t + 32 * (j % 2) + 4 * c));
                             for (e, xv) in xs.iter().enumerate() {
                                 let byte = *g.add(Q4K_QS + (8 * t + c) * 64 + i * 4 + e);
-                                let w = if high { byte >> 4 } else { byte & 0x0F };
+                                let mut w = if high { byte >> 4 } else { byte & 0x0F };
+                                if FIVE {
+                                    let qh = *g.add(Q5K_QH + c * 64 + i * 4 + e);
+                                    w |= ((qh >> j) & 1) << 4;
+                                }
                                 dot += i32::from(w) * xv;
                             }
                         }
                         isum += i32::from(*g.add(Q4K_SC + j * TILE + i)) * dot;
                         let bsum = i32::from(*x.sums[r].add(16 * b + 2 * j))
                             + i32::from(*x.sums[r].add(16 * b + 2 * j + 1));
-                        msum += i32::from(*g.add(Q4K_M + j * TILE + i)) * bsum;
+                        let m = *g.add(Q4K_M + 32 * (j / 2) + 2 * i + j % 2);
+                        msum += i32::from(m) * bsum;
                     }
                     let xd = *x.d[r].add(b);
                     acc[r][i] = (d * xd).mul_add(isum as f32, acc[r][i]);
@@ -893,20 +931,36 @@ mod avx2 {
         _mm256_or_si256(v, _mm256_slli_epi32(v, 16))
     }
 
-    /// Q4_K tile x `R` input rows: `pmaddubsw` of the nibbles (unsigned, <= 15) and the input, then
-    /// `pmaddwd` with the sub-block scale: the scaled sum of 4 products per lane, as integers.
+    /// The sums of every 32 input values of one superblock (`sums`: its 16 `bsums`), as four
+    /// 32-bit lanes of two `i16`: lane `q` is `(sum_{2q}, sum_{2q+1})`, `pmaddwd`'s operand.
+    #[inline(always)]
+    pub(super) unsafe fn bsum_pairs(sums: *const i16) -> [i32; 4] {
+        let v = _mm256_loadu_si256(sums as *const __m256i);
+        let s = _mm_hadd_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        std::mem::transmute::<__m128i, [i32; 4]>(s)
+    }
+
+    /// Q4_K (`FIVE` false) or Q5_K (`FIVE` true) tile x `R` input rows ([`scalar::q45k`]'s order):
+    /// `pmaddubsw` of the four- or five-bit values (unsigned) and the input, summed as `i16` over
+    /// several vectors of one sub-block, then `pmaddwd` with the sub-block scale: the scaled sum,
+    /// as integers. Each `i16` of a `pmaddubsw` is at most `2 * 15 * 127 = 3810` (Q4_K) or
+    /// `2 * 31 * 127 = 7874` (Q5_K) in magnitude, so 8 (4) of them add without overflow. The mins
+    /// go through `pmaddwd` too, paired with the input's 32-value sums.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q4k<const R: usize>(
+    pub(super) unsafe fn q45k<const R: usize, const FIVE: bool>(
         tile: *const u8,
         nb: usize,
         x: &RowPtrs,
         acc: &mut [[f32; TILE]; ROWS_PER_PASS],
     ) {
+        let format = if FIVE { QFormat::Q5K } else { QFormat::Q4K };
+        let span = if FIVE { 4 } else { 8 };
         let nibble = _mm256_set1_epi8(0x0F);
+        let bit4 = _mm256_set1_epi8(0x10);
         for h in 0..2 {
             let mut sum = [_mm256_setzero_ps(); R];
             for b in 0..nb {
-                let g = tile.add(b * QFormat::Q4K.group_bytes());
+                let g = tile.add(b * format.group_bytes());
                 let d = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16 * h) as *const __m128i));
                 let dmin =
                     _mm256_cvtph_ps(_mm_loadu_si128(g.add(Q4K_DMIN + 16 * h) as *const __m128i));
@@ -914,37 +968,57 @@ mod avx2 {
                 for t in 0..4 {
                     let sc_lo = u8_pairs(g.add(Q4K_SC + 2 * t * TILE + 8 * h));
                     let sc_hi = u8_pairs(g.add(Q4K_SC + (2 * t + 1) * TILE + 8 * h));
-                    for c in 0..8 {
-                        let p = g.add(Q4K_QS + (8 * t + c) * 64 + 32 * h) as *const __m256i;
-                        let v = _mm256_loadu_si256(p);
-                        let lo = _mm256_and_si256(v, nibble);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+                    let shift = _mm_cvtsi32_si128(2 * t as i32);
+                    let w = g.add(Q4K_QS + 8 * t * 64 + 32 * h);
+                    let xt: [*const i8; R] =
+                        std::array::from_fn(|r| x.qs[r].add(b * QK_K + 64 * t));
+                    for run in 0..8 / span {
+                        let mut plo = [_mm256_setzero_si256(); R];
+                        let mut phi = [_mm256_setzero_si256(); R];
+                        for cc in 0..span {
+                            let c = run * span + cc;
+                            let v = _mm256_loadu_si256(w.add(64 * c) as *const __m256i);
+                            let mut lo = _mm256_and_si256(v, nibble);
+                            let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+                            if FIVE {
+                                // Bits 2t and 2t + 1 of each byte moved to bit 4.
+                                let p = g.add(Q5K_QH + c * 64 + 32 * h) as *const __m256i;
+                                let qh = _mm256_srl_epi16(_mm256_loadu_si256(p), shift);
+                                let (qh4, qh3) =
+                                    (_mm256_slli_epi16(qh, 4), _mm256_slli_epi16(qh, 3));
+                                lo = _mm256_or_si256(lo, _mm256_and_si256(qh4, bit4));
+                                hi = _mm256_or_si256(hi, _mm256_and_si256(qh3, bit4));
+                            }
+                            for r in 0..R {
+                                let xp = xt[r].add(4 * c);
+                                let pl = _mm256_maddubs_epi16(lo, x4(xp));
+                                let ph = _mm256_maddubs_epi16(hi, x4(xp.add(32)));
+                                plo[r] = _mm256_add_epi16(plo[r], pl);
+                                phi[r] = _mm256_add_epi16(phi[r], ph);
+                            }
+                        }
                         for r in 0..R {
-                            let xp = x.qs[r].add(b * QK_K + 64 * t + 4 * c);
-                            let pl = _mm256_maddubs_epi16(lo, x4(xp));
-                            let ph = _mm256_maddubs_epi16(hi, x4(xp.add(32)));
-                            isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(pl, sc_lo));
-                            isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(ph, sc_hi));
+                            isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(plo[r], sc_lo));
+                            isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(phi[r], sc_hi));
                         }
                     }
                 }
-                let mut msum = [_mm256_setzero_si256(); R];
-                for j in 0..8 {
-                    let m = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                        g.add(Q4K_M + j * TILE + 8 * h) as *const __m128i
-                    ));
-                    for r in 0..R {
-                        let s = x.sums[r].add(16 * b + 2 * j);
-                        let bsum = _mm256_set1_epi32(i32::from(*s) + i32::from(*s.add(1)));
-                        msum[r] = _mm256_add_epi32(msum[r], _mm256_mullo_epi32(m, bsum));
-                    }
-                }
+                let m: [__m256i; 4] = std::array::from_fn(|q| {
+                    _mm256_cvtepu8_epi16(_mm_loadu_si128(
+                        g.add(Q4K_M + 32 * q + 16 * h) as *const __m128i
+                    ))
+                });
                 for r in 0..R {
+                    let pairs = bsum_pairs(x.sums[r].add(16 * b));
+                    let mut msum = _mm256_madd_epi16(m[0], _mm256_set1_epi32(pairs[0]));
+                    for q in 1..4 {
+                        let s = _mm256_madd_epi16(m[q], _mm256_set1_epi32(pairs[q]));
+                        msum = _mm256_add_epi32(msum, s);
+                    }
                     let xd = _mm256_set1_ps(*x.d[r].add(b));
                     let s =
                         _mm256_fmadd_ps(_mm256_mul_ps(d, xd), _mm256_cvtepi32_ps(isum[r]), sum[r]);
-                    sum[r] =
-                        _mm256_fnmadd_ps(_mm256_mul_ps(dmin, xd), _mm256_cvtepi32_ps(msum[r]), s);
+                    sum[r] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, xd), _mm256_cvtepi32_ps(msum), s);
                 }
             }
             for r in 0..R {
@@ -1175,29 +1249,41 @@ mod avx512 {
         }
     }
 
-    /// Q4_K tile x `R` input rows: per sub-block pair, `vpdpbusd` sums of the low and the high
-    /// nibbles, then times the sub-block scales (`vpmulld`), as integers.
+    /// Q4_K (`FIVE` false) or Q5_K (`FIVE` true) tile x `R` input rows ([`scalar::q45k`]'s order):
+    /// per sub-block pair, `vpdpbusd` sums of the low and the high nibbles (Q5_K: with the fifth
+    /// bit), then times the sub-block scales (`vpmulld`), as integers; the mins through
+    /// `vpmaddwd`, paired with the input's 32-value sums.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub(super) unsafe fn q4k<const R: usize>(
+    pub(super) unsafe fn q45k<const R: usize, const FIVE: bool>(
         tile: *const u8,
         nb: usize,
         x: &RowPtrs,
         acc: &mut [[f32; TILE]; ROWS_PER_PASS],
     ) {
+        let format = if FIVE { QFormat::Q5K } else { QFormat::Q4K };
         let nibble = _mm512_set1_epi8(0x0F);
+        let bit4 = _mm512_set1_epi8(0x10);
         let mut sum = [_mm512_setzero_ps(); R];
         for b in 0..nb {
-            let g = tile.add(b * QFormat::Q4K.group_bytes());
+            let g = tile.add(b * format.group_bytes());
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(g as *const __m256i));
             let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(Q4K_DMIN) as *const __m256i));
             let mut isum = [_mm512_setzero_si512(); R];
             for t in 0..4 {
+                let shift = _mm_cvtsi32_si128(2 * t as i32);
                 let mut dlo = [_mm512_setzero_si512(); R];
                 let mut dhi = [_mm512_setzero_si512(); R];
                 for c in 0..8 {
                     let v = _mm512_loadu_si512(g.add(Q4K_QS + (8 * t + c) * 64) as *const __m512i);
-                    let lo = _mm512_and_si512(v, nibble);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+                    let mut lo = _mm512_and_si512(v, nibble);
+                    let mut hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+                    if FIVE {
+                        // Bits 2t and 2t + 1 of each byte moved to bit 4.
+                        let p = g.add(Q5K_QH + c * 64) as *const __m512i;
+                        let qh = _mm512_srl_epi16(_mm512_loadu_si512(p), shift);
+                        lo = _mm512_or_si512(lo, _mm512_and_si512(_mm512_slli_epi16(qh, 4), bit4));
+                        hi = _mm512_or_si512(hi, _mm512_and_si512(_mm512_slli_epi16(qh, 3), bit4));
+                    }
                     for r in 0..R {
                         let xp = x.qs[r].add(b * QK_K + 64 * t + 4 * c);
                         dlo[r] = _mm512_dpbusd_epi32(dlo[r], lo, x4(xp));
@@ -1214,19 +1300,19 @@ mod avx512 {
                     isum[r] = _mm512_add_epi32(isum[r], s);
                 }
             }
-            let mut msum = [_mm512_setzero_si512(); R];
-            for j in 0..8 {
-                let m = u8_lanes(g.add(Q4K_M + j * TILE));
-                for r in 0..R {
-                    let s = x.sums[r].add(16 * b + 2 * j);
-                    let bsum = _mm512_set1_epi32(i32::from(*s) + i32::from(*s.add(1)));
-                    msum[r] = _mm512_add_epi32(msum[r], _mm512_mullo_epi32(m, bsum));
-                }
-            }
+            let m: [__m512i; 4] = std::array::from_fn(|q| {
+                _mm512_cvtepu8_epi16(_mm256_loadu_si256(g.add(Q4K_M + 32 * q) as *const __m256i))
+            });
             for r in 0..R {
+                let pairs = super::avx2::bsum_pairs(x.sums[r].add(16 * b));
+                let mut msum = _mm512_madd_epi16(m[0], _mm512_set1_epi32(pairs[0]));
+                for q in 1..4 {
+                    let s = _mm512_madd_epi16(m[q], _mm512_set1_epi32(pairs[q]));
+                    msum = _mm512_add_epi32(msum, s);
+                }
                 let xd = _mm512_set1_ps(*x.d[r].add(b));
                 let s = _mm512_fmadd_ps(_mm512_mul_ps(d, xd), _mm512_cvtepi32_ps(isum[r]), sum[r]);
-                sum[r] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, xd), _mm512_cvtepi32_ps(msum[r]), s);
+                sum[r] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, xd), _mm512_cvtepi32_ps(msum), s);
             }
         }
         for r in 0..R {
@@ -1337,10 +1423,11 @@ mod tests {
         QPath::ALL.into_iter().filter(|p| p.available())
     }
 
-    const FORMATS: [(GgmlDType, QFormat); 4] = [
+    const FORMATS: [(GgmlDType, QFormat); 5] = [
         (GgmlDType::Q8_0, QFormat::Q8_0),
         (GgmlDType::Q4_0, QFormat::Q4_0),
         (GgmlDType::Q4K, QFormat::Q4K),
+        (GgmlDType::Q5K, QFormat::Q5K),
         (GgmlDType::Q6K, QFormat::Q6K),
     ];
 
@@ -1464,10 +1551,61 @@ mod tests {
         }
     }
 
+    /// Not a check: the throughput of every format and path on one 0.95B-shape layer (MLP up,
+    /// 5632 x 2048, 256 input rows, one thread), for profiling. Run it in an optimised build:
+    /// `cargo test --release -p fastdllm-models --lib qgemm_throughput -- --ignored --nocapture`
+    /// (`QGEMM_BENCH_FORMATS=q4k,q6k` picks formats).
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn qgemm_throughput() {
+        let (n, k, rows) = (5632, 2048, 256);
+        let only = std::env::var("QGEMM_BENCH_FORMATS").unwrap_or_default();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        for (dtype, format) in FORMATS {
+            let name = format!("{format:?}").to_lowercase();
+            if !only.is_empty() && !only.split(',').any(|f| f == name) {
+                continue;
+            }
+            let packed = QPackedWeight::new(&quantized(n, k, dtype))
+                .unwrap()
+                .unwrap();
+            let x = values(rows * k, 7);
+            let input = QInput::quantize(format.input_kind(), &x, rows, k, QPath::Scalar);
+            for path in paths().filter(|p| *p != QPath::Scalar) {
+                pool.install(|| {
+                    // This thread's time on a CPU (ns; Linux `schedstat`), so that other processes
+                    // on a shared host do not count.
+                    let cpu_ns = || {
+                        let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+                        stat.split(' ').next().unwrap().parse::<f64>().unwrap()
+                    };
+                    packed.matmul_t(&input, path);
+                    let reps = 5;
+                    let (start, cpu) = (std::time::Instant::now(), cpu_ns());
+                    for _ in 0..reps {
+                        std::hint::black_box(packed.matmul_t(&input, path));
+                    }
+                    let secs = (cpu_ns() - cpu) / 1e9 / reps as f64;
+                    let wall = start.elapsed().as_secs_f64() / reps as f64;
+                    let gops = 2.0 * (n * k * rows) as f64 / secs / 1e9;
+                    eprintln!(
+                        "{name} {}: {:.1} ms CPU ({:.1} ms wall), {gops:.0} GOP/s per CPU-second",
+                        path.name(),
+                        secs * 1e3,
+                        wall * 1e3
+                    );
+                });
+            }
+        }
+    }
+
     /// Formats, devices and shapes the kernels do not take are left to candle.
     #[test]
     fn other_formats_and_shapes_are_not_packed() {
-        for dtype in [GgmlDType::Q5K, GgmlDType::F16] {
+        for dtype in [GgmlDType::Q5_0, GgmlDType::Q3K, GgmlDType::F16] {
             assert!(
                 QPackedWeight::new(&quantized(32, 256, dtype))
                     .unwrap()

@@ -15,7 +15,7 @@
 //! whose parts have different block types (llama.cpp's Q4_K_M keeps some `attn_v` in Q6_K) is one
 //! `QMatMul` per part, outputs concatenated.
 //!
-//! CPU weights in the block types [`super::cpu_qgemm`] has (Q8_0, Q4_0, Q4_K, Q6_K) are repacked once at load
+//! CPU weights in the block types [`super::cpu_qgemm`] has (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) are repacked once at load
 //! into that module's layout (the file's blocks dropped) and multiplied by its int8 kernels: the
 //! input is quantized once per call (Q8_0 or Q8_K blocks, as llama.cpp's `vec_dot` takes it) and
 //! the output tiles run as rayon tasks. `FASTDLLM_CPU_QGEMM=candle` keeps candle's kernels for
@@ -387,7 +387,7 @@ mod tests {
     }
 
     /// A layer of parts in different block types (llama.cpp's Q4_K_M keeps some `attn_v` in
-    /// Q6_K; here Q5_K stands for a type our kernels lack): the parts our kernels take are packed (`weight_bytes` counts the packed bytes, not
+    /// Q6_K; here Q5_0 stands for a type our kernels lack): the parts our kernels take are packed (`weight_bytes` counts the packed bytes, not
     /// the file's blocks), the others stay candle's (sharded), and the output is each part's own
     /// product, concatenated, bit for bit.
     #[test]
@@ -396,7 +396,7 @@ mod tests {
         let k = 512;
         let specs = [
             (GgmlDType::Q4K, 48),
-            (GgmlDType::Q5K, 32),
+            (GgmlDType::Q5_0, 32),
             (GgmlDType::Q8_0, 21),
         ];
         let quantize = |i: usize| {
@@ -416,12 +416,12 @@ mod tests {
         assert_eq!(packed, [true, false, false, true]);
         assert_eq!(layer.out_features(), 48 + 32 + 21);
         let q4k = QPackedWeight::new(&quantize(0)).unwrap().unwrap();
-        let q5k = QMatMul::from_qtensor(quantize(1)).unwrap();
+        let q5_0 = QMatMul::from_qtensor(quantize(1)).unwrap();
         let q8_0 = QPackedWeight::new(&quantize(2)).unwrap().unwrap();
-        let q5k_bytes = quantize(1).storage_size_in_bytes() as u64;
+        let q5_0_bytes = quantize(1).storage_size_in_bytes() as u64;
         assert_eq!(
             layer.weight_bytes(),
-            q4k.weight_bytes() + q5k_bytes + q8_0.weight_bytes()
+            q4k.weight_bytes() + q5_0_bytes + q8_0.weight_bytes()
         );
         for rows in [1, 7] {
             let x = matrix(rows, k, 40 + rows as u64);
@@ -437,7 +437,7 @@ mod tests {
                 .unwrap()
             };
             let want =
-                Tensor::cat(&[ours(&q4k), q5k.forward(&x).unwrap(), ours(&q8_0)], 1).unwrap();
+                Tensor::cat(&[ours(&q4k), q5_0.forward(&x).unwrap(), ours(&q8_0)], 1).unwrap();
             assert_eq!(
                 bits(&layer.forward(&x).unwrap()),
                 bits(&want),
