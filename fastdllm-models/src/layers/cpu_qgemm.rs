@@ -1038,8 +1038,10 @@ mod avx2 {
     }
 
     /// Q6_K tile x `R` input rows ([`scalar::q6k`]'s order): the six-bit values (unsigned, <= 63)
-    /// through `pmaddubsw`, times the signed scales through `pmaddwd`; `32 * scale * bsum`
-    /// subtracted once per superblock.
+    /// through `pmaddubsw`, two vectors of one sub-block summed as `i16` (each at most
+    /// `2 * 63 * 127 = 16002` in magnitude), then times the signed scales through `pmaddwd`;
+    /// `32 * scale * bsum` subtracted once per superblock. One part `p` (a quarter of each half
+    /// superblock) at a time, so that few accumulators are live.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn q6k<const R: usize>(
         tile: *const u8,
@@ -1056,54 +1058,55 @@ mod avx2 {
                 let d = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16 * hh) as *const __m128i));
                 let mut isum = [_mm256_setzero_si256(); R];
                 for h in 0..2 {
-                    for hc in 0..2 {
-                        let sc: [__m256i; 4] = std::array::from_fn(|p| {
-                            i8_pairs(g.add(Q6K_SC + (8 * h + 2 * p + hc) * TILE + 8 * hh))
-                        });
-                        for c in 4 * hc..4 * hc + 4 {
-                            let at = |offset: usize| {
-                                _mm256_loadu_si256(g.add(offset + 32 * hh) as *const __m256i)
-                            };
-                            let a = at(Q6K_QL + (16 * h + c) * 64);
-                            let bb = at(Q6K_QL + (16 * h + 8 + c) * 64);
-                            let qh = at(Q6K_QH + (8 * h + c) * 64);
-                            let q = [
-                                _mm256_or_si256(
-                                    _mm256_and_si256(a, nibble),
-                                    _mm256_and_si256(_mm256_slli_epi16(qh, 4), pair),
-                                ),
-                                _mm256_or_si256(
-                                    _mm256_and_si256(bb, nibble),
-                                    _mm256_and_si256(_mm256_slli_epi16(qh, 2), pair),
-                                ),
-                                _mm256_or_si256(
-                                    _mm256_and_si256(_mm256_srli_epi16(a, 4), nibble),
-                                    _mm256_and_si256(qh, pair),
-                                ),
-                                _mm256_or_si256(
-                                    _mm256_and_si256(_mm256_srli_epi16(bb, 4), nibble),
-                                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), pair),
-                                ),
-                            ];
-                            for r in 0..R {
-                                let xp = x.qs[r].add(b * QK_K + 128 * h + 4 * c);
-                                for p in 0..4 {
-                                    let p16 = _mm256_maddubs_epi16(q[p], x4(xp.add(32 * p)));
-                                    let s = _mm256_madd_epi16(p16, sc[p]);
-                                    isum[r] = _mm256_add_epi32(isum[r], s);
+                    let xh: [*const i8; R] =
+                        std::array::from_fn(|r| x.qs[r].add(b * QK_K + 128 * h));
+                    let qh_at = g.add(Q6K_QH + 8 * h * 64 + 32 * hh);
+                    for p in 0..4 {
+                        // Part p: nibble p / 2 of `ql` vector 16h + 8 (p % 2) + c, bits 2p, 2p + 1
+                        // of `qh` vector 8h + c.
+                        let ql_at = g.add(Q6K_QL + (16 * h + 8 * (p & 1)) * 64 + 32 * hh);
+                        let low_shift = _mm_cvtsi32_si128(4 * (p as i32 / 2));
+                        let high_shift = _mm_cvtsi32_si128(2 * p as i32);
+                        for hc in 0..2 {
+                            let sc = i8_pairs(g.add(Q6K_SC + (8 * h + 2 * p + hc) * TILE + 8 * hh));
+                            for run in 0..2 {
+                                let mut p16 = [_mm256_setzero_si256(); R];
+                                for cc in 0..2 {
+                                    let c = 4 * hc + 2 * run + cc;
+                                    let ql =
+                                        _mm256_loadu_si256(ql_at.add(64 * c) as *const __m256i);
+                                    let qh =
+                                        _mm256_loadu_si256(qh_at.add(64 * c) as *const __m256i);
+                                    let low =
+                                        _mm256_and_si256(_mm256_srl_epi16(ql, low_shift), nibble);
+                                    let high =
+                                        _mm256_slli_epi16(_mm256_srl_epi16(qh, high_shift), 4);
+                                    let q = _mm256_or_si256(low, _mm256_and_si256(high, pair));
+                                    for r in 0..R {
+                                        let xv = x4(xh[r].add(32 * p + 4 * c));
+                                        p16[r] =
+                                            _mm256_add_epi16(p16[r], _mm256_maddubs_epi16(q, xv));
+                                    }
+                                }
+                                for r in 0..R {
+                                    isum[r] =
+                                        _mm256_add_epi32(isum[r], _mm256_madd_epi16(p16[r], sc));
                                 }
                             }
                         }
                     }
                 }
+                // Sum of scale x bsum over the 16 sub-blocks: `pmaddwd` of scale pairs
+                // `(sc_{2q}, sc_{2q+1})` per lane and the input's sums, two per 32-bit lane.
                 let mut osum = [_mm256_setzero_si256(); R];
-                for s in 0..16 {
-                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                        g.add(Q6K_SC + s * TILE + 8 * hh) as *const __m128i,
-                    ));
+                for q in 0..8 {
+                    let at = |s: usize| {
+                        _mm_loadl_epi64(g.add(Q6K_SC + s * TILE + 8 * hh) as *const __m128i)
+                    };
+                    let sc = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(at(2 * q), at(2 * q + 1)));
                     for r in 0..R {
-                        let bsum = _mm256_set1_epi32(i32::from(*x.sums[r].add(16 * b + s)));
-                        osum[r] = _mm256_add_epi32(osum[r], _mm256_mullo_epi32(sc, bsum));
+                        let bsums = x4(x.sums[r].add(16 * b + 2 * q) as *const i8);
+                        osum[r] = _mm256_add_epi32(osum[r], _mm256_madd_epi16(sc, bsums));
                     }
                 }
                 for r in 0..R {
