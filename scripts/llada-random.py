@@ -62,10 +62,10 @@ def shapes(a):
     return out
 
 
-def draw(rng, shape, is_norm):
+def draw(rng, shape, is_norm, std=STD):
     if is_norm:
         return np.ones(shape, dtype=np.float32)
-    return (rng.standard_normal(shape, dtype=np.float32) * np.float32(STD)).astype(np.float32)
+    return (rng.standard_normal(shape, dtype=np.float32) * np.float32(std)).astype(np.float32)
 
 
 def to_bf16_bits(x):
@@ -99,7 +99,7 @@ def write_hf(a):
         fh.write(struct.pack("<Q", len(text)))
         fh.write(text)
         for _, _, shape, is_norm in tensors:
-            x = draw(rng, shape, is_norm)
+            x = draw(rng, shape, is_norm, a.std)
             fh.write((x if a.dtype == "f32" else to_bf16_bits(x)).tobytes())
     print(f"wrote {out} ({offset / 1e9:.2f} GB of {a.dtype} weights)")
 
@@ -138,7 +138,7 @@ def write_gguf(a):
     w.write_ti_data_to_file()
     rng = np.random.default_rng(a.seed)
     for _, name, shape, is_norm in shapes(a):
-        x = draw(rng, shape, is_norm)
+        x = draw(rng, shape, is_norm, a.std)
         w.write_tensor_data(x if is_norm else x.astype(np.float16))
         del x
     w.close()
@@ -156,6 +156,7 @@ def main():
     p.add_argument("--mlp", type=int, default=5632)
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--std", type=float, default=STD, help="standard deviation of the matrices")
     a = p.parse_args()
     if a.hidden % a.heads:
         p.error(f"--hidden {a.hidden} is not a multiple of --heads {a.heads}")

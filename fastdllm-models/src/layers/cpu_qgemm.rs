@@ -1,8 +1,8 @@
 //! Our int8 CPU kernels for GGUF block-quantized weights: `y = x W^T` with `W` in GGML's Q8_0,
-//! Q4_0, Q4_K or Q6_K blocks (Q8_0 and Q4_0 files, and the two types of llama.cpp's Q4_K_M), the
-//! arithmetic of llama.cpp's `ggml_vec_dot_q8_0_q8_0`, `ggml_vec_dot_q4_0_q8_0`,
-//! `ggml_vec_dot_q4_K_q8_K` and `ggml_vec_dot_q6_K_q8_K` (ggml-cpu `quants.c`), many weight rows
-//! and several input rows per pass.
+//! Q4_0, Q4_K, Q5_K or Q6_K blocks (Q8_0 and Q4_0 files, and the types of llama.cpp's Q4_K_M and
+//! Q5_K_M), the arithmetic of llama.cpp's `ggml_vec_dot_q8_0_q8_0`, `ggml_vec_dot_q4_0_q8_0`,
+//! `ggml_vec_dot_q4_K_q8_K`, `ggml_vec_dot_q5_K_q8_K` and `ggml_vec_dot_q6_K_q8_K` (ggml-cpu
+//! `quants.c`), many weight rows and several input rows per pass.
 //!
 //! Why our own: candle's quantized CPU kernels keep a repacked copy of every weight beside the
 //! original blocks (twice the memory), unpack the sub-block scales to f32, and on a CPU without
@@ -24,9 +24,14 @@
 //!   nibbles values `4c..+4`, high nibbles `16 + 4c..+4`; `q - 8` through `8 * sum(x)` subtracted).
 //!   288 bytes per group = exactly the file's 16 x 18.
 //! - Q4_K (144 file bytes per 256 values): 16 f16 `d`, 16 f16 `dmin`, 8 x 16 `u8` scales, 8 x 16
-//!   `u8` mins, then 32 vectors of nibbles (vector `8t + c`: low nibbles are values `64t + 4c..+4`,
-//!   high nibbles values `64t + 32 + 4c..+4` of each row: GGML's own byte order, copied as is).
+//!   `u8` mins (in pairs of sub-blocks `2q, 2q + 1` per row, `pmaddwd`'s operand), then 32 vectors
+//!   of nibbles (vector `8t + c`: low nibbles are values `64t + 4c..+4`, high nibbles values
+//!   `64t + 32 + 4c..+4` of each row: GGML's own byte order, copied as is).
 //!   2368 bytes per group = 1.03x the file's 16 x 144.
+//! - Q5_K (176 file bytes per 256 values): the Q4_K group of the low four bits, then 8 vectors of
+//!   the file's fifth-bit bytes `qh` (vector `c`: bytes `4c..+4` of each row; bit `2t` / `2t + 1`
+//!   of byte `l` is the fifth bit of value `64t + l` / `64t + 32 + l`). 2880 bytes per group =
+//!   1.02x the file's 16 x 176.
 //! - Q6_K (210 file bytes per 256 values): 16 f16 `d`, 16 x 16 `i8` scales, 32 vectors of the low
 //!   nibbles and 16 of the high bit pairs, both in GGML's byte order (see `pack_q6k`). 3360 bytes
 //!   per group = exactly the file's 16 x 210.
@@ -61,7 +66,7 @@ const ROWS_PER_PASS: usize = 4;
 /// quantized weight loads.
 pub const QKERNEL_VAR: &str = "FASTDLLM_CPU_QGEMM";
 
-/// The GGML block formats this module multiplies (Q5_K and the rest are left to candle).
+/// The GGML block formats this module multiplies (Q5_0, Q2_K, Q3_K and the rest are left to candle).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum QFormat {
     Q8_0,
