@@ -51,6 +51,8 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Storage, 
 
 use crate::Result;
 
+mod bf16_dot;
+
 /// Output features per panel: gemm's f32 `MR` on AVX2 (two 8-lane registers).
 pub(crate) const MR: usize = 16;
 /// Rows of `x` per microkernel tile: gemm's f32 `NR` on AVX2.
@@ -78,8 +80,12 @@ struct HalfStep([u16; MR]);
 /// The panels in the weight's stored precision.
 enum Panels {
     F32(Vec<PanelStep>),
+    /// bf16 for the widening kernels.
     Bf16(Vec<HalfStep>),
     F16(Vec<HalfStep>),
+    /// bf16 in pairs of input indices for the dot-product kernel ([`bf16_dot`],
+    /// [`Isa::Avx512Bf16`]), in place of [`Panels::Bf16`].
+    Bf16Pairs(Vec<bf16_dot::PairStep>),
 }
 
 impl Panels {
@@ -87,7 +93,7 @@ impl Panels {
     fn dtype(&self) -> DType {
         match self {
             Panels::F32(_) => DType::F32,
-            Panels::Bf16(_) => DType::BF16,
+            Panels::Bf16(_) | Panels::Bf16Pairs(_) => DType::BF16,
             Panels::F16(_) => DType::F16,
         }
     }
@@ -108,6 +114,7 @@ impl std::fmt::Debug for PackedWeight {
             .field("out_features", &self.out_features)
             .field("in_features", &self.in_features)
             .field("dtype", &self.panels.dtype())
+            .field("bf16_pairs", &matches!(self.panels, Panels::Bf16Pairs(_)))
             .finish_non_exhaustive()
     }
 }
@@ -167,8 +174,21 @@ pub(crate) fn depth_block(rows: usize, n: usize, k: usize) -> usize {
 impl PackedWeight {
     /// Packs `weight` (shape `(out_features, in_features)`) when it is a CPU f32, bf16 or f16
     /// matrix and the CPU has AVX2, FMA and F16C; `None` otherwise (the caller keeps candle's
-    /// matmul). The panels keep the weight's precision.
+    /// matmul). The panels keep the weight's precision; a bf16 weight is laid out for the path
+    /// [`Isa::detect`] chooses (in pairs for [`Isa::Avx512Bf16`], else for the widening kernels).
+    ///
+    /// Errors: a bf16 weight while [`KERNEL_VAR`] names an unknown path or one the CPU lacks.
     pub(crate) fn new(weight: &Tensor) -> Result<Option<Self>> {
+        let bf16_pairs = weight.dtype() == DType::BF16
+            && matches!(weight.device(), Device::Cpu)
+            && cpu_supported()
+            && Isa::detect().map_err(candle_core::Error::Msg)? == Isa::Avx512Bf16;
+        Self::with_layout(weight, bf16_pairs)
+    }
+
+    /// [`Self::new`] with the bf16 layout given: `bf16_pairs` lays a bf16 weight out for
+    /// [`bf16_dot`] (the CPU must have [`Isa::Avx512Bf16`]), else for the widening kernels.
+    fn with_layout(weight: &Tensor, bf16_pairs: bool) -> Result<Option<Self>> {
         if !matches!(weight.device(), Device::Cpu) || !cpu_supported() {
             return Ok(None);
         }
@@ -189,6 +209,9 @@ impl PackedWeight {
                 PanelStep([0.0; MR]),
                 |step, lane, &value| step.0[lane] = value,
             )),
+            CpuStorage::BF16(values) if bf16_pairs => {
+                Panels::Bf16Pairs(bf16_dot::pack(&values[start..end], in_features))
+            }
             CpuStorage::BF16(values) => Panels::Bf16(pack(
                 &values[start..end],
                 in_features,
@@ -252,13 +275,18 @@ impl PackedWeight {
                 (n, k),
                 cpu,
             )?,
+            Panels::Bf16Pairs(steps) => {
+                Tensor::from_vec(bf16_dot::unpack(steps, n, k), (n, k), cpu)?
+            }
         })
     }
 
     /// `x W^T`. Shape: `(rows, in_features)` -> `(rows, out_features)`. An f32 weight gives
     /// `x.matmul(&w.t())` bit for bit, in `x`'s dtype; a bf16 / f16 weight gives, in f32, the f32
     /// product of `x` and the widened weight (`x.to_dtype(F32).matmul(&w.to_dtype(F32).t())`,
-    /// bit for bit).
+    /// bit for bit), except a bf16 weight in pairs ([`Isa::Avx512Bf16`]): there `x` is rounded to
+    /// bf16 and the products summed by `vdpbf16ps` (see [`bf16_dot`] for the arithmetic and its
+    /// error bound), for every shape but [`Route::Candle`]'s, which keep the widened product.
     pub(crate) fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, k) = x.dims2()?;
         let half = self.dtype() != DType::F32;
@@ -281,9 +309,13 @@ impl PackedWeight {
 
     /// The product on a contiguous `x` (`rows * in_features` values), split into `tasks`
     /// contiguous shares of the panels (1 runs on the calling thread), with the micro-kernels of
-    /// `isa` (which the CPU must have: see [`Isa::available`]).
+    /// `isa` (which the CPU must have: see [`Isa::available`]); bf16 panels in pairs take
+    /// [`bf16_dot`]'s kernel whatever `isa` is (their layout was chosen at load).
     fn product(&self, x: &[f32], rows: usize, tasks: usize, isa: Isa) -> Vec<f32> {
         match &self.panels {
+            Panels::Bf16Pairs(steps) => {
+                bf16_dot::product(steps, self.out_features, self.in_features, x, rows, tasks)
+            }
             Panels::F32(steps) => {
                 self.product_of(steps.as_ptr() as *const f32, x, rows, tasks, isa)
             }
@@ -457,35 +489,42 @@ impl PackedWeight {
 /// Depth steps per software prefetch of one cache line (`MR` floats) of upcoming weights.
 const PREFETCH_EVERY: usize = 4;
 
-/// The f32 micro-kernels a CPU can run, chosen once at run time ([`Isa::detect`]). Every one does
-/// the same arithmetic (one accumulator per output, products in increasing k, one FMA each, the
-/// same depth blocks), so the choice changes speed, never bits.
+/// The micro-kernels a CPU can run, chosen once at run time ([`Isa::detect`]). Every f32 kernel
+/// does the same arithmetic (one accumulator per output, products in increasing k, one FMA each,
+/// the same depth blocks), so for f32 and f16 weights the choice changes speed, never bits; for
+/// bf16 weights [`Isa::Avx512Bf16`] changes the arithmetic (see [`bf16_dot`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Isa {
     /// 256-bit AVX2 + FMA: tiles of up to [`NR`] rows by one panel (two 8-lane registers).
     Avx2,
-    /// 512-bit AVX-512F: tiles of up to [`NR_512`] rows by two panels (two 16-lane registers).
+    /// 512-bit AVX-512F: tiles of up to [`NR_512`] rows by two panels (two 16-lane registers);
+    /// bf16 weights widened to f32 in the kernel.
     Avx512,
+    /// [`Isa::Avx512`] for f32 and f16 weights; bf16 weights laid out in pairs at load and
+    /// multiplied by AVX-512 BF16 dot products (`vdpbf16ps`, [`bf16_dot`]), `x` rounded to bf16.
+    Avx512Bf16,
 }
 
 /// Rows of `x` per AVX-512 tile: 12 rows x 2 panels = 24 of the 32 vector registers hold
 /// accumulators, 2 the weights and 1 the broadcast input.
 pub(crate) const NR_512: usize = 12;
 
-/// Environment variable that forces the f32 micro-kernels (`avx2` or `avx512`), for measuring
-/// and testing one path on a CPU that has both. A path the CPU lacks, or another value, is an
-/// error at the first product.
+/// Environment variable that forces the micro-kernels (`avx2`, `avx512` or `avx512bf16`), for
+/// measuring and testing one path on a CPU that has several: `avx512` multiplies bf16 weights
+/// by widening them (candle's bits), `avx512bf16` by bf16 dot products. A path the CPU lacks, or
+/// another value, is an error at the first product (at load for a bf16 weight).
 pub const KERNEL_VAR: &str = "FASTDLLM_CPU_GEMM";
 
 impl Isa {
     /// Every path, widest first.
-    pub(crate) const ALL: [Isa; 2] = [Isa::Avx512, Isa::Avx2];
+    pub(crate) const ALL: [Isa; 3] = [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2];
 
     /// The name [`KERNEL_VAR`] takes.
     pub(crate) fn name(self) -> &'static str {
         match self {
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Bf16 => "avx512bf16",
         }
     }
 
@@ -496,6 +535,7 @@ impl Isa {
             match self {
                 Isa::Avx2 => cpu_supported(),
                 Isa::Avx512 => cpu_supported() && std::arch::is_x86_feature_detected!("avx512f"),
+                Isa::Avx512Bf16 => Isa::Avx512.available() && bf16_dot::cpu_has(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -516,7 +556,9 @@ impl Isa {
                     let isa = Isa::ALL
                         .into_iter()
                         .find(|isa| isa.name() == value)
-                        .ok_or_else(|| format!("{KERNEL_VAR}={value}: must be avx2 or avx512"))?;
+                        .ok_or_else(|| {
+                            format!("{KERNEL_VAR}={value}: must be avx2, avx512 or avx512bf16")
+                        })?;
                     if isa.available() {
                         Ok(isa)
                     } else {
@@ -535,7 +577,7 @@ impl Isa {
     fn tile_rows(self) -> usize {
         match self {
             Isa::Avx2 => NR,
-            Isa::Avx512 => NR_512,
+            Isa::Avx512 | Isa::Avx512Bf16 => NR_512,
         }
     }
 
@@ -543,7 +585,7 @@ impl Isa {
     fn panels_per_call(self) -> usize {
         match self {
             Isa::Avx2 => 1,
-            Isa::Avx512 => 2,
+            Isa::Avx512 | Isa::Avx512Bf16 => 2,
         }
     }
 }
@@ -590,8 +632,12 @@ impl<E: Element> Tile<E> {
         }
         match (isa, self.panels) {
             (Isa::Avx2, _) => by_rows!(kernel::tile, 1 2 3 4 5 6),
-            (Isa::Avx512, 1) => by_rows!(kernel512::tile1, 1 2 3 4 5 6 7 8 9 10 11 12),
-            (Isa::Avx512, _) => by_rows!(kernel512::tile2, 1 2 3 4 5 6 7 8 9 10 11 12),
+            (Isa::Avx512 | Isa::Avx512Bf16, 1) => {
+                by_rows!(kernel512::tile1, 1 2 3 4 5 6 7 8 9 10 11 12)
+            }
+            (Isa::Avx512 | Isa::Avx512Bf16, _) => {
+                by_rows!(kernel512::tile2, 1 2 3 4 5 6 7 8 9 10 11 12)
+            }
         }
     }
 }
@@ -1252,9 +1298,11 @@ pub(crate) mod tests {
         }
     }
 
-    /// bf16 / f16 weights stay packed in half precision, and every kernel path gives, bit for
-    /// bit, the f32 product of the widened weight (which is candle's f32 matmul, tested above),
-    /// on the odd shapes: rows 1, 7, 32, 513; depths off every tile; partial last panels.
+    /// bf16 / f16 weights stay packed in half precision, and every widening kernel path gives,
+    /// bit for bit, the f32 product of the widened weight (which is candle's f32 matmul, tested
+    /// above), on the odd shapes: rows 1, 7, 32, 513; depths off every tile; partial last panels.
+    /// bf16 weights are packed for the widening kernels here whatever the default; the
+    /// dot-product path has its own tests (`bf16_dot`).
     #[test]
     fn half_precision_weights_are_bitwise_the_widened_f32_product() {
         if !cpu_supported() {
@@ -1272,7 +1320,10 @@ pub(crate) mod tests {
                 let x = matrix(rows, k, 22);
                 let wide = w.to_dtype(DType::F32).unwrap();
                 let want = x.matmul(&wide.t().unwrap()).unwrap();
-                let packed = PackedWeight::new(&w).unwrap().expect("AVX2+FMA+F16C CPU");
+                let packed = PackedWeight::with_layout(&w, false)
+                    .unwrap()
+                    .expect("AVX2+FMA+F16C CPU");
+                assert!(!matches!(packed.panels, Panels::Bf16Pairs(_)));
                 assert_eq!(packed.dtype(), dtype);
                 assert_eq!(packed.weight_bytes(), (n * k * 2) as u64);
                 assert_bitwise(
@@ -1297,8 +1348,9 @@ pub(crate) mod tests {
         }
     }
 
-    /// A half-precision layer in a half-precision model: the f32 product of the widened operands,
-    /// rounded once to the activation dtype.
+    /// A half-precision layer in a half-precision model: the f32 product of the widened operands
+    /// (for bf16 weights on the default [`Isa::Avx512Bf16`] path: the dot products of
+    /// `bf16_dot`'s reference), rounded once to the activation dtype.
     #[test]
     fn half_precision_linear_rounds_the_f32_product_once() {
         if !cpu_supported() {
@@ -1310,13 +1362,29 @@ pub(crate) mod tests {
             let (w, x) = (w.to_dtype(dtype).unwrap(), x.to_dtype(dtype).unwrap());
             let linear = Linear::new(w.clone(), None).unwrap();
             assert!(linear.is_packed());
-            let want = x
-                .to_dtype(DType::F32)
-                .unwrap()
-                .matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
-                .unwrap()
-                .to_dtype(dtype)
-                .unwrap();
+            let x32 = x.to_dtype(DType::F32).unwrap();
+            let pairs = matches!(
+                PackedWeight::new(&w).unwrap().unwrap().panels,
+                Panels::Bf16Pairs(_)
+            );
+            assert_eq!(
+                pairs,
+                dtype == DType::BF16 && Isa::detect() == Ok(Isa::Avx512Bf16)
+            );
+            let want = if pairs {
+                let y = bf16_dot::tests::reference(
+                    &w.flatten_all().unwrap().to_vec1().unwrap(),
+                    &x32.flatten_all().unwrap().to_vec1().unwrap(),
+                    40,
+                    96,
+                    64,
+                );
+                Tensor::from_vec(y, (40, 96), &Device::Cpu).unwrap()
+            } else {
+                x32.matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
+                    .unwrap()
+            };
+            let want = want.to_dtype(dtype).unwrap();
             let got = linear.forward(&x).unwrap();
             assert_eq!(got.dtype(), dtype);
             assert_bitwise(
