@@ -46,9 +46,10 @@ use super::{OutPtr, MR, NR_512, PANEL_BLOCK_BYTES, PREFETCH_EVERY, ROWS_IN_L2_BY
 #[repr(C, align(64))]
 pub(super) struct PairStep([u32; MR]);
 
-/// Input values per depth block: 512 values (256 pairs). A 12-row tile of `x` then takes 12 KB
-/// (in L1 while the tile's panels pass) and two panels 32 KB (from L2).
-const DEPTH_BLOCK_VALUES: usize = 512;
+/// Bytes of one row tile of `x` per depth block (bf16 pairs): it stays in L1 while the tile's
+/// panels pass. 12 rows take 256 pairs (512 values; two panels then take 32 KB, from L2), one
+/// row 3072 pairs.
+const X_TILE_BYTES: usize = 12 * 1024;
 
 /// Whether this CPU has the instructions of this path (AVX-512 F/BW/VL and BF16; every CPU with
 /// AVX-512 BF16 has the others).
@@ -66,10 +67,13 @@ pub(super) fn cpu_has() -> bool {
     }
 }
 
-/// Pairs per depth block for a depth of `k` values: whole blocks of [`DEPTH_BLOCK_VALUES`] / 2
-/// pairs, the last one shorter.
-pub(super) fn depth_block(k: usize) -> usize {
-    (DEPTH_BLOCK_VALUES / 2).min(k.div_ceil(2)).max(1)
+/// Pairs per depth block for `rows` rows of depth `k` values: a row tile of [`X_TILE_BYTES`]
+/// (at most all pairs).
+pub(super) fn depth_block(rows: usize, k: usize) -> usize {
+    let tile_rows = rows.clamp(1, NR_512);
+    (X_TILE_BYTES / (tile_rows * std::mem::size_of::<u32>()))
+        .min(k.div_ceil(2))
+        .max(1)
 }
 
 /// `values` (`rows * in_features` bf16, row-major `(out_features, in_features)`) packed into
@@ -205,7 +209,7 @@ unsafe impl Sync for Steps {}
 /// [`cpu_has`]'s features.
 unsafe fn compute(shape: Shape, w: Steps, xb: &[u32], panels: std::ops::Range<usize>, out: OutPtr) {
     let Shape { rows, n, pairs } = shape;
-    let kc = depth_block(2 * pairs);
+    let kc = depth_block(rows, 2 * pairs);
     let pair_bytes = std::mem::size_of::<u32>();
     let rows_in_l2 = rows * kc * pair_bytes <= ROWS_IN_L2_BYTES;
     // As the widening path: when the rows stay in L2 every row tile re-reads the call's panel,
@@ -221,6 +225,8 @@ unsafe fn compute(shape: Shape, w: Steps, xb: &[u32], panels: std::ops::Range<us
             .next_multiple_of(per_call)
     };
     let panel_ptr = |panel: usize, depth: usize| w.0.add(panel * pairs + depth);
+    // The last `prefetching_tiles` row tiles each prefetch a share of the next panels: one line
+    // (one step) every `prefetching_tiles` steps.
     let prefetching_tiles = PREFETCH_EVERY.min(tiles);
     let mut depth = 0;
     while depth < pairs {
@@ -228,7 +234,7 @@ unsafe fn compute(shape: Shape, w: Steps, xb: &[u32], panels: std::ops::Range<us
         let accumulate = depth > 0;
         let next_depth = depth + depth_len;
         // Each of the last `prefetching_tiles` tiles prefetches this many steps of a panel.
-        let share = depth_len / PREFETCH_EVERY;
+        let share = depth_len / prefetching_tiles;
         let mut block_start = panels.start;
         while block_start < panels.end {
             let block_end = (block_start + panels_per_block).min(panels.end);
@@ -264,6 +270,7 @@ unsafe fn compute(shape: Shape, w: Steps, xb: &[u32], panels: std::ops::Range<us
                         cols: MR.min(n - (panel + in_call - 1) * MR),
                         accumulate,
                         prefetch,
+                        prefetch_every: prefetching_tiles,
                     };
                     tile.run();
                 }
@@ -294,8 +301,10 @@ struct DotTile {
     cols: usize,
     /// Add to `dst` (a later depth block) instead of storing.
     accumulate: bool,
-    /// Steps to prefetch (one line every [`PREFETCH_EVERY`] steps per panel), or null.
+    /// Steps to prefetch (one line every `prefetch_every` steps per panel), or null.
     prefetch: *const PairStep,
+    /// 1 to [`PREFETCH_EVERY`].
+    prefetch_every: usize,
 }
 
 impl DotTile {
@@ -324,7 +333,7 @@ impl DotTile {
 mod kernel {
     use std::arch::x86_64::*;
 
-    use super::{DotTile, PairStep, MR, PREFETCH_EVERY};
+    use super::{DotTile, PairStep, MR};
 
     /// Rows of `k` f32 values (`x`, whole rows) rounded to bf16 pairs (`xb`, `k / 2` rounded up
     /// per row; an odd `k`'s last pair padded with zero): `vcvtneps2bf16`, round to nearest even,
@@ -381,7 +390,7 @@ mod kernel {
     /// each) over `depth` pair steps: `acc[r][c] = vdpbf16ps(acc[r][c], w[j][c], x[r][j])` for `j`
     /// in order, from zero (`x[r][j]`, one pair, broadcast to the 16 lanes); then `dst = acc` or
     /// `dst + acc` (`accumulate`), the last panel's stores masked to `cols` lanes. When `prefetch`
-    /// is not null, one line of each panel from it is prefetched every [`PREFETCH_EVERY`] steps.
+    /// is not null, one line of each panel from it is prefetched every `prefetch_every` steps.
     ///
     /// # Safety
     /// `t.w` points to `P` panels of `depth` steps, `panel_stride` steps apart; `t.x` to `R` rows
@@ -401,6 +410,7 @@ mod kernel {
             cols,
             accumulate,
             prefetch,
+            prefetch_every: every,
             ..
         } = *t;
         let x_rows: [*const u32; R] = std::array::from_fn(|r| x.add(r * ldx));
@@ -423,17 +433,17 @@ mod kernel {
         };
         let mut j = 0;
         if !prefetch.is_null() {
-            while j + PREFETCH_EVERY <= depth {
+            while j + every <= depth {
                 // `wrapping_add`: the last shares may point past the weights (prefetching any
                 // address is harmless). One step is one line.
-                let line = prefetch.wrapping_add(j / PREFETCH_EVERY);
+                let line = prefetch.wrapping_add(j / every);
                 for p in 0..P {
                     _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(p * panel_stride) as *const i8);
                 }
-                for i in 0..PREFETCH_EVERY {
+                for i in 0..every {
                     step(&mut acc, j + i);
                 }
-                j += PREFETCH_EVERY;
+                j += every;
             }
         }
         while j < depth {
@@ -522,7 +532,7 @@ pub(crate) mod tests {
         k: usize,
     ) -> Vec<f32> {
         let pairs = k.div_ceil(2);
-        let kc = depth_block(k);
+        let kc = depth_block(rows, k);
         let at = |v: &dyn Fn(usize) -> u16, d: usize| if d < k { v(d) } else { 0 };
         let mut y = vec![0.0f32; rows * n];
         for r in 0..rows {
@@ -749,5 +759,67 @@ pub(crate) mod tests {
         );
         // Rounding `x` to bf16: a relative error of about 2^-9 / sqrt(3) per product.
         assert!(rms > 1e-4 && rms < 4e-3, "RMS relative error {rms:e}");
+    }
+
+    /// GFLOP/s of a bf16 weight on the widening AVX-512 kernel and on this path, and of the same
+    /// weight in f32, on the decoder's shapes (median of `GEMM_SPEED_REPS`, default 20, wall
+    /// clock, the sides alternating). Run with `cargo test --release -p fastdllm-models
+    /// bf16_gemm_speed -- --ignored --nocapture` (threads follow `RAYON_NUM_THREADS`).
+    #[test]
+    #[ignore = "timing, not a check"]
+    fn bf16_gemm_speed() {
+        use candle_core::{DType, Device, Tensor};
+
+        use super::super::tests::values;
+        use super::super::PackedWeight;
+
+        if !cpu_has() {
+            return;
+        }
+        let reps: usize = std::env::var("GEMM_SPEED_REPS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20);
+        let names = ["f32", "bf16 widened", "bf16 dot"];
+        println!("rows      k      n   median GFLOP/s: {names:?}");
+        for rows in [1, 32, 512] {
+            for (k, n) in [
+                (512, 1536),
+                (1536, 512),
+                (2048, 5632),
+                (5632, 2048),
+                (512, 32000),
+            ] {
+                let w = Tensor::from_vec(values(n * k, 11), (n, k), &Device::Cpu).unwrap();
+                let wb = w.to_dtype(DType::BF16).unwrap();
+                let sides = [
+                    PackedWeight::with_layout(&w, false).unwrap().unwrap(),
+                    PackedWeight::with_layout(&wb, false).unwrap().unwrap(),
+                    PackedWeight::with_layout(&wb, true).unwrap().unwrap(),
+                ];
+                let x = Tensor::from_vec(values(rows * k, 12), (rows, k), &Device::Cpu).unwrap();
+                let flops = 2.0 * (rows * k * n) as f64;
+                let mut rates = vec![Vec::new(); sides.len()];
+                for rep in 0..reps + 2 {
+                    for (side, rate) in sides.iter().zip(&mut rates) {
+                        let start = std::time::Instant::now();
+                        let y = side.matmul_t(&x).unwrap();
+                        let t = start.elapsed().as_secs_f64();
+                        drop(y);
+                        if rep >= 2 {
+                            rate.push(flops / t / 1e9);
+                        }
+                    }
+                }
+                let medians: Vec<String> = rates
+                    .iter_mut()
+                    .map(|v| {
+                        v.sort_by(|a, b| a.total_cmp(b));
+                        format!("{:6.1}", v[v.len() / 2])
+                    })
+                    .collect();
+                println!("{rows:4} {k:6} {n:6}   {}", medians.join(" "));
+            }
+        }
     }
 }
