@@ -36,11 +36,21 @@
 //! widened weight. The weight stays in half precision in memory (half the bytes of f32; a
 //! memory-bound window reads half as much) and accumulation is f32.
 //!
-//! Kernels ([`Isa`], chosen once at run time; `FASTDLLM_CPU_GEMM=avx2|avx512` forces one): the
-//! AVX2 tile above, and on AVX-512F CPUs a tile of up to [`NR_512`] = 12 rows by two panels (24
-//! 16-lane accumulators) when the rows exceed L2's share, one panel otherwise (two panels would
-//! not stay in L1 while every row tile re-reads them). The kernels differ in tiling only, never
-//! in arithmetic, so both give candle's bits; the tests run every path the CPU has.
+//! Except on CPUs with AVX-512 BF16 ([`Isa::Avx512Bf16`], the default there): bf16 weights are
+//! packed at load in pairs of input indices instead and multiplied by `vdpbf16ps`, two products
+//! per lane per instruction, with `x` rounded to bf16 once per call ([`bf16_dot`]: layout,
+//! arithmetic, error bound). That path leaves the bit-for-bit contract: its result is within
+//! `(2^-8 + k 2^-23) sum |w x|` of the widened product (RMS relative error about 1.5e-3 on
+//! uniform values), and where `x` is already bf16 (a `--dtype bf16` model's activations) the
+//! rounding is exact and only the summation differs. One-row products (gemm's `gemv` route) take
+//! its one-row tiles; the [`Route::Candle`] shapes keep the widened product.
+//!
+//! Kernels ([`Isa`], chosen once at run time; `FASTDLLM_CPU_GEMM=avx2|avx512|avx512bf16` forces
+//! one): the AVX2 tile above, and on AVX-512F CPUs a tile of up to [`NR_512`] = 12 rows by two
+//! panels (24 16-lane accumulators) when the rows exceed L2's share, one panel otherwise (two
+//! panels would not stay in L1 while every row tile re-reads them). The f32 kernels differ in
+//! tiling only, never in arithmetic, so all give candle's bits; the tests run every path the CPU
+//! has. `avx512` and `avx512bf16` differ only for bf16 weights (widened vs dot products).
 //!
 //! Reference: `gemm-common` 0.19.0 (`gemm.rs`, `cache.rs`, `microkernel.rs`, `gemv.rs`) and
 //! `gemm-f32` 0.19.0 (`microkernel.rs`: the `fma` module, `MR = 16`, `NR = 6`). Only x86-64
