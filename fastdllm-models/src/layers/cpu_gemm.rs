@@ -1082,6 +1082,23 @@ mod kernel512 {
             step(&mut acc, d);
             d += 1;
         }
+        store(&acc, dst, ldd, cols, accumulate);
+    }
+
+    /// Writes a tile's accumulators `acc[r][p]` (16 lanes each) to `dst + r * ldd + p * MR`:
+    /// `dst = acc`, or `dst + acc` when `accumulate`, the last panel masked to `cols` lanes.
+    ///
+    /// # Safety
+    /// The `R x ((P - 1) * MR + cols)` corner of `dst` (row stride `ldd`) is writable; the caller
+    /// has AVX-512F enabled (this function is inlined into it).
+    #[inline(always)]
+    pub(super) unsafe fn store<const R: usize, const P: usize>(
+        acc: &[[__m512; P]; R],
+        dst: *mut f32,
+        ldd: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
         let last: __mmask16 = if cols >= MR { !0 } else { (1 << cols) - 1 };
         for (r, acc) in acc.iter().enumerate() {
             for (p, acc) in acc.iter().enumerate() {

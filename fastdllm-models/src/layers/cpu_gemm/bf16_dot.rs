@@ -333,7 +333,7 @@ impl DotTile {
 mod kernel {
     use std::arch::x86_64::*;
 
-    use super::{DotTile, PairStep, MR};
+    use super::{DotTile, PairStep};
 
     /// Rows of `k` f32 values (`x`, whole rows) rounded to bf16 pairs (`xb`, `k / 2` rounded up
     /// per row; an odd `k`'s last pair padded with zero): `vcvtneps2bf16`, round to nearest even,
@@ -450,19 +450,7 @@ mod kernel {
             step(&mut acc, j);
             j += 1;
         }
-        let last: __mmask16 = if cols >= MR { !0 } else { (1 << cols) - 1 };
-        for (r, acc) in acc.iter().enumerate() {
-            for (p, acc) in acc.iter().enumerate() {
-                let mask = if p + 1 == P { last } else { !0 };
-                let d = dst.add(r * ldd + p * MR);
-                let value = if accumulate {
-                    _mm512_add_ps(_mm512_maskz_loadu_ps(mask, d), *acc)
-                } else {
-                    *acc
-                };
-                _mm512_mask_storeu_ps(d, mask, value);
-            }
-        }
+        super::super::kernel512::store(&acc, dst, ldd, cols, accumulate);
     }
 }
 
