@@ -8,9 +8,15 @@ use serde_json::Value;
 
 /// Runs `generate --json` on the bundled tiny LLaDA with `args`; the printed object.
 fn generate(args: &[&str]) -> Value {
+    generate_with_env(&[], args)
+}
+
+/// [`generate`] with the environment variables `env` set.
+fn generate_with_env(env: &[(&str, &str)], args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_fastdllm"))
         .args(["generate", "--prompt", "copy 3dbk......=", "--json"])
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("binary runs");
     assert!(
@@ -102,4 +108,60 @@ fn prompt_from_stdin_and_from_a_file() {
     std::fs::remove_file(&file).unwrap();
     assert_eq!(read["prompt_ids"], given["prompt_ids"], "{read}");
     assert_eq!(read["text"], "3dbk", "{read}");
+}
+
+/// `--dtype bf16` on every CPU GEMM path this CPU has (`FASTDLLM_CPU_GEMM`): the widening paths
+/// (`avx2`, `avx512`: candle's bits) and the AVX-512 BF16 dot products (`avx512bf16`, where the
+/// activations are bf16 already, so only the summation order differs) give the same answer ids
+/// and NFE without and with the dual cache; an unknown path is a one-line error naming the
+/// variable, at load (a bf16 weight's layout depends on the path).
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn bf16_weights_give_the_same_answer_on_every_cpu_gemm_path() {
+    use std::arch::is_x86_feature_detected as has;
+    if !(has!("avx2") && has!("fma") && has!("f16c")) {
+        eprintln!("no AVX2 + FMA + F16C: nothing is packed, skipped");
+        return;
+    }
+    let avx512 = has!("avx512f");
+    let bf16_dot = avx512 && has!("avx512bw") && has!("avx512vl") && has!("avx512bf16");
+    let paths: Vec<&str> = [("avx2", true), ("avx512", avx512), ("avx512bf16", bf16_dot)]
+        .into_iter()
+        .filter_map(|(path, present)| present.then_some(path))
+        .collect();
+    eprintln!("paths on this CPU: {paths:?}");
+    for cache in ["none", "dual"] {
+        let args = ["--dtype", "bf16", "--finish", "canvas", "--cache", cache];
+        let want = generate_with_env(&[("FASTDLLM_CPU_GEMM", "avx2")], &args);
+        for path in &paths[1..] {
+            let got = generate_with_env(&[("FASTDLLM_CPU_GEMM", path)], &args);
+            for key in ["answer_ids", "nfe", "text"] {
+                assert_eq!(got[key], want[key], "{path}, cache {cache}: {key}");
+            }
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_fastdllm"))
+        .args([
+            "generate",
+            "--prompt",
+            "copy 3dbk......=",
+            "--dtype",
+            "bf16",
+        ])
+        .env("FASTDLLM_CPU_GEMM", "avx9")
+        .output()
+        .expect("binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error"))
+        .expect("an error line");
+    assert!(
+        line.contains("FASTDLLM_CPU_GEMM=avx9") && line.contains("avx512bf16"),
+        "{line}"
+    );
 }

@@ -30,17 +30,30 @@
 //! bits and would catch that.
 //!
 //! Half-precision weights (bf16, f16) are packed in the same layout at 2 bytes a value and
-//! widened to f32 in the micro-kernel (bf16: a 16-bit shift; f16: `vcvtph2ps`), then multiplied
-//! with the same f32 arithmetic: the product of a half weight with an f32 `x` equals, bit for
+//! widened to f32 as they are used (bf16: a 16-bit shift; f16: `vcvtph2ps`): in the AVX-512
+//! micro-kernel at each load, and on the AVX2 path once per block of panels, into a per-thread
+//! f32 copy of the block that every row tile then reads (the 6 x 16 AVX2 tile cannot hide a
+//! conversion per step behind its 12 FMAs). Then they are multiplied with the same f32
+//! arithmetic: the product of a half weight with an f32 `x` equals, bit for
 //! bit, the f32 path on the widened weight (`w.to_dtype(F32)`), i.e. candle's f32 matmul of the
 //! widened weight. The weight stays in half precision in memory (half the bytes of f32; a
 //! memory-bound window reads half as much) and accumulation is f32.
 //!
-//! Kernels ([`Isa`], chosen once at run time; `FASTDLLM_CPU_GEMM=avx2|avx512` forces one): the
-//! AVX2 tile above, and on AVX-512F CPUs a tile of up to [`NR_512`] = 12 rows by two panels (24
-//! 16-lane accumulators) when the rows exceed L2's share, one panel otherwise (two panels would
-//! not stay in L1 while every row tile re-reads them). The kernels differ in tiling only, never
-//! in arithmetic, so both give candle's bits; the tests run every path the CPU has.
+//! Except on CPUs with AVX-512 BF16 ([`Isa::Avx512Bf16`], the default there): bf16 weights are
+//! packed at load in pairs of input indices instead and multiplied by `vdpbf16ps`, two products
+//! per lane per instruction, with `x` rounded to bf16 once per call ([`bf16_dot`]: layout,
+//! arithmetic, error bound). That path leaves the bit-for-bit contract: its result is within
+//! `(2^-8 + k 2^-23) sum |w x|` of the widened product (RMS relative error about 1.5e-3 on
+//! uniform values), and where `x` is already bf16 (a `--dtype bf16` model's activations) the
+//! rounding is exact and only the summation differs. One-row products (gemm's `gemv` route) take
+//! its one-row tiles; the [`Route::Candle`] shapes keep the widened product.
+//!
+//! Kernels ([`Isa`], chosen once at run time; `FASTDLLM_CPU_GEMM=avx2|avx512|avx512bf16` forces
+//! one): the AVX2 tile above, and on AVX-512F CPUs a tile of up to [`NR_512`] = 12 rows by two
+//! panels (24 16-lane accumulators) when the rows exceed L2's share, one panel otherwise (two
+//! panels would not stay in L1 while every row tile re-reads them). The f32 kernels differ in
+//! tiling only, never in arithmetic, so all give candle's bits; the tests run every path the CPU
+//! has. `avx512` and `avx512bf16` differ only for bf16 weights (widened vs dot products).
 //!
 //! Reference: `gemm-common` 0.19.0 (`gemm.rs`, `cache.rs`, `microkernel.rs`, `gemv.rs`) and
 //! `gemm-f32` 0.19.0 (`microkernel.rs`: the `fma` module, `MR = 16`, `NR = 6`). Only x86-64
@@ -50,6 +63,8 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor};
 
 use crate::Result;
+
+mod bf16_dot;
 
 /// Output features per panel: gemm's f32 `MR` on AVX2 (two 8-lane registers).
 pub(crate) const MR: usize = 16;
@@ -78,8 +93,12 @@ struct HalfStep([u16; MR]);
 /// The panels in the weight's stored precision.
 enum Panels {
     F32(Vec<PanelStep>),
+    /// bf16 for the widening kernels.
     Bf16(Vec<HalfStep>),
     F16(Vec<HalfStep>),
+    /// bf16 in pairs of input indices for the dot-product kernel ([`bf16_dot`],
+    /// [`Isa::Avx512Bf16`]), in place of [`Panels::Bf16`].
+    Bf16Pairs(Vec<bf16_dot::PairStep>),
 }
 
 impl Panels {
@@ -87,7 +106,7 @@ impl Panels {
     fn dtype(&self) -> DType {
         match self {
             Panels::F32(_) => DType::F32,
-            Panels::Bf16(_) => DType::BF16,
+            Panels::Bf16(_) | Panels::Bf16Pairs(_) => DType::BF16,
             Panels::F16(_) => DType::F16,
         }
     }
@@ -108,6 +127,7 @@ impl std::fmt::Debug for PackedWeight {
             .field("out_features", &self.out_features)
             .field("in_features", &self.in_features)
             .field("dtype", &self.panels.dtype())
+            .field("bf16_pairs", &matches!(self.panels, Panels::Bf16Pairs(_)))
             .finish_non_exhaustive()
     }
 }
@@ -167,8 +187,21 @@ pub(crate) fn depth_block(rows: usize, n: usize, k: usize) -> usize {
 impl PackedWeight {
     /// Packs `weight` (shape `(out_features, in_features)`) when it is a CPU f32, bf16 or f16
     /// matrix and the CPU has AVX2, FMA and F16C; `None` otherwise (the caller keeps candle's
-    /// matmul). The panels keep the weight's precision.
+    /// matmul). The panels keep the weight's precision; a bf16 weight is laid out for the path
+    /// [`Isa::detect`] chooses (in pairs for [`Isa::Avx512Bf16`], else for the widening kernels).
+    ///
+    /// Errors: a bf16 weight while [`KERNEL_VAR`] names an unknown path or one the CPU lacks.
     pub(crate) fn new(weight: &Tensor) -> Result<Option<Self>> {
+        let bf16_pairs = weight.dtype() == DType::BF16
+            && matches!(weight.device(), Device::Cpu)
+            && cpu_supported()
+            && Isa::detect().map_err(candle_core::Error::Msg)? == Isa::Avx512Bf16;
+        Self::with_layout(weight, bf16_pairs)
+    }
+
+    /// [`Self::new`] with the bf16 layout given: `bf16_pairs` lays a bf16 weight out for
+    /// [`bf16_dot`] (the CPU must have [`Isa::Avx512Bf16`]), else for the widening kernels.
+    fn with_layout(weight: &Tensor, bf16_pairs: bool) -> Result<Option<Self>> {
         if !matches!(weight.device(), Device::Cpu) || !cpu_supported() {
             return Ok(None);
         }
@@ -189,6 +222,9 @@ impl PackedWeight {
                 PanelStep([0.0; MR]),
                 |step, lane, &value| step.0[lane] = value,
             )),
+            CpuStorage::BF16(values) if bf16_pairs => {
+                Panels::Bf16Pairs(bf16_dot::pack(&values[start..end], in_features))
+            }
             CpuStorage::BF16(values) => Panels::Bf16(pack(
                 &values[start..end],
                 in_features,
@@ -252,13 +288,18 @@ impl PackedWeight {
                 (n, k),
                 cpu,
             )?,
+            Panels::Bf16Pairs(steps) => {
+                Tensor::from_vec(bf16_dot::unpack(steps, n, k), (n, k), cpu)?
+            }
         })
     }
 
     /// `x W^T`. Shape: `(rows, in_features)` -> `(rows, out_features)`. An f32 weight gives
     /// `x.matmul(&w.t())` bit for bit, in `x`'s dtype; a bf16 / f16 weight gives, in f32, the f32
     /// product of `x` and the widened weight (`x.to_dtype(F32).matmul(&w.to_dtype(F32).t())`,
-    /// bit for bit).
+    /// bit for bit), except a bf16 weight in pairs ([`Isa::Avx512Bf16`]): there `x` is rounded to
+    /// bf16 and the products summed by `vdpbf16ps` (see [`bf16_dot`] for the arithmetic and its
+    /// error bound), for every shape but [`Route::Candle`]'s, which keep the widened product.
     pub(crate) fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, k) = x.dims2()?;
         let half = self.dtype() != DType::F32;
@@ -281,9 +322,13 @@ impl PackedWeight {
 
     /// The product on a contiguous `x` (`rows * in_features` values), split into `tasks`
     /// contiguous shares of the panels (1 runs on the calling thread), with the micro-kernels of
-    /// `isa` (which the CPU must have: see [`Isa::available`]).
+    /// `isa` (which the CPU must have: see [`Isa::available`]); bf16 panels in pairs take
+    /// [`bf16_dot`]'s kernel whatever `isa` is (their layout was chosen at load).
     fn product(&self, x: &[f32], rows: usize, tasks: usize, isa: Isa) -> Vec<f32> {
         match &self.panels {
+            Panels::Bf16Pairs(steps) => {
+                bf16_dot::product(steps, self.out_features, self.in_features, x, rows, tasks)
+            }
             Panels::F32(steps) => {
                 self.product_of(steps.as_ptr() as *const f32, x, rows, tasks, isa)
             }
@@ -360,7 +405,8 @@ impl PackedWeight {
     /// Loop order, per depth block: blocks of panels (one call's panels when the rows fit in L2,
     /// else as many as fit in L2), then row tiles (`x` stays in L1), then the panels of the block,
     /// [`Isa::panels_per_call`] at a time. The last row tiles of a block prefetch the next block's
-    /// weights, which in a forward pass come from DRAM.
+    /// weights, which in a forward pass come from DRAM. On the AVX2 path half-precision blocks
+    /// are first widened into [`WIDENED`] (the widening streams the weights in).
     ///
     /// # Safety
     /// `out` must point to `rows * out_features` writable values that no one else touches in
@@ -395,97 +441,140 @@ impl PackedWeight {
         };
         let panel_ptr = |panel: usize, depth: usize| w.0.add((panel * k + depth) * MR);
         let prefetching_tiles = PREFETCH_EVERY.min(tiles);
-        let mut depth = 0;
-        while depth < k {
-            let depth_len = kc.min(k - depth);
-            let accumulate = depth > 0;
-            let next_depth = depth + depth_len;
-            // Each of the last `prefetching_tiles` tiles prefetches this share of a panel.
-            let share = depth_len * MR / PREFETCH_EVERY;
-            let mut block_start = panels.start;
-            while block_start < panels.end {
-                let block_end = (block_start + panels_per_block).min(panels.end);
-                for tile in 0..tiles {
-                    let r = tile_rows(tile);
-                    let xt = x.as_ptr().add(r.start * k + depth);
-                    let prefetcher = (tile + prefetching_tiles).checked_sub(tiles);
-                    for panel in (block_start..block_end).step_by(per_call) {
-                        let in_call = per_call.min(block_end - panel);
-                        let w = panel_ptr(panel, depth);
-                        // Features of the call's last panel.
-                        let cols = MR.min(n - (panel + in_call - 1) * MR);
-                        let dst = out.0.add(r.start * n + panel * MR);
-                        // The same panel of the next block, or of the first block at the next depth.
-                        let next_panel = panel + (block_end - block_start);
-                        let next = if next_panel < panels.end {
-                            Some((next_panel, depth))
-                        } else if block_end == panels.end && next_depth < k {
-                            Some((panels.start + (panel - block_start), next_depth))
-                        } else {
-                            None
-                        };
-                        let prefetch = match (prefetcher, next) {
-                            (Some(share_idx), Some((panel, depth))) => {
-                                panel_ptr(panel, depth).wrapping_add(share_idx * share)
-                            }
-                            _ => std::ptr::null(),
-                        };
-                        let tile = Tile {
-                            rows: r.len(),
-                            panels: in_call,
-                            depth: depth_len,
-                            w,
-                            panel_stride: k * MR,
-                            x: xt,
-                            ldx: k,
-                            dst,
-                            ldd: n,
-                            cols,
-                            accumulate,
-                            prefetch,
-                        };
-                        tile.run(isa);
-                    }
-                }
-                block_start = block_end;
+        // The AVX2 tile cannot hide the widening of half-precision weights behind its 12 FMAs a
+        // step (it ran at 47 % of the FMA peak on f16 panels against 72 % on f32 ones): on that
+        // path each block of panels is widened once, into f32 panels of the block's depth, which
+        // every row tile then reads. Widening is exact, so the arithmetic is unchanged.
+        let widen = isa == Isa::Avx2 && std::mem::size_of::<E>() != std::mem::size_of::<f32>();
+        WIDENED.with_borrow_mut(|scratch| {
+            if widen {
+                scratch.clear();
+                scratch.reserve(panels_per_block.min(panels.len()) * kc.min(k));
             }
-            depth = next_depth;
-        }
+            let mut depth = 0;
+            while depth < k {
+                let depth_len = kc.min(k - depth);
+                let accumulate = depth > 0;
+                let next_depth = depth + depth_len;
+                // Each of the last `prefetching_tiles` tiles prefetches this share of a panel.
+                let share = depth_len * MR / PREFETCH_EVERY;
+                let mut block_start = panels.start;
+                while block_start < panels.end {
+                    let block_end = (block_start + panels_per_block).min(panels.end);
+                    let wide = scratch.as_mut_ptr() as *mut f32;
+                    if widen {
+                        for panel in block_start..block_end {
+                            let at = (panel - block_start) * depth_len * MR;
+                            kernel::widen(panel_ptr(panel, depth), wide.add(at), depth_len * MR);
+                        }
+                    }
+                    for tile in 0..tiles {
+                        let r = tile_rows(tile);
+                        let xt = x.as_ptr().add(r.start * k + depth);
+                        let prefetcher = (tile + prefetching_tiles).checked_sub(tiles);
+                        for panel in (block_start..block_end).step_by(per_call) {
+                            let in_call = per_call.min(block_end - panel);
+                            // Features of the call's last panel.
+                            let cols = MR.min(n - (panel + in_call - 1) * MR);
+                            let dst = out.0.add(r.start * n + panel * MR);
+                            macro_rules! run {
+                                ($w:expr, $panel_stride:expr, $prefetch:expr) => {
+                                    Tile {
+                                        rows: r.len(),
+                                        panels: in_call,
+                                        depth: depth_len,
+                                        w: $w,
+                                        panel_stride: $panel_stride,
+                                        x: xt,
+                                        ldx: k,
+                                        dst,
+                                        ldd: n,
+                                        cols,
+                                        accumulate,
+                                        prefetch: $prefetch,
+                                    }
+                                    .run(isa)
+                                };
+                            }
+                            if widen {
+                                // The next block's half weights stream in through the widening.
+                                let at = (panel - block_start) * depth_len * MR;
+                                run!(wide.add(at).cast_const(), depth_len * MR, std::ptr::null());
+                                continue;
+                            }
+                            // The same panel of the next block, or of the first block at the next
+                            // depth.
+                            let next_panel = panel + (block_end - block_start);
+                            let next = if next_panel < panels.end {
+                                Some((next_panel, depth))
+                            } else if block_end == panels.end && next_depth < k {
+                                Some((panels.start + (panel - block_start), next_depth))
+                            } else {
+                                None
+                            };
+                            let prefetch = match (prefetcher, next) {
+                                (Some(share_idx), Some((panel, depth))) => {
+                                    panel_ptr(panel, depth).wrapping_add(share_idx * share)
+                                }
+                                _ => std::ptr::null(),
+                            };
+                            run!(panel_ptr(panel, depth), k * MR, prefetch);
+                        }
+                    }
+                    block_start = block_end;
+                }
+                depth = next_depth;
+            }
+        });
     }
+}
+
+thread_local! {
+    /// The AVX2 path's widened block of half-precision panels (see [`PackedWeight::compute`]):
+    /// at most [`PANEL_BLOCK_BYTES`], or one panel of gemm's depth block, per thread, kept
+    /// between products.
+    static WIDENED: std::cell::RefCell<Vec<PanelStep>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Depth steps per software prefetch of one cache line (`MR` floats) of upcoming weights.
 const PREFETCH_EVERY: usize = 4;
 
-/// The f32 micro-kernels a CPU can run, chosen once at run time ([`Isa::detect`]). Every one does
-/// the same arithmetic (one accumulator per output, products in increasing k, one FMA each, the
-/// same depth blocks), so the choice changes speed, never bits.
+/// The micro-kernels a CPU can run, chosen once at run time ([`Isa::detect`]). Every f32 kernel
+/// does the same arithmetic (one accumulator per output, products in increasing k, one FMA each,
+/// the same depth blocks), so for f32 and f16 weights the choice changes speed, never bits; for
+/// bf16 weights [`Isa::Avx512Bf16`] changes the arithmetic (see [`bf16_dot`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Isa {
     /// 256-bit AVX2 + FMA: tiles of up to [`NR`] rows by one panel (two 8-lane registers).
     Avx2,
-    /// 512-bit AVX-512F: tiles of up to [`NR_512`] rows by two panels (two 16-lane registers).
+    /// 512-bit AVX-512F: tiles of up to [`NR_512`] rows by two panels (two 16-lane registers);
+    /// bf16 weights widened to f32 in the kernel.
     Avx512,
+    /// [`Isa::Avx512`] for f32 and f16 weights; bf16 weights laid out in pairs at load and
+    /// multiplied by AVX-512 BF16 dot products (`vdpbf16ps`, [`bf16_dot`]), `x` rounded to bf16.
+    Avx512Bf16,
 }
 
 /// Rows of `x` per AVX-512 tile: 12 rows x 2 panels = 24 of the 32 vector registers hold
 /// accumulators, 2 the weights and 1 the broadcast input.
 pub(crate) const NR_512: usize = 12;
 
-/// Environment variable that forces the f32 micro-kernels (`avx2` or `avx512`), for measuring
-/// and testing one path on a CPU that has both. A path the CPU lacks, or another value, is an
-/// error at the first product.
+/// Environment variable that forces the micro-kernels (`avx2`, `avx512` or `avx512bf16`), for
+/// measuring and testing one path on a CPU that has several: `avx512` multiplies bf16 weights
+/// by widening them (candle's bits), `avx512bf16` by bf16 dot products. A path the CPU lacks, or
+/// another value, is an error at the first product (at load for a bf16 weight).
 pub const KERNEL_VAR: &str = "FASTDLLM_CPU_GEMM";
 
 impl Isa {
     /// Every path, widest first.
-    pub(crate) const ALL: [Isa; 2] = [Isa::Avx512, Isa::Avx2];
+    pub(crate) const ALL: [Isa; 3] = [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2];
 
     /// The name [`KERNEL_VAR`] takes.
     pub(crate) fn name(self) -> &'static str {
         match self {
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Bf16 => "avx512bf16",
         }
     }
 
@@ -496,6 +585,7 @@ impl Isa {
             match self {
                 Isa::Avx2 => cpu_supported(),
                 Isa::Avx512 => cpu_supported() && std::arch::is_x86_feature_detected!("avx512f"),
+                Isa::Avx512Bf16 => Isa::Avx512.available() && bf16_dot::cpu_has(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -516,7 +606,9 @@ impl Isa {
                     let isa = Isa::ALL
                         .into_iter()
                         .find(|isa| isa.name() == value)
-                        .ok_or_else(|| format!("{KERNEL_VAR}={value}: must be avx2 or avx512"))?;
+                        .ok_or_else(|| {
+                            format!("{KERNEL_VAR}={value}: must be avx2, avx512 or avx512bf16")
+                        })?;
                     if isa.available() {
                         Ok(isa)
                     } else {
@@ -535,7 +627,7 @@ impl Isa {
     fn tile_rows(self) -> usize {
         match self {
             Isa::Avx2 => NR,
-            Isa::Avx512 => NR_512,
+            Isa::Avx512 | Isa::Avx512Bf16 => NR_512,
         }
     }
 
@@ -543,7 +635,7 @@ impl Isa {
     fn panels_per_call(self) -> usize {
         match self {
             Isa::Avx2 => 1,
-            Isa::Avx512 => 2,
+            Isa::Avx512 | Isa::Avx512Bf16 => 2,
         }
     }
 }
@@ -590,8 +682,12 @@ impl<E: Element> Tile<E> {
         }
         match (isa, self.panels) {
             (Isa::Avx2, _) => by_rows!(kernel::tile, 1 2 3 4 5 6),
-            (Isa::Avx512, 1) => by_rows!(kernel512::tile1, 1 2 3 4 5 6 7 8 9 10 11 12),
-            (Isa::Avx512, _) => by_rows!(kernel512::tile2, 1 2 3 4 5 6 7 8 9 10 11 12),
+            (Isa::Avx512 | Isa::Avx512Bf16, 1) => {
+                by_rows!(kernel512::tile1, 1 2 3 4 5 6 7 8 9 10 11 12)
+            }
+            (Isa::Avx512 | Isa::Avx512Bf16, _) => {
+                by_rows!(kernel512::tile2, 1 2 3 4 5 6 7 8 9 10 11 12)
+            }
         }
     }
 }
@@ -851,6 +947,18 @@ mod kernel {
         }
     }
 
+    /// `dst[i] = f32(src[i])` for `values` values (a multiple of 8), exactly.
+    ///
+    /// # Safety
+    /// `src` points to `values` readable values, `dst` to `values` writable f32; the CPU has
+    /// AVX2 and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn widen<E: Element>(src: *const E, dst: *mut f32, values: usize) {
+        for i in (0..values).step_by(8) {
+            _mm256_storeu_ps(dst.add(i), E::load8(src.add(i)));
+        }
+    }
+
     /// Lanes of gemm's AVX2 f32 vectors, and its `gemv` accumulators per row.
     const LANES: usize = 8;
     const GEMV_ACCUMULATORS: usize = 8;
@@ -925,6 +1033,11 @@ mod kernel {
 mod kernel {
     /// Never called: [`super::PackedWeight::new`] packs only on x86-64.
     pub(super) unsafe fn tile<E, const R: usize>(_t: &super::Tile<E>) {
+        unreachable!("packed weights exist only on x86-64")
+    }
+
+    /// Never called: [`super::PackedWeight::new`] packs only on x86-64.
+    pub(super) unsafe fn widen<E>(_src: *const E, _dst: *mut f32, _values: usize) {
         unreachable!("packed weights exist only on x86-64")
     }
 
@@ -1026,6 +1139,23 @@ mod kernel512 {
             step(&mut acc, d);
             d += 1;
         }
+        store(&acc, dst, ldd, cols, accumulate);
+    }
+
+    /// Writes a tile's accumulators `acc[r][p]` (16 lanes each) to `dst + r * ldd + p * MR`:
+    /// `dst = acc`, or `dst + acc` when `accumulate`, the last panel masked to `cols` lanes.
+    ///
+    /// # Safety
+    /// The `R x ((P - 1) * MR + cols)` corner of `dst` (row stride `ldd`) is writable; the caller
+    /// has AVX-512F enabled (this function is inlined into it).
+    #[inline(always)]
+    pub(super) unsafe fn store<const R: usize, const P: usize>(
+        acc: &[[__m512; P]; R],
+        dst: *mut f32,
+        ldd: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
         let last: __mmask16 = if cols >= MR { !0 } else { (1 << cols) - 1 };
         for (r, acc) in acc.iter().enumerate() {
             for (p, acc) in acc.iter().enumerate() {
@@ -1252,9 +1382,11 @@ pub(crate) mod tests {
         }
     }
 
-    /// bf16 / f16 weights stay packed in half precision, and every kernel path gives, bit for
-    /// bit, the f32 product of the widened weight (which is candle's f32 matmul, tested above),
-    /// on the odd shapes: rows 1, 7, 32, 513; depths off every tile; partial last panels.
+    /// bf16 / f16 weights stay packed in half precision, and every widening kernel path gives,
+    /// bit for bit, the f32 product of the widened weight (which is candle's f32 matmul, tested
+    /// above), on the odd shapes: rows 1, 7, 32, 513; depths off every tile; partial last panels.
+    /// bf16 weights are packed for the widening kernels here whatever the default; the
+    /// dot-product path has its own tests (`bf16_dot`).
     #[test]
     fn half_precision_weights_are_bitwise_the_widened_f32_product() {
         if !cpu_supported() {
@@ -1272,7 +1404,10 @@ pub(crate) mod tests {
                 let x = matrix(rows, k, 22);
                 let wide = w.to_dtype(DType::F32).unwrap();
                 let want = x.matmul(&wide.t().unwrap()).unwrap();
-                let packed = PackedWeight::new(&w).unwrap().expect("AVX2+FMA+F16C CPU");
+                let packed = PackedWeight::with_layout(&w, false)
+                    .unwrap()
+                    .expect("AVX2+FMA+F16C CPU");
+                assert!(!matches!(packed.panels, Panels::Bf16Pairs(_)));
                 assert_eq!(packed.dtype(), dtype);
                 assert_eq!(packed.weight_bytes(), (n * k * 2) as u64);
                 assert_bitwise(
@@ -1297,8 +1432,9 @@ pub(crate) mod tests {
         }
     }
 
-    /// A half-precision layer in a half-precision model: the f32 product of the widened operands,
-    /// rounded once to the activation dtype.
+    /// A half-precision layer in a half-precision model: the f32 product of the widened operands
+    /// (for bf16 weights on the default [`Isa::Avx512Bf16`] path: the dot products of
+    /// `bf16_dot`'s reference), rounded once to the activation dtype.
     #[test]
     fn half_precision_linear_rounds_the_f32_product_once() {
         if !cpu_supported() {
@@ -1310,13 +1446,29 @@ pub(crate) mod tests {
             let (w, x) = (w.to_dtype(dtype).unwrap(), x.to_dtype(dtype).unwrap());
             let linear = Linear::new(w.clone(), None).unwrap();
             assert!(linear.is_packed());
-            let want = x
-                .to_dtype(DType::F32)
-                .unwrap()
-                .matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
-                .unwrap()
-                .to_dtype(dtype)
-                .unwrap();
+            let x32 = x.to_dtype(DType::F32).unwrap();
+            let pairs = matches!(
+                PackedWeight::new(&w).unwrap().unwrap().panels,
+                Panels::Bf16Pairs(_)
+            );
+            assert_eq!(
+                pairs,
+                dtype == DType::BF16 && Isa::detect() == Ok(Isa::Avx512Bf16)
+            );
+            let want = if pairs {
+                let y = bf16_dot::tests::reference(
+                    &w.flatten_all().unwrap().to_vec1().unwrap(),
+                    &x32.flatten_all().unwrap().to_vec1().unwrap(),
+                    40,
+                    96,
+                    64,
+                );
+                Tensor::from_vec(y, (40, 96), &Device::Cpu).unwrap()
+            } else {
+                x32.matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
+                    .unwrap()
+            };
+            let want = want.to_dtype(dtype).unwrap();
             let got = linear.forward(&x).unwrap();
             assert_eq!(got.dtype(), dtype);
             assert_bitwise(

@@ -131,11 +131,12 @@ impl CustomOp1 for SoftmaxLastDim {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let rows = f32_rows(storage, layout)?;
         let dim = layout.dims()[layout.dims().len() - 1];
-        let mut dst = vec![0f32; rows.len() * dim];
+        let len = rows.len() * dim;
+        let mut dst: Vec<f32> = Vec::with_capacity(len);
         if dim > 0 {
             let per_task = rows_per_task(dim);
             rows.par_chunks(per_task)
-                .zip(dst.par_chunks_mut(dim * per_task))
+                .zip(dst.spare_capacity_mut()[..len].par_chunks_mut(dim * per_task))
                 .for_each(|(s, d)| {
                     for (s, d) in s.iter().zip(d.chunks_mut(dim)) {
                         // SAFETY: `vectorised` checked AVX2 + FMA before this op was applied.
@@ -143,6 +144,8 @@ impl CustomOp1 for SoftmaxLastDim {
                     }
                 });
         }
+        // SAFETY: every row of `dim` values was written above (none when `dim` is 0).
+        unsafe { dst.set_len(len) };
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
@@ -166,10 +169,12 @@ impl CustomOp2 for SiluMul {
         }
         let (gate, up) = (f32_rows(s1, l1)?, f32_rows(s2, l2)?);
         let dim = l1.dims()[l1.dims().len() - 1];
-        let mut dst = vec![0f32; gate.len() * dim];
+        let len = gate.len() * dim;
+        let mut dst: Vec<f32> = Vec::with_capacity(len);
         if dim > 0 {
             let per_task = rows_per_task(dim);
-            dst.par_chunks_mut(dim * per_task)
+            dst.spare_capacity_mut()[..len]
+                .par_chunks_mut(dim * per_task)
                 .zip(gate.par_chunks(per_task))
                 .zip(up.par_chunks(per_task))
                 .for_each(|((d, g), u)| {
@@ -179,6 +184,8 @@ impl CustomOp2 for SiluMul {
                     }
                 });
         }
+        // SAFETY: every row of `dim` values was written above (none when `dim` is 0).
+        unsafe { dst.set_len(len) };
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
 }
@@ -192,6 +199,7 @@ const fn hexf(mantissa24: u32, exp: i32) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     use super::hexf;
 
@@ -271,23 +279,27 @@ mod x86 {
         }
     }
 
-    /// Stores the first `live` lanes of `v` at `dst[i..]`.
+    /// Stores the first `live` lanes of `v` at `dst[i..]` (`i + live <= dst.len()`).
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn store_tail(dst: &mut [f32], i: usize, v: __m256, live: usize) {
+    unsafe fn store_tail(dst: &mut [MaybeUninit<f32>], i: usize, v: __m256, live: usize) {
+        debug_assert!(i + live <= dst.len());
+        let p = dst.as_mut_ptr().add(i) as *mut f32;
         if live == 8 {
-            _mm256_storeu_ps(dst.as_mut_ptr().add(i), v);
+            _mm256_storeu_ps(p, v);
         } else {
             let mut buf = [0f32; 8];
             _mm256_storeu_ps(buf.as_mut_ptr(), v);
-            dst[i..i + live].copy_from_slice(&buf[..live]);
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), p, live);
         }
     }
 
     /// Softmax of one row: `exp(s - max) / sum`, the sum in 8 lanes (lanes past the end kept
-    /// out), then the lanes added in order.
+    /// out), then the lanes added in order. Writes every value of `dst` (as long as `src`);
+    /// it may be uninitialised.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn softmax_row(src: &[f32], dst: &mut [f32]) {
+    pub(super) unsafe fn softmax_row(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
+        assert_eq!(src.len(), dst.len());
         let max = src.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let m = _mm256_set1_ps(max);
         let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -307,6 +319,8 @@ mod x86 {
         let mut lanes = [0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
         let sum: f32 = lanes.iter().sum();
+        // Every value was written above: the row reads as f32 from here on.
+        let dst = std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut f32, dst.len());
         let s = _mm256_set1_ps(sum);
         let mut i = 0;
         while i + 8 <= dst.len() {
@@ -319,9 +333,11 @@ mod x86 {
         }
     }
 
-    /// `dst = gate / (1 + exp(-gate)) * up`, element-wise (equal lengths).
+    /// `dst = gate / (1 + exp(-gate)) * up`, element-wise (equal lengths); `dst` may be
+    /// uninitialised, every value is written.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn silu_mul(gate: &[f32], up: &[f32], dst: &mut [f32]) {
+    pub(super) unsafe fn silu_mul(gate: &[f32], up: &[f32], dst: &mut [MaybeUninit<f32>]) {
+        assert!(gate.len() == up.len() && gate.len() == dst.len());
         let one = _mm256_set1_ps(1.0);
         let mut i = 0;
         while i < gate.len() {
@@ -337,10 +353,10 @@ mod x86 {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod x86 {
-    pub(super) unsafe fn softmax_row(_: &[f32], _: &mut [f32]) {
+    pub(super) unsafe fn softmax_row(_: &[f32], _: &mut [std::mem::MaybeUninit<f32>]) {
         unreachable!("cpu_supported() is false off x86-64")
     }
-    pub(super) unsafe fn silu_mul(_: &[f32], _: &[f32], _: &mut [f32]) {
+    pub(super) unsafe fn silu_mul(_: &[f32], _: &[f32], _: &mut [std::mem::MaybeUninit<f32>]) {
         unreachable!("cpu_supported() is false off x86-64")
     }
 }

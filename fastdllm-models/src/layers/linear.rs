@@ -6,7 +6,8 @@
 //! weight instead of a broadcast batched GEMM; and a CPU f32, bf16 or f16 weight is packed once
 //! at construction for [`super::cpu_gemm`], which gives candle's `x.matmul(&w.t())` bit for bit
 //! (a half-precision weight: the f32 product of the widened weight, rounded once to the input's
-//! dtype) without re-packing the weight on every call.
+//! dtype; a bf16 weight on a CPU with AVX-512 BF16: bf16 dot products with f32 accumulation, not
+//! bit for bit, see `cpu_gemm`) without re-packing the weight on every call.
 //!
 //! Quantized weights (GGUF files, `--quantize`) are `candle_core::quantized::QMatMul`s: the input
 //! is cast to f32 (what candle's quantized kernels take; on the CPU they quantize each input row to
@@ -148,7 +149,11 @@ impl Linear {
     /// Shape: `weight` `(out_features, in_features)`, `bias` `(out_features,)`. A CPU f32, bf16
     /// or f16 weight on an AVX2+FMA CPU is packed in its precision (and the tensor dropped);
     /// anything else stays as it is. A packed half-precision weight multiplies in f32 (the input
-    /// widened, f32 accumulation) and the output is rounded once to the input's dtype.
+    /// widened, f32 accumulation; on the AVX-512 BF16 path a bf16 weight takes the input rounded to
+    /// bf16 and bf16 dot products, f32 accumulation) and the output is rounded once to the
+    /// input's dtype.
+    ///
+    /// Errors: a bf16 weight while `FASTDLLM_CPU_GEMM` names an unknown path or one the CPU lacks.
     pub(crate) fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let weight = match PackedWeight::new(&weight)? {
             Some(packed) => Weight::Packed(Arc::new(packed)),
