@@ -181,7 +181,7 @@ fn llama_cpp_recorded_outputs() {
 /// are whole 256-value superblocks): greedy, block length 1, 16 tokens. The model is random, so
 /// its greedy picks meet near ties, where llama.cpp's and our f32 parts (attention, norms) may
 /// round differently and the rest of the answer then follows another path: measured, 4 of the 5
-/// answers are equal and the fifth has the same first 4 tokens. Both are required.
+/// answers are equal and the fifth has the same first 4 characters. Both are required.
 #[test]
 fn q5_k_m_gguf_agrees_with_llama_cpp() {
     let text = std::fs::read_to_string(gguf("llada-w256-q5_k_m-results.jsonl")).unwrap();

@@ -502,16 +502,13 @@ impl PackedWeight {
                                 run!(wide.add(at).cast_const(), depth_len * MR, std::ptr::null());
                                 continue;
                             }
-                            // The same panel of the next block, or of the first block at the next
-                            // depth.
-                            let next_panel = panel + (block_end - block_start);
-                            let next = if next_panel < panels.end {
-                                Some((next_panel, depth))
-                            } else if block_end == panels.end && next_depth < k {
-                                Some((panels.start + (panel - block_start), next_depth))
-                            } else {
-                                None
-                            };
+                            let next = next_block_panel(
+                                panel,
+                                block_start..block_end,
+                                &panels,
+                                (depth, next_depth),
+                                k,
+                            );
                             let prefetch = match (prefetcher, next) {
                                 (Some(share_idx), Some((panel, depth))) => {
                                     panel_ptr(panel, depth).wrapping_add(share_idx * share)
@@ -526,6 +523,26 @@ impl PackedWeight {
                 depth = next_depth;
             }
         });
+    }
+}
+
+/// Where the last row tiles of a block prefetch while they compute `panel` of `block` at depth
+/// block `depths.0` (ending at `depths.1`, of `depth_end`): the same panel of the next block, or
+/// of the first block at the next depth block; `None` after the last. Returns `(panel, depth)`.
+fn next_block_panel(
+    panel: usize,
+    block: std::ops::Range<usize>,
+    panels: &std::ops::Range<usize>,
+    (depth, next_depth): (usize, usize),
+    depth_end: usize,
+) -> Option<(usize, usize)> {
+    let next_panel = panel + block.len();
+    if next_panel < panels.end {
+        Some((next_panel, depth))
+    } else if block.end == panels.end && next_depth < depth_end {
+        Some((panels.start + (panel - block.start), next_depth))
+    } else {
+        None
     }
 }
 
@@ -1490,6 +1507,18 @@ pub(crate) mod tests {
         assert_eq!(route(32, 32000, 512), Route::Tiles);
     }
 
+    /// Prints one line of a timing table: the shape and each side's median rate (GFLOP/s).
+    pub(crate) fn print_median_rates(rows: usize, k: usize, n: usize, rates: &mut [Vec<f64>]) {
+        let medians: Vec<String> = rates
+            .iter_mut()
+            .map(|v| {
+                v.sort_by(|a, b| a.total_cmp(b));
+                format!("{:6.1}", v[v.len() / 2])
+            })
+            .collect();
+        println!("{rows:4} {k:6} {n:6}   {}", medians.join(" "));
+    }
+
     #[test]
     fn unpack_restores_the_weight() {
         if !cpu_supported() {
@@ -1575,14 +1604,7 @@ pub(crate) mod tests {
                         }
                     }
                 }
-                let medians: Vec<String> = rates
-                    .iter_mut()
-                    .map(|v| {
-                        v.sort_by(|a, b| a.total_cmp(b));
-                        format!("{:6.1}", v[v.len() / 2])
-                    })
-                    .collect();
-                println!("{rows:4} {k:6} {n:6}   {}", medians.join(" "));
+                print_median_rates(rows, k, n, &mut rates);
             }
         }
     }

@@ -243,14 +243,13 @@ unsafe fn compute(shape: Shape, w: Steps, xb: &[u32], panels: std::ops::Range<us
                 let prefetcher = (tile + prefetching_tiles).checked_sub(tiles);
                 for panel in (block_start..block_end).step_by(per_call) {
                     let in_call = per_call.min(block_end - panel);
-                    let next_panel = panel + (block_end - block_start);
-                    let next = if next_panel < panels.end {
-                        Some((next_panel, depth))
-                    } else if block_end == panels.end && next_depth < pairs {
-                        Some((panels.start + (panel - block_start), next_depth))
-                    } else {
-                        None
-                    };
+                    let next = super::next_block_panel(
+                        panel,
+                        block_start..block_end,
+                        &panels,
+                        (depth, next_depth),
+                        pairs,
+                    );
                     let prefetch = match (prefetcher, next) {
                         (Some(share_idx), Some((panel, depth))) => {
                             panel_ptr(panel, depth).wrapping_add(share_idx * share)
@@ -799,14 +798,7 @@ pub(crate) mod tests {
                         }
                     }
                 }
-                let medians: Vec<String> = rates
-                    .iter_mut()
-                    .map(|v| {
-                        v.sort_by(|a, b| a.total_cmp(b));
-                        format!("{:6.1}", v[v.len() / 2])
-                    })
-                    .collect();
-                println!("{rows:4} {k:6} {n:6}   {}", medians.join(" "));
+                super::super::tests::print_median_rates(rows, k, n, &mut rates);
             }
         }
     }
