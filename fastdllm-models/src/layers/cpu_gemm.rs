@@ -871,6 +871,45 @@ impl Element for F16 {
     const PREFETCH_EVERY: usize = 2 * PREFETCH_EVERY;
 }
 
+/// The depth loop of every micro-kernel: `step(d)` for `d` in `0..depth`, in order. When
+/// `prefetch` is not null, every `every` steps it first prefetches one line (`line_elems` values)
+/// of each of `panels` panels, `panel_stride` values apart: line `d / every` from `prefetch`.
+/// Inlined into each kernel, so `step` keeps the kernel's target features.
+///
+/// # Safety
+/// None beyond `step`'s own: prefetching any address is harmless (`wrapping_add`; the last
+/// shares may point past the weights).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetched_steps<T>(
+    depth: usize,
+    every: usize,
+    line_elems: usize,
+    prefetch: *const T,
+    panels: usize,
+    panel_stride: usize,
+    mut step: impl FnMut(usize),
+) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let mut d = 0;
+    if !prefetch.is_null() {
+        while d + every <= depth {
+            let line = prefetch.wrapping_add(d / every * line_elems);
+            for p in 0..panels {
+                _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(p * panel_stride) as *const i8);
+            }
+            for i in 0..every {
+                step(d + i);
+            }
+            d += every;
+        }
+    }
+    while d < depth {
+        step(d);
+        d += 1;
+    }
+}
+
 /// The output pointer, shared by tasks that write disjoint columns.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -920,25 +959,10 @@ mod kernel {
                 acc[1] = _mm256_fmadd_ps(w1, b, acc[1]);
             }
         };
-        let mut d = 0;
-        if !prefetch.is_null() {
-            let every = E::PREFETCH_EVERY;
-            let line_values = 64 / std::mem::size_of::<E>();
-            while d + every <= depth {
-                // `wrapping_add`: the last shares may point past the weights (prefetching
-                // any address is harmless).
-                let line = prefetch.wrapping_add(d / every * line_values);
-                _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
-                for i in 0..every {
-                    step(&mut acc, d + i);
-                }
-                d += every;
-            }
-        }
-        while d < depth {
-            step(&mut acc, d);
-            d += 1;
-        }
+        let line_values = 64 / std::mem::size_of::<E>();
+        super::prefetched_steps(depth, E::PREFETCH_EVERY, line_values, prefetch, 1, 0, |d| {
+            step(&mut acc, d)
+        });
         if cols == MR {
             for (r, acc) in acc.iter().enumerate() {
                 let d = dst.add(r * ldd);
@@ -1135,27 +1159,17 @@ mod kernel512 {
                 }
             }
         };
-        let mut d = 0;
-        if !prefetch.is_null() {
-            let every = E::PREFETCH_EVERY;
-            let line_values = 64 / std::mem::size_of::<E>();
-            while d + every <= depth {
-                // `wrapping_add`: the last shares may point past the weights (prefetching
-                // any address is harmless).
-                let line = prefetch.wrapping_add(d / every * line_values);
-                for p in 0..P {
-                    _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(p * panel_stride) as *const i8);
-                }
-                for i in 0..every {
-                    step(&mut acc, d + i);
-                }
-                d += every;
-            }
-        }
-        while d < depth {
-            step(&mut acc, d);
-            d += 1;
-        }
+        let line_values = 64 / std::mem::size_of::<E>();
+        let (every, panels) = (E::PREFETCH_EVERY, P);
+        super::prefetched_steps(
+            depth,
+            every,
+            line_values,
+            prefetch,
+            panels,
+            panel_stride,
+            |d| step(&mut acc, d),
+        );
         store(&acc, dst, ldd, cols, accumulate);
     }
 

@@ -430,25 +430,10 @@ mod kernel {
                 }
             }
         };
-        let mut j = 0;
-        if !prefetch.is_null() {
-            while j + every <= depth {
-                // `wrapping_add`: the last shares may point past the weights (prefetching any
-                // address is harmless). One step is one line.
-                let line = prefetch.wrapping_add(j / every);
-                for p in 0..P {
-                    _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(p * panel_stride) as *const i8);
-                }
-                for i in 0..every {
-                    step(&mut acc, j + i);
-                }
-                j += every;
-            }
-        }
-        while j < depth {
-            step(&mut acc, j);
-            j += 1;
-        }
+        // One pair step is one line.
+        super::super::prefetched_steps(depth, every, 1, prefetch, P, panel_stride, |j| {
+            step(&mut acc, j)
+        });
         super::super::kernel512::store(&acc, dst, ldd, cols, accumulate);
     }
 }
